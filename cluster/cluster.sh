@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Runs a 3-node rskv cluster on loopback, in the background.
+#
+#   cluster/cluster.sh start        build once, start nodes 1-3, wait for a leader, print endpoints
+#   cluster/cluster.sh stop         stop the nodes this script started (SIGTERM, by pid file)
+#   cluster/cluster.sh status       kv_client status against all three
+#   cluster/cluster.sh kill N       kill -9 node N (a crash, not a clean stop)
+#   cluster/cluster.sh restart N    stop node N if running, then start it again
+#
+# Data and logs live under $RSKV_CLUSTER_DIR (default: cluster/run). Set ENGINE=memory to use the
+# memory state machine, PROFILE=release for an optimized build.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RUN="${RSKV_CLUSTER_DIR:-$ROOT/cluster/run}"
+PROFILE="${PROFILE:-debug}"
+ENGINE="${ENGINE:-rocksdb}"
+ENDPOINTS="127.0.0.1:50061,127.0.0.1:50062,127.0.0.1:50063"
+NODES=(1 2 3)
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+target_dir() {
+    cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Cargo.toml" \
+        | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p'
+}
+
+build() {
+    local flags=()
+    [[ "$PROFILE" == "release" ]] && flags+=(--release)
+    (cd "$ROOT" && cargo build --quiet "${flags[@]}" --bin kv_server --bin kv_client)
+    BIN="$(target_dir)/$PROFILE"
+    [[ -x "$BIN/kv_server" ]] || die "kv_server not found in $BIN"
+}
+
+pid_of() {
+    local f="$RUN/node$1.pid"
+    [[ -f "$f" ]] || return 1
+    local pid
+    pid="$(cat "$f")"
+    # Only trust the pid if that process is still our kv_server.
+    if kill -0 "$pid" 2>/dev/null && grep -q kv_server "/proc/$pid/cmdline" 2>/dev/null; then
+        echo "$pid"
+        return 0
+    fi
+    rm -f "$f"
+    return 1
+}
+
+start_node() {
+    local n="$1"
+    if pid_of "$n" >/dev/null; then
+        echo "node $n already running (pid $(pid_of "$n"))"
+        return 0
+    fi
+    mkdir -p "$RUN/node$n"
+    (cd "$ROOT" && RUST_LOG="${RUST_LOG:-info}" nohup "$BIN/kv_server" \
+        --config "$ROOT/cluster/node$n.toml" \
+        --data-dir "$RUN/node$n/data" \
+        --engine "$ENGINE" \
+        >>"$RUN/node$n/node.log" 2>&1 &
+        echo $! >"$RUN/node$n.pid")
+    echo "node $n started (pid $(cat "$RUN/node$n.pid"), log $RUN/node$n/node.log)"
+}
+
+stop_node() {
+    local n="$1" pid
+    pid="$(pid_of "$n")" || { echo "node $n not running"; return 0; }
+    kill -TERM "$pid"
+    for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || { rm -f "$RUN/node$n.pid"; echo "node $n stopped"; return 0; }
+        sleep 0.1
+    done
+    echo "node $n did not stop within 10s; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$RUN/node$n.pid"
+}
+
+wait_for_leader() {
+    local deadline=$((SECONDS + 30))
+    while ((SECONDS < deadline)); do
+        if "$BIN/kv_client" --endpoints "$ENDPOINTS" --timeout 1 status --json 2>/dev/null \
+            | grep -q '"role":"leader"'; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    die "no leader elected within 30s; see $RUN/node*/node.log"
+}
+
+check_node() {
+    [[ "${1:-}" =~ ^[123]$ ]] || die "node must be 1, 2 or 3 (got '${1:-}')"
+}
+
+cmd="${1:-}"
+case "$cmd" in
+    start)
+        build
+        for n in "${NODES[@]}"; do start_node "$n"; done
+        wait_for_leader
+        "$BIN/kv_client" --endpoints "$ENDPOINTS" status
+        echo
+        echo "endpoints: $ENDPOINTS"
+        echo "try: $BIN/kv_client --endpoints $ENDPOINTS set --key name --value 999999"
+        ;;
+    stop)
+        for n in "${NODES[@]}"; do stop_node "$n"; done
+        ;;
+    status)
+        build
+        "$BIN/kv_client" --endpoints "$ENDPOINTS" status
+        ;;
+    kill)
+        check_node "${2:-}"
+        pid="$(pid_of "$2")" || die "node $2 is not running"
+        kill -KILL "$pid"
+        rm -f "$RUN/node$2.pid"
+        echo "node $2 killed (pid $pid)"
+        ;;
+    restart)
+        check_node "${2:-}"
+        build
+        stop_node "$2"
+        start_node "$2"
+        wait_for_leader
+        ;;
+    *)
+        sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        [[ -z "$cmd" ]] && exit 2
+        die "unknown command '$cmd'"
+        ;;
+esac

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what building rskv needs on Debian when it is missing: a C++ toolchain and libclang
+# (RocksDB's bindings are generated with bindgen), plus sccache to cache the slow C++ build.
+# protoc is not needed: the build uses a vendored one. Idempotent; quiet when all is present.
+set -euo pipefail
+
+missing=()
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
+command -v make >/dev/null 2>&1 || missing+=(make)
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 \
+    && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+    missing+=(libclang-dev)
+fi
+command -v sccache >/dev/null 2>&1 || missing+=(sccache)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+
+if ((${#missing[@]})); then
+    echo "prereqs: installing ${missing[*]}" >&2
+    SUDO=""
+    if [[ "$(id -u)" != 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || { echo "prereqs: need root or sudo to install ${missing[*]}" >&2; exit 1; }
+        SUDO=sudo
+    fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "prereqs: cargo not found; install Rust (rustup) 1.88 or newer first" >&2
+    exit 1
+fi

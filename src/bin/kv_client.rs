@@ -1,0 +1,296 @@
+//! `kv_client`: command-line client for rskv with leader redirect.
+//!
+//! Thin: flags → [`rskv::Client`] → output. Human-readable by default, one JSON object per
+//! command with `--json`. Exit codes: 0 success, 1 the operation failed, 2 bad usage.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use clap::Subcommand;
+use rskv::client::ClientError;
+use rskv::client::ClientOptions;
+use rskv::client::Consistency;
+use rskv::config::DEV_ADDR;
+use rskv::Client;
+use serde_json::json;
+
+/// Talk to an rskv cluster: any node will do, requests follow the leader.
+#[derive(Debug, Parser)]
+#[command(name = "kv_client", version, about)]
+struct Args {
+    /// Comma-separated node addresses (host:port).
+    #[arg(long, global = true, value_delimiter = ',', default_value = DEV_ADDR, env = "RSKV_ENDPOINTS")]
+    endpoints: Vec<String>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Give up after this many seconds (retries and redirects included).
+    #[arg(long, global = true, default_value_t = 5.0)]
+    timeout: f64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read a key (linearizable unless --stale).
+    Get {
+        #[arg(long, short)]
+        key: String,
+        /// Serve from whichever node answers, possibly behind the leader.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Write a key.
+    #[command(alias = "put")]
+    Set {
+        #[arg(long, short)]
+        key: String,
+        #[arg(long, short)]
+        value: String,
+        /// Also print the previous value.
+        #[arg(long)]
+        prev: bool,
+    },
+    /// Delete a key.
+    Delete {
+        #[arg(long, short)]
+        key: String,
+    },
+    /// List keys in [start, end) in order.
+    Scan {
+        /// First key (inclusive); default: the beginning.
+        #[arg(long, default_value = "")]
+        start: String,
+        /// End key (exclusive); default: no end.
+        #[arg(long, default_value = "")]
+        end: String,
+        /// Maximum pairs to print.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Compare-and-swap: set the key to --value only if it holds --expected (or is absent).
+    Cas {
+        #[arg(long, short)]
+        key: String,
+        /// The value the key must hold.
+        #[arg(long, conflicts_with = "absent", required_unless_present = "absent")]
+        expected: Option<String>,
+        /// Require the key to be absent instead.
+        #[arg(long)]
+        absent: bool,
+        /// The new value.
+        #[arg(long, short)]
+        value: String,
+    },
+    /// Show every endpoint's Raft status in a table.
+    Status,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        eprintln!("error: --timeout must be a positive number of seconds");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn consistency(stale: bool) -> Consistency {
+    if stale {
+        Consistency::Stale
+    } else {
+        Consistency::Linearizable
+    }
+}
+
+async fn run(args: Args) -> Result<(), ClientError> {
+    let deadline = Duration::from_secs_f64(args.timeout);
+    let options = ClientOptions {
+        deadline,
+        attempt_timeout: deadline.min(Duration::from_secs(3)),
+        ..ClientOptions::default()
+    };
+    let client = Client::with_options(args.endpoints.clone(), options)?;
+    let json = args.json;
+    match args.command {
+        Command::Get { key, stale } => {
+            let resp = client.get_with(key.clone(), consistency(stale)).await?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"key": key, "found": resp.found, "value": resp.found.then(|| text(&resp.value)), "applied_index": resp.applied_index})
+                );
+            } else if resp.found {
+                println!("{}", text(&resp.value));
+            } else {
+                println!("(not found)");
+            }
+        }
+        Command::Set { key, value, prev } => {
+            let resp = client.put_with(key.clone(), value, prev).await?;
+            let prev_text = resp.prev_value.as_deref().map(text);
+            if json {
+                println!("{}", json!({"key": key, "index": resp.index, "prev_value": prev_text}));
+            } else {
+                println!("OK (index {})", resp.index);
+                if prev {
+                    println!("previous: {}", prev_text.unwrap_or_else(|| "(none)".into()));
+                }
+            }
+        }
+        Command::Delete { key } => {
+            let resp = client.delete(key.clone()).await?;
+            if json {
+                println!("{}", json!({"key": key, "index": resp.index, "existed": resp.existed}));
+            } else if resp.existed {
+                println!("deleted (index {})", resp.index);
+            } else {
+                println!("not found; nothing deleted (index {})", resp.index);
+            }
+        }
+        Command::Scan {
+            start,
+            end,
+            limit,
+            stale,
+        } => {
+            let resp = client
+                .scan(start, end, limit, consistency(stale))
+                .await?;
+            if json {
+                let pairs: Vec<_> = resp
+                    .pairs
+                    .iter()
+                    .map(|kv| json!({"key": text(&kv.key), "value": text(&kv.value)}))
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"pairs": pairs, "next_start": resp.next_start.as_deref().map(text)})
+                );
+            } else {
+                for kv in &resp.pairs {
+                    println!("{} = {}", text(&kv.key), text(&kv.value));
+                }
+                if let Some(next) = &resp.next_start {
+                    println!("... more from {:?} (use --start)", text(next));
+                }
+            }
+        }
+        Command::Cas {
+            key,
+            expected,
+            absent: _,
+            value,
+        } => {
+            let outcome = client
+                .compare_and_swap(key.clone(), expected.map(Bytes::from), value)
+                .await?;
+            let current = outcome.current.as_deref().map(text);
+            if json {
+                println!(
+                    "{}",
+                    json!({"key": key, "success": outcome.success, "index": outcome.index, "current": current})
+                );
+            } else if outcome.success {
+                println!("OK (index {})", outcome.index);
+            } else {
+                println!(
+                    "FAILED: current value is {}",
+                    current.unwrap_or_else(|| "(absent)".into())
+                );
+            }
+            if !outcome.success {
+                return Err(ClientError::Status(tonic::Status::failed_precondition(
+                    "compare-and-swap did not match",
+                )));
+            }
+        }
+        Command::Status => status(&client, json).await?,
+    }
+    Ok(())
+}
+
+async fn status(client: &Client, json: bool) -> Result<(), ClientError> {
+    let mut rows = Vec::new();
+    let mut reachable = 0;
+    for ep in client.endpoints() {
+        let s = client.status_of(ep).await;
+        if s.is_ok() {
+            reachable += 1;
+        }
+        rows.push((ep.clone(), s));
+    }
+    if json {
+        let items: Vec<_> = rows
+            .iter()
+            .map(|(ep, s)| match s {
+                Ok(s) => json!({
+                    "endpoint": ep, "id": s.id, "role": s.role, "term": s.term,
+                    "leader_id": s.leader_id, "leader_addr": s.leader_addr,
+                    "last_log_index": s.last_log_index, "committed": s.committed,
+                    "applied": s.applied, "snapshot_index": s.snapshot_index,
+                    "purged_index": s.purged_index, "engine": s.engine,
+                    "members": s.members.iter().map(|m| json!({"id": m.id, "addr": m.addr, "voter": m.voter})).collect::<Vec<_>>(),
+                }),
+                Err(e) => json!({"endpoint": ep, "error": e.to_string()}),
+            })
+            .collect();
+        println!("{}", json!(items));
+    } else {
+        println!(
+            "{:<22} {:>3} {:<10} {:>5} {:>6} {:>9} {:>9} {:>9} {:<8}",
+            "ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "LAST_LOG", "COMMITTED", "APPLIED", "ENGINE"
+        );
+        for (ep, s) in &rows {
+            match s {
+                Ok(s) => println!(
+                    "{:<22} {:>3} {:<10} {:>5} {:>6} {:>9} {:>9} {:>9} {:<8}",
+                    ep,
+                    s.id,
+                    s.role,
+                    s.term,
+                    s.leader_id.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                    s.last_log_index,
+                    s.committed,
+                    s.applied,
+                    s.engine
+                ),
+                Err(e) => println!("{ep:<22} unreachable: {e}"),
+            }
+        }
+        if let Some((_, Ok(s))) = rows.iter().find(|(_, s)| s.is_ok()) {
+            let members: Vec<String> = s
+                .members
+                .iter()
+                .map(|m| format!("{}={}{}", m.id, m.addr, if m.voter { "" } else { " (learner)" }))
+                .collect();
+            println!("members: {}", members.join(", "));
+        }
+    }
+    if reachable == 0 {
+        return Err(ClientError::Unavailable("no endpoint answered".into()));
+    }
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! `kv_server`: one rskv node. Thin: flags → config → `Node::start` → `Node::serve`.
+//!
+//! Without `--config` it starts single-node dev mode on 127.0.0.1:50051 with data in a temporary
+//! directory (removed on exit) unless `--data-dir` is given.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use rskv::config::Config;
+use rskv::config::Overrides;
+use rskv::server::Node;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+/// An rskv node: a Raft member serving the rskv gRPC API.
+#[derive(Debug, Parser)]
+#[command(name = "kv_server", version, about)]
+struct Args {
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let dev_mode = Config::is_dev_mode(&args.overrides);
+    let config = match Config::load(&args.overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kv_server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kv_server: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(config, dev_mode)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, message)) => {
+            eprintln!("kv_server: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(config: Config, dev_mode: bool) -> Result<(), (u8, String)> {
+    // Dev mode without --data-dir keeps data in a temporary directory dropped (removed) on exit.
+    let (data_dir, _temp_dir) = match (&config.data_dir, dev_mode) {
+        (Some(dir), _) => (dir.clone(), None),
+        (None, true) => {
+            let temp = tempfile::Builder::new()
+                .prefix("rskv-dev-")
+                .tempdir()
+                .map_err(|e| (1, format!("cannot create a temporary data dir: {e}")))?;
+            (temp.path().to_path_buf(), Some(temp))
+        }
+        (None, false) => {
+            return Err((2, "config: `data_dir` is required (set it in the file or pass --data-dir)".into()))
+        }
+    };
+    let listener = TcpListener::bind(config.listen_addr)
+        .await
+        .map_err(|e| (1, format!("cannot listen on {}: {e}", config.listen_addr)))?;
+    let listen = config.listen_addr;
+    let node = Node::start(config, &data_dir)
+        .await
+        .map_err(|e| (1, e.to_string()))?;
+    if dev_mode {
+        tracing::info!(
+            addr = %listen,
+            data_dir = %data_dir.display(),
+            "dev mode: single-node cluster ready; try `kv_client set --key name --value 999999`"
+        );
+    }
+    node.serve(listener, shutdown_signal())
+        .await
+        .map_err(|e| (1, e.to_string()))?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::signal;
+        use tokio::signal::unix::SignalKind;
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => tracing::info!("SIGINT received; shutting down"),
+                    _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the node");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

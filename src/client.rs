@@ -1,0 +1,486 @@
+//! The library client, with leader redirect; `kv_client`, the tests and tools all use it.
+//!
+//! Give it any nodes' addresses. Writes and linearizable reads must reach the leader: a node that
+//! is not the leader answers NOT_LEADER with the leader's address in metadata, and the client
+//! follows it at once. When a node is unreachable or knows no leader, the client tries the next
+//! endpoint, with exponential backoff, until the operation's deadline; then it fails with
+//! [`ClientError::Unavailable`] describing the last failure.
+//!
+//! Retries never turn an ambiguous outcome into a wrong one: a compare-and-swap whose request may
+//! have reached a leader (a timeout, a connection lost after sending) is not retried but reported
+//! as [`ClientError::Ambiguous`], since running it twice could change its answer. Puts, deletes
+//! and batch puts are retried (re-applying them leaves the same final state).
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use tonic::transport::Channel;
+use tonic::Code;
+use tonic::Status;
+
+use crate::error::LEADER_ADDR_HEADER;
+use crate::pb::kv as pb;
+use crate::pb::kv::cluster_client::ClusterClient;
+use crate::pb::kv::kv_client::KvClient;
+use crate::raft::network::lazy_channel;
+
+pub use crate::pb::kv::Consistency;
+
+/// Largest message the client accepts (a full scan page of large values).
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Errors the client reports after its retries.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server rejected the request as malformed; retrying cannot help.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// No node could serve the request before the deadline.
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
+    /// The request may or may not have been applied (timeout or connection lost after sending).
+    #[error("outcome unknown: {0}")]
+    Ambiguous(String),
+    /// Any other status from the server.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(Status),
+    /// The client was built with no endpoints or an unusable address.
+    #[error("client configuration: {0}")]
+    Config(String),
+}
+
+/// Result alias for client calls.
+pub type ClientResult<T> = Result<T, ClientError>;
+
+/// Retry and timeout settings.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Total time one operation may take, retries included.
+    pub deadline: Duration,
+    /// Time one attempt may take.
+    pub attempt_timeout: Duration,
+    /// TCP connect timeout per node.
+    pub connect_timeout: Duration,
+    /// First backoff between attempts; doubles up to `max_backoff`.
+    pub initial_backoff: Duration,
+    /// Longest backoff between attempts.
+    pub max_backoff: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            deadline: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_millis(500),
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What a compare-and-swap did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CasOutcome {
+    /// Whether the swap happened.
+    pub success: bool,
+    /// Log index at which the CAS was applied (also when it failed: it was still ordered).
+    pub index: u64,
+    /// The key's value after the operation.
+    pub current: Option<Bytes>,
+}
+
+/// How an operation may be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Must reach the leader; safe to retry after ambiguous failures.
+    LeaderIdempotent,
+    /// Must reach the leader; ambiguous failures are reported, not retried.
+    LeaderOnce,
+    /// Any node may answer.
+    AnyNode,
+}
+
+/// A cluster client with leader redirect; cheap to share behind an `Arc`.
+pub struct Client {
+    endpoints: Vec<String>,
+    options: ClientOptions,
+    /// One channel per address; tonic multiplexes requests over it.
+    channels: DashMap<String, Channel>,
+    /// The last known leader address, tried first for leader operations.
+    leader: Mutex<Option<String>>,
+}
+
+impl Client {
+    /// A client for the given node addresses (`host:port`) with default options.
+    ///
+    /// # Errors
+    /// [`ClientError::Config`] when no endpoint is given.
+    pub fn new<I, S>(endpoints: I) -> ClientResult<Client>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::with_options(endpoints, ClientOptions::default())
+    }
+
+    /// A client with explicit retry settings.
+    ///
+    /// # Errors
+    /// [`ClientError::Config`] when no endpoint is given.
+    pub fn with_options<I, S>(endpoints: I, options: ClientOptions) -> ClientResult<Client>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let endpoints: Vec<String> = endpoints
+            .into_iter()
+            .map(Into::into)
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if endpoints.is_empty() {
+            return Err(ClientError::Config("no endpoints given".into()));
+        }
+        Ok(Client {
+            endpoints,
+            options,
+            channels: DashMap::new(),
+            leader: Mutex::new(None),
+        })
+    }
+
+    /// The configured endpoints.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    fn channel(&self, addr: &str) -> ClientResult<Channel> {
+        if let Some(c) = self.channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = lazy_channel(addr, self.options.connect_timeout)
+            .map_err(|e| ClientError::Config(format!("bad endpoint {addr}: {e}")))?;
+        self.channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    fn leader_hint(&self) -> Option<String> {
+        self.leader.lock().ok().and_then(|g| g.clone())
+    }
+
+    fn set_leader_hint(&self, addr: Option<String>) {
+        if let Ok(mut g) = self.leader.lock() {
+            *g = addr;
+        }
+    }
+
+    /// Runs `op` against nodes until it succeeds, fails for good, or the deadline passes.
+    async fn call<T, F, Fut>(&self, route: Route, mut op: F) -> ClientResult<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let started = Instant::now();
+        let deadline = started + self.options.deadline;
+        let mut backoff = self.options.initial_backoff;
+        let mut rotation = 0usize;
+        let mut redirect: Option<String> = None;
+        let mut last_error = String::from("no attempt made");
+        let mut attempts = 0u32;
+        loop {
+            let target = match route {
+                Route::AnyNode => self.endpoints[rotation % self.endpoints.len()].clone(),
+                _ => redirect
+                    .take()
+                    .or_else(|| self.leader_hint())
+                    .unwrap_or_else(|| self.endpoints[rotation % self.endpoints.len()].clone()),
+            };
+            attempts += 1;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt_timeout = self.options.attempt_timeout.min(remaining);
+            let outcome = match tokio::time::timeout(attempt_timeout, op(self.channel(&target)?)).await {
+                Ok(result) => result,
+                Err(_) => Err(Status::deadline_exceeded(format!(
+                    "no answer from {target} within {attempt_timeout:?}"
+                ))),
+            };
+            let status = match outcome {
+                Ok(value) => {
+                    if route != Route::AnyNode {
+                        self.set_leader_hint(Some(target));
+                    }
+                    return Ok(value);
+                }
+                Err(status) => status,
+            };
+            last_error = format!("{target}: {}", status.message());
+            match status.code() {
+                Code::FailedPrecondition => {
+                    // NOT_LEADER: follow the hint at once if there is one.
+                    let hint = status
+                        .metadata()
+                        .get(LEADER_ADDR_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    self.set_leader_hint(None);
+                    if let Some(addr) = hint.filter(|a| *a != target) {
+                        tracing::debug!(from = %target, to = %addr, "following leader redirect");
+                        redirect = Some(addr);
+                        if Instant::now() < deadline {
+                            continue;
+                        }
+                    } else {
+                        rotation += 1;
+                    }
+                }
+                Code::Unavailable => {
+                    // Only a failed connect proves a non-idempotent request was never sent.
+                    if route == Route::LeaderOnce && !is_connect_error(&status) {
+                        return Err(ClientError::Ambiguous(last_error));
+                    }
+                    self.set_leader_hint(None);
+                    rotation += 1;
+                }
+                Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Internal => {
+                    if route == Route::LeaderOnce {
+                        return Err(ClientError::Ambiguous(last_error));
+                    }
+                    self.set_leader_hint(None);
+                    rotation += 1;
+                }
+                Code::InvalidArgument | Code::OutOfRange => {
+                    return Err(ClientError::InvalidArgument(status.message().to_string()))
+                }
+                _ => return Err(ClientError::Status(status)),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::Unavailable(format!(
+                    "gave up after {attempts} attempts in {:.1}s over [{}]; last error: {last_error}",
+                    started.elapsed().as_secs_f64(),
+                    self.endpoints.join(", ")
+                )));
+            }
+            tokio::time::sleep(backoff.min(deadline - now)).await;
+            backoff = (backoff * 2).min(self.options.max_backoff);
+        }
+    }
+
+    fn kv(channel: Channel) -> KvClient<Channel> {
+        KvClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Reads `key` linearizably.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn get(&self, key: impl Into<Bytes>) -> ClientResult<Option<Bytes>> {
+        let resp = self.get_with(key, Consistency::Linearizable).await?;
+        Ok(resp.found.then_some(resp.value))
+    }
+
+    /// Reads `key` at the given consistency; the response says which index was applied.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn get_with(
+        &self,
+        key: impl Into<Bytes>,
+        consistency: Consistency,
+    ) -> ClientResult<pb::GetResponse> {
+        let req = pb::GetRequest {
+            key: key.into(),
+            consistency: consistency as i32,
+        };
+        let route = read_route(consistency);
+        self.call(route, |ch| {
+            let req = req.clone();
+            async move { Ok(Self::kv(ch).get(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Writes `key = value`; returns the log index it was applied at.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> ClientResult<u64> {
+        Ok(self.put_with(key, value, false).await?.index)
+    }
+
+    /// Writes `key = value`, optionally returning the previous value.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn put_with(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        return_prev: bool,
+    ) -> ClientResult<pb::PutResponse> {
+        let req = pb::PutRequest {
+            key: key.into(),
+            value: value.into(),
+            return_prev,
+        };
+        self.call(Route::LeaderIdempotent, |ch| {
+            let req = req.clone();
+            async move { Ok(Self::kv(ch).put(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Deletes `key`; returns the index and whether the key existed.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn delete(&self, key: impl Into<Bytes>) -> ClientResult<pb::DeleteResponse> {
+        let req = pb::DeleteRequest { key: key.into() };
+        self.call(Route::LeaderIdempotent, |ch| {
+            let req = req.clone();
+            async move { Ok(Self::kv(ch).delete(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Writes several pairs atomically.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn batch_put(&self, pairs: Vec<(Bytes, Bytes)>) -> ClientResult<u64> {
+        let req = pb::BatchPutRequest {
+            pairs: pairs
+                .into_iter()
+                .map(|(key, value)| pb::KeyValue { key, value })
+                .collect(),
+        };
+        self.call(Route::LeaderIdempotent, |ch| {
+            let req = req.clone();
+            async move { Ok(Self::kv(ch).batch_put(req).await?.into_inner().index) }
+        })
+        .await
+    }
+
+    /// Sets `key` to `new_value` if it holds `expected` (`None`: if it is absent).
+    ///
+    /// # Errors
+    /// [`ClientError::Ambiguous`] when the outcome is unknown; otherwise see [`ClientError`].
+    pub async fn compare_and_swap(
+        &self,
+        key: impl Into<Bytes>,
+        expected: Option<Bytes>,
+        new_value: impl Into<Bytes>,
+    ) -> ClientResult<CasOutcome> {
+        let req = pb::CompareAndSwapRequest {
+            key: key.into(),
+            expected,
+            new_value: new_value.into(),
+        };
+        let resp = self
+            .call(Route::LeaderOnce, |ch| {
+                let req = req.clone();
+                async move { Ok(Self::kv(ch).compare_and_swap(req).await?.into_inner()) }
+            })
+            .await?;
+        Ok(CasOutcome {
+            success: resp.success,
+            index: resp.index,
+            current: resp.current,
+        })
+    }
+
+    /// One page of the ordered range `[start, end)` (empty `end`: unbounded).
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn scan(
+        &self,
+        start: impl Into<Bytes>,
+        end: impl Into<Bytes>,
+        limit: u32,
+        consistency: Consistency,
+    ) -> ClientResult<pb::ScanResponse> {
+        let req = pb::ScanRequest {
+            start: start.into(),
+            end: end.into(),
+            limit,
+            consistency: consistency as i32,
+        };
+        self.call(read_route(consistency), |ch| {
+            let req = req.clone();
+            async move { Ok(Self::kv(ch).scan(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Every pair in `[start, end)`, following continuations page by page. Each page is its own
+    /// read, so under concurrent writes the result is not one point-in-time view.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn scan_all(
+        &self,
+        start: impl Into<Bytes>,
+        end: impl Into<Bytes>,
+        consistency: Consistency,
+    ) -> ClientResult<Vec<(Bytes, Bytes)>> {
+        let end: Bytes = end.into();
+        let mut start: Bytes = start.into();
+        let mut out = Vec::new();
+        loop {
+            let page = self.scan(start, end.clone(), 0, consistency).await?;
+            out.extend(page.pairs.into_iter().map(|kv| (kv.key, kv.value)));
+            match page.next_start {
+                Some(next) => start = next,
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// The status of one specific node (no redirect).
+    ///
+    /// # Errors
+    /// [`ClientError::Unavailable`] when the node does not answer in time.
+    pub async fn status_of(&self, addr: &str) -> ClientResult<pb::StatusResponse> {
+        let channel = self.channel(addr)?;
+        let call = async move {
+            ClusterClient::new(channel)
+                .status(pb::StatusRequest {})
+                .await
+                .map(|r| r.into_inner())
+        };
+        match tokio::time::timeout(self.options.attempt_timeout, call).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(status)) => Err(ClientError::Unavailable(format!("{addr}: {}", status.message()))),
+            Err(_) => Err(ClientError::Unavailable(format!("{addr}: no answer"))),
+        }
+    }
+}
+
+fn read_route(consistency: Consistency) -> Route {
+    match consistency {
+        Consistency::Stale => Route::AnyNode,
+        Consistency::Linearizable => Route::LeaderIdempotent,
+    }
+}
+
+/// Whether the failure happened while connecting, i.e. the request was certainly not sent.
+fn is_connect_error(status: &Status) -> bool {
+    let mut text = status.message().to_lowercase();
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        text.push(' ');
+        text.push_str(&s.to_string().to_lowercase());
+        source = s.source();
+    }
+    text.contains("tcp connect error")
+        || text.contains("connection refused")
+        || text.contains("error trying to connect")
+}

@@ -1,0 +1,101 @@
+//! The error type of the node and its one mapping to gRPC status codes.
+//!
+//! Each layer returns [`Error`]; the gRPC services convert it with `From<Error> for tonic::Status`,
+//! so the status code a client sees is decided in exactly one place.
+
+use tonic::Code;
+use tonic::Status;
+
+use crate::raft::NodeId;
+
+/// gRPC metadata key carrying the leader's node id on a NOT_LEADER status.
+pub const LEADER_ID_HEADER: &str = "rskv-leader-id";
+/// gRPC metadata key carrying the leader's client address on a NOT_LEADER status.
+pub const LEADER_ADDR_HEADER: &str = "rskv-leader-addr";
+/// Message prefix of NOT_LEADER statuses, so humans reading logs recognise them.
+pub const NOT_LEADER_MESSAGE: &str = "not leader";
+
+/// Everything that can go wrong inside a node.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is wrong (empty key, oversize value, bad range); nothing was changed.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// This node is not the leader; `leader` names it when known. Nothing was changed.
+    #[error("{NOT_LEADER_MESSAGE}; leader is {}", describe_leader(.leader))]
+    NotLeader {
+        /// The leader's id and address, when this node knows them.
+        leader: Option<(NodeId, String)>,
+    },
+
+    /// The cluster cannot serve right now (no leader, quorum lost, shutting down).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+
+    /// The outcome is unknown: the request may or may not have been applied.
+    #[error("timed out: {0}")]
+    Timeout(String),
+
+    /// Invalid configuration; the message names the offending key.
+    #[error("config: {0}")]
+    Config(String),
+
+    /// A storage failure (RocksDB or file I/O).
+    #[error("storage: {0}")]
+    Storage(String),
+
+    /// A Raft failure that is not one of the above.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+fn describe_leader(leader: &Option<(NodeId, String)>) -> String {
+    match leader {
+        Some((id, addr)) => format!("node {id} at {addr}"),
+        None => "unknown".to_string(),
+    }
+}
+
+/// Result alias used throughout the node.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Storage(e.to_string())
+    }
+}
+
+impl From<rocksdb::Error> for Error {
+    fn from(e: rocksdb::Error) -> Self {
+        Error::Storage(e.to_string())
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::InvalidArgument(_) | Error::Config(_) => Code::InvalidArgument,
+            Error::NotLeader { .. } => Code::FailedPrecondition,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Timeout(_) => Code::DeadlineExceeded,
+            Error::Storage(_) | Error::Raft(_) => Code::Internal,
+        };
+        let mut status = Status::new(code, e.to_string());
+        if let Error::NotLeader { leader: Some((id, addr)) } = &e {
+            let md = status.metadata_mut();
+            if let Ok(v) = id.to_string().parse() {
+                md.insert(LEADER_ID_HEADER, v);
+            }
+            if let Ok(v) = addr.parse() {
+                md.insert(LEADER_ADDR_HEADER, v);
+            }
+        }
+        status
+    }
+}
+
+/// Converts an I/O-ish failure into the `io::Error` openraft's storage traits require.
+pub(crate) fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}

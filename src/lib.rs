@@ -1,0 +1,31 @@
+//! # rskv — a Raft-replicated key-value store
+//!
+//! ## Layout
+//! - [`config`]: the TOML configuration, flag overrides and validation.
+//! - [`storage`]: the Raft log in RocksDB ([`storage::log_store`]) and the state machine with its
+//!   two engines, memory and RocksDB ([`storage::state_machine`]), plus the snapshot file format.
+//! - [`raft`]: the openraft type configuration, the replicated [`raft::Command`], and the tonic
+//!   transport between nodes ([`raft::network`]).
+//! - [`server`]: a [`server::Node`] — storage + Raft + gRPC services (client API, cluster status,
+//!   Raft RPCs) on one port — and its lifecycle.
+//! - [`client`]: the library client with leader redirect, used by `kv_client`, tests and tools.
+//! - [`pb`]: generated protobuf code. [`error`]: the error type and its one mapping to gRPC codes.
+//!
+//! Data flows one way: a client write reaches the leader's [`server::kv_service`], becomes a
+//! [`raft::Command`] in the log, is replicated and committed by openraft, and is applied by
+//! [`storage::StateMachine`] on every node; only apply changes data.
+
+#![deny(missing_docs)]
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod pb;
+pub mod raft;
+pub mod server;
+pub mod storage;
+
+pub use client::Client;
+pub use config::Config;
+pub use error::Error;
+pub use error::Result;

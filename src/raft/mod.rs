@@ -1,0 +1,77 @@
+//! Consensus glue: the openraft type configuration, the replicated commands, and the transport.
+//!
+//! openraft owns the protocol (elections, replication, commit). rskv supplies four things: the
+//! command type that travels through the log ([`Command`]), what applying it answers
+//! ([`CommandResponse`]), the storage ([`crate::storage`]) and the network ([`network`]).
+
+pub mod network;
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::Serialize;
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of rskv: u64 node ids, `BasicNode { addr }` as the node
+    /// record (the address peers and clients dial), and rskv's own command and response.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResponse,
+        Node = openraft::BasicNode,
+);
+
+/// Node identifier; stable across restarts and unique within a cluster.
+pub type NodeId = u64;
+/// The Raft handle, parameterised by rskv's state machine.
+pub type Raft = openraft::Raft<TypeConfig, crate::storage::StateMachine>;
+/// A log entry.
+pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+/// A log id (term + index) as rskv uses it.
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+/// A vote record.
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+/// Membership together with the log id that introduced it.
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+/// Snapshot metadata.
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+/// A snapshot whose data is a file on disk.
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, crate::storage::SnapshotFile>;
+
+/// A state-machine command: the only way data changes in rskv.
+///
+/// Every variant is deterministic given the state it is applied to, so every replica that
+/// applies the same log reaches the same state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Set `key` to `value`.
+    Put { key: Bytes, value: Bytes },
+    /// Remove `key` (a no-op if absent).
+    Delete { key: Bytes },
+    /// Set several keys atomically, in order (a later pair wins over an earlier one).
+    BatchPut { pairs: Vec<(Bytes, Bytes)> },
+    /// Set `key` to `new_value` only if it currently holds `expected` (`None`: is absent).
+    CompareAndSwap { key: Bytes, expected: Option<Bytes>, new_value: Bytes },
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Put { key, value } => {
+                write!(f, "put({:?}, {} bytes)", key, value.len())
+            }
+            Command::Delete { key } => write!(f, "delete({key:?})"),
+            Command::BatchPut { pairs } => write!(f, "batch_put({} pairs)", pairs.len()),
+            Command::CompareAndSwap { key, .. } => write!(f, "cas({key:?})"),
+        }
+    }
+}
+
+/// What applying a [`Command`] produced; sent back to the client that proposed it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResponse {
+    /// The value the key held before (put, delete, CAS); `None` for batch puts and absent keys.
+    pub prev: Option<Bytes>,
+    /// For CAS: whether the swap happened. Always `true` for other commands.
+    pub success: bool,
+}

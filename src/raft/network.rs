@@ -1,0 +1,299 @@
+//! The Raft transport: openraft's outgoing RPCs over tonic, one cached channel per peer address.
+//!
+//! openraft's request/response types are MessagePack-encoded into `RaftPayload.data` (see
+//! `proto/raft.proto`); this module and [`crate::server::raft_service`] are the only places that
+//! encode or decode them. Snapshots are streamed from their file in `snapshot_chunk_bytes` pieces,
+//! with at most a few chunks in memory at a time.
+
+use std::future::Future;
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use openraft::error::NetworkError;
+use openraft::error::RPCError;
+use openraft::error::ReplicationClosed;
+use openraft::error::StreamingError;
+use openraft::error::Unreachable;
+use openraft::network::RPCOption;
+use openraft::network::RaftNetworkFactory;
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
+use openraft::raft::SnapshotResponse;
+use openraft::raft::TransferLeaderRequest;
+use openraft::raft::TransferLeaderResponse;
+use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
+use openraft::BasicNode;
+use openraft::RaftNetworkV2;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::Channel;
+use tonic::transport::Endpoint;
+
+use crate::pb::raft::raft_client::RaftClient;
+use crate::pb::raft::RaftPayload;
+use crate::pb::raft::SnapshotChunk;
+use crate::raft::NodeId;
+use crate::raft::Snapshot;
+use crate::raft::TypeConfig;
+use crate::raft::Vote;
+use crate::storage::SnapshotFile;
+
+/// Encodes an openraft message for the wire.
+///
+/// # Errors
+/// Only if serialization fails, which would be a bug in the message type.
+pub fn encode<T: Serialize>(value: &T) -> Result<Bytes, rmp_serde::encode::Error> {
+    rmp_serde::to_vec(value).map(Bytes::from)
+}
+
+/// Decodes an openraft message from the wire.
+///
+/// # Errors
+/// When the bytes are not a valid encoding of `T` (a peer of another version, or corruption).
+pub fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(data)
+}
+
+/// Builds a lazily-connecting channel to `addr` (`host:port`, or a full `http://` URI).
+///
+/// # Errors
+/// When `addr` is not a valid URI authority.
+pub fn lazy_channel(addr: &str, connect_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+    let uri = if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(Endpoint::from_shared(uri)?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// Creates connections to peers for openraft, sharing one HTTP/2 channel per address.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    /// Channels by peer address; tonic multiplexes concurrent RPCs over each.
+    channels: Arc<DashMap<String, Channel>>,
+    /// Size of the data chunks a snapshot is streamed in.
+    snapshot_chunk_bytes: usize,
+}
+
+impl NetworkFactory {
+    /// A factory streaming snapshots in chunks of `snapshot_chunk_bytes`.
+    pub fn new(snapshot_chunk_bytes: usize) -> NetworkFactory {
+        NetworkFactory {
+            channels: Arc::new(DashMap::new()),
+            snapshot_chunk_bytes,
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        if let Some(c) = self.channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel =
+            lazy_channel(addr, Duration::from_secs(1)).map_err(|e| format!("bad address {addr}: {e}"))?;
+        self.channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        PeerConnection {
+            target,
+            addr: node.addr.clone(),
+            client: self.channel(&node.addr).map(RaftClient::new),
+            snapshot_chunk_bytes: self.snapshot_chunk_bytes,
+        }
+    }
+}
+
+/// openraft's handle for sending RPCs to one peer.
+pub struct PeerConnection {
+    target: NodeId,
+    addr: String,
+    /// The gRPC client, or why none could be made (an invalid address).
+    client: Result<RaftClient<Channel>, String>,
+    snapshot_chunk_bytes: usize,
+}
+
+fn unreachable(msg: impl ToString) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::from_string(msg))
+}
+
+fn network(msg: impl ToString) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::from_string(msg))
+}
+
+/// Transport failures mean "unreachable" (openraft backs off); anything else is a network error.
+fn status_to_rpc(status: &tonic::Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+            unreachable(status.message())
+        }
+        _ => network(format!("{}: {}", status.code(), status.message())),
+    }
+}
+
+impl PeerConnection {
+    fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
+        self.client.clone().map_err(unreachable)
+    }
+
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        req: &Req,
+        option: &RPCOption,
+        call: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftClient<Channel>, tonic::Request<RaftPayload>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+    {
+        let data = encode(req).map_err(network)?;
+        let mut request = tonic::Request::new(RaftPayload { data });
+        request.set_timeout(option.hard_ttl());
+        let reply = call(self.client()?, request)
+            .await
+            .map_err(|s| status_to_rpc(&s))?;
+        decode(&reply.into_inner().data).map_err(network)
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConnection {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(&rpc, &option, |mut c, r| async move { c.append_entries(r).await })
+            .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(&rpc, &option, |mut c, r| async move { c.vote(r).await })
+            .await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(&rpc, &option, |mut c, r| async move { c.pre_vote(r).await })
+            .await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(&req, &option, |mut c, r| async move {
+            c.transfer_leader(r).await
+        })
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let header = encode(&(vote, snapshot.meta.clone()))
+            .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
+        let mut client = self
+            .client
+            .clone()
+            .map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))?;
+        let reader = snapshot
+            .snapshot
+            .read_from(0)
+            .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
+        let chunk = self.snapshot_chunk_bytes.max(1024);
+        let first = SnapshotChunk {
+            header,
+            data: Bytes::new(),
+        };
+        // Reads the file in a blocking thread; stops as soon as the RPC side goes away.
+        let producer = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+            let mut reader = reader;
+            let mut sent = 0u64;
+            if tx.blocking_send(first).is_err() {
+                return Ok(sent);
+            }
+            loop {
+                let mut buf = vec![0u8; chunk];
+                let mut filled = 0;
+                while filled < chunk {
+                    let n = reader.read(&mut buf[filled..])?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                if filled == 0 {
+                    return Ok(sent);
+                }
+                buf.truncate(filled);
+                sent += filled as u64;
+                let msg = SnapshotChunk {
+                    header: Bytes::new(),
+                    data: Bytes::from(buf),
+                };
+                if tx.blocking_send(msg).is_err() {
+                    return Ok(sent);
+                }
+            }
+        });
+        let target = self.target;
+        let addr = self.addr.clone();
+        tracing::info!(target, %addr, last_log_id = ?snapshot.meta.last_log_id, "sending snapshot");
+        let call = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let reply = tokio::select! {
+            reply = call => reply,
+            closed = cancel => {
+                producer.abort();
+                return Err(StreamingError::Closed(closed));
+            }
+        };
+        match producer.await {
+            Ok(Ok(bytes)) => tracing::info!(target, bytes, "snapshot sent"),
+            Ok(Err(e)) => {
+                return Err(StreamingError::Network(NetworkError::from_string(format!(
+                    "reading snapshot file: {e}"
+                ))))
+            }
+            Err(e) => {
+                return Err(StreamingError::Network(NetworkError::from_string(e)));
+            }
+        }
+        let reply = reply.map_err(|s| match status_to_rpc(&s) {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            _ => StreamingError::Network(NetworkError::from_string(s.message())),
+        })?;
+        decode(&reply.into_inner().data)
+            .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))
+    }
+}

@@ -1,0 +1,272 @@
+//! The client key-value API (`rskv.v1.Kv`).
+//!
+//! Writes are proposed to Raft and answered after they are committed and applied; the reply
+//! carries the log index. Reads are linearizable by default — a ReadIndex barrier through
+//! openraft (the leader confirms its leadership with a quorum, then waits until its state machine
+//! has applied up to the confirmed commit index) — or `STALE`, served from the local state machine
+//! of any node. A follower answers writes and linearizable reads with NOT_LEADER naming the leader.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::ClientWriteError;
+use openraft::error::LinearizableReadError;
+use openraft::error::RaftError;
+use openraft::ReadPolicy;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+
+use super::Node;
+use crate::error::Error;
+use crate::error::Result;
+use crate::pb::kv as pb;
+use crate::pb::kv::kv_server::Kv;
+use crate::raft::Command;
+use crate::raft::CommandResponse;
+
+/// Scan page size when the request gives no limit.
+pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
+/// Largest page a scan may ask for.
+pub const MAX_SCAN_LIMIT: u32 = 10_000;
+
+/// Implements `rskv.v1.Kv` on top of a [`Node`].
+pub struct KvService {
+    node: Arc<Node>,
+}
+
+impl KvService {
+    /// A service answering for `node`.
+    pub fn new(node: Arc<Node>) -> KvService {
+        KvService { node }
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.node.config.limits.request_timeout_ms)
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<()> {
+        let max = self.node.config.limits.max_key_size;
+        if key.is_empty() {
+            return Err(Error::InvalidArgument("key must not be empty".into()));
+        }
+        if key.len() > max {
+            return Err(Error::InvalidArgument(format!(
+                "key is {} bytes; the limit is {max}",
+                key.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<()> {
+        let max = self.node.config.limits.max_value_size;
+        if value.len() > max {
+            return Err(Error::InvalidArgument(format!(
+                "value is {} bytes; the limit is {max}",
+                value.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Proposes `command` and waits until it is committed and applied.
+    async fn write(&self, command: Command) -> Result<(u64, CommandResponse)> {
+        let result = tokio::time::timeout(self.timeout(), self.node.raft.client_write(command))
+            .await
+            .map_err(|_| {
+                Error::Timeout("write not committed in time; it may or may not be applied".into())
+            })?;
+        match result {
+            Ok(resp) => Ok((resp.log_id.index, resp.data)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Error::NotLeader {
+                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+            }),
+            Err(e) => Err(Error::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Waits until this node may serve a read at the requested consistency.
+    async fn read_barrier(&self, consistency: i32) -> Result<()> {
+        let consistency = pb::Consistency::try_from(consistency).map_err(|_| {
+            Error::InvalidArgument(format!("unknown consistency level {consistency}"))
+        })?;
+        if consistency == pb::Consistency::Stale {
+            return Ok(());
+        }
+        let result = tokio::time::timeout(
+            self.timeout(),
+            self.node.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+        )
+        .await
+        .map_err(|_| Error::Timeout("linearizable read barrier timed out".into()))?;
+        match result {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Err(Error::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                })
+            }
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e))) => {
+                Err(Error::Unavailable(e.to_string()))
+            }
+            Err(e) => Err(Error::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn engine_call<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&dyn crate::storage::KvEngine) -> std::io::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let engine = self.node.engine.clone();
+        tokio::task::spawn_blocking(move || f(&*engine))
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))?
+            .map_err(Error::from)
+    }
+}
+
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let req = request.into_inner();
+        self.check_key(&req.key)?;
+        self.read_barrier(req.consistency).await?;
+        let applied_index = self.node.applied_index();
+        let key = req.key;
+        let value = self.engine_call(move |e| e.get(&key)).await?;
+        Ok(Response::new(pb::GetResponse {
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+            applied_index,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
+    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let req = request.into_inner();
+        self.check_key(&req.key)?;
+        self.check_value(&req.value)?;
+        let (index, resp) = self
+            .write(Command::Put {
+                key: req.key,
+                value: req.value,
+            })
+            .await?;
+        Ok(Response::new(pb::PutResponse {
+            index,
+            prev_value: if req.return_prev { resp.prev } else { None },
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let req = request.into_inner();
+        self.check_key(&req.key)?;
+        let (index, resp) = self.write(Command::Delete { key: req.key }).await?;
+        Ok(Response::new(pb::DeleteResponse {
+            index,
+            existed: resp.prev.is_some(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
+    async fn scan(&self, request: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
+        let req = request.into_inner();
+        if !req.end.is_empty() && req.start > req.end {
+            return Err(Error::InvalidArgument(format!(
+                "scan start {:?} is after end {:?}",
+                String::from_utf8_lossy(&req.start),
+                String::from_utf8_lossy(&req.end)
+            ))
+            .into());
+        }
+        if req.limit > MAX_SCAN_LIMIT {
+            return Err(Error::InvalidArgument(format!(
+                "scan limit {} exceeds the maximum {MAX_SCAN_LIMIT}",
+                req.limit
+            ))
+            .into());
+        }
+        let limit = if req.limit == 0 {
+            DEFAULT_SCAN_LIMIT
+        } else {
+            req.limit
+        } as usize;
+        self.read_barrier(req.consistency).await?;
+        let applied_index = self.node.applied_index();
+        let (start, end) = (req.start, req.end);
+        // Fetch one extra pair to learn whether another page exists.
+        let mut pairs = self
+            .engine_call(move |e| {
+                let end = if end.is_empty() { None } else { Some(&end[..]) };
+                e.scan(&start, end, limit + 1)
+            })
+            .await?;
+        let next_start = if pairs.len() > limit {
+            pairs.pop().map(|(k, _)| k)
+        } else {
+            None
+        };
+        Ok(Response::new(pb::ScanResponse {
+            pairs: pairs
+                .into_iter()
+                .map(|(key, value)| pb::KeyValue { key, value })
+                .collect(),
+            next_start,
+            applied_index,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
+    async fn batch_put(
+        &self,
+        request: Request<pb::BatchPutRequest>,
+    ) -> Result<Response<pb::BatchPutResponse>, Status> {
+        let req = request.into_inner();
+        if req.pairs.is_empty() {
+            return Err(Error::InvalidArgument("batch must contain at least one pair".into()).into());
+        }
+        let mut pairs: Vec<(Bytes, Bytes)> = Vec::with_capacity(req.pairs.len());
+        for kv in req.pairs {
+            self.check_key(&kv.key)?;
+            self.check_value(&kv.value)?;
+            pairs.push((kv.key, kv.value));
+        }
+        let (index, _) = self.write(Command::BatchPut { pairs }).await?;
+        Ok(Response::new(pb::BatchPutResponse { index }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
+    async fn compare_and_swap(
+        &self,
+        request: Request<pb::CompareAndSwapRequest>,
+    ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
+        let req = request.into_inner();
+        self.check_key(&req.key)?;
+        self.check_value(&req.new_value)?;
+        if let Some(expected) = &req.expected {
+            self.check_value(expected)?;
+        }
+        let new_value = req.new_value.clone();
+        let (index, resp) = self
+            .write(Command::CompareAndSwap {
+                key: req.key,
+                expected: req.expected,
+                new_value: req.new_value,
+            })
+            .await?;
+        Ok(Response::new(pb::CompareAndSwapResponse {
+            success: resp.success,
+            index,
+            current: if resp.success { Some(new_value) } else { resp.prev },
+        }))
+    }
+}

@@ -1,0 +1,180 @@
+//! The receiving side of the Raft transport (`rskv.raft.v1.Raft`): decodes openraft messages and
+//! hands them to the local Raft instance. Incoming snapshots are written chunk by chunk to a file
+//! in the snapshot directory, then installed from that file.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::TransferLeaderRequest;
+use openraft::raft::VoteRequest;
+use serde::Serialize;
+use tokio_stream::StreamExt;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+use tonic::Streaming;
+
+use super::Node;
+use crate::pb::raft::raft_server::Raft;
+use crate::pb::raft::RaftPayload;
+use crate::pb::raft::SnapshotChunk;
+use crate::raft::network::decode;
+use crate::raft::network::encode;
+use crate::raft::Snapshot;
+use crate::raft::SnapshotMeta;
+use crate::raft::TypeConfig;
+use crate::raft::Vote;
+use crate::storage::SnapshotFile;
+
+/// Implements `rskv.raft.v1.Raft` on top of a [`Node`].
+pub struct RaftService {
+    node: Arc<Node>,
+    /// Names incoming snapshot files uniquely.
+    incoming_seq: AtomicU64,
+}
+
+impl RaftService {
+    /// A service answering for `node`.
+    pub fn new(node: Arc<Node>) -> RaftService {
+        RaftService {
+            node,
+            incoming_seq: AtomicU64::new(0),
+        }
+    }
+}
+
+fn payload<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+    let data = encode(value).map_err(|e| Status::internal(format!("encode: {e}")))?;
+    Ok(Response::new(RaftPayload { data }))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(request: Request<RaftPayload>) -> Result<T, Status> {
+    decode(&request.into_inner().data)
+        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+}
+
+/// Removes a partially received snapshot file unless it was installed (renamed away).
+struct IncomingFile(PathBuf);
+
+impl Drop for IncomingFile {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            if let Err(e) = std::fs::remove_file(&self.0) {
+                tracing::warn!(path = %self.0.display(), error = %e, "cannot remove incoming snapshot");
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Raft for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = parse(request)?;
+        let resp = self
+            .node
+            .raft
+            .append_entries(rpc)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        payload(&resp)
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc: VoteRequest<TypeConfig> = parse(request)?;
+        let resp = self
+            .node
+            .raft
+            .vote(rpc)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        payload(&resp)
+    }
+
+    async fn pre_vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc: VoteRequest<TypeConfig> = parse(request)?;
+        let resp = self
+            .node
+            .raft
+            .pre_vote(rpc)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        payload(&resp)
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: TransferLeaderRequest<TypeConfig> = parse(request)?;
+        let resp = self
+            .node
+            .raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        payload(&resp)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let (vote, meta): (Vote, SnapshotMeta) = decode(&first.header)
+            .map_err(|e| Status::invalid_argument(format!("undecodable snapshot header: {e}")))?;
+        let seq = self.incoming_seq.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .node
+            .snapshot_dir
+            .join(format!("incoming-{}-{seq}.tmp", std::process::id()));
+        let guard = IncomingFile(path.clone());
+        tracing::info!(node_id = self.node.id, last_log_id = ?meta.last_log_id, "receiving snapshot");
+        let mut file = std::fs::File::create(&path)
+            .map_err(|e| Status::internal(format!("create snapshot file: {e}")))?;
+        let mut received = first.data.len() as u64;
+        file.write_all(&first.data)
+            .map_err(|e| Status::internal(format!("write snapshot: {e}")))?;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            received += chunk.data.len() as u64;
+            // Writes go to the page cache; the file is synced once before install.
+            let (f, result) = tokio::task::spawn_blocking(move || {
+                let r = file.write_all(&chunk.data);
+                (file, r)
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+            file = f;
+            result.map_err(|e| Status::internal(format!("write snapshot: {e}")))?;
+        }
+        drop(file);
+        tracing::info!(node_id = self.node.id, bytes = received, "snapshot received; installing");
+        let snapshot_file =
+            SnapshotFile::open(&path).map_err(|e| Status::internal(format!("open snapshot: {e}")))?;
+        let resp = self
+            .node
+            .raft
+            .install_full_snapshot(
+                vote,
+                Snapshot {
+                    meta,
+                    snapshot: snapshot_file,
+                },
+            )
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        drop(guard);
+        payload(&resp)
+    }
+}

@@ -1,0 +1,390 @@
+//! The Raft log, vote and commit/purge markers, persisted in RocksDB.
+//!
+//! Layout: column family `logs` maps a big-endian `u64` index to a MessagePack-encoded entry, so
+//! RocksDB's byte order is log order; column family `meta` holds `vote`, `committed` and
+//! `last_purged`.
+//!
+//! **Durability and group commit.** `append` writes its batch to RocksDB without syncing (the data
+//! is visible to readers at once) and hands openraft's completion callback to a dedicated flusher
+//! thread. The flusher drains every callback queued so far, syncs the RocksDB WAL once
+//! (`flush_wal(true)`), and only then completes them all: each acknowledgement is backed by an
+//! fsync that happened after its write, and many appends share one fsync under load. The vote is
+//! written with a synchronous write before `save_vote` returns, as Raft requires.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::Bound;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use openraft::storage::IOFlushed;
+use openraft::storage::LogState;
+use openraft::storage::RaftLogStorage;
+use openraft::OptionalSend;
+use openraft::RaftLogReader;
+use rocksdb::ColumnFamilyDescriptor;
+use rocksdb::Direction;
+use rocksdb::IteratorMode;
+use rocksdb::Options;
+use rocksdb::WriteBatch;
+use rocksdb::WriteOptions;
+use rocksdb::DB;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::io_err;
+use crate::raft::Entry;
+use crate::raft::LogId;
+use crate::raft::TypeConfig;
+use crate::raft::Vote;
+
+const CF_LOGS: &str = "logs";
+const CF_META: &str = "meta";
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+/// The RocksDB-backed Raft log store handed to openraft.
+pub struct LogStore {
+    db: Arc<DB>,
+    /// Completion callbacks waiting for the next WAL sync; closing it stops the flusher thread.
+    flush_tx: Option<mpsc::Sender<IOFlushed<TypeConfig>>>,
+    /// The flusher thread, joined on drop so no thread outlives the store.
+    flusher: Option<JoinHandle<()>>,
+}
+
+/// A cheap, cloneable reader over the same RocksDB (openraft reads entries from replication
+/// tasks concurrently with appends).
+#[derive(Clone)]
+pub struct LogReader {
+    db: Arc<DB>,
+}
+
+fn encode<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
+    rmp_serde::to_vec(v).map_err(io_err)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    rmp_serde::from_slice(bytes).map_err(io_err)
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> io::Result<&'a rocksdb::ColumnFamily> {
+    db.cf_handle(name)
+        .ok_or_else(|| io_err(format!("column family {name} missing")))
+}
+
+fn get_meta<T: DeserializeOwned>(db: &DB, key: &[u8]) -> io::Result<Option<T>> {
+    match db.get_cf(cf(db, CF_META)?, key).map_err(io_err)? {
+        Some(bytes) => Ok(Some(decode(&bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// Runs blocking RocksDB work off the async runtime.
+async fn blocking<T, F>(f: F) -> io::Result<T>
+where
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(io_err)?
+}
+
+impl LogStore {
+    /// Opens (or creates) the log store under `dir`.
+    ///
+    /// # Errors
+    /// When RocksDB cannot open the directory (permissions, another process holding the lock).
+    pub fn open(dir: &Path) -> io::Result<LogStore> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // The log is written once and read back soon; compression would only cost CPU.
+        let mut logs_opts = Options::default();
+        logs_opts.set_compression_type(rocksdb::DBCompressionType::None);
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_LOGS, logs_opts),
+            ColumnFamilyDescriptor::new(CF_META, Options::default()),
+        ];
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(io_err)?;
+        let db = Arc::new(db);
+        let (flush_tx, flush_rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
+        let flush_db = db.clone();
+        let flusher = std::thread::Builder::new()
+            .name("rskv-log-flush".into())
+            .spawn(move || flush_loop(&flush_db, &flush_rx))?;
+        Ok(LogStore {
+            db,
+            flush_tx: Some(flush_tx),
+            flusher: Some(flusher),
+        })
+    }
+
+    async fn write(&self, batch: WriteBatch, sync: bool) -> io::Result<()> {
+        let db = self.db.clone();
+        blocking(move || {
+            let mut wo = WriteOptions::default();
+            wo.set_sync(sync);
+            db.write_opt(batch, &wo).map_err(io_err)
+        })
+        .await
+    }
+
+    fn meta_batch<T: Serialize>(&self, key: &[u8], value: &T) -> io::Result<WriteBatch> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_META)?, key, encode(value)?);
+        Ok(batch)
+    }
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        drop(self.flush_tx.take());
+        if let Some(handle) = self.flusher.take() {
+            if handle.join().is_err() {
+                tracing::error!("log flusher thread panicked");
+            }
+        }
+    }
+}
+
+/// Group commit: one WAL sync completes every append queued before it.
+fn flush_loop(db: &DB, rx: &mpsc::Receiver<IOFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut waiting = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let result = db.flush_wal(true).map_err(io_err);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "log WAL sync failed");
+        }
+        for callback in waiting {
+            callback.io_completed(result.as_ref().map(|_| ()).map_err(|e| io_err(e)));
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> io::Result<Vec<Entry>> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Some(i.saturating_add(1)),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
+        let db = self.db.clone();
+        blocking(move || read_range(&db, start, end)).await
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        let db = self.db.clone();
+        blocking(move || get_meta(&db, KEY_VOTE)).await
+    }
+}
+
+fn read_range(db: &DB, start: u64, end: Option<u64>) -> io::Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    let start_key = index_key(start);
+    let iter = db.iterator_cf(
+        cf(db, CF_LOGS)?,
+        IteratorMode::From(&start_key, Direction::Forward),
+    );
+    for item in iter {
+        let (key, value) = item.map_err(io_err)?;
+        let index = u64::from_be_bytes(
+            key.as_ref()
+                .try_into()
+                .map_err(|_| io_err("corrupt log key"))?,
+        );
+        if end.is_some_and(|end| index >= end) {
+            break;
+        }
+        out.push(decode(&value)?);
+    }
+    Ok(out)
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
+        let db = self.db.clone();
+        blocking(move || {
+            let last_purged: Option<LogId> = get_meta(&db, KEY_LAST_PURGED)?;
+            let last = db
+                .iterator_cf(cf(&db, CF_LOGS)?, IteratorMode::End)
+                .next()
+                .transpose()
+                .map_err(io_err)?;
+            let last_log_id = match last {
+                Some((_, value)) => Some(decode::<Entry>(&value)?.log_id),
+                None => last_purged.clone(),
+            };
+            Ok(LogState {
+                last_purged_log_id: last_purged,
+                last_log_id,
+            })
+        })
+        .await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        LogReader {
+            db: self.db.clone(),
+        }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
+        let batch = self.meta_batch(KEY_VOTE, vote)?;
+        self.write(batch, true).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
+        // Not synced: losing it in a crash only means re-learning the commit index from the
+        // leader; it never makes the node claim more than was committed.
+        let batch = self.meta_batch(KEY_COMMITTED, &committed)?;
+        self.write(batch, false).await
+    }
+
+    async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
+        let db = self.db.clone();
+        blocking(move || Ok(get_meta::<Option<LogId>>(&db, KEY_COMMITTED)?.flatten())).await
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        {
+            let logs = cf(&self.db, CF_LOGS)?;
+            for entry in entries {
+                batch.put_cf(logs, index_key(entry.log_id.index), encode(&entry)?);
+            }
+        }
+        self.write(batch, false).await?;
+        let tx = self
+            .flush_tx
+            .as_ref()
+            .ok_or_else(|| io_err("log store is closed"))?;
+        tx.send(callback)
+            .map_err(|_| io_err("log flusher thread stopped"))?;
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
+        let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf(&self.db, CF_LOGS)?, index_key(from), index_key(u64::MAX));
+        // The entry at u64::MAX is excluded by the range end; no real log gets there.
+        self.write(batch, true).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
+        let mut batch = self.meta_batch(KEY_LAST_PURGED, &log_id)?;
+        batch.delete_range_cf(
+            cf(&self.db, CF_LOGS)?,
+            index_key(0),
+            index_key(log_id.index + 1),
+        );
+        // Purge marker first in the same batch: after a crash the state is consistent either way.
+        self.write(batch, false).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::entry::RaftEntry;
+
+    use super::*;
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        openraft::LogId::new(openraft::vote::leader_id_adv::CommittedLeaderId::new(term, 1), index)
+    }
+
+    fn blank(term: u64, index: u64) -> Entry {
+        Entry::new_blank(log_id(term, index))
+    }
+
+    async fn append_all(store: &mut LogStore, entries: Vec<Entry>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store
+            .append(entries, IOFlushed::signal(tx))
+            .await
+            .expect("append");
+        rx.await.expect("callback").expect("flushed");
+    }
+
+    #[tokio::test]
+    async fn append_truncate_purge_should_keep_log_contiguous() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = LogStore::open(dir.path()).expect("open");
+        append_all(&mut store, (1..=10).map(|i| blank(1, i)).collect()).await;
+        let mut reader = store.get_log_reader().await;
+        assert_eq!(reader.try_get_log_entries(3..6).await.expect("read").len(), 3);
+
+        // A conflicting suffix from a new leader replaces entries 8..=10.
+        store.truncate_after(Some(log_id(1, 7))).await.expect("truncate");
+        append_all(&mut store, vec![blank(2, 8)]).await;
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id, Some(log_id(2, 8)));
+
+        store.purge(log_id(1, 4)).await.expect("purge");
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 4)));
+        let left = reader.try_get_log_entries(..).await.expect("read");
+        let indexes: Vec<u64> = left.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(indexes, vec![5, 6, 7, 8]);
+    }
+
+    #[tokio::test]
+    async fn vote_and_log_should_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vote = Vote::new_committed(3, 2);
+        {
+            let mut store = LogStore::open(dir.path()).expect("open");
+            store.save_vote(&vote).await.expect("vote");
+            append_all(&mut store, (1..=3).map(|i| blank(3, i)).collect()).await;
+            store
+                .save_committed(Some(log_id(3, 2)))
+                .await
+                .expect("committed");
+        }
+        let mut store = LogStore::open(dir.path()).expect("reopen");
+        let mut reader = store.get_log_reader().await;
+        assert_eq!(reader.read_vote().await.expect("vote"), Some(vote));
+        assert_eq!(
+            store.read_committed().await.expect("committed"),
+            Some(log_id(3, 2))
+        );
+        assert_eq!(
+            store.get_log_state().await.expect("state").last_log_id,
+            Some(log_id(3, 3))
+        );
+    }
+
+    #[tokio::test]
+    async fn empty_store_should_report_purged_as_last() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = LogStore::open(dir.path()).expect("open");
+        append_all(&mut store, (1..=2).map(|i| blank(1, i)).collect()).await;
+        store.purge(log_id(1, 2)).await.expect("purge");
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id, Some(log_id(1, 2)));
+    }
+}

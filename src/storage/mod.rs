@@ -1,0 +1,71 @@
+//! Storage: the Raft log ([`log_store`]) and the state machine ([`state_machine`]) that committed
+//! entries are applied to, plus the snapshot file format both state machines share ([`snapshot`]).
+//!
+//! The log and the state machine are separate on purpose (as in raft-rs and TiKV): the log is the
+//! durable record of what was agreed, the state machine is a rebuildable view of it. The state
+//! machine's engine is chosen in config: [`memory::MemoryEngine`] or [`rocks::RocksEngine`], both
+//! behind the [`state_machine::KvEngine`] trait and tested by one shared suite.
+
+pub mod log_store;
+pub mod snapshot;
+pub mod state_machine;
+
+pub use log_store::LogStore;
+pub use snapshot::SnapshotFile;
+pub use state_machine::memory;
+pub use state_machine::rocks;
+pub use state_machine::AppliedState;
+pub use state_machine::KvEngine;
+pub use state_machine::StateMachine;
+
+/// openraft's own storage conformance suite, run against the log store with each engine.
+#[cfg(test)]
+mod openraft_suite {
+    use std::sync::Arc;
+
+    use openraft::testing::log::StoreBuilder;
+    use openraft::testing::log::Suite;
+    use openraft::StorageError;
+
+    use super::*;
+    use crate::raft::TypeConfig;
+
+    struct Builder {
+        rocks_engine: bool,
+    }
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
+            let fail = |e: std::io::Error| StorageError::read(openraft::AnyError::new(&e).into());
+            let dir = tempfile::tempdir().map_err(fail)?;
+            let log_store = LogStore::open(&dir.path().join("log")).map_err(fail)?;
+            let engine: Arc<dyn KvEngine> = if self.rocks_engine {
+                Arc::new(rocks::RocksEngine::open(&dir.path().join("sm")).map_err(fail)?)
+            } else {
+                Arc::new(memory::MemoryEngine::new())
+            };
+            let sm = StateMachine::open(engine, &dir.path().join("snapshots"))
+                .await
+                .map_err(fail)?;
+            Ok((dir, log_store, sm))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_engine_should_pass_openraft_suite() {
+        Suite::test_all(Builder {
+            rocks_engine: false,
+        })
+        .await
+        .expect("openraft storage suite");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rocks_engine_should_pass_openraft_suite() {
+        Suite::test_all(Builder { rocks_engine: true })
+            .await
+            .expect("openraft storage suite");
+    }
+}

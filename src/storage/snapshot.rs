@@ -1,0 +1,242 @@
+//! The snapshot file: one self-describing file per snapshot, shared by both engines.
+//!
+//! Layout: the magic `RSKVSNP1`, a `u32` length and the MessagePack [`SnapshotMeta`], then records
+//! of (`u32` key length, key, `u32` value length, value) in key order, then an end marker
+//! (`u32::MAX`) and the `u64` record count, which detects truncated files. Everything is streamed:
+//! neither writing, sending nor reading a snapshot holds it in memory.
+
+use std::fs::File;
+use std::io;
+use std::io::BufReader;
+use std::io::BufWriter;
+use std::io::Read;
+use std::io::Write;
+use std::path::Path;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+
+use crate::error::io_err;
+use crate::raft::SnapshotMeta;
+
+const MAGIC: &[u8; 8] = b"RSKVSNP1";
+const END: u32 = u32::MAX;
+/// Largest header or record field accepted when reading, so a corrupt length cannot allocate GBs.
+const MAX_FIELD: u32 = 256 * 1024 * 1024;
+
+/// A snapshot's data as openraft passes it around: an open file plus its path.
+///
+/// Holding the open file (not just a path) pins the exact snapshot even if a newer one replaces
+/// the path while this one is being sent.
+#[derive(Debug)]
+pub struct SnapshotFile {
+    /// Open handle, positioned anywhere; readers seek to the start.
+    pub file: File,
+    /// Where the file lives (for logs and for renaming an incoming snapshot into place).
+    pub path: PathBuf,
+}
+
+impl SnapshotFile {
+    /// Opens an existing snapshot file.
+    ///
+    /// # Errors
+    /// When the file cannot be opened.
+    pub fn open(path: &Path) -> io::Result<SnapshotFile> {
+        Ok(SnapshotFile {
+            file: File::open(path)?,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Reads the metadata header.
+    ///
+    /// # Errors
+    /// When the file is not a snapshot or is truncated.
+    pub fn read_meta(&self) -> io::Result<SnapshotMeta> {
+        Ok(self.reader()?.meta)
+    }
+
+    /// A reader over the records, from the start of the file.
+    ///
+    /// # Errors
+    /// When the header cannot be read.
+    pub fn reader(&self) -> io::Result<SnapshotReader> {
+        SnapshotReader::new(self.positional()?)
+    }
+
+    /// A reader from byte `offset` that does not move the shared file cursor, so several readers
+    /// (a send in progress, a status query) never disturb each other.
+    ///
+    /// # Errors
+    /// When the file handle cannot be duplicated.
+    pub fn read_from(&self, offset: u64) -> io::Result<PositionalReader> {
+        Ok(PositionalReader {
+            file: self.file.try_clone()?,
+            pos: offset,
+        })
+    }
+
+    fn positional(&self) -> io::Result<PositionalReader> {
+        self.read_from(0)
+    }
+
+    /// Total size in bytes.
+    ///
+    /// # Errors
+    /// When the file's metadata cannot be read.
+    pub fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+}
+
+/// Reads a file with positional reads (`pread`), independent of the file cursor.
+pub struct PositionalReader {
+    file: File,
+    pos: u64,
+}
+
+impl Read for PositionalReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Writes a snapshot file: header first, then records, then [`SnapshotWriter::finish`].
+pub struct SnapshotWriter {
+    out: BufWriter<File>,
+    count: u64,
+}
+
+impl SnapshotWriter {
+    /// Creates `path` and writes the header.
+    ///
+    /// # Errors
+    /// When the file cannot be created or written.
+    pub fn create(path: &Path, meta: &SnapshotMeta) -> io::Result<SnapshotWriter> {
+        let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
+        out.write_all(MAGIC)?;
+        let header = rmp_serde::to_vec(meta).map_err(io_err)?;
+        write_field(&mut out, &header)?;
+        Ok(SnapshotWriter { out, count: 0 })
+    }
+
+    /// Appends one key-value record.
+    ///
+    /// # Errors
+    /// On a write failure.
+    pub fn record(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        write_field(&mut self.out, key)?;
+        write_field(&mut self.out, value)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Writes the end marker and syncs the file to disk.
+    ///
+    /// # Errors
+    /// On a write or sync failure.
+    pub fn finish(mut self) -> io::Result<u64> {
+        self.out.write_all(&END.to_le_bytes())?;
+        self.out.write_all(&self.count.to_le_bytes())?;
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(self.count)
+    }
+}
+
+fn write_field(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(bytes.len())
+        .ok()
+        .filter(|l| *l < MAX_FIELD)
+        .ok_or_else(|| io_err("snapshot field too large"))?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(bytes)
+}
+
+/// Streams the records of a snapshot file.
+pub struct SnapshotReader {
+    input: BufReader<PositionalReader>,
+    /// The header of the file.
+    pub meta: SnapshotMeta,
+    count: u64,
+    done: bool,
+}
+
+impl SnapshotReader {
+    fn new(file: PositionalReader) -> io::Result<SnapshotReader> {
+        let mut input = BufReader::with_capacity(1 << 20, file);
+        let mut magic = [0u8; 8];
+        input.read_exact(&mut magic)?;
+        if &magic != MAGIC {
+            return Err(io_err("not an rskv snapshot file"));
+        }
+        let len = read_u32(&mut input)?;
+        let header = read_exact_vec(&mut input, len)?;
+        let meta = rmp_serde::from_slice(&header).map_err(io_err)?;
+        Ok(SnapshotReader {
+            input,
+            meta,
+            count: 0,
+            done: false,
+        })
+    }
+}
+
+fn read_u32(input: &mut impl Read) -> io::Result<u32> {
+    let mut b = [0u8; 4];
+    input.read_exact(&mut b)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+fn read_exact_vec(input: &mut impl Read, len: u32) -> io::Result<Vec<u8>> {
+    if len >= MAX_FIELD {
+        return Err(io_err("corrupt snapshot: field length too large"));
+    }
+    let mut v = vec![0u8; len as usize];
+    input.read_exact(&mut v)?;
+    Ok(v)
+}
+
+impl Iterator for SnapshotReader {
+    type Item = io::Result<(Bytes, Bytes)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let step = (|| {
+            let klen = read_u32(&mut self.input)?;
+            if klen == END {
+                let mut b = [0u8; 8];
+                self.input.read_exact(&mut b)?;
+                let expected = u64::from_le_bytes(b);
+                if expected != self.count {
+                    return Err(io_err(format!(
+                        "corrupt snapshot: {} records, trailer says {expected}",
+                        self.count
+                    )));
+                }
+                return Ok(None);
+            }
+            let key = read_exact_vec(&mut self.input, klen)?;
+            let vlen = read_u32(&mut self.input)?;
+            let value = read_exact_vec(&mut self.input, vlen)?;
+            self.count += 1;
+            Ok(Some((Bytes::from(key), Bytes::from(value))))
+        })();
+        match step {
+            Ok(Some(kv)) => Some(Ok(kv)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}

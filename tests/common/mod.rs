@@ -1,0 +1,275 @@
+//! Test harness: real `kv_server` processes on loopback ports, and waiting helpers with deadlines.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use rskv::client::ClientOptions;
+use rskv::client::Consistency;
+use rskv::Client;
+
+/// Path of the built `kv_server` binary.
+pub fn server_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kv_server"))
+}
+
+/// Path of the built `kv_client` binary.
+pub fn client_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kv_client"))
+}
+
+/// Reserves `n` distinct free loopback ports (bound together, then released for the nodes).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One `kv_server` process.
+pub struct NodeProc {
+    pub id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl NodeProc {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open node log");
+        let child = Command::new(server_bin())
+            .args(&self.args)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn kv_server");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: a crash, no clean shutdown.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for exit; returns the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A cluster of `kv_server` processes with data in a temporary directory.
+pub struct ProcessCluster {
+    pub nodes: Vec<NodeProc>,
+    pub dir: tempfile::TempDir,
+}
+
+impl ProcessCluster {
+    /// Starts `n` nodes with the given engine (`memory` or `rocksdb`) and extra flags.
+    pub fn start(n: usize, engine: &str, extra: &[&str]) -> ProcessCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports = free_ports(n);
+        let members: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+            .collect();
+        let config = dir.path().join("base.toml");
+        std::fs::write(
+            &config,
+            "node_id = 1\nlisten_addr = \"127.0.0.1:1\"\n[raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n",
+        )
+        .expect("write config");
+        let mut nodes = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let id = (i + 1) as u64;
+            let data_dir = dir.path().join(format!("node{id}"));
+            std::fs::create_dir_all(&data_dir).expect("mkdir");
+            let addr = format!("127.0.0.1:{port}");
+            let mut args: Vec<String> = vec![
+                "--config".into(),
+                config.display().to_string(),
+                "--node-id".into(),
+                id.to_string(),
+                "--listen-addr".into(),
+                addr.clone(),
+                "--data-dir".into(),
+                data_dir.join("data").display().to_string(),
+                "--engine".into(),
+                engine.into(),
+                "--initial-members".into(),
+                members.join(","),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let mut node = NodeProc {
+                id,
+                addr,
+                log: data_dir.join("node.log"),
+                data_dir,
+                child: None,
+                args,
+            };
+            node.spawn();
+            nodes.push(node);
+        }
+        ProcessCluster { nodes, dir }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::with_options(self.endpoints(), ClientOptions {
+            deadline: Duration::from_secs(15),
+            ..ClientOptions::default()
+        })
+        .expect("client")
+    }
+
+    /// A client that only knows one node (to exercise redirects).
+    pub fn client_for(&self, id: u64) -> Client {
+        Client::with_options(vec![self.node(id).addr.clone()], ClientOptions {
+            deadline: Duration::from_secs(15),
+            ..ClientOptions::default()
+        })
+        .expect("client")
+    }
+
+    pub fn node(&self, id: u64) -> &NodeProc {
+        self.nodes.iter().find(|n| n.id == id).expect("node id")
+    }
+
+    pub fn node_mut(&mut self, id: u64) -> &mut NodeProc {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
+    }
+
+    /// Waits until the running nodes agree on one leader; returns its id.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> u64 {
+        let client = self.client();
+        let running: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.addr.clone())
+            .collect();
+        wait_for("a leader all running nodes agree on", timeout, || {
+            let client = &client;
+            let running = running.clone();
+            async move {
+                let mut leader = None;
+                for addr in &running {
+                    let s = client.status_of(addr).await.ok()?;
+                    let l = s.leader_id?;
+                    if leader.is_some_and(|x| x != l) {
+                        return None;
+                    }
+                    leader = Some(l);
+                }
+                let l = leader?;
+                let s = client.status_of(&self.node(l).addr).await.ok()?;
+                (s.role == "leader").then_some(l)
+            }
+        })
+        .await
+    }
+
+    pub fn kill(&mut self, id: u64) {
+        self.node_mut(id).kill();
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        let node = self.node_mut(id);
+        node.kill();
+        node.spawn();
+    }
+
+    /// Waits until node `id` serves `key` = `value` from its own state machine.
+    pub async fn wait_stale_value(&self, id: u64, key: &str, value: Option<&str>, timeout: Duration) {
+        let client = self.client_for(id);
+        let expected = value.map(|v| bytes::Bytes::copy_from_slice(v.as_bytes()));
+        wait_for(&format!("node {id} to apply {key}"), timeout, || {
+            let client = &client;
+            let expected = expected.clone();
+            async move {
+                let r = client.get_with(key.to_string(), Consistency::Stale).await.ok()?;
+                let got = r.found.then_some(r.value);
+                (got == expected).then_some(())
+            }
+        })
+        .await
+    }
+}
+
+impl NodeProc {
+    /// Wraps a process the test spawned itself.
+    pub fn attach(id: u64, addr: String, data_dir: PathBuf, log: PathBuf, child: Child) -> NodeProc {
+        NodeProc {
+            id,
+            addr,
+            data_dir,
+            log,
+            child: Some(child),
+            args: Vec::new(),
+        }
+    }
+}
