@@ -190,7 +190,7 @@ impl Client {
         let mut backoff = self.options.initial_backoff;
         let mut rotation = 0usize;
         let mut redirect: Option<String> = None;
-        let mut last_error = String::from("no attempt made");
+        let mut last_error;
         let mut attempts = 0u32;
         loop {
             let target = match route {
@@ -203,12 +203,13 @@ impl Client {
             attempts += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let attempt_timeout = self.options.attempt_timeout.min(remaining);
-            let outcome = match tokio::time::timeout(attempt_timeout, op(self.channel(&target)?)).await {
-                Ok(result) => result,
-                Err(_) => Err(Status::deadline_exceeded(format!(
-                    "no answer from {target} within {attempt_timeout:?}"
-                ))),
-            };
+            let outcome =
+                match tokio::time::timeout(attempt_timeout, op(self.channel(&target)?)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Status::deadline_exceeded(format!(
+                        "no answer from {target} within {attempt_timeout:?}"
+                    ))),
+                };
             let status = match outcome {
                 Ok(value) => {
                     if route != Route::AnyNode {
@@ -458,7 +459,10 @@ impl Client {
         };
         match tokio::time::timeout(self.options.attempt_timeout, call).await {
             Ok(Ok(s)) => Ok(s),
-            Ok(Err(status)) => Err(ClientError::Unavailable(format!("{addr}: {}", status.message()))),
+            Ok(Err(status)) => Err(ClientError::Unavailable(format!(
+                "{addr}: {}",
+                status.message()
+            ))),
             Err(_) => Err(ClientError::Unavailable(format!("{addr}: no answer"))),
         }
     }

@@ -88,7 +88,9 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { engine: Engine::Rocksdb }
+        Self {
+            engine: Engine::Rocksdb,
+        }
     }
 }
 
@@ -275,11 +277,23 @@ impl Config {
         }
         set(&mut self.storage.engine, &o.engine);
         set(&mut self.cluster.initial_members, &o.initial_members);
-        set(&mut self.raft.heartbeat_interval_ms, &o.heartbeat_interval_ms);
-        set(&mut self.raft.election_timeout_min_ms, &o.election_timeout_min_ms);
-        set(&mut self.raft.election_timeout_max_ms, &o.election_timeout_max_ms);
+        set(
+            &mut self.raft.heartbeat_interval_ms,
+            &o.heartbeat_interval_ms,
+        );
+        set(
+            &mut self.raft.election_timeout_min_ms,
+            &o.election_timeout_min_ms,
+        );
+        set(
+            &mut self.raft.election_timeout_max_ms,
+            &o.election_timeout_max_ms,
+        );
         set(&mut self.raft.snapshot_every, &o.snapshot_every);
-        set(&mut self.raft.keep_logs_after_snapshot, &o.keep_logs_after_snapshot);
+        set(
+            &mut self.raft.keep_logs_after_snapshot,
+            &o.keep_logs_after_snapshot,
+        );
         set(&mut self.limits.max_key_size, &o.max_key_size);
         set(&mut self.limits.max_value_size, &o.max_value_size);
         set(&mut self.limits.request_timeout_ms, &o.request_timeout_ms);
@@ -396,7 +410,6 @@ impl Config {
             max_in_snapshot_log_to_keep: r.keep_logs_after_snapshot,
             snapshot_max_chunk_size: r.snapshot_chunk_bytes,
             install_snapshot_timeout: 10_000,
-            send_snapshot_timeout: 60_000,
             ..Default::default()
         };
         config
@@ -442,8 +455,7 @@ mod tests {
     fn node_outside_membership_should_be_rejected() {
         let mut c = Config::from_toml(DEV_CONFIG).expect("parse");
         c.node_id = 4;
-        c.cluster.initial_members =
-            BTreeMap::from([("1".to_string(), "127.0.0.1:1".to_string())]);
+        c.cluster.initial_members = BTreeMap::from([("1".to_string(), "127.0.0.1:1".to_string())]);
         let err = c.validate().expect_err("must fail");
         assert!(err.to_string().contains("initial_members"), "{err}");
     }

@@ -82,7 +82,10 @@ impl From<Error> for Status {
             Error::Storage(_) | Error::Raft(_) => Code::Internal,
         };
         let mut status = Status::new(code, e.to_string());
-        if let Error::NotLeader { leader: Some((id, addr)) } = &e {
+        if let Error::NotLeader {
+            leader: Some((id, addr)),
+        } = &e
+        {
             let md = status.metadata_mut();
             if let Ok(v) = id.to_string().parse() {
                 md.insert(LEADER_ID_HEADER, v);

@@ -23,10 +23,16 @@ async fn replicated_cluster_should_survive_crash_and_restart(engine: &str) {
 
     // A client that only knows a follower is redirected to the leader.
     let via_follower = cluster.client_for(follower);
-    let index = via_follower.put("greeting", "hello").await.expect("put via follower");
+    let index = via_follower
+        .put("greeting", "hello")
+        .await
+        .expect("put via follower");
     assert!(index > 0);
     assert_eq!(
-        via_follower.get("greeting").await.expect("linearizable get"),
+        via_follower
+            .get("greeting")
+            .await
+            .expect("linearizable get"),
         Some(Bytes::from("hello"))
     );
     // Once applied, every node serves it from its own state machine.
@@ -49,7 +55,10 @@ async fn replicated_cluster_should_survive_crash_and_restart(engine: &str) {
     assert_ne!(new_leader, leader, "a surviving node must lead");
     for i in 50..80 {
         let key = format!("key-{i:03}");
-        client.put(key.clone(), format!("v{i}")).await.expect("put after failover");
+        client
+            .put(key.clone(), format!("v{i}"))
+            .await
+            .expect("put after failover");
         acked.push((key, format!("v{i}")));
     }
     for (key, value) in &acked {
@@ -107,9 +116,13 @@ async fn memory_cluster_should_survive_crash_and_restart() {
 async fn follower_should_answer_not_leader_with_leader_address() {
     let cluster = ProcessCluster::start(3, "rocksdb", &[]);
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let follower = cluster.nodes.iter().find(|n| n.id != leader).expect("follower");
-    let channel = rskv::raft::network::lazy_channel(&follower.addr, Duration::from_secs(1))
-        .expect("channel");
+    let follower = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id != leader)
+        .expect("follower");
+    let channel =
+        rskv::raft::network::lazy_channel(&follower.addr, Duration::from_secs(1)).expect("channel");
     let mut kv = rskv::pb::kv::kv_client::KvClient::new(channel);
     let status = kv
         .put(rskv::pb::kv::PutRequest {
@@ -120,7 +133,11 @@ async fn follower_should_answer_not_leader_with_leader_address() {
         .await
         .expect_err("a follower must refuse a write");
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
-    assert!(status.message().contains("not leader"), "{}", status.message());
+    assert!(
+        status.message().contains("not leader"),
+        "{}",
+        status.message()
+    );
     let hinted = status
         .metadata()
         .get(rskv::error::LEADER_ADDR_HEADER)
@@ -139,17 +156,28 @@ async fn snapshot_should_let_a_lagging_node_catch_up() {
         &["--snapshot-every", "20", "--keep-logs-after-snapshot", "0"],
     );
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let lagging = cluster.nodes.iter().map(|n| n.id).find(|id| *id != leader).expect("follower");
+    let lagging = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|id| *id != leader)
+        .expect("follower");
     cluster.kill(lagging);
     let client = cluster.client();
     for i in 0..200 {
-        client.put(format!("s{i:04}"), format!("{i}")).await.expect("put");
+        client
+            .put(format!("s{i:04}"), format!("{i}"))
+            .await
+            .expect("put");
     }
     let status = client
         .status_of(&cluster.node(leader).addr)
         .await
         .expect("status");
-    assert!(status.purged_index > 0, "leader should have purged its log: {status:?}");
+    assert!(
+        status.purged_index > 0,
+        "leader should have purged its log: {status:?}"
+    );
     cluster.restart(lagging);
     cluster
         .wait_stale_value(lagging, "s0199", Some("199"), Duration::from_secs(30))
@@ -161,7 +189,10 @@ async fn snapshot_should_let_a_lagging_node_catch_up() {
         .expect("scan");
     assert_eq!(stale.len(), 200);
     assert!(
-        cluster.node(lagging).log_text().contains("snapshot installed"),
+        cluster
+            .node(lagging)
+            .log_text()
+            .contains("snapshot installed"),
         "node should have caught up by snapshot"
     );
 }

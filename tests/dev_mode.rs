@@ -18,14 +18,19 @@ use rskv::client::ClientError;
 use rskv::client::Consistency;
 use rskv::Client;
 
-/// Starts `kv_server` in dev mode on a free port with extra flags.
-fn dev_node(extra: &[&str]) -> (NodeProc, tempfile::TempDir) {
+/// Starts `kv_server` in dev mode on a free port with extra flags. Unless `own_temp_dir`, the data
+/// goes to the test's directory (so a killed node leaves nothing behind).
+fn dev_node(extra: &[&str], own_temp_dir: bool) -> (NodeProc, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_ports(1)[0];
     let addr = format!("127.0.0.1:{port}");
     let log = dir.path().join("node.log");
     let logfile = std::fs::File::create(&log).expect("log");
     let mut args = vec!["--listen-addr".to_string(), addr.clone()];
+    if !own_temp_dir {
+        args.push("--data-dir".into());
+        args.push(dir.path().join("data").display().to_string());
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     let child = Command::new(server_bin())
         .args(&args)
@@ -69,7 +74,7 @@ fn stdout(o: &std::process::Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_should_serve_the_whole_api() {
-    let (mut node, _dir) = dev_node(&[]);
+    let (mut node, _dir) = dev_node(&[], true);
     let client = ready_client(&node).await;
 
     let i1 = client.put("b", "2").await.expect("put");
@@ -84,11 +89,17 @@ async fn dev_mode_should_serve_the_whole_api() {
         ])
         .await
         .expect("batch");
-    assert_eq!(client.get("a").await.expect("get"), Some(Bytes::from("one")));
+    assert_eq!(
+        client.get("a").await.expect("get"),
+        Some(Bytes::from("one"))
+    );
     assert_eq!(client.get("missing").await.expect("get"), None);
 
     // Ordered scans with a limit and a continuation.
-    let page = client.scan("", "", 2, Consistency::Linearizable).await.expect("scan");
+    let page = client
+        .scan("", "", 2, Consistency::Linearizable)
+        .await
+        .expect("scan");
     let keys: Vec<_> = page.pairs.iter().map(|kv| kv.key.clone()).collect();
     assert_eq!(keys, vec![Bytes::from("a"), Bytes::from("b")]);
     assert_eq!(page.next_start, Some(Bytes::from("c")));
@@ -98,13 +109,22 @@ async fn dev_mode_should_serve_the_whole_api() {
         .expect("scan");
     assert_eq!(rest.pairs.len(), 2);
     assert_eq!(rest.next_start, None);
-    let ranged = client.scan("b", "d", 0, Consistency::Linearizable).await.expect("scan");
+    let ranged = client
+        .scan("b", "d", 0, Consistency::Linearizable)
+        .await
+        .expect("scan");
     assert_eq!(ranged.pairs.len(), 2);
 
     // Compare-and-swap, absent and present.
-    let cas = client.compare_and_swap("lock", None, "me").await.expect("cas");
+    let cas = client
+        .compare_and_swap("lock", None, "me")
+        .await
+        .expect("cas");
     assert!(cas.success);
-    let cas = client.compare_and_swap("lock", None, "you").await.expect("cas");
+    let cas = client
+        .compare_and_swap("lock", None, "you")
+        .await
+        .expect("cas");
     assert!(!cas.success);
     assert_eq!(cas.current, Some(Bytes::from("me")));
     let cas = client
@@ -112,7 +132,10 @@ async fn dev_mode_should_serve_the_whole_api() {
         .await
         .expect("cas");
     assert!(cas.success);
-    assert_eq!(client.get("lock").await.expect("get"), Some(Bytes::from("you")));
+    assert_eq!(
+        client.get("lock").await.expect("get"),
+        Some(Bytes::from("you"))
+    );
 
     let del = client.delete("a").await.expect("delete");
     assert!(del.existed);
@@ -127,14 +150,19 @@ async fn dev_mode_should_serve_the_whole_api() {
         .map(str::to_string)
         .expect("dev mode logs its data dir");
     assert!(std::path::Path::new(&data_dir).exists());
-    let status = node.terminate(Duration::from_secs(15)).expect("exits on SIGTERM");
+    let status = node
+        .terminate(Duration::from_secs(15))
+        .expect("exits on SIGTERM");
     assert!(status.success(), "exit status {status:?}");
-    assert!(!std::path::Path::new(&data_dir).exists(), "temp dir {data_dir} not removed");
+    assert!(
+        !std::path::Path::new(&data_dir).exists(),
+        "temp dir {data_dir} not removed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_cli_commands_should_work() {
-    let (node, _dir) = dev_node(&[]);
+    let (node, _dir) = dev_node(&[], false);
     ready_client(&node).await;
     let set = cli(&node.addr, &["set", "--key", "name", "--value", "999999"]);
     assert!(set.status.success(), "{set:?}");
@@ -156,7 +184,7 @@ async fn seed_cli_commands_should_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_should_be_rejected_and_change_nothing() {
-    let (node, _dir) = dev_node(&["--max-key-size", "8", "--max-value-size", "16"]);
+    let (node, _dir) = dev_node(&["--max-key-size", "8", "--max-value-size", "16"], false);
     let client = ready_client(&node).await;
     client.put("k", "original").await.expect("put");
 
@@ -166,12 +194,18 @@ async fn bad_requests_should_be_rejected_and_change_nothing() {
     };
     let msg = invalid(client.put("", "v").await.map(|_| ()), "empty key");
     assert!(msg.contains("empty"), "{msg}");
-    let msg = invalid(client.put("k", "x".repeat(17)).await.map(|_| ()), "big value");
+    let msg = invalid(
+        client.put("k", "x".repeat(17)).await.map(|_| ()),
+        "big value",
+    );
     assert!(msg.contains("limit is 16"), "{msg}");
     let msg = invalid(client.put("k".repeat(9), "v").await.map(|_| ()), "big key");
     assert!(msg.contains("limit is 8"), "{msg}");
     let msg = invalid(
-        client.scan("z", "a", 0, Consistency::Linearizable).await.map(|_| ()),
+        client
+            .scan("z", "a", 0, Consistency::Linearizable)
+            .await
+            .map(|_| ()),
         "reversed scan",
     );
     assert!(msg.contains("after end"), "{msg}");
@@ -183,8 +217,14 @@ async fn bad_requests_should_be_rejected_and_change_nothing() {
         "big cas value",
     );
     invalid(client.batch_put(vec![]).await.map(|_| ()), "empty batch");
-    assert_eq!(client.get("k").await.expect("get"), Some(Bytes::from("original")));
-    let all = client.scan_all("", "", Consistency::Linearizable).await.expect("scan");
+    assert_eq!(
+        client.get("k").await.expect("get"),
+        Some(Bytes::from("original"))
+    );
+    let all = client
+        .scan_all("", "", Consistency::Linearizable)
+        .await
+        .expect("scan");
     assert_eq!(all.len(), 1, "nothing else was written: {all:?}");
 
     // The CLI reports server-side rejections with a message and exit code 1.
@@ -195,10 +235,16 @@ async fn bad_requests_should_be_rejected_and_change_nothing() {
 
 #[test]
 fn cli_usage_errors_should_exit_2() {
-    let out = Command::new(client_bin()).arg("frobnicate").output().expect("run");
+    let out = Command::new(client_bin())
+        .arg("frobnicate")
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("frobnicate"));
-    let out = Command::new(client_bin()).args(["get"]).output().expect("run");
+    let out = Command::new(client_bin())
+        .args(["get"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2), "missing --key");
 }
 
@@ -207,13 +253,23 @@ fn unreachable_cluster_should_fail_fast_with_a_message() {
     let port = free_ports(1)[0];
     let started = Instant::now();
     let out = Command::new(client_bin())
-        .args(["--endpoints", &format!("127.0.0.1:{port}"), "get", "--key", "x"])
+        .args([
+            "--endpoints",
+            &format!("127.0.0.1:{port}"),
+            "get",
+            "--key",
+            "x",
+        ])
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unavailable"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -239,6 +295,9 @@ fn bad_config_should_exit_2_naming_the_key() {
             .expect("run");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "case {i}: {err}");
-        assert!(err.contains(key), "case {i}: message should name `{key}`: {err}");
+        assert!(
+            err.contains(key),
+            "case {i}: message should name `{key}`: {err}"
+        );
     }
 }

@@ -97,7 +97,10 @@ fn main() -> ExitCode {
         eprintln!("error: --timeout must be a positive number of seconds");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -152,7 +155,10 @@ async fn run(args: Args) -> Result<(), ClientError> {
             let resp = client.put_with(key.clone(), value, prev).await?;
             let prev_text = resp.prev_value.as_deref().map(text);
             if json {
-                println!("{}", json!({"key": key, "index": resp.index, "prev_value": prev_text}));
+                println!(
+                    "{}",
+                    json!({"key": key, "index": resp.index, "prev_value": prev_text})
+                );
             } else {
                 println!("OK (index {})", resp.index);
                 if prev {
@@ -163,7 +169,10 @@ async fn run(args: Args) -> Result<(), ClientError> {
         Command::Delete { key } => {
             let resp = client.delete(key.clone()).await?;
             if json {
-                println!("{}", json!({"key": key, "index": resp.index, "existed": resp.existed}));
+                println!(
+                    "{}",
+                    json!({"key": key, "index": resp.index, "existed": resp.existed})
+                );
             } else if resp.existed {
                 println!("deleted (index {})", resp.index);
             } else {
@@ -176,9 +185,7 @@ async fn run(args: Args) -> Result<(), ClientError> {
             limit,
             stale,
         } => {
-            let resp = client
-                .scan(start, end, limit, consistency(stale))
-                .await?;
+            let resp = client.scan(start, end, limit, consistency(stale)).await?;
             if json {
                 let pairs: Vec<_> = resp
                     .pairs
@@ -261,7 +268,15 @@ async fn status(client: &Client, json: bool) -> Result<(), ClientError> {
     } else {
         println!(
             "{:<22} {:>3} {:<10} {:>5} {:>6} {:>9} {:>9} {:>9} {:<8}",
-            "ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "LAST_LOG", "COMMITTED", "APPLIED", "ENGINE"
+            "ENDPOINT",
+            "ID",
+            "ROLE",
+            "TERM",
+            "LEADER",
+            "LAST_LOG",
+            "COMMITTED",
+            "APPLIED",
+            "ENGINE"
         );
         for (ep, s) in &rows {
             match s {
@@ -271,7 +286,9 @@ async fn status(client: &Client, json: bool) -> Result<(), ClientError> {
                     s.id,
                     s.role,
                     s.term,
-                    s.leader_id.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                    s.leader_id
+                        .map(|l| l.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     s.last_log_index,
                     s.committed,
                     s.applied,
@@ -284,7 +301,14 @@ async fn status(client: &Client, json: bool) -> Result<(), ClientError> {
             let members: Vec<String> = s
                 .members
                 .iter()
-                .map(|m| format!("{}={}{}", m.id, m.addr, if m.voter { "" } else { " (learner)" }))
+                .map(|m| {
+                    format!(
+                        "{}={}{}",
+                        m.id,
+                        m.addr,
+                        if m.voter { "" } else { " (learner)" }
+                    )
+                })
                 .collect();
             println!("members: {}", members.join(", "));
         }

@@ -3,6 +3,8 @@
 //! Without `--config` it starts single-node dev mode on 127.0.0.1:50051 with data in a temporary
 //! directory (removed on exit) unless `--data-dir` is given.
 
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -22,8 +24,11 @@ struct Args {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args = Args::parse();
     let dev_mode = Config::is_dev_mode(&args.overrides);
@@ -34,44 +39,54 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Dev mode without --data-dir keeps data in a temporary directory, removed after the runtime
+    // (and with it every storage handle) is gone.
+    let (data_dir, temp_dir) = match (&config.data_dir, dev_mode) {
+        (Some(dir), _) => (dir.clone(), None),
+        (None, true) => match tempfile::Builder::new().prefix("rskv-dev-").tempdir() {
+            Ok(temp) => (temp.path().to_path_buf(), Some(temp)),
+            Err(e) => {
+                eprintln!("kv_server: cannot create a temporary data dir: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        (None, false) => {
+            eprintln!(
+                "kv_server: config: `data_dir` is required (set it in the file or pass --data-dir)"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kv_server: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(config, dev_mode)) {
+    let result = runtime.block_on(run(config, data_dir, dev_mode));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+    drop(temp_dir);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err((code, message)) => {
+        Err(message) => {
             eprintln!("kv_server: {message}");
-            ExitCode::from(code)
+            ExitCode::from(1)
         }
     }
 }
 
-async fn run(config: Config, dev_mode: bool) -> Result<(), (u8, String)> {
-    // Dev mode without --data-dir keeps data in a temporary directory dropped (removed) on exit.
-    let (data_dir, _temp_dir) = match (&config.data_dir, dev_mode) {
-        (Some(dir), _) => (dir.clone(), None),
-        (None, true) => {
-            let temp = tempfile::Builder::new()
-                .prefix("rskv-dev-")
-                .tempdir()
-                .map_err(|e| (1, format!("cannot create a temporary data dir: {e}")))?;
-            (temp.path().to_path_buf(), Some(temp))
-        }
-        (None, false) => {
-            return Err((2, "config: `data_dir` is required (set it in the file or pass --data-dir)".into()))
-        }
-    };
+async fn run(config: Config, data_dir: PathBuf, dev_mode: bool) -> Result<(), String> {
     let listener = TcpListener::bind(config.listen_addr)
         .await
-        .map_err(|e| (1, format!("cannot listen on {}: {e}", config.listen_addr)))?;
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen_addr))?;
     let listen = config.listen_addr;
     let node = Node::start(config, &data_dir)
         .await
-        .map_err(|e| (1, e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     if dev_mode {
         tracing::info!(
             addr = %listen,
@@ -81,7 +96,7 @@ async fn run(config: Config, dev_mode: bool) -> Result<(), (u8, String)> {
     }
     node.serve(listener, shutdown_signal())
         .await
-        .map_err(|e| (1, e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     tracing::info!("stopped cleanly");
     Ok(())
 }

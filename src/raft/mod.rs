@@ -36,7 +36,8 @@ pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<Typ
 /// Snapshot metadata.
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
 /// A snapshot whose data is a file on disk.
-pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, crate::storage::SnapshotFile>;
+pub type Snapshot =
+    openraft::type_config::alias::SnapshotOf<TypeConfig, crate::storage::SnapshotFile>;
 
 /// A state-machine command: the only way data changes in rskv.
 ///
@@ -45,13 +46,31 @@ pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, crate::
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Set `key` to `value`.
-    Put { key: Bytes, value: Bytes },
+    Put {
+        /// The key to set.
+        key: Bytes,
+        /// Its new value.
+        value: Bytes,
+    },
     /// Remove `key` (a no-op if absent).
-    Delete { key: Bytes },
+    Delete {
+        /// The key to remove.
+        key: Bytes,
+    },
     /// Set several keys atomically, in order (a later pair wins over an earlier one).
-    BatchPut { pairs: Vec<(Bytes, Bytes)> },
+    BatchPut {
+        /// Key-value pairs, applied in order.
+        pairs: Vec<(Bytes, Bytes)>,
+    },
     /// Set `key` to `new_value` only if it currently holds `expected` (`None`: is absent).
-    CompareAndSwap { key: Bytes, expected: Option<Bytes>, new_value: Bytes },
+    CompareAndSwap {
+        /// The key to test and set.
+        key: Bytes,
+        /// The value required for the swap; `None` requires the key to be absent.
+        expected: Option<Bytes>,
+        /// The value written when the comparison holds.
+        new_value: Bytes,
+    },
 }
 
 impl fmt::Display for Command {

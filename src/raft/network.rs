@@ -62,7 +62,10 @@ pub fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T, rmp_serde::decode::
 ///
 /// # Errors
 /// When `addr` is not a valid URI authority.
-pub fn lazy_channel(addr: &str, connect_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+pub fn lazy_channel(
+    addr: &str,
+    connect_timeout: Duration,
+) -> Result<Channel, tonic::transport::Error> {
     let uri = if addr.starts_with("http://") || addr.starts_with("https://") {
         addr.to_string()
     } else {
@@ -98,8 +101,8 @@ impl NetworkFactory {
         if let Some(c) = self.channels.get(addr) {
             return Ok(c.clone());
         }
-        let channel =
-            lazy_channel(addr, Duration::from_secs(1)).map_err(|e| format!("bad address {addr}: {e}"))?;
+        let channel = lazy_channel(addr, Duration::from_secs(1))
+            .map_err(|e| format!("bad address {addr}: {e}"))?;
         self.channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }
@@ -180,8 +183,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, &option, |mut c, r| async move { c.append_entries(r).await })
-            .await
+        self.unary(&rpc, &option, |mut c, r| async move {
+            c.append_entries(r).await
+        })
+        .await
     }
 
     async fn vote(

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::ServerState;
 use tonic::Request;
 use tonic::Response;
@@ -41,7 +42,7 @@ impl Cluster for ClusterService {
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let metrics = self.node.raft.metrics().borrow().clone();
+        let metrics = self.node.raft.metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership();
         let voters: Vec<u64> = membership.voter_ids().collect();
         let members = membership
@@ -63,7 +64,7 @@ impl Cluster for ClusterService {
             leader_id,
             leader_addr,
             last_log_index: metrics.last_log_index.unwrap_or(0),
-            committed: metrics.committed.map(|l| l.index).unwrap_or(0),
+            committed: metrics.local_committed.map(|l| l.index).unwrap_or(0),
             applied: metrics.last_applied.map(|l| l.index).unwrap_or(0),
             members,
             engine: self.node.engine.name().to_string(),

@@ -80,9 +80,11 @@ impl KvService {
             })?;
         match result {
             Ok(resp) => Ok((resp.log_id.index, resp.data)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Error::NotLeader {
-                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
-            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(Error::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                })
+            }
             Err(e) => Err(Error::Unavailable(e.to_string())),
         }
     }
@@ -128,11 +130,13 @@ impl KvService {
     }
 }
 
-
 #[tonic::async_trait]
 impl Kv for KvService {
     #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
-    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
         let req = request.into_inner();
         self.check_key(&req.key)?;
         self.read_barrier(req.consistency).await?;
@@ -147,7 +151,10 @@ impl Kv for KvService {
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
-    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
         let req = request.into_inner();
         self.check_key(&req.key)?;
         self.check_value(&req.value)?;
@@ -178,7 +185,10 @@ impl Kv for KvService {
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
-    async fn scan(&self, request: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
+    async fn scan(
+        &self,
+        request: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
         let req = request.into_inner();
         if !req.end.is_empty() && req.start > req.end {
             return Err(Error::InvalidArgument(format!(
@@ -232,7 +242,9 @@ impl Kv for KvService {
     ) -> Result<Response<pb::BatchPutResponse>, Status> {
         let req = request.into_inner();
         if req.pairs.is_empty() {
-            return Err(Error::InvalidArgument("batch must contain at least one pair".into()).into());
+            return Err(
+                Error::InvalidArgument("batch must contain at least one pair".into()).into(),
+            );
         }
         let mut pairs: Vec<(Bytes, Bytes)> = Vec::with_capacity(req.pairs.len());
         for kv in req.pairs {
@@ -266,7 +278,11 @@ impl Kv for KvService {
         Ok(Response::new(pb::CompareAndSwapResponse {
             success: resp.success,
             index,
-            current: if resp.success { Some(new_value) } else { resp.prev },
+            current: if resp.success {
+                Some(new_value)
+            } else {
+                resp.prev
+            },
         }))
     }
 }

@@ -17,6 +17,7 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::BasicNode;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -74,8 +75,9 @@ impl Node {
             std::fs::create_dir_all(&log_dir)?;
             std::fs::create_dir_all(&snapshot_dir)?;
             remove_incoming_snapshots(&snapshot_dir);
-            let log_store = LogStore::open(&log_dir)
-                .map_err(|e| Error::Storage(format!("opening raft log in {}: {e}", log_dir.display())))?;
+            let log_store = LogStore::open(&log_dir).map_err(|e| {
+                Error::Storage(format!("opening raft log in {}: {e}", log_dir.display()))
+            })?;
             let engine: Arc<dyn KvEngine> = match config.storage.engine {
                 Engine::Memory => Arc::new(MemoryEngine::new()),
                 Engine::Rocksdb => {
@@ -88,9 +90,15 @@ impl Node {
             let state_machine = StateMachine::open(engine.clone(), &snapshot_dir).await?;
             let network = NetworkFactory::new(config.raft.snapshot_chunk_bytes as usize);
             let raft_config = Arc::new(config.openraft_config()?);
-            let raft = Raft::new(config.node_id, raft_config, network, log_store, state_machine)
-                .await
-                .map_err(|e| Error::Raft(e.to_string()))?;
+            let raft = Raft::new(
+                config.node_id,
+                raft_config,
+                network,
+                log_store,
+                state_machine,
+            )
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
             let node = Arc::new(Node {
                 id: config.node_id,
                 config: Arc::new(config),
@@ -179,7 +187,7 @@ impl Node {
     /// The current leader's id and advertised address, if known.
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let metrics = self.raft.metrics();
-        let m = metrics.borrow();
+        let m = metrics.borrow_watched();
         let id = m.current_leader?;
         let addr = m
             .membership_config
@@ -193,7 +201,7 @@ impl Node {
     pub fn applied_index(&self) -> u64 {
         self.raft
             .metrics()
-            .borrow()
+            .borrow_watched()
             .last_applied
             .as_ref()
             .map(|l| l.index)

@@ -97,7 +97,10 @@ impl Raft for RaftService {
         payload(&resp)
     }
 
-    async fn pre_vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn pre_vote(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         let rpc: VoteRequest<TypeConfig> = parse(request)?;
         let resp = self
             .node
@@ -159,9 +162,13 @@ impl Raft for RaftService {
             result.map_err(|e| Status::internal(format!("write snapshot: {e}")))?;
         }
         drop(file);
-        tracing::info!(node_id = self.node.id, bytes = received, "snapshot received; installing");
-        let snapshot_file =
-            SnapshotFile::open(&path).map_err(|e| Status::internal(format!("open snapshot: {e}")))?;
+        tracing::info!(
+            node_id = self.node.id,
+            bytes = received,
+            "snapshot received; installing"
+        );
+        let snapshot_file = SnapshotFile::open(&path)
+            .map_err(|e| Status::internal(format!("open snapshot: {e}")))?;
         let resp = self
             .node
             .raft

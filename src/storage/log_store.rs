@@ -166,7 +166,7 @@ fn flush_loop(db: &DB, rx: &mpsc::Receiver<IOFlushed<TypeConfig>>) {
             tracing::error!(error = %e, "log WAL sync failed");
         }
         for callback in waiting {
-            callback.io_completed(result.as_ref().map(|_| ()).map_err(|e| io_err(e)));
+            callback.io_completed(result.as_ref().map(|_| ()).map_err(io_err));
         }
     }
 }
@@ -232,7 +232,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(io_err)?;
             let last_log_id = match last {
                 Some((_, value)) => Some(decode::<Entry>(&value)?.log_id),
-                None => last_purged.clone(),
+                None => last_purged,
             };
             Ok(LogState {
                 last_purged_log_id: last_purged,
@@ -310,11 +310,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use openraft::entry::RaftEntry;
+    use openraft::type_config::TypeConfigExt;
 
     use super::*;
 
     fn log_id(term: u64, index: u64) -> LogId {
-        openraft::LogId::new(openraft::vote::leader_id_adv::CommittedLeaderId::new(term, 1), index)
+        openraft::testing::log_id::<TypeConfig>(term, 1, index)
     }
 
     fn blank(term: u64, index: u64) -> Entry {
@@ -322,7 +323,7 @@ mod tests {
     }
 
     async fn append_all(store: &mut LogStore, entries: Vec<Entry>) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (tx, rx) = TypeConfig::oneshot();
         store
             .append(entries, IOFlushed::signal(tx))
             .await
@@ -336,10 +337,16 @@ mod tests {
         let mut store = LogStore::open(dir.path()).expect("open");
         append_all(&mut store, (1..=10).map(|i| blank(1, i)).collect()).await;
         let mut reader = store.get_log_reader().await;
-        assert_eq!(reader.try_get_log_entries(3..6).await.expect("read").len(), 3);
+        assert_eq!(
+            reader.try_get_log_entries(3..6).await.expect("read").len(),
+            3
+        );
 
         // A conflicting suffix from a new leader replaces entries 8..=10.
-        store.truncate_after(Some(log_id(1, 7))).await.expect("truncate");
+        store
+            .truncate_after(Some(log_id(1, 7)))
+            .await
+            .expect("truncate");
         append_all(&mut store, vec![blank(2, 8)]).await;
         let state = store.get_log_state().await.expect("state");
         assert_eq!(state.last_log_id, Some(log_id(2, 8)));

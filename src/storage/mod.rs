@@ -25,6 +25,7 @@ mod openraft_suite {
 
     use openraft::testing::log::StoreBuilder;
     use openraft::testing::log::Suite;
+    use openraft::type_config::TypeConfigExt;
     use openraft::StorageError;
 
     use super::*;
@@ -38,7 +39,7 @@ mod openraft_suite {
         async fn build(
             &self,
         ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
-            let fail = |e: std::io::Error| StorageError::read(openraft::AnyError::new(&e).into());
+            let fail = |e: std::io::Error| StorageError::read(TypeConfig::err_from_error(&e));
             let dir = tempfile::tempdir().map_err(fail)?;
             let log_store = LogStore::open(&dir.path().join("log")).map_err(fail)?;
             let engine: Arc<dyn KvEngine> = if self.rocks_engine {

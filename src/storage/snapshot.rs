@@ -79,14 +79,6 @@ impl SnapshotFile {
     fn positional(&self) -> io::Result<PositionalReader> {
         self.read_from(0)
     }
-
-    /// Total size in bytes.
-    ///
-    /// # Errors
-    /// When the file's metadata cannot be read.
-    pub fn len(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
-    }
 }
 
 /// Reads a file with positional reads (`pread`), independent of the file cursor.

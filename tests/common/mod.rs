@@ -46,7 +46,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -179,19 +182,25 @@ impl ProcessCluster {
     }
 
     pub fn client(&self) -> Client {
-        Client::with_options(self.endpoints(), ClientOptions {
-            deadline: Duration::from_secs(15),
-            ..ClientOptions::default()
-        })
+        Client::with_options(
+            self.endpoints(),
+            ClientOptions {
+                deadline: Duration::from_secs(15),
+                ..ClientOptions::default()
+            },
+        )
         .expect("client")
     }
 
     /// A client that only knows one node (to exercise redirects).
     pub fn client_for(&self, id: u64) -> Client {
-        Client::with_options(vec![self.node(id).addr.clone()], ClientOptions {
-            deadline: Duration::from_secs(15),
-            ..ClientOptions::default()
-        })
+        Client::with_options(
+            vec![self.node(id).addr.clone()],
+            ClientOptions {
+                deadline: Duration::from_secs(15),
+                ..ClientOptions::default()
+            },
+        )
         .expect("client")
     }
 
@@ -244,14 +253,23 @@ impl ProcessCluster {
     }
 
     /// Waits until node `id` serves `key` = `value` from its own state machine.
-    pub async fn wait_stale_value(&self, id: u64, key: &str, value: Option<&str>, timeout: Duration) {
+    pub async fn wait_stale_value(
+        &self,
+        id: u64,
+        key: &str,
+        value: Option<&str>,
+        timeout: Duration,
+    ) {
         let client = self.client_for(id);
         let expected = value.map(|v| bytes::Bytes::copy_from_slice(v.as_bytes()));
         wait_for(&format!("node {id} to apply {key}"), timeout, || {
             let client = &client;
             let expected = expected.clone();
             async move {
-                let r = client.get_with(key.to_string(), Consistency::Stale).await.ok()?;
+                let r = client
+                    .get_with(key.to_string(), Consistency::Stale)
+                    .await
+                    .ok()?;
                 let got = r.found.then_some(r.value);
                 (got == expected).then_some(())
             }
@@ -262,7 +280,13 @@ impl ProcessCluster {
 
 impl NodeProc {
     /// Wraps a process the test spawned itself.
-    pub fn attach(id: u64, addr: String, data_dir: PathBuf, log: PathBuf, child: Child) -> NodeProc {
+    pub fn attach(
+        id: u64,
+        addr: String,
+        data_dir: PathBuf,
+        log: PathBuf,
+        child: Child,
+    ) -> NodeProc {
         NodeProc {
             id,
             addr,

@@ -36,7 +36,9 @@ impl MemoryEngine {
     }
 
     fn read(&self) -> io::Result<std::sync::RwLockReadGuard<'_, Inner>> {
-        self.inner.read().map_err(|_| io_err("memory engine lock poisoned"))
+        self.inner
+            .read()
+            .map_err(|_| io_err("memory engine lock poisoned"))
     }
 
     fn write(&self) -> io::Result<std::sync::RwLockWriteGuard<'_, Inner>> {

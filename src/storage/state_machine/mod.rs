@@ -92,8 +92,12 @@ pub trait KvEngine: Send + Sync + 'static {
     ///
     /// # Errors
     /// On a storage failure.
-    fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize)
-        -> io::Result<Vec<(Bytes, Bytes)>>;
+    fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> io::Result<Vec<(Bytes, Bytes)>>;
     /// The applied state as of the last commit.
     ///
     /// # Errors
@@ -140,8 +144,7 @@ fn execute(
     overlay: &mut HashMap<Bytes, Option<Bytes>>,
     command: Command,
 ) -> io::Result<CommandResponse> {
-    let mut current = |key: &Bytes, overlay: &HashMap<Bytes, Option<Bytes>>| match overlay.get(key)
-    {
+    let current = |key: &Bytes, overlay: &HashMap<Bytes, Option<Bytes>>| match overlay.get(key) {
         Some(v) => Ok(v.clone()),
         None => engine.get(key),
     };
@@ -246,11 +249,12 @@ fn recover(engine: &dyn KvEngine, snapshot_path: &Path) -> io::Result<()> {
     let file = SnapshotFile::open(snapshot_path)?;
     let meta = file.read_meta()?;
     let applied = engine.applied_state()?;
-    let behind = applied.last_applied.as_ref().map(|l| l.index) < meta.last_log_id.as_ref().map(|l| l.index);
+    let behind =
+        applied.last_applied.as_ref().map(|l| l.index) < meta.last_log_id.as_ref().map(|l| l.index);
     if behind || engine.import_interrupted()? {
         tracing::info!(snapshot = ?meta.last_log_id, applied = ?applied.last_applied, "restoring state machine from stored snapshot");
         let state = AppliedState {
-            last_applied: meta.last_log_id.clone(),
+            last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
         engine.import(&state, &mut file.reader()?)?;
@@ -261,22 +265,15 @@ fn recover(engine: &dyn KvEngine, snapshot_path: &Path) -> io::Result<()> {
 /// Writes an engine export into a snapshot file.
 struct FileSink {
     path: PathBuf,
-    /// Distinguishes snapshots built at the same log id.
-    seq: u64,
     writer: Option<SnapshotWriter>,
     meta: Option<SnapshotMeta>,
 }
 
 impl SnapshotSink for FileSink {
     fn begin(&mut self, state: &AppliedState) -> io::Result<()> {
-        let snapshot_id = match &state.last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, self.seq),
-            None => format!("empty-{}", self.seq),
-        };
         let meta = SnapshotMeta {
-            last_log_id: state.last_applied.clone(),
+            last_log_id: state.last_applied,
             last_membership: state.membership.clone(),
-            snapshot_id,
         };
         self.writer = Some(SnapshotWriter::create(&self.path, &meta)?);
         self.meta = Some(meta);
@@ -302,7 +299,6 @@ fn build_snapshot_blocking(
     let tmp = dir.join(format!("building-{seq}.tmp"));
     let mut sink = FileSink {
         path: tmp.clone(),
-        seq,
         writer: None,
         meta: None,
     };
@@ -360,9 +356,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
     where
-        Strm: futures::Stream<Item = io::Result<EntryResponder<TypeConfig>>>
-            + Unpin
-            + OptionalSend,
+        Strm: futures::Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
         let mut batch = Vec::new();
         while let Some(item) = entries.next().await {
@@ -377,7 +371,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut overlay: HashMap<Bytes, Option<Bytes>> = HashMap::new();
             let mut responders = Vec::with_capacity(batch.len());
             for (entry, responder) in batch {
-                state.last_applied = Some(entry.log_id.clone());
+                state.last_applied = Some(entry.log_id);
                 let response = match entry.payload {
                     EntryPayload::Blank => CommandResponse {
                         prev: None,
@@ -385,8 +379,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     },
                     EntryPayload::Normal(command) => execute(&*engine, &mut overlay, command)?,
                     EntryPayload::Membership(membership) => {
-                        state.membership =
-                            StoredMembership::new(Some(entry.log_id.clone()), membership);
+                        state.membership = StoredMembership::new(Some(entry.log_id), membership);
                         CommandResponse {
                             prev: None,
                             success: true,
@@ -424,7 +417,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let final_path = self.snapshot_path();
         let dir = self.snapshot_dir.clone();
         let state = AppliedState {
-            last_applied: meta.last_log_id.clone(),
+            last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
         tokio::task::spawn_blocking(move || {
@@ -472,10 +465,7 @@ pub(crate) mod engine_suite {
     }
 
     fn log_id(index: u64) -> LogId {
-        openraft::LogId::new(
-            openraft::vote::leader_id_adv::CommittedLeaderId::new(1, 1),
-            index,
-        )
+        openraft::testing::log_id::<TypeConfig>(1, 1, index)
     }
 
     pub(crate) fn commit_should_be_visible_and_ordered(engine: &dyn KvEngine) {

@@ -83,7 +83,7 @@ impl RocksEngine {
             let mut end = last.to_vec();
             end.push(0);
             let mut batch = WriteBatch::default();
-            batch.delete_range_cf(data, first, end);
+            batch.delete_range_cf(data, &first[..], &end[..]);
             self.write(batch, false)?;
         }
         Ok(())
@@ -218,7 +218,9 @@ mod tests {
     fn rocks_engine_should_pass_suite() {
         let a = tempfile::tempdir().expect("tempdir");
         let b = tempfile::tempdir().expect("tempdir");
-        engine_suite::commit_should_be_visible_and_ordered(&RocksEngine::open(a.path()).expect("open"));
+        engine_suite::commit_should_be_visible_and_ordered(
+            &RocksEngine::open(a.path()).expect("open"),
+        );
         let c = tempfile::tempdir().expect("tempdir");
         engine_suite::export_import_should_round_trip(
             &RocksEngine::open(b.path()).expect("open"),
@@ -239,7 +241,10 @@ mod tests {
                 .expect("commit");
         }
         let engine = RocksEngine::open(dir.path()).expect("reopen");
-        assert_eq!(engine.get(b"k").expect("get"), Some(Bytes::from_static(b"v")));
+        assert_eq!(
+            engine.get(b"k").expect("get"),
+            Some(Bytes::from_static(b"v"))
+        );
         assert!(!engine.import_interrupted().expect("marker"));
     }
 }
