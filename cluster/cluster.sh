@@ -12,6 +12,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/env.sh"
 RUN="${RSKV_CLUSTER_DIR:-$ROOT/cluster/run}"
 PROFILE="${PROFILE:-debug}"
 ENGINE="${ENGINE:-rocksdb}"
@@ -54,13 +55,13 @@ start_node() {
         return 0
     fi
     mkdir -p "$RUN/node$n"
-    (cd "$ROOT" && RUST_LOG="${RUST_LOG:-info}" nohup "$BIN/kv_server" \
+    RUST_LOG="${RUST_LOG:-info}" nohup "$BIN/kv_server" \
         --config "$ROOT/cluster/node$n.toml" \
         --data-dir "$RUN/node$n/data" \
         --engine "$ENGINE" \
-        >>"$RUN/node$n/node.log" 2>&1 &
-        echo $! >"$RUN/node$n.pid")
-    echo "node $n started (pid $(cat "$RUN/node$n.pid"), log $RUN/node$n/node.log)"
+        >>"$RUN/node$n/node.log" 2>&1 </dev/null &
+    echo $! >"$RUN/node$n.pid"
+    echo "node $n started (pid $!, log $RUN/node$n/node.log)"
 }
 
 stop_node() {
@@ -77,12 +78,17 @@ stop_node() {
 }
 
 wait_for_leader() {
-    local deadline=$((SECONDS + 30))
+    local deadline=$((SECONDS + 30)) n
     while ((SECONDS < deadline)); do
-        if "$BIN/kv_client" --endpoints "$ENDPOINTS" --timeout 1 status --json 2>/dev/null \
-            | grep -q '"role":"leader"'; then
-            return 0
-        fi
+        for n in "${NODES[@]}"; do
+            if [[ -f "$RUN/node$n.pid" ]] && ! pid_of "$n" >/dev/null; then
+                tail -n 5 "$RUN/node$n/node.log" >&2 || true
+                die "node $n exited; see $RUN/node$n/node.log"
+            fi
+        done
+        local out
+        out="$("$BIN/kv_client" --endpoints "$ENDPOINTS" --timeout 1 status --json 2>/dev/null || true)"
+        [[ "$out" == *'"role":"leader"'* ]] && return 0
         sleep 0.2
     done
     die "no leader elected within 30s; see $RUN/node*/node.log"

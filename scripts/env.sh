@@ -1,7 +1,7 @@
-# Sourced by the scripts: build settings shared by dev runs, tests and CI.
-# The target dir lives outside the clone so every clone on a machine (and CI) reuses one build;
-# sccache, when present, caches the RocksDB C++ compile across target dirs.
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rskv/target}"
+# Sourced by the scripts: build settings shared by dev runs, the cluster script and tests.
+# sccache, when installed (scripts/prereqs.sh installs it), caches the RocksDB C++ compile, so a
+# fresh target dir rebuilds in about a minute instead of fifteen. The target dir stays cargo's
+# default (./target) unless CARGO_TARGET_DIR is set, so plain `cargo run` reuses the same build.
 if command -v sccache >/dev/null 2>&1 && [[ -z "${RUSTC_WRAPPER:-}" ]]; then
     export RUSTC_WRAPPER=sccache
     export SCCACHE_DIR="${SCCACHE_DIR:-$HOME/.cache/rskv/sccache}"
