@@ -445,6 +445,32 @@ impl Client {
         }
     }
 
+    /// Opens a watch on `key` (or on every key starting with it, when `prefix`), from
+    /// `start_index` (0: live events only). Any node can serve a watch; the first reachable
+    /// endpoint is used. The stream ends with a status when the node shuts down or the watcher
+    /// falls too far behind; resume from the last index received + 1.
+    ///
+    /// # Errors
+    /// See [`ClientError`]; `OUT_OF_RANGE` (as [`ClientError::Status`]) when `start_index` is no
+    /// longer retained.
+    pub async fn watch(
+        &self,
+        key: impl Into<Bytes>,
+        prefix: bool,
+        start_index: u64,
+    ) -> ClientResult<tonic::Streaming<pb::WatchResponse>> {
+        let req = pb::WatchRequest {
+            key: key.into(),
+            prefix,
+            start_index,
+        };
+        self.call(Route::AnyNode, |ch| {
+            let req = req.clone();
+            async move { Ok(Self::kv(ch).watch(req).await?.into_inner()) }
+        })
+        .await
+    }
+
     /// The status of one specific node (no redirect).
     ///
     /// # Errors

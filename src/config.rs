@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::error::Error;
 use crate::error::Result;
 use crate::raft::NodeId;
+use crate::raft::NodeInfo;
 
 /// The address dev mode listens on, and the address `kv_client` talks to by default.
 pub const DEV_ADDR: &str = "127.0.0.1:50051";
@@ -55,11 +56,24 @@ impl Engine {
 pub struct Config {
     /// This node's id; must be unique in the cluster and stable across restarts.
     pub node_id: NodeId,
-    /// Socket address the gRPC server binds (client API and Raft RPCs share it).
+    /// Socket address the client gRPC API binds.
     pub listen_addr: SocketAddr,
-    /// Address other nodes and clients dial to reach this node; defaults to `listen_addr`.
+    /// Address clients dial to reach this node; defaults to `listen_addr`.
     #[serde(default)]
     pub advertise_addr: Option<String>,
+    /// Socket address the Raft transport binds; defaults to `listen_addr` with port + 1.
+    #[serde(default)]
+    pub peer_listen_addr: Option<SocketAddr>,
+    /// Address peers dial for Raft traffic; defaults to the peer listen address.
+    #[serde(default)]
+    pub peer_advertise_addr: Option<String>,
+    /// HTTP address serving `/metrics` and `/health`; defaults to `listen_addr` with port + 2.
+    #[serde(default)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Longest a graceful shutdown may take (leader hand-off plus draining) before the node
+    /// exits anyway.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
     /// Directory holding the Raft log, the state machine and snapshots. `None` in dev mode means a
     /// temporary directory removed on exit.
     #[serde(default)]
@@ -76,6 +90,29 @@ pub struct Config {
     /// Request size limits.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Apply events and watches.
+    #[serde(default)]
+    pub events: EventsConfig,
+}
+
+fn default_shutdown_timeout_ms() -> u64 {
+    10_000
+}
+
+/// One entry of `cluster.initial_members`: the client address alone (the peer address is then
+/// its port + 1), or both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MemberAddr {
+    /// `"host:port"`: the client address.
+    Client(String),
+    /// `{ addr = "host:port", peer_addr = "host:port" }`.
+    Full {
+        /// Client API address.
+        addr: String,
+        /// Raft transport address.
+        peer_addr: String,
+    },
 }
 
 /// `[storage]`
@@ -98,11 +135,11 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// The voters a brand-new cluster starts with, id → advertised address. Every listed node
-    /// initializes the cluster with this same set on first start (later starts ignore it). Empty
-    /// means a single-node cluster of this node alone.
+    /// The voters a brand-new cluster starts with, id → addresses. Every listed node initializes
+    /// the cluster with this same set on first start (later starts ignore it). Empty means a
+    /// single-node cluster of this node alone.
     #[serde(default)]
-    pub initial_members: BTreeMap<String, String>,
+    pub initial_members: BTreeMap<String, MemberAddr>,
 }
 
 /// `[raft]`
@@ -146,6 +183,31 @@ pub struct LimitsConfig {
     pub max_value_size: usize,
     /// Longest a write or linearizable read may wait for Raft before answering DEADLINE_EXCEEDED.
     pub request_timeout_ms: u64,
+    /// Client TCP connections accepted at once; more are closed at accept and counted.
+    pub max_connections: usize,
+    /// Client requests served at once; more are answered RESOURCE_EXHAUSTED at once.
+    pub max_inflight_requests: usize,
+    /// Largest gRPC message accepted from a client.
+    pub max_message_bytes: usize,
+}
+
+/// `[events]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events kept in memory so a watch can start from a past index.
+    pub history: usize,
+    /// Events a watcher (or hook) may fall behind before it is dropped with an error.
+    pub watch_buffer: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            history: 10_000,
+            watch_buffer: 4_096,
+        }
+    }
 }
 
 impl Default for LimitsConfig {
@@ -154,6 +216,9 @@ impl Default for LimitsConfig {
             max_key_size: 4 * 1024,
             max_value_size: 1024 * 1024,
             request_timeout_ms: 5_000,
+            max_connections: 1_024,
+            max_inflight_requests: 4_096,
+            max_message_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -173,15 +238,27 @@ pub struct Overrides {
     /// advertise_addr
     #[arg(long)]
     pub advertise_addr: Option<String>,
+    /// peer_listen_addr
+    #[arg(long)]
+    pub peer_listen_addr: Option<SocketAddr>,
+    /// peer_advertise_addr
+    #[arg(long)]
+    pub peer_advertise_addr: Option<String>,
+    /// metrics_addr
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// shutdown_timeout_ms
+    #[arg(long)]
+    pub shutdown_timeout_ms: Option<u64>,
     /// data_dir
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// storage.engine
     #[arg(long, value_enum)]
     pub engine: Option<Engine>,
-    /// cluster.initial_members, as `ID=ADDR,ID=ADDR,...`
+    /// cluster.initial_members, as `ID=ADDR[/PEER_ADDR],...`
     #[arg(long, value_parser = parse_members)]
-    pub initial_members: Option<BTreeMap<String, String>>,
+    pub initial_members: Option<BTreeMap<String, MemberAddr>>,
     /// raft.heartbeat_interval_ms
     #[arg(long)]
     pub heartbeat_interval_ms: Option<u64>,
@@ -197,6 +274,9 @@ pub struct Overrides {
     /// raft.keep_logs_after_snapshot
     #[arg(long)]
     pub keep_logs_after_snapshot: Option<u64>,
+    /// raft.snapshot_chunk_bytes
+    #[arg(long)]
+    pub snapshot_chunk_bytes: Option<u64>,
     /// limits.max_key_size
     #[arg(long)]
     pub max_key_size: Option<usize>,
@@ -206,17 +286,68 @@ pub struct Overrides {
     /// limits.request_timeout_ms
     #[arg(long)]
     pub request_timeout_ms: Option<u64>,
+    /// limits.max_connections
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// limits.max_inflight_requests
+    #[arg(long)]
+    pub max_inflight_requests: Option<usize>,
+    /// limits.max_message_bytes
+    #[arg(long)]
+    pub max_message_bytes: Option<usize>,
+    /// events.history
+    #[arg(long)]
+    pub events_history: Option<usize>,
+    /// events.watch_buffer
+    #[arg(long)]
+    pub watch_buffer: Option<usize>,
 }
 
-fn parse_members(s: &str) -> std::result::Result<BTreeMap<String, String>, String> {
+fn parse_members(s: &str) -> std::result::Result<BTreeMap<String, MemberAddr>, String> {
     let mut out = BTreeMap::new();
     for part in s.split(',').filter(|p| !p.trim().is_empty()) {
-        let (id, addr) = part
+        let (id, addrs) = part
             .split_once('=')
-            .ok_or_else(|| format!("`{part}` is not ID=ADDR"))?;
-        out.insert(id.trim().to_string(), addr.trim().to_string());
+            .ok_or_else(|| format!("`{part}` is not ID=ADDR[/PEER_ADDR]"))?;
+        let member = match addrs.split_once('/') {
+            Some((addr, peer)) => MemberAddr::Full {
+                addr: addr.trim().to_string(),
+                peer_addr: peer.trim().to_string(),
+            },
+            None => MemberAddr::Client(addrs.trim().to_string()),
+        };
+        out.insert(id.trim().to_string(), member);
     }
     Ok(out)
+}
+
+/// `addr` with its port moved by `delta` (the default peer and metrics ports).
+fn shifted_port(addr: &str, delta: u16) -> std::result::Result<String, String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{addr}` has no port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{addr}` has an invalid port"))?;
+    let shifted = port
+        .checked_add(delta)
+        .filter(|_| port != 0)
+        .ok_or_else(|| format!("cannot derive a port from `{addr}`; set it explicitly"))?;
+    Ok(format!("{host}:{shifted}"))
+}
+
+fn derived_addr(
+    explicit: Option<SocketAddr>,
+    base: SocketAddr,
+    delta: u16,
+    key: &str,
+) -> Result<SocketAddr> {
+    if let Some(addr) = explicit {
+        return Ok(addr);
+    }
+    shifted_port(&base.to_string(), delta)
+        .and_then(|s| s.parse().map_err(|_| format!("cannot derive from {base}")))
+        .map_err(|why| Error::Config(format!("`{key}`: {why}")))
 }
 
 impl Config {
@@ -275,6 +406,25 @@ impl Config {
         if o.data_dir.is_some() {
             self.data_dir = o.data_dir.clone();
         }
+        if o.peer_listen_addr.is_some() {
+            self.peer_listen_addr = o.peer_listen_addr;
+        }
+        if o.peer_advertise_addr.is_some() {
+            self.peer_advertise_addr = o.peer_advertise_addr.clone();
+        }
+        if o.metrics_addr.is_some() {
+            self.metrics_addr = o.metrics_addr;
+        }
+        set(&mut self.shutdown_timeout_ms, &o.shutdown_timeout_ms);
+        set(&mut self.raft.snapshot_chunk_bytes, &o.snapshot_chunk_bytes);
+        set(&mut self.limits.max_connections, &o.max_connections);
+        set(
+            &mut self.limits.max_inflight_requests,
+            &o.max_inflight_requests,
+        );
+        set(&mut self.limits.max_message_bytes, &o.max_message_bytes);
+        set(&mut self.events.history, &o.events_history);
+        set(&mut self.events.watch_buffer, &o.watch_buffer);
         set(&mut self.storage.engine, &o.engine);
         set(&mut self.cluster.initial_members, &o.initial_members);
         set(
@@ -351,34 +501,94 @@ impl Config {
         if l.request_timeout_ms == 0 {
             return bad("limits.request_timeout_ms", "must be positive".into());
         }
+        if l.max_connections == 0 {
+            return bad("limits.max_connections", "must be positive".into());
+        }
+        if l.max_inflight_requests == 0 {
+            return bad("limits.max_inflight_requests", "must be positive".into());
+        }
+        if l.max_message_bytes < l.max_value_size + l.max_key_size {
+            return bad(
+                "limits.max_message_bytes",
+                "must be at least limits.max_value_size + limits.max_key_size".into(),
+            );
+        }
+        if self.events.watch_buffer == 0 {
+            return bad("events.watch_buffer", "must be positive".into());
+        }
+        if self.shutdown_timeout_ms == 0 {
+            return bad("shutdown_timeout_ms", "must be positive".into());
+        }
+        self.peer_listen()?;
+        self.metrics_listen()?;
         Ok(())
     }
 
-    /// The address peers and clients should dial.
+    /// The address clients should dial.
     pub fn advertised(&self) -> String {
         self.advertise_addr
             .clone()
             .unwrap_or_else(|| self.listen_addr.to_string())
     }
 
+    /// The socket address the Raft transport binds.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when no port can be derived from `listen_addr`.
+    pub fn peer_listen(&self) -> Result<SocketAddr> {
+        derived_addr(
+            self.peer_listen_addr,
+            self.listen_addr,
+            1,
+            "peer_listen_addr",
+        )
+    }
+
+    /// The socket address `/metrics` and `/health` are served on.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when no port can be derived from `listen_addr`.
+    pub fn metrics_listen(&self) -> Result<SocketAddr> {
+        derived_addr(self.metrics_addr, self.listen_addr, 2, "metrics_addr")
+    }
+
+    /// This node's membership record.
+    ///
+    /// # Errors
+    /// As [`Config::peer_listen`].
+    pub fn node_info(&self) -> Result<NodeInfo> {
+        let peer = match &self.peer_advertise_addr {
+            Some(p) => p.clone(),
+            None => self.peer_listen()?.to_string(),
+        };
+        Ok(NodeInfo::new(self.advertised(), peer))
+    }
+
     /// `cluster.initial_members` with parsed ids; empty means "just this node".
     ///
     /// # Errors
     /// [`Error::Config`] when an id is not a positive integer or an address is empty.
-    pub fn initial_members(&self) -> Result<BTreeMap<NodeId, String>> {
+    pub fn initial_members(&self) -> Result<BTreeMap<NodeId, NodeInfo>> {
+        let bad = |why: String| Error::Config(format!("`cluster.initial_members`: {why}"));
         let mut out = BTreeMap::new();
-        for (id, addr) in &self.cluster.initial_members {
-            let parsed: NodeId = id.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                Error::Config(format!(
-                    "`cluster.initial_members`: `{id}` is not a node id (a positive integer)"
-                ))
-            })?;
-            if addr.trim().is_empty() {
-                return Err(Error::Config(format!(
-                    "`cluster.initial_members`: node {id} has an empty address"
-                )));
+        for (id, member) in &self.cluster.initial_members {
+            let parsed: NodeId = id
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| bad(format!("`{id}` is not a node id (a positive integer)")))?;
+            let info = match member {
+                MemberAddr::Client(addr) => {
+                    NodeInfo::new(addr.clone(), shifted_port(addr, 1).map_err(&bad)?)
+                }
+                MemberAddr::Full { addr, peer_addr } => {
+                    NodeInfo::new(addr.clone(), peer_addr.clone())
+                }
+            };
+            if info.addr.trim().is_empty() || info.peer_addr.trim().is_empty() {
+                return Err(bad(format!("node {id} has an empty address")));
             }
-            out.insert(parsed, addr.clone());
+            out.insert(parsed, info);
         }
         Ok(out)
     }
@@ -387,10 +597,10 @@ impl Config {
     ///
     /// # Errors
     /// As [`Config::initial_members`].
-    pub fn bootstrap_members(&self) -> Result<BTreeMap<NodeId, String>> {
+    pub fn bootstrap_members(&self) -> Result<BTreeMap<NodeId, NodeInfo>> {
         let members = self.initial_members()?;
         if members.is_empty() {
-            return Ok(BTreeMap::from([(self.node_id, self.advertised())]));
+            return Ok(BTreeMap::from([(self.node_id, self.node_info()?)]));
         }
         Ok(members)
     }
@@ -455,7 +665,10 @@ mod tests {
     fn node_outside_membership_should_be_rejected() {
         let mut c = Config::from_toml(DEV_CONFIG).expect("parse");
         c.node_id = 4;
-        c.cluster.initial_members = BTreeMap::from([("1".to_string(), "127.0.0.1:1".to_string())]);
+        c.cluster.initial_members = BTreeMap::from([(
+            "1".to_string(),
+            MemberAddr::Client("127.0.0.1:1".to_string()),
+        )]);
         let err = c.validate().expect_err("must fail");
         assert!(err.to_string().contains("initial_members"), "{err}");
     }
@@ -465,7 +678,9 @@ mod tests {
         let o = Overrides {
             node_id: Some(7),
             engine: Some(Engine::Rocksdb),
-            initial_members: Some(parse_members("7=127.0.0.1:9,8=127.0.0.1:10").expect("parse")),
+            initial_members: Some(
+                parse_members("7=127.0.0.1:9/127.0.0.1:19,8=127.0.0.1:10").expect("parse"),
+            ),
             max_value_size: Some(10),
             ..Default::default()
         };
@@ -473,7 +688,25 @@ mod tests {
         assert_eq!(c.node_id, 7);
         assert_eq!(c.storage.engine, Engine::Rocksdb);
         assert_eq!(c.limits.max_value_size, 10);
-        assert_eq!(c.initial_members().expect("members").len(), 2);
+        let members = c.initial_members().expect("members");
+        assert_eq!(members[&7].peer_addr, "127.0.0.1:19");
+        assert_eq!(
+            members[&8].peer_addr, "127.0.0.1:11",
+            "default peer port is port + 1"
+        );
+    }
+
+    #[test]
+    fn derived_ports_should_follow_listen_addr() {
+        let c = Config::load(&Overrides::default()).expect("dev config");
+        assert_eq!(
+            c.peer_listen().expect("peer").to_string(),
+            "127.0.0.1:50052"
+        );
+        assert_eq!(
+            c.metrics_listen().expect("metrics").to_string(),
+            "127.0.0.1:50053"
+        );
     }
 
     #[test]

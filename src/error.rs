@@ -45,6 +45,14 @@ pub enum Error {
     #[error("storage: {0}")]
     Storage(String),
 
+    /// Asked for history that is no longer retained (a watch from a compacted index).
+    #[error("compacted: {0}")]
+    Compacted(String),
+
+    /// The node is at a limit (connections, in-flight requests, a lagging watcher).
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
+
     /// A Raft failure that is not one of the above.
     #[error("raft: {0}")]
     Raft(String),
@@ -79,6 +87,8 @@ impl From<Error> for Status {
             Error::NotLeader { .. } => Code::FailedPrecondition,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Timeout(_) => Code::DeadlineExceeded,
+            Error::Compacted(_) => Code::OutOfRange,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Storage(_) | Error::Raft(_) => Code::Internal,
         };
         let mut status = Status::new(code, e.to_string());

@@ -9,6 +9,7 @@
 //! - [`server`]: a [`server::Node`] — storage + Raft + gRPC services (client API, cluster status,
 //!   Raft RPCs) on one port — and its lifecycle.
 //! - [`client`]: the library client with leader redirect, used by `kv_client`, tests and tools.
+//! - [`events`]: apply events — in-process hooks and the fan-out behind the `Watch` RPC.
 //! - [`pb`]: generated protobuf code. [`error`]: the error type and its one mapping to gRPC codes.
 //!
 //! Data flows one way: a client write reaches the leader's [`server::kv_service`], becomes a
@@ -16,10 +17,12 @@
 //! [`storage::StateMachine`] on every node; only apply changes data.
 
 #![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod pb;
 pub mod raft;
 pub mod server;

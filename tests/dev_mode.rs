@@ -22,11 +22,19 @@ use rskv::Client;
 /// goes to the test's directory (so a killed node leaves nothing behind).
 fn dev_node(extra: &[&str], own_temp_dir: bool) -> (NodeProc, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_ports(1)[0];
-    let addr = format!("127.0.0.1:{port}");
+    let ports = free_ports(3);
+    let addr = format!("127.0.0.1:{}", ports[0]);
+    let metrics_addr = format!("127.0.0.1:{}", ports[2]);
     let log = dir.path().join("node.log");
     let logfile = std::fs::File::create(&log).expect("log");
-    let mut args = vec!["--listen-addr".to_string(), addr.clone()];
+    let mut args = vec![
+        "--listen-addr".to_string(),
+        addr.clone(),
+        "--peer-listen-addr".to_string(),
+        format!("127.0.0.1:{}", ports[1]),
+        "--metrics-addr".to_string(),
+        metrics_addr.clone(),
+    ];
     if !own_temp_dir {
         args.push("--data-dir".into());
         args.push(dir.path().join("data").display().to_string());
@@ -41,7 +49,7 @@ fn dev_node(extra: &[&str], own_temp_dir: bool) -> (NodeProc, tempfile::TempDir)
         .spawn()
         .expect("spawn");
     (
-        NodeProc::attach(1, addr, dir.path().to_path_buf(), log, child),
+        NodeProc::attach(1, addr, metrics_addr, dir.path().to_path_buf(), log, child),
         dir,
     )
 }

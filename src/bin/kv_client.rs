@@ -87,6 +87,23 @@ enum Command {
         #[arg(long, short)]
         value: String,
     },
+    /// Print apply events for a key or prefix as they happen, until Ctrl-C.
+    Watch {
+        /// Watch exactly this key.
+        #[arg(
+            long,
+            short,
+            conflicts_with = "prefix",
+            required_unless_present = "prefix"
+        )]
+        key: Option<String>,
+        /// Watch every key starting with this prefix ("" for all keys).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Start from this log index (retained history first); default: live events only.
+        #[arg(long, default_value_t = 0)]
+        from_index: u64,
+    },
     /// Show every endpoint's Raft status in a table.
     Status,
 }
@@ -235,8 +252,65 @@ async fn run(args: Args) -> Result<(), ClientError> {
             }
         }
         Command::Status => status(&client, json).await?,
+        Command::Watch {
+            key,
+            prefix,
+            from_index,
+        } => {
+            let (target, is_prefix) = match (key, prefix) {
+                (Some(k), _) => (k, false),
+                (None, Some(p)) => (p, true),
+                (None, None) => (String::new(), true),
+            };
+            watch(&client, target, is_prefix, from_index, json).await?;
+        }
     }
     Ok(())
+}
+
+async fn watch(
+    client: &Client,
+    target: String,
+    prefix: bool,
+    from_index: u64,
+    json: bool,
+) -> Result<(), ClientError> {
+    let mut stream = client.watch(target, prefix, from_index).await?;
+    loop {
+        let message = tokio::select! {
+            m = stream.message() => m,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let batch = match message {
+            Ok(Some(batch)) => batch,
+            Ok(None) => return Ok(()),
+            Err(status) => return Err(ClientError::Status(status)),
+        };
+        for e in batch.events {
+            let is_put = e.kind == rskv::pb::kv::watch_event::Kind::Put as i32;
+            if json {
+                println!(
+                    "{}",
+                    json!({
+                        "type": if is_put { "put" } else { "delete" },
+                        "key": text(&e.key),
+                        "value": is_put.then(|| text(&e.value)),
+                        "prev_value": e.prev_value.as_deref().map(text),
+                        "index": e.index,
+                    })
+                );
+            } else if is_put {
+                println!(
+                    "PUT {} = {} (index {})",
+                    text(&e.key),
+                    text(&e.value),
+                    e.index
+                );
+            } else {
+                println!("DELETE {} (index {})", text(&e.key), e.index);
+            }
+        }
+    }
 }
 
 async fn status(client: &Client, json: bool) -> Result<(), ClientError> {

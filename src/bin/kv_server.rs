@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use rskv::config::Config;
 use rskv::config::Overrides;
+use rskv::server::Listeners;
 use rskv::server::Node;
-use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 /// An rskv node: a Raft member serving the rskv gRPC API.
@@ -80,9 +80,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config, data_dir: PathBuf, dev_mode: bool) -> Result<(), String> {
-    let listener = TcpListener::bind(config.listen_addr)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen_addr))?;
+    let listeners = Listeners::bind(&config).await.map_err(|e| e.to_string())?;
     let listen = config.listen_addr;
     let node = Node::start(config, &data_dir)
         .await
@@ -94,35 +92,63 @@ async fn run(config: Config, data_dir: PathBuf, dev_mode: bool) -> Result<(), St
             "dev mode: single-node cluster ready; try `kv_client set --key name --value 999999`"
         );
     }
-    node.serve(listener, shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())?;
-    tracing::info!("stopped cleanly");
-    Ok(())
-}
-
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::signal;
-        use tokio::signal::unix::SignalKind;
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => tracing::info!("SIGINT received; shutting down"),
-                    _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the node");
-                let _ = ctrl_c.await;
-            }
+    let mut signals = Signals::new();
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = node.serve(listeners, async move {
+        let _ = first_rx.await;
+    });
+    tokio::pin!(serve);
+    tokio::select! {
+        result = &mut serve => return result.map_err(|e| e.to_string()),
+        () = signals.next() => {}
+    }
+    tracing::info!("shutting down gracefully; signal again to force an immediate exit");
+    let _ = first_tx.send(());
+    tokio::select! {
+        result = &mut serve => {
+            result.map_err(|e| e.to_string())?;
+            tracing::info!("stopped cleanly");
+            Ok(())
+        }
+        () = signals.next() => {
+            eprintln!("kv_server: second signal; exiting without finishing the shutdown");
+            std::process::exit(1);
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM, as one stream of "stop" requests.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::signal;
+            use tokio::signal::unix::SignalKind;
+            let term = signal(SignalKind::terminate())
+                .map_err(|e| tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the node"))
+                .ok();
+            Signals { term }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Completes at the next SIGINT or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(term) = &mut self.term {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("SIGINT received");
     }
 }

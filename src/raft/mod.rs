@@ -13,13 +13,40 @@ use serde::Deserialize;
 use serde::Serialize;
 
 openraft::declare_raft_types!(
-    /// The openraft type configuration of rskv: u64 node ids, `BasicNode { addr }` as the node
-    /// record (the address peers and clients dial), and rskv's own command and response.
+    /// The openraft type configuration of rskv: u64 node ids, [`NodeInfo`] (client and peer
+    /// addresses) as the membership record, and rskv's own command and response.
     pub TypeConfig:
         D = Command,
         R = CommandResponse,
-        Node = openraft::BasicNode,
+        Node = NodeInfo,
 );
+
+/// What the membership records about a node: where clients reach it (for NOT_LEADER hints) and
+/// where peers send Raft traffic. Two ports, as in etcd, so client load and client connection
+/// limits can never starve replication and elections.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Client API address (`host:port`).
+    pub addr: String,
+    /// Raft transport address (`host:port`).
+    pub peer_addr: String,
+}
+
+impl NodeInfo {
+    /// A record with both addresses.
+    pub fn new(addr: impl Into<String>, peer_addr: impl Into<String>) -> NodeInfo {
+        NodeInfo {
+            addr: addr.into(),
+            peer_addr: peer_addr.into(),
+        }
+    }
+}
+
+impl fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (peer {})", self.addr, self.peer_addr)
+    }
+}
 
 /// Node identifier; stable across restarts and unique within a cluster.
 pub type NodeId = u64;

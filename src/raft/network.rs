@@ -26,7 +26,6 @@ use openraft::raft::TransferLeaderRequest;
 use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
-use openraft::BasicNode;
 use openraft::RaftNetworkV2;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -37,6 +36,7 @@ use crate::pb::raft::raft_client::RaftClient;
 use crate::pb::raft::RaftPayload;
 use crate::pb::raft::SnapshotChunk;
 use crate::raft::NodeId;
+use crate::raft::NodeInfo;
 use crate::raft::Snapshot;
 use crate::raft::TypeConfig;
 use crate::raft::Vote;
@@ -111,11 +111,11 @@ impl NetworkFactory {
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConnection;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerConnection {
         PeerConnection {
             target,
-            addr: node.addr.clone(),
-            client: self.channel(&node.addr).map(RaftClient::new),
+            addr: node.peer_addr.clone(),
+            client: self.channel(&node.peer_addr).map(RaftClient::new),
             snapshot_chunk_bytes: self.snapshot_chunk_bytes,
         }
     }

@@ -8,6 +8,7 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
+use super::handle;
 use super::Node;
 use crate::pb::kv as pb;
 use crate::pb::kv::cluster_server::Cluster;
@@ -42,6 +43,12 @@ impl Cluster for ClusterService {
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        handle("status", None, async { Ok(self.status_now()) }).await
+    }
+}
+
+impl ClusterService {
+    fn status_now(&self) -> pb::StatusResponse {
         let metrics = self.node.raft.metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership();
         let voters: Vec<u64> = membership.voter_ids().collect();
@@ -57,7 +64,7 @@ impl Cluster for ClusterService {
             Some((id, addr)) => (Some(id), addr),
             None => (metrics.current_leader, String::new()),
         };
-        Ok(Response::new(pb::StatusResponse {
+        pb::StatusResponse {
             id: self.node.id,
             role: role_name(metrics.state).to_string(),
             term: metrics.current_term,
@@ -71,6 +78,6 @@ impl Cluster for ClusterService {
             addr: self.node.config.advertised(),
             snapshot_index: metrics.snapshot.map(|l| l.index).unwrap_or(0),
             purged_index: metrics.purged.map(|l| l.index).unwrap_or(0),
-        }))
+        }
     }
 }

@@ -6,21 +6,30 @@
 //! has applied up to the confirmed commit index) — or `STALE`, served from the local state machine
 //! of any node. A follower answers writes and linearizable reads with NOT_LEADER naming the leader.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::Stream;
 use openraft::error::ClientWriteError;
 use openraft::error::LinearizableReadError;
 use openraft::error::RaftError;
 use openraft::ReadPolicy;
+use tokio::sync::broadcast;
+use tokio::sync::watch;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
+use super::handle;
+use super::metrics;
 use super::Node;
 use crate::error::Error;
 use crate::error::Result;
+use crate::events::Event;
+use crate::events::EventKind;
+use crate::events::KeyFilter;
 use crate::pb::kv as pb;
 use crate::pb::kv::kv_server::Kv;
 use crate::raft::Command;
@@ -130,24 +139,177 @@ impl KvService {
     }
 }
 
+/// A running watch stream: backlog first, then live events, ending with a status.
+struct WatchState {
+    backlog: std::vec::IntoIter<Arc<Event>>,
+    live: broadcast::Receiver<Arc<Event>>,
+    closed: watch::Receiver<bool>,
+    filter: KeyFilter,
+    /// Index of the last event seen, to tell a dropped watcher where to resume.
+    last_index: u64,
+    done: bool,
+    /// Keeps the active-watcher gauge right for as long as the stream exists.
+    _guard: WatcherGuard,
+}
+
+struct WatcherGuard;
+
+impl WatcherGuard {
+    fn new() -> WatcherGuard {
+        metrics::watcher_opened();
+        WatcherGuard
+    }
+}
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        metrics::watcher_closed();
+    }
+}
+
+/// Most events sent in one `WatchResponse`.
+const WATCH_BATCH: usize = 256;
+
+fn to_pb(event: &Event) -> pb::WatchEvent {
+    let (kind, value) = match &event.kind {
+        EventKind::Put { value } => (pb::watch_event::Kind::Put, value.clone()),
+        EventKind::Delete => (pb::watch_event::Kind::Delete, Bytes::new()),
+    };
+    pb::WatchEvent {
+        kind: kind as i32,
+        key: event.key.clone(),
+        value,
+        prev_value: event.prev.clone(),
+        index: event.index,
+    }
+}
+
+impl WatchState {
+    fn take(&mut self, event: &Arc<Event>, out: &mut Vec<pb::WatchEvent>) {
+        self.last_index = event.index;
+        if self.filter.matches(&event.key) {
+            out.push(to_pb(event));
+        }
+    }
+
+    fn end(&mut self, status: Status) -> Option<Result<pb::WatchResponse, Status>> {
+        self.done = true;
+        Some(Err(status))
+    }
+
+    async fn next(&mut self) -> Option<Result<pb::WatchResponse, Status>> {
+        if self.done {
+            return None;
+        }
+        let mut out = Vec::new();
+        while out.len() < WATCH_BATCH {
+            let Some(event) = self.backlog.next() else {
+                break;
+            };
+            self.take(&event, &mut out);
+        }
+        if !out.is_empty() {
+            return Some(Ok(pb::WatchResponse { events: out }));
+        }
+        loop {
+            let resume = self.last_index + 1;
+            let received = tokio::select! {
+                r = self.live.recv() => Some(r),
+                _ = self.closed.wait_for(|closed| *closed) => None,
+            };
+            let Some(received) = received else {
+                return self.end(Status::unavailable(format!(
+                    "node shutting down; re-watch another node with start_index {resume}"
+                )));
+            };
+            match received {
+                Ok(event) => {
+                    self.take(&event, &mut out);
+                    // Batch whatever else is already queued.
+                    while out.len() < WATCH_BATCH {
+                        match self.live.try_recv() {
+                            Ok(event) => self.take(&event, &mut out),
+                            Err(_) => break,
+                        }
+                    }
+                    if !out.is_empty() {
+                        return Some(Ok(pb::WatchResponse { events: out }));
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    metrics::watcher_dropped();
+                    return self.end(Status::resource_exhausted(format!(
+                        "watcher fell {missed} events behind the buffer; re-watch with start_index {resume}"
+                    )));
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    return self.end(Status::unavailable("node shutting down"));
+                }
+            }
+        }
+    }
+}
+
+/// Stream type of the `Watch` RPC.
+pub type WatchStream =
+    Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl Kv for KvService {
+    type WatchStream = WatchStream;
+
+    #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        handle("watch", None, async {
+            if !req.prefix {
+                self.check_key(&req.key)?;
+            }
+            let filter = if req.prefix {
+                KeyFilter::Prefix(req.key)
+            } else {
+                KeyFilter::Key(req.key)
+            };
+            let sub = self.node.events.subscribe(req.start_index)?;
+            let state = WatchState {
+                backlog: sub.backlog.into_iter(),
+                live: sub.live,
+                closed: sub.closed,
+                filter,
+                last_index: req.start_index.saturating_sub(1),
+                done: false,
+                _guard: WatcherGuard::new(),
+            };
+            let stream = futures::stream::unfold(state, |mut state| async move {
+                state.next().await.map(|item| (item, state))
+            });
+            Ok(Box::pin(stream) as WatchStream)
+        })
+        .await
+    }
+
     #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
     async fn get(
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
         let req = request.into_inner();
-        self.check_key(&req.key)?;
-        self.read_barrier(req.consistency).await?;
-        let applied_index = self.node.applied_index();
-        let key = req.key;
-        let value = self.engine_call(move |e| e.get(&key)).await?;
-        Ok(Response::new(pb::GetResponse {
-            found: value.is_some(),
-            value: value.unwrap_or_default(),
-            applied_index,
-        }))
+        handle("get", Some(&self.node.limiter), async {
+            self.check_key(&req.key)?;
+            self.read_barrier(req.consistency).await?;
+            let applied_index = self.node.applied_index();
+            let key = req.key;
+            let value = self.engine_call(move |e| e.get(&key)).await?;
+            Ok(pb::GetResponse {
+                found: value.is_some(),
+                value: value.unwrap_or_default(),
+                applied_index,
+            })
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
@@ -156,18 +318,21 @@ impl Kv for KvService {
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         let req = request.into_inner();
-        self.check_key(&req.key)?;
-        self.check_value(&req.value)?;
-        let (index, resp) = self
-            .write(Command::Put {
-                key: req.key,
-                value: req.value,
+        handle("put", Some(&self.node.limiter), async {
+            self.check_key(&req.key)?;
+            self.check_value(&req.value)?;
+            let (index, resp) = self
+                .write(Command::Put {
+                    key: req.key,
+                    value: req.value,
+                })
+                .await?;
+            Ok(pb::PutResponse {
+                index,
+                prev_value: if req.return_prev { resp.prev } else { None },
             })
-            .await?;
-        Ok(Response::new(pb::PutResponse {
-            index,
-            prev_value: if req.return_prev { resp.prev } else { None },
-        }))
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
@@ -176,12 +341,15 @@ impl Kv for KvService {
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let req = request.into_inner();
-        self.check_key(&req.key)?;
-        let (index, resp) = self.write(Command::Delete { key: req.key }).await?;
-        Ok(Response::new(pb::DeleteResponse {
-            index,
-            existed: resp.prev.is_some(),
-        }))
+        handle("delete", Some(&self.node.limiter), async {
+            self.check_key(&req.key)?;
+            let (index, resp) = self.write(Command::Delete { key: req.key }).await?;
+            Ok(pb::DeleteResponse {
+                index,
+                existed: resp.prev.is_some(),
+            })
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
@@ -190,49 +358,50 @@ impl Kv for KvService {
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
         let req = request.into_inner();
-        if !req.end.is_empty() && req.start > req.end {
-            return Err(Error::InvalidArgument(format!(
-                "scan start {:?} is after end {:?}",
-                String::from_utf8_lossy(&req.start),
-                String::from_utf8_lossy(&req.end)
-            ))
-            .into());
-        }
-        if req.limit > MAX_SCAN_LIMIT {
-            return Err(Error::InvalidArgument(format!(
-                "scan limit {} exceeds the maximum {MAX_SCAN_LIMIT}",
+        handle("scan", Some(&self.node.limiter), async {
+            if !req.end.is_empty() && req.start > req.end {
+                return Err(Error::InvalidArgument(format!(
+                    "scan start {:?} is after end {:?}",
+                    String::from_utf8_lossy(&req.start),
+                    String::from_utf8_lossy(&req.end)
+                )));
+            }
+            if req.limit > MAX_SCAN_LIMIT {
+                return Err(Error::InvalidArgument(format!(
+                    "scan limit {} exceeds the maximum {MAX_SCAN_LIMIT}",
+                    req.limit
+                )));
+            }
+            let limit = if req.limit == 0 {
+                DEFAULT_SCAN_LIMIT
+            } else {
                 req.limit
-            ))
-            .into());
-        }
-        let limit = if req.limit == 0 {
-            DEFAULT_SCAN_LIMIT
-        } else {
-            req.limit
-        } as usize;
-        self.read_barrier(req.consistency).await?;
-        let applied_index = self.node.applied_index();
-        let (start, end) = (req.start, req.end);
-        // Fetch one extra pair to learn whether another page exists.
-        let mut pairs = self
-            .engine_call(move |e| {
-                let end = if end.is_empty() { None } else { Some(&end[..]) };
-                e.scan(&start, end, limit + 1)
+            } as usize;
+            self.read_barrier(req.consistency).await?;
+            let applied_index = self.node.applied_index();
+            let (start, end) = (req.start, req.end);
+            // Fetch one extra pair to learn whether another page exists.
+            let mut pairs = self
+                .engine_call(move |e| {
+                    let end = if end.is_empty() { None } else { Some(&end[..]) };
+                    e.scan(&start, end, limit + 1)
+                })
+                .await?;
+            let next_start = if pairs.len() > limit {
+                pairs.pop().map(|(k, _)| k)
+            } else {
+                None
+            };
+            Ok(pb::ScanResponse {
+                pairs: pairs
+                    .into_iter()
+                    .map(|(key, value)| pb::KeyValue { key, value })
+                    .collect(),
+                next_start,
+                applied_index,
             })
-            .await?;
-        let next_start = if pairs.len() > limit {
-            pairs.pop().map(|(k, _)| k)
-        } else {
-            None
-        };
-        Ok(Response::new(pb::ScanResponse {
-            pairs: pairs
-                .into_iter()
-                .map(|(key, value)| pb::KeyValue { key, value })
-                .collect(),
-            next_start,
-            applied_index,
-        }))
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
@@ -241,19 +410,22 @@ impl Kv for KvService {
         request: Request<pb::BatchPutRequest>,
     ) -> Result<Response<pb::BatchPutResponse>, Status> {
         let req = request.into_inner();
-        if req.pairs.is_empty() {
-            return Err(
-                Error::InvalidArgument("batch must contain at least one pair".into()).into(),
-            );
-        }
-        let mut pairs: Vec<(Bytes, Bytes)> = Vec::with_capacity(req.pairs.len());
-        for kv in req.pairs {
-            self.check_key(&kv.key)?;
-            self.check_value(&kv.value)?;
-            pairs.push((kv.key, kv.value));
-        }
-        let (index, _) = self.write(Command::BatchPut { pairs }).await?;
-        Ok(Response::new(pb::BatchPutResponse { index }))
+        handle("batch_put", Some(&self.node.limiter), async {
+            if req.pairs.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "batch must contain at least one pair".into(),
+                ));
+            }
+            let mut pairs: Vec<(Bytes, Bytes)> = Vec::with_capacity(req.pairs.len());
+            for kv in req.pairs {
+                self.check_key(&kv.key)?;
+                self.check_value(&kv.value)?;
+                pairs.push((kv.key, kv.value));
+            }
+            let (index, _) = self.write(Command::BatchPut { pairs }).await?;
+            Ok(pb::BatchPutResponse { index })
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
@@ -262,27 +434,30 @@ impl Kv for KvService {
         request: Request<pb::CompareAndSwapRequest>,
     ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
         let req = request.into_inner();
-        self.check_key(&req.key)?;
-        self.check_value(&req.new_value)?;
-        if let Some(expected) = &req.expected {
-            self.check_value(expected)?;
-        }
-        let new_value = req.new_value.clone();
-        let (index, resp) = self
-            .write(Command::CompareAndSwap {
-                key: req.key,
-                expected: req.expected,
-                new_value: req.new_value,
+        handle("compare_and_swap", Some(&self.node.limiter), async {
+            self.check_key(&req.key)?;
+            self.check_value(&req.new_value)?;
+            if let Some(expected) = &req.expected {
+                self.check_value(expected)?;
+            }
+            let new_value = req.new_value.clone();
+            let (index, resp) = self
+                .write(Command::CompareAndSwap {
+                    key: req.key,
+                    expected: req.expected,
+                    new_value: req.new_value,
+                })
+                .await?;
+            Ok(pb::CompareAndSwapResponse {
+                success: resp.success,
+                index,
+                current: if resp.success {
+                    Some(new_value)
+                } else {
+                    resp.prev
+                },
             })
-            .await?;
-        Ok(Response::new(pb::CompareAndSwapResponse {
-            success: resp.success,
-            index,
-            current: if resp.success {
-                Some(new_value)
-            } else {
-                resp.prev
-            },
-        }))
+        })
+        .await
     }
 }

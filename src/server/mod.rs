@@ -9,29 +9,37 @@
 
 pub mod cluster_service;
 pub mod kv_service;
+pub mod limits;
+pub mod metrics;
 pub mod raft_service;
+pub mod shutdown;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures::FutureExt;
 use openraft::type_config::async_runtime::WatchReceiver;
-use openraft::BasicNode;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
 use crate::config::Engine;
 use crate::error::Error;
 use crate::error::Result;
+use crate::events::EventBus;
 use crate::pb::kv::cluster_server::ClusterServer;
 use crate::pb::kv::kv_server::KvServer;
 use crate::pb::raft::raft_server::RaftServer;
 use crate::raft::network::NetworkFactory;
 use crate::raft::NodeId;
+use crate::raft::NodeInfo;
 use crate::raft::Raft;
 use crate::storage::memory::MemoryEngine;
 use crate::storage::rocks::RocksEngine;
@@ -39,9 +47,38 @@ use crate::storage::KvEngine;
 use crate::storage::LogStore;
 use crate::storage::StateMachine;
 
-/// Largest gRPC message accepted or sent (bounded so a bad client cannot exhaust memory; large
-/// enough for a max-size value plus framing, and for Raft batches).
+/// Largest gRPC message between peers and largest reply to a client (Raft batches and scan pages;
+/// snapshots are chunked far below this).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The three sockets a node serves on, bound before the node starts (so tests can bind port 0).
+pub struct Listeners {
+    /// Client gRPC API.
+    pub client: TcpListener,
+    /// Raft transport between nodes.
+    pub peer: TcpListener,
+    /// `/metrics` and `/health`; `None` disables them.
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses `config` names.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] naming the address that cannot be bound.
+    pub async fn bind(config: &Config) -> Result<Listeners> {
+        async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener> {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Unavailable(format!("cannot listen on {addr} ({what}): {e}")))
+        }
+        Ok(Listeners {
+            client: bind(config.listen_addr, "listen_addr").await?,
+            peer: bind(config.peer_listen()?, "peer_listen_addr").await?,
+            metrics: Some(bind(config.metrics_listen()?, "metrics_addr").await?),
+        })
+    }
+}
 
 /// A running Raft member and the handles its services share.
 pub struct Node {
@@ -57,6 +94,10 @@ pub struct Node {
     pub data_dir: PathBuf,
     /// Where snapshots (current and incoming) are kept.
     pub snapshot_dir: PathBuf,
+    /// Apply events: hooks and watch streams subscribe here.
+    pub events: Arc<EventBus>,
+    /// In-flight client request limit; also refuses new requests while draining.
+    pub limiter: limits::RequestLimiter,
 }
 
 impl Node {
@@ -68,6 +109,7 @@ impl Node {
     /// [`Error::Config`] for an invalid configuration, [`Error::Raft`] if openraft fails to start.
     pub async fn start(config: Config, data_dir: &Path) -> Result<Arc<Node>> {
         config.validate()?;
+        metrics::install();
         let span = tracing::info_span!("node", node_id = config.node_id);
         async move {
             let log_dir = data_dir.join("raft_log");
@@ -87,7 +129,12 @@ impl Node {
                     })?)
                 }
             };
-            let state_machine = StateMachine::open(engine.clone(), &snapshot_dir).await?;
+            let events = Arc::new(EventBus::new(
+                config.events.history,
+                config.events.watch_buffer,
+            ));
+            let state_machine =
+                StateMachine::open(engine.clone(), &snapshot_dir, events.clone()).await?;
             let network = NetworkFactory::new(config.raft.snapshot_chunk_bytes as usize);
             let raft_config = Arc::new(config.openraft_config()?);
             let raft = Raft::new(
@@ -99,8 +146,11 @@ impl Node {
             )
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
+            let limiter = limits::RequestLimiter::new(config.limits.max_inflight_requests);
             let node = Arc::new(Node {
                 id: config.node_id,
+                events,
+                limiter,
                 config: Arc::new(config),
                 raft,
                 engine,
@@ -126,12 +176,7 @@ impl Node {
             tracing::info!("recovered existing raft state");
             return Ok(());
         }
-        let members: BTreeMap<NodeId, BasicNode> = self
-            .config
-            .bootstrap_members()?
-            .into_iter()
-            .map(|(id, addr)| (id, BasicNode::new(addr)))
-            .collect();
+        let members: BTreeMap<NodeId, NodeInfo> = self.config.bootstrap_members()?;
         tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "initializing new cluster");
         match self.raft.initialize(members).await {
             Ok(()) => Ok(()),
@@ -145,43 +190,142 @@ impl Node {
         }
     }
 
-    /// Serves the gRPC API and Raft transport on `listener` until `shutdown` completes, then
-    /// drains in-flight requests and shuts Raft down.
+    /// Serves until `shutdown` completes, then shuts down gracefully (see [`shutdown`]): the
+    /// client API (with connection and request limits) on `listeners.client`, the Raft transport
+    /// on `listeners.peer`, `/metrics` and `/health` on `listeners.metrics`.
     ///
     /// # Errors
-    /// [`Error::Unavailable`] if the server fails while running.
+    /// [`Error::Unavailable`] if a server fails while running.
     pub async fn serve(
         self: Arc<Self>,
-        listener: TcpListener,
+        listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<()> {
         let span = tracing::info_span!("node", node_id = self.id);
-        let addr = listener.local_addr()?;
-        tracing::info!(parent: &span, %addr, engine = self.engine.name(), "serving");
-        let kv = kv_service::KvService::new(self.clone());
-        let cluster = cluster_service::ClusterService::new(self.clone());
-        let raft = raft_service::RaftService::new(self.clone());
-        let result = tonic::transport::Server::builder()
+        let limits = &self.config.limits;
+        tracing::info!(
+            parent: &span,
+            client = %listeners.client.local_addr()?,
+            peer = %listeners.peer.local_addr()?,
+            metrics = ?listeners.metrics.as_ref().and_then(|l| l.local_addr().ok()),
+            engine = self.engine.name(),
+            "serving"
+        );
+        let client_stop = CancellationToken::new();
+        let peer_stop = CancellationToken::new();
+        let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
+
+        let kv = KvServer::new(kv_service::KvService::new(self.clone()))
+            .max_decoding_message_size(limits.max_message_bytes)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let cluster = ClusterServer::new(cluster_service::ClusterService::new(self.clone()));
+        let incoming = limits::limited_incoming(listeners.client, limits.max_connections);
+        let stop = client_stop.clone();
+        let client_server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(
-                KvServer::new(kv)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(ClusterServer::new(cluster))
-            .add_service(
-                RaftServer::new(raft)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .add_service(kv)
+            .add_service(cluster)
+            .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
+        tasks.spawn(
+            async move {
+                let r = client_server.await;
+                (
+                    "client API",
+                    r.map_err(|e| Error::Unavailable(format!("client API server: {e}"))),
+                )
+            }
+            .instrument(span.clone()),
+        );
+
+        let raft = RaftServer::new(raft_service::RaftService::new(self.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let stop = peer_stop.clone();
+        let peer_server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(raft)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.peer), async move {
+                stop.cancelled().await
+            });
+        tasks.spawn(
+            async move {
+                let r = peer_server.await;
+                (
+                    "raft transport",
+                    r.map_err(|e| Error::Unavailable(format!("raft server: {e}"))),
+                )
+            }
+            .instrument(span.clone()),
+        );
+
+        if let Some(listener) = listeners.metrics {
+            let stop = peer_stop.clone();
+            let node = self.clone();
+            tasks.spawn(
+                async move {
+                    let r =
+                        metrics::serve_http(node, listener, async move { stop.cancelled().await })
+                            .await
+                            .map_err(|e| Error::Unavailable(format!("metrics server: {e}")));
+                    ("metrics", r)
+                }
+                .instrument(span.clone()),
+            );
+        }
+        let follow =
+            tasks.spawn(metrics::follow_raft(self.clone()).map(|()| ("raft metrics", Ok(()))));
+
+        // Run until asked to stop, or until a server fails.
+        let mut failure = None;
+        tokio::select! {
+            () = shutdown => {}
+            Some(done) = tasks.join_next() => {
+                let (what, result) = done.unwrap_or(("task", Err(Error::Unavailable("server task panicked".into()))));
+                tracing::error!(parent: &span, server = what, result = ?result, "server stopped unexpectedly");
+                failure = Some(result.err().unwrap_or_else(|| Error::Unavailable(format!("{what} stopped"))));
+            }
+        }
+
+        let budget = Duration::from_millis(self.config.shutdown_timeout_ms);
+        let deadline = tokio::time::Instant::now() + budget;
+        shutdown::prepare(&self, deadline)
             .instrument(span.clone())
             .await;
-        tracing::info!(parent: &span, "gRPC server stopped; shutting raft down");
+        // Stop accepting client connections and wait for in-flight requests (bounded).
+        client_stop.cancel();
+        let drained = tokio::time::timeout_at(deadline, async {
+            while let Some(done) = tasks.join_next().await {
+                if let Ok(("client API", _)) = done {
+                    return;
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(parent: &span, in_flight = self.limiter.in_flight(), "drain timed out; closing remaining requests");
+        }
+        peer_stop.cancel();
+        follow.abort();
+        tracing::info!(parent: &span, "client API drained; shutting raft down");
         if let Err(e) = self.raft.shutdown().await {
             tracing::error!(parent: &span, error = %e, "raft shutdown failed");
         }
-        result.map_err(|e| Error::Unavailable(format!("gRPC server failed: {e}")))
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        tasks.abort_all();
+        let engine = self.engine.clone();
+        match tokio::task::spawn_blocking(move || engine.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(parent: &span, error = %e, "state machine sync failed"),
+            Err(e) => tracing::error!(parent: &span, error = %e, "state machine sync panicked"),
+        }
+        tracing::info!(parent: &span, "node stopped");
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// The current leader's id and advertised address, if known.
@@ -207,6 +351,32 @@ impl Node {
             .map(|l| l.index)
             .unwrap_or(0)
     }
+}
+
+/// Runs one client request: admits it under `limiter` (when given), records its method, status
+/// code and latency, and converts the node error into a gRPC status.
+pub(crate) async fn handle<T>(
+    method: &'static str,
+    limiter: Option<&limits::RequestLimiter>,
+    request: impl Future<Output = Result<T>>,
+) -> std::result::Result<tonic::Response<T>, tonic::Status> {
+    let started = std::time::Instant::now();
+    let permit = match limiter.map(|l| l.admit()).transpose() {
+        Ok(permit) => permit,
+        Err(e) => {
+            let status = tonic::Status::from(e);
+            metrics::request_done(method, status.code(), started.elapsed());
+            return Err(status);
+        }
+    };
+    let result = request.await.map_err(tonic::Status::from);
+    drop(permit);
+    let code = match &result {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+    metrics::request_done(method, code, started.elapsed());
+    result.map(tonic::Response::new)
 }
 
 /// Removes partial snapshots left by an interrupted transfer.

@@ -47,7 +47,8 @@ mod openraft_suite {
             } else {
                 Arc::new(memory::MemoryEngine::new())
             };
-            let sm = StateMachine::open(engine, &dir.path().join("snapshots"))
+            let events = Arc::new(crate::events::EventBus::new(16, 16));
+            let sm = StateMachine::open(engine, &dir.path().join("snapshots"), events)
                 .await
                 .map_err(fail)?;
             Ok((dir, log_store, sm))

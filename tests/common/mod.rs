@@ -58,6 +58,7 @@ where
 pub struct NodeProc {
     pub id: u64,
     pub addr: String,
+    pub metrics_addr: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
@@ -130,11 +131,17 @@ impl ProcessCluster {
     /// Starts `n` nodes with the given engine (`memory` or `rocksdb`) and extra flags.
     pub fn start(n: usize, engine: &str, extra: &[&str]) -> ProcessCluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ports = free_ports(n);
-        let members: Vec<String> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        // Three ports per node: client API, Raft peer, metrics.
+        let ports = free_ports(3 * n);
+        let members: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    "{}=127.0.0.1:{}/127.0.0.1:{}",
+                    i + 1,
+                    ports[3 * i],
+                    ports[3 * i + 1]
+                )
+            })
             .collect();
         let config = dir.path().join("base.toml");
         std::fs::write(
@@ -143,7 +150,8 @@ impl ProcessCluster {
         )
         .expect("write config");
         let mut nodes = Vec::new();
-        for (i, port) in ports.iter().enumerate() {
+        for i in 0..n {
+            let port = ports[3 * i];
             let id = (i + 1) as u64;
             let data_dir = dir.path().join(format!("node{id}"));
             std::fs::create_dir_all(&data_dir).expect("mkdir");
@@ -155,6 +163,10 @@ impl ProcessCluster {
                 id.to_string(),
                 "--listen-addr".into(),
                 addr.clone(),
+                "--peer-listen-addr".into(),
+                format!("127.0.0.1:{}", ports[3 * i + 1]),
+                "--metrics-addr".into(),
+                format!("127.0.0.1:{}", ports[3 * i + 2]),
                 "--data-dir".into(),
                 data_dir.join("data").display().to_string(),
                 "--engine".into(),
@@ -165,6 +177,7 @@ impl ProcessCluster {
             args.extend(extra.iter().map(|s| s.to_string()));
             let mut node = NodeProc {
                 id,
+                metrics_addr: format!("127.0.0.1:{}", ports[3 * i + 2]),
                 addr,
                 log: data_dir.join("node.log"),
                 data_dir,
@@ -283,6 +296,7 @@ impl NodeProc {
     pub fn attach(
         id: u64,
         addr: String,
+        metrics_addr: String,
         data_dir: PathBuf,
         log: PathBuf,
         child: Child,
@@ -290,10 +304,44 @@ impl NodeProc {
         NodeProc {
             id,
             addr,
+            metrics_addr,
             data_dir,
             log,
             child: Some(child),
             args: Vec::new(),
         }
     }
+}
+
+/// Fetches `http://addr/path` with a plain HTTP/1.0 request; returns (status code, body).
+pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// The value of the Prometheus sample `name{labels}` (labels as rendered, e.g.
+/// `method="put",code="OK"`; empty for an unlabelled metric); 0 when absent.
+pub fn metric_value(text: &str, name: &str, labels: &str) -> f64 {
+    let wanted = if labels.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            (series == wanted).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
 }

@@ -33,6 +33,9 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use crate::error::io_err;
+use crate::events::Event;
+use crate::events::EventBus;
+use crate::events::EventKind;
 use crate::raft::Command;
 use crate::raft::CommandResponse;
 use crate::raft::LogId;
@@ -138,12 +141,23 @@ pub trait KvEngine: Send + Sync + 'static {
     }
 }
 
-/// Executes one command against the overlay-on-engine view and records its writes.
+/// Executes one command against the overlay-on-engine view, records its writes, and appends the
+/// apply events it causes (one per changed key) to `events`.
 fn execute(
     engine: &dyn KvEngine,
     overlay: &mut HashMap<Bytes, Option<Bytes>>,
     command: Command,
+    index: u64,
+    events: &mut Vec<Event>,
 ) -> io::Result<CommandResponse> {
+    let put = |key: &Bytes, value: &Bytes, prev: Option<Bytes>| Event {
+        index,
+        key: key.clone(),
+        kind: EventKind::Put {
+            value: value.clone(),
+        },
+        prev,
+    };
     let current = |key: &Bytes, overlay: &HashMap<Bytes, Option<Bytes>>| match overlay.get(key) {
         Some(v) => Ok(v.clone()),
         None => engine.get(key),
@@ -151,6 +165,7 @@ fn execute(
     Ok(match command {
         Command::Put { key, value } => {
             let prev = current(&key, overlay)?;
+            events.push(put(&key, &value, prev.clone()));
             overlay.insert(key, Some(value));
             CommandResponse {
                 prev,
@@ -159,6 +174,14 @@ fn execute(
         }
         Command::Delete { key } => {
             let prev = current(&key, overlay)?;
+            if prev.is_some() {
+                events.push(Event {
+                    index,
+                    key: key.clone(),
+                    kind: EventKind::Delete,
+                    prev: prev.clone(),
+                });
+            }
             overlay.insert(key, None);
             CommandResponse {
                 prev,
@@ -167,6 +190,7 @@ fn execute(
         }
         Command::BatchPut { pairs } => {
             for (key, value) in pairs {
+                events.push(put(&key, &value, None));
                 overlay.insert(key, Some(value));
             }
             CommandResponse {
@@ -182,6 +206,7 @@ fn execute(
             let prev = current(&key, overlay)?;
             let success = prev == expected;
             if success {
+                events.push(put(&key, &new_value, prev.clone()));
                 overlay.insert(key, Some(new_value));
             }
             CommandResponse { prev, success }
@@ -195,8 +220,10 @@ pub struct StateMachine {
     engine: Arc<dyn KvEngine>,
     /// Where `snapshot.bin` and incoming snapshots live.
     snapshot_dir: PathBuf,
-    /// Distinguishes snapshots built at the same log id.
+    /// Names temporary snapshot files uniquely.
     snapshot_seq: Arc<AtomicU64>,
+    /// Where applied changes are published.
+    events: Arc<EventBus>,
 }
 
 impl StateMachine {
@@ -206,12 +233,17 @@ impl StateMachine {
     ///
     /// # Errors
     /// When the snapshot directory or the stored snapshot cannot be read.
-    pub async fn open(engine: Arc<dyn KvEngine>, snapshot_dir: &Path) -> io::Result<StateMachine> {
+    pub async fn open(
+        engine: Arc<dyn KvEngine>,
+        snapshot_dir: &Path,
+        events: Arc<EventBus>,
+    ) -> io::Result<StateMachine> {
         std::fs::create_dir_all(snapshot_dir)?;
         let sm = StateMachine {
             engine,
             snapshot_dir: snapshot_dir.to_path_buf(),
             snapshot_seq: Arc::new(AtomicU64::new(0)),
+            events,
         };
         let engine = sm.engine.clone();
         let path = sm.snapshot_path();
@@ -312,6 +344,7 @@ fn build_snapshot_blocking(
     std::fs::rename(&tmp, &final_path)?;
     sync_dir(dir)?;
     tracing::info!(last_log_id = ?meta.last_log_id, records = count, "snapshot built");
+    crate::server::metrics::snapshot_built();
     Ok((meta, final_path))
 }
 
@@ -366,9 +399,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(());
         }
         let engine = self.engine.clone();
+        let bus = self.events.clone();
         let responders = tokio::task::spawn_blocking(move || {
             let mut state = engine.applied_state()?;
             let mut overlay: HashMap<Bytes, Option<Bytes>> = HashMap::new();
+            let mut events = Vec::new();
             let mut responders = Vec::with_capacity(batch.len());
             for (entry, responder) in batch {
                 state.last_applied = Some(entry.log_id);
@@ -377,7 +412,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         prev: None,
                         success: true,
                     },
-                    EntryPayload::Normal(command) => execute(&*engine, &mut overlay, command)?,
+                    EntryPayload::Normal(command) => execute(
+                        &*engine,
+                        &mut overlay,
+                        command,
+                        entry.log_id.index,
+                        &mut events,
+                    )?,
                     EntryPayload::Membership(membership) => {
                         state.membership = StoredMembership::new(Some(entry.log_id), membership);
                         CommandResponse {
@@ -392,6 +433,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 writes: overlay.into_iter().collect(),
                 state,
             })?;
+            // After the commit: an event is never seen before its change is readable.
+            bus.publish(events);
             Ok::<_, io::Error>(responders)
         })
         .await
@@ -431,6 +474,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let file = SnapshotFile::open(&final_path)?;
             engine.import(&state, &mut file.reader()?)?;
             tracing::info!(last_log_id = ?state.last_applied, "snapshot installed");
+            crate::server::metrics::snapshot_installed();
             Ok::<_, io::Error>(())
         })
         .await

@@ -1,0 +1,262 @@
+//! Apply events: every change the state machine applies is published here, in apply order, on
+//! every node (leader and followers alike).
+//!
+//! Two kinds of subscribers: in-process hooks ([`EventBus::register`]: a handler for a key prefix,
+//! run on its own task so a slow handler can never stall Raft) and `Watch` streams (gRPC). Both
+//! read a bounded `broadcast` channel; a subscriber that falls more than `watch_buffer` events
+//! behind is dropped with a clear error rather than buffering without bound or skipping silently.
+//! The last `history` events are retained so a watch can start from a past log index: the backlog
+//! is taken and the live subscription opened under the same lock that publishing holds, so the
+//! two join with no gap and no duplicate.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tokio::sync::broadcast;
+use tokio::sync::watch;
+
+use crate::error::Error;
+use crate::error::Result;
+
+/// What happened to a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// The key now holds `value`.
+    Put {
+        /// The new value.
+        value: Bytes,
+    },
+    /// The key was removed.
+    Delete,
+}
+
+/// One applied change of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Log index of the entry that made the change (a batch's keys share one index).
+    pub index: u64,
+    /// The key changed.
+    pub key: Bytes,
+    /// Put or delete.
+    pub kind: EventKind,
+    /// The previous value, where the command read it (puts, deletes, CAS; not batch puts).
+    pub prev: Option<Bytes>,
+}
+
+/// Which keys a subscriber wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyFilter {
+    /// Exactly this key.
+    Key(Bytes),
+    /// Every key starting with this prefix (empty: all keys).
+    Prefix(Bytes),
+}
+
+impl KeyFilter {
+    /// Whether `key` passes the filter.
+    pub fn matches(&self, key: &[u8]) -> bool {
+        match self {
+            KeyFilter::Key(k) => k.as_ref() == key,
+            KeyFilter::Prefix(p) => key.starts_with(p),
+        }
+    }
+}
+
+struct History {
+    events: VecDeque<Arc<Event>>,
+    /// Highest index whose events were evicted from `events` (0: none evicted).
+    evicted_through: u64,
+}
+
+/// The publish side of apply events, shared by the state machine, the Watch service and hooks.
+pub struct EventBus {
+    history: Mutex<History>,
+    capacity: usize,
+    live: broadcast::Sender<Arc<Event>>,
+    /// Flips to `true` at shutdown; open watch streams end with a clean status.
+    closed: watch::Sender<bool>,
+}
+
+/// A live subscription joined to its backlog.
+pub struct Subscription {
+    /// Past events from the requested index, oldest first.
+    pub backlog: Vec<Arc<Event>>,
+    /// Events published after the backlog was taken.
+    pub live: broadcast::Receiver<Arc<Event>>,
+    /// Becomes `true` when the node shuts down.
+    pub closed: watch::Receiver<bool>,
+}
+
+impl EventBus {
+    /// A bus retaining `history` events, letting subscribers lag by at most `buffer` events.
+    pub fn new(history: usize, buffer: usize) -> EventBus {
+        let (live, _) = broadcast::channel(buffer.max(1));
+        let (closed, _) = watch::channel(false);
+        EventBus {
+            history: Mutex::new(History {
+                events: VecDeque::with_capacity(history.min(65_536)),
+                evicted_through: 0,
+            }),
+            capacity: history,
+            live,
+            closed,
+        }
+    }
+
+    /// Publishes the changes of one applied batch, in order. Called by the state machine after
+    /// the batch is visible to reads.
+    pub fn publish(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let count = events.len() as u64;
+        let Ok(mut history) = self.history.lock() else {
+            tracing::error!("event history lock poisoned; events dropped");
+            return;
+        };
+        for event in events {
+            let event = Arc::new(event);
+            if self.capacity > 0 {
+                if history.events.len() == self.capacity {
+                    if let Some(old) = history.events.pop_front() {
+                        history.evicted_through = old.index;
+                    }
+                }
+                history.events.push_back(event.clone());
+            }
+            // No receivers is fine: nobody is watching.
+            let _ = self.live.send(event);
+        }
+        crate::server::metrics::events_published(count);
+    }
+
+    /// Subscribes to events with index ≥ `start_index` (0: only events published from now on).
+    ///
+    /// # Errors
+    /// [`Error::Compacted`] when events from `start_index` are no longer retained.
+    pub fn subscribe(&self, start_index: u64) -> Result<Subscription> {
+        let history = self
+            .history
+            .lock()
+            .map_err(|_| Error::Storage("event history lock poisoned".into()))?;
+        let live = self.live.subscribe();
+        let closed = self.closed.subscribe();
+        if start_index == 0 {
+            return Ok(Subscription {
+                backlog: Vec::new(),
+                live,
+                closed,
+            });
+        }
+        if start_index <= history.evicted_through {
+            return Err(Error::Compacted(format!(
+                "events before index {} are no longer retained (asked for {start_index})",
+                history.evicted_through + 1
+            )));
+        }
+        let backlog = history
+            .events
+            .iter()
+            .filter(|e| e.index >= start_index)
+            .cloned()
+            .collect();
+        Ok(Subscription {
+            backlog,
+            live,
+            closed,
+        })
+    }
+
+    /// Runs `handler` for every event whose key starts with `prefix`, on a task of its own, until
+    /// the returned handle is dropped. A handler that falls more than the buffer behind misses
+    /// events; that is logged and counted, and the hook carries on with newer ones.
+    pub fn register<F>(&self, prefix: impl Into<Bytes>, handler: F) -> HookHandle
+    where
+        F: Fn(&Event) + Send + Sync + 'static,
+    {
+        let filter = KeyFilter::Prefix(prefix.into());
+        let mut rx = self.live.subscribe();
+        let task = tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(event) => {
+                        if filter.matches(&event.key) {
+                            handler(&event);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "event hook fell behind; events skipped");
+                        crate::server::metrics::watcher_dropped();
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        HookHandle { task }
+    }
+
+    /// Ends every watch stream (node shutdown).
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+}
+
+/// Keeps a hook registered; dropping it stops the hook's task.
+pub struct HookHandle {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HookHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(index: u64, key: &'static str) -> Event {
+        Event {
+            index,
+            key: Bytes::from(key),
+            kind: EventKind::Put {
+                value: Bytes::from("v"),
+            },
+            prev: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn subscribe_should_join_backlog_and_live_without_gap() {
+        let bus = EventBus::new(100, 16);
+        bus.publish(vec![put(1, "a"), put(2, "b")]);
+        let mut sub = bus.subscribe(2).expect("subscribe");
+        bus.publish(vec![put(3, "c")]);
+        let backlog: Vec<u64> = sub.backlog.iter().map(|e| e.index).collect();
+        assert_eq!(backlog, vec![2]);
+        assert_eq!(sub.live.recv().await.expect("live").index, 3);
+    }
+
+    #[tokio::test]
+    async fn compacted_start_should_be_refused() {
+        let bus = EventBus::new(2, 16);
+        bus.publish(vec![put(1, "a"), put(2, "b"), put(3, "c")]);
+        assert!(matches!(bus.subscribe(1), Err(Error::Compacted(_))));
+        assert_eq!(bus.subscribe(2).expect("retained").backlog.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn hook_should_see_matching_events_in_order() {
+        let bus = EventBus::new(10, 16);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let _hook = bus.register("user/", move |e: &Event| {
+            let _ = tx.send(e.index);
+        });
+        bus.publish(vec![put(1, "user/a"), put(2, "other"), put(3, "user/b")]);
+        assert_eq!(rx.recv().await, Some(1));
+        assert_eq!(rx.recv().await, Some(3));
+    }
+}

@@ -1,0 +1,223 @@
+//! Per-node limits: client connections ([`limited_incoming`]) and in-flight client requests
+//! ([`RequestLimiter`]).
+//!
+//! A connection holds a semaphore permit for exactly as long as it is open (the permit lives
+//! inside the connection object tonic serves), so closed connections free their slot at once.
+//! Past `max_connections` a new connection is closed right after accept, logged and counted;
+//! admitted clients are unaffected. Past `max_inflight_requests` a request is answered
+//! RESOURCE_EXHAUSTED immediately instead of queueing. Raft traffic arrives on the separate peer
+//! port and is subject to neither limit, so client load cannot starve replication or elections.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::Context;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::io::AsyncRead;
+use tokio::io::AsyncWrite;
+use tokio::io::ReadBuf;
+use tokio::net::TcpListener;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::Semaphore;
+use tonic::transport::server::Connected;
+use tonic::transport::server::TcpConnectInfo;
+
+use super::metrics;
+use crate::error::Error;
+
+/// A client connection admitted under the connection limit.
+pub struct LimitedConnection {
+    stream: TcpStream,
+    /// Held for the connection's lifetime: dropping the connection frees the slot.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for LimitedConnection {
+    fn drop(&mut self) {
+        metrics::connection_closed();
+    }
+}
+
+impl Connected for LimitedConnection {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for LimitedConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LimitedConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Accepts connections from `listener`, admitting at most `max` at once; the rest are closed at
+/// accept. Accept errors (e.g. out of file descriptors) are logged and retried, never fatal.
+pub fn limited_incoming(
+    listener: TcpListener,
+    max: usize,
+) -> impl Stream<Item = io::Result<LimitedConnection>> {
+    let slots = Arc::new(Semaphore::new(max));
+    futures::stream::unfold((listener, slots), move |(listener, slots)| async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => match slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let _ = stream.set_nodelay(true);
+                        metrics::connection_opened();
+                        let conn = LimitedConnection {
+                            stream,
+                            _permit: permit,
+                        };
+                        return Some((Ok(conn), (listener, slots)));
+                    }
+                    Err(_) => {
+                        metrics::connection_rejected();
+                        tracing::warn!(%peer, max, "connection refused: max_connections reached");
+                        drop(stream);
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    })
+}
+
+/// Bounds concurrent client requests and refuses new ones while the node drains for shutdown.
+pub struct RequestLimiter {
+    slots: Arc<Semaphore>,
+    max: usize,
+    draining: AtomicBool,
+}
+
+/// Proof that a request was admitted; frees its slot when dropped.
+pub struct RequestPermit {
+    _permit: OwnedSemaphorePermit,
+    limiter: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Drop for RequestPermit {
+    fn drop(&mut self) {
+        // Our own permit is still counted as taken here, hence the - 1.
+        metrics::inflight(
+            self.max
+                .saturating_sub(self.limiter.available_permits())
+                .saturating_sub(1),
+        );
+    }
+}
+
+impl RequestLimiter {
+    /// A limiter admitting `max` concurrent requests.
+    pub fn new(max: usize) -> RequestLimiter {
+        RequestLimiter {
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Admits a request or says why not.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] while draining (the client should go to another node),
+    /// [`Error::ResourceExhausted`] at the limit.
+    pub fn admit(&self) -> Result<RequestPermit, Error> {
+        if self.draining.load(Ordering::Acquire) {
+            metrics::request_rejected("draining");
+            return Err(Error::Unavailable(
+                "node is shutting down; retry on another node".into(),
+            ));
+        }
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                metrics::inflight(self.max.saturating_sub(self.slots.available_permits()));
+                Ok(RequestPermit {
+                    _permit: permit,
+                    limiter: self.slots.clone(),
+                    max: self.max,
+                })
+            }
+            Err(_) => {
+                metrics::request_rejected("max_inflight_requests");
+                Err(Error::ResourceExhausted(format!(
+                    "{} requests in flight (max_inflight_requests); retry later",
+                    self.max
+                )))
+            }
+        }
+    }
+
+    /// Refuses every new request from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Requests currently admitted.
+    pub fn in_flight(&self) -> usize {
+        self.max.saturating_sub(self.slots.available_permits())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_should_refuse_past_max_and_while_draining() {
+        let limiter = RequestLimiter::new(2);
+        let a = limiter.admit().expect("first");
+        let _b = limiter.admit().expect("second");
+        assert!(matches!(limiter.admit(), Err(Error::ResourceExhausted(_))));
+        drop(a);
+        assert_eq!(limiter.in_flight(), 1);
+        let _c = limiter.admit().expect("slot freed");
+        limiter.start_draining();
+        assert!(matches!(limiter.admit(), Err(Error::Unavailable(_))));
+    }
+}
