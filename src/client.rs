@@ -254,7 +254,7 @@ impl Client {
                     self.set_leader_hint(None);
                     rotation += 1;
                 }
-                Code::InvalidArgument | Code::OutOfRange => {
+                Code::InvalidArgument => {
                     return Err(ClientError::InvalidArgument(status.message().to_string()))
                 }
                 _ => return Err(ClientError::Status(status)),
