@@ -5,7 +5,8 @@
 #   cluster/cluster.sh stop         stop the nodes this script started (SIGTERM, by pid file)
 #   cluster/cluster.sh status       kv_client status against all three
 #   cluster/cluster.sh kill N       kill -9 node N (a crash, not a clean stop)
-#   cluster/cluster.sh restart N    stop node N if running, then start it again
+#   cluster/cluster.sh restart N    stop node N (SIGTERM) if running, then start it again
+#   cluster/cluster.sh rolling-restart   restart 1, 2, 3 in turn, each once the previous caught up
 #
 # Data and logs live under $RSKV_CLUSTER_DIR (default: cluster/run). Set ENGINE=memory to use the
 # memory state machine, PROFILE=release for an optimized build.
@@ -94,6 +95,24 @@ wait_for_leader() {
     die "no leader elected within 30s; see $RUN/node*/node.log"
 }
 
+# Waits until node N has applied everything the leader had committed when we started waiting.
+wait_caught_up() {
+    local n="$1" deadline=$((SECONDS + 60)) target applied
+    target="$("$BIN/kv_client" --endpoints "$ENDPOINTS" --json status 2>/dev/null \
+        | tr '{' '\n' | grep '"role":"leader"' | sed -n 's/.*"committed":\([0-9]*\).*/\1/p' | head -n1 || true)"
+    target="${target:-0}"
+    while ((SECONDS < deadline)); do
+        applied="$("$BIN/kv_client" --endpoints "127.0.0.1:5006$n" --timeout 1 --json status 2>/dev/null \
+            | sed -n 's/.*"applied":\([0-9]*\).*/\1/p' || true)"
+        if [[ -n "$applied" ]] && ((applied >= target)); then
+            echo "node $n caught up (applied $applied >= $target)"
+            return 0
+        fi
+        sleep 0.2
+    done
+    die "node $n did not catch up to index $target within 60s"
+}
+
 check_node() {
     [[ "${1:-}" =~ ^[123]$ ]] || die "node must be 1, 2 or 3 (got '${1:-}')"
 }
@@ -129,6 +148,16 @@ case "$cmd" in
         stop_node "$2"
         start_node "$2"
         wait_for_leader
+        ;;
+    rolling-restart)
+        build
+        for n in "${NODES[@]}"; do
+            stop_node "$n"
+            start_node "$n"
+            wait_for_leader
+            wait_caught_up "$n"
+        done
+        "$BIN/kv_client" --endpoints "$ENDPOINTS" status
         ;;
     *)
         sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
