@@ -98,8 +98,9 @@ wait_for_leader() {
 # Waits until node N has applied everything the leader had committed when we started waiting.
 wait_caught_up() {
     local n="$1" deadline=$((SECONDS + 60)) target applied
-    target="$("$BIN/kv_client" --endpoints "$ENDPOINTS" --json status 2>/dev/null \
-        | tr '{' '\n' | grep '"role":"leader"' | sed -n 's/.*"committed":\([0-9]*\).*/\1/p' | head -n1 || true)"
+    # The highest commit index any node reports.
+    target="$("$BIN/kv_client" --endpoints "$ENDPOINTS" --timeout 2 --json status 2>/dev/null \
+        | grep -o '"committed":[0-9]*' | cut -d: -f2 | sort -n | tail -n1 || true)"
     target="${target:-0}"
     while ((SECONDS < deadline)); do
         applied="$("$BIN/kv_client" --endpoints "127.0.0.1:5006$n" --timeout 1 --json status 2>/dev/null \
