@@ -6,10 +6,12 @@
 //! endpoint, with exponential backoff, until the operation's deadline; then it fails with
 //! [`ClientError::Unavailable`] describing the last failure.
 //!
-//! Retries never turn an ambiguous outcome into a wrong one: a compare-and-swap whose request may
-//! have reached a leader (a timeout, a connection lost after sending) is not retried but reported
-//! as [`ClientError::Ambiguous`], since running it twice could change its answer. Puts, deletes
-//! and batch puts are retried (re-applying them leaves the same final state).
+//! Retries never turn an ambiguous outcome into a wrong one: a write whose request may have reached
+//! a leader (a timeout, a connection lost after sending, a failure after proposing) is not retried
+//! but reported as [`ClientError::Ambiguous`] — re-applying even a plain put could overwrite a
+//! newer write by someone else. Writes are retried only when they certainly did nothing: NOT_LEADER,
+//! a refused connection, or a node that refused before admitting them (draining, overloaded).
+//! Reads are retried freely.
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -97,7 +99,7 @@ pub struct CasOutcome {
 /// How an operation may be retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
-    /// Must reach the leader; safe to retry after ambiguous failures.
+    /// Must reach the leader; safe to retry after ambiguous failures (reads, idempotent admin).
     LeaderIdempotent,
     /// Must reach the leader; ambiguous failures are reported, not retried.
     LeaderOnce,
@@ -190,7 +192,7 @@ impl Client {
         let mut backoff = self.options.initial_backoff;
         let mut rotation = 0usize;
         let mut redirect: Option<String> = None;
-        let mut last_error;
+        let mut last_error = String::new();
         let mut attempts = 0u32;
         loop {
             let target = match route {
@@ -200,8 +202,11 @@ impl Client {
                     .or_else(|| self.leader_hint())
                     .unwrap_or_else(|| self.endpoints[rotation % self.endpoints.len()].clone()),
             };
-            attempts += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
+            if attempts > 0 && remaining.is_zero() {
+                return Err(self.give_up(attempts, started, &last_error));
+            }
+            attempts += 1;
             let attempt_timeout = self.options.attempt_timeout.min(remaining);
             let outcome =
                 match tokio::time::timeout(attempt_timeout, op(self.channel(&target)?)).await {
@@ -221,6 +226,9 @@ impl Client {
             };
             last_error = format!("{target}: {}", status.message());
             match status.code() {
+                Code::FailedPrecondition if !is_not_leader(&status) => {
+                    return Err(ClientError::Status(status));
+                }
                 Code::FailedPrecondition => {
                     // NOT_LEADER: follow the hint at once if there is one.
                     let hint = status
@@ -239,9 +247,16 @@ impl Client {
                         rotation += 1;
                     }
                 }
+                Code::ResourceExhausted if was_not_admitted(&status) => {
+                    // The node is at its in-flight limit: back off and try again.
+                }
                 Code::Unavailable => {
-                    // Only a failed connect proves a non-idempotent request was never sent.
-                    if route == Route::LeaderOnce && !is_connect_error(&status) {
+                    // A refused connection or an explicit "not admitted" proves a write was
+                    // never proposed; anything else may have been.
+                    if route == Route::LeaderOnce
+                        && !is_connect_error(&status)
+                        && !was_not_admitted(&status)
+                    {
                         return Err(ClientError::Ambiguous(last_error));
                     }
                     self.set_leader_hint(None);
@@ -261,15 +276,19 @@ impl Client {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(ClientError::Unavailable(format!(
-                    "gave up after {attempts} attempts in {:.1}s over [{}]; last error: {last_error}",
-                    started.elapsed().as_secs_f64(),
-                    self.endpoints.join(", ")
-                )));
+                return Err(self.give_up(attempts, started, &last_error));
             }
             tokio::time::sleep(backoff.min(deadline - now)).await;
             backoff = (backoff * 2).min(self.options.max_backoff);
         }
+    }
+
+    fn give_up(&self, attempts: u32, started: Instant, last_error: &str) -> ClientError {
+        ClientError::Unavailable(format!(
+            "gave up after {attempts} attempts in {:.1}s over [{}]; last error: {last_error}",
+            started.elapsed().as_secs_f64(),
+            self.endpoints.join(", ")
+        ))
     }
 
     fn kv(channel: Channel) -> KvClient<Channel> {
@@ -331,7 +350,7 @@ impl Client {
             value: value.into(),
             return_prev,
         };
-        self.call(Route::LeaderIdempotent, |ch| {
+        self.call(Route::LeaderOnce, |ch| {
             let req = req.clone();
             async move { Ok(Self::kv(ch).put(req).await?.into_inner()) }
         })
@@ -344,7 +363,7 @@ impl Client {
     /// See [`ClientError`].
     pub async fn delete(&self, key: impl Into<Bytes>) -> ClientResult<pb::DeleteResponse> {
         let req = pb::DeleteRequest { key: key.into() };
-        self.call(Route::LeaderIdempotent, |ch| {
+        self.call(Route::LeaderOnce, |ch| {
             let req = req.clone();
             async move { Ok(Self::kv(ch).delete(req).await?.into_inner()) }
         })
@@ -362,7 +381,7 @@ impl Client {
                 .map(|(key, value)| pb::KeyValue { key, value })
                 .collect(),
         };
-        self.call(Route::LeaderIdempotent, |ch| {
+        self.call(Route::LeaderOnce, |ch| {
             let req = req.clone();
             async move { Ok(Self::kv(ch).batch_put(req).await?.into_inner().index) }
         })
@@ -471,6 +490,97 @@ impl Client {
         .await
     }
 
+    fn cluster(channel: Channel) -> ClusterClient<Channel> {
+        ClusterClient::new(channel)
+    }
+
+    /// Adds node `id` as a learner (a no-op if it is already a member with these addresses).
+    /// An empty `peer_addr` means the client port + 1.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for an address in use or an id already taken.
+    pub async fn add_learner(
+        &self,
+        id: u64,
+        addr: &str,
+        peer_addr: &str,
+    ) -> ClientResult<pb::MembershipResponse> {
+        let req = pb::AddLearnerRequest {
+            id,
+            addr: addr.to_string(),
+            peer_addr: peer_addr.to_string(),
+        };
+        self.call(Route::LeaderIdempotent, |ch| {
+            let req = req.clone();
+            async move { Ok(Self::cluster(ch).add_learner(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Promotes learner `id` to voter.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with FAILED_PRECONDITION while the learner is still catching up.
+    pub async fn promote(&self, id: u64) -> ClientResult<pb::MembershipResponse> {
+        let req = pb::PromoteRequest { id };
+        self.call(Route::LeaderIdempotent, |ch| async move {
+            Ok(Self::cluster(ch).promote(req).await?.into_inner())
+        })
+        .await
+    }
+
+    /// Removes node `id` (voter or learner) from the cluster.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for an unknown id or the last voter.
+    pub async fn remove_member(&self, id: u64) -> ClientResult<pb::MembershipResponse> {
+        let req = pb::RemoveMemberRequest { id };
+        self.call(Route::LeaderOnce, |ch| async move {
+            Ok(Self::cluster(ch).remove_member(req).await?.into_inner())
+        })
+        .await
+    }
+
+    /// Moves leadership to voter `to`, or to the most caught-up voter.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for a learner or unknown id.
+    pub async fn transfer_leader(
+        &self,
+        to: Option<u64>,
+    ) -> ClientResult<pb::TransferLeaderResponse> {
+        let req = pb::TransferLeaderRequest { to };
+        self.call(Route::LeaderIdempotent, |ch| async move {
+            Ok(Self::cluster(ch).transfer_leader(req).await?.into_inner())
+        })
+        .await
+    }
+
+    /// The leader's status (found through redirects), which includes every member's match index.
+    ///
+    /// # Errors
+    /// [`ClientError::Unavailable`] when no leader can be reached.
+    pub async fn leader_status(&self) -> ClientResult<pb::StatusResponse> {
+        self.call(Route::LeaderIdempotent, |ch| async move {
+            let status = Self::cluster(ch)
+                .status(pb::StatusRequest {})
+                .await?
+                .into_inner();
+            if status.role == "leader" {
+                return Ok(status);
+            }
+            // Not the leader: send the caller there like any NOT_LEADER answer.
+            Err(crate::error::Error::NotLeader {
+                leader: status
+                    .leader_id
+                    .map(|id| (id, status.leader_addr.clone()))
+                    .filter(|(_, addr)| !addr.is_empty()),
+            }
+            .into())
+        })
+        .await
+    }
+
     /// The status of one specific node (no redirect).
     ///
     /// # Errors
@@ -478,7 +588,7 @@ impl Client {
     pub async fn status_of(&self, addr: &str) -> ClientResult<pb::StatusResponse> {
         let channel = self.channel(addr)?;
         let call = async move {
-            ClusterClient::new(channel)
+            Self::cluster(channel)
                 .status(pb::StatusRequest {})
                 .await
                 .map(|r| r.into_inner())
@@ -499,6 +609,23 @@ fn read_route(consistency: Consistency) -> Route {
         Consistency::Stale => Route::AnyNode,
         Consistency::Linearizable => Route::LeaderIdempotent,
     }
+}
+
+/// Whether a FAILED_PRECONDITION status is rskv's NOT_LEADER (as opposed to, say, promoting a
+/// learner that has not caught up).
+fn is_not_leader(status: &Status) -> bool {
+    status
+        .message()
+        .starts_with(crate::error::NOT_LEADER_MESSAGE)
+        || status.metadata().get(LEADER_ADDR_HEADER).is_some()
+}
+
+/// Whether the node refused the request before admitting it.
+fn was_not_admitted(status: &Status) -> bool {
+    status
+        .metadata()
+        .get(crate::error::NOT_ADMITTED_HEADER)
+        .is_some()
 }
 
 /// Whether the failure happened while connecting, i.e. the request was certainly not sent.

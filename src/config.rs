@@ -140,6 +140,11 @@ pub struct ClusterConfig {
     /// single-node cluster of this node alone.
     #[serde(default)]
     pub initial_members: BTreeMap<String, MemberAddr>,
+    /// Client addresses of existing members to ask for admission. A node started with `join` and
+    /// an empty data dir does not bootstrap: it asks the cluster to add it as a learner, waits
+    /// until it has caught up, and has itself promoted to voter. Ignored once the node has state.
+    #[serde(default)]
+    pub join: Vec<String>,
 }
 
 /// `[raft]`
@@ -197,6 +202,8 @@ pub struct LimitsConfig {
 pub struct EventsConfig {
     /// Events kept in memory so a watch can start from a past index.
     pub history: usize,
+    /// Bound on the memory those retained events (keys and values) may use.
+    pub history_bytes: usize,
     /// Events a watcher (or hook) may fall behind before it is dropped with an error.
     pub watch_buffer: usize,
 }
@@ -205,6 +212,7 @@ impl Default for EventsConfig {
     fn default() -> Self {
         Self {
             history: 10_000,
+            history_bytes: 64 * 1024 * 1024,
             watch_buffer: 4_096,
         }
     }
@@ -259,6 +267,9 @@ pub struct Overrides {
     /// cluster.initial_members, as `ID=ADDR[/PEER_ADDR],...`
     #[arg(long, value_parser = parse_members)]
     pub initial_members: Option<BTreeMap<String, MemberAddr>>,
+    /// cluster.join: existing members to ask for admission, `ADDR,ADDR,...`
+    #[arg(long, value_delimiter = ',')]
+    pub join: Option<Vec<String>>,
     /// raft.heartbeat_interval_ms
     #[arg(long)]
     pub heartbeat_interval_ms: Option<u64>,
@@ -322,7 +333,7 @@ fn parse_members(s: &str) -> std::result::Result<BTreeMap<String, MemberAddr>, S
 }
 
 /// `addr` with its port moved by `delta` (the default peer and metrics ports).
-fn shifted_port(addr: &str, delta: u16) -> std::result::Result<String, String> {
+pub(crate) fn shifted_port(addr: &str, delta: u16) -> std::result::Result<String, String> {
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| format!("`{addr}` has no port"))?;
@@ -427,6 +438,7 @@ impl Config {
         set(&mut self.events.watch_buffer, &o.watch_buffer);
         set(&mut self.storage.engine, &o.engine);
         set(&mut self.cluster.initial_members, &o.initial_members);
+        set(&mut self.cluster.join, &o.join);
         set(
             &mut self.raft.heartbeat_interval_ms,
             &o.heartbeat_interval_ms,
@@ -459,7 +471,10 @@ impl Config {
             return bad("node_id", "must be at least 1".into());
         }
         let members = self.initial_members()?;
-        if !members.is_empty() && !members.contains_key(&self.node_id) {
+        if self.cluster.join.is_empty()
+            && !members.is_empty()
+            && !members.contains_key(&self.node_id)
+        {
             return bad(
                 "cluster.initial_members",
                 format!(

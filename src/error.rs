@@ -12,6 +12,10 @@ use crate::raft::NodeId;
 pub const LEADER_ID_HEADER: &str = "rskv-leader-id";
 /// gRPC metadata key carrying the leader's client address on a NOT_LEADER status.
 pub const LEADER_ADDR_HEADER: &str = "rskv-leader-addr";
+/// gRPC metadata key set on refusals that happened before a request was admitted (draining,
+/// the in-flight limit): the request certainly did nothing, so even a compare-and-swap may be
+/// retried elsewhere.
+pub const NOT_ADMITTED_HEADER: &str = "rskv-not-admitted";
 /// Message prefix of NOT_LEADER statuses, so humans reading logs recognise them.
 pub const NOT_LEADER_MESSAGE: &str = "not leader";
 
@@ -28,6 +32,15 @@ pub enum Error {
         /// The leader's id and address, when this node knows them.
         leader: Option<(NodeId, String)>,
     },
+
+    /// The request is valid but the cluster is not in a state to perform it (e.g. promoting a
+    /// learner that has not caught up); nothing was changed.
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+
+    /// The node refused the request before admitting it (draining for shutdown); nothing was done.
+    #[error("unavailable: {0}")]
+    NotAdmitted(String),
 
     /// The cluster cannot serve right now (no leader, quorum lost, shutting down).
     #[error("unavailable: {0}")]
@@ -84,14 +97,20 @@ impl From<Error> for Status {
     fn from(e: Error) -> Self {
         let code = match &e {
             Error::InvalidArgument(_) | Error::Config(_) => Code::InvalidArgument,
-            Error::NotLeader { .. } => Code::FailedPrecondition,
-            Error::Unavailable(_) => Code::Unavailable,
+            Error::NotLeader { .. } | Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::Unavailable(_) | Error::NotAdmitted(_) => Code::Unavailable,
             Error::Timeout(_) => Code::DeadlineExceeded,
             Error::Compacted(_) => Code::OutOfRange,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Storage(_) | Error::Raft(_) => Code::Internal,
         };
         let mut status = Status::new(code, e.to_string());
+        if matches!(e, Error::NotAdmitted(_) | Error::ResourceExhausted(_)) {
+            status.metadata_mut().insert(
+                NOT_ADMITTED_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+        }
         if let Error::NotLeader {
             leader: Some((id, addr)),
         } = &e

@@ -64,17 +64,41 @@ impl KeyFilter {
     }
 }
 
+/// What live subscribers receive.
+#[derive(Debug, Clone)]
+pub enum Published {
+    /// One applied change.
+    Event(Arc<Event>),
+    /// The node jumped to this index by installing a snapshot: the changes before it cannot be
+    /// delivered as events, so subscribers must stop (or start over from a fresh read).
+    Reset(u64),
+}
+
 struct History {
     events: VecDeque<Arc<Event>>,
-    /// Highest index whose events were evicted from `events` (0: none evicted).
+    /// Bytes of keys and values held in `events`.
+    bytes: usize,
+    /// Events with an index up to this one are not retained (evicted, before this run, or
+    /// skipped by a snapshot install).
     evicted_through: u64,
+    /// Index of the newest event published (or of the last reset).
+    last_index: u64,
+}
+
+fn event_bytes(e: &Event) -> usize {
+    let value = match &e.kind {
+        EventKind::Put { value } => value.len(),
+        EventKind::Delete => 0,
+    };
+    e.key.len() + value + e.prev.as_ref().map_or(0, |p| p.len()) + 64
 }
 
 /// The publish side of apply events, shared by the state machine, the Watch service and hooks.
 pub struct EventBus {
     history: Mutex<History>,
     capacity: usize,
-    live: broadcast::Sender<Arc<Event>>,
+    capacity_bytes: usize,
+    live: broadcast::Sender<Published>,
     /// Flips to `true` at shutdown; open watch streams end with a clean status.
     closed: watch::Sender<bool>,
 }
@@ -84,25 +108,45 @@ pub struct Subscription {
     /// Past events from the requested index, oldest first.
     pub backlog: Vec<Arc<Event>>,
     /// Events published after the backlog was taken.
-    pub live: broadcast::Receiver<Arc<Event>>,
+    pub live: broadcast::Receiver<Published>,
+    /// The newest index published when the subscription was taken.
+    pub last_index: u64,
     /// Becomes `true` when the node shuts down.
     pub closed: watch::Receiver<bool>,
 }
 
 impl EventBus {
-    /// A bus retaining `history` events, letting subscribers lag by at most `buffer` events.
-    pub fn new(history: usize, buffer: usize) -> EventBus {
+    /// A bus retaining at most `history` events and `history_bytes` bytes of them, letting
+    /// subscribers lag by at most `buffer` events.
+    pub fn new(history: usize, history_bytes: usize, buffer: usize) -> EventBus {
         let (live, _) = broadcast::channel(buffer.max(1));
         let (closed, _) = watch::channel(false);
         EventBus {
             history: Mutex::new(History {
                 events: VecDeque::with_capacity(history.min(65_536)),
+                bytes: 0,
                 evicted_through: 0,
+                last_index: 0,
             }),
             capacity: history,
+            capacity_bytes: history_bytes,
             live,
             closed,
         }
+    }
+
+    /// Declares that the state machine jumped to `index` without events for what came before
+    /// (node start, snapshot install): the history restarts there, and live subscribers are told.
+    pub fn reset(&self, index: u64) {
+        let Ok(mut history) = self.history.lock() else {
+            tracing::error!("event history lock poisoned");
+            return;
+        };
+        history.events.clear();
+        history.bytes = 0;
+        history.evicted_through = index;
+        history.last_index = index;
+        let _ = self.live.send(Published::Reset(index));
     }
 
     /// Publishes the changes of one applied batch, in order. Called by the state machine after
@@ -118,16 +162,22 @@ impl EventBus {
         };
         for event in events {
             let event = Arc::new(event);
+            history.last_index = event.index;
             if self.capacity > 0 {
-                if history.events.len() == self.capacity {
-                    if let Some(old) = history.events.pop_front() {
-                        history.evicted_through = old.index;
-                    }
-                }
+                history.bytes += event_bytes(&event);
                 history.events.push_back(event.clone());
+                while history.events.len() > self.capacity || history.bytes > self.capacity_bytes {
+                    let Some(old) = history.events.pop_front() else {
+                        break;
+                    };
+                    history.bytes = history.bytes.saturating_sub(event_bytes(&old));
+                    history.evicted_through = old.index;
+                }
+            } else {
+                history.evicted_through = event.index;
             }
             // No receivers is fine: nobody is watching.
-            let _ = self.live.send(event);
+            let _ = self.live.send(Published::Event(event));
         }
         crate::server::metrics::events_published(count);
     }
@@ -143,10 +193,12 @@ impl EventBus {
             .map_err(|_| Error::Storage("event history lock poisoned".into()))?;
         let live = self.live.subscribe();
         let closed = self.closed.subscribe();
+        let last_index = history.last_index;
         if start_index == 0 {
             return Ok(Subscription {
                 backlog: Vec::new(),
                 live,
+                last_index,
                 closed,
             });
         }
@@ -165,6 +217,7 @@ impl EventBus {
         Ok(Subscription {
             backlog,
             live,
+            last_index,
             closed,
         })
     }
@@ -181,10 +234,13 @@ impl EventBus {
         let task = tokio::spawn(async move {
             loop {
                 match rx.recv().await {
-                    Ok(event) => {
+                    Ok(Published::Event(event)) => {
                         if filter.matches(&event.key) {
                             handler(&event);
                         }
+                    }
+                    Ok(Published::Reset(index)) => {
+                        tracing::warn!(index, "event hook: node installed a snapshot; changes before it were not delivered");
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "event hook fell behind; events skipped");
@@ -231,26 +287,44 @@ mod tests {
 
     #[tokio::test]
     async fn subscribe_should_join_backlog_and_live_without_gap() {
-        let bus = EventBus::new(100, 16);
+        let bus = EventBus::new(100, 1 << 20, 16);
         bus.publish(vec![put(1, "a"), put(2, "b")]);
         let mut sub = bus.subscribe(2).expect("subscribe");
         bus.publish(vec![put(3, "c")]);
         let backlog: Vec<u64> = sub.backlog.iter().map(|e| e.index).collect();
         assert_eq!(backlog, vec![2]);
-        assert_eq!(sub.live.recv().await.expect("live").index, 3);
+        match sub.live.recv().await.expect("live") {
+            Published::Event(e) => assert_eq!(e.index, 3),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[tokio::test]
     async fn compacted_start_should_be_refused() {
-        let bus = EventBus::new(2, 16);
+        let bus = EventBus::new(2, 1 << 20, 16);
         bus.publish(vec![put(1, "a"), put(2, "b"), put(3, "c")]);
         assert!(matches!(bus.subscribe(1), Err(Error::Compacted(_))));
         assert_eq!(bus.subscribe(2).expect("retained").backlog.len(), 2);
+        // Byte-bounded too: one big event evicts the rest.
+        let bus = EventBus::new(100, 1000, 16);
+        bus.publish(vec![put(1, "a"), put(2, "b")]);
+        let mut big = put(3, "c");
+        big.kind = EventKind::Put {
+            value: Bytes::from(vec![0u8; 900]),
+        };
+        bus.publish(vec![big]);
+        assert!(matches!(bus.subscribe(2), Err(Error::Compacted(_))));
+        // A reset (snapshot install) forgets the history and tells live subscribers.
+        let mut sub = bus.subscribe(0).expect("live");
+        bus.reset(50);
+        assert!(matches!(sub.live.recv().await, Ok(Published::Reset(50))));
+        assert!(matches!(bus.subscribe(50), Err(Error::Compacted(_))));
+        assert!(bus.subscribe(51).expect("after reset").backlog.is_empty());
     }
 
     #[tokio::test]
     async fn hook_should_see_matching_events_in_order() {
-        let bus = EventBus::new(10, 16);
+        let bus = EventBus::new(10, 1 << 20, 16);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let _hook = bus.register("user/", move |e: &Event| {
             let _ = tx.send(e.index);

@@ -106,6 +106,35 @@ enum Command {
     },
     /// Show every endpoint's Raft status in a table.
     Status,
+    /// List or change the cluster membership.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Move leadership to a voter (default: the most caught-up one).
+    TransferLeader {
+        /// The voter that should lead.
+        #[arg(long)]
+        to: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MemberCommand {
+    /// Voters and learners, with each node's replicated index (from the leader).
+    List,
+    /// Add a node as a learner (it replicates but does not vote until promoted).
+    Add {
+        /// The new node's id.
+        id: u64,
+        /// Its client address (host:port).
+        addr: String,
+        /// Its Raft peer address; default: the client port + 1.
+        #[arg(long, default_value = "")]
+        peer_addr: String,
+    },
+    /// Promote a caught-up learner to voter.
+    Promote { id: u64 },
+    /// Remove a voter or learner.
+    Remove { id: u64 },
 }
 
 fn main() -> ExitCode {
@@ -252,6 +281,21 @@ async fn run(args: Args) -> Result<(), ClientError> {
             }
         }
         Command::Status => status(&client, json).await?,
+        Command::Member(cmd) => member(&client, cmd, json).await?,
+        Command::TransferLeader { to } => {
+            let resp = client.transfer_leader(to).await?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"leader_id": resp.leader_id, "leader_addr": resp.leader_addr})
+                );
+            } else {
+                println!(
+                    "leader is now node {} at {}",
+                    resp.leader_id, resp.leader_addr
+                );
+            }
+        }
         Command::Watch {
             key,
             prefix,
@@ -313,6 +357,60 @@ async fn watch(
     }
 }
 
+fn print_members(members: &[rskv::pb::kv::Member], json: bool) {
+    if json {
+        let items: Vec<_> = members
+            .iter()
+            .map(|m| json!({"id": m.id, "addr": m.addr, "peer_addr": m.peer_addr, "voter": m.voter, "matched_index": m.matched_index}))
+            .collect();
+        println!("{}", json!(items));
+        return;
+    }
+    println!(
+        "{:>3} {:<8} {:<22} {:<22} {:>9}",
+        "ID", "ROLE", "ADDR", "PEER_ADDR", "MATCHED"
+    );
+    for m in members {
+        println!(
+            "{:>3} {:<8} {:<22} {:<22} {:>9}",
+            m.id,
+            if m.voter { "voter" } else { "learner" },
+            m.addr,
+            m.peer_addr,
+            m.matched_index
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+}
+
+async fn member(client: &Client, cmd: MemberCommand, json: bool) -> Result<(), ClientError> {
+    let resp = match cmd {
+        MemberCommand::List => {
+            // Ask the leader, which knows every node's match index.
+            let leader = client.leader_status().await?;
+            print_members(&leader.members, json);
+            return Ok(());
+        }
+        MemberCommand::Add {
+            id,
+            addr,
+            peer_addr,
+        } => client.add_learner(id, &addr, &peer_addr).await?,
+        MemberCommand::Promote { id } => client.promote(id).await?,
+        MemberCommand::Remove { id } => client.remove_member(id).await?,
+    };
+    if !json {
+        if resp.index == 0 {
+            println!("no change needed");
+        } else {
+            println!("membership changed (index {})", resp.index);
+        }
+    }
+    print_members(&resp.members, json);
+    Ok(())
+}
+
 async fn status(client: &Client, json: bool) -> Result<(), ClientError> {
     let mut rows = Vec::new();
     let mut reachable = 0;
@@ -341,7 +439,7 @@ async fn status(client: &Client, json: bool) -> Result<(), ClientError> {
         println!("{}", json!(items));
     } else {
         println!(
-            "{:<22} {:>3} {:<10} {:>5} {:>6} {:>9} {:>9} {:>9} {:<8}",
+            "{:<22} {:>3} {:<10} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:<8}",
             "ENDPOINT",
             "ID",
             "ROLE",
@@ -350,12 +448,14 @@ async fn status(client: &Client, json: bool) -> Result<(), ClientError> {
             "LAST_LOG",
             "COMMITTED",
             "APPLIED",
+            "SNAPSHOT",
+            "PURGED",
             "ENGINE"
         );
         for (ep, s) in &rows {
             match s {
                 Ok(s) => println!(
-                    "{:<22} {:>3} {:<10} {:>5} {:>6} {:>9} {:>9} {:>9} {:<8}",
+                    "{:<22} {:>3} {:<10} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:<8}",
                     ep,
                     s.id,
                     s.role,
@@ -366,25 +466,22 @@ async fn status(client: &Client, json: bool) -> Result<(), ClientError> {
                     s.last_log_index,
                     s.committed,
                     s.applied,
+                    s.snapshot_index,
+                    s.purged_index,
                     s.engine
                 ),
                 Err(e) => println!("{ep:<22} unreachable: {e}"),
             }
         }
-        if let Some((_, Ok(s))) = rows.iter().find(|(_, s)| s.is_ok()) {
-            let members: Vec<String> = s
-                .members
-                .iter()
-                .map(|m| {
-                    format!(
-                        "{}={}{}",
-                        m.id,
-                        m.addr,
-                        if m.voter { "" } else { " (learner)" }
-                    )
-                })
-                .collect();
-            println!("members: {}", members.join(", "));
+        // The leader's view has every member's match index; any node's will do otherwise.
+        let view = rows
+            .iter()
+            .filter_map(|(_, s)| s.as_ref().ok())
+            .max_by_key(|s| (s.role == "leader", s.term));
+        if let Some(s) = view {
+            println!();
+            println!("membership (as node {} sees it):", s.id);
+            print_members(&s.members, false);
         }
     }
     if reachable == 0 {

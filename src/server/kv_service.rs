@@ -30,6 +30,7 @@ use crate::error::Result;
 use crate::events::Event;
 use crate::events::EventKind;
 use crate::events::KeyFilter;
+use crate::events::Published;
 use crate::pb::kv as pb;
 use crate::pb::kv::kv_server::Kv;
 use crate::raft::Command;
@@ -142,12 +143,16 @@ impl KvService {
 /// A running watch stream: backlog first, then live events, ending with a status.
 struct WatchState {
     backlog: std::vec::IntoIter<Arc<Event>>,
-    live: broadcast::Receiver<Arc<Event>>,
+    live: broadcast::Receiver<Published>,
     closed: watch::Receiver<bool>,
     filter: KeyFilter,
+    /// Live events below this index were already covered (a resumed watch on a lagging node).
+    start_index: u64,
     /// Index of the last event seen, to tell a dropped watcher where to resume.
     last_index: u64,
     done: bool,
+    /// A snapshot install seen while batching; ends the stream after the batch is sent.
+    pending_reset: Option<u64>,
     /// Keeps the active-watcher gauge right for as long as the stream exists.
     _guard: WatcherGuard,
 }
@@ -165,6 +170,14 @@ impl Drop for WatcherGuard {
     fn drop(&mut self) {
         metrics::watcher_closed();
     }
+}
+
+fn reset_status(index: u64) -> Status {
+    Status::out_of_range(format!(
+        "this node caught up to index {index} by installing a snapshot, so the changes before it \
+         cannot be streamed; read the current values, then watch with start_index {}",
+        index + 1
+    ))
 }
 
 /// Most events sent in one `WatchResponse`.
@@ -186,10 +199,22 @@ fn to_pb(event: &Event) -> pb::WatchEvent {
 
 impl WatchState {
     fn take(&mut self, event: &Arc<Event>, out: &mut Vec<pb::WatchEvent>) {
+        if event.index < self.start_index {
+            return;
+        }
         self.last_index = event.index;
         if self.filter.matches(&event.key) {
             out.push(to_pb(event));
         }
+    }
+
+    /// Where a re-watch should start. Inclusive of the last index seen: the keys of one batch
+    /// share an index, and the stream may have stopped between them (so those may repeat).
+    fn resume_hint(&self) -> String {
+        format!(
+            "re-watch with start_index {} (events at that index may repeat)",
+            self.last_index.max(1)
+        )
     }
 
     fn end(&mut self, status: Status) -> Option<Result<pb::WatchResponse, Status>> {
@@ -200,6 +225,9 @@ impl WatchState {
     async fn next(&mut self) -> Option<Result<pb::WatchResponse, Status>> {
         if self.done {
             return None;
+        }
+        if let Some(index) = self.pending_reset.take() {
+            return self.end(reset_status(index));
         }
         let mut out = Vec::new();
         while out.len() < WATCH_BATCH {
@@ -212,34 +240,43 @@ impl WatchState {
             return Some(Ok(pb::WatchResponse { events: out }));
         }
         loop {
-            let resume = self.last_index + 1;
             let received = tokio::select! {
                 r = self.live.recv() => Some(r),
                 _ = self.closed.wait_for(|closed| *closed) => None,
             };
             let Some(received) = received else {
+                let hint = self.resume_hint();
                 return self.end(Status::unavailable(format!(
-                    "node shutting down; re-watch another node with start_index {resume}"
+                    "node shutting down; {hint} on another node"
                 )));
             };
             match received {
-                Ok(event) => {
+                Ok(Published::Event(event)) => {
                     self.take(&event, &mut out);
-                    // Batch whatever else is already queued.
+                    // Batch whatever else is already queued (up to a reset, handled next time).
                     while out.len() < WATCH_BATCH {
                         match self.live.try_recv() {
-                            Ok(event) => self.take(&event, &mut out),
+                            Ok(Published::Event(event)) => self.take(&event, &mut out),
+                            Ok(Published::Reset(index)) => {
+                                self.pending_reset = Some(index);
+                                break;
+                            }
                             Err(_) => break,
                         }
                     }
                     if !out.is_empty() {
                         return Some(Ok(pb::WatchResponse { events: out }));
                     }
+                    if let Some(index) = self.pending_reset.take() {
+                        return self.end(reset_status(index));
+                    }
                 }
+                Ok(Published::Reset(index)) => return self.end(reset_status(index)),
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     metrics::watcher_dropped();
+                    let hint = self.resume_hint();
                     return self.end(Status::resource_exhausted(format!(
-                        "watcher fell {missed} events behind the buffer; re-watch with start_index {resume}"
+                        "watcher fell {missed} events behind the buffer; {hint}"
                     )));
                 }
                 Err(broadcast::error::RecvError::Closed) => {
@@ -279,8 +316,14 @@ impl Kv for KvService {
                 live: sub.live,
                 closed: sub.closed,
                 filter,
-                last_index: req.start_index.saturating_sub(1),
+                start_index: req.start_index,
+                last_index: if req.start_index > 0 {
+                    req.start_index - 1
+                } else {
+                    sub.last_index
+                },
                 done: false,
+                pending_reset: None,
                 _guard: WatcherGuard::new(),
             };
             let stream = futures::stream::unfold(state, |mut state| async move {

@@ -170,7 +170,7 @@ impl RequestLimiter {
     pub fn admit(&self) -> Result<RequestPermit, Error> {
         if self.draining.load(Ordering::Acquire) {
             metrics::request_rejected("draining");
-            return Err(Error::Unavailable(
+            return Err(Error::NotAdmitted(
                 "node is shutting down; retry on another node".into(),
             ));
         }
@@ -218,6 +218,6 @@ mod tests {
         assert_eq!(limiter.in_flight(), 1);
         let _c = limiter.admit().expect("slot freed");
         limiter.start_draining();
-        assert!(matches!(limiter.admit(), Err(Error::Unavailable(_))));
+        assert!(matches!(limiter.admit(), Err(Error::NotAdmitted(_))));
     }
 }

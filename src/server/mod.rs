@@ -131,6 +131,7 @@ impl Node {
             };
             let events = Arc::new(EventBus::new(
                 config.events.history,
+                config.events.history_bytes,
                 config.events.watch_buffer,
             ));
             let state_machine =
@@ -174,6 +175,10 @@ impl Node {
             .map_err(|e| Error::Raft(e.to_string()))?;
         if initialized {
             tracing::info!("recovered existing raft state");
+            return Ok(());
+        }
+        if !self.config.cluster.join.is_empty() {
+            tracing::info!(via = ?self.config.cluster.join, "empty node: will ask the cluster to add it");
             return Ok(());
         }
         let members: BTreeMap<NodeId, NodeInfo> = self.config.bootstrap_members()?;
@@ -272,17 +277,41 @@ impl Node {
                 .instrument(span.clone()),
             );
         }
+        let joining = !self.config.cluster.join.is_empty()
+            && !self.raft.is_initialized().await.unwrap_or(true);
+        if joining {
+            let node = self.clone();
+            tasks.spawn(
+                async move {
+                    join_cluster(node).await;
+                    ("join", Ok(()))
+                }
+                .instrument(span.clone()),
+            );
+        }
         let follow =
             tasks.spawn(metrics::follow_raft(self.clone()).map(|()| ("raft metrics", Ok(()))));
 
-        // Run until asked to stop, or until a server fails.
+        // Run until asked to stop, or until a server fails (the join task may end normally).
         let mut failure = None;
-        tokio::select! {
-            () = shutdown => {}
-            Some(done) = tasks.join_next() => {
-                let (what, result) = done.unwrap_or(("task", Err(Error::Unavailable("server task panicked".into()))));
-                tracing::error!(parent: &span, server = what, result = ?result, "server stopped unexpectedly");
-                failure = Some(result.err().unwrap_or_else(|| Error::Unavailable(format!("{what} stopped"))));
+        let mut client_done = false;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(done) = tasks.join_next() => {
+                    let (what, result) = done.unwrap_or((
+                        "task",
+                        Err(Error::Unavailable("server task panicked".into())),
+                    ));
+                    if what == "join" && result.is_ok() {
+                        continue;
+                    }
+                    client_done = what == "client API";
+                    tracing::error!(parent: &span, server = what, result = ?result, "server stopped unexpectedly");
+                    failure = Some(result.err().unwrap_or_else(|| Error::Unavailable(format!("{what} stopped"))));
+                    break;
+                }
             }
         }
 
@@ -294,6 +323,9 @@ impl Node {
         // Stop accepting client connections and wait for in-flight requests (bounded).
         client_stop.cancel();
         let drained = tokio::time::timeout_at(deadline, async {
+            if client_done {
+                return;
+            }
             while let Some(done) = tasks.join_next().await {
                 if let Ok(("client API", _)) = done {
                     return;
@@ -350,6 +382,61 @@ impl Node {
             .as_ref()
             .map(|l| l.index)
             .unwrap_or(0)
+    }
+}
+
+/// Asks the cluster named by `cluster.join` to add this node as a learner, then to promote it
+/// once it has caught up; retries (with backoff) until it succeeds or the node stops.
+async fn join_cluster(node: Arc<Node>) {
+    use crate::client::ClientError;
+    let info = match node.config.node_info() {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot join: invalid own address");
+            return;
+        }
+    };
+    let client = match crate::client::Client::new(node.config.cluster.join.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot join: invalid join endpoints");
+            return;
+        }
+    };
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match client
+            .add_learner(node.id, &info.addr, &info.peer_addr)
+            .await
+        {
+            Ok(_) => break,
+            Err(ClientError::InvalidArgument(why)) => {
+                tracing::error!(%why, "the cluster refused to add this node; not retrying");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "join: adding as learner failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    tracing::info!("joined as learner; catching up before promotion");
+    loop {
+        match client.promote(node.id).await {
+            Ok(_) => {
+                tracing::info!("promoted to voter");
+                return;
+            }
+            Err(ClientError::Status(s)) if s.code() == tonic::Code::FailedPrecondition => {
+                tracing::debug!(reason = s.message(), "still catching up");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "join: promotion failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 

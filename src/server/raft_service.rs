@@ -57,14 +57,22 @@ fn parse<T: serde::de::DeserializeOwned>(request: Request<RaftPayload>) -> Resul
         .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
 }
 
-/// Removes a partially received snapshot file unless it was installed (renamed away).
-struct IncomingFile(PathBuf);
+/// Removes a partially received snapshot file if the transfer fails before the install starts.
+/// Once openraft has the file, the guard is disarmed: the state machine renames it into place,
+/// and a leftover (an install openraft dropped) is removed at the next start.
+struct IncomingFile(Option<PathBuf>);
+
+impl IncomingFile {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for IncomingFile {
     fn drop(&mut self) {
-        if self.0.exists() {
-            if let Err(e) = std::fs::remove_file(&self.0) {
-                tracing::warn!(path = %self.0.display(), error = %e, "cannot remove incoming snapshot");
+        if let Some(path) = &self.0 {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove incoming snapshot");
             }
         }
     }
@@ -141,7 +149,7 @@ impl Raft for RaftService {
             .node
             .snapshot_dir
             .join(format!("incoming-{}-{seq}.tmp", std::process::id()));
-        let guard = IncomingFile(path.clone());
+        let mut guard = IncomingFile(Some(path.clone()));
         tracing::info!(node_id = self.node.id, last_log_id = ?meta.last_log_id, "receiving snapshot");
         let mut file = std::fs::File::create(&path)
             .map_err(|e| Status::internal(format!("create snapshot file: {e}")))?;
@@ -169,6 +177,7 @@ impl Raft for RaftService {
         );
         let snapshot_file = SnapshotFile::open(&path)
             .map_err(|e| Status::internal(format!("open snapshot: {e}")))?;
+        guard.disarm();
         let resp = self
             .node
             .raft
@@ -181,7 +190,10 @@ impl Raft for RaftService {
             )
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        drop(guard);
+        // Installed snapshots were renamed into place; one openraft declined is left here.
+        if path.exists() {
+            let _ = std::fs::remove_file(&path);
+        }
         payload(&resp)
     }
 }

@@ -303,7 +303,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             index_key(log_id.index + 1),
         );
         // Purge marker first in the same batch: after a crash the state is consistent either way.
-        self.write(batch, false).await
+        self.write(batch, false).await?;
+        // Range deletes only leave tombstones; compacting the purged range gives the disk back,
+        // so the log's footprint stays bounded under a steady write load.
+        let db = self.db.clone();
+        let end = index_key(log_id.index + 1);
+        blocking(move || {
+            let logs = cf(&db, CF_LOGS)?;
+            db.compact_range_cf(logs, None::<&[u8]>, Some(&end[..]));
+            Ok(())
+        })
+        .await
     }
 }
 

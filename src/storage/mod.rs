@@ -47,7 +47,7 @@ mod openraft_suite {
             } else {
                 Arc::new(memory::MemoryEngine::new())
             };
-            let events = Arc::new(crate::events::EventBus::new(16, 16));
+            let events = Arc::new(crate::events::EventBus::new(16, 1 << 20, 16));
             let sm = StateMachine::open(engine, &dir.path().join("snapshots"), events)
                 .await
                 .map_err(fail)?;

@@ -125,6 +125,9 @@ impl Drop for NodeProc {
 pub struct ProcessCluster {
     pub nodes: Vec<NodeProc>,
     pub dir: tempfile::TempDir,
+    config: PathBuf,
+    engine: String,
+    extra: Vec<String>,
 }
 
 impl ProcessCluster {
@@ -149,45 +152,92 @@ impl ProcessCluster {
             "node_id = 1\nlisten_addr = \"127.0.0.1:1\"\n[raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n",
         )
         .expect("write config");
-        let mut nodes = Vec::new();
+        let mut cluster = ProcessCluster {
+            nodes: Vec::new(),
+            dir,
+            config,
+            engine: engine.to_string(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
         for i in 0..n {
-            let port = ports[3 * i];
-            let id = (i + 1) as u64;
-            let data_dir = dir.path().join(format!("node{id}"));
-            std::fs::create_dir_all(&data_dir).expect("mkdir");
-            let addr = format!("127.0.0.1:{port}");
-            let mut args: Vec<String> = vec![
-                "--config".into(),
-                config.display().to_string(),
-                "--node-id".into(),
-                id.to_string(),
-                "--listen-addr".into(),
-                addr.clone(),
-                "--peer-listen-addr".into(),
-                format!("127.0.0.1:{}", ports[3 * i + 1]),
-                "--metrics-addr".into(),
-                format!("127.0.0.1:{}", ports[3 * i + 2]),
-                "--data-dir".into(),
-                data_dir.join("data").display().to_string(),
-                "--engine".into(),
-                engine.into(),
-                "--initial-members".into(),
-                members.join(","),
-            ];
-            args.extend(extra.iter().map(|s| s.to_string()));
-            let mut node = NodeProc {
-                id,
-                metrics_addr: format!("127.0.0.1:{}", ports[3 * i + 2]),
-                addr,
-                log: data_dir.join("node.log"),
-                data_dir,
-                child: None,
-                args,
-            };
-            node.spawn();
-            nodes.push(node);
+            let node_ports = [ports[3 * i], ports[3 * i + 1], ports[3 * i + 2]];
+            let membership = vec!["--initial-members".to_string(), members.join(",")];
+            cluster.spawn_node((i + 1) as u64, node_ports, membership);
         }
-        ProcessCluster { nodes, dir }
+        cluster
+    }
+
+    fn spawn_node(&mut self, id: u64, ports: [u16; 3], membership: Vec<String>) {
+        let data_dir = self.dir.path().join(format!("node{id}"));
+        std::fs::create_dir_all(&data_dir).expect("mkdir");
+        let addr = format!("127.0.0.1:{}", ports[0]);
+        let mut args: Vec<String> = vec![
+            "--config".into(),
+            self.config.display().to_string(),
+            "--node-id".into(),
+            id.to_string(),
+            "--listen-addr".into(),
+            addr.clone(),
+            "--peer-listen-addr".into(),
+            format!("127.0.0.1:{}", ports[1]),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{}", ports[2]),
+            "--data-dir".into(),
+            data_dir.join("data").display().to_string(),
+            "--engine".into(),
+            self.engine.clone(),
+        ];
+        args.extend(membership);
+        args.extend(self.extra.iter().cloned());
+        let mut node = NodeProc {
+            id,
+            metrics_addr: format!("127.0.0.1:{}", ports[2]),
+            addr,
+            log: data_dir.join("node.log"),
+            data_dir,
+            child: None,
+            args,
+        };
+        node.spawn();
+        self.nodes.push(node);
+    }
+
+    /// Starts a new, empty node `id` that joins through the current members.
+    pub fn add_joining_node(&mut self, id: u64) {
+        let p = free_ports(3);
+        let join = vec!["--join".to_string(), self.endpoints().join(",")];
+        self.spawn_node(id, [p[0], p[1], p[2]], join);
+    }
+
+    /// Kills node `id` and deletes its data directory (a replaced disk).
+    pub fn wipe(&mut self, id: u64) {
+        let node = self.node_mut(id);
+        node.kill();
+        let data = node.data_dir.join("data");
+        std::fs::remove_dir_all(&data).expect("wipe data dir");
+    }
+
+    /// Restarts node `id` as an empty node joining through the other members.
+    pub fn rejoin(&mut self, id: u64) {
+        let others: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.id != id)
+            .map(|n| n.addr.clone())
+            .collect();
+        let node = self.node_mut(id);
+        node.kill();
+        if let Some(pos) = node.args.iter().position(|a| a == "--initial-members") {
+            node.args.drain(pos..pos + 2);
+        }
+        node.args.push("--join".into());
+        node.args.push(others.join(","));
+        node.spawn();
+    }
+
+    /// Drops node `id` from the harness (after it was removed from the cluster).
+    pub fn forget(&mut self, id: u64) {
+        self.nodes.retain(|n| n.id != id);
     }
 
     pub fn endpoints(&self) -> Vec<String> {

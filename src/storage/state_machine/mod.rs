@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -224,6 +225,8 @@ pub struct StateMachine {
     snapshot_seq: Arc<AtomicU64>,
     /// Where applied changes are published.
     events: Arc<EventBus>,
+    /// Serializes snapshot builds with snapshot installs.
+    snapshot_lock: Arc<Mutex<()>>,
 }
 
 impl StateMachine {
@@ -244,12 +247,20 @@ impl StateMachine {
             snapshot_dir: snapshot_dir.to_path_buf(),
             snapshot_seq: Arc::new(AtomicU64::new(0)),
             events,
+            snapshot_lock: Arc::new(Mutex::new(())),
         };
         let engine = sm.engine.clone();
         let path = sm.snapshot_path();
-        tokio::task::spawn_blocking(move || recover(&*engine, &path))
-            .await
-            .map_err(io_err)??;
+        let applied = tokio::task::spawn_blocking(move || {
+            recover(&*engine, &path)?;
+            engine.applied_state()
+        })
+        .await
+        .map_err(io_err)??;
+        // Events up to what is already applied were published by an earlier run (or never):
+        // a watch cannot start before this point.
+        sm.events
+            .reset(applied.last_applied.map(|l| l.index).unwrap_or(0));
         Ok(sm)
     }
 
@@ -320,12 +331,18 @@ impl SnapshotSink for FileSink {
     }
 }
 
-/// Builds a snapshot file from the engine and installs it as the current snapshot.
+/// Builds a snapshot file from the engine and makes it the current snapshot, unless a newer one
+/// (installed from the leader meanwhile) is already current; returns the current snapshot.
+///
+/// Holds `lock` throughout, as install does, so a build never exports a half-imported engine and
+/// never replaces a newer installed snapshot with an older one.
 fn build_snapshot_blocking(
     engine: &dyn KvEngine,
     dir: &Path,
     seq: u64,
+    lock: &Mutex<()>,
 ) -> io::Result<(SnapshotMeta, PathBuf)> {
+    let _guard = lock.lock().map_err(|_| io_err("snapshot lock poisoned"))?;
     // The log before the snapshot may be purged next: make the engine's data durable first.
     engine.sync()?;
     let tmp = dir.join(format!("building-{seq}.tmp"));
@@ -341,6 +358,14 @@ fn build_snapshot_blocking(
     };
     let count = writer.finish()?;
     let final_path = dir.join(SNAPSHOT_FILE);
+    if final_path.exists() {
+        let current = SnapshotFile::open(&final_path)?.read_meta()?;
+        if current.last_log_id >= meta.last_log_id {
+            std::fs::remove_file(&tmp)?;
+            tracing::info!(built = ?meta.last_log_id, current = ?current.last_log_id, "kept the newer current snapshot");
+            return Ok((current, final_path));
+        }
+    }
     std::fs::rename(&tmp, &final_path)?;
     sync_dir(dir)?;
     tracing::info!(last_log_id = ?meta.last_log_id, records = count, "snapshot built");
@@ -364,10 +389,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let engine = self.sm.engine.clone();
         let dir = self.sm.snapshot_dir.clone();
         let seq = self.sm.snapshot_seq.fetch_add(1, Ordering::Relaxed);
-        let (meta, path) =
-            tokio::task::spawn_blocking(move || build_snapshot_blocking(&*engine, &dir, seq))
-                .await
-                .map_err(io_err)??;
+        let lock = self.sm.snapshot_lock.clone();
+        let (meta, path) = tokio::task::spawn_blocking(move || {
+            build_snapshot_blocking(&*engine, &dir, seq, &lock)
+        })
+        .await
+        .map_err(io_err)??;
         Ok(Snapshot {
             meta,
             snapshot: SnapshotFile::open(&path)?,
@@ -463,7 +490,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
+        let lock = self.snapshot_lock.clone();
+        let events = self.events.clone();
         tokio::task::spawn_blocking(move || {
+            let _guard = lock.lock().map_err(|_| io_err("snapshot lock poisoned"))?;
             snapshot.file.sync_all()?;
             // Put the file in place first: if the import below is interrupted, the next start
             // re-imports it (see `recover`).
@@ -473,6 +503,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             let file = SnapshotFile::open(&final_path)?;
             engine.import(&state, &mut file.reader()?)?;
+            // Watchers cannot be given the changes a snapshot skipped over: end them.
+            events.reset(state.last_applied.map(|l| l.index).unwrap_or(0));
             tracing::info!(last_log_id = ?state.last_applied, "snapshot installed");
             crate::server::metrics::snapshot_installed();
             Ok::<_, io::Error>(())

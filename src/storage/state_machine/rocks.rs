@@ -8,6 +8,8 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::RwLock;
+use std::sync::RwLockReadGuard;
 
 use bytes::Bytes;
 use rocksdb::ColumnFamilyDescriptor;
@@ -35,6 +37,9 @@ const IMPORT_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// RocksDB-backed engine.
 pub struct RocksEngine {
     db: DB,
+    /// Readers share it; a snapshot import takes it exclusively, so no read (or export) ever sees
+    /// a half-imported data set. Reads wait while a snapshot is being installed.
+    import_lock: RwLock<()>,
 }
 
 impl RocksEngine {
@@ -53,7 +58,16 @@ impl RocksEngine {
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(io_err)?;
-        Ok(RocksEngine { db })
+        Ok(RocksEngine {
+            db,
+            import_lock: RwLock::new(()),
+        })
+    }
+
+    fn read_guard(&self) -> io::Result<RwLockReadGuard<'_, ()>> {
+        self.import_lock
+            .read()
+            .map_err(|_| io_err("import lock poisoned"))
     }
 
     fn cf(&self, name: &str) -> io::Result<&rocksdb::ColumnFamily> {
@@ -96,6 +110,7 @@ impl KvEngine for RocksEngine {
     }
 
     fn get(&self, key: &[u8]) -> io::Result<Option<Bytes>> {
+        let _guard = self.read_guard()?;
         Ok(self
             .db
             .get_pinned_cf(self.cf(CF_DATA)?, key)
@@ -109,6 +124,7 @@ impl KvEngine for RocksEngine {
         end: Option<&[u8]>,
         limit: usize,
     ) -> io::Result<Vec<(Bytes, Bytes)>> {
+        let _guard = self.read_guard()?;
         let mut ro = ReadOptions::default();
         if let Some(end) = end {
             ro.set_iterate_upper_bound(end.to_vec());
@@ -155,7 +171,10 @@ impl KvEngine for RocksEngine {
     }
 
     fn export(&self, sink: &mut dyn SnapshotSink) -> io::Result<()> {
-        let snapshot = self.db.snapshot();
+        let snapshot = {
+            let _guard = self.read_guard()?;
+            self.db.snapshot()
+        };
         let state = match snapshot
             .get_cf(self.cf(CF_META)?, KEY_APPLIED)
             .map_err(io_err)?
@@ -176,6 +195,10 @@ impl KvEngine for RocksEngine {
         state: &AppliedState,
         records: &mut dyn Iterator<Item = io::Result<(Bytes, Bytes)>>,
     ) -> io::Result<()> {
+        let _exclusive = self
+            .import_lock
+            .write()
+            .map_err(|_| io_err("import lock poisoned"))?;
         let meta = self.cf(CF_META)?;
         let data = self.cf(CF_DATA)?;
         let mut marker = WriteBatch::default();
