@@ -31,7 +31,7 @@ use crate::raft::NodeInfo;
 use crate::raft::TypeConfig;
 
 /// A learner may be promoted once it is at most this many entries behind the leader.
-pub const PROMOTE_MAX_LAG: u64 = 100;
+pub const PROMOTE_MAX_LAG: u64 = 500;
 
 /// Implements `rskv.v1.Cluster` on top of a [`Node`].
 pub struct ClusterService {
@@ -69,9 +69,10 @@ fn members(node: &Node) -> Vec<pb::Member> {
             addr: info.addr.clone(),
             peer_addr: info.peer_addr.clone(),
             voter: voters.contains(id),
+            // None until the leader has confirmed any replication to the node.
             matched_index: replication
                 .get(id)
-                .map(|m| m.as_ref().map(|l| l.index).unwrap_or(0)),
+                .and_then(|m| m.as_ref().map(|l| l.index)),
         })
         .collect()
 }
@@ -82,8 +83,9 @@ fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Error 
             leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
         },
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
+            // Refused before anything was proposed: safe for the client to retry.
             ChangeMembershipError::InProgress(p) => {
-                Error::Unavailable(format!("another membership change is in progress: {p}"))
+                Error::NotAdmitted(format!("another membership change is in progress: {p}"))
             }
             other => Error::InvalidArgument(other.to_string()),
         },
@@ -224,7 +226,12 @@ impl ClusterService {
             .borrow_watched()
             .last_log_index
             .unwrap_or(0);
-        let matched = member.matched_index.unwrap_or(0);
+        let Some(matched) = member.matched_index else {
+            return Err(Error::FailedPrecondition(format!(
+                "learner {} has not replicated anything yet; is it running?",
+                req.id
+            )));
+        };
         if last.saturating_sub(matched) > PROMOTE_MAX_LAG {
             return Err(Error::FailedPrecondition(format!(
                 "learner {} has replicated up to {matched} of {last}; promote it once it has caught up",
