@@ -9,6 +9,7 @@
 //! - [`server`]: a [`server::Node`] — storage + Raft + gRPC services (client API, cluster status,
 //!   Raft RPCs) on one port — and its lifecycle.
 //! - [`client`]: the library client with leader redirect, used by `kv_client`, tests and tools.
+//! - [`bench`]: the load generator behind `kv_bench`.
 //! - [`events`]: apply events — in-process hooks and the fan-out behind the `Watch` RPC.
 //! - [`pb`]: generated protobuf code. [`error`]: the error type and its one mapping to gRPC codes.
 //!
@@ -19,6 +20,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod error;

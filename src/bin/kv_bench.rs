@@ -1,0 +1,165 @@
+//! `kv_bench`: load generator for rskv (modelled on etcd's `benchmark`). Thin: flags →
+//! [`rskv::bench::run`] → a summary (or one JSON line with `--json`).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use clap::ValueEnum;
+use rskv::bench::BenchOptions;
+use rskv::bench::KeyDistribution;
+use rskv::bench::Workload;
+use rskv::client::Consistency;
+use rskv::config::DEV_ADDR;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Kind {
+    Put,
+    Get,
+    Mixed,
+    Cas,
+    /// Fill the whole key space with batch puts (preloading).
+    Load,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Read {
+    Linearizable,
+    Stale,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Dist {
+    Uniform,
+    Zipfian,
+}
+
+/// Benchmark an rskv cluster.
+#[derive(Debug, Parser)]
+#[command(name = "kv_bench", version, about)]
+struct Args {
+    /// The operation mix.
+    #[arg(value_enum)]
+    workload: Kind,
+    /// Comma-separated node addresses.
+    #[arg(long, value_delimiter = ',', default_value = DEV_ADDR)]
+    endpoints: Vec<String>,
+    /// gRPC connections.
+    #[arg(long, default_value_t = 1)]
+    conns: usize,
+    /// Concurrent requests.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Total requests (default 10000 unless --duration is given).
+    #[arg(long)]
+    total: Option<u64>,
+    /// Run for this many seconds instead of a total.
+    #[arg(long)]
+    duration: Option<f64>,
+    #[arg(long, default_value_t = 8)]
+    key_size: usize,
+    #[arg(long, default_value_t = 256)]
+    val_size: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 100_000)]
+    key_space: u64,
+    #[arg(long, value_enum, default_value = "uniform")]
+    dist: Dist,
+    /// Read consistency for get and mixed.
+    #[arg(long, value_enum, default_value = "linearizable")]
+    consistency: Read,
+    /// Fraction of reads in the mixed workload.
+    #[arg(long, default_value_t = 0.9)]
+    read_ratio: f64,
+    /// Print one JSON line instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.conns == 0 || args.clients == 0 || args.key_space == 0 || args.key_size == 0 {
+        eprintln!("error: --conns, --clients, --key-space and --key-size must be positive");
+        return ExitCode::from(2);
+    }
+    if !(0.0..=1.0).contains(&args.read_ratio) {
+        eprintln!("error: --read-ratio must be between 0 and 1");
+        return ExitCode::from(2);
+    }
+    let consistency = match args.consistency {
+        Read::Linearizable => Consistency::Linearizable,
+        Read::Stale => Consistency::Stale,
+    };
+    let opts = BenchOptions {
+        endpoints: args.endpoints.clone(),
+        conns: args.conns,
+        clients: args.clients,
+        total: args.total,
+        duration: args
+            .duration
+            .filter(|d| *d > 0.0)
+            .map(Duration::from_secs_f64),
+        key_size: args.key_size,
+        val_size: args.val_size,
+        key_space: args.key_space,
+        distribution: match args.dist {
+            Dist::Uniform => KeyDistribution::Uniform,
+            Dist::Zipfian => KeyDistribution::Zipfian,
+        },
+        workload: match args.workload {
+            Kind::Put => Workload::Put,
+            Kind::Get => Workload::Get(consistency),
+            Kind::Mixed => Workload::Mixed {
+                read_ratio: args.read_ratio,
+                consistency,
+            },
+            Kind::Cas => Workload::Cas,
+            Kind::Load => Workload::Load,
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let report = match runtime.block_on(rskv::bench::run(&opts)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if args.json {
+        println!("{}", report.to_json(&opts));
+    } else {
+        println!(
+            "{:?}: {} ok in {:.2}s = {:.0} req/s (clients {}, conns {})",
+            opts.workload,
+            report.ok,
+            report.elapsed.as_secs_f64(),
+            report.throughput(),
+            opts.clients,
+            opts.conns
+        );
+        println!(
+            "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            report.latency_ms(0.5),
+            report.latency_ms(0.9),
+            report.latency_ms(0.99),
+            report.latency_ms(0.999),
+            report.latency_us.max() as f64 / 1000.0
+        );
+        if !report.errors.is_empty() {
+            println!("errors: {:?}", report.errors);
+        }
+    }
+    if report.ok == 0 {
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
