@@ -17,7 +17,7 @@ source "$ROOT/scripts/env.sh"
 RUN="${RSKV_CLUSTER_DIR:-$ROOT/cluster/run}"
 PROFILE="${PROFILE:-debug}"
 ENGINE="${ENGINE:-rocksdb}"
-ENDPOINTS="127.0.0.1:50061,127.0.0.1:50062,127.0.0.1:50063"
+ENDPOINTS="127.0.0.1:7411,127.0.0.1:7412,127.0.0.1:7413"
 NODES=(1 2 3)
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
@@ -103,7 +103,7 @@ wait_caught_up() {
         | grep -o '"committed":[0-9]*' | cut -d: -f2 | sort -n | tail -n1 || true)"
     target="${target:-0}"
     while ((SECONDS < deadline)); do
-        applied="$("$BIN/kv_client" --endpoints "127.0.0.1:5006$n" --timeout 1 --json status 2>/dev/null \
+        applied="$("$BIN/kv_client" --endpoints "127.0.0.1:741$n" --timeout 1 --json status 2>/dev/null \
             | sed -n 's/.*"applied":\([0-9]*\).*/\1/p' || true)"
         if [[ -n "$applied" ]] && ((applied >= target)); then
             echo "node $n caught up (applied $applied >= $target)"

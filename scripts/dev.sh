@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quick start: installs missing build prerequisites, then runs a single-node dev cluster on
-# 127.0.0.1:50051 (data in a temporary directory unless you pass --data-dir). Extra arguments go
+# 127.0.0.1:7379 (data in a temporary directory unless you pass --data-dir). Extra arguments go
 # to kv_server. Stop it with Ctrl-C.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

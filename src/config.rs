@@ -18,13 +18,13 @@ use crate::raft::NodeId;
 use crate::raft::NodeInfo;
 
 /// The address dev mode listens on, and the address `kv_client` talks to by default.
-pub const DEV_ADDR: &str = "127.0.0.1:50051";
+pub const DEV_ADDR: &str = "127.0.0.1:7379";
 
 /// The configuration `kv_server` uses when started without `--config`: a single-node cluster on
 /// [`DEV_ADDR`] whose data lives in a temporary directory unless `--data-dir` is given.
 pub const DEV_CONFIG: &str = r#"
 node_id = 1
-listen_addr = "127.0.0.1:50051"
+listen_addr = "127.0.0.1:7379"
 
 [storage]
 engine = "memory"
@@ -716,11 +716,11 @@ mod tests {
         let c = Config::load(&Overrides::default()).expect("dev config");
         assert_eq!(
             c.peer_listen().expect("peer").to_string(),
-            "127.0.0.1:50052"
+            "127.0.0.1:7380"
         );
         assert_eq!(
             c.metrics_listen().expect("metrics").to_string(),
-            "127.0.0.1:50053"
+            "127.0.0.1:7381"
         );
     }
 

@@ -1,6 +1,6 @@
 //! `kv_server`: one rskv node. Thin: flags → config → `Node::start` → `Node::serve`.
 //!
-//! Without `--config` it starts single-node dev mode on 127.0.0.1:50051 with data in a temporary
+//! Without `--config` it starts single-node dev mode on 127.0.0.1:7379 with data in a temporary
 //! directory (removed on exit) unless `--data-dir` is given.
 
 use std::io::IsTerminal;

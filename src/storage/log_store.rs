@@ -46,6 +46,8 @@ const CF_META: &str = "meta";
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
+/// WAL files kept before RocksDB flushes the column families that pin them.
+const MAX_TOTAL_WAL_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The RocksDB-backed Raft log store handed to openraft.
 pub struct LogStore {
@@ -105,6 +107,9 @@ impl LogStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        // The small `meta` column family would otherwise never flush and pin every WAL file
+        // forever; bounding the WAL forces its flush, so purged log space is really given back.
+        opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
         // The log is written once and read back soon; compression would only cost CPU.
         let mut logs_opts = Options::default();
         logs_opts.set_compression_type(rocksdb::DBCompressionType::None);

@@ -343,6 +343,7 @@ fn build_snapshot_blocking(
     lock: &Mutex<()>,
 ) -> io::Result<(SnapshotMeta, PathBuf)> {
     let _guard = lock.lock().map_err(|_| io_err("snapshot lock poisoned"))?;
+    let started = std::time::Instant::now();
     // The log before the snapshot may be purged next: make the engine's data durable first.
     engine.sync()?;
     let tmp = dir.join(format!("building-{seq}.tmp"));
@@ -368,7 +369,13 @@ fn build_snapshot_blocking(
     }
     std::fs::rename(&tmp, &final_path)?;
     sync_dir(dir)?;
-    tracing::info!(last_log_id = ?meta.last_log_id, records = count, "snapshot built");
+    tracing::info!(
+        last_log_id = ?meta.last_log_id,
+        records = count,
+        bytes = std::fs::metadata(&final_path).map(|m| m.len()).unwrap_or(0),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "snapshot built"
+    );
     crate::server::metrics::snapshot_built();
     Ok((meta, final_path))
 }
@@ -494,6 +501,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let events = self.events.clone();
         tokio::task::spawn_blocking(move || {
             let _guard = lock.lock().map_err(|_| io_err("snapshot lock poisoned"))?;
+            let started = std::time::Instant::now();
             snapshot.file.sync_all()?;
             // Put the file in place first: if the import below is interrupted, the next start
             // re-imports it (see `recover`).
@@ -505,7 +513,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             engine.import(&state, &mut file.reader()?)?;
             // Watchers cannot be given the changes a snapshot skipped over: end them.
             events.reset(state.last_applied.map(|l| l.index).unwrap_or(0));
-            tracing::info!(last_log_id = ?state.last_applied, "snapshot installed");
+            tracing::info!(
+                last_log_id = ?state.last_applied,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "snapshot installed"
+            );
             crate::server::metrics::snapshot_installed();
             Ok::<_, io::Error>(())
         })

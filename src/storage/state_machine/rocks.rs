@@ -51,6 +51,8 @@ impl RocksEngine {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        // `sm_meta` is tiny and would otherwise pin every WAL file; bound the WAL instead.
+        opts.set_max_total_wal_size(64 * 1024 * 1024);
         let mut data_opts = Options::default();
         data_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let cfs = vec![
