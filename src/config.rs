@@ -714,10 +714,7 @@ mod tests {
     #[test]
     fn derived_ports_should_follow_listen_addr() {
         let c = Config::load(&Overrides::default()).expect("dev config");
-        assert_eq!(
-            c.peer_listen().expect("peer").to_string(),
-            "127.0.0.1:7380"
-        );
+        assert_eq!(c.peer_listen().expect("peer").to_string(), "127.0.0.1:7380");
         assert_eq!(
             c.metrics_listen().expect("metrics").to_string(),
             "127.0.0.1:7381"

@@ -10,6 +10,7 @@
 //!   Raft RPCs) on one port — and its lifecycle.
 //! - [`client`]: the library client with leader redirect, used by `kv_client`, tests and tools.
 //! - [`bench`]: the load generator behind `kv_bench`.
+//! - [`checker`]: the linearizability checker (Wing–Gong–Lowe with memoisation) for fault tests.
 //! - [`events`]: apply events — in-process hooks and the fan-out behind the `Watch` RPC.
 //! - [`pb`]: generated protobuf code. [`error`]: the error type and its one mapping to gRPC codes.
 //!
@@ -21,6 +22,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod bench;
+pub mod checker;
 pub mod client;
 pub mod config;
 pub mod error;
