@@ -49,9 +49,20 @@ pub enum KeyDistribution {
     Zipfian,
 }
 
+/// Which system the load goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// rskv, through the library client (leader redirect included).
+    Rskv,
+    /// etcd v3 (feature `etcd`): puts to the leader, linearizable or serializable ranges.
+    Etcd,
+}
+
 /// A benchmark run's parameters.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
+    /// The system under test.
+    pub target: Target,
     /// Node addresses.
     pub endpoints: Vec<String>,
     /// gRPC connections (one `Client` each).
@@ -170,16 +181,99 @@ fn error_kind(e: &ClientError) -> String {
     }
 }
 
+/// One connection of the system under test.
+#[derive(Clone)]
+enum Conn {
+    Rskv(Arc<Client>),
+    #[cfg(feature = "etcd")]
+    Etcd(etcd_client::KvClient),
+}
+
+impl Conn {
+    async fn put(&self, key: Bytes, value: Bytes) -> Result<(), ClientError> {
+        match self {
+            Conn::Rskv(c) => c.put(key, value).await.map(|_| ()),
+            #[cfg(feature = "etcd")]
+            Conn::Etcd(c) => c
+                .clone()
+                .put(key.to_vec(), value.to_vec(), None)
+                .await
+                .map(|_| ())
+                .map_err(etcd_error),
+        }
+    }
+
+    async fn get(&self, key: Bytes, consistency: Consistency) -> Result<(), ClientError> {
+        match self {
+            Conn::Rskv(c) => c.get_with(key, consistency).await.map(|_| ()),
+            #[cfg(feature = "etcd")]
+            Conn::Etcd(c) => {
+                let opts = match consistency {
+                    Consistency::Stale => Some(etcd_client::GetOptions::new().with_serializable()),
+                    Consistency::Linearizable => None,
+                };
+                c.clone()
+                    .get(key.to_vec(), opts)
+                    .await
+                    .map(|_| ())
+                    .map_err(etcd_error)
+            }
+        }
+    }
+
+    fn rskv(&self) -> Result<&Client, ClientError> {
+        match self {
+            Conn::Rskv(c) => Ok(c),
+            #[cfg(feature = "etcd")]
+            Conn::Etcd(_) => Err(ClientError::Config(
+                "this workload is only implemented for rskv".into(),
+            )),
+        }
+    }
+}
+
+#[cfg(feature = "etcd")]
+fn etcd_error(e: etcd_client::Error) -> ClientError {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => ClientError::Status(s),
+        other => ClientError::Unavailable(other.to_string()),
+    }
+}
+
+async fn connect(opts: &BenchOptions) -> Result<Conn, ClientError> {
+    match opts.target {
+        Target::Rskv => Ok(Conn::Rskv(Arc::new(Client::with_options(
+            opts.endpoints.clone(),
+            ClientOptions::default(),
+        )?))),
+        #[cfg(feature = "etcd")]
+        Target::Etcd => {
+            let client = etcd_client::Client::connect(&opts.endpoints, None)
+                .await
+                .map_err(|e| ClientError::Unavailable(e.to_string()))?;
+            Ok(Conn::Etcd(client.kv_client()))
+        }
+        #[cfg(not(feature = "etcd"))]
+        Target::Etcd => Err(ClientError::Config(
+            "kv_bench was built without the `etcd` feature (cargo build --features etcd)".into(),
+        )),
+    }
+}
+
 /// Runs the benchmark.
 ///
 /// # Errors
-/// [`ClientError::Config`] for unusable endpoints.
+/// [`ClientError::Config`] for unusable endpoints or an unsupported target/workload.
 pub async fn run(opts: &BenchOptions) -> Result<BenchReport, ClientError> {
-    let conns = (0..opts.conns.max(1))
-        .map(|_| {
-            Client::with_options(opts.endpoints.clone(), ClientOptions::default()).map(Arc::new)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut conns = Vec::new();
+    for _ in 0..opts.conns.max(1) {
+        conns.push(connect(opts).await?);
+    }
+    if opts.target == Target::Etcd && matches!(opts.workload, Workload::Cas | Workload::Load) {
+        return Err(ClientError::Config(
+            "cas and load are only implemented for rskv".into(),
+        ));
+    }
     let issued = Arc::new(AtomicU64::new(0));
     let value = Bytes::from(vec![b'v'; opts.val_size]);
     let keys = Arc::new(KeyGen::new(opts.key_space.max(1), opts.distribution));
@@ -211,26 +305,33 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, ClientError> {
                 }
                 let t0 = Instant::now();
                 let result: Result<(), ClientError> = match opts.workload {
-                    Workload::Put => client
-                        .put(key(keys.next(&mut rng), opts.key_size), value.clone())
-                        .await
-                        .map(|_| ()),
-                    Workload::Get(c) => client
-                        .get_with(key(keys.next(&mut rng), opts.key_size), c)
-                        .await
-                        .map(|_| ()),
+                    Workload::Put => {
+                        client
+                            .put(key(keys.next(&mut rng), opts.key_size), value.clone())
+                            .await
+                    }
+                    Workload::Get(c) => {
+                        client.get(key(keys.next(&mut rng), opts.key_size), c).await
+                    }
                     Workload::Mixed {
                         read_ratio,
                         consistency,
                     } => {
                         let k = key(keys.next(&mut rng), opts.key_size);
                         if rng.random::<f64>() < read_ratio {
-                            client.get_with(k, consistency).await.map(|_| ())
+                            client.get(k, consistency).await
                         } else {
-                            client.put(k, value.clone()).await.map(|_| ())
+                            client.put(k, value.clone()).await
                         }
                     }
                     Workload::Cas => {
+                        let client = match client.rskv() {
+                            Ok(c) => c,
+                            Err(e) => {
+                                *errors.entry(error_kind(&e)).or_default() += 1;
+                                break;
+                            }
+                        };
                         let k = key(worker as u64 % opts.key_space.max(1), opts.key_size);
                         let next = Bytes::from(format!("{worker}-{n}"));
                         match client
@@ -245,6 +346,13 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, ClientError> {
                         }
                     }
                     Workload::Load => {
+                        let client = match client.rskv() {
+                            Ok(c) => c,
+                            Err(e) => {
+                                *errors.entry(error_kind(&e)).or_default() += 1;
+                                break;
+                            }
+                        };
                         let first = n * 100;
                         let pairs = (first..(first + 100).min(opts.key_space))
                             .map(|i| (key(i, opts.key_size), value.clone()))

@@ -23,6 +23,12 @@ enum Kind {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum TargetArg {
+    Rskv,
+    Etcd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum Read {
     Linearizable,
     Stale,
@@ -41,6 +47,9 @@ struct Args {
     /// The operation mix.
     #[arg(value_enum)]
     workload: Kind,
+    /// The system to load: rskv, or etcd (needs a build with `--features etcd`).
+    #[arg(long, value_enum, default_value = "rskv")]
+    target: TargetArg,
     /// Comma-separated node addresses.
     #[arg(long, value_delimiter = ',', default_value = DEV_ADDR)]
     endpoints: Vec<String>,
@@ -91,6 +100,10 @@ fn main() -> ExitCode {
         Read::Stale => Consistency::Stale,
     };
     let opts = BenchOptions {
+        target: match args.target {
+            TargetArg::Rskv => rskv::bench::Target::Rskv,
+            TargetArg::Etcd => rskv::bench::Target::Etcd,
+        },
         endpoints: args.endpoints.clone(),
         conns: args.conns,
         clients: args.clients,

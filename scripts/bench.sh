@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark on this machine: a 3-node rskv cluster (RocksDB engine, fsync on) and,
+# when available, a 3-node etcd cluster with its defaults, driven by the same load generator
+# (kv_bench, built with --features etcd) in one run. Prints one table with rskv/etcd ratios and
+# writes every result as JSON lines under the results folder.
+#
+#   scripts/bench.sh                      # full matrix, 10 s per cell
+#   DURATION=3 CLIENTS="1 16" scripts/bench.sh
+#
+# As root it installs what is missing (protobuf-compiler to build the etcd client, etcd-server and
+# etcd-client from Debian). Without etcd it benchmarks rskv alone.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$ROOT/scripts/prereqs.sh"
+source "$ROOT/scripts/env.sh"
+DURATION="${DURATION:-10}"
+CLIENTS="${CLIENTS:-1 16 64 256}"
+KEYS="${KEYS:-100000}"
+OUT="${OUT:-$ROOT/results/bench-$(date +%Y%m%d-%H%M%S)}"
+mkdir -p "$OUT"
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do [[ -n "$p" ]] && kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+apt_install() {
+    if [[ "$(id -u)" == 0 ]]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    else
+        echo "bench: not root; cannot install $*" >&2
+        return 1
+    fi
+}
+command -v protoc >/dev/null || apt_install protobuf-compiler
+if ! command -v etcd >/dev/null; then apt_install etcd-server etcd-client || true; fi
+
+(cd "$ROOT" && cargo build --release --quiet --features etcd --bin kv_server --bin kv_bench)
+BIN="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release"
+
+# rskv: clients 7511-7513, peers 7521-7523, metrics 7531-7533.
+MEMBERS="1=127.0.0.1:7511/127.0.0.1:7521,2=127.0.0.1:7512/127.0.0.1:7522,3=127.0.0.1:7513/127.0.0.1:7523"
+printf 'node_id = 1\nlisten_addr = "127.0.0.1:1"\n' >"$OUT/base.toml"
+for n in 1 2 3; do
+    RUST_LOG=warn "$BIN/kv_server" --config "$OUT/base.toml" --node-id $n \
+        --listen-addr 127.0.0.1:751$n --peer-listen-addr 127.0.0.1:752$n --metrics-addr 127.0.0.1:753$n \
+        --data-dir "$OUT/rskv/n$n" --engine rocksdb --initial-members "$MEMBERS" \
+        >"$OUT/rskv-n$n.log" 2>&1 &
+    PIDS+=($!)
+done
+RSKV="127.0.0.1:7511,127.0.0.1:7512,127.0.0.1:7513"
+
+ETCD=""
+if command -v etcd >/dev/null; then
+    CLUSTER="e1=http://127.0.0.1:7621,e2=http://127.0.0.1:7622,e3=http://127.0.0.1:7623"
+    for n in 1 2 3; do
+        etcd --name e$n --data-dir "$OUT/etcd/e$n" \
+            --listen-client-urls http://127.0.0.1:761$n --advertise-client-urls http://127.0.0.1:761$n \
+            --listen-peer-urls http://127.0.0.1:762$n --initial-advertise-peer-urls http://127.0.0.1:762$n \
+            --initial-cluster "$CLUSTER" --initial-cluster-state new --log-level warn \
+            >"$OUT/etcd-e$n.log" 2>&1 &
+        PIDS+=($!)
+    done
+fi
+
+wait_ready() { # target endpoints
+    local deadline=$((SECONDS + 60))
+    while ((SECONDS < deadline)); do
+        if "$BIN/kv_bench" put --target "$1" --endpoints "$2" --total 1 >/dev/null 2>&1; then return 0; fi
+        sleep 0.5
+    done
+    echo "bench: $1 did not become ready" >&2
+    exit 1
+}
+wait_ready rskv "$RSKV"
+if [[ -n "$(command -v etcd || true)" ]]; then
+    wait_ready etcd "http://127.0.0.1:7611,http://127.0.0.1:7612,http://127.0.0.1:7613"
+    # Puts go to etcd's leader, as they go to rskv's (its client follows redirects).
+    ETCD="$(ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:7611,127.0.0.1:7612,127.0.0.1:7613 endpoint status 2>/dev/null \
+        | awk -F', ' '$5 == "true" {print "http://" $1}' | head -n1)"
+    ETCD="${ETCD:-http://127.0.0.1:7611}"
+fi
+
+# Same key space preloaded in both systems.
+"$BIN/kv_bench" put --endpoints "$RSKV" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" >/dev/null
+[[ -n "$ETCD" ]] && "$BIN/kv_bench" put --target etcd --endpoints "$ETCD" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" >/dev/null
+
+run() { # target endpoints workload clients [args...]
+    local target=$1 endpoints=$2 workload=$3 clients=$4
+    shift 4
+    local conns=$(( clients < 16 ? clients : 16 ))
+    "$BIN/kv_bench" "$workload" --target "$target" --endpoints "$endpoints" --clients "$clients" \
+        --conns "$conns" --duration "$DURATION" --key-size 8 --val-size 256 --key-space "$KEYS" --json "$@"
+}
+
+printf '%-16s %7s | %10s %8s %8s | %10s %8s %8s | %6s\n' workload clients "rskv op/s" p50ms p99ms "etcd op/s" p50ms p99ms ratio | tee "$OUT/table.txt"
+for spec in "put put" "get-linearizable get --consistency linearizable" "get-stale get --consistency stale"; do
+    set -- $spec
+    name=$1; shift
+    for c in $CLIENTS; do
+        r="$(run rskv "$RSKV" "$@" "$c")"
+        echo "{\"system\":\"rskv\",\"cell\":\"$name\",\"result\":$r}" >>"$OUT/results.jsonl"
+        e="{}"
+        if [[ -n "$ETCD" ]]; then
+            e="$(run etcd "$ETCD" "$@" "$c")"
+            echo "{\"system\":\"etcd\",\"cell\":\"$name\",\"result\":$e}" >>"$OUT/results.jsonl"
+        fi
+        python3 - "$name" "$c" "$r" "$e" <<'PY' | tee -a "$OUT/table.txt"
+import json, sys
+name, c, r, e = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+def cols(x):
+    return ("%10.0f %8.2f %8.2f" % (x["throughput"], x["p50_ms"], x["p99_ms"])) if x else "%10s %8s %8s" % ("-", "-", "-")
+ratio = ("%6.2f" % (r["throughput"] / e["throughput"])) if e and e.get("throughput") else "     -"
+print("%-16s %7s | %s | %s | %s" % (name, c, cols(r), cols(e), ratio))
+PY
+    done
+done
+echo "results: $OUT/results.jsonl, table: $OUT/table.txt"
