@@ -96,11 +96,11 @@ for spec in "put put" "get-linearizable get --consistency linearizable" "get-sta
     set -- $spec
     name=$1; shift
     for c in $CLIENTS; do
-        r="$(run rskv "$RSKV" "$@" "$c")"
+        r="$(run rskv "$RSKV" "$1" "$c" "${@:2}")"
         echo "{\"system\":\"rskv\",\"cell\":\"$name\",\"result\":$r}" >>"$OUT/results.jsonl"
         e="{}"
         if [[ -n "$ETCD" ]]; then
-            e="$(run etcd "$ETCD" "$@" "$c")"
+            e="$(run etcd "$ETCD" "$1" "$c" "${@:2}")"
             echo "{\"system\":\"etcd\",\"cell\":\"$name\",\"result\":$e}" >>"$OUT/results.jsonl"
         fi
         python3 - "$name" "$c" "$r" "$e" <<'PY' | tee -a "$OUT/table.txt"

@@ -249,7 +249,7 @@ impl Node {
         let peer_server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(raft)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.peer), async move {
+            .serve_with_incoming_shutdown(peer_incoming(listeners.peer), async move {
                 stop.cancelled().await
             });
         tasks.spawn(
@@ -383,6 +383,22 @@ impl Node {
             .map(|l| l.index)
             .unwrap_or(0)
     }
+}
+
+/// Accepted peer connections with Nagle's algorithm off: `tcp_nodelay` on the builder only applies
+/// to listeners tonic binds itself, and Nagle plus delayed ACKs would hold small Raft replies for
+/// ~40 ms.
+fn peer_incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot disable Nagle on a peer connection");
+            }
+        })
+    })
 }
 
 /// Asks the cluster named by `cluster.join` to add this node as a learner, then to promote it
