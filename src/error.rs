@@ -78,6 +78,14 @@ fn describe_leader(leader: &Option<(NodeId, String)>) -> String {
     }
 }
 
+impl From<openraft::error::ForwardToLeader<crate::raft::TypeConfig>> for Error {
+    fn from(f: openraft::error::ForwardToLeader<crate::raft::TypeConfig>) -> Self {
+        Error::NotLeader {
+            leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+        }
+    }
+}
+
 /// Result alias used throughout the node.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

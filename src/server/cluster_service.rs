@@ -9,9 +9,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::ChangeMembershipError;
-use openraft::error::ClientWriteError;
-use openraft::error::RaftError;
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::ChangeMembers;
 use openraft::ServerState;
@@ -21,6 +18,7 @@ use tonic::Status;
 
 use super::handle;
 use super::shutdown;
+use super::write_error;
 use super::Node;
 use crate::error::Error;
 use crate::error::Result;
@@ -28,7 +26,6 @@ use crate::pb::kv as pb;
 use crate::pb::kv::cluster_server::Cluster;
 use crate::raft::NodeId;
 use crate::raft::NodeInfo;
-use crate::raft::TypeConfig;
 
 /// A learner may be promoted once it is at most this many entries behind the leader.
 pub const PROMOTE_MAX_LAG: u64 = 500;
@@ -75,22 +72,6 @@ fn members(node: &Node) -> Vec<pb::Member> {
                 .and_then(|m| m.as_ref().map(|l| l.index)),
         })
         .collect()
-}
-
-fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Error {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
-            leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
-        },
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
-            // Refused before anything was proposed: safe for the client to retry.
-            ChangeMembershipError::InProgress(p) => {
-                Error::NotAdmitted(format!("another membership change is in progress: {p}"))
-            }
-            other => Error::InvalidArgument(other.to_string()),
-        },
-        other => Error::Unavailable(other.to_string()),
-    }
 }
 
 impl ClusterService {

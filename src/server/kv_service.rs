@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
-use openraft::error::ClientWriteError;
 use openraft::error::LinearizableReadError;
 use openraft::error::RaftError;
 use openraft::ReadPolicy;
@@ -24,6 +23,7 @@ use tonic::Status;
 
 use super::handle;
 use super::metrics;
+use super::write_error;
 use super::Node;
 use crate::error::Error;
 use crate::error::Result;
@@ -88,15 +88,8 @@ impl KvService {
             .map_err(|_| {
                 Error::Timeout("write not committed in time; it may or may not be applied".into())
             })?;
-        match result {
-            Ok(resp) => Ok((resp.log_id.index, resp.data)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(Error::NotLeader {
-                    leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
-                })
-            }
-            Err(e) => Err(Error::Unavailable(e.to_string())),
-        }
+        let resp = result.map_err(write_error)?;
+        Ok((resp.log_id.index, resp.data))
     }
 
     /// Waits until this node may serve a read at the requested consistency.
@@ -115,11 +108,7 @@ impl KvService {
         .map_err(|_| Error::Timeout("linearizable read barrier timed out".into()))?;
         match result {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-                Err(Error::NotLeader {
-                    leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
-                })
-            }
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(f.into()),
             Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e))) => {
                 Err(Error::Unavailable(e.to_string()))
             }

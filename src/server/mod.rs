@@ -456,6 +456,32 @@ async fn join_cluster(node: Arc<Node>) {
     }
 }
 
+/// Maps a failed Raft proposal (client write or membership change) to the node error: NOT_LEADER
+/// with the leader's address, "not admitted" when openraft refused before proposing (another
+/// membership change in progress), invalid argument for a rejected membership, and UNAVAILABLE —
+/// outcome unknown — for anything else.
+pub(crate) fn write_error(
+    e: openraft::error::RaftError<
+        crate::raft::TypeConfig,
+        openraft::error::ClientWriteError<crate::raft::TypeConfig>,
+    >,
+) -> Error {
+    use openraft::error::ChangeMembershipError;
+    use openraft::error::ClientWriteError;
+    use openraft::error::RaftError;
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => f.into(),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
+            // Refused before anything was proposed: safe for the client to retry.
+            ChangeMembershipError::InProgress(p) => {
+                Error::NotAdmitted(format!("another membership change is in progress: {p}"))
+            }
+            other => Error::InvalidArgument(other.to_string()),
+        },
+        other => Error::Unavailable(other.to_string()),
+    }
+}
+
 /// Runs one client request: admits it under `limiter` (when given), records its method, status
 /// code and latency, and converts the node error into a gRPC status.
 pub(crate) async fn handle<T>(
