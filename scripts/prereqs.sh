@@ -7,8 +7,9 @@ set -euo pipefail
 missing=()
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 \
-    && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+# bindgen needs libclang itself plus clang's resource headers; libclang-cpp (often preinstalled)
+# is not enough, so ask dpkg for the package rather than globbing for library files.
+if ! dpkg-query -W -f='${Status}' libclang-dev 2>/dev/null | grep -q "install ok installed"; then
     missing+=(libclang-dev)
 fi
 command -v sccache >/dev/null 2>&1 || missing+=(sccache)
