@@ -226,8 +226,9 @@ impl Node {
         let cluster = ClusterServer::new(cluster_service::ClusterService::new(self.clone()));
         let incoming = limits::limited_incoming(listeners.client, limits.max_connections);
         let stop = client_stop.clone();
+        // Nagle is disabled per accepted connection (limits.rs, peer_incoming): the builder's
+        // tcp_nodelay only applies to listeners tonic binds itself.
         let client_server = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(kv)
             .add_service(cluster)
             .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
@@ -247,7 +248,6 @@ impl Node {
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let stop = peer_stop.clone();
         let peer_server = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(raft)
             .serve_with_incoming_shutdown(peer_incoming(listeners.peer), async move {
                 stop.cancelled().await

@@ -61,7 +61,7 @@ impl SnapshotFile {
     /// # Errors
     /// When the header cannot be read.
     pub fn reader(&self) -> io::Result<SnapshotReader> {
-        SnapshotReader::new(self.positional()?)
+        SnapshotReader::new(self.read_from(0)?)
     }
 
     /// A reader from byte `offset` that does not move the shared file cursor, so several readers
@@ -74,10 +74,6 @@ impl SnapshotFile {
             file: self.file.try_clone()?,
             pos: offset,
         })
-    }
-
-    fn positional(&self) -> io::Result<PositionalReader> {
-        self.read_from(0)
     }
 }
 

@@ -264,16 +264,6 @@ impl StateMachine {
         Ok(sm)
     }
 
-    /// The engine, for reads that bypass Raft (after a linearizable barrier, or stale reads).
-    pub fn engine(&self) -> Arc<dyn KvEngine> {
-        self.engine.clone()
-    }
-
-    /// Directory for snapshot files, including incoming ones being received.
-    pub fn snapshot_dir(&self) -> &Path {
-        &self.snapshot_dir
-    }
-
     fn snapshot_path(&self) -> PathBuf {
         self.snapshot_dir.join(SNAPSHOT_FILE)
     }
