@@ -196,7 +196,47 @@ pub enum KeyResult {
 /// Checks one register's operations (starting absent) with at most `budget` search steps.
 pub fn check_register(ops: &[Op], budget: u64) -> KeyResult {
     let prepared: Vec<Prepared> = ops.iter().filter_map(prepare).collect();
-    wgl(&prepared, budget)
+    wgl(&drop_unobserved(prepared), budget)
+}
+
+/// Drops unknown-outcome writes and CAS whose value nobody ever observed.
+///
+/// Not taking effect is always allowed for them; and if one did take effect, the operation
+/// linearized right after it cannot have observed its value, so it is a write and the unknown
+/// operation can be removed from that linearization too. Without this, every unobserved
+/// unknown operation doubles the search space (they pile up under faults). Repeated to a fixed
+/// point: a dropped CAS no longer counts as observing its `from`.
+fn drop_unobserved(mut ops: Vec<Prepared>) -> Vec<Prepared> {
+    loop {
+        let mut observed: HashSet<&str> = HashSet::new();
+        for op in &ops {
+            let seen: [Option<&Value>; 2] = match &op.step {
+                Step::Read(v) => [Some(v), None],
+                Step::Write(_) => [None, None],
+                Step::CasOk { from, .. } => [Some(from), None],
+                Step::CasFailed { from, current } => [Some(from), Some(current)],
+                Step::CasMaybe { from, .. } => [Some(from), None],
+            };
+            observed.extend(seen.into_iter().flatten().filter_map(|v| v.as_deref()));
+        }
+        let unknown_unseen = |op: &Prepared| {
+            op.complete == u64::MAX
+                && match &op.step {
+                    Step::Write(v) | Step::CasMaybe { to: v, .. } => !observed.contains(v.as_str()),
+                    _ => false,
+                }
+        };
+        let before = ops.len();
+        let kept: Vec<Prepared> = ops
+            .iter()
+            .filter(|op| !unknown_unseen(op))
+            .cloned()
+            .collect();
+        if kept.len() == before {
+            return kept;
+        }
+        ops = kept;
+    }
 }
 
 /// Wing–Gong–Lowe search over call/return events kept in a doubly linked list.

@@ -165,7 +165,7 @@ impl Client {
         if let Some(c) = self.channels.get(addr) {
             return Ok(c.clone());
         }
-        let channel = lazy_channel(addr, self.options.connect_timeout)
+        let channel = lazy_channel(addr, self.options.connect_timeout, None)
             .map_err(|e| ClientError::Config(format!("bad endpoint {addr}: {e}")))?;
         self.channels.insert(addr.to_string(), channel.clone());
         Ok(channel)

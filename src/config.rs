@@ -67,6 +67,11 @@ pub struct Config {
     /// Address peers dial for Raft traffic; defaults to the peer listen address.
     #[serde(default)]
     pub peer_advertise_addr: Option<String>,
+    /// Source IP for outgoing Raft connections; unset lets the kernel choose. Set it on a
+    /// multi-homed host, or so that a proxy can tell which node a connection comes from (the
+    /// fault suite's loopback network does).
+    #[serde(default)]
+    pub peer_source_ip: Option<std::net::IpAddr>,
     /// HTTP address serving `/metrics` and `/health`; defaults to `listen_addr` with port + 2.
     #[serde(default)]
     pub metrics_addr: Option<SocketAddr>,
@@ -252,6 +257,9 @@ pub struct Overrides {
     /// peer_advertise_addr
     #[arg(long)]
     pub peer_advertise_addr: Option<String>,
+    /// peer_source_ip
+    #[arg(long)]
+    pub peer_source_ip: Option<std::net::IpAddr>,
     /// metrics_addr
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
@@ -422,6 +430,9 @@ impl Config {
         }
         if o.peer_advertise_addr.is_some() {
             self.peer_advertise_addr = o.peer_advertise_addr.clone();
+        }
+        if o.peer_source_ip.is_some() {
+            self.peer_source_ip = o.peer_source_ip;
         }
         if o.metrics_addr.is_some() {
             self.metrics_addr = o.metrics_addr;

@@ -11,6 +11,8 @@
 //! - [`client`]: the library client with leader redirect, used by `kv_client`, tests and tools.
 //! - [`bench`]: the load generator behind `kv_bench`.
 //! - [`checker`]: the linearizability checker (Wing–Gong–Lowe with memoisation) for fault tests.
+//! - [`jepsen`]: the fault suite — real processes, a network it can cut, nemeses, recorded
+//!   histories and the checks run on them (`kv_jepsen`, `scripts/jepsen.sh`).
 //! - [`events`]: apply events — in-process hooks and the fan-out behind the `Watch` RPC.
 //! - [`pb`]: generated protobuf code. [`error`]: the error type and its one mapping to gRPC codes.
 //!
@@ -27,6 +29,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod jepsen;
 pub mod pb;
 pub mod raft;
 pub mod server;

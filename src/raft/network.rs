@@ -65,6 +65,7 @@ pub fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T, rmp_serde::decode::
 pub fn lazy_channel(
     addr: &str,
     connect_timeout: Duration,
+    source_ip: Option<std::net::IpAddr>,
 ) -> Result<Channel, tonic::transport::Error> {
     let uri = if addr.starts_with("http://") || addr.starts_with("https://") {
         addr.to_string()
@@ -73,6 +74,7 @@ pub fn lazy_channel(
     };
     Ok(Endpoint::from_shared(uri)?
         .connect_timeout(connect_timeout)
+        .local_address(source_ip)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true)
@@ -86,14 +88,18 @@ pub struct NetworkFactory {
     channels: Arc<DashMap<String, Channel>>,
     /// Size of the data chunks a snapshot is streamed in.
     snapshot_chunk_bytes: usize,
+    /// Source IP of outgoing connections (`peer_source_ip` in the config).
+    source_ip: Option<std::net::IpAddr>,
 }
 
 impl NetworkFactory {
-    /// A factory streaming snapshots in chunks of `snapshot_chunk_bytes`.
-    pub fn new(snapshot_chunk_bytes: usize) -> NetworkFactory {
+    /// A factory streaming snapshots in chunks of `snapshot_chunk_bytes`, connecting from
+    /// `source_ip` when set.
+    pub fn new(snapshot_chunk_bytes: usize, source_ip: Option<std::net::IpAddr>) -> NetworkFactory {
         NetworkFactory {
             channels: Arc::new(DashMap::new()),
             snapshot_chunk_bytes,
+            source_ip,
         }
     }
 
@@ -101,7 +107,7 @@ impl NetworkFactory {
         if let Some(c) = self.channels.get(addr) {
             return Ok(c.clone());
         }
-        let channel = lazy_channel(addr, Duration::from_secs(1))
+        let channel = lazy_channel(addr, Duration::from_secs(1), self.source_ip)
             .map_err(|e| format!("bad address {addr}: {e}"))?;
         self.channels.insert(addr.to_string(), channel.clone());
         Ok(channel)

@@ -136,7 +136,10 @@ impl Node {
             ));
             let state_machine =
                 StateMachine::open(engine.clone(), &snapshot_dir, events.clone()).await?;
-            let network = NetworkFactory::new(config.raft.snapshot_chunk_bytes as usize);
+            let network = NetworkFactory::new(
+                config.raft.snapshot_chunk_bytes as usize,
+                config.peer_source_ip,
+            );
             let raft_config = Arc::new(config.openraft_config()?);
             let raft = Raft::new(
                 config.node_id,
