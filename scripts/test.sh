@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: prerequisites, formatting, lints, unit and integration
-# tests (integration tests start real kv_server processes on loopback ports).
+# tests (integration tests start real kv_server processes on loopback ports), then, as root, a
+# short run of the fault suite in network namespaces.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/prereqs.sh"
@@ -16,3 +17,10 @@ cargo build --all-targets --locked
 echo "== cargo test"
 # Cluster tests each run three nodes; two at a time keeps a 2-core machine responsive.
 RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo test --all-targets --locked
+if [[ "$(id -u)" == 0 ]]; then
+    echo "== fault suite: 5 nodes, 90 s of partitions, kills and pauses (fails on any anomaly)"
+    scripts/jepsen.sh --nodes 5 --time 90 --interval 4 --nemesis partition,kill,pause --rate 200 \
+        --results "${TMPDIR:-/tmp}/rskv-ci-jepsen-$$"
+else
+    echo "== fault suite skipped: network namespaces need root (cargo test ran the loopback scenario)"
+fi

@@ -122,8 +122,8 @@ async fn follower_should_answer_not_leader_with_leader_address() {
         .iter()
         .find(|n| n.id != leader)
         .expect("follower");
-    let channel =
-        rskv::raft::network::lazy_channel(&follower.addr, Duration::from_secs(1)).expect("channel");
+    let channel = rskv::raft::network::lazy_channel(&follower.addr, Duration::from_secs(1), None)
+        .expect("channel");
     let mut kv = rskv::pb::kv::kv_client::KvClient::new(channel);
     let status = kv
         .put(rskv::pb::kv::PutRequest {

@@ -75,6 +75,10 @@ struct RunArgs {
     /// Checker search budget per key.
     #[arg(long, default_value_t = 20_000_000)]
     budget: u64,
+    /// Read with STALE consistency in the workload (not linearizable by design): a run with
+    /// partitions should then fail, showing the checker catches stale reads.
+    #[arg(long)]
+    stale_reads: bool,
     /// Extra kv_server flags, e.g. --server-arg=--snapshot-every=500.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
@@ -132,6 +136,7 @@ fn run(args: RunArgs) -> Result<bool, String> {
         seed,
         check_budget: args.budget,
         server_args: args.server_args,
+        stale_reads: args.stale_reads,
     };
     eprintln!(
         "kv_jepsen: {} nodes, {} s, nemesis {:?}, {} ops/s, seed {seed}, results in {}",

@@ -324,16 +324,27 @@ pub async fn heal_all(cluster: &mut Cluster, net: &Net) {
     }
 }
 
-/// Injects faults of the given kinds until `until`: `interval` with a fault, then `interval` of
-/// calm, and so on. `probe` measures recovery after each heal (time until it returns true).
+/// When and which faults to inject.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// The kinds to pick from (uniformly).
+    pub kinds: Vec<NemesisKind>,
+    /// Length of one fault, and of the calm between two.
+    pub interval: Duration,
+    /// No fault starts after this.
+    pub until: Instant,
+    /// Time zero of the run (fault times are reported relative to it).
+    pub epoch: Instant,
+    /// Seed for the choices.
+    pub seed: u64,
+}
+
+/// Injects faults until `schedule.until`: `interval` of calm, then `interval` with a fault, and
+/// so on. `probe` measures recovery after each heal (time until a write succeeds).
 pub async fn run<P, F>(
-    kinds: &[NemesisKind],
+    schedule: &Schedule,
     cluster: &mut Cluster,
     net: &Net,
-    interval: Duration,
-    until: Instant,
-    epoch: Instant,
-    seed: u64,
     probe: P,
 ) -> Vec<Fault>
 where
@@ -341,6 +352,13 @@ where
     F: std::future::Future<Output = Option<Duration>>,
 {
     use rand::SeedableRng;
+    let Schedule {
+        kinds,
+        interval,
+        until,
+        epoch,
+        seed,
+    } = schedule.clone();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut faults = Vec::new();
     if kinds.is_empty() {

@@ -239,3 +239,55 @@ pub fn check(segments: &[Segment], history: &[Op]) -> WatchReport {
     }
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(node: u64, events: &[(u64, &str, &str)]) -> Segment {
+        Segment {
+            node,
+            events: events
+                .iter()
+                .map(|(i, k, v)| Seen {
+                    index: *i,
+                    key: k.to_string(),
+                    value: Some(v.to_string()),
+                })
+                .collect(),
+            ended: String::new(),
+        }
+    }
+
+    fn ok_write(key: &str, value: &str) -> Op {
+        crate::checker::build::op_on(key, 0, crate::checker::build::w(value), Outcome::Ok, 0, 1)
+    }
+
+    #[test]
+    fn consistent_segments_should_pass() {
+        let all = [(2, "a", "1"), (3, "b", "2"), (5, "a", "3")];
+        let segments = vec![seg(1, &all), seg(2, &all[1..]), seg(3, &all[..1])];
+        let history = vec![ok_write("a", "1"), ok_write("a", "3")];
+        let r = check(&segments, &history);
+        assert!(r.anomalies.is_empty(), "{:?}", r.anomalies);
+        assert_eq!(r.distinct, 3);
+    }
+
+    #[test]
+    fn gap_reorder_conflict_and_missing_write_should_be_reported() {
+        let all = [(2, "a", "1"), (3, "b", "2"), (5, "a", "3")];
+        let gap = seg(2, &[(2, "a", "1"), (5, "a", "3")]);
+        let reordered = seg(3, &[(3, "b", "2"), (2, "a", "1")]);
+        let conflict = seg(4, &[(3, "b", "9")]);
+        let history = vec![ok_write("c", "never-delivered")];
+        let r = check(&[seg(1, &all), gap, reordered, conflict], &history);
+        let text = r.anomalies.join("\n");
+        assert!(text.contains("node 2: gap of 1 events"), "{text}");
+        assert!(text.contains("node 3: event a@2 after b@3"), "{text}");
+        assert!(text.contains("node 4 saw b=Some(\"9\")"), "{text}");
+        assert!(
+            text.contains("c=never-delivered was never delivered"),
+            "{text}"
+        );
+    }
+}

@@ -63,13 +63,16 @@ pub fn suite_client(endpoints: Vec<String>) -> Result<Client, ClientError> {
     )
 }
 
-/// Reads `key` linearizably, as history operation `process`.
-pub async fn read(client: &Client, process: u64, key: &str, epoch: Instant) -> Op {
+/// Reads `key` as history operation `process`.
+pub async fn read(
+    client: &Client,
+    process: u64,
+    key: &str,
+    consistency: Consistency,
+    epoch: Instant,
+) -> Op {
     let invoke = since(epoch);
-    let (value, outcome) = match client
-        .get_with(key.to_string(), Consistency::Linearizable)
-        .await
-    {
+    let (value, outcome) = match client.get_with(key.to_string(), consistency).await {
         Ok(r) => (
             r.found
                 .then(|| String::from_utf8_lossy(&r.value).into_owned()),
@@ -145,22 +148,42 @@ async fn cas(
     }
 }
 
-/// One client's loop: a random key and operation (40% reads, 30% writes, 30% CAS from the last
-/// value this client saw) at `rate` operations per second until `stop`. After an unknown
-/// outcome the client continues as a new process, as Jepsen does: a process has at most one
-/// operation pending.
-#[allow(clippy::too_many_arguments)]
+/// The workload every client runs.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// The keys, picked uniformly.
+    pub keys: Arc<Vec<String>>,
+    /// Number of clients (process ids advance by this after an unknown outcome).
+    pub clients: u64,
+    /// Operations per second per client.
+    pub rate: f64,
+    /// Consistency of the reads.
+    pub reads: Consistency,
+    /// Time zero of the history.
+    pub epoch: Instant,
+    /// Where operations are recorded.
+    pub history: History,
+}
+
+/// Client `index`'s loop: a random key and operation (40% reads, 30% writes, 30% CAS from the
+/// last value this client saw) at the workload's rate until `stop`. After an unknown outcome
+/// the client continues as a new process, as Jepsen does: a process has at most one operation
+/// pending.
 pub async fn run_client(
     index: u64,
-    clients: u64,
     client: Client,
-    keys: Arc<Vec<String>>,
-    rate: f64,
+    workload: Workload,
     seed: u64,
-    epoch: Instant,
-    history: History,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Workload {
+        keys,
+        clients,
+        rate,
+        reads,
+        epoch,
+        history,
+    } = workload;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut process = index;
     let mut seen: HashMap<String, Option<String>> = HashMap::new();
@@ -180,7 +203,7 @@ pub async fn run_client(
         let roll = rng.random_range(0..10);
         n += 1;
         let op = if roll < 4 {
-            read(&client, process, key, epoch).await
+            read(&client, process, key, reads, epoch).await
         } else if roll < 7 {
             write(&client, process, key, format!("{process}.{n}"), epoch).await
         } else {
