@@ -146,3 +146,44 @@ async fn follower_should_answer_not_leader_with_leader_address() {
         .map(str::to_string);
     assert_eq!(hinted.as_deref(), Some(cluster.node(leader).addr.as_str()));
 }
+
+/// A follower that slept through several election timeouts (SIGSTOP) must rejoin quietly: with
+/// pre-vote it cannot raise its term and depose a leader that a quorum still follows. (Before
+/// pre-vote was enabled, the fault suite saw resumed followers force elections.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_follower_should_not_depose_the_leader() {
+    let cluster = ProcessCluster::start(3, "memory", &[]);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    // Only the leader: a write sent to the paused node would just time out.
+    let client = cluster.client_for(leader);
+    let leader_addr = cluster.node(leader).addr.clone();
+    let term = client.status_of(&leader_addr).await.expect("status").term;
+    let follower = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|id| *id != leader)
+        .expect("a follower");
+    for round in 0..3 {
+        cluster.node(follower).signal("STOP");
+        // The majority keeps committing while the follower sleeps through ~3 election timeouts
+        // (300-600 ms in the test config).
+        for i in 0..15 {
+            client
+                .put(format!("r{round}-{i}"), "v")
+                .await
+                .expect("put while a follower is paused");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        cluster.node(follower).signal("CONT");
+        cluster
+            .wait_stale_value(follower, &format!("r{round}-14"), Some("v"), LEADER_TIMEOUT)
+            .await;
+        let s = client.status_of(&leader_addr).await.expect("status");
+        assert_eq!(
+            (s.role.as_str(), s.term),
+            ("leader", term),
+            "round {round}: the resumed follower {follower} caused an election"
+        );
+    }
+}

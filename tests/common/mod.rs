@@ -110,6 +110,17 @@ impl NodeProc {
         }
     }
 
+    /// Sends a signal by name (`STOP`, `CONT`, ...) to the running process.
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("node is running");
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
