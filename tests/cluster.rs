@@ -15,12 +15,7 @@ const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
 async fn replicated_cluster_should_survive_crash_and_restart(engine: &str) {
     let mut cluster = ProcessCluster::start(3, engine, &[]);
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let follower = cluster
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let follower = cluster.follower_of(leader);
 
     // A client that only knows a follower is redirected to the leader.
     let via_follower = cluster.client_for(follower);
@@ -158,12 +153,7 @@ async fn resumed_follower_should_not_depose_the_leader() {
     let client = cluster.client_for(leader);
     let leader_addr = cluster.node(leader).addr.clone();
     let term = client.status_of(&leader_addr).await.expect("status").term;
-    let follower = cluster
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let follower = cluster.follower_of(leader);
     for round in 0..3 {
         cluster.node(follower).signal("STOP");
         // The majority keeps committing while the follower sleeps through ~3 election timeouts

@@ -205,10 +205,7 @@ async fn lagging_node_should_catch_up_by_snapshot(engine: &str) {
         &["--snapshot-every", "50", "--keep-logs-after-snapshot", "0"],
     );
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let lagging = [1, 2, 3]
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("follower");
+    let lagging = cluster.follower_of(leader);
     cluster.kill(lagging);
     let client = cluster.client();
     for i in 0..300 {
@@ -250,10 +247,7 @@ async fn lagging_node_should_catch_up_by_snapshot_memory() {
 async fn wiped_node_should_rejoin_with_identical_content() {
     let mut cluster = ProcessCluster::start(3, "rocksdb", &[]);
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let victim = [1, 2, 3]
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("follower");
+    let victim = cluster.follower_of(leader);
     let client = cluster.client();
     for i in 0..100 {
         client

@@ -316,6 +316,15 @@ impl ProcessCluster {
         .await
     }
 
+    /// Some node other than `leader`.
+    pub fn follower_of(&self, leader: u64) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| n.id)
+            .find(|id| *id != leader)
+            .expect("a node other than the leader")
+    }
+
     pub fn kill(&mut self, id: u64) {
         self.node_mut(id).kill();
     }
