@@ -82,10 +82,20 @@ fn main() -> ExitCode {
 async fn run(config: Config, data_dir: PathBuf, dev_mode: bool) -> Result<(), String> {
     let listeners = Listeners::bind(&config).await.map_err(|e| e.to_string())?;
     let listen = config.listen_addr;
+    // Flags alone (no --config) can also describe a cluster member; only a lone node is the dev
+    // cluster the hint is for.
+    let lone = config.cluster.join.is_empty()
+        && config
+            .initial_members()
+            .map(|m| m.len() == 1)
+            .unwrap_or(false);
+    let node_id = config.node_id;
     let node = Node::start(config, &data_dir)
         .await
         .map_err(|e| e.to_string())?;
-    if dev_mode {
+    if !(dev_mode && lone) {
+        tracing::info!(node_id, addr = %listen, data_dir = %data_dir.display(), "node started");
+    } else {
         tracing::info!(
             addr = %listen,
             data_dir = %data_dir.display(),
