@@ -228,30 +228,20 @@ async fn inject(
             (Active::Nothing, detail)
         }
         NemesisKind::Member => {
-            let removed = match cluster.admin.remove_member(target).await {
-                Ok(_) => true,
-                // Removing the leader hands leadership over first; the retry goes to the new one.
-                Err(_) => cluster.admin.remove_member(target).await.is_ok(),
-            };
+            // A removal that errors (a timeout while leadership moves, say) may still have been
+            // committed: decide from the membership the leader reports afterwards.
+            let reply = cluster.members.remove_member(target).await;
+            let removed = reply.is_ok() || cluster.left_voters(target).await;
             if !removed {
+                let why = reply.err().map(|e| e.to_string()).unwrap_or_default();
                 return (
                     Active::Nothing,
-                    format!("remove node {target}{role} refused (left alone)"),
+                    format!("remove node {target}{role} refused, left alone: {why}"),
                 );
             }
-            let peers: Vec<String> = cluster
-                .nodes
-                .iter()
-                .filter(|x| x.id != target)
-                .map(|x| x.addrs.client.to_string())
-                .collect();
             let mut detail = format!("removed node {target}{role}, wiped it, rejoining");
-            if let Some(node) = cluster.node_mut(target) {
-                node.kill().await;
-                node.wipe_and_join(peers);
-                if let Err(e) = node.spawn() {
-                    detail.push_str(&format!(", start failed: {e:#}"));
-                }
+            if let Err(e) = cluster.wipe_and_rejoin(target).await {
+                detail.push_str(&format!(", start failed: {e:#}"));
             }
             (Active::Rejoining, detail)
         }
@@ -308,7 +298,8 @@ async fn heal(active: Active, cluster: &mut Cluster, net: &Net) {
     }
 }
 
-/// Heals everything whatever its state: links, paused, dead or wrapped processes.
+/// Heals everything whatever its state: links, paused, dead or wrapped processes, and a node
+/// left out of the membership (it is wiped and joins again).
 pub async fn heal_all(cluster: &mut Cluster, net: &Net) {
     let _ = net.set_blocked(&BTreeSet::new()).await;
     for node in &mut cluster.nodes {
@@ -320,6 +311,21 @@ pub async fn heal_all(cluster: &mut Cluster, net: &Net) {
         if !node.is_running() {
             node.kill().await;
             let _ = node.spawn();
+        }
+    }
+    if let Some(voters) = cluster.voters().await {
+        let outside: Vec<u64> = cluster
+            .nodes
+            .iter()
+            .filter(|n| !voters.contains(&n.id) && !n.is_joining())
+            .map(|n| n.id)
+            .collect();
+        for id in outside {
+            tracing::warn!(
+                node = id,
+                "node is not a member after the faults; rejoining it"
+            );
+            let _ = cluster.wipe_and_rejoin(id).await;
         }
     }
 }

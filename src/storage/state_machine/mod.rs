@@ -164,8 +164,16 @@ fn execute(
         None => engine.get(key),
     };
     Ok(match command {
-        Command::Put { key, value } => {
-            let prev = current(&key, overlay)?;
+        Command::Put {
+            key,
+            value,
+            return_prev,
+        } => {
+            let prev = if return_prev {
+                current(&key, overlay)?
+            } else {
+                None
+            };
             events.push(put(&key, &value, prev.clone()));
             overlay.insert(key, Some(value));
             CommandResponse {
