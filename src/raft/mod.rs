@@ -104,6 +104,23 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Approximate memory held by the command (keys and values plus a fixed overhead), for
+    /// bounding caches.
+    pub fn approx_bytes(&self) -> usize {
+        64 + match self {
+            Command::Put { key, value, .. } => key.len() + value.len(),
+            Command::Delete { key } => key.len(),
+            Command::BatchPut { pairs } => pairs.iter().map(|(k, v)| k.len() + v.len() + 16).sum(),
+            Command::CompareAndSwap {
+                key,
+                expected,
+                new_value,
+            } => key.len() + new_value.len() + expected.as_ref().map_or(0, |e| e.len()),
+        }
+    }
+}
+
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -334,7 +334,10 @@ impl Kv for KvService {
             self.read_barrier(req.consistency).await?;
             let applied_index = self.node.applied_index();
             let key = req.key;
-            let value = self.engine_call(move |e| e.get(&key)).await?;
+            let value = match self.node.engine.try_get_now(&key) {
+                Some(value) => value?,
+                None => self.engine_call(move |e| e.get(&key)).await?,
+            };
             Ok(pb::GetResponse {
                 found: value.is_some(),
                 value: value.unwrap_or_default(),

@@ -57,6 +57,16 @@ impl KvEngine for MemoryEngine {
         Ok(self.read()?.map.get(key).cloned())
     }
 
+    fn try_get_now(&self, key: &[u8]) -> Option<io::Result<Option<Bytes>>> {
+        match self.inner.try_read() {
+            Ok(inner) => Some(Ok(inner.map.get(key).cloned())),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+            Err(std::sync::TryLockError::Poisoned(_)) => {
+                Some(Err(io_err("memory engine lock poisoned")))
+            }
+        }
+    }
+
     fn scan(
         &self,
         start: &[u8],

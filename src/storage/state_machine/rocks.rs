@@ -66,6 +66,14 @@ impl RocksEngine {
         })
     }
 
+    fn get_data(&self, key: &[u8]) -> io::Result<Option<Bytes>> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_DATA)?, key)
+            .map_err(io_err)?
+            .map(|v| Bytes::copy_from_slice(&v)))
+    }
+
     fn read_guard(&self) -> io::Result<RwLockReadGuard<'_, ()>> {
         self.import_lock
             .read()
@@ -113,11 +121,15 @@ impl KvEngine for RocksEngine {
 
     fn get(&self, key: &[u8]) -> io::Result<Option<Bytes>> {
         let _guard = self.read_guard()?;
-        Ok(self
-            .db
-            .get_pinned_cf(self.cf(CF_DATA)?, key)
-            .map_err(io_err)?
-            .map(|v| Bytes::copy_from_slice(&v)))
+        self.get_data(key)
+    }
+
+    fn try_get_now(&self, key: &[u8]) -> Option<io::Result<Option<Bytes>>> {
+        match self.import_lock.try_read() {
+            Ok(_guard) => Some(self.get_data(key)),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+            Err(std::sync::TryLockError::Poisoned(_)) => Some(Err(io_err("import lock poisoned"))),
+        }
     }
 
     fn scan(
