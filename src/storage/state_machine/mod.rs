@@ -85,7 +85,7 @@ pub trait SnapshotSink {
 /// Batches up to this many entries are applied on the async runtime (an unsynced engine write
 /// of a few entries costs less than the hop to a blocking thread); larger ones on a blocking
 /// thread.
-const INLINE_APPLY_ENTRIES: usize = 32;
+const INLINE_APPLY_ENTRIES: usize = 4;
 
 /// The storage interface a state-machine engine implements; all methods are blocking and are
 /// called from blocking threads, except [`KvEngine::try_get_now`].
