@@ -40,6 +40,9 @@ use net::NetKind;
 use nodes::Cluster;
 use nodes::ClusterSpec;
 
+/// A failing key's sub-history up to this many operations is printed in the summary.
+const SHOW_OPS: usize = 40;
+
 /// Keys of the register workload live under this prefix (watched on every node).
 pub const KEY_PREFIX: &str = "jk/";
 
@@ -493,11 +496,19 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
                 .results
                 .join(format!("anomaly-{}.jsonl", key.replace('/', "_")));
             let _ = std::fs::write(&path, &text);
-            anomalies.push(format!(
+            let mut message = format!(
                 "key {key} is not linearizable ({} ops, saved to {})",
                 ops.len(),
                 path.display()
-            ));
+            );
+            // A short sub-history is printed whole; a long one is only saved.
+            if ops.len() <= SHOW_OPS {
+                for line in text.lines() {
+                    message.push_str("\n      ");
+                    message.push_str(line);
+                }
+            }
+            anomalies.push(message);
             format!("NOT linearizable on key {key}")
         }
     };
