@@ -57,6 +57,9 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 /// WAL files kept before RocksDB flushes the column families that pin them.
 const MAX_TOTAL_WAL_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Background compactions slower than this are logged.
+const SLOW_IO: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Most entries kept in [`RecentEntries`].
 const RECENT_MAX_ENTRIES: usize = 16 * 1024;
 /// Most bytes (approximately) kept in [`RecentEntries`].
@@ -152,6 +155,8 @@ pub struct LogStore {
     db: Arc<DB>,
     /// The tail of the log, shared with the readers.
     recent: Arc<Mutex<RecentEntries>>,
+    /// A background compaction of purged entries is running.
+    compacting: Arc<std::sync::atomic::AtomicBool>,
     /// Completion callbacks waiting for the next WAL sync; closing it stops the flusher thread.
     flush_tx: Option<mpsc::Sender<IOFlushed<TypeConfig>>>,
     /// The flusher thread, joined on drop so no thread outlives the store.
@@ -228,6 +233,7 @@ impl LogStore {
         Ok(LogStore {
             db,
             recent: Arc::default(),
+            compacting: Arc::default(),
             flush_tx: Some(flush_tx),
             flusher: Some(flusher),
         })
@@ -432,15 +438,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.write(batch, false).await?;
         self.recent_mut()?.purge_upto(log_id.index);
         // Range deletes only leave tombstones; compacting the purged range gives the disk back,
-        // so the log's footprint stays bounded under a steady write load.
-        let db = self.db.clone();
-        let end = index_key(log_id.index + 1);
-        blocking(move || {
-            let logs = cf(&db, CF_LOGS)?;
-            db.compact_range_cf(logs, None::<&[u8]>, Some(&end[..]));
-            Ok(())
-        })
-        .await
+        // so the log's footprint stays bounded under a steady write load. It runs in the
+        // background: openraft awaits purge on its core task, and a 60-100 ms compaction there
+        // stalled every write. One at a time; a purge that finds one running leaves its range to
+        // the next (each compacts from the start of the log).
+        if !self
+            .compacting
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            let db = self.db.clone();
+            let flag = self.compacting.clone();
+            let end = index_key(log_id.index + 1);
+            tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                if let Ok(logs) = cf(&db, CF_LOGS) {
+                    db.compact_range_cf(logs, None::<&[u8]>, Some(&end[..]));
+                }
+                flag.store(false, std::sync::atomic::Ordering::Release);
+                let elapsed = started.elapsed();
+                if elapsed > SLOW_IO {
+                    tracing::info!(?elapsed, "purged log range compacted");
+                }
+            });
+        }
+        Ok(())
     }
 }
 
