@@ -517,8 +517,6 @@ mod tests {
         assert_eq!(round_trip, h);
     }
 
-    /// Brute force: try every order of the prepared ops consistent with real time; info writes
-    /// and CAS may also be left out.
     #[test]
     fn many_unobserved_unknown_writes_should_be_cheap_to_check() {
         // 300 concurrent writes with unknown outcome, never read: each may or may not have
@@ -543,6 +541,8 @@ mod tests {
         assert_eq!(check_register(&phantom, 10_000), KeyResult::Violation);
     }
 
+    /// Brute force: try every order of the prepared ops consistent with real time; info writes
+    /// and CAS may also be left out.
     fn brute(ops: &[Op]) -> bool {
         let prepared: Vec<Prepared> = ops.iter().filter_map(prepare).collect();
         fn go(ops: &[Prepared], done: &mut Vec<bool>, state: &Value) -> bool {

@@ -93,14 +93,14 @@ async fn run(config: Config, data_dir: PathBuf, dev_mode: bool) -> Result<(), St
     let node = Node::start(config, &data_dir)
         .await
         .map_err(|e| e.to_string())?;
-    if !(dev_mode && lone) {
-        tracing::info!(node_id, addr = %listen, data_dir = %data_dir.display(), "node started");
-    } else {
+    if dev_mode && lone {
         tracing::info!(
             addr = %listen,
             data_dir = %data_dir.display(),
             "dev mode: single-node cluster ready; try `kv_client set --key name --value 999999`"
         );
+    } else {
+        tracing::info!(node_id, addr = %listen, data_dir = %data_dir.display(), "node started");
     }
     let mut signals = Signals::new();
     let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();

@@ -203,7 +203,28 @@ impl Report {
     }
 }
 
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+/// Calls `check` every `every` until it returns `Some`, or gives up once `timeout` has passed:
+/// the suite's one way of waiting on a condition with a deadline.
+pub async fn poll<T, F, Fut>(timeout: Duration, every: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        tokio::time::sleep(every).await;
+    }
+    None
+}
+
+/// Reserves `n` distinct free loopback ports (bound together, then released for the nodes).
+///
+/// # Errors
+/// When binding fails.
+pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     let listeners = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<Vec<_>, _>>()?;
@@ -259,15 +280,15 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
 
 /// Retries `read` until it completes (or `timeout`), returning the completed operation.
 async fn final_read(client: &crate::Client, process: u64, key: &str, epoch: Instant) -> Option<Op> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let op = workload::read(client, process, key, Consistency::Linearizable, epoch).await;
-        if op.outcome == Outcome::Ok {
-            return Some(op);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    None
+    poll(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            let op = workload::read(client, process, key, Consistency::Linearizable, epoch).await;
+            (op.outcome == Outcome::Ok).then_some(op)
+        },
+    )
+    .await
 }
 
 async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
@@ -355,14 +376,16 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
     let probe_n = AtomicU64::new(0);
     let probe = || async {
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(60) {
-            let n = probe_n.fetch_add(1, Ordering::Relaxed);
-            if probe_client.put("probe", format!("p{n}")).await.is_ok() {
-                return Some(start.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
+        poll(
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || async {
+                let n = probe_n.fetch_add(1, Ordering::Relaxed);
+                let ok = probe_client.put("probe", format!("p{n}")).await.is_ok();
+                ok.then(|| start.elapsed())
+            },
+        )
+        .await
     };
     let schedule = nemesis::Schedule {
         kinds,
@@ -413,18 +436,16 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
         .unwrap_or(0);
     for node in &cluster.nodes {
         let addr = node.addrs.client.to_string();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut caught_up = false;
-        while Instant::now() < deadline {
-            if let Ok(s) = cluster.admin.status_of(&addr).await {
-                if s.applied >= committed {
-                    caught_up = true;
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if !caught_up {
+        let caught_up = poll(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || async {
+                let s = cluster.admin.status_of(&addr).await.ok()?;
+                (s.applied >= committed).then_some(())
+            },
+        )
+        .await;
+        if caught_up.is_none() {
             anomalies.push(format!(
                 "node {} did not apply index {committed} within 30 s",
                 node.id
@@ -455,10 +476,18 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
         .map(|p| p.load(Ordering::Relaxed))
         .max()
         .unwrap_or(0);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline && progress.iter().any(|p| p.load(Ordering::Relaxed) < target) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Bounded: a watcher that never catches up shows as a gap in the watch check.
+    let _ = poll(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            progress
+                .iter()
+                .all(|p| p.load(Ordering::Relaxed) >= target)
+                .then_some(())
+        },
+    )
+    .await;
     let _ = watch_stop.send(true);
     for w in watchers {
         let _ = w.await;

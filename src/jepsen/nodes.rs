@@ -9,6 +9,7 @@ use tokio::process::Child;
 use tokio::process::Command;
 
 use super::net::NodeAddrs;
+use super::poll;
 use crate::client::ClientOptions;
 use crate::Client;
 
@@ -303,26 +304,27 @@ impl Cluster {
 
     /// The voters in the leader's membership, if a leader answers within a few seconds.
     pub async fn voters(&self) -> Option<Vec<u64>> {
-        for _ in 0..5 {
-            if let Ok(s) = self.admin.leader_status().await {
-                return Some(s.members.iter().filter(|m| m.voter).map(|m| m.id).collect());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        None
+        poll(
+            Duration::from_secs(1),
+            Duration::from_millis(200),
+            || async {
+                let s = self.admin.leader_status().await.ok()?;
+                Some(s.members.iter().filter(|m| m.voter).map(|m| m.id).collect())
+            },
+        )
+        .await
     }
 
     /// Whether `id` stops being a voter within 10 s (a removal whose reply was an error may
     /// still commit).
     pub async fn left_voters(&self, id: u64) -> bool {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::time::Instant::now() < deadline {
-            if self.voters().await.is_some_and(|v| !v.contains(&id)) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        false
+        poll(
+            Duration::from_secs(10),
+            Duration::from_millis(250),
+            || async { self.voters().await.filter(|v| !v.contains(&id)).map(|_| ()) },
+        )
+        .await
+        .is_some()
     }
 
     /// Kills node `id`, deletes its data (a replaced disk) and starts it empty, joining through
@@ -349,14 +351,10 @@ impl Cluster {
     /// Waits until every node is running and a voter in the leader's membership, with one
     /// leader that every node follows; returns the leader.
     pub async fn wait_healthy(&self, timeout: Duration) -> Option<u64> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while tokio::time::Instant::now() < deadline {
-            if let Some(l) = self.healthy_leader().await {
-                return Some(l);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        None
+        poll(timeout, Duration::from_millis(100), || {
+            self.healthy_leader()
+        })
+        .await
     }
 
     async fn healthy_leader(&self) -> Option<u64> {

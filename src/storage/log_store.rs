@@ -91,18 +91,26 @@ impl RecentEntries {
     /// Drops every entry with index >= `from`.
     fn truncate_from(&mut self, from: u64) {
         while self.last_index().is_some_and(|i| i >= from) {
-            if let Some(e) = self.entries.pop_back() {
-                self.bytes -= entry_bytes(&e);
-            }
+            self.pop_back();
         }
     }
 
     /// Drops every entry with index <= `upto`.
     fn purge_upto(&mut self, upto: u64) {
         while self.first_index().is_some_and(|i| i <= upto) {
-            if let Some(e) = self.entries.pop_front() {
-                self.bytes -= entry_bytes(&e);
-            }
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
+            self.bytes -= entry_bytes(&e);
+        }
+    }
+
+    fn pop_back(&mut self) {
+        if let Some(e) = self.entries.pop_back() {
+            self.bytes -= entry_bytes(&e);
         }
     }
 
@@ -116,9 +124,7 @@ impl RecentEntries {
         self.bytes += entry_bytes(&entry);
         self.entries.push_back(entry);
         while self.entries.len() > RECENT_MAX_ENTRIES || self.bytes > RECENT_MAX_BYTES {
-            if let Some(e) = self.entries.pop_front() {
-                self.bytes -= entry_bytes(&e);
-            }
+            self.pop_front();
         }
     }
 

@@ -2,7 +2,6 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
@@ -24,15 +23,9 @@ pub fn client_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kv_client"))
 }
 
-/// Reserves `n` distinct free loopback ports (bound together, then released for the nodes).
+/// Reserves `n` distinct free loopback ports (the fault suite's helper).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
+    rskv::jepsen::free_ports(n).expect("free loopback ports")
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
