@@ -224,14 +224,19 @@ async fn metrics_should_count_requests_and_health_should_report() {
         "histogram present"
     );
     assert!(text.contains("INVALID_ARGUMENT"), "error codes counted");
-    assert!(
-        metric_value(&text, "rskv_raft_is_leader", "") == 1.0,
-        "{text}"
-    );
-    assert!(
-        metric_value(&text, "rskv_raft_applied_index", "") >= 18.0,
-        "{text}"
-    );
+    // Raft gauges follow openraft's metrics channel, which may trail the reply to
+    // the last put by a moment: wait for them rather than read them once.
+    wait_for(
+        "raft gauges to show the 18 applied entries",
+        Duration::from_secs(5),
+        || async {
+            let text = scrape().await;
+            (metric_value(&text, "rskv_raft_is_leader", "") == 1.0
+                && metric_value(&text, "rskv_raft_applied_index", "") >= 18.0)
+                .then_some(())
+        },
+    )
+    .await;
     let (status, body) = http_get(&node.metrics_addr, "/health")
         .await
         .expect("health");
