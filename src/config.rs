@@ -738,7 +738,10 @@ mod tests {
 
     #[test]
     fn shipped_cluster_configs_should_parse() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster");
+        // Read at run time: a compile-time env! path can be stale when sccache reuses an
+        // object built from another checkout.
+        let root = std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR");
+        let dir = Path::new(&root).join("cluster");
         let mut seen = 0;
         for n in 1..=3 {
             let c = Config::from_file(&dir.join(format!("node{n}.toml"))).expect("parse");
