@@ -20,7 +20,7 @@ pub const NOT_ADMITTED_HEADER: &str = "rskv-not-admitted";
 pub const NOT_LEADER_MESSAGE: &str = "not leader";
 
 /// Everything that can go wrong inside a node.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The request itself is wrong (empty key, oversize value, bad range); nothing was changed.
     #[error("invalid argument: {0}")]

@@ -12,8 +12,8 @@ use rskv::client::Consistency;
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
 
-async fn replicated_cluster_should_survive_crash_and_restart(engine: &str) {
-    let mut cluster = ProcessCluster::start(3, engine, &[]);
+async fn replicated_cluster_should_survive_crash_and_restart(engine: &str, extra: &[&str]) {
+    let mut cluster = ProcessCluster::start(3, engine, extra);
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let follower = cluster.follower_of(leader);
 
@@ -100,12 +100,14 @@ async fn replicated_cluster_should_survive_crash_and_restart(engine: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rocksdb_cluster_should_survive_crash_and_restart() {
-    replicated_cluster_should_survive_crash_and_restart("rocksdb").await;
+    replicated_cluster_should_survive_crash_and_restart("rocksdb", &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_cluster_should_survive_crash_and_restart() {
-    replicated_cluster_should_survive_crash_and_restart("memory").await;
+    // The other read policy, so linearizable reads across a failover are checked under both.
+    replicated_cluster_should_survive_crash_and_restart("memory", &["--read-policy", "lease"])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

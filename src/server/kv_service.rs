@@ -12,9 +12,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
-use openraft::error::LinearizableReadError;
-use openraft::error::RaftError;
-use openraft::ReadPolicy;
 use tokio::sync::broadcast;
 use tokio::sync::watch;
 use tonic::Request;
@@ -100,20 +97,9 @@ impl KvService {
         if consistency == pb::Consistency::Stale {
             return Ok(());
         }
-        let result = tokio::time::timeout(
-            self.timeout(),
-            self.node.raft.ensure_linearizable(ReadPolicy::ReadIndex),
-        )
-        .await
-        .map_err(|_| Error::Timeout("linearizable read barrier timed out".into()))?;
-        match result {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(f.into()),
-            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e))) => {
-                Err(Error::Unavailable(e.to_string()))
-            }
-            Err(e) => Err(Error::Unavailable(e.to_string())),
-        }
+        tokio::time::timeout(self.timeout(), self.node.reads.wait())
+            .await
+            .map_err(|_| Error::Timeout("linearizable read barrier timed out".into()))?
     }
 
     async fn engine_call<T, F>(&self, f: F) -> Result<T>

@@ -12,6 +12,7 @@ pub mod kv_service;
 pub mod limits;
 pub mod metrics;
 pub mod raft_service;
+pub mod read_barrier;
 pub mod shutdown;
 
 use std::collections::BTreeMap;
@@ -98,6 +99,8 @@ pub struct Node {
     pub events: Arc<EventBus>,
     /// In-flight client request limit; also refuses new requests while draining.
     pub limiter: limits::RequestLimiter,
+    /// Leadership confirmations shared by concurrent linearizable reads.
+    pub reads: Arc<read_barrier::ReadBarrier>,
 }
 
 impl Node {
@@ -151,8 +154,14 @@ impl Node {
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
             let limiter = limits::RequestLimiter::new(config.limits.max_inflight_requests);
+            let reads = read_barrier::ReadBarrier::new(
+                raft.clone(),
+                config.linearizer(),
+                Duration::from_millis(config.limits.request_timeout_ms),
+            );
             let node = Arc::new(Node {
                 id: config.node_id,
+                reads,
                 events,
                 limiter,
                 config: Arc::new(config),
