@@ -39,13 +39,23 @@ BIN="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | sed -n 's/.*"
 # rskv: clients 7511-7513, peers 7521-7523, metrics 7531-7533.
 MEMBERS="1=127.0.0.1:7511/127.0.0.1:7521,2=127.0.0.1:7512/127.0.0.1:7522,3=127.0.0.1:7513/127.0.0.1:7523"
 printf 'node_id = 1\nlisten_addr = "127.0.0.1:1"\n' >"$OUT/base.toml"
-for n in 1 2 3; do
-    RUST_LOG=warn "$BIN/kv_server" --config "$OUT/base.toml" --node-id $n \
-        --listen-addr 127.0.0.1:751$n --peer-listen-addr 127.0.0.1:752$n --metrics-addr 127.0.0.1:753$n \
-        --data-dir "$OUT/rskv/n$n" --engine rocksdb --initial-members "$MEMBERS" \
-        >"$OUT/rskv-n$n.log" 2>&1 &
-    PIDS+=($!)
-done
+RSKV_PIDS=()
+start_rskv() { # read policy
+    RSKV_PIDS=()
+    for n in 1 2 3; do
+        RUST_LOG=warn "$BIN/kv_server" --config "$OUT/base.toml" --node-id $n \
+            --listen-addr 127.0.0.1:751$n --peer-listen-addr 127.0.0.1:752$n --metrics-addr 127.0.0.1:753$n \
+            --data-dir "$OUT/rskv/n$n" --engine rocksdb --initial-members "$MEMBERS" --read-policy "$1" \
+            >>"$OUT/rskv-n$n.log" 2>&1 &
+        PIDS+=($!)
+        RSKV_PIDS+=($!)
+    done
+}
+stop_rskv() { # graceful: SIGTERM, wait for exit
+    kill -TERM "${RSKV_PIDS[@]}" 2>/dev/null || true
+    wait "${RSKV_PIDS[@]}" 2>/dev/null || true
+}
+start_rskv read_index
 RSKV="127.0.0.1:7511,127.0.0.1:7512,127.0.0.1:7513"
 
 ETCD=""
@@ -92,9 +102,17 @@ run() { # target endpoints workload clients [args...]
 }
 
 printf '%-16s %7s | %10s %8s %8s | %10s %8s %8s | %6s\n' workload clients "rskv op/s" p50ms p99ms "etcd op/s" p50ms p99ms ratio | tee "$OUT/table.txt"
-for spec in "put put" "get-linearizable get --consistency linearizable" "get-stale get --consistency stale"; do
+# get-lease: the same linearizable gets with rskv restarted under raft.read_policy = "lease"
+# (etcd has no lease reads; its row is its linearizable get again).
+for spec in "put put" "get-linearizable get --consistency linearizable" "get-stale get --consistency stale" \
+    "get-lease get --consistency linearizable"; do
     set -- $spec
     name=$1; shift
+    if [[ "$name" == get-lease ]]; then
+        stop_rskv
+        start_rskv lease
+        wait_ready rskv "$RSKV"
+    fi
     for c in $CLIENTS; do
         r="$(run rskv "$RSKV" "$1" "$c" "${@:2}")"
         echo "{\"system\":\"rskv\",\"cell\":\"$name\",\"result\":$r}" >>"$OUT/results.jsonl"

@@ -223,13 +223,17 @@ async fn lagging_node_should_catch_up_by_snapshot(engine: &str) {
     cluster
         .wait_stale_value(lagging, "s0299", Some("299"), Duration::from_secs(30))
         .await;
-    let (_, text) = http_get(&cluster.node(lagging).metrics_addr, "/metrics")
-        .await
-        .expect("scrape");
-    assert!(
-        metric_value(&text, "rskv_snapshots_installed_total", "") >= 1.0,
-        "{engine}: catch-up must have installed a snapshot:\n{text}"
-    );
+    // The counter moves just after the imported data becomes readable: poll it briefly.
+    let metrics_addr = cluster.node(lagging).metrics_addr.clone();
+    wait_for(
+        &format!("{engine}: catch-up must have installed a snapshot"),
+        Duration::from_secs(5),
+        || async {
+            let (_, text) = http_get(&metrics_addr, "/metrics").await?;
+            (metric_value(&text, "rskv_snapshots_installed_total", "") >= 1.0).then_some(())
+        },
+    )
+    .await;
     assert_identical(&cluster, &[1, 2, 3]).await;
 }
 
