@@ -224,7 +224,7 @@ impl Client {
                 }
                 Err(status) => status,
             };
-            last_error = format!("{target}: {}", status.message());
+            last_error = format!("{target}: {}", error_chain(&status));
             match status.code() {
                 Code::FailedPrecondition if !is_not_leader(&status) => {
                     return Err(ClientError::Status(status));
@@ -254,7 +254,7 @@ impl Client {
                     // A refused connection or an explicit "not admitted" proves a write was
                     // never proposed; anything else may have been.
                     if route == Route::LeaderOnce
-                        && !is_connect_error(&status)
+                        && !never_sent(&status)
                         && !was_not_admitted(&status)
                     {
                         return Err(ClientError::Ambiguous(last_error));
@@ -263,7 +263,8 @@ impl Client {
                     rotation += 1;
                 }
                 Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Internal => {
-                    if route == Route::LeaderOnce {
+                    // tonic reports a request hyper dropped undispatched as CANCELLED.
+                    if route == Route::LeaderOnce && !never_sent(&status) {
                         return Err(ClientError::Ambiguous(last_error));
                     }
                     self.set_leader_hint(None);
@@ -629,15 +630,30 @@ fn was_not_admitted(status: &Status) -> bool {
 }
 
 /// Whether the failure happened while connecting, i.e. the request was certainly not sent.
-fn is_connect_error(status: &Status) -> bool {
-    let mut text = status.message().to_lowercase();
+/// The status message followed by its chain of sources (tonic's "transport error" alone says
+/// nothing about what happened on the connection).
+fn error_chain(status: &Status) -> String {
+    let mut text = status.message().to_string();
     let mut source = std::error::Error::source(status);
     while let Some(s) = source {
-        text.push(' ');
-        text.push_str(&s.to_string().to_lowercase());
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
         source = s.source();
     }
+    text
+}
+
+/// Whether a transport failure proves the request never reached the server: the connection
+/// could not be made, or hyper dropped the request before dispatching it because the connection
+/// was closing (hyper's `Canceled` kind, "operation was canceled", as when a draining node
+/// closes its connections).
+fn never_sent(status: &Status) -> bool {
+    let text = error_chain(status).to_lowercase();
     text.contains("tcp connect error")
         || text.contains("connection refused")
         || text.contains("error trying to connect")
+        || text.contains("operation was canceled")
 }

@@ -120,9 +120,11 @@ impl Node {
             std::fs::create_dir_all(&log_dir)?;
             std::fs::create_dir_all(&snapshot_dir)?;
             remove_incoming_snapshots(&snapshot_dir);
-            let log_store = LogStore::open(&log_dir).map_err(|e| {
-                Error::Storage(format!("opening raft log in {}: {e}", log_dir.display()))
-            })?;
+            let log_store = LogStore::open(&log_dir)
+                .map(|s| s.with_node_id(config.node_id))
+                .map_err(|e| {
+                    Error::Storage(format!("opening raft log in {}: {e}", log_dir.display()))
+                })?;
             let engine: Arc<dyn KvEngine> = match config.storage.engine {
                 Engine::Memory => Arc::new(MemoryEngine::new()),
                 Engine::Rocksdb => {

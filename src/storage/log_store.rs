@@ -8,8 +8,10 @@
 //! is visible to readers at once) and hands openraft's completion callback to a dedicated flusher
 //! thread. The flusher drains every callback queued so far, syncs the RocksDB WAL once
 //! (`flush_wal(true)`), and only then completes them all: each acknowledgement is backed by an
-//! fsync that happened after its write, and many appends share one fsync under load. The vote is
-//! written with a synchronous write before `save_vote` returns, as Raft requires.
+//! fsync that happened after its write, and many appends share one fsync under load. A follower's
+//! append (entries another node proposed) is instead written with a synced write and completed
+//! before `append` returns, when no callback is waiting for the flusher. The vote is written with a
+//! synchronous write before `save_vote` returns, as Raft requires.
 //!
 //! **Recent entries in memory.** The leader's replication tasks read back every entry it has just
 //! appended; [`RecentEntries`] keeps the tail of the log in memory (bounded by count and bytes)
@@ -167,6 +169,11 @@ pub struct LogStore {
     flush_tx: Option<mpsc::Sender<IOFlushed<TypeConfig>>>,
     /// The flusher thread, joined on drop so no thread outlives the store.
     flusher: Option<JoinHandle<()>>,
+    /// Appends handed to the flusher whose callbacks have not run yet.
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+    /// This node's id, once known: entries proposed by another node (this node follows) are
+    /// synced inline when nothing is queued for the flusher.
+    node_id: Option<u64>,
 }
 
 /// A cheap, cloneable reader over the same RocksDB (openraft reads entries from replication
@@ -233,16 +240,26 @@ impl LogStore {
         let db = Arc::new(db);
         let (flush_tx, flush_rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
         let flush_db = db.clone();
+        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let flush_pending = pending.clone();
         let flusher = std::thread::Builder::new()
             .name("rskv-log-flush".into())
-            .spawn(move || flush_loop(&flush_db, &flush_rx))?;
+            .spawn(move || flush_loop(&flush_db, &flush_rx, &flush_pending))?;
         Ok(LogStore {
             db,
             recent: Arc::default(),
             compacting: Arc::default(),
             flush_tx: Some(flush_tx),
             flusher: Some(flusher),
+            pending,
+            node_id: None,
         })
+    }
+
+    /// Tells the store which node it belongs to, enabling inline syncs of followed appends.
+    pub fn with_node_id(mut self, node_id: u64) -> LogStore {
+        self.node_id = Some(node_id);
+        self
     }
 
     async fn write(&self, batch: WriteBatch, sync: bool) -> io::Result<()> {
@@ -280,7 +297,11 @@ impl Drop for LogStore {
 }
 
 /// Group commit: one WAL sync completes every append queued before it.
-fn flush_loop(db: &DB, rx: &mpsc::Receiver<IOFlushed<TypeConfig>>) {
+fn flush_loop(
+    db: &DB,
+    rx: &mpsc::Receiver<IOFlushed<TypeConfig>>,
+    pending: &std::sync::atomic::AtomicUsize,
+) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -290,9 +311,11 @@ fn flush_loop(db: &DB, rx: &mpsc::Receiver<IOFlushed<TypeConfig>>) {
         if let Err(e) = &result {
             tracing::error!(error = %e, "log WAL sync failed");
         }
+        let done = waiting.len();
         for callback in waiting {
             callback.io_completed(result.as_ref().map(|_| ()).map_err(io_err));
         }
+        pending.fetch_sub(done, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -410,14 +433,31 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // Written inline: an unsynced append to the WAL and memtable takes microseconds, less
         // than a hop to a blocking thread; the fsync is the flusher thread's.
+        // A follower's append (entries proposed by another node) is synced inline when nothing
+        // is queued for the flusher: the follower has nothing else to do until it answers the
+        // leader, and skipping the two thread hand-offs measured +8% single-client and +12-16%
+        // 16-256-client puts. On the leader the flusher stays: syncing inline there delays
+        // replication until the local fsync ends (measured slower). With callbacks pending, the
+        // flusher keeps the completions in order.
+        let followed = self.node_id.is_some()
+            && kept
+                .first()
+                .is_some_and(|e| Some(e.log_id.leader_id.node_id) != self.node_id)
+            && self.pending.load(std::sync::atomic::Ordering::Acquire) == 0;
         let mut wo = WriteOptions::default();
-        wo.set_sync(false);
+        wo.set_sync(followed);
         self.db.write_opt(batch, &wo).map_err(io_err)?;
         self.recent_mut()?.extend(kept);
+        if followed {
+            callback.io_completed(Ok(()));
+            return Ok(());
+        }
         let tx = self
             .flush_tx
             .as_ref()
             .ok_or_else(|| io_err("log store is closed"))?;
+        self.pending
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         tx.send(callback)
             .map_err(|_| io_err("log flusher thread stopped"))?;
         Ok(())
@@ -570,6 +610,31 @@ mod tests {
                 read_range(&store.db, lo, None).expect("stored")
             );
         }
+    }
+
+    #[tokio::test]
+    async fn followed_append_should_be_durable_when_append_returns() {
+        use futures::FutureExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            // The entries' leader is node 1; this store belongs to node 2, a follower.
+            let mut store = LogStore::open(dir.path()).expect("open").with_node_id(2);
+            let (tx, rx) = TypeConfig::oneshot();
+            store
+                .append(
+                    (1..=3).map(|i| blank(1, i)).collect::<Vec<_>>(),
+                    IOFlushed::signal(tx),
+                )
+                .await
+                .expect("append");
+            let done = rx.now_or_never().expect("completed inline");
+            done.expect("callback").expect("flushed");
+        }
+        let mut store = LogStore::open(dir.path()).expect("reopen");
+        assert_eq!(
+            store.get_log_state().await.expect("state").last_log_id,
+            Some(log_id(1, 3))
+        );
     }
 
     #[tokio::test]
