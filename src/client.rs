@@ -224,7 +224,8 @@ impl Client {
                 }
                 Err(status) => status,
             };
-            last_error = format!("{target}: {}", error_chain(&status));
+            let chain = error_chain(&status);
+            last_error = format!("{target}: {chain}");
             match status.code() {
                 Code::FailedPrecondition if !is_not_leader(&status) => {
                     return Err(ClientError::Status(status));
@@ -254,7 +255,7 @@ impl Client {
                     // A refused connection or an explicit "not admitted" proves a write was
                     // never proposed; anything else may have been.
                     if route == Route::LeaderOnce
-                        && !never_sent(&status)
+                        && !never_sent(&chain)
                         && !was_not_admitted(&status)
                     {
                         return Err(ClientError::Ambiguous(last_error));
@@ -264,7 +265,7 @@ impl Client {
                 }
                 Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Internal => {
                     // tonic reports a request hyper dropped undispatched as CANCELLED.
-                    if route == Route::LeaderOnce && !never_sent(&status) {
+                    if route == Route::LeaderOnce && !never_sent(&chain) {
                         return Err(ClientError::Ambiguous(last_error));
                     }
                     self.set_leader_hint(None);
@@ -629,7 +630,6 @@ fn was_not_admitted(status: &Status) -> bool {
         .is_some()
 }
 
-/// Whether the failure happened while connecting, i.e. the request was certainly not sent.
 /// The status message followed by its chain of sources (tonic's "transport error" alone says
 /// nothing about what happened on the connection).
 fn error_chain(status: &Status) -> String {
@@ -646,12 +646,12 @@ fn error_chain(status: &Status) -> String {
     text
 }
 
-/// Whether a transport failure proves the request never reached the server: the connection
+/// Whether a transport failure (its [`error_chain`]) proves the request never reached the server: the connection
 /// could not be made, or hyper dropped the request before dispatching it because the connection
 /// was closing (hyper's `Canceled` kind, "operation was canceled", as when a draining node
 /// closes its connections).
-fn never_sent(status: &Status) -> bool {
-    let text = error_chain(status).to_lowercase();
+fn never_sent(error_chain: &str) -> bool {
+    let text = error_chain.to_lowercase();
     text.contains("tcp connect error")
         || text.contains("connection refused")
         || text.contains("error trying to connect")

@@ -247,22 +247,18 @@ impl Cluster {
             node.spawn()?;
             nodes.push(node);
         }
-        let admin = Client::with_options(
-            addrs.iter().map(|a| a.client.to_string()),
-            ClientOptions {
-                deadline: Duration::from_secs(2),
-                attempt_timeout: Duration::from_secs(1),
-                ..ClientOptions::default()
-            },
-        )?;
-        let members = Client::with_options(
-            addrs.iter().map(|a| a.client.to_string()),
-            ClientOptions {
-                deadline: Duration::from_secs(20),
-                attempt_timeout: Duration::from_secs(10),
-                ..ClientOptions::default()
-            },
-        )?;
+        let client = |deadline: u64, attempt: u64| {
+            Client::with_options(
+                addrs.iter().map(|a| a.client.to_string()),
+                ClientOptions {
+                    deadline: Duration::from_secs(deadline),
+                    attempt_timeout: Duration::from_secs(attempt),
+                    ..ClientOptions::default()
+                },
+            )
+        };
+        let admin = client(2, 1)?;
+        let members = client(20, 10)?;
         Ok(Cluster {
             nodes,
             admin,

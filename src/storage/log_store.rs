@@ -24,6 +24,9 @@ use std::io;
 use std::ops::Bound;
 use std::ops::RangeBounds;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -164,13 +167,13 @@ pub struct LogStore {
     /// The tail of the log, shared with the readers.
     recent: Arc<Mutex<RecentEntries>>,
     /// A background compaction of purged entries is running.
-    compacting: Arc<std::sync::atomic::AtomicBool>,
+    compacting: Arc<AtomicBool>,
     /// Completion callbacks waiting for the next WAL sync; closing it stops the flusher thread.
     flush_tx: Option<mpsc::Sender<IOFlushed<TypeConfig>>>,
     /// The flusher thread, joined on drop so no thread outlives the store.
     flusher: Option<JoinHandle<()>>,
     /// Appends handed to the flusher whose callbacks have not run yet.
-    pending: Arc<std::sync::atomic::AtomicUsize>,
+    pending: Arc<AtomicUsize>,
     /// This node's id, once known: entries proposed by another node (this node follows) are
     /// synced inline when nothing is queued for the flusher.
     node_id: Option<u64>,
@@ -240,7 +243,7 @@ impl LogStore {
         let db = Arc::new(db);
         let (flush_tx, flush_rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
         let flush_db = db.clone();
-        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let pending = Arc::new(AtomicUsize::new(0));
         let flush_pending = pending.clone();
         let flusher = std::thread::Builder::new()
             .name("rskv-log-flush".into())
@@ -297,11 +300,7 @@ impl Drop for LogStore {
 }
 
 /// Group commit: one WAL sync completes every append queued before it.
-fn flush_loop(
-    db: &DB,
-    rx: &mpsc::Receiver<IOFlushed<TypeConfig>>,
-    pending: &std::sync::atomic::AtomicUsize,
-) {
+fn flush_loop(db: &DB, rx: &mpsc::Receiver<IOFlushed<TypeConfig>>, pending: &AtomicUsize) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -315,7 +314,7 @@ fn flush_loop(
         for callback in waiting {
             callback.io_completed(result.as_ref().map(|_| ()).map_err(io_err));
         }
-        pending.fetch_sub(done, std::sync::atomic::Ordering::AcqRel);
+        pending.fetch_sub(done, Ordering::AcqRel);
     }
 }
 
@@ -431,19 +430,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 kept.push(entry);
             }
         }
-        // Written inline: an unsynced append to the WAL and memtable takes microseconds, less
-        // than a hop to a blocking thread; the fsync is the flusher thread's.
-        // A follower's append (entries proposed by another node) is synced inline when nothing
-        // is queued for the flusher: the follower has nothing else to do until it answers the
-        // leader, and skipping the two thread hand-offs measured +8% single-client and +12-16%
-        // 16-256-client puts. On the leader the flusher stays: syncing inline there delays
-        // replication until the local fsync ends (measured slower). With callbacks pending, the
-        // flusher keeps the completions in order.
+        // Written inline: an append to the WAL and memtable takes microseconds, less than a hop
+        // to a blocking thread. The fsync is the flusher thread's, except that a follower's
+        // append (entries proposed by another node) is synced inline when nothing is queued for
+        // the flusher: the follower has nothing else to do until it answers the leader, and
+        // skipping the two thread hand-offs measured +8% single-client and +12-16% 16-256-client
+        // puts. On the leader the flusher stays: syncing inline there delays replication until
+        // the local fsync ends (measured slower). With callbacks pending, the flusher keeps the
+        // completions in order.
         let followed = self.node_id.is_some()
             && kept
                 .first()
                 .is_some_and(|e| Some(e.log_id.leader_id.node_id) != self.node_id)
-            && self.pending.load(std::sync::atomic::Ordering::Acquire) == 0;
+            && self.pending.load(Ordering::Acquire) == 0;
         let mut wo = WriteOptions::default();
         wo.set_sync(followed);
         self.db.write_opt(batch, &wo).map_err(io_err)?;
@@ -456,8 +455,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .flush_tx
             .as_ref()
             .ok_or_else(|| io_err("log store is closed"))?;
-        self.pending
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.pending.fetch_add(1, Ordering::AcqRel);
         tx.send(callback)
             .map_err(|_| io_err("log flusher thread stopped"))?;
         Ok(())
@@ -488,10 +486,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // background: openraft awaits purge on its core task, and a 60-100 ms compaction there
         // stalled every write. One at a time; a purge that finds one running leaves its range to
         // the next (each compacts from the start of the log).
-        if !self
-            .compacting
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
+        if !self.compacting.swap(true, Ordering::AcqRel) {
             let db = self.db.clone();
             let flag = self.compacting.clone();
             let end = index_key(log_id.index + 1);
@@ -500,7 +495,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 if let Ok(logs) = cf(&db, CF_LOGS) {
                     db.compact_range_cf(logs, None::<&[u8]>, Some(&end[..]));
                 }
-                flag.store(false, std::sync::atomic::Ordering::Release);
+                flag.store(false, Ordering::Release);
                 let elapsed = started.elapsed();
                 if elapsed > SLOW_IO {
                     tracing::info!(?elapsed, "purged log range compacted");
