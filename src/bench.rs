@@ -67,6 +67,9 @@ pub struct BenchOptions {
     pub endpoints: Vec<String>,
     /// gRPC connections (one `Client` each).
     pub conns: usize,
+    /// rskv: Multi RPCs in flight per connection before requests are batched
+    /// ([`ClientOptions::batch_inflight`]); 0 sends every request alone.
+    pub batch_inflight: usize,
     /// Concurrent requesters.
     pub clients: usize,
     /// Stop after this many requests…
@@ -115,6 +118,7 @@ impl BenchReport {
             "workload": format!("{:?}", opts.workload),
             "clients": opts.clients,
             "conns": opts.conns,
+            "batch_inflight": opts.batch_inflight,
             "ok": self.ok,
             "errors": self.errors,
             "elapsed_s": self.elapsed.as_secs_f64(),
@@ -244,7 +248,10 @@ async fn connect(opts: &BenchOptions) -> Result<Conn, ClientError> {
     match opts.target {
         Target::Rskv => Ok(Conn::Rskv(Arc::new(Client::with_options(
             opts.endpoints.clone(),
-            ClientOptions::default(),
+            ClientOptions {
+                batch_inflight: opts.batch_inflight,
+                ..ClientOptions::default()
+            },
         )?))),
         #[cfg(feature = "etcd")]
         Target::Etcd => {

@@ -14,6 +14,7 @@
 //! Reads are retried freely.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
@@ -24,6 +25,9 @@ use tonic::transport::Channel;
 use tonic::Code;
 use tonic::Status;
 
+use crate::batch::Batcher;
+use crate::batch::Limits;
+use crate::error::op_error_status;
 use crate::error::LEADER_ADDR_HEADER;
 use crate::pb::kv as pb;
 use crate::pb::kv::cluster_client::ClusterClient;
@@ -71,6 +75,11 @@ pub struct ClientOptions {
     pub initial_backoff: Duration,
     /// Longest backoff between attempts.
     pub max_backoff: Duration,
+    /// Gets, puts, deletes and compare-and-swaps to one node travel in Multi RPCs when several
+    /// are waiting: at most this many RPCs run at once per node, and requests that arrive while
+    /// they do go together in the next one (as TiKV's client batches commands). A lone request
+    /// goes at once as a plain unary call. 0 sends every request as its own unary call.
+    pub batch_inflight: usize,
 }
 
 impl Default for ClientOptions {
@@ -81,6 +90,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_millis(500),
             initial_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(500),
+            batch_inflight: 2,
         }
     }
 }
@@ -115,7 +125,13 @@ pub struct Client {
     channels: DashMap<String, Channel>,
     /// The last known leader address, tried first for leader operations.
     leader: Mutex<Option<String>>,
+    /// Request coalescing, per node address (see [`ClientOptions::batch_inflight`]).
+    batchers: DashMap<String, Arc<OpBatcher>>,
 }
+
+/// What one op of a Multi answered: its result, or the status it would have failed with alone.
+type OpOutcome = Result<pb::op_result::Result, Status>;
+type OpBatcher = Batcher<pb::op::Op, OpOutcome>;
 
 impl Client {
     /// A client for the given node addresses (`host:port`) with default options.
@@ -153,6 +169,7 @@ impl Client {
             options,
             channels: DashMap::new(),
             leader: Mutex::new(None),
+            batchers: DashMap::new(),
         })
     }
 
@@ -171,6 +188,40 @@ impl Client {
         Ok(channel)
     }
 
+    /// Sends `op` to `target`: in a Multi with others when batching is on and requests are
+    /// waiting, else as a unary call.
+    fn dispatch(
+        &self,
+        target: &str,
+        channel: Channel,
+        op: pb::op::Op,
+    ) -> impl Future<Output = OpOutcome> + Send + 'static {
+        let batcher = (self.options.batch_inflight > 0).then(|| {
+            if let Some(b) = self.batchers.get(target) {
+                return b.clone();
+            }
+            let channel = channel.clone();
+            let b = Arc::new(Batcher::new(
+                Limits {
+                    max_inflight: self.options.batch_inflight,
+                    max_items: crate::server::kv_service::MAX_MULTI_OPS,
+                    max_weight: MAX_MULTI_BYTES,
+                },
+                op_weight,
+                move |ops: Vec<pb::op::Op>| send_ops(channel.clone(), ops),
+            ));
+            self.batchers.entry(target.to_string()).or_insert(b).clone()
+        });
+        async move {
+            match batcher {
+                Some(b) => b.submit(op).await.unwrap_or_else(|| {
+                    Err(Status::cancelled("request dropped by the client's batcher"))
+                }),
+                None => send_one(channel, op).await,
+            }
+        }
+    }
+
     fn leader_hint(&self) -> Option<String> {
         self.leader.lock().ok().and_then(|g| g.clone())
     }
@@ -184,7 +235,7 @@ impl Client {
     /// Runs `op` against nodes until it succeeds, fails for good, or the deadline passes.
     async fn call<T, F, Fut>(&self, route: Route, mut op: F) -> ClientResult<T>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(&str, Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let started = Instant::now();
@@ -209,7 +260,9 @@ impl Client {
             attempts += 1;
             let attempt_timeout = self.options.attempt_timeout.min(remaining);
             let outcome =
-                match tokio::time::timeout(attempt_timeout, op(self.channel(&target)?)).await {
+                match tokio::time::timeout(attempt_timeout, op(&target, self.channel(&target)?))
+                    .await
+                {
                     Ok(result) => result,
                     Err(_) => Err(Status::deadline_exceeded(format!(
                         "no answer from {target} within {attempt_timeout:?}"
@@ -322,9 +375,14 @@ impl Client {
             consistency: consistency as i32,
         };
         let route = read_route(consistency);
-        self.call(route, |ch| {
-            let req = req.clone();
-            async move { Ok(Self::kv(ch).get(req).await?.into_inner()) }
+        self.call(route, |target, ch| {
+            let result = self.dispatch(target, ch, pb::op::Op::Get(req.clone()));
+            async move {
+                match result.await? {
+                    pb::op_result::Result::Get(r) => Ok(r),
+                    other => Err(mismatched(&other)),
+                }
+            }
         })
         .await
     }
@@ -352,9 +410,14 @@ impl Client {
             value: value.into(),
             return_prev,
         };
-        self.call(Route::LeaderOnce, |ch| {
-            let req = req.clone();
-            async move { Ok(Self::kv(ch).put(req).await?.into_inner()) }
+        self.call(Route::LeaderOnce, |target, ch| {
+            let result = self.dispatch(target, ch, pb::op::Op::Put(req.clone()));
+            async move {
+                match result.await? {
+                    pb::op_result::Result::Put(r) => Ok(r),
+                    other => Err(mismatched(&other)),
+                }
+            }
         })
         .await
     }
@@ -365,9 +428,14 @@ impl Client {
     /// See [`ClientError`].
     pub async fn delete(&self, key: impl Into<Bytes>) -> ClientResult<pb::DeleteResponse> {
         let req = pb::DeleteRequest { key: key.into() };
-        self.call(Route::LeaderOnce, |ch| {
-            let req = req.clone();
-            async move { Ok(Self::kv(ch).delete(req).await?.into_inner()) }
+        self.call(Route::LeaderOnce, |target, ch| {
+            let result = self.dispatch(target, ch, pb::op::Op::Delete(req.clone()));
+            async move {
+                match result.await? {
+                    pb::op_result::Result::Delete(r) => Ok(r),
+                    other => Err(mismatched(&other)),
+                }
+            }
         })
         .await
     }
@@ -383,7 +451,7 @@ impl Client {
                 .map(|(key, value)| pb::KeyValue { key, value })
                 .collect(),
         };
-        self.call(Route::LeaderOnce, |ch| {
+        self.call(Route::LeaderOnce, |_, ch| {
             let req = req.clone();
             async move { Ok(Self::kv(ch).batch_put(req).await?.into_inner().index) }
         })
@@ -406,9 +474,14 @@ impl Client {
             new_value: new_value.into(),
         };
         let resp = self
-            .call(Route::LeaderOnce, |ch| {
-                let req = req.clone();
-                async move { Ok(Self::kv(ch).compare_and_swap(req).await?.into_inner()) }
+            .call(Route::LeaderOnce, |target, ch| {
+                let result = self.dispatch(target, ch, pb::op::Op::CompareAndSwap(req.clone()));
+                async move {
+                    match result.await? {
+                        pb::op_result::Result::CompareAndSwap(r) => Ok(r),
+                        other => Err(mismatched(&other)),
+                    }
+                }
             })
             .await?;
         Ok(CasOutcome {
@@ -435,7 +508,7 @@ impl Client {
             limit,
             consistency: consistency as i32,
         };
-        self.call(read_route(consistency), |ch| {
+        self.call(read_route(consistency), |_, ch| {
             let req = req.clone();
             async move { Ok(Self::kv(ch).scan(req).await?.into_inner()) }
         })
@@ -469,7 +542,8 @@ impl Client {
     /// Opens a watch on `key` (or on every key starting with it, when `prefix`), from
     /// `start_index` (0: live events only). Any node can serve a watch; the first reachable
     /// endpoint is used. The stream ends with a status when the node shuts down or the watcher
-    /// falls too far behind; resume from the last index received + 1.
+    /// falls too far behind; resume from the last index received (writes sharing an index may have
+    /// been cut, so events at that index may repeat).
     ///
     /// # Errors
     /// See [`ClientError`]; `OUT_OF_RANGE` (as [`ClientError::Status`]) when `start_index` is no
@@ -485,7 +559,7 @@ impl Client {
             prefix,
             start_index,
         };
-        self.call(Route::AnyNode, |ch| {
+        self.call(Route::AnyNode, |_, ch| {
             let req = req.clone();
             async move { Ok(Self::kv(ch).watch(req).await?.into_inner()) }
         })
@@ -512,7 +586,7 @@ impl Client {
             addr: addr.to_string(),
             peer_addr: peer_addr.to_string(),
         };
-        self.call(Route::LeaderIdempotent, |ch| {
+        self.call(Route::LeaderIdempotent, |_, ch| {
             let req = req.clone();
             async move { Ok(Self::cluster(ch).add_learner(req).await?.into_inner()) }
         })
@@ -525,7 +599,7 @@ impl Client {
     /// [`ClientError::Status`] with FAILED_PRECONDITION while the learner is still catching up.
     pub async fn promote(&self, id: u64) -> ClientResult<pb::MembershipResponse> {
         let req = pb::PromoteRequest { id };
-        self.call(Route::LeaderIdempotent, |ch| async move {
+        self.call(Route::LeaderIdempotent, |_, ch| async move {
             Ok(Self::cluster(ch).promote(req).await?.into_inner())
         })
         .await
@@ -537,7 +611,7 @@ impl Client {
     /// [`ClientError::InvalidArgument`] for an unknown id or the last voter.
     pub async fn remove_member(&self, id: u64) -> ClientResult<pb::MembershipResponse> {
         let req = pb::RemoveMemberRequest { id };
-        self.call(Route::LeaderOnce, |ch| async move {
+        self.call(Route::LeaderOnce, |_, ch| async move {
             Ok(Self::cluster(ch).remove_member(req).await?.into_inner())
         })
         .await
@@ -552,7 +626,7 @@ impl Client {
         to: Option<u64>,
     ) -> ClientResult<pb::TransferLeaderResponse> {
         let req = pb::TransferLeaderRequest { to };
-        self.call(Route::LeaderIdempotent, |ch| async move {
+        self.call(Route::LeaderIdempotent, |_, ch| async move {
             Ok(Self::cluster(ch).transfer_leader(req).await?.into_inner())
         })
         .await
@@ -563,7 +637,7 @@ impl Client {
     /// # Errors
     /// [`ClientError::Unavailable`] when no leader can be reached.
     pub async fn leader_status(&self) -> ClientResult<pb::StatusResponse> {
-        self.call(Route::LeaderIdempotent, |ch| async move {
+        self.call(Route::LeaderIdempotent, |_, ch| async move {
             let status = Self::cluster(ch)
                 .status(pb::StatusRequest {})
                 .await?
@@ -603,6 +677,71 @@ impl Client {
             ))),
             Err(_) => Err(ClientError::Unavailable(format!("{addr}: no answer"))),
         }
+    }
+}
+
+/// Largest Multi the client builds, in encoded op bytes (a single larger op still goes alone).
+const MAX_MULTI_BYTES: usize = 4 * 1024 * 1024;
+
+fn op_weight(op: &pb::op::Op) -> usize {
+    use prost::Message;
+    pb::Op {
+        op: Some(op.clone()),
+    }
+    .encoded_len()
+}
+
+fn mismatched(result: &pb::op_result::Result) -> Status {
+    Status::internal(format!(
+        "server answered a different kind of op: {result:?}"
+    ))
+}
+
+/// Sends one op as its own unary call.
+async fn send_one(channel: Channel, op: pb::op::Op) -> OpOutcome {
+    use pb::op::Op;
+    use pb::op_result::Result as R;
+    let mut kv = Client::kv(channel);
+    Ok(match op {
+        Op::Get(r) => R::Get(kv.get(r).await?.into_inner()),
+        Op::Put(r) => R::Put(kv.put(r).await?.into_inner()),
+        Op::Delete(r) => R::Delete(kv.delete(r).await?.into_inner()),
+        Op::CompareAndSwap(r) => R::CompareAndSwap(kv.compare_and_swap(r).await?.into_inner()),
+    })
+}
+
+/// Sends a batch: a lone op as a unary call, several in one Multi. A failure of the Multi itself
+/// is every op's failure (and as ambiguous for each as it would have been alone).
+async fn send_ops(channel: Channel, mut ops: Vec<pb::op::Op>) -> Vec<OpOutcome> {
+    if ops.len() == 1 {
+        if let Some(op) = ops.pop() {
+            return vec![send_one(channel, op).await];
+        }
+    }
+    let n = ops.len();
+    let req = pb::MultiRequest {
+        ops: ops.into_iter().map(|op| pb::Op { op: Some(op) }).collect(),
+    };
+    match Client::kv(channel).multi(req).await {
+        Ok(resp) => {
+            let results = resp.into_inner().results;
+            if results.len() != n {
+                let status = Status::internal(format!(
+                    "multi of {n} ops answered {} results",
+                    results.len()
+                ));
+                return vec![Err(status); n];
+            }
+            results
+                .into_iter()
+                .map(|r| match r.result {
+                    Some(pb::op_result::Result::Error(e)) => Err(op_error_status(&e)),
+                    Some(result) => Ok(result),
+                    None => Err(Status::internal("multi op answered with no result")),
+                })
+                .collect()
+        }
+        Err(status) => vec![Err(status); n],
     }
 }
 

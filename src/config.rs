@@ -188,6 +188,9 @@ pub struct RaftConfig {
     pub snapshot_chunk_bytes: u64,
     /// How linearizable reads confirm leadership: `read_index` or `lease`.
     pub read_policy: ReadPolicy,
+    /// Write proposals (log entries) in flight at once; writes arriving while all are in flight
+    /// are grouped into the next entry. 0 proposes every write as its own entry.
+    pub max_inflight_proposals: usize,
 }
 
 impl Default for RaftConfig {
@@ -200,6 +203,7 @@ impl Default for RaftConfig {
             keep_logs_after_snapshot: 5_000,
             snapshot_chunk_bytes: 1024 * 1024,
             read_policy: ReadPolicy::ReadIndex,
+            max_inflight_proposals: 1,
         }
     }
 }
@@ -320,6 +324,9 @@ pub struct Overrides {
     /// raft.read_policy
     #[arg(long, value_enum)]
     pub read_policy: Option<ReadPolicy>,
+    /// raft.max_inflight_proposals
+    #[arg(long)]
+    pub max_inflight_proposals: Option<usize>,
     /// limits.max_key_size
     #[arg(long)]
     pub max_key_size: Option<usize>,
@@ -464,6 +471,10 @@ impl Config {
         set(&mut self.shutdown_timeout_ms, &o.shutdown_timeout_ms);
         set(&mut self.raft.snapshot_chunk_bytes, &o.snapshot_chunk_bytes);
         set(&mut self.raft.read_policy, &o.read_policy);
+        set(
+            &mut self.raft.max_inflight_proposals,
+            &o.max_inflight_proposals,
+        );
         set(&mut self.limits.max_connections, &o.max_connections);
         set(
             &mut self.limits.max_inflight_requests,

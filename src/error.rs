@@ -135,6 +135,49 @@ impl From<Error> for Status {
     }
 }
 
+/// The per-op error of a Multi: the same code, message and hints the status of a unary call
+/// would carry (one mapping, through `From<Error> for Status`).
+pub fn op_error(e: Error) -> crate::pb::kv::OpError {
+    let leader = match &e {
+        Error::NotLeader {
+            leader: Some((id, addr)),
+        } => Some((*id, addr.clone())),
+        _ => None,
+    };
+    let status = Status::from(e);
+    crate::pb::kv::OpError {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        leader_id: leader.as_ref().map(|(id, _)| *id),
+        leader_addr: leader.map(|(_, addr)| addr).unwrap_or_default(),
+        not_admitted: status.metadata().contains_key(NOT_ADMITTED_HEADER),
+    }
+}
+
+/// Rebuilds, on the client, the status a Multi op's error stands for, hints in metadata, so it is
+/// handled exactly like the status of a unary call.
+pub fn op_error_status(e: &crate::pb::kv::OpError) -> Status {
+    let mut status = Status::new(Code::from(e.code), e.message.clone());
+    let md = status.metadata_mut();
+    if e.not_admitted {
+        md.insert(
+            NOT_ADMITTED_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+    }
+    if let Some(id) = e.leader_id {
+        if let Ok(v) = id.to_string().parse() {
+            md.insert(LEADER_ID_HEADER, v);
+        }
+    }
+    if let Ok(v) = e.leader_addr.parse() {
+        if !e.leader_addr.is_empty() {
+            md.insert(LEADER_ADDR_HEADER, v);
+        }
+    }
+    status
+}
+
 /// Converts an I/O-ish failure into the `io::Error` openraft's storage traits require.
 pub(crate) fn io_err(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())

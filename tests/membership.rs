@@ -298,6 +298,9 @@ async fn log_disk_should_stay_bounded_with_compaction() {
             "5000",
             "--keep-logs-after-snapshot",
             "1000",
+            // One entry per write, so 100k writes make 100k entries to compact.
+            "--max-inflight-proposals",
+            "0",
         ],
     );
     cluster.wait_for_leader(LEADER_TIMEOUT).await;

@@ -56,6 +56,10 @@ struct Args {
     /// gRPC connections.
     #[arg(long, default_value_t = 1)]
     conns: usize,
+    /// rskv: Multi RPCs in flight per connection; requests waiting behind them go together in
+    /// the next one. 0 sends every request as its own RPC (as the etcd target does).
+    #[arg(long, default_value_t = rskv::client::ClientOptions::default().batch_inflight)]
+    batch_inflight: usize,
     /// Concurrent requests.
     #[arg(long, default_value_t = 1)]
     clients: usize,
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
         },
         endpoints: args.endpoints.clone(),
         conns: args.conns,
+        batch_inflight: args.batch_inflight,
         clients: args.clients,
         total: args.total,
         duration: args

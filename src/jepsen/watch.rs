@@ -48,7 +48,7 @@ pub type Segments = Arc<Mutex<Vec<Segment>>>;
 
 /// Watches `prefix` on node `node` (only that node) until `stop`, keeping the newest index
 /// received in `progress`, resuming after each
-/// interruption from the index after the last event; a node that can no longer serve that index
+/// interruption from the index of the last event (skipping what it already has); a node that can no longer serve that index
 /// (restarted, wiped, installed a snapshot) starts a new segment from live events.
 pub async fn run_watcher(
     node: u64,
@@ -72,11 +72,19 @@ pub async fn run_watcher(
         node,
         ..Segment::default()
     };
+    // Resume at the last index seen, not after it: writes grouped in one entry share an index
+    // and a stream may have stopped inside such a group. `skip` drops the repeats.
     let mut next = 0u64;
     loop {
         if *stop.borrow() {
             break;
         }
+        let mut skip = current
+            .events
+            .iter()
+            .rev()
+            .take_while(|e| next > 0 && e.index == next)
+            .count();
         let stream = tokio::select! {
             s = client.watch(prefix.clone(), true, next) => s,
             _ = stop.changed() => break,
@@ -105,7 +113,12 @@ pub async fn run_watcher(
             match msg {
                 Ok(Some(resp)) => {
                     for e in resp.events {
-                        next = e.index + 1;
+                        if skip > 0 && e.index == next {
+                            skip -= 1;
+                            continue;
+                        }
+                        skip = 0;
+                        next = e.index;
                         progress.fetch_max(e.index, Ordering::Relaxed);
                         current.events.push(Seen {
                             index: e.index,
@@ -156,71 +169,105 @@ pub struct WatchReport {
     pub anomalies: Vec<String>,
 }
 
+/// Events of one log index, in apply order (several when writes shared an entry).
+type Run = Vec<(String, Option<String>)>;
+
+/// A segment's events split into runs of one index each, in arrival order.
+fn runs(seg: &Segment) -> Vec<(u64, Run)> {
+    let mut out: Vec<(u64, Run)> = Vec::new();
+    for e in &seg.events {
+        let event = (e.key.clone(), e.value.clone());
+        match out.last_mut() {
+            Some((index, run)) if *index == e.index => run.push(event),
+            _ => out.push((e.index, vec![event])),
+        }
+    }
+    out
+}
+
+fn describe(run: &Run) -> String {
+    let items: Vec<String> = run.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    items.join(", ")
+}
+
 /// Checks the segments against each other and against the acknowledged writes of `history`.
+///
+/// The common sequence is, per log index, the events of that index in apply order. A segment's
+/// first and last index may be cut (it started or ended inside a group of events sharing an
+/// index), so they need only be a suffix or a prefix of the common events there; every index in
+/// between must match exactly, and every index of the common sequence between a segment's first
+/// and last must be in it.
 pub fn check(segments: &[Segment], history: &[Op]) -> WatchReport {
     let mut report = WatchReport {
         segments: segments.len(),
         ..WatchReport::default()
     };
-    // The common sequence: (index, key) -> value; one write per index in this workload.
-    let mut common: BTreeMap<(u64, String), Option<String>> = BTreeMap::new();
-    for seg in segments {
+    let split: Vec<Vec<(u64, Run)>> = segments.iter().map(runs).collect();
+    // The longest run seen for each index stands for it; the others are checked against it.
+    let mut common: BTreeMap<u64, Run> = BTreeMap::new();
+    for (seg, seg_runs) in segments.iter().zip(&split) {
         report.events += seg.events.len();
-        for e in &seg.events {
-            let k = (e.index, e.key.clone());
-            match common.get(&k) {
-                Some(v) if *v != e.value => report.anomalies.push(format!(
-                    "node {} saw {}={:?} at index {}, another watcher saw {:?}",
-                    seg.node, e.key, e.value, e.index, v
-                )),
-                Some(_) => {}
-                None => {
-                    common.insert(k, e.value.clone());
-                }
+        for (index, run) in seg_runs {
+            let entry = common.entry(*index).or_default();
+            if run.len() > entry.len() {
+                *entry = run.clone();
             }
         }
     }
-    report.distinct = common.len();
-    let order: Vec<&(u64, String)> = common.keys().collect();
-    for seg in segments {
-        // In order, no duplicates.
-        for pair in seg.events.windows(2) {
-            if (pair[1].index, &pair[1].key) <= (pair[0].index, &pair[0].key) {
+    report.distinct = common.values().map(Vec::len).sum();
+    for (seg, seg_runs) in segments.iter().zip(&split) {
+        let last = seg_runs.len().saturating_sub(1);
+        for (pos, (index, run)) in seg_runs.iter().enumerate() {
+            if pos > 0 && *index <= seg_runs[pos - 1].0 {
                 report.anomalies.push(format!(
-                    "node {}: event {}@{} after {}@{} (reordered or duplicated)",
-                    seg.node, pair[1].key, pair[1].index, pair[0].key, pair[0].index
+                    "node {}: events at index {index} after index {} (reordered or duplicated)",
+                    seg.node,
+                    seg_runs[pos - 1].0
+                ));
+            }
+            let Some(full) = common.get(index) else {
+                continue;
+            };
+            let fits = run == full
+                || (pos == 0 && full.ends_with(run))
+                || (pos == last && full.starts_with(run));
+            if !fits {
+                report.anomalies.push(format!(
+                    "node {} saw [{}] at index {index}, another watcher saw [{}]",
+                    seg.node,
+                    describe(run),
+                    describe(full)
                 ));
             }
         }
-        // No gaps: everything in the common sequence between its first and last event.
-        let (Some(first), Some(last)) = (seg.events.first(), seg.events.last()) else {
+        // No gaps: every index of the common sequence between its first and last.
+        // (Bounds by value: a reordered segment, reported above, may end below its start.)
+        let (Some(first), Some(end)) = (
+            seg_runs.iter().map(|(i, _)| *i).min(),
+            seg_runs.iter().map(|(i, _)| *i).max(),
+        ) else {
             continue;
         };
-        let lo = order.partition_point(|k| (k.0, k.1.as_str()) < (first.index, first.key.as_str()));
-        let hi = order.partition_point(|k| (k.0, k.1.as_str()) <= (last.index, last.key.as_str()));
-        let have: std::collections::HashSet<(u64, &str)> = seg
-            .events
-            .iter()
-            .map(|e| (e.index, e.key.as_str()))
+        let have: std::collections::HashSet<u64> = seg_runs.iter().map(|(i, _)| *i).collect();
+        let missing: Vec<u64> = common
+            .range(first..=end)
+            .map(|(i, _)| *i)
+            .filter(|i| !have.contains(i))
             .collect();
-        let missing: Vec<String> = order[lo..hi]
-            .iter()
-            .filter(|k| !have.contains(&(k.0, k.1.as_str())))
-            .map(|k| format!("{}@{}", k.1, k.0))
-            .collect();
-        if !missing.is_empty() {
+        if let Some(m) = missing.first() {
             report.anomalies.push(format!(
-                "node {}: gap of {} events inside one segment, first {}",
+                "node {}: gap of {} indexes inside one segment, first {}",
                 seg.node,
                 missing.len(),
-                missing[0]
+                m
             ));
         }
     }
     // Every acknowledged write (and successful CAS) was delivered to some watcher.
     let delivered: std::collections::HashSet<(&str, &str)> = common
-        .iter()
-        .filter_map(|((_, k), v)| Some((k.as_str(), v.as_deref()?)))
+        .values()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.as_str(), v.as_deref()?)))
         .collect();
     for op in history.iter().filter(|o| o.outcome == Outcome::Ok) {
         let value = match &op.kind {
@@ -243,6 +290,47 @@ pub fn check(segments: &[Segment], history: &[Op]) -> WatchReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grouped_writes_at_one_index_should_be_checked_as_an_ordered_run() {
+        // Index 3 carries three writes (a group), two of them to the same key.
+        let all = [
+            (2, "a", "1"),
+            (3, "b", "2"),
+            (3, "a", "3"),
+            (3, "b", "4"),
+            (5, "a", "5"),
+        ];
+        let cut_start = seg(2, &all[2..]);
+        let cut_end = seg(3, &all[..3]);
+        let history = vec![ok_write("b", "4"), ok_write("a", "3")];
+        let r = check(&[seg(1, &all), cut_start, cut_end], &history);
+        assert!(r.anomalies.is_empty(), "{:?}", r.anomalies);
+        assert_eq!(r.distinct, 5);
+
+        // Inside a segment, a run must be whole and in the same order.
+        let swapped = seg(
+            4,
+            &[
+                (2, "a", "1"),
+                (3, "a", "3"),
+                (3, "b", "2"),
+                (3, "b", "4"),
+                (5, "a", "5"),
+            ],
+        );
+        let cut_inside = seg(5, &[(2, "a", "1"), (3, "b", "2"), (5, "a", "5")]);
+        let r = check(&[seg(1, &all), swapped, cut_inside], &history);
+        let text = r.anomalies.join("\n");
+        assert!(
+            text.contains("node 4 saw [a=Some(\"3\"), b=Some(\"2\")"),
+            "{text}"
+        );
+        assert!(
+            text.contains("node 5 saw [b=Some(\"2\")] at index 3"),
+            "{text}"
+        );
+    }
 
     fn seg(node: u64, events: &[(u64, &str, &str)]) -> Segment {
         Segment {
@@ -282,9 +370,12 @@ mod tests {
         let history = vec![ok_write("c", "never-delivered")];
         let r = check(&[seg(1, &all), gap, reordered, conflict], &history);
         let text = r.anomalies.join("\n");
-        assert!(text.contains("node 2: gap of 1 events"), "{text}");
-        assert!(text.contains("node 3: event a@2 after b@3"), "{text}");
-        assert!(text.contains("node 4 saw b=Some(\"9\")"), "{text}");
+        assert!(text.contains("node 2: gap of 1 indexes"), "{text}");
+        assert!(
+            text.contains("node 3: events at index 2 after index 3"),
+            "{text}"
+        );
+        assert!(text.contains("node 4 saw [b=Some(\"9\")]"), "{text}");
         assert!(
             text.contains("c=never-delivered was never delivered"),
             "{text}"

@@ -102,6 +102,13 @@ pub enum Command {
         /// The value written when the comparison holds.
         new_value: Bytes,
     },
+    /// Independent commands from different requests, carried by one log entry (the server groups
+    /// writes that arrive while earlier ones are being replicated). Each is applied in order, as
+    /// if it had its own entry at the same index, and answered with its own response.
+    Group {
+        /// The commands, in apply order.
+        commands: Vec<Command>,
+    },
 }
 
 impl Command {
@@ -117,6 +124,7 @@ impl Command {
                 expected,
                 new_value,
             } => key.len() + new_value.len() + expected.as_ref().map_or(0, |e| e.len()),
+            Command::Group { commands } => commands.iter().map(Command::approx_bytes).sum(),
         }
     }
 }
@@ -130,6 +138,7 @@ impl fmt::Display for Command {
             Command::Delete { key } => write!(f, "delete({key:?})"),
             Command::BatchPut { pairs } => write!(f, "batch_put({} pairs)", pairs.len()),
             Command::CompareAndSwap { key, .. } => write!(f, "cas({key:?})"),
+            Command::Group { commands } => write!(f, "group({} commands)", commands.len()),
         }
     }
 }
@@ -141,4 +150,18 @@ pub struct CommandResponse {
     pub prev: Option<Bytes>,
     /// For CAS: whether the swap happened. Always `true` for other commands.
     pub success: bool,
+    /// For a [`Command::Group`]: each command's response, in order.
+    #[serde(default)]
+    pub group: Vec<CommandResponse>,
+}
+
+impl CommandResponse {
+    /// The response of a command that took effect, with the value it replaced.
+    pub fn done(prev: Option<Bytes>) -> CommandResponse {
+        CommandResponse {
+            prev,
+            success: true,
+            group: Vec::new(),
+        }
+    }
 }

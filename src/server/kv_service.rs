@@ -19,8 +19,8 @@ use tonic::Response;
 use tonic::Status;
 
 use super::handle;
+use super::handle_many;
 use super::metrics;
-use super::write_error;
 use super::Node;
 use crate::error::Error;
 use crate::error::Result;
@@ -37,6 +37,8 @@ use crate::raft::CommandResponse;
 pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
 /// Largest page a scan may ask for.
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
+/// Most ops in one Multi.
+pub const MAX_MULTI_OPS: usize = 1024;
 
 /// Implements `rskv.v1.Kv` on top of a [`Node`].
 pub struct KvService {
@@ -80,13 +82,7 @@ impl KvService {
 
     /// Proposes `command` and waits until it is committed and applied.
     async fn write(&self, command: Command) -> Result<(u64, CommandResponse)> {
-        let result = tokio::time::timeout(self.timeout(), self.node.raft.client_write(command))
-            .await
-            .map_err(|_| {
-                Error::Timeout("write not committed in time; it may or may not be applied".into())
-            })?;
-        let resp = result.map_err(write_error)?;
-        Ok((resp.log_id.index, resp.data))
+        self.node.proposer.write(command).await
     }
 
     /// Waits until this node may serve a read at the requested consistency.
@@ -112,6 +108,103 @@ impl KvService {
             .await
             .map_err(|e| Error::Storage(e.to_string()))?
             .map_err(Error::from)
+    }
+    async fn do_get(&self, req: pb::GetRequest) -> Result<pb::GetResponse> {
+        self.check_key(&req.key)?;
+        self.read_barrier(req.consistency).await?;
+        let applied_index = self.node.applied_index();
+        let key = req.key;
+        let value = match self.node.engine.try_get_now(&key) {
+            Some(value) => value?,
+            None => self.engine_call(move |e| e.get(&key)).await?,
+        };
+        Ok(pb::GetResponse {
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+            applied_index,
+        })
+    }
+
+    async fn do_put(&self, req: pb::PutRequest) -> Result<pb::PutResponse> {
+        self.check_key(&req.key)?;
+        self.check_value(&req.value)?;
+        let (index, resp) = self
+            .write(Command::Put {
+                key: req.key,
+                value: req.value,
+                return_prev: req.return_prev,
+            })
+            .await?;
+        Ok(pb::PutResponse {
+            index,
+            prev_value: if req.return_prev { resp.prev } else { None },
+        })
+    }
+
+    async fn do_delete(&self, req: pb::DeleteRequest) -> Result<pb::DeleteResponse> {
+        self.check_key(&req.key)?;
+        let (index, resp) = self.write(Command::Delete { key: req.key }).await?;
+        Ok(pb::DeleteResponse {
+            index,
+            existed: resp.prev.is_some(),
+        })
+    }
+
+    async fn do_compare_and_swap(
+        &self,
+        req: pb::CompareAndSwapRequest,
+    ) -> Result<pb::CompareAndSwapResponse> {
+        self.check_key(&req.key)?;
+        self.check_value(&req.new_value)?;
+        if let Some(expected) = &req.expected {
+            self.check_value(expected)?;
+        }
+        let new_value = req.new_value.clone();
+        let (index, resp) = self
+            .write(Command::CompareAndSwap {
+                key: req.key,
+                expected: req.expected,
+                new_value: req.new_value,
+            })
+            .await?;
+        Ok(pb::CompareAndSwapResponse {
+            success: resp.success,
+            index,
+            current: if resp.success {
+                Some(new_value)
+            } else {
+                resp.prev
+            },
+        })
+    }
+
+    /// One op of a Multi, answered (and counted in the metrics) as if it had come alone.
+    async fn run_op(&self, op: pb::Op) -> pb::OpResult {
+        use pb::op::Op;
+        use pb::op_result::Result as R;
+        let started = std::time::Instant::now();
+        let (method, result) = match op.op {
+            Some(Op::Get(r)) => ("get", self.do_get(r).await.map(R::Get)),
+            Some(Op::Put(r)) => ("put", self.do_put(r).await.map(R::Put)),
+            Some(Op::Delete(r)) => ("delete", self.do_delete(r).await.map(R::Delete)),
+            Some(Op::CompareAndSwap(r)) => (
+                "compare_and_swap",
+                self.do_compare_and_swap(r).await.map(R::CompareAndSwap),
+            ),
+            None => (
+                "multi",
+                Err(Error::InvalidArgument("multi op carries no request".into())),
+            ),
+        };
+        let result = result.unwrap_or_else(|e| R::Error(crate::error::op_error(e)));
+        let code = match &result {
+            R::Error(e) => tonic::Code::from(e.code),
+            _ => tonic::Code::Ok,
+        };
+        metrics::request_done(method, code, started.elapsed());
+        pb::OpResult {
+            result: Some(result),
+        }
     }
 }
 
@@ -315,22 +408,7 @@ impl Kv for KvService {
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
         let req = request.into_inner();
-        handle("get", Some(&self.node.limiter), async {
-            self.check_key(&req.key)?;
-            self.read_barrier(req.consistency).await?;
-            let applied_index = self.node.applied_index();
-            let key = req.key;
-            let value = match self.node.engine.try_get_now(&key) {
-                Some(value) => value?,
-                None => self.engine_call(move |e| e.get(&key)).await?,
-            };
-            Ok(pb::GetResponse {
-                found: value.is_some(),
-                value: value.unwrap_or_default(),
-                applied_index,
-            })
-        })
-        .await
+        handle("get", Some(&self.node.limiter), self.do_get(req)).await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
@@ -339,22 +417,7 @@ impl Kv for KvService {
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         let req = request.into_inner();
-        handle("put", Some(&self.node.limiter), async {
-            self.check_key(&req.key)?;
-            self.check_value(&req.value)?;
-            let (index, resp) = self
-                .write(Command::Put {
-                    key: req.key,
-                    value: req.value,
-                    return_prev: req.return_prev,
-                })
-                .await?;
-            Ok(pb::PutResponse {
-                index,
-                prev_value: if req.return_prev { resp.prev } else { None },
-            })
-        })
-        .await
+        handle("put", Some(&self.node.limiter), self.do_put(req)).await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
@@ -363,15 +426,7 @@ impl Kv for KvService {
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let req = request.into_inner();
-        handle("delete", Some(&self.node.limiter), async {
-            self.check_key(&req.key)?;
-            let (index, resp) = self.write(Command::Delete { key: req.key }).await?;
-            Ok(pb::DeleteResponse {
-                index,
-                existed: resp.prev.is_some(),
-            })
-        })
-        .await
+        handle("delete", Some(&self.node.limiter), self.do_delete(req)).await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
@@ -456,28 +511,32 @@ impl Kv for KvService {
         request: Request<pb::CompareAndSwapRequest>,
     ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
         let req = request.into_inner();
-        handle("compare_and_swap", Some(&self.node.limiter), async {
-            self.check_key(&req.key)?;
-            self.check_value(&req.new_value)?;
-            if let Some(expected) = &req.expected {
-                self.check_value(expected)?;
+        handle(
+            "compare_and_swap",
+            Some(&self.node.limiter),
+            self.do_compare_and_swap(req),
+        )
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(node_id = self.node.id, ops))]
+    async fn multi(
+        &self,
+        request: Request<pb::MultiRequest>,
+    ) -> Result<Response<pb::MultiResponse>, Status> {
+        let req = request.into_inner();
+        tracing::Span::current().record("ops", req.ops.len());
+        let count = req.ops.len().clamp(1, MAX_MULTI_OPS);
+        handle_many("multi", Some(&self.node.limiter), count, async {
+            if req.ops.len() > MAX_MULTI_OPS {
+                return Err(Error::InvalidArgument(format!(
+                    "{} ops in one multi; the limit is {MAX_MULTI_OPS}",
+                    req.ops.len()
+                )));
             }
-            let new_value = req.new_value.clone();
-            let (index, resp) = self
-                .write(Command::CompareAndSwap {
-                    key: req.key,
-                    expected: req.expected,
-                    new_value: req.new_value,
-                })
-                .await?;
-            Ok(pb::CompareAndSwapResponse {
-                success: resp.success,
-                index,
-                current: if resp.success {
-                    Some(new_value)
-                } else {
-                    resp.prev
-                },
+            let results = futures::future::join_all(req.ops.into_iter().map(|op| self.run_op(op)));
+            Ok(pb::MultiResponse {
+                results: results.await,
             })
         })
         .await

@@ -139,15 +139,16 @@ pub struct RequestPermit {
     _permit: OwnedSemaphorePermit,
     limiter: Arc<Semaphore>,
     max: usize,
+    count: usize,
 }
 
 impl Drop for RequestPermit {
     fn drop(&mut self) {
-        // Our own permit is still counted as taken here, hence the - 1.
+        // Our own slots are still counted as taken here, hence the - count.
         metrics::inflight(
             self.max
                 .saturating_sub(self.limiter.available_permits())
-                .saturating_sub(1),
+                .saturating_sub(self.count),
         );
     }
 }
@@ -168,19 +169,29 @@ impl RequestLimiter {
     /// [`Error::Unavailable`] while draining (the client should go to another node),
     /// [`Error::ResourceExhausted`] at the limit.
     pub fn admit(&self) -> Result<RequestPermit, Error> {
+        self.admit_many(1)
+    }
+
+    /// Admits `count` requests carried by one RPC (a Multi), all or none.
+    ///
+    /// # Errors
+    /// As [`RequestLimiter::admit`].
+    pub fn admit_many(&self, count: usize) -> Result<RequestPermit, Error> {
         if self.draining.load(Ordering::Acquire) {
             metrics::request_rejected("draining");
             return Err(Error::NotAdmitted(
                 "node is shutting down; retry on another node".into(),
             ));
         }
-        match self.slots.clone().try_acquire_owned() {
+        let permits = u32::try_from(count).unwrap_or(u32::MAX);
+        match self.slots.clone().try_acquire_many_owned(permits) {
             Ok(permit) => {
                 metrics::inflight(self.max.saturating_sub(self.slots.available_permits()));
                 Ok(RequestPermit {
                     _permit: permit,
                     limiter: self.slots.clone(),
                     max: self.max,
+                    count,
                 })
             }
             Err(_) => {

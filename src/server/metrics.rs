@@ -60,6 +60,9 @@ pub const WATCHERS_ACTIVE: &str = "rskv_watchers_active";
 /// Watchers (and hooks) that fell behind the buffer.
 pub const WATCHERS_DROPPED: &str = "rskv_watchers_dropped_total";
 
+/// Writes per proposed log entry (1 for a write proposed alone).
+pub const WRITE_GROUP_SIZE: &str = "rskv_write_group_size";
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder (once; later calls reuse it).
@@ -70,8 +73,12 @@ pub fn install() -> Option<PrometheusHandle> {
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                 1.0, 2.5, 5.0,
             ];
+            let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
             let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.to_string()), &buckets);
+                .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.to_string()), &buckets)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(WRITE_GROUP_SIZE.to_string()), &sizes)
+                });
             match builder.and_then(|b| b.install_recorder()) {
                 Ok(handle) => {
                     describe();
@@ -125,6 +132,15 @@ fn describe() {
     describe_counter!(EVENTS_PUBLISHED, "Apply events published");
     describe_gauge!(WATCHERS_ACTIVE, "Open watch streams");
     describe_counter!(WATCHERS_DROPPED, "Watchers dropped for lagging");
+    describe_histogram!(
+        WRITE_GROUP_SIZE,
+        "Writes carried by each proposed log entry (grouping under load)"
+    );
+}
+
+/// Records a proposed log entry carrying `writes` writes.
+pub fn write_group(writes: usize) {
+    metrics::histogram!(WRITE_GROUP_SIZE).record(writes as f64);
 }
 
 /// Records one finished client request.

@@ -11,6 +11,7 @@ pub mod cluster_service;
 pub mod kv_service;
 pub mod limits;
 pub mod metrics;
+pub mod proposer;
 pub mod raft_service;
 pub mod read_barrier;
 pub mod shutdown;
@@ -101,6 +102,8 @@ pub struct Node {
     pub limiter: limits::RequestLimiter,
     /// Leadership confirmations shared by concurrent linearizable reads.
     pub reads: Arc<read_barrier::ReadBarrier>,
+    /// Write proposals, grouped into shared log entries under load.
+    pub proposer: proposer::Proposer,
 }
 
 impl Node {
@@ -161,9 +164,15 @@ impl Node {
                 config.linearizer(),
                 Duration::from_millis(config.limits.request_timeout_ms),
             );
+            let proposer = proposer::Proposer::new(
+                raft.clone(),
+                Duration::from_millis(config.limits.request_timeout_ms),
+                config.raft.max_inflight_proposals,
+            );
             let node = Arc::new(Node {
                 id: config.node_id,
                 reads,
+                proposer,
                 events,
                 limiter,
                 config: Arc::new(config),
@@ -503,8 +512,18 @@ pub(crate) async fn handle<T>(
     limiter: Option<&limits::RequestLimiter>,
     request: impl Future<Output = Result<T>>,
 ) -> std::result::Result<tonic::Response<T>, tonic::Status> {
+    handle_many(method, limiter, 1, request).await
+}
+
+/// [`handle`] for an RPC carrying `count` requests, which take `count` in-flight slots.
+pub(crate) async fn handle_many<T>(
+    method: &'static str,
+    limiter: Option<&limits::RequestLimiter>,
+    count: usize,
+    request: impl Future<Output = Result<T>>,
+) -> std::result::Result<tonic::Response<T>, tonic::Status> {
     let started = std::time::Instant::now();
-    let permit = match limiter.map(|l| l.admit()).transpose() {
+    let permit = match limiter.map(|l| l.admit_many(count)).transpose() {
         Ok(permit) => permit,
         Err(e) => {
             let status = tonic::Status::from(e);

@@ -186,10 +186,7 @@ fn execute(
             };
             events.push(put(&key, &value, prev.clone()));
             overlay.insert(key, Some(value));
-            CommandResponse {
-                prev,
-                success: true,
-            }
+            CommandResponse::done(prev)
         }
         Command::Delete { key } => {
             let prev = current(&key, overlay)?;
@@ -202,20 +199,14 @@ fn execute(
                 });
             }
             overlay.insert(key, None);
-            CommandResponse {
-                prev,
-                success: true,
-            }
+            CommandResponse::done(prev)
         }
         Command::BatchPut { pairs } => {
             for (key, value) in pairs {
                 events.push(put(&key, &value, None));
                 overlay.insert(key, Some(value));
             }
-            CommandResponse {
-                prev: None,
-                success: true,
-            }
+            CommandResponse::done(None)
         }
         Command::CompareAndSwap {
             key,
@@ -228,8 +219,20 @@ fn execute(
                 events.push(put(&key, &new_value, prev.clone()));
                 overlay.insert(key, Some(new_value));
             }
-            CommandResponse { prev, success }
+            CommandResponse {
+                prev,
+                success,
+                group: Vec::new(),
+            }
         }
+        Command::Group { commands } => CommandResponse {
+            prev: None,
+            success: true,
+            group: commands
+                .into_iter()
+                .map(|c| execute(engine, overlay, c, index, events))
+                .collect::<io::Result<_>>()?,
+        },
     })
 }
 
@@ -451,10 +454,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             for (entry, responder) in batch {
                 state.last_applied = Some(entry.log_id);
                 let response = match entry.payload {
-                    EntryPayload::Blank => CommandResponse {
-                        prev: None,
-                        success: true,
-                    },
+                    EntryPayload::Blank => CommandResponse::done(None),
                     EntryPayload::Normal(command) => execute(
                         &*engine,
                         &mut overlay,
@@ -464,10 +464,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     )?,
                     EntryPayload::Membership(membership) => {
                         state.membership = StoredMembership::new(Some(entry.log_id), membership);
-                        CommandResponse {
-                            prev: None,
-                            success: true,
-                        }
+                        CommandResponse::done(None)
                     }
                 };
                 responders.push((responder, response));

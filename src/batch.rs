@@ -1,0 +1,269 @@
+//! Coalescing of concurrent requests: the group commit of rskv's request path.
+//!
+//! A [`Batcher`] keeps at most `max_inflight` batches running. A request that finds a free slot
+//! starts a batch of itself at once, so a lone request waits for nothing; requests that arrive
+//! while every slot is busy queue, and the next slot to free takes the whole queue as one batch.
+//! Under load batches therefore grow with the load, by themselves, with no timer. The server uses
+//! it to put many writes in one Raft log entry, the client to send many requests in one RPC.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use tokio::sync::oneshot;
+
+type RunFn<I, O> = dyn Fn(Vec<I>) -> Pin<Box<dyn Future<Output = Vec<O>> + Send>> + Send + Sync;
+
+/// Runs queued items of type `I` in batches, answering each with its own `O`.
+pub struct Batcher<I, O> {
+    inner: Arc<Inner<I, O>>,
+}
+
+struct Inner<I, O> {
+    state: Mutex<State<I, O>>,
+    max_inflight: usize,
+    max_items: usize,
+    max_weight: usize,
+    weight: fn(&I) -> usize,
+    run: Box<RunFn<I, O>>,
+}
+
+struct State<I, O> {
+    queue: Vec<(I, oneshot::Sender<O>)>,
+    inflight: usize,
+}
+
+/// How batches are formed.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Batches running at once (at least 1).
+    pub max_inflight: usize,
+    /// Most items in one batch.
+    pub max_items: usize,
+    /// Most total weight in one batch (a batch always takes at least one item).
+    pub max_weight: usize,
+}
+
+impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
+    /// A batcher that runs each batch with `run`, which must answer with one output per item, in
+    /// order (missing outputs make [`Batcher::submit`] return `None` for those items).
+    pub fn new<F, Fut>(limits: Limits, weight: fn(&I) -> usize, run: F) -> Batcher<I, O>
+    where
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<O>> + Send + 'static,
+    {
+        Batcher {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    queue: Vec::new(),
+                    inflight: 0,
+                }),
+                max_inflight: limits.max_inflight.max(1),
+                max_items: limits.max_items.max(1),
+                max_weight: limits.max_weight,
+                weight,
+                run: Box::new(move |items| Box::pin(run(items))),
+            }),
+        }
+    }
+
+    /// Queues `item` and waits for its output. `None` when the batch was lost without an answer
+    /// for it (the runtime shutting down under it).
+    pub async fn submit(&self, item: I) -> Option<O> {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let Ok(mut state) = self.inner.state.lock() else {
+                return None;
+            };
+            state.queue.push((item, tx));
+            if state.inflight < self.inner.max_inflight {
+                state.inflight += 1;
+                Some(self.inner.take(&mut state))
+            } else {
+                None
+            }
+        };
+        if let Some(batch) = start {
+            // A task of its own: the batch carries other callers' items, so it must not be
+            // cancelled with this caller's future.
+            tokio::spawn(Inner::drive(self.inner.clone(), batch));
+        }
+        rx.await.ok()
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Inner<I, O> {
+    fn take(&self, state: &mut State<I, O>) -> Vec<(I, oneshot::Sender<O>)> {
+        let mut weight = 0;
+        let mut n = 0;
+        for (item, _) in &state.queue {
+            let w = (self.weight)(item);
+            if n > 0 && (n == self.max_items || weight + w > self.max_weight) {
+                break;
+            }
+            weight += w;
+            n += 1;
+        }
+        let rest = state.queue.split_off(n);
+        std::mem::replace(&mut state.queue, rest)
+    }
+
+    /// Runs `batch`, then whatever queued meanwhile, until the queue is empty.
+    async fn drive(inner: Arc<Inner<I, O>>, mut batch: Vec<(I, oneshot::Sender<O>)>) {
+        loop {
+            let (items, senders): (Vec<I>, Vec<oneshot::Sender<O>>) = batch.into_iter().unzip();
+            let outputs = (inner.run)(items).await;
+            for (sender, output) in senders.into_iter().zip(outputs) {
+                // A caller that gave up (timed out) no longer listens; that is fine.
+                let _ = sender.send(output);
+            }
+            let Ok(mut state) = inner.state.lock() else {
+                return;
+            };
+            if state.queue.is_empty() {
+                state.inflight -= 1;
+                return;
+            }
+            batch = inner.take(&mut state);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+
+    fn limits(max_inflight: usize) -> Limits {
+        Limits {
+            max_inflight,
+            max_items: 100,
+            max_weight: 1000,
+        }
+    }
+
+    #[tokio::test]
+    async fn lone_item_should_run_at_once_in_a_batch_of_one() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let b = Batcher::new(
+            limits(1),
+            |_: &u32| 1,
+            move |items: Vec<u32>| {
+                seen.lock().expect("lock").push(items.len());
+                async move { items.into_iter().map(|i| i * 2).collect() }
+            },
+        );
+        assert_eq!(b.submit(21).await, Some(42));
+        assert_eq!(b.submit(5).await, Some(10));
+        assert_eq!(*sizes.lock().expect("lock"), vec![1, 1]);
+    }
+
+    #[tokio::test]
+    async fn items_queued_behind_a_running_batch_should_go_together_in_order() {
+        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let b = Arc::new(Batcher::new(
+            limits(1),
+            |_: &u32| 1,
+            move |items: Vec<u32>| {
+                seen.lock().expect("lock").push(items.clone());
+                let mut release = release_rx.clone();
+                async move {
+                    let _ = release.wait_for(|r| *r).await;
+                    items.into_iter().map(|i| i + 100).collect()
+                }
+            },
+        ));
+        let first = tokio::spawn({
+            let b = b.clone();
+            async move { b.submit(0).await }
+        });
+        // Wait until the first batch is running, then queue three more behind it.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while sizes.lock().expect("lock").is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "first batch never ran"
+            );
+            tokio::task::yield_now().await;
+        }
+        let mut rest = Vec::new();
+        for i in 1..4 {
+            let b = b.clone();
+            rest.push(tokio::spawn(async move { b.submit(i).await }));
+        }
+        while b.inner.state.lock().expect("lock").queue.len() < 3 {
+            assert!(tokio::time::Instant::now() < deadline, "items never queued");
+            tokio::task::yield_now().await;
+        }
+        release_tx.send(true).expect("release");
+        assert_eq!(first.await.expect("join"), Some(100));
+        for (i, r) in rest.into_iter().enumerate() {
+            assert_eq!(r.await.expect("join"), Some(101 + i as u32));
+        }
+        let mut batches = sizes.lock().expect("lock").clone();
+        batches[1].sort();
+        assert_eq!(batches, vec![vec![0], vec![1, 2, 3]]);
+    }
+
+    #[test]
+    fn take_should_respect_item_and_weight_limits_but_always_take_one() {
+        let b: Batcher<usize, ()> = Batcher::new(
+            Limits {
+                max_inflight: 1,
+                max_items: 3,
+                max_weight: 10,
+            },
+            |w: &usize| *w,
+            |items: Vec<usize>| async move { items.iter().map(|_| ()).collect() },
+        );
+        let mut state = State {
+            queue: Vec::new(),
+            inflight: 0,
+        };
+        for w in [4, 4, 4, 1, 1, 1, 1, 50, 1] {
+            state.queue.push((w, oneshot::channel().0));
+        }
+        let sizes: Vec<Vec<usize>> = std::iter::from_fn(|| {
+            (!state.queue.is_empty()).then(|| {
+                b.inner
+                    .take(&mut state)
+                    .into_iter()
+                    .map(|(w, _)| w)
+                    .collect()
+            })
+        })
+        .collect();
+        assert_eq!(
+            sizes,
+            vec![vec![4, 4], vec![4, 1, 1], vec![1, 1], vec![50], vec![1]]
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_outputs_should_answer_none_and_free_the_slot() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let b = Batcher::new(
+            limits(1),
+            |_: &u32| 1,
+            move |items: Vec<u32>| {
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n == 0 {
+                        Vec::new()
+                    } else {
+                        items
+                    }
+                }
+            },
+        );
+        assert_eq!(b.submit(1).await, None);
+        assert_eq!(b.submit(2).await, Some(2));
+    }
+}

@@ -1,0 +1,193 @@
+//! Request coalescing: the Multi RPC (several independent requests in one message) and the
+//! grouping of concurrent writes into shared log entries, observed from outside real nodes.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::http_get;
+use common::metric_value;
+use common::wait_for;
+use common::ProcessCluster;
+use rskv::client::ClientOptions;
+use rskv::pb::kv as pb;
+use rskv::pb::kv::kv_client::KvClient;
+use rskv::Client;
+
+const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn put(key: &str, value: &str) -> pb::Op {
+    pb::Op {
+        op: Some(pb::op::Op::Put(pb::PutRequest {
+            key: Bytes::from(key.to_string()),
+            value: Bytes::from(value.to_string()),
+            return_prev: false,
+        })),
+    }
+}
+
+fn get(key: &str, consistency: pb::Consistency) -> pb::Op {
+    pb::Op {
+        op: Some(pb::op::Op::Get(pb::GetRequest {
+            key: Bytes::from(key.to_string()),
+            consistency: consistency as i32,
+        })),
+    }
+}
+
+async fn multi(addr: &str, ops: Vec<pb::Op>) -> Vec<pb::op_result::Result> {
+    let mut kv = KvClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let resp = kv
+        .multi(pb::MultiRequest { ops })
+        .await
+        .expect("multi")
+        .into_inner();
+    resp.results
+        .into_iter()
+        .map(|r| r.result.expect("every op answered"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_should_answer_each_op_as_if_sent_alone() {
+    let cluster = ProcessCluster::start(3, "rocksdb", &[]);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let leader_addr = cluster.node(leader).addr.clone();
+    use pb::op_result::Result as R;
+
+    // Independent ops: two valid puts and an invalid one fail or succeed on their own.
+    let results = multi(
+        &leader_addr,
+        vec![put("a", "1"), put("", "x"), put("b", "2")],
+    )
+    .await;
+    assert_eq!(results.len(), 3);
+    let (R::Put(a), R::Error(bad), R::Put(b)) = (&results[0], &results[1], &results[2]) else {
+        panic!("unexpected results {results:?}");
+    };
+    assert!(a.index > 0 && b.index > 0, "{results:?}");
+    assert_eq!(bad.code, tonic::Code::InvalidArgument as i32, "{bad:?}");
+    assert!(bad.message.contains("key must not be empty"), "{bad:?}");
+
+    let cas = pb::Op {
+        op: Some(pb::op::Op::CompareAndSwap(pb::CompareAndSwapRequest {
+            key: Bytes::from_static(b"a"),
+            expected: Some(Bytes::from_static(b"1")),
+            new_value: Bytes::from_static(b"3"),
+        })),
+    };
+    let delete = pb::Op {
+        op: Some(pb::op::Op::Delete(pb::DeleteRequest {
+            key: Bytes::from_static(b"never-written"),
+        })),
+    };
+    let results = multi(
+        &leader_addr,
+        vec![get("b", pb::Consistency::Linearizable), cas, delete],
+    )
+    .await;
+    match &results[..] {
+        [R::Get(g), R::CompareAndSwap(c), R::Delete(d)] => {
+            assert!(g.found && g.value == "2", "{g:?}");
+            assert!(
+                c.success && c.current.as_deref() == Some(&b"3"[..]),
+                "{c:?}"
+            );
+            assert!(!d.existed, "{d:?}");
+        }
+        other => panic!("unexpected results {other:?}"),
+    }
+
+    // A follower refuses the write naming the leader, and serves the stale read locally.
+    let follower = cluster.follower_of(leader);
+    let follower_addr = cluster.node(follower).addr.clone();
+    let ops = || vec![put("c", "4"), get("a", pb::Consistency::Stale)];
+    let results = wait_for(
+        "the follower to apply a=3",
+        Duration::from_secs(10),
+        || async {
+            let results = multi(&follower_addr, ops()).await;
+            matches!(&results[1], R::Get(g) if g.value == "3").then_some(results)
+        },
+    )
+    .await;
+    let R::Error(e) = &results[0] else {
+        panic!("a follower accepted a write: {results:?}");
+    };
+    assert_eq!(e.code, tonic::Code::FailedPrecondition as i32, "{e:?}");
+    assert_eq!(e.leader_id, Some(leader), "{e:?}");
+    assert_eq!(e.leader_addr, leader_addr, "{e:?}");
+
+    // The library client follows that per-op redirect like a unary one.
+    let client = cluster.client_for(follower);
+    client.put("c", "5").await.expect("put via follower");
+    assert_eq!(
+        client.get("c").await.expect("get").as_deref(),
+        Some(&b"5"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_should_share_rpcs_and_log_entries() {
+    let cluster = ProcessCluster::start(3, "rocksdb", &[]);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let metrics_addr = cluster.node(leader).metrics_addr.clone();
+    let client = Client::with_options(
+        cluster.endpoints(),
+        ClientOptions {
+            deadline: Duration::from_secs(15),
+            batch_inflight: 1,
+            ..ClientOptions::default()
+        },
+    )
+    .expect("client");
+    client.put("warm", "up").await.expect("first put");
+    let scrape = || async { http_get(&metrics_addr, "/metrics").await.expect("scrape").1 };
+    let before = scrape().await;
+
+    const N: usize = 300;
+    let puts = (0..N).map(|i| client.put(format!("k{i:03}"), format!("v{i}")));
+    let indexes: Vec<u64> = futures::future::join_all(puts)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("every put acknowledged");
+    let gets = (0..N).map(|i| client.get(format!("k{i:03}")));
+    for (i, value) in futures::future::join_all(gets)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let value = value.expect("get");
+        assert_eq!(
+            value.as_deref(),
+            Some(format!("v{i}").as_bytes()),
+            "k{i:03}"
+        );
+    }
+
+    let after = scrape().await;
+    let delta = |name: &str, labels: &str| {
+        metric_value(&after, name, labels) - metric_value(&before, name, labels)
+    };
+    let multis = delta("rskv_requests_total", r#"method="multi",code="OK""#)
+        + delta("rskv_requests_total", r#"code="OK",method="multi""#);
+    let puts = delta("rskv_requests_total", r#"method="put",code="OK""#)
+        + delta("rskv_requests_total", r#"code="OK",method="put""#);
+    let entries = delta("rskv_write_group_size_count", "");
+    let grouped = delta("rskv_write_group_size_sum", "");
+    // Every put is counted as a put, whichever RPC carried it…
+    assert_eq!(puts, N as f64, "{after}");
+    // …but they travelled in fewer RPCs and fewer log entries than there were writes.
+    assert!(multis >= 1.0 && multis < N as f64, "{multis} multis");
+    assert_eq!(grouped, N as f64, "every write went through the proposer");
+    assert!(entries < N as f64, "{entries} entries for {N} writes");
+    // Writes that shared an entry share its index.
+    let mut distinct = indexes.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len() as f64, entries, "one index per entry");
+}
