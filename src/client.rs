@@ -90,7 +90,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_millis(500),
             initial_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(500),
-            batch_inflight: 2,
+            batch_inflight: 4,
         }
     }
 }
@@ -279,6 +279,7 @@ impl Client {
             };
             let chain = error_chain(&status);
             last_error = format!("{target}: {chain}");
+            tracing::debug!(attempt = attempts, error = %last_error, "attempt failed");
             match status.code() {
                 Code::FailedPrecondition if !is_not_leader(&status) => {
                     return Err(ClientError::Status(status));
