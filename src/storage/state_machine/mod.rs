@@ -653,3 +653,66 @@ pub(crate) mod engine_suite {
         assert_eq!(target.applied_state().expect("state"), state);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryEngine;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn group_should_apply_each_command_in_order_at_one_index() {
+        let engine = MemoryEngine::new();
+        let cas = |expected: &str, new_value: &str| Command::CompareAndSwap {
+            key: b("k"),
+            expected: Some(b(expected)),
+            new_value: b(new_value),
+        };
+        let group = Command::Group {
+            commands: vec![
+                Command::Put {
+                    key: b("k"),
+                    value: b("1"),
+                    return_prev: false,
+                },
+                cas("1", "2"),
+                cas("1", "3"),
+                Command::Delete { key: b("k") },
+                Command::Put {
+                    key: b("j"),
+                    value: b("5"),
+                    return_prev: true,
+                },
+            ],
+        };
+        let mut overlay = HashMap::new();
+        let mut events = Vec::new();
+        let resp = execute(&engine, &mut overlay, group, 7, &mut events).expect("execute");
+        let summary: Vec<(bool, Option<Bytes>)> = resp
+            .group
+            .iter()
+            .map(|r| (r.success, r.prev.clone()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (true, None),
+                (true, Some(b("1"))),
+                (false, Some(b("2"))),
+                (true, Some(b("2"))),
+                (true, None),
+            ]
+        );
+        let seen: Vec<(u64, Bytes)> = events.iter().map(|e| (e.index, e.key.clone())).collect();
+        assert_eq!(
+            seen,
+            vec![(7, b("k")), (7, b("k")), (7, b("k")), (7, b("j"))],
+            "one event per change, in order, all at the group's index"
+        );
+        assert_eq!(overlay.get(&b("k")), Some(&None));
+        assert_eq!(overlay.get(&b("j")), Some(&Some(b("5"))));
+    }
+}
