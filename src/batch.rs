@@ -95,6 +95,9 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
 
 impl<I: Send + 'static, O: Send + 'static> Inner<I, O> {
     fn take(&self, state: &mut State<I, O>) -> Vec<(I, oneshot::Sender<O>)> {
+        // Items whose caller gave up while they queued (a timeout) are never run: the caller has
+        // already reported an unknown outcome, and nobody waits for the answer.
+        state.queue.retain(|(_, tx)| !tx.is_closed());
         let mut weight = 0;
         let mut n = 0;
         for (item, _) in &state.queue {
@@ -121,11 +124,11 @@ impl<I: Send + 'static, O: Send + 'static> Inner<I, O> {
             let Ok(mut state) = inner.state.lock() else {
                 return;
             };
-            if state.queue.is_empty() {
+            batch = inner.take(&mut state);
+            if batch.is_empty() {
                 state.inflight -= 1;
                 return;
             }
-            batch = inner.take(&mut state);
         }
     }
 }
@@ -226,8 +229,11 @@ mod tests {
             queue: Vec::new(),
             inflight: 0,
         };
+        let mut receivers = Vec::new();
         for w in [4, 4, 4, 1, 1, 1, 1, 50, 1] {
-            state.queue.push((w, oneshot::channel().0));
+            let (tx, rx) = oneshot::channel();
+            receivers.push(rx);
+            state.queue.push((w, tx));
         }
         let sizes: Vec<Vec<usize>> = std::iter::from_fn(|| {
             (!state.queue.is_empty()).then(|| {
@@ -243,6 +249,55 @@ mod tests {
             sizes,
             vec![vec![4, 4], vec![4, 1, 1], vec![1, 1], vec![50], vec![1]]
         );
+    }
+
+    #[tokio::test]
+    async fn items_whose_caller_gave_up_should_never_run() {
+        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let seen = ran.clone();
+        let b = Arc::new(Batcher::new(
+            limits(1),
+            |_: &u32| 1,
+            move |items: Vec<u32>| {
+                seen.lock().expect("lock").extend(items.iter().copied());
+                let mut release = release_rx.clone();
+                async move {
+                    let _ = release.wait_for(|r| *r).await;
+                    items
+                }
+            },
+        ));
+        let first = tokio::spawn({
+            let b = b.clone();
+            async move { b.submit(1).await }
+        });
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while ran.lock().expect("lock").is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "first batch never ran"
+            );
+            tokio::task::yield_now().await;
+        }
+        // Queued behind the first batch, then abandoned.
+        let gave_up = tokio::time::timeout(std::time::Duration::from_millis(20), b.submit(2)).await;
+        assert!(gave_up.is_err(), "could not have been answered yet");
+        let kept = tokio::spawn({
+            let b = b.clone();
+            async move { b.submit(3).await }
+        });
+        while b.inner.state.lock().expect("lock").queue.len() < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "item 3 never queued"
+            );
+            tokio::task::yield_now().await;
+        }
+        release_tx.send(true).expect("release");
+        assert_eq!(first.await.expect("join"), Some(1));
+        assert_eq!(kept.await.expect("join"), Some(3));
+        assert_eq!(*ran.lock().expect("lock"), vec![1, 3]);
     }
 
     #[tokio::test]

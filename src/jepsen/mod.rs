@@ -361,10 +361,18 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
         history: history.clone(),
     };
     let mut workers = Vec::new();
+    // Even-numbered clients share one Client, as threads of one application would: their
+    // concurrent requests travel together in Multi RPCs. The others have a connection each.
+    let shared = Arc::new(workload::suite_client(endpoints.clone())?);
     for i in 0..clients {
+        let client = if i % 2 == 0 {
+            shared.clone()
+        } else {
+            Arc::new(workload::suite_client(endpoints.clone())?)
+        };
         workers.push(tokio::spawn(workload::run_client(
             i,
-            workload::suite_client(endpoints.clone())?,
+            client,
             workload.clone(),
             opts.seed.wrapping_add(i),
             client_rx.clone(),

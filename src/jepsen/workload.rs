@@ -171,7 +171,7 @@ pub struct Workload {
 /// pending.
 pub async fn run_client(
     index: u64,
-    client: Client,
+    client: std::sync::Arc<Client>,
     workload: Workload,
     seed: u64,
     mut stop: watch::Receiver<bool>,
