@@ -222,6 +222,21 @@ impl Client {
         }
     }
 
+    /// Runs one batchable op through [`Client::call`]; `pick` takes the expected kind of result
+    /// out (handing back anything else, a server bug).
+    async fn run_op<T>(
+        &self,
+        route: Route,
+        op: pb::op::Op,
+        pick: fn(pb::op_result::Result) -> Result<T, pb::op_result::Result>,
+    ) -> ClientResult<T> {
+        self.call(route, |target, ch| {
+            let result = self.dispatch(target, ch, op.clone());
+            async move { pick(result.await?).map_err(|other| mismatched(&other)) }
+        })
+        .await
+    }
+
     fn leader_hint(&self) -> Option<String> {
         self.leader.lock().ok().and_then(|g| g.clone())
     }
@@ -376,14 +391,9 @@ impl Client {
             consistency: consistency as i32,
         };
         let route = read_route(consistency);
-        self.call(route, |target, ch| {
-            let result = self.dispatch(target, ch, pb::op::Op::Get(req.clone()));
-            async move {
-                match result.await? {
-                    pb::op_result::Result::Get(r) => Ok(r),
-                    other => Err(mismatched(&other)),
-                }
-            }
+        self.run_op(route, pb::op::Op::Get(req), |r| match r {
+            pb::op_result::Result::Get(r) => Ok(r),
+            other => Err(other),
         })
         .await
     }
@@ -411,14 +421,9 @@ impl Client {
             value: value.into(),
             return_prev,
         };
-        self.call(Route::LeaderOnce, |target, ch| {
-            let result = self.dispatch(target, ch, pb::op::Op::Put(req.clone()));
-            async move {
-                match result.await? {
-                    pb::op_result::Result::Put(r) => Ok(r),
-                    other => Err(mismatched(&other)),
-                }
-            }
+        self.run_op(Route::LeaderOnce, pb::op::Op::Put(req), |r| match r {
+            pb::op_result::Result::Put(r) => Ok(r),
+            other => Err(other),
         })
         .await
     }
@@ -429,14 +434,9 @@ impl Client {
     /// See [`ClientError`].
     pub async fn delete(&self, key: impl Into<Bytes>) -> ClientResult<pb::DeleteResponse> {
         let req = pb::DeleteRequest { key: key.into() };
-        self.call(Route::LeaderOnce, |target, ch| {
-            let result = self.dispatch(target, ch, pb::op::Op::Delete(req.clone()));
-            async move {
-                match result.await? {
-                    pb::op_result::Result::Delete(r) => Ok(r),
-                    other => Err(mismatched(&other)),
-                }
-            }
+        self.run_op(Route::LeaderOnce, pb::op::Op::Delete(req), |r| match r {
+            pb::op_result::Result::Delete(r) => Ok(r),
+            other => Err(other),
         })
         .await
     }
@@ -475,15 +475,14 @@ impl Client {
             new_value: new_value.into(),
         };
         let resp = self
-            .call(Route::LeaderOnce, |target, ch| {
-                let result = self.dispatch(target, ch, pb::op::Op::CompareAndSwap(req.clone()));
-                async move {
-                    match result.await? {
-                        pb::op_result::Result::CompareAndSwap(r) => Ok(r),
-                        other => Err(mismatched(&other)),
-                    }
-                }
-            })
+            .run_op(
+                Route::LeaderOnce,
+                pb::op::Op::CompareAndSwap(req),
+                |r| match r {
+                    pb::op_result::Result::CompareAndSwap(r) => Ok(r),
+                    other => Err(other),
+                },
+            )
             .await?;
         Ok(CasOutcome {
             success: resp.success,
