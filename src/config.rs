@@ -203,7 +203,7 @@ impl Default for RaftConfig {
             keep_logs_after_snapshot: 5_000,
             snapshot_chunk_bytes: 1024 * 1024,
             read_policy: ReadPolicy::ReadIndex,
-            max_inflight_proposals: 1,
+            max_inflight_proposals: 2,
         }
     }
 }
