@@ -680,8 +680,10 @@ impl Client {
     }
 }
 
-/// Largest Multi the client builds, in encoded op bytes (a single larger op still goes alone).
-const MAX_MULTI_BYTES: usize = 4 * 1024 * 1024;
+/// Largest Multi the client builds, in encoded op bytes (a single larger op still goes alone):
+/// well under the servers' default `limits.max_message_bytes` (8 MiB), so batching never makes a
+/// request too large that would have fitted alone.
+const MAX_MULTI_BYTES: usize = 1024 * 1024;
 
 fn op_weight(op: &pb::op::Op) -> usize {
     use prost::Message;

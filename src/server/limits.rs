@@ -183,6 +183,8 @@ impl RequestLimiter {
                 "node is shutting down; retry on another node".into(),
             ));
         }
+        // A Multi larger than the whole limit takes all of it rather than waiting forever.
+        let count = count.clamp(1, self.max.max(1));
         let permits = u32::try_from(count).unwrap_or(u32::MAX);
         match self.slots.clone().try_acquire_many_owned(permits) {
             Ok(permit) => {
@@ -230,5 +232,26 @@ mod tests {
         let _c = limiter.admit().expect("slot freed");
         limiter.start_draining();
         assert!(matches!(limiter.admit(), Err(Error::NotAdmitted(_))));
+    }
+
+    #[test]
+    fn multi_should_take_one_slot_per_op_and_never_more_than_the_limit() {
+        let limiter = RequestLimiter::new(4);
+        let three = limiter.admit_many(3).expect("three of four");
+        assert_eq!(limiter.in_flight(), 3);
+        assert!(matches!(
+            limiter.admit_many(2),
+            Err(Error::ResourceExhausted(_))
+        ));
+        drop(three);
+        assert_eq!(limiter.in_flight(), 0);
+        // Larger than the whole limit: admitted when the node is idle, taking every slot.
+        let all = limiter
+            .admit_many(100)
+            .expect("an oversized multi on an idle node");
+        assert_eq!(limiter.in_flight(), 4);
+        assert!(matches!(limiter.admit(), Err(Error::ResourceExhausted(_))));
+        drop(all);
+        assert_eq!(limiter.in_flight(), 0);
     }
 }
