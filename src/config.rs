@@ -180,7 +180,8 @@ pub struct RaftConfig {
     pub election_timeout_min_ms: u64,
     /// Upper bound of the randomized election timeout.
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot (and purge the log before it) every this many applied entries.
+    /// Build a snapshot (and purge the log before it) every this many applied writes (a grouped
+    /// entry counts each of its writes), so the log a restart replays stays bounded under load.
     pub snapshot_every: u64,
     /// Log entries kept behind the last snapshot, so briefly lagging followers need no snapshot.
     pub keep_logs_after_snapshot: u64,

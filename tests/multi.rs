@@ -191,3 +191,35 @@ async fn concurrent_requests_should_share_rpcs_and_log_entries() {
     distinct.dedup();
     assert_eq!(distinct.len() as f64, entries, "one index per entry");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_should_follow_writes_not_log_entries() {
+    // 600 concurrent writes share far fewer than 200 entries; a snapshot is still due every 200
+    // writes.
+    let cluster = ProcessCluster::start(1, "rocksdb", &["--snapshot-every", "200"]);
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let addr = cluster.nodes[0].addr.clone();
+    let client = Client::with_options(
+        cluster.endpoints(),
+        ClientOptions {
+            deadline: Duration::from_secs(15),
+            batch_inflight: 1,
+            ..ClientOptions::default()
+        },
+    )
+    .expect("client");
+    let puts = (0..600).map(|i| client.put(format!("s{i:03}"), "v"));
+    for r in futures::future::join_all(puts).await {
+        r.expect("put");
+    }
+    let status = wait_for("a snapshot", Duration::from_secs(10), || async {
+        let s = client.status_of(&addr).await.expect("status");
+        (s.snapshot_index > 0).then_some(s)
+    })
+    .await;
+    assert!(
+        status.last_log_index < 200,
+        "the writes made {} entries: too many to show that snapshots count writes",
+        status.last_log_index
+    );
+}

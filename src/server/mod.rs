@@ -47,6 +47,7 @@ use crate::storage::memory::MemoryEngine;
 use crate::storage::rocks::RocksEngine;
 use crate::storage::KvEngine;
 use crate::storage::LogStore;
+use crate::storage::SnapshotTrigger;
 use crate::storage::StateMachine;
 
 /// Largest gRPC message between peers and largest reply to a client (Raft batches and scan pages;
@@ -104,6 +105,8 @@ pub struct Node {
     pub reads: Arc<read_barrier::ReadBarrier>,
     /// Write proposals, grouped into shared log entries under load.
     pub proposer: proposer::Proposer,
+    /// Asks openraft for a snapshot every `raft.snapshot_every` writes.
+    pub snapshots: Arc<SnapshotTrigger>,
 }
 
 impl Node {
@@ -142,8 +145,14 @@ impl Node {
                 config.events.history_bytes,
                 config.events.watch_buffer,
             ));
-            let state_machine =
-                StateMachine::open(engine.clone(), &snapshot_dir, events.clone()).await?;
+            let snapshots = SnapshotTrigger::new(config.raft.snapshot_every);
+            let state_machine = StateMachine::open(
+                engine.clone(),
+                &snapshot_dir,
+                events.clone(),
+                snapshots.clone(),
+            )
+            .await?;
             let network = NetworkFactory::new(
                 config.raft.snapshot_chunk_bytes as usize,
                 config.peer_source_ip,
@@ -158,6 +167,18 @@ impl Node {
             )
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
+            {
+                let raft = raft.clone();
+                let snapshots = snapshots.clone();
+                tokio::spawn(async move {
+                    while snapshots.due().await {
+                        if let Err(e) = raft.trigger().snapshot().await {
+                            tracing::debug!(error = %e, "snapshot trigger stopped");
+                            break;
+                        }
+                    }
+                });
+            }
             let limiter = limits::RequestLimiter::new(config.limits.max_inflight_requests);
             let reads = read_barrier::ReadBarrier::new(
                 raft.clone(),
@@ -173,6 +194,7 @@ impl Node {
                 id: config.node_id,
                 reads,
                 proposer,
+                snapshots,
                 events,
                 limiter,
                 config: Arc::new(config),
@@ -365,6 +387,7 @@ impl Node {
         if let Err(e) = self.raft.shutdown().await {
             tracing::error!(parent: &span, error = %e, "raft shutdown failed");
         }
+        self.snapshots.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while tasks.join_next().await.is_some() {}
         })

@@ -16,6 +16,7 @@ pub use state_machine::memory;
 pub use state_machine::rocks;
 pub use state_machine::AppliedState;
 pub use state_machine::KvEngine;
+pub use state_machine::SnapshotTrigger;
 pub use state_machine::StateMachine;
 
 /// openraft's own storage conformance suite, run against the log store with each engine.
@@ -48,7 +49,8 @@ mod openraft_suite {
                 Arc::new(memory::MemoryEngine::new())
             };
             let events = Arc::new(crate::events::EventBus::new(16, 1 << 20, 16));
-            let sm = StateMachine::open(engine, &dir.path().join("snapshots"), events)
+            let trigger = state_machine::SnapshotTrigger::new(0);
+            let sm = StateMachine::open(engine, &dir.path().join("snapshots"), events, trigger)
                 .await
                 .map_err(fail)?;
             Ok((dir, log_store, sm))

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ use crate::events::EventBus;
 use crate::events::EventKind;
 use crate::raft::Command;
 use crate::raft::CommandResponse;
+use crate::raft::Entry;
 use crate::raft::LogId;
 use crate::raft::Snapshot;
 use crate::raft::SnapshotMeta;
@@ -236,6 +238,69 @@ fn execute(
     })
 }
 
+/// Asks for a snapshot every `raft.snapshot_every` applied writes. openraft's own policy counts
+/// log entries, and an entry may carry a whole group of writes: counted in entries, a busy node
+/// would snapshot rarely and a memory-engine restart would replay a long log tail.
+pub struct SnapshotTrigger {
+    every: u64,
+    applied: AtomicU64,
+    at_last_snapshot: AtomicU64,
+    requested: AtomicBool,
+    closed: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl SnapshotTrigger {
+    /// A trigger firing every `every` writes (0: never).
+    pub fn new(every: u64) -> Arc<SnapshotTrigger> {
+        Arc::new(SnapshotTrigger {
+            every,
+            applied: AtomicU64::new(0),
+            at_last_snapshot: AtomicU64::new(0),
+            requested: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn applied(&self, writes: u64) {
+        let total = self.applied.fetch_add(writes, Ordering::AcqRel) + writes;
+        let since = total.saturating_sub(self.at_last_snapshot.load(Ordering::Acquire));
+        if self.every > 0 && since >= self.every && !self.requested.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
+
+    fn snapshot_started(&self) {
+        self.at_last_snapshot
+            .store(self.applied.load(Ordering::Acquire), Ordering::Release);
+        self.requested.store(false, Ordering::Release);
+    }
+
+    /// Waits until a snapshot is due; `false` once [`SnapshotTrigger::close`] was called.
+    pub async fn due(&self) -> bool {
+        if !self.closed.load(Ordering::Acquire) {
+            self.wake.notified().await;
+        }
+        !self.closed.load(Ordering::Acquire)
+    }
+
+    /// Ends the waits (node shutdown).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+}
+
+/// Writes an entry carries (a group counts each of its commands).
+fn writes_in(entry: &Entry) -> u64 {
+    match &entry.payload {
+        EntryPayload::Normal(Command::Group { commands }) => commands.len() as u64,
+        EntryPayload::Normal(_) => 1,
+        _ => 0,
+    }
+}
+
 /// The state machine handed to openraft; cheap to clone (the engine is shared).
 #[derive(Clone)]
 pub struct StateMachine {
@@ -244,6 +309,8 @@ pub struct StateMachine {
     snapshot_dir: PathBuf,
     /// Names temporary snapshot files uniquely.
     snapshot_seq: Arc<AtomicU64>,
+    /// Counts applied writes to ask for snapshots.
+    trigger: Arc<SnapshotTrigger>,
     /// Where applied changes are published.
     events: Arc<EventBus>,
     /// Serializes snapshot builds with snapshot installs.
@@ -261,12 +328,14 @@ impl StateMachine {
         engine: Arc<dyn KvEngine>,
         snapshot_dir: &Path,
         events: Arc<EventBus>,
+        trigger: Arc<SnapshotTrigger>,
     ) -> io::Result<StateMachine> {
         std::fs::create_dir_all(snapshot_dir)?;
         let sm = StateMachine {
             engine,
             snapshot_dir: snapshot_dir.to_path_buf(),
             snapshot_seq: Arc::new(AtomicU64::new(0)),
+            trigger,
             events,
             snapshot_lock: Arc::new(Mutex::new(())),
         };
@@ -407,6 +476,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let engine = self.sm.engine.clone();
         let dir = self.sm.snapshot_dir.clone();
         let seq = self.sm.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        self.sm.trigger.snapshot_started();
         let lock = self.sm.snapshot_lock.clone();
         let (meta, path) = tokio::task::spawn_blocking(move || {
             build_snapshot_blocking(&*engine, &dir, seq, &lock)
@@ -446,6 +516,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let engine = self.engine.clone();
         let bus = self.events.clone();
         let small = batch.len() <= INLINE_APPLY_ENTRIES;
+        let writes: u64 = batch.iter().map(|(entry, _)| writes_in(entry)).sum();
         let work = move || {
             let mut state = engine.applied_state()?;
             let mut overlay: HashMap<Bytes, Option<Bytes>> = HashMap::new();
@@ -482,6 +553,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         } else {
             tokio::task::spawn_blocking(work).await.map_err(io_err)??
         };
+        self.trigger.applied(writes);
         for (responder, response) in responders {
             if let Some(responder) = responder {
                 responder.send(response);
@@ -508,6 +580,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let lock = self.snapshot_lock.clone();
         let events = self.events.clone();
+        self.trigger.snapshot_started();
         tokio::task::spawn_blocking(move || {
             let _guard = lock.lock().map_err(|_| io_err("snapshot lock poisoned"))?;
             let started = std::time::Instant::now();
