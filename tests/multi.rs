@@ -36,6 +36,19 @@ fn get(key: &str, consistency: pb::Consistency) -> pb::Op {
     }
 }
 
+/// A client with one RPC in flight per node, so concurrent requests queue and travel in Multis.
+fn one_rpc_at_a_time(cluster: &ProcessCluster) -> Client {
+    Client::with_options(
+        cluster.endpoints(),
+        ClientOptions {
+            deadline: Duration::from_secs(15),
+            batch_inflight: 1,
+            ..ClientOptions::default()
+        },
+    )
+    .expect("client")
+}
+
 async fn multi(addr: &str, ops: Vec<pb::Op>) -> Vec<pb::op_result::Result> {
     let mut kv = KvClient::connect(format!("http://{addr}"))
         .await
@@ -135,15 +148,7 @@ async fn concurrent_requests_should_share_rpcs_and_log_entries() {
     let cluster = ProcessCluster::start(3, "rocksdb", &[]);
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let metrics_addr = cluster.node(leader).metrics_addr.clone();
-    let client = Client::with_options(
-        cluster.endpoints(),
-        ClientOptions {
-            deadline: Duration::from_secs(15),
-            batch_inflight: 1,
-            ..ClientOptions::default()
-        },
-    )
-    .expect("client");
+    let client = one_rpc_at_a_time(&cluster);
     client.put("warm", "up").await.expect("first put");
     let scrape = || async { http_get(&metrics_addr, "/metrics").await.expect("scrape").1 };
     let before = scrape().await;
@@ -199,15 +204,7 @@ async fn snapshots_should_follow_writes_not_log_entries() {
     let cluster = ProcessCluster::start(1, "rocksdb", &["--snapshot-every", "200"]);
     cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let addr = cluster.nodes[0].addr.clone();
-    let client = Client::with_options(
-        cluster.endpoints(),
-        ClientOptions {
-            deadline: Duration::from_secs(15),
-            batch_inflight: 1,
-            ..ClientOptions::default()
-        },
-    )
-    .expect("client");
+    let client = one_rpc_at_a_time(&cluster);
     let puts = (0..600).map(|i| client.put(format!("s{i:03}"), "v"));
     for r in futures::future::join_all(puts).await {
         r.expect("put");
