@@ -148,6 +148,46 @@ mod tests {
         }
     }
 
+    type Gated = (
+        Arc<Batcher<u32, u32>>,
+        Arc<Mutex<Vec<Vec<u32>>>>,
+        tokio::sync::watch::Sender<bool>,
+    );
+
+    /// A one-slot batcher whose batches record their items, then wait for `release` before
+    /// answering each item with `answer(item)`.
+    fn gated(answer: fn(u32) -> u32) -> Gated {
+        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let seen = batches.clone();
+        let b = Batcher::new(
+            limits(1),
+            |_: &u32| 1,
+            move |items: Vec<u32>| {
+                seen.lock().expect("lock").push(items.clone());
+                let mut release = release_rx.clone();
+                async move {
+                    let _ = release.wait_for(|r| *r).await;
+                    items.into_iter().map(answer).collect()
+                }
+            },
+        );
+        (Arc::new(b), batches, release_tx)
+    }
+
+    /// Yields until `done`, failing after 5 s.
+    async fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "{what}");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn queued(b: &Batcher<u32, u32>) -> usize {
+        b.inner.state.lock().expect("lock").queue.len()
+    }
+
     #[tokio::test]
     async fn lone_item_should_run_at_once_in_a_batch_of_one() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
@@ -167,49 +207,28 @@ mod tests {
 
     #[tokio::test]
     async fn items_queued_behind_a_running_batch_should_go_together_in_order() {
-        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
-        let sizes = Arc::new(Mutex::new(Vec::new()));
-        let seen = sizes.clone();
-        let b = Arc::new(Batcher::new(
-            limits(1),
-            |_: &u32| 1,
-            move |items: Vec<u32>| {
-                seen.lock().expect("lock").push(items.clone());
-                let mut release = release_rx.clone();
-                async move {
-                    let _ = release.wait_for(|r| *r).await;
-                    items.into_iter().map(|i| i + 100).collect()
-                }
-            },
-        ));
+        let (b, batches, release) = gated(|i| i + 100);
         let first = tokio::spawn({
             let b = b.clone();
             async move { b.submit(0).await }
         });
         // Wait until the first batch is running, then queue three more behind it.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while sizes.lock().expect("lock").is_empty() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "first batch never ran"
-            );
-            tokio::task::yield_now().await;
-        }
+        wait_until("first batch never ran", || {
+            !batches.lock().expect("lock").is_empty()
+        })
+        .await;
         let mut rest = Vec::new();
         for i in 1..4 {
             let b = b.clone();
             rest.push(tokio::spawn(async move { b.submit(i).await }));
         }
-        while b.inner.state.lock().expect("lock").queue.len() < 3 {
-            assert!(tokio::time::Instant::now() < deadline, "items never queued");
-            tokio::task::yield_now().await;
-        }
-        release_tx.send(true).expect("release");
+        wait_until("items never queued", || queued(&b) == 3).await;
+        release.send(true).expect("release");
         assert_eq!(first.await.expect("join"), Some(100));
         for (i, r) in rest.into_iter().enumerate() {
             assert_eq!(r.await.expect("join"), Some(101 + i as u32));
         }
-        let mut batches = sizes.lock().expect("lock").clone();
+        let mut batches = batches.lock().expect("lock").clone();
         batches[1].sort();
         assert_eq!(batches, vec![vec![0], vec![1, 2, 3]]);
     }
@@ -253,33 +272,15 @@ mod tests {
 
     #[tokio::test]
     async fn items_whose_caller_gave_up_should_never_run() {
-        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
-        let ran = Arc::new(Mutex::new(Vec::new()));
-        let seen = ran.clone();
-        let b = Arc::new(Batcher::new(
-            limits(1),
-            |_: &u32| 1,
-            move |items: Vec<u32>| {
-                seen.lock().expect("lock").extend(items.iter().copied());
-                let mut release = release_rx.clone();
-                async move {
-                    let _ = release.wait_for(|r| *r).await;
-                    items
-                }
-            },
-        ));
+        let (b, batches, release) = gated(|i| i);
         let first = tokio::spawn({
             let b = b.clone();
             async move { b.submit(1).await }
         });
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while ran.lock().expect("lock").is_empty() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "first batch never ran"
-            );
-            tokio::task::yield_now().await;
-        }
+        wait_until("first batch never ran", || {
+            !batches.lock().expect("lock").is_empty()
+        })
+        .await;
         // Queued behind the first batch, then abandoned.
         let gave_up = tokio::time::timeout(std::time::Duration::from_millis(20), b.submit(2)).await;
         assert!(gave_up.is_err(), "could not have been answered yet");
@@ -287,17 +288,11 @@ mod tests {
             let b = b.clone();
             async move { b.submit(3).await }
         });
-        while b.inner.state.lock().expect("lock").queue.len() < 2 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "item 3 never queued"
-            );
-            tokio::task::yield_now().await;
-        }
-        release_tx.send(true).expect("release");
+        wait_until("item 3 never queued", || queued(&b) == 2).await;
+        release.send(true).expect("release");
         assert_eq!(first.await.expect("join"), Some(1));
         assert_eq!(kept.await.expect("join"), Some(3));
-        assert_eq!(*ran.lock().expect("lock"), vec![1, 3]);
+        assert_eq!(*batches.lock().expect("lock"), vec![vec![1], vec![3]]);
     }
 
     #[tokio::test]

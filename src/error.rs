@@ -138,18 +138,19 @@ impl From<Error> for Status {
 /// The per-op error of a Multi: the same code, message and hints the status of a unary call
 /// would carry (one mapping, through `From<Error> for Status`).
 pub fn op_error(e: Error) -> crate::pb::kv::OpError {
-    let leader = match &e {
-        Error::NotLeader {
-            leader: Some((id, addr)),
-        } => Some((*id, addr.clone())),
-        _ => None,
-    };
     let status = Status::from(e);
+    let header = |key: &str| {
+        status
+            .metadata()
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     crate::pb::kv::OpError {
         code: status.code() as i32,
         message: status.message().to_string(),
-        leader_id: leader.as_ref().map(|(id, _)| *id),
-        leader_addr: leader.map(|(_, addr)| addr).unwrap_or_default(),
+        leader_id: header(LEADER_ID_HEADER).and_then(|id| id.parse().ok()),
+        leader_addr: header(LEADER_ADDR_HEADER).unwrap_or_default(),
         not_admitted: status.metadata().contains_key(NOT_ADMITTED_HEADER),
     }
 }

@@ -112,6 +112,14 @@ pub enum Command {
 }
 
 impl Command {
+    /// Client writes the command carries: each command of a group, else one.
+    pub fn writes(&self) -> usize {
+        match self {
+            Command::Group { commands } => commands.len(),
+            _ => 1,
+        }
+    }
+
     /// Approximate memory held by the command (keys and values plus a fixed overhead), for
     /// bounding caches.
     pub fn approx_bytes(&self) -> usize {

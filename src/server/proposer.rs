@@ -85,6 +85,7 @@ fn timeout_error() -> Error {
 }
 
 async fn propose(raft: &Raft, timeout: Duration, command: Command) -> Outcome {
+    super::metrics::write_group(command.writes());
     let result = tokio::time::timeout(timeout, raft.client_write(command))
         .await
         .map_err(|_| timeout_error())?;
@@ -95,12 +96,10 @@ async fn propose(raft: &Raft, timeout: Duration, command: Command) -> Outcome {
 async fn propose_group(raft: &Raft, timeout: Duration, mut commands: Vec<Command>) -> Vec<Outcome> {
     if commands.len() == 1 {
         if let Some(command) = commands.pop() {
-            super::metrics::write_group(1);
             return vec![propose(raft, timeout, command).await];
         }
     }
     let n = commands.len();
-    super::metrics::write_group(n);
     match propose(raft, timeout, Command::Group { commands }).await {
         Ok((index, resp)) if resp.group.len() == n => {
             resp.group.into_iter().map(|r| Ok((index, r))).collect()

@@ -295,8 +295,7 @@ impl SnapshotTrigger {
 /// Writes an entry carries (a group counts each of its commands).
 fn writes_in(entry: &Entry) -> u64 {
     match &entry.payload {
-        EntryPayload::Normal(Command::Group { commands }) => commands.len() as u64,
-        EntryPayload::Normal(_) => 1,
+        EntryPayload::Normal(command) => command.writes() as u64,
         _ => 0,
     }
 }
