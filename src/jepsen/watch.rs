@@ -47,9 +47,9 @@ pub struct Segment {
 pub type Segments = Arc<Mutex<Vec<Segment>>>;
 
 /// Watches `prefix` on node `node` (only that node) until `stop`, keeping the newest index
-/// received in `progress`, resuming after each
-/// interruption from the index of the last event (skipping what it already has); a node that can no longer serve that index
-/// (restarted, wiped, installed a snapshot) starts a new segment from live events.
+/// received in `progress`, resuming after each interruption from the index of the last event
+/// (skipping what it already has); a node that can no longer serve that index (restarted, wiped,
+/// installed a snapshot) starts a new segment from live events.
 pub async fn run_watcher(
     node: u64,
     addr: String,
