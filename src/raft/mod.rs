@@ -62,9 +62,9 @@ pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
 pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
 /// Snapshot metadata.
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
-/// A snapshot whose data is a file on disk.
+/// A snapshot: its metadata and its data (a file, or a durable engine's export stream).
 pub type Snapshot =
-    openraft::type_config::alias::SnapshotOf<TypeConfig, crate::storage::SnapshotFile>;
+    openraft::type_config::alias::SnapshotOf<TypeConfig, crate::storage::SnapshotData>;
 
 /// A state-machine command: the only way data changes in rskv.
 ///

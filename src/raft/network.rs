@@ -2,8 +2,8 @@
 //!
 //! openraft's request/response types are MessagePack-encoded into `RaftPayload.data` (see
 //! `proto/raft.proto`); this module and [`crate::server::raft_service`] are the only places that
-//! encode or decode them. Snapshots are streamed from their file in `snapshot_chunk_bytes` pieces,
-//! with at most a few chunks in memory at a time.
+//! encode or decode them. Snapshots are streamed from their file (or a durable engine's export) in
+//! `snapshot_chunk_bytes` pieces, with at most a few chunks in memory at a time.
 
 use std::future::Future;
 use std::io::Read;
@@ -40,7 +40,7 @@ use crate::raft::NodeInfo;
 use crate::raft::Snapshot;
 use crate::raft::TypeConfig;
 use crate::raft::Vote;
-use crate::storage::SnapshotFile;
+use crate::storage::SnapshotData;
 
 /// Encodes an openraft message for the wire.
 ///
@@ -182,7 +182,7 @@ impl PeerConnection {
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -231,15 +231,16 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let header = encode(&(vote, snapshot.meta.clone()))
+        let header = encode(&(vote, &snapshot.meta))
             .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
         let mut client = self
             .client
             .clone()
             .map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))?;
+        let meta = snapshot.meta;
         let reader = snapshot
             .snapshot
-            .read_from(0)
+            .into_reader()
             .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
         let chunk = self.snapshot_chunk_bytes.max(1024);
@@ -247,7 +248,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             header,
             data: Bytes::new(),
         };
-        // Reads the file in a blocking thread; stops as soon as the RPC side goes away.
+        // Reads the file (or export stream) in a blocking thread; stops as soon as the RPC side
+        // goes away.
         let producer = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
             let mut reader = reader;
             let mut sent = 0u64;
@@ -280,7 +282,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         });
         let target = self.target;
         let addr = self.addr.clone();
-        tracing::info!(target, %addr, last_log_id = ?snapshot.meta.last_log_id, "sending snapshot");
+        tracing::info!(target, %addr, last_log_id = ?meta.last_log_id, "sending snapshot");
         let call = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
         let reply = tokio::select! {
             reply = call => reply,

@@ -28,6 +28,7 @@ use crate::raft::Snapshot;
 use crate::raft::SnapshotMeta;
 use crate::raft::TypeConfig;
 use crate::raft::Vote;
+use crate::storage::SnapshotData;
 use crate::storage::SnapshotFile;
 
 /// Implements `rskv.raft.v1.Raft` on top of a [`Node`].
@@ -185,7 +186,7 @@ impl Raft for RaftService {
                 vote,
                 Snapshot {
                     meta,
-                    snapshot: snapshot_file,
+                    snapshot: SnapshotData::File(snapshot_file),
                 },
             )
             .await

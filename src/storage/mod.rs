@@ -11,6 +11,7 @@ pub mod snapshot;
 pub mod state_machine;
 
 pub use log_store::LogStore;
+pub use snapshot::SnapshotData;
 pub use snapshot::SnapshotFile;
 pub use state_machine::memory;
 pub use state_machine::rocks;

@@ -4,6 +4,10 @@
 //! of (`u32` key length, key, `u32` value length, value) in key order, then an end marker
 //! (`u32::MAX`) and the `u64` record count, which detects truncated files. Everything is streamed:
 //! neither writing, sending nor reading a snapshot holds it in memory.
+//!
+//! A snapshot travels as [`SnapshotData`]: a file (the memory engine's snapshots, and every
+//! snapshot a follower receives) or a [`SnapshotStream`], the file format produced on demand from
+//! a point-in-time view of a durable engine (see [`crate::storage::StateMachine`]).
 
 use std::fs::File;
 use std::io;
@@ -14,6 +18,7 @@ use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
 
+use bytes::Buf;
 use bytes::Bytes;
 
 use crate::error::io_err;
@@ -24,7 +29,7 @@ const END: u32 = u32::MAX;
 /// Largest header or record field accepted when reading, so a corrupt length cannot allocate GBs.
 const MAX_FIELD: u32 = 256 * 1024 * 1024;
 
-/// A snapshot's data as openraft passes it around: an open file plus its path.
+/// A snapshot file: an open handle plus its path.
 ///
 /// Holding the open file (not just a path) pins the exact snapshot even if a newer one replaces
 /// the path while this one is being sent.
@@ -92,19 +97,41 @@ impl Read for PositionalReader {
     }
 }
 
-/// Writes a snapshot file: header first, then records, then [`SnapshotWriter::finish`].
-pub struct SnapshotWriter {
-    out: BufWriter<File>,
+/// Encodes a snapshot in the file format into any writer: header first, then records, then
+/// [`SnapshotWriter::end`]. Files and the in-memory stream of a durable engine's export share it,
+/// so a follower receives the same bytes whichever the leader sends.
+pub struct SnapshotWriter<W: Write = BufWriter<File>> {
+    out: W,
     count: u64,
 }
 
-impl SnapshotWriter {
+impl SnapshotWriter<BufWriter<File>> {
     /// Creates `path` and writes the header.
     ///
     /// # Errors
     /// When the file cannot be created or written.
     pub fn create(path: &Path, meta: &SnapshotMeta) -> io::Result<SnapshotWriter> {
-        let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
+        SnapshotWriter::start(BufWriter::with_capacity(1 << 20, File::create(path)?), meta)
+    }
+
+    /// Writes the end marker and syncs the file to disk; returns the record count.
+    ///
+    /// # Errors
+    /// On a write or sync failure.
+    pub fn finish(self) -> io::Result<u64> {
+        let count = self.count;
+        let file = self.end()?.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(count)
+    }
+}
+
+impl<W: Write> SnapshotWriter<W> {
+    /// Writes the header to `out`.
+    ///
+    /// # Errors
+    /// On a write failure.
+    pub fn start(mut out: W, meta: &SnapshotMeta) -> io::Result<SnapshotWriter<W>> {
         out.write_all(MAGIC)?;
         let header = rmp_serde::to_vec(meta).map_err(io_err)?;
         write_field(&mut out, &header)?;
@@ -122,16 +149,20 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    /// Writes the end marker and syncs the file to disk.
+    /// The underlying writer, as it is (to end a stream with an error).
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
+    /// Writes the end marker (with the record count) and flushes; returns the writer.
     ///
     /// # Errors
-    /// On a write or sync failure.
-    pub fn finish(mut self) -> io::Result<u64> {
+    /// On a write failure.
+    pub fn end(mut self) -> io::Result<W> {
         self.out.write_all(&END.to_le_bytes())?;
         self.out.write_all(&self.count.to_le_bytes())?;
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        Ok(self.count)
+        self.out.flush()?;
+        Ok(self.out)
     }
 }
 
@@ -226,5 +257,118 @@ impl Iterator for SnapshotReader {
                 Some(Err(e))
             }
         }
+    }
+}
+
+/// A snapshot's data as openraft passes it around.
+pub enum SnapshotData {
+    /// A snapshot file on disk.
+    File(SnapshotFile),
+    /// The file format streamed from an engine export that is still running.
+    Stream(SnapshotStream),
+}
+
+impl std::fmt::Debug for SnapshotData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotData::File(file) => write!(f, "file {}", file.path.display()),
+            SnapshotData::Stream(_) => write!(f, "engine export stream"),
+        }
+    }
+}
+
+impl SnapshotData {
+    /// A blocking reader over the snapshot's bytes in the file format, from the start.
+    ///
+    /// # Errors
+    /// When the file handle cannot be duplicated.
+    pub fn into_reader(self) -> io::Result<Box<dyn Read + Send>> {
+        Ok(match self {
+            SnapshotData::File(file) => Box::new(file.read_from(0)?),
+            SnapshotData::Stream(stream) => Box::new(stream),
+        })
+    }
+}
+
+/// Pieces a [`StreamWriter`] hands to its [`SnapshotStream`] at once.
+const STREAM_PIECE_BYTES: usize = 1 << 20;
+/// Pieces buffered between producer and consumer: the export runs at most this far ahead of the
+/// send, so a stream no one reads holds a few MiB, not the data set.
+const STREAM_PIECES_AHEAD: usize = 2;
+
+/// The writing end of a snapshot stream: a [`Write`] that sends its bytes in pieces.
+pub struct StreamWriter {
+    tx: std::sync::mpsc::SyncSender<io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+/// The reading end: a [`Read`] over the pieces, in order. Dropping it makes the producer's next
+/// write fail, which ends the export.
+pub struct SnapshotStream {
+    rx: std::sync::mpsc::Receiver<io::Result<Bytes>>,
+    piece: Bytes,
+}
+
+/// A connected writer and reader.
+pub fn snapshot_stream() -> (StreamWriter, SnapshotStream) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(STREAM_PIECES_AHEAD);
+    (
+        StreamWriter {
+            tx,
+            buf: Vec::with_capacity(STREAM_PIECE_BYTES),
+        },
+        SnapshotStream {
+            rx,
+            piece: Bytes::new(),
+        },
+    )
+}
+
+impl StreamWriter {
+    fn send(&mut self, piece: io::Result<Bytes>) -> io::Result<()> {
+        self.tx
+            .send(piece)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "snapshot stream dropped"))
+    }
+
+    /// Ends the stream with an error the reader will see (an export that failed midway).
+    pub fn fail(mut self, error: io::Error) {
+        let _ = self.send(Err(error));
+    }
+}
+
+impl Write for StreamWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= STREAM_PIECE_BYTES {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(STREAM_PIECE_BYTES));
+        self.send(Ok(Bytes::from(piece)))
+    }
+}
+
+impl Read for SnapshotStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.piece.is_empty() {
+            match self.rx.recv() {
+                Ok(piece) => self.piece = piece?,
+                // The writer is gone: after `end` that is the end of the stream; an export that
+                // stopped early sent its error first, and a truncated stream fails the reader's
+                // record-count check.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.piece.len());
+        buf[..n].copy_from_slice(&self.piece[..n]);
+        self.piece.advance(n);
+        Ok(n)
     }
 }

@@ -237,6 +237,10 @@ impl KvEngine for RocksEngine {
         self.db.flush_wal(true).map_err(io_err)
     }
 
+    fn durable(&self) -> bool {
+        true
+    }
+
     fn import_interrupted(&self) -> io::Result<bool> {
         Ok(self
             .db
