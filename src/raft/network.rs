@@ -295,7 +295,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             Ok(Ok(bytes)) => tracing::info!(target, bytes, "snapshot sent"),
             Ok(Err(e)) => {
                 return Err(StreamingError::Network(NetworkError::from_string(format!(
-                    "reading snapshot file: {e}"
+                    "reading snapshot: {e}"
                 ))))
             }
             Err(e) => {
