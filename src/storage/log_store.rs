@@ -406,9 +406,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
         // Not synced: losing it in a crash only means re-learning the commit index from the
-        // leader; it never makes the node claim more than was committed.
+        // leader; it never makes the node claim more than was committed. Written inline, like an
+        // append: openraft awaits this on its core task before it applies the newly committed
+        // entries, and an unsynced write of one small record costs less than the two thread
+        // hand-offs of a blocking task (seen with strace on every commit's path).
         let batch = self.meta_batch(KEY_COMMITTED, &committed)?;
-        self.write(batch, false).await
+        self.db.write(batch).map_err(io_err)
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
