@@ -708,6 +708,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             };
             snapshot.file.sync_all()?;
+            // Read it through once before touching the engine: a transfer cut short (a sender
+            // whose file read or engine export failed midway ends its stream early) must be
+            // refused here, not found corrupt halfway through an import that has already
+            // cleared the engine, and then again at every restart.
+            let records = snapshot.reader()?.try_fold(0u64, |n, r| r.map(|_| n + 1))?;
+            tracing::debug!(records, "incoming snapshot verified");
             // Put the file in place first: if the import below is interrupted, the next start
             // re-imports it (see `recover`).
             if snapshot.path != final_path {
@@ -1046,5 +1052,51 @@ mod tests {
             snapshot.meta.last_log_id
         );
         assert_eq!(engine.scan(b"", None, usize::MAX).expect("scan").len(), 100);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn truncated_snapshot_should_be_refused_before_the_engine_is_touched() {
+        let source_dir = tempfile::tempdir().expect("tempdir");
+        let source = Arc::new(MemoryEngine::new());
+        let mut leader = state_machine(source.clone(), source_dir.path()).await;
+        source.commit(rows(100, "new", 9)).expect("commit");
+        let snapshot = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build");
+        let SnapshotData::File(file) = snapshot.snapshot else {
+            panic!("the memory engine builds files");
+        };
+        let len = file.file.metadata().expect("metadata").len();
+        let cut = source_dir.path().join("incoming-cut.tmp");
+        std::fs::copy(&file.path, &cut).expect("copy");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&cut)
+            .expect("open")
+            .set_len(len / 2)
+            .expect("truncate");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Arc::new(rocks::RocksEngine::open(&dir.path().join("sm")).expect("open"));
+        engine.commit(rows(10, "old", 3)).expect("commit");
+        let mut follower = state_machine(engine.clone(), &dir.path().join("snapshots")).await;
+        let truncated = SnapshotData::File(SnapshotFile::open(&cut).expect("open"));
+        assert!(follower
+            .install_snapshot(&snapshot.meta, truncated)
+            .await
+            .is_err());
+        assert_eq!(
+            engine
+                .applied_state()
+                .expect("state")
+                .last_applied
+                .map(|l| l.index),
+            Some(3)
+        );
+        assert!(!engine.import_interrupted().expect("marker"));
+        assert_eq!(engine.scan(b"", None, usize::MAX).expect("scan").len(), 10);
     }
 }
