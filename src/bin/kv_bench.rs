@@ -12,6 +12,11 @@ use rskv::bench::Workload;
 use rskv::client::Consistency;
 use rskv::config::DEV_ADDR;
 
+/// mimalloc, as in `kv_server`: the generator shares the machine with the cluster it measures,
+/// and with glibc's malloc its allocations were ~8% of its CPU (64-client puts).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Kind {
     Put,
