@@ -958,6 +958,19 @@ mod tests {
             .expect("open state machine")
     }
 
+    /// A snapshot file built by a memory engine holding `rows`, in `dir`.
+    async fn memory_snapshot(dir: &Path, rows: WriteSet) -> Snapshot {
+        let source = Arc::new(MemoryEngine::new());
+        let mut leader = state_machine(source.clone(), dir).await;
+        source.commit(rows).expect("commit");
+        leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build")
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn durable_engine_snapshot_should_stream_a_point_in_time_view() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1022,15 +1035,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn durable_engine_should_keep_installed_data_without_the_file() {
         let source_dir = tempfile::tempdir().expect("tempdir");
-        let source = Arc::new(MemoryEngine::new());
-        let mut leader = state_machine(source.clone(), source_dir.path()).await;
-        source.commit(rows(100, "v", 7)).expect("commit");
-        let snapshot = leader
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .expect("build");
+        let snapshot = memory_snapshot(source_dir.path(), rows(100, "v", 7)).await;
 
         let dir = tempfile::tempdir().expect("tempdir");
         {
@@ -1057,15 +1062,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn truncated_snapshot_should_be_refused_before_the_engine_is_touched() {
         let source_dir = tempfile::tempdir().expect("tempdir");
-        let source = Arc::new(MemoryEngine::new());
-        let mut leader = state_machine(source.clone(), source_dir.path()).await;
-        source.commit(rows(100, "new", 9)).expect("commit");
-        let snapshot = leader
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .expect("build");
+        let snapshot = memory_snapshot(source_dir.path(), rows(100, "new", 9)).await;
         let SnapshotData::File(file) = snapshot.snapshot else {
             panic!("the memory engine builds files");
         };
