@@ -96,29 +96,35 @@ fi
 run() { # target endpoints workload clients [args...]
     local target=$1 endpoints=$2 workload=$3 clients=$4
     shift 4
-    local conns=$(( clients < 16 ? clients : 16 ))
+    local conns=${CONNS:-$(( clients < 16 ? clients : 16 ))}
     "$BIN/kv_bench" "$workload" --target "$target" --endpoints "$endpoints" --clients "$clients" \
         --conns "$conns" --duration "$DURATION" --key-size 8 --val-size 256 --key-space "$KEYS" --json "$@"
 }
 
 printf '%-16s %7s | %10s %8s %8s | %10s %8s %8s | %6s\n' workload clients "rskv op/s" p50ms p99ms "etcd op/s" p50ms p99ms ratio | tee "$OUT/table.txt"
-# get-lease: the same linearizable gets with rskv restarted under raft.read_policy = "lease"
-# (etcd has no lease reads; its row is its linearizable get again).
-for spec in "put put" "get-linearizable get --consistency linearizable" "get-stale get --consistency stale" \
-    "get-lease get --consistency linearizable"; do
+# put-1conn: the same puts with every client sharing one connection per system (one rskv Client,
+# one etcd client; etcd's own benchmark defaults to --conns 1), where rskv's client coalesces
+# requests into Multi RPCs. get-lease: the same linearizable gets with rskv restarted under
+# raft.read_policy = "lease" (etcd has no lease reads; its row is its linearizable get again).
+for spec in "put put" "put-1conn put" "get-linearizable get --consistency linearizable" \
+    "get-stale get --consistency stale" "get-lease get --consistency linearizable"; do
     set -- $spec
     name=$1; shift
+    CONNS=""
+    [[ "$name" == put-1conn ]] && CONNS=1
     if [[ "$name" == get-lease ]]; then
         stop_rskv
         start_rskv lease
         wait_ready rskv "$RSKV"
     fi
     for c in $CLIENTS; do
-        r="$(run rskv "$RSKV" "$1" "$c" "${@:2}")"
+        # One client has one connection anyway: its row would repeat the put row.
+        [[ "$name" == put-1conn && "$c" == 1 ]] && continue
+        r="$(CONNS=$CONNS run rskv "$RSKV" "$1" "$c" "${@:2}")"
         echo "{\"system\":\"rskv\",\"cell\":\"$name\",\"result\":$r}" >>"$OUT/results.jsonl"
         e="{}"
         if [[ -n "$ETCD" ]]; then
-            e="$(run etcd "$ETCD" "$1" "$c" "${@:2}")"
+            e="$(CONNS=$CONNS run etcd "$ETCD" "$1" "$c" "${@:2}")"
             echo "{\"system\":\"etcd\",\"cell\":\"$name\",\"result\":$e}" >>"$OUT/results.jsonl"
         fi
         python3 - "$name" "$c" "$r" "$e" <<'PY' | tee -a "$OUT/table.txt"
