@@ -701,9 +701,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 SnapshotData::File(file) => file,
                 // An export handed over in-process (openraft's storage suite does this): written
                 // to a file first, so an interrupted import can be redone at the next start.
-                SnapshotData::Stream(stream) => {
+                SnapshotData::Stream(mut stream) => {
                     let mut out = std::fs::File::create(&spool)?;
-                    std::io::copy(&mut SnapshotData::Stream(stream).into_reader()?, &mut out)?;
+                    std::io::copy(&mut stream, &mut out)?;
                     SnapshotFile::open(&spool)?
                 }
             };
