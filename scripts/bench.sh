@@ -120,11 +120,11 @@ for spec in "put put" "put-1conn put" "get-linearizable get --consistency linear
     for c in $CLIENTS; do
         # One client has one connection anyway: its row would repeat the put row.
         [[ "$name" == put-1conn && "$c" == 1 ]] && continue
-        r="$(CONNS=$CONNS run rskv "$RSKV" "$1" "$c" "${@:2}")"
+        r="$(run rskv "$RSKV" "$1" "$c" "${@:2}")"
         echo "{\"system\":\"rskv\",\"cell\":\"$name\",\"result\":$r}" >>"$OUT/results.jsonl"
         e="{}"
         if [[ -n "$ETCD" ]]; then
-            e="$(CONNS=$CONNS run etcd "$ETCD" "$1" "$c" "${@:2}")"
+            e="$(run etcd "$ETCD" "$1" "$c" "${@:2}")"
             echo "{\"system\":\"etcd\",\"cell\":\"$name\",\"result\":$e}" >>"$OUT/results.jsonl"
         fi
         python3 - "$name" "$c" "$r" "$e" <<'PY' | tee -a "$OUT/table.txt"

@@ -106,14 +106,6 @@ pub struct SnapshotWriter<W: Write = BufWriter<File>> {
 }
 
 impl SnapshotWriter<BufWriter<File>> {
-    /// Creates `path` and writes the header.
-    ///
-    /// # Errors
-    /// When the file cannot be created or written.
-    pub fn create(path: &Path, meta: &SnapshotMeta) -> io::Result<SnapshotWriter> {
-        SnapshotWriter::start(BufWriter::with_capacity(1 << 20, File::create(path)?), meta)
-    }
-
     /// Writes the end marker and syncs the file to disk; returns the record count.
     ///
     /// # Errors

@@ -24,7 +24,10 @@ pub mod memory;
 pub mod rocks;
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::io;
+use std::io::BufWriter;
+use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -59,7 +62,6 @@ use crate::storage::snapshot::snapshot_stream;
 use crate::storage::snapshot::SnapshotData;
 use crate::storage::snapshot::SnapshotFile;
 use crate::storage::snapshot::SnapshotWriter;
-use crate::storage::snapshot::StreamWriter;
 
 /// Name of the current snapshot inside the snapshot directory.
 const SNAPSHOT_FILE: &str = "snapshot.bin";
@@ -402,42 +404,30 @@ fn recover(engine: &dyn KvEngine, snapshot_path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes an engine export into a snapshot file.
-struct FileSink {
-    path: PathBuf,
-    writer: Option<SnapshotWriter>,
+/// Encodes an engine export in the snapshot format into `W` (a file being built, or the stream
+/// of a durable engine's snapshot), keeping its metadata.
+struct EncoderSink<W: Write> {
+    /// The output, until `begin` wraps it in the encoder.
+    out: Option<W>,
+    encoder: Option<SnapshotWriter<W>>,
     meta: Option<SnapshotMeta>,
+    /// Where the metadata goes as soon as it is known (or why the export failed before it), for
+    /// a stream whose reader waits for it.
+    meta_tx: Option<std::sync::mpsc::SyncSender<io::Result<SnapshotMeta>>>,
 }
 
-impl SnapshotSink for FileSink {
-    fn begin(&mut self, state: &AppliedState) -> io::Result<()> {
-        let meta = SnapshotMeta {
-            last_log_id: state.last_applied,
-            last_membership: state.membership.clone(),
-        };
-        self.writer = Some(SnapshotWriter::create(&self.path, &meta)?);
-        self.meta = Some(meta);
-        Ok(())
-    }
-
-    fn record(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
-        match &mut self.writer {
-            Some(w) => w.record(key, value),
-            None => Err(io_err("snapshot record before begin")),
+impl<W: Write> EncoderSink<W> {
+    fn new(out: W) -> EncoderSink<W> {
+        EncoderSink {
+            out: Some(out),
+            encoder: None,
+            meta: None,
+            meta_tx: None,
         }
     }
 }
 
-/// Encodes an engine export into a snapshot stream, announcing its metadata first.
-struct StreamSink {
-    /// Where the export's metadata goes once known (or why the export failed before it).
-    meta_tx: Option<std::sync::mpsc::SyncSender<io::Result<SnapshotMeta>>>,
-    /// The stream, until `begin` wraps it in the encoder.
-    out: Option<StreamWriter>,
-    encoder: Option<SnapshotWriter<StreamWriter>>,
-}
-
-impl SnapshotSink for StreamSink {
+impl<W: Write> SnapshotSink for EncoderSink<W> {
     fn begin(&mut self, state: &AppliedState) -> io::Result<()> {
         let meta = SnapshotMeta {
             last_log_id: state.last_applied,
@@ -449,9 +439,10 @@ impl SnapshotSink for StreamSink {
             .ok_or_else(|| io_err("snapshot export began twice"))?;
         self.encoder = Some(SnapshotWriter::start(out, &meta)?);
         if let Some(tx) = self.meta_tx.take() {
-            tx.send(Ok(meta))
+            tx.send(Ok(meta.clone()))
                 .map_err(|_| io_err("snapshot export abandoned"))?;
         }
+        self.meta = Some(meta);
         Ok(())
     }
 
@@ -477,10 +468,9 @@ fn stream_snapshot(engine: Arc<dyn KvEngine>) -> io::Result<Snapshot> {
     std::thread::Builder::new()
         .name("rskv-snapshot-export".into())
         .spawn(move || {
-            let mut sink = StreamSink {
+            let mut sink = EncoderSink {
                 meta_tx: Some(meta_tx),
-                out: Some(out),
-                encoder: None,
+                ..EncoderSink::new(out)
             };
             let result = exporter.export(&mut sink);
             let result = match (result, sink.encoder.take()) {
@@ -527,13 +517,9 @@ fn build_snapshot_blocking(
     // The log before the snapshot may be purged next: make the engine's data durable first.
     engine.sync()?;
     let tmp = dir.join(format!("building-{seq}.tmp"));
-    let mut sink = FileSink {
-        path: tmp.clone(),
-        writer: None,
-        meta: None,
-    };
+    let mut sink = EncoderSink::new(BufWriter::with_capacity(1 << 20, File::create(&tmp)?));
     engine.export(&mut sink)?;
-    let (writer, meta) = match (sink.writer, sink.meta) {
+    let (writer, meta) = match (sink.encoder, sink.meta) {
         (Some(w), Some(m)) => (w, m),
         _ => return Err(io_err("engine export produced no snapshot")),
     };
