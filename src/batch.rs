@@ -1,8 +1,9 @@
 //! Coalescing of concurrent requests: the group commit of rskv's request path.
 //!
 //! A [`Batcher`] keeps at most `max_inflight` batches running. A request that finds a free slot
-//! starts a batch of itself at once, so a lone request waits for nothing; requests that arrive
-//! while every slot is busy queue, and the next slot to free takes the whole queue as one batch.
+//! starts a batch at once, which takes every request queued by the next scheduler pass, so a lone
+//! request waits for no timer; requests that arrive while every slot is busy queue, and the next
+//! slot to free takes the whole queue as one batch.
 //! Under load batches therefore grow with the load, by themselves, with no timer. The server uses
 //! it to put many writes in one Raft log entry, the client to send many requests in one RPC.
 
@@ -77,17 +78,16 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                 return None;
             };
             state.queue.push((item, tx));
-            if state.inflight < self.inner.max_inflight {
+            let free = state.inflight < self.inner.max_inflight;
+            if free {
                 state.inflight += 1;
-                Some(self.inner.take(&mut state))
-            } else {
-                None
             }
+            free
         };
-        if let Some(batch) = start {
+        if start {
             // A task of its own: the batch carries other callers' items, so it must not be
             // cancelled with this caller's future.
-            tokio::spawn(Inner::drive(self.inner.clone(), batch));
+            tokio::spawn(Inner::drive(self.inner.clone()));
         }
         rx.await.ok()
     }
@@ -112,22 +112,32 @@ impl<I: Send + 'static, O: Send + 'static> Inner<I, O> {
         std::mem::replace(&mut state.queue, rest)
     }
 
-    /// Runs `batch`, then whatever queued meanwhile, until the queue is empty.
-    async fn drive(inner: Arc<Inner<I, O>>, mut batch: Vec<(I, oneshot::Sender<O>)>) {
+    /// Runs batches of whatever is queued until the queue is empty, then frees its slot.
+    ///
+    /// It takes its first batch only after one pass of the scheduler, not when it is spawned:
+    /// callers woken together (the many answers of the previous batch, or the ops of one Multi
+    /// request submitted in one poll) queue in that pass and go in one batch. Taking at spawn
+    /// time gave the first of them a batch (a Raft entry, an RPC) each until the slots were full,
+    /// and the rest waited a whole round behind those.
+    async fn drive(inner: Arc<Inner<I, O>>) {
+        tokio::task::yield_now().await;
         loop {
+            let batch = {
+                let Ok(mut state) = inner.state.lock() else {
+                    return;
+                };
+                let batch = inner.take(&mut state);
+                if batch.is_empty() {
+                    state.inflight -= 1;
+                    return;
+                }
+                batch
+            };
             let (items, senders): (Vec<I>, Vec<oneshot::Sender<O>>) = batch.into_iter().unzip();
             let outputs = (inner.run)(items).await;
             for (sender, output) in senders.into_iter().zip(outputs) {
                 // A caller that gave up (timed out) no longer listens; that is fine.
                 let _ = sender.send(output);
-            }
-            let Ok(mut state) = inner.state.lock() else {
-                return;
-            };
-            batch = inner.take(&mut state);
-            if batch.is_empty() {
-                state.inflight -= 1;
-                return;
             }
         }
     }
@@ -148,9 +158,12 @@ mod tests {
         }
     }
 
+    /// Every batch's items, in the order the batches ran.
+    type Batches = Arc<Mutex<Vec<Vec<u32>>>>;
+
     type Gated = (
         Arc<Batcher<u32, u32>>,
-        Arc<Mutex<Vec<Vec<u32>>>>,
+        Batches,
         tokio::sync::watch::Sender<bool>,
     );
 
@@ -188,21 +201,40 @@ mod tests {
         b.inner.state.lock().expect("lock").queue.len()
     }
 
-    #[tokio::test]
-    async fn lone_item_should_run_at_once_in_a_batch_of_one() {
-        let sizes = Arc::new(Mutex::new(Vec::new()));
-        let seen = sizes.clone();
+    /// A batcher with `max_inflight` slots that records each batch's items and answers each item
+    /// with `answer(item)` at once.
+    fn recording(max_inflight: usize, answer: fn(u32) -> u32) -> (Batcher<u32, u32>, Batches) {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let seen = batches.clone();
         let b = Batcher::new(
-            limits(1),
+            limits(max_inflight),
             |_: &u32| 1,
             move |items: Vec<u32>| {
-                seen.lock().expect("lock").push(items.len());
-                async move { items.into_iter().map(|i| i * 2).collect() }
+                seen.lock().expect("lock").push(items.clone());
+                async move { items.into_iter().map(answer).collect() }
             },
         );
+        (b, batches)
+    }
+
+    #[tokio::test]
+    async fn lone_item_should_run_at_once_in_a_batch_of_one() {
+        let (b, batches) = recording(1, |i| i * 2);
         assert_eq!(b.submit(21).await, Some(42));
         assert_eq!(b.submit(5).await, Some(10));
-        assert_eq!(*sizes.lock().expect("lock"), vec![1, 1]);
+        assert_eq!(*batches.lock().expect("lock"), vec![vec![21], vec![5]]);
+    }
+
+    #[tokio::test]
+    async fn items_submitted_together_should_share_one_batch_despite_free_slots() {
+        let (b, batches) = recording(4, |i| i);
+        // One poll submits all ten, as a Multi request's ops are; four slots are free.
+        let answers = futures::future::join_all((0..10).map(|i| b.submit(i))).await;
+        assert_eq!(answers, (0..10).map(Some).collect::<Vec<_>>());
+        assert_eq!(
+            *batches.lock().expect("lock"),
+            vec![(0..10).collect::<Vec<u32>>()]
+        );
     }
 
     #[tokio::test]
