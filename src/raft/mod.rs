@@ -120,6 +120,45 @@ impl Command {
         }
     }
 
+    /// The command with its keys and values copied into buffers of their own.
+    ///
+    /// Keys and values decoded from a client request are slices of the request's receive buffer
+    /// (8 KiB or more per RPC), and a proposed command lives on in the leader's recent-log cache
+    /// and its watch history: every retained write kept a whole buffer alive (a leader under
+    /// 64-client puts held 320-620 MB, 130-210 MB with copies), and the churn of those buffers
+    /// had the allocator zero fresh pages (15% of the leader's CPU). Copying a few hundred bytes
+    /// is cheaper.
+    pub fn detached(self) -> Command {
+        let own = |b: Bytes| Bytes::copy_from_slice(&b);
+        match self {
+            Command::Put {
+                key,
+                value,
+                return_prev,
+            } => Command::Put {
+                key: own(key),
+                value: own(value),
+                return_prev,
+            },
+            Command::Delete { key } => Command::Delete { key: own(key) },
+            Command::BatchPut { pairs } => Command::BatchPut {
+                pairs: pairs.into_iter().map(|(k, v)| (own(k), own(v))).collect(),
+            },
+            Command::CompareAndSwap {
+                key,
+                expected,
+                new_value,
+            } => Command::CompareAndSwap {
+                key: own(key),
+                expected: expected.map(own),
+                new_value: own(new_value),
+            },
+            Command::Group { commands } => Command::Group {
+                commands: commands.into_iter().map(Command::detached).collect(),
+            },
+        }
+    }
+
     /// Approximate memory held by the command (keys and values plus a fixed overhead), for
     /// bounding caches.
     pub fn approx_bytes(&self) -> usize {
@@ -171,5 +210,58 @@ impl CommandResponse {
             success: true,
             group: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detached_command_should_hold_equal_bytes_outside_the_request_buffer() {
+        let buffer = Bytes::from(vec![7u8; 8192]);
+        let inside = |b: &Bytes| {
+            let start = buffer.as_ptr() as usize;
+            (start..start + buffer.len()).contains(&(b.as_ptr() as usize))
+        };
+        let put = Command::Put {
+            key: buffer.slice(0..8),
+            value: buffer.slice(8..264),
+            return_prev: true,
+        };
+        let cas = Command::CompareAndSwap {
+            key: buffer.slice(300..308),
+            expected: Some(buffer.slice(308..310)),
+            new_value: buffer.slice(310..400),
+        };
+        let group = Command::Group {
+            commands: vec![put.clone(), cas.clone()],
+        };
+        let detached = group.clone().detached();
+        assert_eq!(detached, group);
+        let Command::Group { commands } = detached else {
+            panic!("a group detaches into a group");
+        };
+        let mut held = Vec::new();
+        for c in &commands {
+            match c {
+                Command::Put { key, value, .. } => held.extend([key, value]),
+                Command::CompareAndSwap {
+                    key,
+                    expected,
+                    new_value,
+                } => held.extend([key, new_value].into_iter().chain(expected)),
+                other => panic!("unexpected {other}"),
+            }
+        }
+        assert_eq!(held.len(), 5);
+        assert!(
+            held.iter().all(|b| !inside(b)),
+            "a detached field still points into the buffer"
+        );
+        assert!(
+            matches!(&put, Command::Put { key, .. } if inside(key)),
+            "the original shares it"
+        );
     }
 }

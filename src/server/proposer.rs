@@ -66,6 +66,7 @@ impl Proposer {
     /// NOT_LEADER and other refusals from Raft; [`Error::Timeout`] (outcome unknown) when not
     /// applied within the request timeout.
     pub async fn write(&self, command: Command) -> Outcome {
+        let command = command.detached();
         let Some(groups) = &self.groups else {
             return propose(&self.raft, self.timeout, command).await;
         };
