@@ -288,9 +288,12 @@ impl Node {
             .instrument(span.clone()),
         );
 
-        let raft = RaftServer::new(raft_service::RaftService::new(self.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let raft = RaftServer::new(raft_service::RaftService::new(
+            self.clone(),
+            peer_stop.clone(),
+        ))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let stop = peer_stop.clone();
         let peer_server = tonic::transport::Server::builder()
             .add_service(raft)

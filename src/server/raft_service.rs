@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,7 +13,9 @@ use openraft::raft::AppendEntriesRequest;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::VoteRequest;
 use serde::Serialize;
+use tokio_stream::Stream;
 use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
@@ -36,17 +39,24 @@ pub struct RaftService {
     node: Arc<Node>,
     /// Names incoming snapshot files uniquely.
     incoming_seq: AtomicU64,
+    /// Cancelled when the node stops serving peers: ends the long-lived append streams, which
+    /// would otherwise hold the peer server's graceful shutdown open.
+    stop: CancellationToken,
 }
 
 impl RaftService {
-    /// A service answering for `node`.
-    pub fn new(node: Arc<Node>) -> RaftService {
+    /// A service answering for `node` until `stop` is cancelled.
+    pub fn new(node: Arc<Node>, stop: CancellationToken) -> RaftService {
         RaftService {
             node,
             incoming_seq: AtomicU64::new(0),
+            stop,
         }
     }
 }
+
+/// The answers of an append stream, one per request, in order.
+type AppendAnswers = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
 
 fn payload<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
     let data = encode(value).map_err(|e| Status::internal(format!("encode: {e}")))?;
@@ -81,6 +91,44 @@ impl Drop for IncomingFile {
 
 #[tonic::async_trait]
 impl Raft for RaftService {
+    type AppendStreamStream = AppendAnswers;
+
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<AppendAnswers>, Status> {
+        // Requests end at the first transport or decode error; openraft answers those before it,
+        // then the stream ends and the leader starts a new one.
+        let requests = futures::stream::unfold(request.into_inner(), |mut incoming| async move {
+            let data = match incoming.next().await? {
+                Ok(p) => p.data,
+                Err(status) => {
+                    tracing::debug!(%status, "append stream ended by the leader's side");
+                    return None;
+                }
+            };
+            match decode::<AppendEntriesRequest<TypeConfig>>(&data) {
+                Ok(rpc) => Some((rpc, incoming)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable append in stream; ending it");
+                    None
+                }
+            }
+        });
+        let answers = self
+            .node
+            .raft
+            .stream_append(Box::pin(requests))
+            .map(|answer| match answer {
+                Ok(result) => encode(&result)
+                    .map(|data| RaftPayload { data })
+                    .map_err(|e| Status::internal(format!("encode: {e}"))),
+                Err(fatal) => Err(Status::unavailable(format!("raft stopped: {fatal}"))),
+            });
+        let answers = futures::StreamExt::take_until(answers, self.stop.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(answers)))
+    }
+
     async fn append_entries(
         &self,
         request: Request<RaftPayload>,
