@@ -412,3 +412,159 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+
+    use openraft::RaftNetworkFactory;
+    use tonic::Request;
+    use tonic::Response;
+    use tonic::Status;
+    use tonic::Streaming;
+
+    use super::*;
+    use crate::pb::raft::raft_server::Raft;
+    use crate::pb::raft::raft_server::RaftServer;
+    use crate::raft::LogId;
+
+    type Answers = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send>>;
+
+    /// A follower stand-in: answers the first `answer` requests of an append stream with
+    /// `Ok(Some(prev_log_id))`, then keeps the stream open without answering.
+    struct Stub {
+        answer: usize,
+    }
+
+    #[tonic::async_trait]
+    impl Raft for Stub {
+        type AppendStreamStream = Answers;
+
+        async fn append_stream(
+            &self,
+            request: Request<Streaming<RaftPayload>>,
+        ) -> Result<Response<Answers>, Status> {
+            let answers = request
+                .into_inner()
+                .take(self.answer)
+                .map(|payload| {
+                    let rpc: AppendEntriesRequest<TypeConfig> =
+                        decode(&payload?.data).map_err(|e| Status::internal(e.to_string()))?;
+                    let result: StreamAppendResult<TypeConfig> = Ok(rpc.prev_log_id);
+                    let data = encode(&result).map_err(|e| Status::internal(e.to_string()))?;
+                    Ok(RaftPayload { data })
+                })
+                .chain(futures::stream::pending());
+            Ok(Response::new(Box::pin(answers)))
+        }
+
+        async fn append_entries(
+            &self,
+            _: Request<RaftPayload>,
+        ) -> Result<Response<RaftPayload>, Status> {
+            Err(Status::unimplemented("stub"))
+        }
+
+        async fn vote(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+            Err(Status::unimplemented("stub"))
+        }
+
+        async fn pre_vote(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+            Err(Status::unimplemented("stub"))
+        }
+
+        async fn transfer_leader(
+            &self,
+            _: Request<RaftPayload>,
+        ) -> Result<Response<RaftPayload>, Status> {
+            Err(Status::unimplemented("stub"))
+        }
+
+        async fn install_snapshot(
+            &self,
+            _: Request<Streaming<SnapshotChunk>>,
+        ) -> Result<Response<RaftPayload>, Status> {
+            Err(Status::unimplemented("stub"))
+        }
+    }
+
+    /// A connection to a stub follower on a loopback port.
+    async fn stub_peer(answer: usize) -> PeerConnection {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RaftServer::new(Stub { answer }))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        NetworkFactory::new(1024, None)
+            .new_client(2, &NodeInfo::new(addr.clone(), addr))
+            .await
+    }
+
+    fn append(prev_index: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: Some(log_id(prev_index)),
+            leader_commit: None,
+            entries: Vec::new(),
+        }
+    }
+
+    fn log_id(index: u64) -> LogId {
+        openraft::testing::log_id::<TypeConfig>(1, 1, index)
+    }
+
+    /// Requests 1..=n, then an input that stays open.
+    fn requests(n: u64) -> impl Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin {
+        futures::stream::iter((1..=n).map(append)).chain(futures::stream::pending())
+    }
+
+    #[tokio::test]
+    async fn append_stream_should_answer_in_order_and_stay_open_while_nothing_is_owed() {
+        let mut peer = stub_peer(3).await;
+        let option = RPCOption::new(Duration::from_millis(200));
+        let mut answers = peer
+            .stream_append(requests(3), option.clone())
+            .await
+            .expect("stream opens");
+        for index in 1..=3 {
+            let answer = tokio::time::timeout(Duration::from_secs(5), answers.next())
+                .await
+                .expect("answered in time")
+                .expect("stream open")
+                .expect("no transport error");
+            assert_eq!(answer, Ok(Some(log_id(index))));
+        }
+        // Nothing is owed: an idle stream must not fail, however long past the TTL.
+        let idle = tokio::time::timeout(option.soft_ttl() * 4, answers.next()).await;
+        assert!(idle.is_err(), "idle stream yielded {:?}", idle.ok());
+    }
+
+    #[tokio::test]
+    async fn append_stream_should_fail_when_an_owed_answer_does_not_come() {
+        // The stub answers the first request only; the second is owed forever.
+        let mut peer = stub_peer(1).await;
+        let option = RPCOption::new(Duration::from_millis(200));
+        let mut answers = peer
+            .stream_append(requests(2), option.clone())
+            .await
+            .expect("stream opens");
+        let first = answers.next().await.expect("an answer");
+        assert!(first.is_ok(), "{first:?}");
+        let second = tokio::time::timeout(Duration::from_secs(5), answers.next())
+            .await
+            .expect("the stall is reported well before 5 s")
+            .expect("an item, not the end of the stream");
+        assert!(
+            matches!(second, Err(RPCError::Network(_))),
+            "expected a network error, got {second:?}"
+        );
+        assert!(
+            answers.next().await.is_none(),
+            "the stream ends after its error"
+        );
+    }
+}
