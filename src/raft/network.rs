@@ -130,6 +130,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             addr: node.peer_addr.clone(),
             client: self.channel(&node.peer_addr).map(RaftClient::new),
             snapshot_chunk_bytes: self.snapshot_chunk_bytes,
+            unary_appends: false,
         }
     }
 }
@@ -152,6 +153,9 @@ pub struct PeerConnection {
     /// The gRPC client, or why none could be made (an invalid address).
     client: Result<RaftClient<Channel>, String>,
     snapshot_chunk_bytes: usize,
+    /// The peer answered UNIMPLEMENTED to AppendStream (an earlier version): replicate to it with
+    /// one unary AppendEntries at a time.
+    unary_appends: bool,
 }
 
 fn unreachable(msg: impl ToString) -> RPCError<TypeConfig> {
@@ -215,6 +219,9 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
+        if self.unary_appends {
+            return openraft::network::stream_append_sequential(self, input, option);
+        }
         Box::pin(async move {
             let mut client = self.client()?;
             // The first request is taken before connecting: openraft applies its backoff (after
@@ -244,15 +251,22 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                     std::future::ready(payload)
                 });
             let ttl = option.soft_ttl();
-            let answers = tokio::time::timeout(ttl, client.append_stream(requests))
-                .await
-                .map_err(|_| {
-                    network(format!(
+            let answers = match tokio::time::timeout(ttl, client.append_stream(requests)).await {
+                Err(_) => {
+                    return Err(network(format!(
                         "append stream to {target}: no answer within {ttl:?}"
-                    ))
-                })?
-                .map_err(|s| status_to_rpc(&s))?
-                .into_inner();
+                    )))
+                }
+                // A peer of an earlier version (a rolling upgrade): this session fails, and the
+                // next ones send one unary AppendEntries at a time.
+                Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                    tracing::info!(target, "peer has no AppendStream; replicating to it unary");
+                    self.unary_appends = true;
+                    return Err(network(format!("{target} has no AppendStream: {status}")));
+                }
+                Ok(Err(status)) => return Err(status_to_rpc(&status)),
+                Ok(Ok(response)) => response.into_inner(),
+            };
             let answers =
                 futures::stream::unfold(Some((answers, owed, 0u64)), move |state| async move {
                     let (mut answers, owed, received) = state?;
@@ -431,9 +445,11 @@ mod tests {
     type Answers = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send>>;
 
     /// A follower stand-in: answers the first `answer` requests of an append stream with
-    /// `Ok(Some(prev_log_id))`, then keeps the stream open without answering.
+    /// `Ok(Some(prev_log_id))`, then keeps the stream open without answering. Without `stream`
+    /// it is an earlier version: no AppendStream, unary AppendEntries answered with success.
     struct Stub {
         answer: usize,
+        stream: bool,
     }
 
     #[tonic::async_trait]
@@ -444,6 +460,9 @@ mod tests {
             &self,
             request: Request<Streaming<RaftPayload>>,
         ) -> Result<Response<Answers>, Status> {
+            if !self.stream {
+                return Err(Status::unimplemented("no AppendStream here"));
+            }
             let answers = request
                 .into_inner()
                 .take(self.answer)
@@ -460,9 +479,16 @@ mod tests {
 
         async fn append_entries(
             &self,
-            _: Request<RaftPayload>,
+            request: Request<RaftPayload>,
         ) -> Result<Response<RaftPayload>, Status> {
-            Err(Status::unimplemented("stub"))
+            if self.stream {
+                return Err(Status::unimplemented("stub"));
+            }
+            let _: AppendEntriesRequest<TypeConfig> =
+                decode(&request.into_inner().data).map_err(|e| Status::internal(e.to_string()))?;
+            let data = encode(&AppendEntriesResponse::<TypeConfig>::Success)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            Ok(Response::new(RaftPayload { data }))
         }
 
         async fn vote(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -489,14 +515,14 @@ mod tests {
     }
 
     /// A connection to a stub follower on a loopback port.
-    async fn stub_peer(answer: usize) -> PeerConnection {
+    async fn stub_peer(answer: usize, stream: bool) -> PeerConnection {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(RaftServer::new(Stub { answer }))
+                .add_service(RaftServer::new(Stub { answer, stream }))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         NetworkFactory::new(1024, None)
@@ -524,7 +550,7 @@ mod tests {
 
     #[tokio::test]
     async fn append_stream_should_answer_in_order_and_stay_open_while_nothing_is_owed() {
-        let mut peer = stub_peer(3).await;
+        let mut peer = stub_peer(3, true).await;
         let option = RPCOption::new(Duration::from_millis(200));
         let mut answers = peer
             .stream_append(requests(3), option.clone())
@@ -546,7 +572,7 @@ mod tests {
     #[tokio::test]
     async fn append_stream_should_fail_when_an_owed_answer_does_not_come() {
         // The stub answers the first request only; the second is owed forever.
-        let mut peer = stub_peer(1).await;
+        let mut peer = stub_peer(1, true).await;
         let option = RPCOption::new(Duration::from_millis(200));
         let mut answers = peer
             .stream_append(requests(2), option.clone())
@@ -566,5 +592,32 @@ mod tests {
             answers.next().await.is_none(),
             "the stream ends after its error"
         );
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_append_stream_should_get_unary_appends_from_the_next_session() {
+        let mut peer = stub_peer(0, false).await;
+        let option = RPCOption::new(Duration::from_millis(200));
+        let refused = peer
+            .stream_append(requests(3), option.clone())
+            .await
+            .map(|_| ());
+        assert!(
+            matches!(refused, Err(RPCError::Network(_))),
+            "the first session fails: {refused:?}"
+        );
+        let mut answers = peer
+            .stream_append(futures::stream::iter((1..=3).map(append)), option)
+            .await
+            .expect("the next session opens");
+        for index in 1..=3 {
+            let answer = tokio::time::timeout(Duration::from_secs(5), answers.next())
+                .await
+                .expect("answered in time")
+                .expect("an answer per request")
+                .expect("no transport error");
+            assert_eq!(answer, Ok(Some(log_id(index))));
+        }
+        assert!(answers.next().await.is_none(), "ends with its input");
     }
 }
