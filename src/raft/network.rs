@@ -548,6 +548,18 @@ mod tests {
         futures::stream::iter((1..=n).map(append)).chain(futures::stream::pending())
     }
 
+    /// Waits for answers to requests 1..=n, in order, each acknowledging its request.
+    async fn expect_answers(answers: &mut BoxStream<'_, AppendAnswer>, n: u64) {
+        for index in 1..=n {
+            let answer = tokio::time::timeout(Duration::from_secs(5), answers.next())
+                .await
+                .expect("answered in time")
+                .expect("an answer per request")
+                .expect("no transport error");
+            assert_eq!(answer, Ok(Some(log_id(index))));
+        }
+    }
+
     #[tokio::test]
     async fn append_stream_should_answer_in_order_and_stay_open_while_nothing_is_owed() {
         let mut peer = stub_peer(3, true).await;
@@ -556,14 +568,7 @@ mod tests {
             .stream_append(requests(3), option.clone())
             .await
             .expect("stream opens");
-        for index in 1..=3 {
-            let answer = tokio::time::timeout(Duration::from_secs(5), answers.next())
-                .await
-                .expect("answered in time")
-                .expect("stream open")
-                .expect("no transport error");
-            assert_eq!(answer, Ok(Some(log_id(index))));
-        }
+        expect_answers(&mut answers, 3).await;
         // Nothing is owed: an idle stream must not fail, however long past the TTL.
         let idle = tokio::time::timeout(option.soft_ttl() * 4, answers.next()).await;
         assert!(idle.is_err(), "idle stream yielded {:?}", idle.ok());
@@ -610,14 +615,7 @@ mod tests {
             .stream_append(futures::stream::iter((1..=3).map(append)), option)
             .await
             .expect("the next session opens");
-        for index in 1..=3 {
-            let answer = tokio::time::timeout(Duration::from_secs(5), answers.next())
-                .await
-                .expect("answered in time")
-                .expect("an answer per request")
-                .expect("no transport error");
-            assert_eq!(answer, Ok(Some(log_id(index))));
-        }
+        expect_answers(&mut answers, 3).await;
         assert!(answers.next().await.is_none(), "ends with its input");
     }
 }
