@@ -151,6 +151,10 @@ async fn dev_mode_should_serve_the_whole_api() {
 
     // A clean stop on SIGTERM, and the temporary data dir is removed.
     let log = node.log_text();
+    assert!(
+        log.contains("dev mode: single-node cluster ready"),
+        "dev mode prints its hint"
+    );
     let data_dir = log
         .split("data_dir=")
         .nth(1)

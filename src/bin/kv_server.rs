@@ -90,11 +90,12 @@ async fn run(config: Config, data_dir: PathBuf, dev_mode: bool) -> Result<(), St
     let listeners = Listeners::bind(&config).await.map_err(|e| e.to_string())?;
     let listen = config.listen_addr;
     // Flags alone (no --config) can also describe a cluster member; only a lone node is the dev
-    // cluster the hint is for.
+    // cluster the hint is for (no members listed means this node alone, as in the embedded
+    // default).
     let lone = config.cluster.join.is_empty()
         && config
             .initial_members()
-            .map(|m| m.len() == 1)
+            .map(|m| m.len() <= 1)
             .unwrap_or(false);
     let node_id = config.node_id;
     let node = Node::start(config, &data_dir)
