@@ -235,21 +235,21 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             let owed = Arc::new(Owed::default());
             let counted = owed.clone();
             let target = self.target;
-            let requests = input
-                .map(move |rpc| {
-                    encode(&rpc).map_err(|e| {
-                        tracing::error!(target, error = %e, "cannot encode AppendEntries; ending stream");
-                    })
-                })
-                .take_while(|encoded| std::future::ready(encoded.is_ok()))
-                .filter_map(move |encoded| {
-                    let payload = encoded.ok().map(|data| {
+            // Ends at the first request that cannot be encoded.
+            let requests = input.scan((), move |(), rpc| {
+                let payload = match encode(&rpc) {
+                    Ok(data) => {
                         counted.sent.fetch_add(1, Ordering::AcqRel);
                         counted.more.notify_one();
-                        RaftPayload { data }
-                    });
-                    std::future::ready(payload)
-                });
+                        Some(RaftPayload { data })
+                    }
+                    Err(e) => {
+                        tracing::error!(target, error = %e, "cannot encode AppendEntries; ending stream");
+                        None
+                    }
+                };
+                std::future::ready(payload)
+            });
             let ttl = option.soft_ttl();
             let answers = match tokio::time::timeout(ttl, client.append_stream(requests)).await {
                 Err(_) => {

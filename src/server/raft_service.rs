@@ -58,9 +58,13 @@ impl RaftService {
 /// The answers of an append stream, one per request, in order.
 type AppendAnswers = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
 
-fn payload<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+fn raft_payload<T: Serialize>(value: &T) -> Result<RaftPayload, Status> {
     let data = encode(value).map_err(|e| Status::internal(format!("encode: {e}")))?;
-    Ok(Response::new(RaftPayload { data }))
+    Ok(RaftPayload { data })
+}
+
+fn payload<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+    raft_payload(value).map(Response::new)
 }
 
 fn parse<T: serde::de::DeserializeOwned>(request: Request<RaftPayload>) -> Result<T, Status> {
@@ -120,9 +124,7 @@ impl Raft for RaftService {
             .raft
             .stream_append(Box::pin(requests))
             .map(|answer| match answer {
-                Ok(result) => encode(&result)
-                    .map(|data| RaftPayload { data })
-                    .map_err(|e| Status::internal(format!("encode: {e}"))),
+                Ok(result) => raft_payload(&result),
                 Err(fatal) => Err(Status::unavailable(format!("raft stopped: {fatal}"))),
             });
         let answers = futures::StreamExt::take_until(answers, self.stop.clone().cancelled_owned());
