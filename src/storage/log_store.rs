@@ -59,8 +59,13 @@ const CF_META: &str = "meta";
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
-/// WAL files kept before RocksDB flushes the column families that pin them.
-const MAX_TOTAL_WAL_BYTES: u64 = 64 * 1024 * 1024;
+/// WAL bytes kept before RocksDB flushes the column families that pin them: a little over two
+/// memtables of log, so the oldest WAL file soon becomes obsolete and can be recycled.
+const MAX_TOTAL_WAL_BYTES: u64 = 20 * 1024 * 1024;
+/// Memtable size of the log column family, and so the size of each WAL file.
+const LOG_WRITE_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+/// Obsolete WAL files kept for reuse.
+const RECYCLED_WAL_FILES: usize = 4;
 
 /// Background compactions slower than this are logged.
 const SLOW_IO: std::time::Duration = std::time::Duration::from_millis(50);
@@ -232,9 +237,16 @@ impl LogStore {
         // The small `meta` column family would otherwise never flush and pin every WAL file
         // forever; bounding the WAL forces its flush, so purged log space is really given back.
         opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
+        // Every append is synced. Appending to a new WAL file grows it, and on ext4 each
+        // fdatasync then also commits the journal for the new size; a recycled file is
+        // overwritten in place, so its fdatasync flushes only data (etcd preallocates its WAL
+        // segments for the same reason). Small log memtables make WAL files obsolete, and so
+        // recyclable, after the first ~20 MiB of log, and keep each flush short.
+        opts.set_recycle_log_file_num(RECYCLED_WAL_FILES);
         // The log is written once and read back soon; compression would only cost CPU.
         let mut logs_opts = Options::default();
         logs_opts.set_compression_type(rocksdb::DBCompressionType::None);
+        logs_opts.set_write_buffer_size(LOG_WRITE_BUFFER_BYTES);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_LOGS, logs_opts),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
@@ -511,10 +523,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use openraft::entry::RaftEntry;
     use openraft::type_config::TypeConfigExt;
 
     use super::*;
+    use crate::raft::Command;
 
     fn log_id(term: u64, index: u64) -> LogId {
         openraft::testing::log_id::<TypeConfig>(term, 1, index)
@@ -659,6 +673,48 @@ mod tests {
             store.get_log_state().await.expect("state").last_log_id,
             Some(log_id(3, 3))
         );
+    }
+
+    #[tokio::test]
+    async fn log_rewritten_over_recycled_wal_files_should_reopen_with_the_new_entries() {
+        fn put(term: u64, index: u64) -> Entry {
+            let value = Bytes::from(vec![term as u8; 64 * 1024]);
+            let command = Command::Put {
+                key: Bytes::from(index.to_be_bytes().to_vec()),
+                value,
+                return_prev: false,
+            };
+            Entry::new(log_id(term, index), EntryPayload::Normal(command))
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Enough log for several WAL switches: earlier WAL files become obsolete and are
+        // overwritten in place, still holding term-1 records past the new data.
+        let n = 3 * MAX_TOTAL_WAL_BYTES / (64 * 1024);
+        {
+            let mut store = LogStore::open(dir.path()).expect("open");
+            for term in [1, 2] {
+                if term == 2 {
+                    store.truncate_after(None).await.expect("truncate");
+                }
+                for chunk in (1..=n).collect::<Vec<_>>().chunks(16) {
+                    append_all(&mut store, chunk.iter().map(|&i| put(term, i)).collect()).await;
+                    store
+                        .save_committed(Some(log_id(term, chunk[chunk.len() - 1])))
+                        .await
+                        .expect("committed");
+                }
+            }
+        }
+        let info = std::fs::read_to_string(dir.path().join("LOG")).expect("rocksdb LOG");
+        assert!(info.contains("from recycle list"), "no WAL file was reused");
+        let mut store = LogStore::open(dir.path()).expect("reopen");
+        let mut reader = store.get_log_reader().await;
+        let entries = reader.try_get_log_entries(..).await.expect("read");
+        assert_eq!(entries.len() as u64, n);
+        for (entry, index) in entries.iter().zip(1..) {
+            assert_eq!(entry.log_id, log_id(2, index));
+            assert_eq!(entry, &put(2, index));
+        }
     }
 
     #[tokio::test]
