@@ -62,7 +62,8 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 /// WAL bytes kept before RocksDB flushes the column families that pin them: a little over two
 /// memtables of log, so the oldest WAL file soon becomes obsolete and can be recycled.
 const MAX_TOTAL_WAL_BYTES: u64 = 20 * 1024 * 1024;
-/// Memtable size of the log column family, and so the size of each WAL file.
+/// Memtable size of the log column family, and so about the largest a WAL file grows (the
+/// compaction after a purge flushes it, and switches WAL files, earlier).
 const LOG_WRITE_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 /// Obsolete WAL files kept for reuse.
 const RECYCLED_WAL_FILES: usize = 4;
