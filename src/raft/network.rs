@@ -441,6 +441,9 @@ mod tests {
     use crate::pb::raft::raft_server::Raft;
     use crate::pb::raft::raft_server::RaftServer;
     use crate::raft::LogId;
+    use crate::server::raft_service::parse;
+    use crate::server::raft_service::payload;
+    use crate::server::raft_service::raft_payload;
 
     type Answers = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send>>;
 
@@ -467,11 +470,9 @@ mod tests {
                 .into_inner()
                 .take(self.answer)
                 .map(|payload| {
-                    let rpc: AppendEntriesRequest<TypeConfig> =
-                        decode(&payload?.data).map_err(|e| Status::internal(e.to_string()))?;
+                    let rpc: AppendEntriesRequest<TypeConfig> = parse(Request::new(payload?))?;
                     let result: StreamAppendResult<TypeConfig> = Ok(rpc.prev_log_id);
-                    let data = encode(&result).map_err(|e| Status::internal(e.to_string()))?;
-                    Ok(RaftPayload { data })
+                    raft_payload(&result)
                 })
                 .chain(futures::stream::pending());
             Ok(Response::new(Box::pin(answers)))
@@ -484,11 +485,8 @@ mod tests {
             if self.stream {
                 return Err(Status::unimplemented("stub"));
             }
-            let _: AppendEntriesRequest<TypeConfig> =
-                decode(&request.into_inner().data).map_err(|e| Status::internal(e.to_string()))?;
-            let data = encode(&AppendEntriesResponse::<TypeConfig>::Success)
-                .map_err(|e| Status::internal(e.to_string()))?;
-            Ok(Response::new(RaftPayload { data }))
+            let _: AppendEntriesRequest<TypeConfig> = parse(request)?;
+            payload(&AppendEntriesResponse::<TypeConfig>::Success)
         }
 
         async fn vote(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

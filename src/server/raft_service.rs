@@ -58,16 +58,21 @@ impl RaftService {
 /// The answers of an append stream, one per request, in order.
 type AppendAnswers = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
 
-fn raft_payload<T: Serialize>(value: &T) -> Result<RaftPayload, Status> {
+/// Encodes a Raft message for the wire; shared with the transport's test stub.
+pub(crate) fn raft_payload<T: Serialize>(value: &T) -> Result<RaftPayload, Status> {
     let data = encode(value).map_err(|e| Status::internal(format!("encode: {e}")))?;
     Ok(RaftPayload { data })
 }
 
-fn payload<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+/// [`raft_payload`] as a unary answer.
+pub(crate) fn payload<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
     raft_payload(value).map(Response::new)
 }
 
-fn parse<T: serde::de::DeserializeOwned>(request: Request<RaftPayload>) -> Result<T, Status> {
+/// Decodes a unary Raft request; an undecodable one is the sender's error.
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
+    request: Request<RaftPayload>,
+) -> Result<T, Status> {
     decode(&request.into_inner().data)
         .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
 }
