@@ -14,6 +14,8 @@
 //! Reads are retried freely.
 
 use std::future::Future;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -80,6 +82,10 @@ pub struct ClientOptions {
     /// they do go together in the next one (as TiKV's client batches commands). A lone request
     /// goes at once as a plain unary call. 0 sends every request as its own unary call.
     pub batch_inflight: usize,
+    /// HTTP/2 connections per node, taken in turn by requests and batches (at least 1). A node
+    /// reads each connection in one task, so one client shared by many tasks can spread its load
+    /// over several; coalescing still spans all of them (like TiKV's `grpc-connection-count`).
+    pub connections: usize,
 }
 
 impl Default for ClientOptions {
@@ -91,6 +97,7 @@ impl Default for ClientOptions {
             initial_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(500),
             batch_inflight: 4,
+            connections: 1,
         }
     }
 }
@@ -121,8 +128,8 @@ enum Route {
 pub struct Client {
     endpoints: Vec<String>,
     options: ClientOptions,
-    /// One channel per address; tonic multiplexes requests over it.
-    channels: DashMap<String, Channel>,
+    /// The connections to each address; tonic multiplexes requests over each.
+    channels: DashMap<String, Arc<Rotation>>,
     /// The last known leader address, tried first for leader operations.
     leader: Mutex<Option<String>>,
     /// Request coalescing, per node address (see [`ClientOptions::batch_inflight`]).
@@ -132,6 +139,28 @@ pub struct Client {
 /// What one op of a Multi answered: its result, or the status it would have failed with alone.
 type OpOutcome = Result<pb::op_result::Result, Status>;
 type OpBatcher = Batcher<pb::op::Op, OpOutcome>;
+
+/// The connections to one node ([`ClientOptions::connections`]), taken in turn.
+struct Rotation {
+    channels: Arc<[Channel]>,
+    next: AtomicUsize,
+}
+
+impl Rotation {
+    fn pick(&self) -> Channel {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        self.channels[i].clone()
+    }
+
+    /// The same connections with a turn of their own, so that the batches of a batcher go round
+    /// all of them whatever else picks a connection meanwhile.
+    fn fresh(&self) -> Rotation {
+        Rotation {
+            channels: self.channels.clone(),
+            next: AtomicUsize::new(0),
+        }
+    }
+}
 
 impl Client {
     /// A client for the given node addresses (`host:port`) with default options.
@@ -178,40 +207,59 @@ impl Client {
         &self.endpoints
     }
 
-    fn channel(&self, addr: &str) -> ClientResult<Channel> {
-        if let Some(c) = self.channels.get(addr) {
-            return Ok(c.clone());
+    fn node(&self, addr: &str) -> ClientResult<Arc<Rotation>> {
+        if let Some(n) = self.channels.get(addr) {
+            return Ok(n.clone());
         }
-        let channel = lazy_channel(addr, self.options.connect_timeout, None)
+        let channels = (0..self.options.connections.max(1))
+            .map(|_| lazy_channel(addr, self.options.connect_timeout, None))
+            .collect::<Result<Arc<[Channel]>, _>>()
             .map_err(|e| ClientError::Config(format!("bad endpoint {addr}: {e}")))?;
-        self.channels.insert(addr.to_string(), channel.clone());
-        Ok(channel)
+        let node = Arc::new(Rotation {
+            channels,
+            next: AtomicUsize::new(0),
+        });
+        Ok(self
+            .channels
+            .entry(addr.to_string())
+            .or_insert(node)
+            .clone())
+    }
+
+    fn channel(&self, addr: &str) -> ClientResult<Channel> {
+        Ok(self.node(addr)?.pick())
+    }
+
+    fn batcher(&self, target: &str) -> ClientResult<Arc<OpBatcher>> {
+        if let Some(b) = self.batchers.get(target) {
+            return Ok(b.clone());
+        }
+        let node = self.node(target)?.fresh();
+        let b = Arc::new(Batcher::new(
+            Limits {
+                max_inflight: self.options.batch_inflight,
+                max_items: crate::server::kv_service::MAX_MULTI_OPS,
+                max_weight: MAX_MULTI_BYTES,
+            },
+            op_weight,
+            move |ops: Vec<pb::op::Op>| send_ops(node.pick(), ops),
+        ));
+        Ok(self.batchers.entry(target.to_string()).or_insert(b).clone())
     }
 
     /// Sends `op` to `target`: in a Multi with others when batching is on and requests are
-    /// waiting, else as a unary call.
+    /// waiting, else as a unary call on `channel`.
     fn dispatch(
         &self,
         target: &str,
         channel: Channel,
         op: pb::op::Op,
     ) -> impl Future<Output = OpOutcome> + Send + 'static {
-        let batcher = (self.options.batch_inflight > 0).then(|| {
-            if let Some(b) = self.batchers.get(target) {
-                return b.clone();
-            }
-            let channel = channel.clone();
-            let b = Arc::new(Batcher::new(
-                Limits {
-                    max_inflight: self.options.batch_inflight,
-                    max_items: crate::server::kv_service::MAX_MULTI_OPS,
-                    max_weight: MAX_MULTI_BYTES,
-                },
-                op_weight,
-                move |ops: Vec<pb::op::Op>| send_ops(channel.clone(), ops),
-            ));
-            self.batchers.entry(target.to_string()).or_insert(b).clone()
-        });
+        let batcher = if self.options.batch_inflight > 0 {
+            self.batcher(target).ok()
+        } else {
+            None
+        };
         async move {
             match batcher {
                 Some(b) => b.submit(op).await.unwrap_or_else(|| {

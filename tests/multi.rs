@@ -64,6 +64,23 @@ async fn multi(addr: &str, ops: Vec<pb::Op>) -> Vec<pb::op_result::Result> {
         .collect()
 }
 
+/// Reads keys `k000`.. back with `n` concurrent gets (so they travel in Multis) and checks each
+/// holds the value `v{i}` the tests put there.
+async fn read_back_concurrently(client: &Client, n: usize) {
+    let gets = (0..n).map(|i| client.get(format!("k{i:03}")));
+    for (i, value) in futures::future::join_all(gets)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(
+            value.expect("get").as_deref(),
+            Some(format!("v{i}").as_bytes()),
+            "k{i:03}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_should_answer_each_op_as_if_sent_alone() {
     let cluster = ProcessCluster::start(3, "rocksdb", &[]);
@@ -160,19 +177,7 @@ async fn concurrent_requests_should_share_rpcs_and_log_entries() {
         .into_iter()
         .collect::<Result<_, _>>()
         .expect("every put acknowledged");
-    let gets = (0..N).map(|i| client.get(format!("k{i:03}")));
-    for (i, value) in futures::future::join_all(gets)
-        .await
-        .into_iter()
-        .enumerate()
-    {
-        let value = value.expect("get");
-        assert_eq!(
-            value.as_deref(),
-            Some(format!("v{i}").as_bytes()),
-            "k{i:03}"
-        );
-    }
+    read_back_concurrently(&client, N).await;
 
     let after = scrape().await;
     let delta = |name: &str, labels: &str| {
@@ -219,4 +224,61 @@ async fn snapshots_should_follow_writes_not_log_entries() {
         "the writes made {} entries: too many to show that snapshots count writes",
         status.last_log_index
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_several_connections_should_use_them_all_and_still_coalesce() {
+    let cluster = ProcessCluster::start(1, "memory", &[]);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let metrics_addr = cluster.node(leader).metrics_addr.clone();
+    let scrape = || async { http_get(&metrics_addr, "/metrics").await.expect("scrape").1 };
+    let active = |text: &str| metric_value(text, "rskv_connections_active", "");
+    // The harness's own client has gone; wait until the node has seen it close.
+    wait_for("no client connection open", LEADER_TIMEOUT, || async {
+        (active(&scrape().await) == 0.0).then_some(())
+    })
+    .await;
+
+    const CONNECTIONS: usize = 3;
+    let client = Client::with_options(
+        cluster.endpoints(),
+        ClientOptions {
+            deadline: Duration::from_secs(15),
+            batch_inflight: 1,
+            connections: CONNECTIONS,
+            ..ClientOptions::default()
+        },
+    )
+    .expect("client");
+    let before = scrape().await;
+    const N: usize = 300;
+    // In waves, so that there are many batches (each wave's first request goes alone).
+    for wave in (0..N).collect::<Vec<_>>().chunks(30) {
+        let puts = wave
+            .iter()
+            .map(|i| client.put(format!("k{i:03}"), format!("v{i}")));
+        futures::future::join_all(puts)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .expect("every put acknowledged");
+    }
+    read_back_concurrently(&client, N).await;
+
+    let after = scrape().await;
+    assert_eq!(active(&after), CONNECTIONS as f64, "{after}");
+    let multis = metric_value(&after, "rskv_requests_total", r#"method="multi",code="OK""#)
+        + metric_value(&after, "rskv_requests_total", r#"code="OK",method="multi""#)
+        - metric_value(
+            &before,
+            "rskv_requests_total",
+            r#"method="multi",code="OK""#,
+        )
+        - metric_value(
+            &before,
+            "rskv_requests_total",
+            r#"code="OK",method="multi""#,
+        );
+    // One batcher spans the connections: with one RPC in flight, requests still shared Multis.
+    assert!(multis >= 1.0 && multis < N as f64, "{multis} multis");
 }

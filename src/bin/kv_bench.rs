@@ -58,10 +58,10 @@ struct Args {
     /// Comma-separated node addresses.
     #[arg(long, value_delimiter = ',', default_value = DEV_ADDR)]
     endpoints: Vec<String>,
-    /// gRPC connections.
+    /// gRPC connections per node (rskv: all in one client; etcd: one client each).
     #[arg(long, default_value_t = 1)]
     conns: usize,
-    /// rskv: Multi RPCs in flight per connection; requests waiting behind them go together in
+    /// rskv: Multi RPCs in flight per node; requests waiting behind them go together in
     /// the next one. 0 sends every request as its own RPC (as the etcd target does).
     #[arg(long, default_value_t = rskv::client::ClientOptions::default().batch_inflight)]
     batch_inflight: usize,
