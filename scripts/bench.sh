@@ -6,6 +6,9 @@
 #
 #   scripts/bench.sh                      # full matrix, 10 s per cell
 #   DURATION=3 CLIENTS="1 16" scripts/bench.sh
+#   ROUNDS=3 WORKLOADS=put CLIENTS="64 256" scripts/bench.sh
+#                                         # each cell 3 times, systems alternating; the table
+#                                         # shows each system's median run (by throughput)
 #
 # As root it installs what is missing (protobuf-compiler to build the etcd client, etcd-server and
 # etcd-client from Debian). Without etcd it benchmarks rskv alone.
@@ -15,6 +18,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/env.sh"
 DURATION="${DURATION:-10}"
 CLIENTS="${CLIENTS:-1 16 64 256}"
+WORKLOADS="${WORKLOADS:-put put-1conn get-linearizable get-stale get-lease}"
+ROUNDS="${ROUNDS:-1}"
 KEYS="${KEYS:-100000}"
 OUT="${OUT:-$ROOT/results/bench-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
@@ -110,6 +115,7 @@ for spec in "put put" "put-1conn put" "get-linearizable get --consistency linear
     "get-stale get --consistency stale" "get-lease get --consistency linearizable"; do
     set -- $spec
     name=$1; shift
+    [[ " $WORKLOADS " == *" $name "* ]] || continue
     CONNS=""
     [[ "$name" == put-1conn ]] && CONNS=1
     if [[ "$name" == get-lease ]]; then
@@ -120,16 +126,24 @@ for spec in "put put" "put-1conn put" "get-linearizable get --consistency linear
     for c in $CLIENTS; do
         # One client has one connection anyway: its row would repeat the put row.
         [[ "$name" == put-1conn && "$c" == 1 ]] && continue
-        r="$(run rskv "$RSKV" "$1" "$c" "${@:2}")"
-        echo "{\"system\":\"rskv\",\"cell\":\"$name\",\"result\":$r}" >>"$OUT/results.jsonl"
-        e="{}"
-        if [[ -n "$ETCD" ]]; then
-            e="$(run etcd "$ETCD" "$1" "$c" "${@:2}")"
-            echo "{\"system\":\"etcd\",\"cell\":\"$name\",\"result\":$e}" >>"$OUT/results.jsonl"
-        fi
-        python3 - "$name" "$c" "$r" "$e" <<'PY' | tee -a "$OUT/table.txt"
+        rs="" es=""
+        for round in $(seq "$ROUNDS"); do
+            r="$(run rskv "$RSKV" "$1" "$c" "${@:2}")"
+            echo "{\"system\":\"rskv\",\"cell\":\"$name\",\"round\":$round,\"result\":$r}" >>"$OUT/results.jsonl"
+            rs="$rs$r"$'\n'
+            if [[ -n "$ETCD" ]]; then
+                e="$(run etcd "$ETCD" "$1" "$c" "${@:2}")"
+                echo "{\"system\":\"etcd\",\"cell\":\"$name\",\"round\":$round,\"result\":$e}" >>"$OUT/results.jsonl"
+                es="$es$e"$'\n'
+            fi
+        done
+        python3 - "$name" "$c" "$rs" "$es" <<'PY' | tee -a "$OUT/table.txt"
 import json, sys
-name, c, r, e = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+name, c = sys.argv[1], sys.argv[2]
+def median_run(text):
+    runs = sorted((json.loads(l) for l in text.splitlines() if l.strip()), key=lambda x: x["throughput"])
+    return runs[(len(runs) - 1) // 2] if runs else {}
+r, e = median_run(sys.argv[3]), median_run(sys.argv[4])
 def cols(x):
     return ("%10.0f %8.2f %8.2f" % (x["throughput"], x["p50_ms"], x["p99_ms"])) if x else "%10s %8s %8s" % ("-", "-", "-")
 ratio = ("%6.2f" % (r["throughput"] / e["throughput"])) if e and e.get("throughput") else "     -"
