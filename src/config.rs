@@ -184,6 +184,9 @@ pub struct RaftConfig {
     /// entry counts each of its writes), so the log a restart replays stays bounded under load.
     pub snapshot_every: u64,
     /// Log entries kept behind the last snapshot, so briefly lagging followers need no snapshot.
+    /// Counted in entries, and under load an entry groups tens of writes: 1,000 entries are 1,000
+    /// writes when idle and ~60k (about 1.5 s) at 256 clients. 5,000 kept 80+ MB of log at 256
+    /// clients, whose purge compactions doubled put p99 in sustained runs.
     pub keep_logs_after_snapshot: u64,
     /// Size of the chunks a snapshot is streamed in.
     pub snapshot_chunk_bytes: u64,
@@ -201,7 +204,7 @@ impl Default for RaftConfig {
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1000,
             snapshot_every: 50_000,
-            keep_logs_after_snapshot: 5_000,
+            keep_logs_after_snapshot: 1_000,
             snapshot_chunk_bytes: 1024 * 1024,
             read_policy: ReadPolicy::ReadIndex,
             max_inflight_proposals: 2,
