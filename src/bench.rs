@@ -253,7 +253,7 @@ async fn connect(opts: &BenchOptions) -> Result<Conn, ClientError> {
             opts.endpoints.clone(),
             ClientOptions {
                 batch_inflight: opts.batch_inflight,
-                connections: opts.conns.max(1),
+                connections: opts.conns,
                 ..ClientOptions::default()
             },
         )?))),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::http_get;
 use common::metric_value;
+use common::ok_requests;
 use common::wait_for;
 use common::ProcessCluster;
 use rskv::client::ClientOptions;
@@ -183,10 +184,8 @@ async fn concurrent_requests_should_share_rpcs_and_log_entries() {
     let delta = |name: &str, labels: &str| {
         metric_value(&after, name, labels) - metric_value(&before, name, labels)
     };
-    let multis = delta("rskv_requests_total", r#"method="multi",code="OK""#)
-        + delta("rskv_requests_total", r#"code="OK",method="multi""#);
-    let puts = delta("rskv_requests_total", r#"method="put",code="OK""#)
-        + delta("rskv_requests_total", r#"code="OK",method="put""#);
+    let multis = ok_requests(&after, "multi") - ok_requests(&before, "multi");
+    let puts = ok_requests(&after, "put") - ok_requests(&before, "put");
     let entries = delta("rskv_write_group_size_count", "");
     let grouped = delta("rskv_write_group_size_sum", "");
     // Every put is counted as a put, whichever RPC carried it…
@@ -267,18 +266,7 @@ async fn a_client_with_several_connections_should_use_them_all_and_still_coalesc
 
     let after = scrape().await;
     assert_eq!(active(&after), CONNECTIONS as f64, "{after}");
-    let multis = metric_value(&after, "rskv_requests_total", r#"method="multi",code="OK""#)
-        + metric_value(&after, "rskv_requests_total", r#"code="OK",method="multi""#)
-        - metric_value(
-            &before,
-            "rskv_requests_total",
-            r#"method="multi",code="OK""#,
-        )
-        - metric_value(
-            &before,
-            "rskv_requests_total",
-            r#"code="OK",method="multi""#,
-        );
+    let multis = ok_requests(&after, "multi") - ok_requests(&before, "multi");
     // One batcher spans the connections: with one RPC in flight, requests still shared Multis.
     assert!(multis >= 1.0 && multis < N as f64, "{multis} multis");
 }

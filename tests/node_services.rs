@@ -12,6 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use common::http_get;
 use common::metric_value;
+use common::ok_requests;
 use common::wait_for;
 use common::ProcessCluster;
 use rskv::client::ClientOptions;
@@ -205,8 +206,6 @@ async fn metrics_should_count_requests_and_health_should_report() {
     cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let node = &cluster.nodes[0];
     let client = cluster.client();
-    let put_ok = r#"code="OK",method="put""#;
-    let put_ok_alt = r#"method="put",code="OK""#;
     let scrape = || async {
         let (status, text) = http_get(&node.metrics_addr, "/metrics")
             .await
@@ -214,10 +213,7 @@ async fn metrics_should_count_requests_and_health_should_report() {
         assert_eq!(status, 200);
         text
     };
-    let count = |text: &str| {
-        metric_value(text, "rskv_requests_total", put_ok)
-            + metric_value(text, "rskv_requests_total", put_ok_alt)
-    };
+    let count = |text: &str| ok_requests(text, "put");
     let before = count(&scrape().await);
     for i in 0..17 {
         client.put(format!("m{i}"), "v").await.expect("put");

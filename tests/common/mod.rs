@@ -408,3 +408,17 @@ pub fn metric_value(text: &str, name: &str, labels: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// `rskv_requests_total` of `method` answered OK, whichever order the exporter rendered the two
+/// labels in.
+pub fn ok_requests(text: &str, method: &str) -> f64 {
+    metric_value(
+        text,
+        "rskv_requests_total",
+        &format!(r#"method="{method}",code="OK""#),
+    ) + metric_value(
+        text,
+        "rskv_requests_total",
+        &format!(r#"code="OK",method="{method}""#),
+    )
+}
