@@ -17,6 +17,7 @@ async fn kv_bench_should_report_throughput_and_latency() {
     for workload in [
         vec!["load", "--key-space", "2000"],
         vec!["put", "--total", "300", "--clients", "8"],
+        vec!["put", "--total", "300", "--clients", "8", "--threads", "2"],
         vec![
             "get",
             "--total",
@@ -57,4 +58,14 @@ async fn kv_bench_should_report_throughput_and_latency() {
         .await
         .expect("scan");
     assert!(scanned.len() >= 2000);
+    // Bad flags get a message and exit status 2, before any connection is made.
+    let out = Command::new(bench)
+        .args(["put", "--threads", "0", "--endpoints", &endpoints])
+        .output()
+        .expect("run kv_bench");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--threads"),
+        "{out:?}"
+    );
 }
