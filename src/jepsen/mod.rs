@@ -15,6 +15,7 @@ pub mod workload;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::Path;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -42,6 +43,26 @@ use nodes::ClusterSpec;
 
 /// A failing key's sub-history up to this many operations is printed in the summary.
 const SHOW_OPS: usize = 40;
+
+/// Saves a non-linearizable key's sub-history as `anomaly-<key>.jsonl` in `dir` and describes
+/// it: a short sub-history is included whole, a long one (a fault run's key can have hundreds of
+/// thousands of operations) only named, so the report stays readable.
+pub fn save_anomaly(dir: &Path, key: &str, ops: &[checker::Op]) -> String {
+    let text = checker::to_jsonl(ops);
+    let path = dir.join(format!("anomaly-{}.jsonl", key.replace('/', "_")));
+    let saved = match std::fs::write(&path, &text) {
+        Ok(()) => format!("saved to {}", path.display()),
+        Err(e) => format!("not saved to {}: {e}", path.display()),
+    };
+    let mut message = format!("key {key} is not linearizable ({} ops, {saved})", ops.len());
+    if ops.len() <= SHOW_OPS {
+        for line in text.lines() {
+            message.push_str("\n      ");
+            message.push_str(line);
+        }
+    }
+    message
+}
 
 /// Keys of the register workload live under this prefix (watched on every node).
 pub const KEY_PREFIX: &str = "jk/";
@@ -528,24 +549,7 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
             format!("unknown (search budget exhausted on {key})")
         }
         checker::Verdict::NotLinearizable { key, ops } => {
-            let text = checker::to_jsonl(&ops);
-            let path = opts
-                .results
-                .join(format!("anomaly-{}.jsonl", key.replace('/', "_")));
-            let _ = std::fs::write(&path, &text);
-            let mut message = format!(
-                "key {key} is not linearizable ({} ops, saved to {})",
-                ops.len(),
-                path.display()
-            );
-            // A short sub-history is printed whole; a long one is only saved.
-            if ops.len() <= SHOW_OPS {
-                for line in text.lines() {
-                    message.push_str("\n      ");
-                    message.push_str(line);
-                }
-            }
-            anomalies.push(message);
+            anomalies.push(save_anomaly(&opts.results, &key, &ops));
             format!("NOT linearizable on key {key}")
         }
     };
