@@ -8,9 +8,11 @@
 //! a bitset, so each cache entry is a few dozen bytes whatever the history's length: bitsets made
 //! the cache quadratic in the operations of a key (a 1.3M-operation history over 5 keys ran out
 //! of memory). Two different sets share a hash with probability about 2^-128 per pair; a
-//! collision could only prune a branch, i.e. report a violation that is not there, never hide one. Operations that failed definitely (`Fail`) are dropped; reads
-//! whose outcome is unknown (`Info`) are dropped; writes and CAS whose outcome is unknown keep an
-//! infinite return time and may take effect at any point after their invocation, or not at all.
+//! collision could only prune a branch, i.e. report a violation that is not there, never hide one.
+//!
+//! Operations that failed definitely (`Fail`) are dropped; reads whose outcome is unknown
+//! (`Info`) are dropped; writes and CAS whose outcome is unknown keep an infinite return time and
+//! may take effect at any point after their invocation, or not at all.
 
 use std::collections::BTreeMap;
 use std::collections::HashSet;

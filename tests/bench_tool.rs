@@ -6,6 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::expect_failure;
 use common::ProcessCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,9 +64,5 @@ async fn kv_bench_should_report_throughput_and_latency() {
         .args(["put", "--threads", "0", "--endpoints", &endpoints])
         .output()
         .expect("run kv_bench");
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--threads"),
-        "{out:?}"
-    );
+    expect_failure(&out, 2, "--threads");
 }

@@ -1,6 +1,10 @@
 //! `kv_jepsen check` on saved histories: the verdict, the exit status, and the anomaly file.
 
+mod common;
+
 use std::process::Command;
+
+use common::expect_failure;
 
 use rskv::checker::Op;
 use rskv::checker::OpKind;
@@ -63,9 +67,5 @@ fn check_of_a_missing_file_should_exit_2_with_a_message() {
         .args(["check", "/nonexistent/history.jsonl"])
         .output()
         .expect("run kv_jepsen");
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("reading /nonexistent/history.jsonl"),
-        "{out:?}"
-    );
+    expect_failure(&out, 2, "reading /nonexistent/history.jsonl");
 }

@@ -409,6 +409,18 @@ pub fn metric_value(text: &str, name: &str, labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Checks that a finished command exited with `code` and said `needle` on stderr (the CLIs'
+/// contract for bad input: a message and a non-zero exit, never a panic); returns its stderr.
+pub fn expect_failure(out: &std::process::Output, code: i32, needle: &str) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{out:?}");
+    assert!(
+        err.contains(needle),
+        "stderr should mention `{needle}`: {err}"
+    );
+    err
+}
+
 /// `rskv_requests_total` of `method` answered OK, whichever order the exporter rendered the two
 /// labels in.
 pub fn ok_requests(text: &str, method: &str) -> f64 {
