@@ -99,6 +99,20 @@ pub enum Verdict {
     },
 }
 
+/// One wording of a verdict for every report (the fault run's summary and `kv_jepsen check`), so
+/// a reader meets the same words wherever a history was checked.
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Linearizable => write!(f, "linearizable"),
+            Verdict::NotLinearizable { key, .. } => write!(f, "NOT linearizable on key {key}"),
+            Verdict::Unknown { key } => {
+                write!(f, "unknown (search budget exhausted on key {key})")
+            }
+        }
+    }
+}
+
 /// A prepared operation: what the model needs, with an infinite return for unknown outcomes.
 #[derive(Debug, Clone)]
 struct Prepared {

@@ -168,19 +168,9 @@ fn main() -> ExitCode {
             .map(|history| {
                 let verdict = checker::check(&history, budget);
                 let dir = file.parent().unwrap_or(std::path::Path::new("."));
-                match &verdict {
-                    checker::Verdict::Linearizable => {
-                        println!("{} ops: linearizable", history.len());
-                    }
-                    checker::Verdict::Unknown { key } => println!(
-                        "{} ops: unknown (search budget exhausted on key {key})",
-                        history.len()
-                    ),
-                    checker::Verdict::NotLinearizable { key, ops } => println!(
-                        "{} ops: NOT linearizable: {}",
-                        history.len(),
-                        rskv::jepsen::save_anomaly(dir, key, ops)
-                    ),
+                println!("{} ops: {verdict}", history.len());
+                if let checker::Verdict::NotLinearizable { key, ops } = &verdict {
+                    println!("  {}", rskv::jepsen::save_anomaly(dir, key, ops));
                 }
                 verdict == checker::Verdict::Linearizable
             }),

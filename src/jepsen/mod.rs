@@ -542,17 +542,15 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
         serde_json::to_string_pretty(&faults)?,
     )?;
 
-    let verdict = match checker::check(&history, opts.check_budget) {
-        checker::Verdict::Linearizable => "linearizable".to_string(),
-        checker::Verdict::Unknown { key } => {
-            anomalies.push(format!("checker budget exhausted on key {key}"));
-            format!("unknown (search budget exhausted on {key})")
-        }
+    let verdict = checker::check(&history, opts.check_budget);
+    match &verdict {
+        checker::Verdict::Linearizable => {}
+        checker::Verdict::Unknown { .. } => anomalies.push(format!("checker: {verdict}")),
         checker::Verdict::NotLinearizable { key, ops } => {
-            anomalies.push(save_anomaly(&opts.results, &key, &ops));
-            format!("NOT linearizable on key {key}")
+            anomalies.push(save_anomaly(&opts.results, key, ops));
         }
-    };
+    }
+    let verdict = verdict.to_string();
     anomalies.extend(lost_writes(&history, &finals));
     let watch = watch::check(&segments, &history);
     anomalies.extend(watch.anomalies.iter().cloned());
