@@ -142,8 +142,29 @@ type AppendAnswer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>
 #[derive(Default)]
 struct Owed {
     sent: AtomicU64,
-    /// Signalled after each request is handed to the stream.
+    /// Signalled after each request is handed to the stream (and when it is cut short).
     more: tokio::sync::Notify,
+    /// Why the requests were cut short, if they were: the answers end with this error.
+    broken: std::sync::Mutex<Option<String>>,
+}
+
+/// Why an AppendEntries must not be sent: its entries do not start right after `prev_log_id`.
+///
+/// openraft (0.10.0-alpha.37) can build such a request: a replication stream resumes from the
+/// follower's position after the leader has purged past it (seen when a follower came back from a
+/// crash, and when it finished installing a snapshot while the leader snapshotted and purged
+/// again), and the log read for it starts at the first entry that is left (a purge may remove the
+/// start of a range being read). A debug build of openraft asserts on it; a release build sends
+/// it, and the follower appends the entries after a hole, then applies past it. Seen in release
+/// builds with snapshots every 2,000 writes and a follower killed under load (entries from 13256
+/// after prev_log_id 13112, right after the follower installed a snapshot at 13112). Refusing it
+/// fails the stream, and openraft plans the follower's replication again: here, the next snapshot.
+fn gap_in(rpc: &AppendEntriesRequest<TypeConfig>) -> Option<String> {
+    let first = rpc.entries.first()?.log_id.index;
+    let expected = rpc.prev_log_id.map_or(0, |p| p.index + 1);
+    (first != expected).then(|| {
+        format!("AppendEntries entries start at {first}, not right after prev_log_id index {expected}-1 (log purged under replication)")
+    })
 }
 
 /// openraft's handle for sending RPCs to one peer.
@@ -237,6 +258,14 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             let target = self.target;
             // Ends at the first request that cannot be encoded.
             let requests = input.scan((), move |(), rpc| {
+                if let Some(gap) = gap_in(&rpc) {
+                    tracing::error!(target, "{gap}; ending the stream");
+                    if let Ok(mut broken) = counted.broken.lock() {
+                        *broken = Some(gap);
+                    }
+                    counted.more.notify_one();
+                    return std::future::ready(None);
+                }
                 let payload = match encode(&rpc) {
                     Ok(data) => {
                         counted.sent.fetch_add(1, Ordering::AcqRel);
@@ -270,7 +299,14 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             let answers =
                 futures::stream::unfold(Some((answers, owed, 0u64)), move |state| async move {
                     let (mut answers, owed, received) = state?;
+                    let broken = |owed: &Owed| owed.broken.lock().ok().and_then(|b| b.clone());
                     let next = loop {
+                        if let Some(gap) = broken(&owed) {
+                            return Some((
+                                Err(network(format!("append stream to {target}: {gap}"))),
+                                None,
+                            ));
+                        }
                         if owed.sent.load(Ordering::Acquire) > received {
                             break tokio::time::timeout(ttl, answers.message())
                                 .await
@@ -292,7 +328,12 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                             let go_on = answer.is_ok().then_some((answers, owed, received + 1));
                             Some((answer, go_on))
                         }
-                        Ok(None) => None,
+                        Ok(None) => broken(&owed).map(|gap| {
+                            (
+                                Err(network(format!("append stream to {target}: {gap}"))),
+                                None,
+                            )
+                        }),
                         Err(status) => Some((Err(status_to_rpc(&status)), None)),
                     }
                 });
@@ -590,6 +631,51 @@ mod tests {
         assert!(
             matches!(second, Err(RPCError::Network(_))),
             "expected a network error, got {second:?}"
+        );
+        assert!(
+            answers.next().await.is_none(),
+            "the stream ends after its error"
+        );
+    }
+
+    #[tokio::test]
+    async fn append_stream_should_refuse_entries_that_do_not_follow_prev_log_id() {
+        use openraft::entry::RaftEntry;
+        let mut peer = stub_peer(8, true).await;
+        let contiguous = AppendEntriesRequest {
+            entries: vec![crate::raft::Entry::new_blank(log_id(2))],
+            ..append(1)
+        };
+        assert_eq!(gap_in(&contiguous), None);
+        assert_eq!(
+            gap_in(&append(5)),
+            None,
+            "a heartbeat has no entries to check"
+        );
+        // What openraft built after a purge under a retrying stream: prev 979, entries from 1129.
+        let gapped = AppendEntriesRequest {
+            entries: vec![crate::raft::Entry::new_blank(log_id(1129))],
+            ..append(979)
+        };
+        assert!(gap_in(&gapped).is_some());
+        let input = futures::stream::iter([contiguous, gapped]).chain(futures::stream::pending());
+        let option = RPCOption::new(Duration::from_millis(200));
+        let mut answers = peer
+            .stream_append(input, option)
+            .await
+            .expect("stream opens");
+        let failed = loop {
+            let item = tokio::time::timeout(Duration::from_secs(5), answers.next())
+                .await
+                .expect("the refusal is reported in time")
+                .expect("an error before the stream ends");
+            if let Err(e) = item {
+                break e;
+            }
+        };
+        assert!(
+            matches!(&failed, RPCError::Network(_)) && failed.to_string().contains("1129"),
+            "{failed}"
         );
         assert!(
             answers.next().await.is_none(),
