@@ -167,9 +167,9 @@ fn main() -> ExitCode {
             .and_then(|text| checker::parse_jsonl(&text))
             .map(|history| {
                 let verdict = checker::check(&history, budget);
-                let dir = file.parent().unwrap_or(std::path::Path::new("."));
                 println!("{} ops: {verdict}", history.len());
                 if let checker::Verdict::NotLinearizable { key, ops } = &verdict {
+                    let dir = file.parent().unwrap_or(std::path::Path::new("."));
                     println!("  {}", rskv::jepsen::save_anomaly(dir, key, ops));
                 }
                 verdict == checker::Verdict::Linearizable

@@ -163,7 +163,7 @@ fn gap_in(rpc: &AppendEntriesRequest<TypeConfig>) -> Option<String> {
     let first = rpc.entries.first()?.log_id.index;
     let expected = rpc.prev_log_id.map_or(0, |p| p.index + 1);
     (first != expected).then(|| {
-        format!("AppendEntries entries start at {first}, not right after prev_log_id index {expected}-1 (log purged under replication)")
+        format!("AppendEntries entries start at {first}, not at {expected} right after prev_log_id (log purged under replication)")
     })
 }
 
@@ -299,13 +299,17 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             let answers =
                 futures::stream::unfold(Some((answers, owed, 0u64)), move |state| async move {
                     let (mut answers, owed, received) = state?;
-                    let broken = |owed: &Owed| owed.broken.lock().ok().and_then(|b| b.clone());
+                    // The requests were cut short: the answers end with why.
+                    let refused = |owed: &Owed| {
+                        let gap = owed.broken.lock().ok().and_then(|b| b.clone())?;
+                        Some((
+                            Err(network(format!("append stream to {target}: {gap}"))),
+                            None,
+                        ))
+                    };
                     let next = loop {
-                        if let Some(gap) = broken(&owed) {
-                            return Some((
-                                Err(network(format!("append stream to {target}: {gap}"))),
-                                None,
-                            ));
+                        if let Some(end) = refused(&owed) {
+                            return Some(end);
                         }
                         if owed.sent.load(Ordering::Acquire) > received {
                             break tokio::time::timeout(ttl, answers.message())
@@ -328,12 +332,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                             let go_on = answer.is_ok().then_some((answers, owed, received + 1));
                             Some((answer, go_on))
                         }
-                        Ok(None) => broken(&owed).map(|gap| {
-                            (
-                                Err(network(format!("append stream to {target}: {gap}"))),
-                                None,
-                            )
-                        }),
+                        Ok(None) => refused(&owed),
                         Err(status) => Some((Err(status_to_rpc(&status)), None)),
                     }
                 });
