@@ -132,11 +132,15 @@ async fn compacted_watch_start_should_be_refused() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    // After a restart the RocksDB engine resumes from its applied index without replaying, so
-    // history from before the restart is gone: refused, not silently empty. (The memory engine
-    // replays the log after its snapshot, and republishes those events.)
+    // A clean stop flushes the RocksDB engine, so the restarted node resumes from its applied
+    // index without replaying: history from before the restart is gone, refused, not silently
+    // empty. (The memory engine replays the log after its snapshot, and republishes those events.)
     let mut cluster = cluster;
-    cluster.restart(1);
+    let node = cluster.node_mut(1);
+    assert!(node
+        .terminate(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
+    node.spawn();
     cluster.wait_for_leader(LEADER_TIMEOUT).await;
     match client.watch("k", true, 8).await {
         Err(rskv::client::ClientError::Status(s)) => {
@@ -144,6 +148,30 @@ async fn compacted_watch_start_should_be_refused() {
         }
         other => panic!("a watch from before the restart must be refused: {other:?}"),
     }
+    // After a crash the engine (which writes no WAL) resumes from its last flush, the clean stop,
+    // and openraft re-applies the entries after it: their events are published again, the same
+    // events at the same indexes.
+    let mut indexes = Vec::new();
+    for i in 10..13 {
+        indexes.push(
+            client
+                .put(format!("k{i}"), format!("v{i}"))
+                .await
+                .expect("put"),
+        );
+    }
+    cluster.restart(1);
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let mut replay = client
+        .watch("k", true, indexes[0])
+        .await
+        .expect("the replayed entries' events are retained again");
+    let replayed = collect_events(&mut replay, 3).await;
+    let expected: Vec<_> = (10..13)
+        .zip(&indexes)
+        .map(|(i, index)| (format!("k{i}"), format!("v{i}"), *index))
+        .collect();
+    assert_eq!(replayed, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

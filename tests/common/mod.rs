@@ -59,7 +59,8 @@ pub struct NodeProc {
 }
 
 impl NodeProc {
-    fn spawn(&mut self) {
+    /// Starts the node process (again, after `kill` or `terminate`), with the same arguments.
+    pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
