@@ -299,11 +299,31 @@ pub struct StreamWriter {
 pub struct SnapshotStream {
     rx: std::sync::mpsc::Receiver<io::Result<Bytes>>,
     piece: Bytes,
+    /// Told at the first read (dropped unread: the [`FirstRead`] learns that too).
+    first_read: Option<std::sync::mpsc::SyncSender<()>>,
 }
 
-/// A connected writer and reader.
-pub fn snapshot_stream() -> (StreamWriter, SnapshotStream) {
+/// Lets a producer wait until its stream is first read. openraft drops the data of most
+/// snapshots it asks for unread (it wants their metadata; a follower that needs the data asks
+/// again), so an export that waited for nothing would encode a few MiB for no one every time.
+pub struct FirstRead(std::sync::mpsc::Receiver<()>);
+
+impl FirstRead {
+    /// Blocks until the stream is first read.
+    ///
+    /// # Errors
+    /// `BrokenPipe` when the stream was dropped without being read.
+    pub fn wait(self) -> io::Result<()> {
+        self.0.recv().map_err(|_| {
+            io::Error::new(io::ErrorKind::BrokenPipe, "snapshot stream dropped unread")
+        })
+    }
+}
+
+/// A connected writer and reader, and the signal of the reader's first read.
+pub fn snapshot_stream() -> (StreamWriter, SnapshotStream, FirstRead) {
     let (tx, rx) = std::sync::mpsc::sync_channel(STREAM_PIECES_AHEAD);
+    let (first_tx, first_rx) = std::sync::mpsc::sync_channel(1);
     (
         StreamWriter {
             tx,
@@ -312,7 +332,9 @@ pub fn snapshot_stream() -> (StreamWriter, SnapshotStream) {
         SnapshotStream {
             rx,
             piece: Bytes::new(),
+            first_read: Some(first_tx),
         },
+        FirstRead(first_rx),
     )
 }
 
@@ -349,6 +371,9 @@ impl Write for StreamWriter {
 
 impl Read for SnapshotStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(first_read) = self.first_read.take() {
+            let _ = first_read.send(());
+        }
         while self.piece.is_empty() {
             match self.rx.recv() {
                 Ok(piece) => self.piece = piece?,
@@ -362,5 +387,30 @@ impl Read for SnapshotStream {
         buf[..n].copy_from_slice(&self.piece[..n]);
         self.piece.advance(n);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_producer_should_wait_for_the_first_read() {
+        // Dropped unread: the producer learns it before it writes anything.
+        let (_out, stream, first_read) = snapshot_stream();
+        drop(stream);
+        let err = first_read.wait().expect_err("dropped unread");
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+        // Read: the producer goes on, and what it writes then arrives.
+        let (mut out, mut stream, first_read) = snapshot_stream();
+        let producer = std::thread::spawn(move || {
+            first_read.wait()?;
+            out.write_all(b"records")?;
+            out.flush()
+        });
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).expect("read");
+        producer.join().expect("producer").expect("write");
+        assert_eq!(got, b"records");
     }
 }

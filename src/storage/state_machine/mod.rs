@@ -59,6 +59,7 @@ use crate::raft::SnapshotMeta;
 use crate::raft::StoredMembership;
 use crate::raft::TypeConfig;
 use crate::storage::snapshot::snapshot_stream;
+use crate::storage::snapshot::FirstRead;
 use crate::storage::snapshot::SnapshotData;
 use crate::storage::snapshot::SnapshotFile;
 use crate::storage::snapshot::SnapshotWriter;
@@ -414,6 +415,8 @@ struct EncoderSink<W: Write> {
     /// Where the metadata goes as soon as it is known (or why the export failed before it), for
     /// a stream whose reader waits for it.
     meta_tx: Option<std::sync::mpsc::SyncSender<io::Result<SnapshotMeta>>>,
+    /// For a stream: the records are exported only once someone reads it.
+    first_read: Option<FirstRead>,
 }
 
 impl<W: Write> EncoderSink<W> {
@@ -423,6 +426,7 @@ impl<W: Write> EncoderSink<W> {
             encoder: None,
             meta: None,
             meta_tx: None,
+            first_read: None,
         }
     }
 }
@@ -443,7 +447,10 @@ impl<W: Write> SnapshotSink for EncoderSink<W> {
                 .map_err(|_| io_err("snapshot export abandoned"))?;
         }
         self.meta = Some(meta);
-        Ok(())
+        match self.first_read.take() {
+            Some(first_read) => first_read.wait(),
+            None => Ok(()),
+        }
     }
 
     fn record(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
@@ -455,12 +462,12 @@ impl<W: Write> SnapshotSink for EncoderSink<W> {
 }
 
 /// A snapshot of a durable engine as of now: its metadata at once, its records streamed by an
-/// export thread as the consumer reads them (at most a few MiB ahead). The engine is synced after
-/// the export's point-in-time view is taken, so everything the snapshot claims is durable and the
-/// log before it may be purged. Dropping the data unread ends the export at its next write.
-/// Blocking.
+/// export thread as the consumer reads them (from the first read on, at most a few MiB ahead).
+/// The engine is synced after the export's point-in-time view is taken, so everything the
+/// snapshot claims is durable and the log before it may be purged. Dropping the data unread ends
+/// the export before it reads a record. Blocking.
 fn stream_snapshot(engine: Arc<dyn KvEngine>) -> io::Result<Snapshot> {
-    let (out, stream) = snapshot_stream();
+    let (out, stream, first_read) = snapshot_stream();
     let (meta_tx, meta_rx) = std::sync::mpsc::sync_channel(1);
     let exporter = engine.clone();
     // The thread holds only the engine and the stream's writing end; it ends when the export is
@@ -470,6 +477,7 @@ fn stream_snapshot(engine: Arc<dyn KvEngine>) -> io::Result<Snapshot> {
         .spawn(move || {
             let mut sink = EncoderSink {
                 meta_tx: Some(meta_tx),
+                first_read: Some(first_read),
                 ..EncoderSink::new(out)
             };
             let result = exporter.export(&mut sink);
