@@ -162,6 +162,10 @@ async fn compacted_watch_start_should_be_refused() {
     }
     cluster.restart(1);
     cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    for i in 10..13 {
+        let value = client.get(format!("k{i}")).await.expect("get");
+        assert_eq!(value.as_deref(), Some(format!("v{i}").as_bytes()));
+    }
     let mut replay = client
         .watch("k", true, indexes[0])
         .await

@@ -56,17 +56,16 @@ impl RocksEngine {
     /// # Errors
     /// When RocksDB cannot open the directory.
     pub fn open(dir: &Path) -> io::Result<RocksEngine> {
-        Self::open_with(dir, Options::default())
+        Self::open_with(dir, Options::default(), Options::default())
     }
 
-    /// Opens with `opts` as the base database options (tests use it to close without a flush,
-    /// as a crash would).
-    fn open_with(dir: &Path, mut opts: Options) -> io::Result<RocksEngine> {
+    /// Opens with `opts` and `data_opts` as the base database and `data` column family options
+    /// (tests use them to close without a flush, as a crash would, and to flush early).
+    fn open_with(dir: &Path, mut opts: Options, mut data_opts: Options) -> io::Result<RocksEngine> {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         // No WAL (see the module doc): a flush must persist `data` and `sm_meta` together.
         opts.set_atomic_flush(true);
-        let mut data_opts = Options::default();
         data_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_DATA, data_opts),
@@ -308,17 +307,20 @@ mod tests {
         assert!(!engine.import_interrupted().expect("marker"));
     }
 
+    /// An engine whose close loses the memtables, as a crash would.
+    fn open_crashing(dir: &Path, data_opts: Options) -> RocksEngine {
+        let opts = Options::default()
+            .get_options_from_string("avoid_flush_during_shutdown=true")
+            .expect("options");
+        RocksEngine::open_with(dir, opts, data_opts).expect("open")
+    }
+
     /// Writes skip the WAL: what a crash keeps is the last flush, with data and applied state
     /// from the same point, and `sync` is what makes commits survive.
     #[test]
     fn rocks_engine_should_keep_data_and_applied_state_together_across_a_crash() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let crash_on_close = || {
-            let opts = Options::default()
-                .get_options_from_string("avoid_flush_during_shutdown=true")
-                .expect("options");
-            RocksEngine::open_with(dir.path(), opts).expect("open")
-        };
+        let crash_on_close = || open_crashing(dir.path(), Options::default());
         let applied = |index| AppliedState {
             last_applied: Some(openraft::testing::log_id::<crate::raft::TypeConfig>(
                 1, 1, index,
@@ -353,5 +355,48 @@ mod tests {
         let engine = crash_on_close();
         assert_eq!(engine.applied_state().expect("state"), applied(2));
         assert_eq!(value(&engine, b"b"), Some(Bytes::from_static(b"3")));
+    }
+
+    /// RocksDB flushes a full memtable on its own: the applied state must go with it, or a crash
+    /// would leave data ahead of the applied index (and a replay would apply it twice).
+    #[test]
+    fn rocks_engine_should_flush_data_and_applied_state_together() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let crash_on_close = || {
+            let mut data_opts = Options::default();
+            data_opts.set_write_buffer_size(64 * 1024);
+            open_crashing(dir.path(), data_opts)
+        };
+        {
+            let engine = crash_on_close();
+            for index in 1..=64u64 {
+                let writes = vec![
+                    (
+                        Bytes::from_static(b"index"),
+                        Some(Bytes::from(index.to_string())),
+                    ),
+                    (
+                        Bytes::from(format!("filler{index}")),
+                        Some(Bytes::from(vec![b'x'; 8 * 1024])),
+                    ),
+                ];
+                let state = AppliedState {
+                    last_applied: Some(openraft::testing::log_id::<crate::raft::TypeConfig>(
+                        1, 1, index,
+                    )),
+                    ..AppliedState::default()
+                };
+                engine.commit(WriteSet { writes, state }).expect("commit");
+            }
+        }
+        let engine = crash_on_close();
+        let applied = engine
+            .applied_state()
+            .expect("state")
+            .last_applied
+            .map(|l| l.index)
+            .expect("512 KiB through 64 KiB memtables: some flush completed");
+        let index = engine.get(b"index").expect("get").expect("index key");
+        assert_eq!(index, Bytes::from(applied.to_string()));
     }
 }
