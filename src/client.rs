@@ -838,11 +838,44 @@ fn error_chain(status: &Status) -> String {
 /// Whether a transport failure (its [`error_chain`]) proves the request never reached the server: the connection
 /// could not be made, or hyper dropped the request before dispatching it because the connection
 /// was closing (hyper's `Canceled` kind, "operation was canceled", as when a draining node
-/// closes its connections).
+/// closes its connections), or the server's graceful GOAWAY refused its stream. A draining node
+/// sends GOAWAY (NO_ERROR) with the last stream it accepted; streams above it were not processed
+/// (RFC 9113 §6.8), and h2 fails exactly those, and any opened after, with the remote GOAWAY's
+/// error ("connection error received: not a result of an error"). Streams the node did accept
+/// finish, or fail with a broken pipe if the connection drops: still ambiguous.
 fn never_sent(error_chain: &str) -> bool {
     let text = error_chain.to_lowercase();
     text.contains("tcp connect error")
         || text.contains("connection refused")
         || text.contains("error trying to connect")
         || text.contains("operation was canceled")
+        || text.contains("connection error received: not a result of an error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::never_sent;
+
+    #[test]
+    fn only_failures_before_the_server_took_the_request_should_count_as_never_sent() {
+        // Seen from draining nodes: a stream the GOAWAY refused, a request hyper dropped.
+        assert!(never_sent(
+            "h2 protocol error: http2 error: transport error: connection error received: not a result of an error"
+        ));
+        assert!(never_sent("transport error: operation was canceled"));
+        assert!(never_sent(
+            "transport error: tcp connect error: Connection refused (os error 111)"
+        ));
+        // The request may have been taken: a stream cut by a dropped connection, a reset, a
+        // GOAWAY that reports an error.
+        assert!(!never_sent(
+            "h2 protocol error: http2 error: stream closed because of a broken pipe"
+        ));
+        assert!(!never_sent(
+            "transport error: connection error: connection reset"
+        ));
+        assert!(!never_sent(
+            "h2 protocol error: http2 error: connection error received: unspecific protocol error detected"
+        ));
+    }
 }

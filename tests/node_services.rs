@@ -368,17 +368,21 @@ async fn rolling_restart_should_lose_no_acknowledged_write() {
         let stop = stop.clone();
         tokio::spawn(async move {
             let mut acked = Vec::new();
+            // A request the node received just as it closed the connection (a TCP reset, which
+            // also discards the GOAWAY that would have said it was not processed) has an unknown
+            // outcome: the client must say so, and it must stay rare.
+            let mut ambiguous = Vec::new();
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let key = format!("r/{i:06}");
-                client
-                    .put(key.clone(), "v")
-                    .await
-                    .expect("write during rolling restart");
-                acked.push(key);
+                match client.put(key.clone(), "v").await {
+                    Ok(_) => acked.push(key),
+                    Err(rskv::client::ClientError::Ambiguous(e)) => ambiguous.push((key, e)),
+                    Err(e) => panic!("write during rolling restart: {e:?}"),
+                }
                 i += 1;
             }
-            acked
+            (acked, ambiguous)
         })
     };
     for id in 1..=3 {
@@ -406,21 +410,38 @@ async fn rolling_restart_should_lose_no_acknowledged_write() {
         .await;
     }
     stop.store(true, Ordering::Relaxed);
-    let acked = writer.await.expect("writer");
+    let (acked, ambiguous) = writer.await.expect("writer");
     assert!(
         acked.len() > 20,
         "the writer ran throughout: {} writes",
         acked.len()
     );
-    eprintln!("rolling restart: {} acknowledged writes", acked.len());
-    let stored = cluster
+    assert!(
+        ambiguous.len() <= 3,
+        "at most one per restart: {ambiguous:?}"
+    );
+    eprintln!(
+        "rolling restart: {} acknowledged writes, ambiguous: {ambiguous:?}",
+        acked.len()
+    );
+    let stored: std::collections::HashSet<Vec<u8>> = cluster
         .client()
         .scan_all("r/", "r0", Consistency::Linearizable)
         .await
-        .expect("scan");
-    assert_eq!(
-        stored.len(),
-        acked.len(),
-        "every acknowledged write, and only those"
+        .expect("scan")
+        .into_iter()
+        .map(|(k, _)| k.to_vec())
+        .collect();
+    for key in &acked {
+        assert!(
+            stored.contains(key.as_bytes()),
+            "acknowledged write {key} lost"
+        );
+    }
+    let maybe = acked.len() + ambiguous.len();
+    assert!(
+        stored.len() <= maybe,
+        "only written keys: {} stored, {maybe} written",
+        stored.len()
     );
 }
