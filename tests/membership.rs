@@ -125,14 +125,7 @@ async fn grow_to_five_and_shrink_to_three_under_load() {
     cluster.forget(other);
     let remaining: Vec<u64> = members.keys().copied().collect();
     let content = assert_identical(&cluster, &remaining).await;
-    let stored: std::collections::HashSet<&[u8]> =
-        content.iter().map(|(k, _)| k.as_ref()).collect();
-    for key in &acked {
-        assert!(
-            stored.contains(key.as_bytes()),
-            "acknowledged write {key} lost"
-        );
-    }
+    common::assert_acknowledged_stored(&content, &acked);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
-use bytes::Bytes;
 use common::http_get;
 use common::metric_value;
 use common::ok_requests;
@@ -136,11 +135,11 @@ async fn compacted_watch_start_should_be_refused() {
     // index without replaying: history from before the restart is gone, refused, not silently
     // empty. (The memory engine replays the log after its snapshot, and republishes those events.)
     let mut cluster = cluster;
-    let node = cluster.node_mut(1);
-    assert!(node
+    assert!(cluster
+        .node_mut(1)
         .terminate(Duration::from_secs(30))
         .is_some_and(|s| s.success()));
-    node.spawn();
+    cluster.restart(1);
     cluster.wait_for_leader(LEADER_TIMEOUT).await;
     match client.watch("k", true, 8).await {
         Err(rskv::client::ClientError::Status(s)) => {
@@ -344,13 +343,7 @@ async fn sigterm_on_leader_should_hand_over_and_lose_nothing() {
         .scan_all("g/", "g0", Consistency::Linearizable)
         .await
         .expect("scan");
-    let stored: std::collections::HashSet<Bytes> = stored.into_iter().map(|(k, _)| k).collect();
-    for key in &acked {
-        assert!(
-            stored.contains(key.as_bytes()),
-            "acknowledged write {key} lost"
-        );
-    }
+    common::assert_acknowledged_stored(&stored, &acked);
     assert!(acked.len() >= 30);
     eprintln!(
         "hand-off: {} acknowledged writes, shutdown took {took:?}",
@@ -424,20 +417,12 @@ async fn rolling_restart_should_lose_no_acknowledged_write() {
         "rolling restart: {} acknowledged writes, ambiguous: {ambiguous:?}",
         acked.len()
     );
-    let stored: std::collections::HashSet<Vec<u8>> = cluster
+    let pairs = cluster
         .client()
         .scan_all("r/", "r0", Consistency::Linearizable)
         .await
-        .expect("scan")
-        .into_iter()
-        .map(|(k, _)| k.to_vec())
-        .collect();
-    for key in &acked {
-        assert!(
-            stored.contains(key.as_bytes()),
-            "acknowledged write {key} lost"
-        );
-    }
+        .expect("scan");
+    let stored = common::assert_acknowledged_stored(&pairs, &acked);
     let maybe = acked.len() + ambiguous.len();
     assert!(
         stored.len() <= maybe,

@@ -59,8 +59,7 @@ pub struct NodeProc {
 }
 
 impl NodeProc {
-    /// Starts the node process (again, after `kill` or `terminate`), with the same arguments.
-    pub fn spawn(&mut self) {
+    fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -434,4 +433,20 @@ pub fn ok_requests(text: &str, method: &str) -> f64 {
         "rskv_requests_total",
         &format!(r#"code="OK",method="{method}""#),
     )
+}
+
+/// Asserts that every acknowledged key is among the stored `pairs`; returns the stored keys.
+pub fn assert_acknowledged_stored(
+    pairs: &[(bytes::Bytes, bytes::Bytes)],
+    acked: &[String],
+) -> std::collections::HashSet<bytes::Bytes> {
+    let stored: std::collections::HashSet<bytes::Bytes> =
+        pairs.iter().map(|(k, _)| k.clone()).collect();
+    for key in acked {
+        assert!(
+            stored.contains(key.as_bytes()),
+            "acknowledged write {key} lost"
+        );
+    }
+    stored
 }

@@ -307,6 +307,16 @@ mod tests {
         assert!(!engine.import_interrupted().expect("marker"));
     }
 
+    /// The applied state after log index `index`.
+    fn applied(index: u64) -> AppliedState {
+        AppliedState {
+            last_applied: Some(openraft::testing::log_id::<crate::raft::TypeConfig>(
+                1, 1, index,
+            )),
+            ..AppliedState::default()
+        }
+    }
+
     /// An engine whose close loses the memtables, as a crash would.
     fn open_crashing(dir: &Path, data_opts: Options) -> RocksEngine {
         let opts = Options::default()
@@ -321,12 +331,6 @@ mod tests {
     fn rocks_engine_should_keep_data_and_applied_state_together_across_a_crash() {
         let dir = tempfile::tempdir().expect("tempdir");
         let crash_on_close = || open_crashing(dir.path(), Options::default());
-        let applied = |index| AppliedState {
-            last_applied: Some(openraft::testing::log_id::<crate::raft::TypeConfig>(
-                1, 1, index,
-            )),
-            ..AppliedState::default()
-        };
         let put = |key: &'static [u8], value: &'static [u8]| {
             (Bytes::from_static(key), Some(Bytes::from_static(value)))
         };
@@ -380,12 +384,7 @@ mod tests {
                         Some(Bytes::from(vec![b'x'; 8 * 1024])),
                     ),
                 ];
-                let state = AppliedState {
-                    last_applied: Some(openraft::testing::log_id::<crate::raft::TypeConfig>(
-                        1, 1, index,
-                    )),
-                    ..AppliedState::default()
-                };
+                let state = applied(index);
                 engine.commit(WriteSet { writes, state }).expect("commit");
             }
         }
