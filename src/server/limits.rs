@@ -28,12 +28,14 @@ use tokio::sync::Semaphore;
 use tonic::transport::server::Connected;
 use tonic::transport::server::TcpConnectInfo;
 
+use super::gathered::Gathered;
 use super::metrics;
 use crate::error::Error;
 
-/// A client connection admitted under the connection limit.
+/// A client connection admitted under the connection limit; its writes are [`Gathered`], so a
+/// small response leaves in one write.
 pub struct LimitedConnection {
-    stream: TcpStream,
+    stream: Gathered<TcpStream>,
     /// Held for the connection's lifetime: dropping the connection frees the slot.
     _permit: OwnedSemaphorePermit,
 }
@@ -48,7 +50,7 @@ impl Connected for LimitedConnection {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        self.stream.get_ref().connect_info()
     }
 }
 
@@ -79,14 +81,6 @@ impl AsyncWrite for LimitedConnection {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
     }
@@ -107,7 +101,7 @@ pub fn limited_incoming(
                         let _ = stream.set_nodelay(true);
                         metrics::connection_opened();
                         let conn = LimitedConnection {
-                            stream,
+                            stream: Gathered::new(stream),
                             _permit: permit,
                         };
                         return Some((Ok(conn), (listener, slots)));
