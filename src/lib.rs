@@ -15,6 +15,8 @@
 //!   histories and the checks run on them (`kv_jepsen`, `scripts/jepsen.sh`).
 //! - [`events`]: apply events — in-process hooks and the fan-out behind the `Watch` RPC.
 //! - [`pb`]: generated protobuf code. [`error`]: the error type and its one mapping to gRPC codes.
+//! - [`batch`]: request coalescing (the server's group commit, the client's Multi RPCs), and
+//!   [`gathered`]: socket writes gathered per HTTP/2 flush, for server and client connections.
 //!
 //! Data flows one way: a client write reaches the leader's [`server::kv_service`], becomes a
 //! [`raft::Command`] in the log, is replicated and committed by openraft, and is applied by
@@ -30,6 +32,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod gathered;
 pub mod jepsen;
 pub mod pb;
 pub mod raft;

@@ -6,7 +6,10 @@
 //! `snapshot_chunk_bytes` pieces, with at most a few chunks in memory at a time.
 
 use std::future::Future;
+use std::io;
 use std::io::Read;
+use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use futures::Stream;
 use futures::StreamExt;
+use hyper_util::rt::TokioIo;
 use openraft::base::BoxFuture;
 use openraft::base::BoxStream;
 use openraft::error::NetworkError;
@@ -36,9 +40,13 @@ use openraft::raft::VoteResponse;
 use openraft::RaftNetworkV2;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::net::TcpSocket;
+use tokio::net::TcpStream;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
+use tonic::transport::Uri;
 
+use crate::gathered::Gathered;
 use crate::pb::raft::raft_client::RaftClient;
 use crate::pb::raft::RaftPayload;
 use crate::pb::raft::SnapshotChunk;
@@ -67,12 +75,16 @@ pub fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T, rmp_serde::decode::
 
 /// Builds a lazily-connecting channel to `addr` (`host:port`, or a full `http://` URI).
 ///
+/// Its connections are made by [`connect`]: their writes are [`Gathered`], and on a runtime with
+/// one worker (the load generator's) they also yield before writing, so a request's HEADERS and
+/// body leave together.
+///
 /// # Errors
 /// When `addr` is not a valid URI authority.
 pub fn lazy_channel(
     addr: &str,
     connect_timeout: Duration,
-    source_ip: Option<std::net::IpAddr>,
+    source_ip: Option<IpAddr>,
 ) -> Result<Channel, tonic::transport::Error> {
     let uri = if addr.starts_with("http://") || addr.starts_with("https://") {
         addr.to_string()
@@ -81,11 +93,62 @@ pub fn lazy_channel(
     };
     Ok(Endpoint::from_shared(uri)?
         .connect_timeout(connect_timeout)
-        .local_address(source_ip)
-        .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true)
-        .connect_lazy())
+        .connect_with_connector_lazy(tower::service_fn(move |uri: Uri| connect(uri, source_ip))))
+}
+
+/// Opens a channel's TCP connection: to each address `uri`'s host resolves to in turn, from
+/// `source_ip` when set, with Nagle's algorithm off (small requests must not wait for ACKs).
+///
+/// Failures say "tcp connect error", as hyper's own connector does: the client tells by it that a
+/// request never left.
+async fn connect(uri: Uri, source_ip: Option<IpAddr>) -> io::Result<TokioIo<Gathered<TcpStream>>> {
+    let failed = |e: io::Error| io::Error::new(e.kind(), format!("tcp connect error: {e}"));
+    let host = uri
+        .host()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+        .ok_or_else(|| failed(io::Error::new(io::ErrorKind::InvalidInput, "no host")))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host((host, port))
+        .await
+        .map_err(failed)?
+    {
+        let attempt = async {
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            if let Some(ip) = source_ip {
+                socket.bind(SocketAddr::new(ip, 0))?;
+            }
+            let stream = socket.connect(addr).await?;
+            stream.set_nodelay(true)?;
+            Ok::<_, io::Error>(stream)
+        };
+        match attempt.await {
+            Ok(stream) => {
+                // Yielding before a write is cheap only where no idle worker gets woken.
+                let one_worker = tokio::runtime::Handle::try_current()
+                    .is_ok_and(|rt| rt.metrics().num_workers() == 1);
+                let stream = if one_worker {
+                    Gathered::yielding(stream)
+                } else {
+                    Gathered::new(stream)
+                };
+                return Ok(TokioIo::new(stream));
+            }
+            Err(e) => last_error = Some(failed(e)),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        failed(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host} resolves to no address"),
+        ))
+    }))
 }
 
 /// Creates connections to peers for openraft, sharing one HTTP/2 channel per address.

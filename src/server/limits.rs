@@ -28,9 +28,9 @@ use tokio::sync::Semaphore;
 use tonic::transport::server::Connected;
 use tonic::transport::server::TcpConnectInfo;
 
-use super::gathered::Gathered;
 use super::metrics;
 use crate::error::Error;
+use crate::gathered::Gathered;
 
 /// A client connection admitted under the connection limit; its writes are [`Gathered`], so a
 /// small response leaves in one write.

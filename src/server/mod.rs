@@ -8,7 +8,6 @@
 //! listener on port 0 and a oneshot as the shutdown signal; the binary passes Ctrl-C/SIGTERM.
 
 pub mod cluster_service;
-pub mod gathered;
 pub mod kv_service;
 pub mod limits;
 pub mod metrics;
