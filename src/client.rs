@@ -166,7 +166,7 @@ impl Client {
     /// A client for the given node addresses (`host:port`) with default options.
     ///
     /// # Errors
-    /// [`ClientError::Config`] when no endpoint is given.
+    /// As [`Client::with_options`].
     pub fn new<I, S>(endpoints: I) -> ClientResult<Client>
     where
         I: IntoIterator<Item = S>,
@@ -178,7 +178,8 @@ impl Client {
     /// A client with explicit retry settings.
     ///
     /// # Errors
-    /// [`ClientError::Config`] when no endpoint is given.
+    /// [`ClientError::Config`] when no endpoint is given, or one is not `host:port` (or an
+    /// `http://` URI; TLS is not supported).
     pub fn with_options<I, S>(endpoints: I, options: ClientOptions) -> ClientResult<Client>
     where
         I: IntoIterator<Item = S>,
@@ -192,6 +193,10 @@ impl Client {
             .collect();
         if endpoints.is_empty() {
             return Err(ClientError::Config("no endpoints given".into()));
+        }
+        for addr in &endpoints {
+            crate::raft::network::endpoint_uri(addr)
+                .map_err(|e| ClientError::Config(format!("bad endpoint {addr}: {e}")))?;
         }
         Ok(Client {
             endpoints,

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::error::Error;
 use crate::error::Result;
+use crate::raft::network::endpoint_uri;
 use crate::raft::NodeId;
 use crate::raft::NodeInfo;
 
@@ -587,6 +588,18 @@ impl Config {
         }
         self.peer_listen()?;
         self.metrics_listen()?;
+        // Addresses other nodes and clients dial must be ones they can dial.
+        let info = self.node_info()?;
+        for (key, addr) in [
+            ("advertise_addr", &info.addr),
+            ("peer_advertise_addr", &info.peer_addr),
+        ] {
+            endpoint_uri(addr).map_err(|why| Error::Config(format!("`{key}`: `{addr}`: {why}")))?;
+        }
+        for addr in &self.cluster.join {
+            endpoint_uri(addr)
+                .map_err(|why| Error::Config(format!("`cluster.join`: `{addr}`: {why}")))?;
+        }
         Ok(())
     }
 
@@ -653,6 +666,9 @@ impl Config {
             };
             if info.addr.trim().is_empty() || info.peer_addr.trim().is_empty() {
                 return Err(bad(format!("node {id} has an empty address")));
+            }
+            for addr in [&info.addr, &info.peer_addr] {
+                endpoint_uri(addr).map_err(|e| bad(format!("node {id}: `{addr}`: {e}")))?;
             }
             out.insert(parsed, info);
         }

@@ -257,6 +257,16 @@ fn cli_usage_errors_should_exit_2() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2), "missing --key");
+    for (endpoint, why) in [
+        ("https://127.0.0.1:7379", "no TLS"),
+        ("127.0.0.1", "expected host:port"),
+    ] {
+        let out = Command::new(client_bin())
+            .args(["--endpoints", endpoint, "get", "--key", "k"])
+            .output()
+            .expect("run");
+        expect_failure(&out, 2, why);
+    }
 }
 
 #[test]
@@ -293,6 +303,18 @@ fn bad_config_should_exit_2_naming_the_key() {
             "initial_members",
         ),
         ("node_id = 1\nlisten_addr = \"127.0.0.1:1\"\n[storage]\nengine = \"paper\"\n", "paper"),
+        (
+            "node_id = 1\nlisten_addr = \"127.0.0.1:1\"\nadvertise_addr = \"https://n1:1\"\n",
+            "advertise_addr",
+        ),
+        (
+            "node_id = 1\nlisten_addr = \"127.0.0.1:1\"\ndata_dir = \"/tmp/x\"\n[cluster]\ninitial_members = { 1 = \"127.0.0.1\" }\n",
+            "initial_members",
+        ),
+        (
+            "node_id = 1\nlisten_addr = \"127.0.0.1:1\"\ndata_dir = \"/tmp/x\"\n[cluster]\njoin = [\"https://127.0.0.1:7379\"]\n",
+            "no TLS",
+        ),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.toml"));

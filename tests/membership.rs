@@ -174,6 +174,14 @@ async fn leader_transfer_to_named_voter_and_refusals() {
         Err(ClientError::InvalidArgument(msg)) => assert!(msg.contains("in use"), "{msg}"),
         other => panic!("unexpected {other:?}"),
     }
+    match admin
+        .add_learner(9, "https://127.0.0.1:1", "127.0.0.1:2")
+        .await
+    {
+        Err(ClientError::InvalidArgument(msg)) => assert!(msg.contains("no TLS"), "{msg}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(!voters(&admin).await.contains_key(&9), "nothing was added");
     match admin.promote(42).await {
         Err(ClientError::InvalidArgument(msg)) => assert!(msg.contains("not a member"), "{msg}"),
         other => panic!("unexpected {other:?}"),

@@ -153,7 +153,21 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(args)) {
+    // A bad endpoint list is bad usage (exit 2), told apart from an operation that failed.
+    let deadline = Duration::from_secs_f64(args.timeout);
+    let options = ClientOptions {
+        deadline,
+        attempt_timeout: deadline.min(Duration::from_secs(3)),
+        ..ClientOptions::default()
+    };
+    let client = match Client::with_options(args.endpoints.clone(), options) {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(args, client)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -174,14 +188,7 @@ fn consistency(stale: bool) -> Consistency {
     }
 }
 
-async fn run(args: Args) -> Result<(), ClientError> {
-    let deadline = Duration::from_secs_f64(args.timeout);
-    let options = ClientOptions {
-        deadline,
-        attempt_timeout: deadline.min(Duration::from_secs(3)),
-        ..ClientOptions::default()
-    };
-    let client = Client::with_options(args.endpoints.clone(), options)?;
+async fn run(args: Args, client: Client) -> Result<(), ClientError> {
     let json = args.json;
     match args.command {
         Command::Get { key, stale } => {

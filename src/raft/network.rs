@@ -73,25 +73,44 @@ pub fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T, rmp_serde::decode::
     rmp_serde::from_slice(data)
 }
 
-/// Builds a lazily-connecting channel to `addr` (`host:port`, or a full `http://` URI).
+/// The `http://` URI a node address (`host:port`, or a full `http://` URI) is dialled at.
+///
+/// rskv speaks plaintext gRPC only, so `https://` (or any other scheme) is refused here with a
+/// message that says so, rather than spoken as plaintext at a port that expects TLS.
+///
+/// # Errors
+/// A message naming the problem: a scheme other than `http`, or not a valid URI authority.
+pub fn endpoint_uri(addr: &str) -> Result<Uri, String> {
+    let uri = match addr.split_once("://") {
+        None => format!("http://{addr}"),
+        Some(("http", _)) => addr.to_string(),
+        Some(("https", _)) => {
+            return Err("https:// is not supported: rskv serves plaintext gRPC (no TLS)".into())
+        }
+        Some((scheme, _)) => return Err(format!("unknown scheme {scheme}://; use host:port")),
+    };
+    let uri: Uri = uri.parse().map_err(|e| format!("not host:port ({e})"))?;
+    match (uri.host(), uri.port_u16()) {
+        (Some(host), Some(_)) if !host.is_empty() => Ok(uri),
+        _ => Err("expected host:port".into()),
+    }
+}
+
+/// Builds a lazily-connecting channel to `addr` (see [`endpoint_uri`]).
 ///
 /// Its connections are made by [`connect`]: their writes are [`Gathered`], and on a runtime with
 /// one worker (the load generator's) they also yield before writing, so a request's HEADERS and
 /// body leave together.
 ///
 /// # Errors
-/// When `addr` is not a valid URI authority.
+/// When [`endpoint_uri`] refuses `addr`.
 pub fn lazy_channel(
     addr: &str,
     connect_timeout: Duration,
     source_ip: Option<IpAddr>,
-) -> Result<Channel, tonic::transport::Error> {
-    let uri = if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(uri)?
+) -> Result<Channel, String> {
+    let endpoint = Endpoint::from(endpoint_uri(addr)?);
+    Ok(endpoint
         .connect_timeout(connect_timeout)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true)
@@ -763,5 +782,40 @@ mod tests {
             .expect("the next session opens");
         expect_answers(&mut answers, 3).await;
         assert!(answers.next().await.is_none(), "ends with its input");
+    }
+
+    #[test]
+    fn endpoints_should_be_plain_host_port_or_http_uris() {
+        for ok in [
+            "127.0.0.1:7379",
+            "http://127.0.0.1:7379",
+            "localhost:1",
+            "[::1]:7379",
+        ] {
+            let uri = endpoint_uri(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert_eq!(uri.scheme_str(), Some("http"), "{ok}");
+        }
+        for (bad, why) in [
+            ("https://127.0.0.1:7379", "no TLS"),
+            ("grpc://127.0.0.1:7379", "unknown scheme grpc://"),
+            ("127.0.0.1", "host:port"),
+            ("http://", "host:port"),
+            ("not an address:7379", "not host:port"),
+        ] {
+            let refused = endpoint_uri(bad).expect_err(bad);
+            assert!(refused.contains(why), "{bad}: {refused}");
+        }
+    }
+
+    #[test]
+    fn a_client_should_refuse_a_tls_endpoint_when_built() {
+        let refused = crate::client::Client::new(["127.0.0.1:7379", "https://127.0.0.1:7380"])
+            .map(|_| ())
+            .expect_err("https is refused");
+        let text = refused.to_string();
+        assert!(
+            text.contains("https://127.0.0.1:7380") && text.contains("no TLS"),
+            "{text}"
+        );
     }
 }

@@ -146,6 +146,11 @@ impl ClusterService {
             req.peer_addr.clone()
         };
         let info = NodeInfo::new(req.addr.trim(), peer_addr.trim());
+        // A member's addresses go into the replicated membership: refuse one nobody can dial.
+        for addr in [&info.addr, &info.peer_addr] {
+            crate::raft::network::endpoint_uri(addr)
+                .map_err(|e| Error::InvalidArgument(format!("address `{addr}`: {e}")))?;
+        }
         for m in members(&self.node) {
             if m.id == req.id {
                 if m.addr == info.addr && m.peer_addr == info.peer_addr {
