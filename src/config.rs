@@ -667,9 +667,8 @@ impl Config {
             if info.addr.trim().is_empty() || info.peer_addr.trim().is_empty() {
                 return Err(bad(format!("node {id} has an empty address")));
             }
-            for addr in [&info.addr, &info.peer_addr] {
-                endpoint_uri(addr).map_err(|e| bad(format!("node {id}: `{addr}`: {e}")))?;
-            }
+            info.check_dialable()
+                .map_err(|e| bad(format!("node {id}: {e}")))?;
             out.insert(parsed, info);
         }
         Ok(out)

@@ -40,6 +40,18 @@ impl NodeInfo {
             peer_addr: peer_addr.into(),
         }
     }
+
+    /// Checks that both addresses can be dialled (see [`network::endpoint_uri`]), so a record
+    /// nobody can reach is refused before it enters a membership.
+    ///
+    /// # Errors
+    /// Which address is wrong, and why.
+    pub fn check_dialable(&self) -> Result<(), String> {
+        for (what, addr) in [("client", &self.addr), ("peer", &self.peer_addr)] {
+            network::endpoint_uri(addr).map_err(|e| format!("{what} address `{addr}`: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for NodeInfo {
