@@ -22,6 +22,15 @@ WORKLOADS="${WORKLOADS:-put put-1conn get-linearizable get-stale get-lease}"
 ROUNDS="${ROUNDS:-1}"
 KEYS="${KEYS:-100000}"
 OUT="${OUT:-$ROOT/results/bench-$(date +%Y%m%d-%H%M%S)}"
+# rskv uses 7511-7513 (clients), 7521-7523 (peers), 7531-7533 (metrics); etcd 7611-7613, 7621-7623.
+# A node of an earlier run that is still exiting holds its port, and a node that cannot bind
+# would only show up a minute later as "did not become ready": refuse to start instead.
+for port in 751{1..3} 752{1..3} 753{1..3} 761{1..3} 762{1..3}; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "bench: 127.0.0.1:$port is already in use (a node of an earlier run?); stop it first" >&2
+        exit 1
+    fi
+done
 mkdir -p "$OUT"
 PIDS=()
 # The nodes' data directories (2-3 GB per full run) go when the run ends; logs and results stay.
