@@ -241,20 +241,51 @@ where
     None
 }
 
-/// Reserves `n` distinct free loopback ports (bound together, then released for the nodes).
+/// Reserves `n` distinct free loopback ports for nodes that start later.
+///
+/// Nodes are separate processes that must know each other's addresses before they bind, so
+/// ports are chosen here and bound by the nodes afterwards. `bind(0)` would hand out ports from
+/// the kernel's ephemeral range (32768-60999 by default), and a port released there can go to the
+/// next `bind(0)` of a test running alongside, or to an outgoing connection, before its node
+/// binds it: that node then exits with "address in use". These ports come from below that range
+/// ([`PORT_LOW`] to [`PORT_LOW`] + [`PORT_SPAN`]), one process never hands out a port twice, and
+/// each process starts at an offset derived from its pid, so processes side by side rarely try
+/// the same ports. A port is handed out only if it can be bound right now.
 ///
 /// # Errors
-/// When binding fails.
+/// When the whole range has been tried and `n` ports are still not free.
 pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(listeners
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .map(|a| a.port())
-        .collect())
+    static NEXT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        AtomicU64::new(u64::from(std::process::id()).wrapping_mul(7919) % u64::from(PORT_SPAN))
+    });
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..PORT_SPAN {
+        if ports.len() == n {
+            break;
+        }
+        let offset = next.fetch_add(1, Ordering::Relaxed) % u64::from(PORT_SPAN);
+        let port = PORT_LOW + u16::try_from(offset).unwrap_or(0);
+        if std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    if ports.len() < n {
+        bail!(
+            "only {} of {n} loopback ports in {PORT_LOW}-{} are free",
+            ports.len(),
+            PORT_LOW + PORT_SPAN - 1
+        );
+    }
+    Ok(ports)
 }
+
+/// First port [`free_ports`] hands out: below the kernel's ephemeral range, above the ports
+/// services usually listen on.
+pub const PORT_LOW: u16 = 20_000;
+
+/// How many ports [`free_ports`] cycles through.
+pub const PORT_SPAN: u16 = 12_000;
 
 /// Runs the suite. Call from a thread without an async runtime: for namespaces the thread
 /// enters the driver's namespace and the runtime is built afterwards.

@@ -29,23 +29,19 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    match rskv::jepsen::poll(timeout, POLL_EVERY, check).await {
+        Some(v) => v,
+        None => panic!("timed out after {timeout:?} waiting for {what}"),
     }
 }
+
+/// How often the waiting helpers check their condition.
+const POLL_EVERY: Duration = Duration::from_millis(50);
 
 /// One `kv_server` process.
 pub struct NodeProc {
@@ -279,7 +275,8 @@ impl ProcessCluster {
         self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
     }
 
-    /// Waits until the running nodes agree on one leader; returns its id.
+    /// Waits until the running nodes agree on one leader; returns its id. On timeout the panic
+    /// carries the end of every node's log, so a failure in CI says why.
     pub async fn wait_for_leader(&self, timeout: Duration) -> u64 {
         let client = self.client();
         let running: Vec<String> = self
@@ -288,7 +285,7 @@ impl ProcessCluster {
             .filter(|n| n.child.is_some())
             .map(|n| n.addr.clone())
             .collect();
-        wait_for("a leader all running nodes agree on", timeout, || {
+        let leader = rskv::jepsen::poll(timeout, POLL_EVERY, || {
             let client = &client;
             let running = running.clone();
             async move {
@@ -306,7 +303,33 @@ impl ProcessCluster {
                 (s.role == "leader").then_some(l)
             }
         })
-        .await
+        .await;
+        match leader {
+            Some(l) => l,
+            None => panic!(
+                "timed out after {timeout:?} waiting for a leader all running nodes agree on\n{}",
+                self.log_tails(30)
+            ),
+        }
+    }
+
+    /// The last `lines` lines of every node's log, each under a header naming the node.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let text = node.log_text();
+            let all: Vec<&str> = text.lines().collect();
+            let tail = &all[all.len().saturating_sub(lines)..];
+            out.push_str(&format!(
+                "--- node {} ({}), last {} lines of {}:\n{}\n",
+                node.id,
+                node.addr,
+                tail.len(),
+                node.log.display(),
+                tail.join("\n")
+            ));
+        }
+        out
     }
 
     /// Some node other than `leader`.
