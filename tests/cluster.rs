@@ -245,15 +245,16 @@ async fn acknowledged_writes_should_survive_a_crash_while_the_log_reuses_wal_fil
         .collect();
 
     // Past the first reuse, so the file being written at the crash is a reused one.
-    common::wait_for(
-        "every node to reuse two WAL files",
-        Duration::from_secs(180),
-        || {
-            let reused = cluster.nodes.iter().all(|n| wal_reuses(n) >= 2);
-            async move { reused.then_some(()) }
-        },
-    )
-    .await;
+    cluster
+        .wait(
+            "every node to reuse two WAL files",
+            Duration::from_secs(180),
+            || {
+                let reused = cluster.nodes.iter().all(|n| wal_reuses(n) >= 2);
+                async move { reused.then_some(()) }
+            },
+        )
+        .await;
     for id in 1..=3 {
         cluster.kill(id);
     }

@@ -12,7 +12,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::http_get;
 use common::metric_value;
-use common::wait_for;
 use common::ProcessCluster;
 use rskv::client::ClientError;
 use rskv::client::Consistency;
@@ -53,19 +52,20 @@ async fn assert_identical(cluster: &ProcessCluster, ids: &[u64]) -> Vec<(Bytes, 
     for id in ids {
         let client = cluster.client_for(*id);
         let truth = truth.clone();
-        wait_for(
-            &format!("node {id} to match the leader"),
-            Duration::from_secs(30),
-            || {
-                let client = &client;
-                let truth = &truth;
-                async move {
-                    let mine = client.scan_all("", "", Consistency::Stale).await.ok()?;
-                    (mine == *truth).then_some(())
-                }
-            },
-        )
-        .await;
+        cluster
+            .wait(
+                &format!("node {id} to match the leader"),
+                Duration::from_secs(30),
+                || {
+                    let client = &client;
+                    let truth = &truth;
+                    async move {
+                        let mine = client.scan_all("", "", Consistency::Stale).await.ok()?;
+                        (mine == *truth).then_some(())
+                    }
+                },
+            )
+            .await;
     }
     truth
 }
@@ -91,15 +91,16 @@ async fn grow_to_five_and_shrink_to_three_under_load() {
     for id in [4, 5] {
         cluster.add_joining_node(id);
         let client = cluster.client();
-        wait_for(
-            &format!("node {id} to join as a voter"),
-            Duration::from_secs(40),
-            || {
-                let client = &client;
-                async move { voters(client).await.get(&id).copied().filter(|v| *v) }
-            },
-        )
-        .await;
+        cluster
+            .wait(
+                &format!("node {id} to join as a voter"),
+                Duration::from_secs(40),
+                || {
+                    let client = &client;
+                    async move { voters(client).await.get(&id).copied().filter(|v| *v) }
+                },
+            )
+            .await;
     }
     assert_eq!(voters(&cluster.client()).await.len(), 5);
 
@@ -217,30 +218,32 @@ async fn lagging_node_should_catch_up_by_snapshot(engine: &str) {
     }
     // openraft purges the log after a snapshot is built, in the background: wait for it.
     let leader_addr = cluster.node(leader).addr.clone();
-    wait_for(
-        &format!("{engine}: the leader to purge its log"),
-        Duration::from_secs(10),
-        || async {
-            let status = client.status_of(&leader_addr).await.ok()?;
-            (status.purged_index > 0).then_some(())
-        },
-    )
-    .await;
+    cluster
+        .wait(
+            &format!("{engine}: the leader to purge its log"),
+            Duration::from_secs(10),
+            || async {
+                let status = client.status_of(&leader_addr).await.ok()?;
+                (status.purged_index > 0).then_some(())
+            },
+        )
+        .await;
     cluster.restart(lagging);
     cluster
         .wait_stale_value(lagging, "s0299", Some("299"), Duration::from_secs(30))
         .await;
     // The counter moves just after the imported data becomes readable: poll it briefly.
     let metrics_addr = cluster.node(lagging).metrics_addr.clone();
-    wait_for(
-        &format!("{engine}: catch-up must have installed a snapshot"),
-        Duration::from_secs(5),
-        || async {
-            let (_, text) = http_get(&metrics_addr, "/metrics").await?;
-            (metric_value(&text, "rskv_snapshots_installed_total", "") >= 1.0).then_some(())
-        },
-    )
-    .await;
+    cluster
+        .wait(
+            &format!("{engine}: catch-up must have installed a snapshot"),
+            Duration::from_secs(5),
+            || async {
+                let (_, text) = http_get(&metrics_addr, "/metrics").await?;
+                (metric_value(&text, "rskv_snapshots_installed_total", "") >= 1.0).then_some(())
+            },
+        )
+        .await;
     assert_identical(&cluster, &[1, 2, 3]).await;
 }
 
@@ -278,15 +281,16 @@ async fn wiped_node_should_rejoin_with_identical_content() {
             .expect("put");
     }
     cluster.rejoin(victim);
-    wait_for(
-        "the wiped node to rejoin as a voter",
-        Duration::from_secs(40),
-        || {
-            let client = &client;
-            async move { voters(client).await.get(&victim).copied().filter(|v| *v) }
-        },
-    )
-    .await;
+    cluster
+        .wait(
+            "the wiped node to rejoin as a voter",
+            Duration::from_secs(40),
+            || {
+                let client = &client;
+                async move { voters(client).await.get(&victim).copied().filter(|v| *v) }
+            },
+        )
+        .await;
     let content = assert_identical(&cluster, &[1, 2, 3]).await;
     assert_eq!(content.len(), 150);
 }

@@ -9,7 +9,6 @@ use bytes::Bytes;
 use common::http_get;
 use common::metric_value;
 use common::ok_requests;
-use common::wait_for;
 use common::ProcessCluster;
 use rskv::client::ClientOptions;
 use rskv::pb::kv as pb;
@@ -136,15 +135,16 @@ async fn multi_should_answer_each_op_as_if_sent_alone() {
     let follower = cluster.follower_of(leader);
     let follower_addr = cluster.node(follower).addr.clone();
     let ops = || vec![put("c", "4"), get("a", pb::Consistency::Stale)];
-    let results = wait_for(
-        "the follower to apply a=3",
-        Duration::from_secs(10),
-        || async {
-            let results = multi(&follower_addr, ops()).await;
-            matches!(&results[1], R::Get(g) if g.value == "3").then_some(results)
-        },
-    )
-    .await;
+    let results = cluster
+        .wait(
+            "the follower to apply a=3",
+            Duration::from_secs(10),
+            || async {
+                let results = multi(&follower_addr, ops()).await;
+                matches!(&results[1], R::Get(g) if g.value == "3").then_some(results)
+            },
+        )
+        .await;
     let R::Error(e) = &results[0] else {
         panic!("a follower accepted a write: {results:?}");
     };
@@ -213,11 +213,12 @@ async fn snapshots_should_follow_writes_not_log_entries() {
     for r in futures::future::join_all(puts).await {
         r.expect("put");
     }
-    let status = wait_for("a snapshot", Duration::from_secs(10), || async {
-        let s = client.status_of(&addr).await.expect("status");
-        (s.snapshot_index > 0).then_some(s)
-    })
-    .await;
+    let status = cluster
+        .wait("a snapshot", Duration::from_secs(10), || async {
+            let s = client.status_of(&addr).await.expect("status");
+            (s.snapshot_index > 0).then_some(s)
+        })
+        .await;
     assert!(
         status.last_log_index < 200,
         "the writes made {} entries: too many to show that snapshots count writes",
@@ -233,10 +234,11 @@ async fn a_client_with_several_connections_should_use_them_all_and_still_coalesc
     let scrape = || async { http_get(&metrics_addr, "/metrics").await.expect("scrape").1 };
     let active = |text: &str| metric_value(text, "rskv_connections_active", "");
     // The harness's own client has gone; wait until the node has seen it close.
-    wait_for("no client connection open", LEADER_TIMEOUT, || async {
-        (active(&scrape().await) == 0.0).then_some(())
-    })
-    .await;
+    cluster
+        .wait("no client connection open", LEADER_TIMEOUT, || async {
+            (active(&scrape().await) == 0.0).then_some(())
+        })
+        .await;
 
     const CONNECTIONS: usize = 3;
     let client = Client::with_options(

@@ -12,7 +12,6 @@ use std::time::Instant;
 use common::http_get;
 use common::metric_value;
 use common::ok_requests;
-use common::wait_for;
 use common::ProcessCluster;
 use rskv::client::ClientOptions;
 use rskv::client::Consistency;
@@ -225,10 +224,11 @@ async fn fifth_connection_should_be_refused_while_four_keep_working() {
     // Closing a connection frees its slot.
     drop(admitted.pop());
     let next = Client::new(vec![addr]).expect("client");
-    wait_for("a freed slot", Duration::from_secs(10), || async {
-        next.put("after", "v").await.ok()
-    })
-    .await;
+    cluster
+        .wait("a freed slot", Duration::from_secs(10), || async {
+            next.put("after", "v").await.ok()
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,17 +259,18 @@ async fn metrics_should_count_requests_and_health_should_report() {
     assert!(text.contains("INVALID_ARGUMENT"), "error codes counted");
     // Raft gauges follow openraft's metrics channel, which may trail the reply to
     // the last put by a moment: wait for them rather than read them once.
-    wait_for(
-        "raft gauges to show the 18 applied entries",
-        Duration::from_secs(5),
-        || async {
-            let text = scrape().await;
-            (metric_value(&text, "rskv_raft_is_leader", "") == 1.0
-                && metric_value(&text, "rskv_raft_applied_index", "") >= 18.0)
-                .then_some(())
-        },
-    )
-    .await;
+    cluster
+        .wait(
+            "raft gauges to show the 18 applied entries",
+            Duration::from_secs(5),
+            || async {
+                let text = scrape().await;
+                (metric_value(&text, "rskv_raft_is_leader", "") == 1.0
+                    && metric_value(&text, "rskv_raft_applied_index", "") >= 18.0)
+                    .then_some(())
+            },
+        )
+        .await;
     let (status, body) = http_get(&node.metrics_addr, "/health")
         .await
         .expect("health");
@@ -302,20 +303,21 @@ async fn sigterm_on_leader_should_hand_over_and_lose_nothing() {
     }
     // Let the writers get going, then stop the leader gracefully.
     let probe = cluster.client();
-    wait_for(
-        "writes before shutdown",
-        Duration::from_secs(10),
-        || async {
-            let n = probe
-                .scan("g/", "g0", 0, Consistency::Linearizable)
-                .await
-                .ok()?
-                .pairs
-                .len();
-            (n >= 30).then_some(())
-        },
-    )
-    .await;
+    cluster
+        .wait(
+            "writes before shutdown",
+            Duration::from_secs(10),
+            || async {
+                let n = probe
+                    .scan("g/", "g0", 0, Consistency::Linearizable)
+                    .await
+                    .ok()?
+                    .pairs
+                    .len();
+                (n >= 30).then_some(())
+            },
+        )
+        .await;
     let started = Instant::now();
     let status = cluster
         .node_mut(leader)
@@ -392,15 +394,16 @@ async fn rolling_restart_should_lose_no_acknowledged_write() {
             .put("probe", id.to_string())
             .await
             .expect("probe write");
-        wait_for(
-            "restarted node to catch up",
-            Duration::from_secs(20),
-            || async {
-                let s = probe.status_of(&cluster.node(id).addr).await.ok()?;
-                (s.applied >= target).then_some(())
-            },
-        )
-        .await;
+        cluster
+            .wait(
+                "restarted node to catch up",
+                Duration::from_secs(20),
+                || async {
+                    let s = probe.status_of(&cluster.node(id).addr).await.ok()?;
+                    (s.applied >= target).then_some(())
+                },
+            )
+            .await;
     }
     stop.store(true, Ordering::Relaxed);
     let (acked, ambiguous) = writer.await.expect("writer");

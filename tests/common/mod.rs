@@ -275,8 +275,7 @@ impl ProcessCluster {
         self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
     }
 
-    /// Waits until the running nodes agree on one leader; returns its id. On timeout the panic
-    /// carries the end of every node's log, so a failure in CI says why.
+    /// Waits until the running nodes agree on one leader; returns its id.
     pub async fn wait_for_leader(&self, timeout: Duration) -> u64 {
         let client = self.client();
         let running: Vec<String> = self
@@ -285,7 +284,7 @@ impl ProcessCluster {
             .filter(|n| n.child.is_some())
             .map(|n| n.addr.clone())
             .collect();
-        let leader = rskv::jepsen::poll(timeout, POLL_EVERY, || {
+        self.wait("a leader all running nodes agree on", timeout, || {
             let client = &client;
             let running = running.clone();
             async move {
@@ -303,11 +302,20 @@ impl ProcessCluster {
                 (s.role == "leader").then_some(l)
             }
         })
-        .await;
-        match leader {
-            Some(l) => l,
+        .await
+    }
+
+    /// As [`wait_for`], but the panic on timeout carries the end of every node's log, so a
+    /// failure in CI says why.
+    pub async fn wait<T, F, Fut>(&self, what: &str, timeout: Duration, check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        match rskv::jepsen::poll(timeout, POLL_EVERY, check).await {
+            Some(v) => v,
             None => panic!(
-                "timed out after {timeout:?} waiting for a leader all running nodes agree on\n{}",
+                "timed out after {timeout:?} waiting for {what}\n{}",
                 self.log_tails(30)
             ),
         }
@@ -361,7 +369,7 @@ impl ProcessCluster {
     ) {
         let client = self.client_for(id);
         let expected = value.map(|v| bytes::Bytes::copy_from_slice(v.as_bytes()));
-        wait_for(&format!("node {id} to apply {key}"), timeout, || {
+        self.wait(&format!("node {id} to apply {key}"), timeout, || {
             let client = &client;
             let expected = expected.clone();
             async move {
