@@ -22,14 +22,24 @@ WORKLOADS="${WORKLOADS:-put put-1conn get-linearizable get-stale get-lease}"
 ROUNDS="${ROUNDS:-1}"
 KEYS="${KEYS:-100000}"
 OUT="${OUT:-$ROOT/results/bench-$(date +%Y%m%d-%H%M%S)}"
-# rskv uses 7511-7513 (clients), 7521-7523 (peers), 7531-7533 (metrics); etcd 7611-7613, 7621-7623.
+# Node n (1-3) listens on port ${BASE}n of each base: rskv clients 751n, peers 752n, metrics
+# 753n; etcd clients 761n, peers 762n.
+RSKV_CLIENT=751 RSKV_PEER=752 RSKV_METRICS=753 ETCD_CLIENT=761 ETCD_PEER=762
+# The n-th port of a base, for n = 1..3, joined as FORMAT (%s is the port) with commas.
+ports() { # base format
+    local out=() n
+    for n in 1 2 3; do out+=("$(printf "$2" "$1$n")"); done
+    (IFS=,; echo "${out[*]}")
+}
 # A node of an earlier run that is still exiting holds its port, and a node that cannot bind
 # would only show up a minute later as "did not become ready": refuse to start instead.
-for port in 751{1..3} 752{1..3} 753{1..3} 761{1..3} 762{1..3}; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-        echo "bench: 127.0.0.1:$port is already in use (a node of an earlier run?); stop it first" >&2
-        exit 1
-    fi
+for base in $RSKV_CLIENT $RSKV_PEER $RSKV_METRICS $ETCD_CLIENT $ETCD_PEER; do
+    for port in $(ports "$base" %s | tr , ' '); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "bench: 127.0.0.1:$port is already in use (a node of an earlier run?); stop it first" >&2
+            exit 1
+        fi
+    done
 done
 mkdir -p "$OUT"
 PIDS=()
@@ -55,15 +65,18 @@ if ! command -v etcd >/dev/null; then apt_install etcd-server etcd-client || tru
 (cd "$ROOT" && cargo build --release --quiet --features etcd --bin kv_server --bin kv_bench)
 BIN="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release"
 
-# rskv: clients 7511-7513, peers 7521-7523, metrics 7531-7533.
-MEMBERS="1=127.0.0.1:7511/127.0.0.1:7521,2=127.0.0.1:7512/127.0.0.1:7522,3=127.0.0.1:7513/127.0.0.1:7523"
+MEMBERS=""
+for n in 1 2 3; do
+    MEMBERS+="${MEMBERS:+,}$n=127.0.0.1:$RSKV_CLIENT$n/127.0.0.1:$RSKV_PEER$n"
+done
 printf 'node_id = 1\nlisten_addr = "127.0.0.1:1"\n' >"$OUT/base.toml"
 RSKV_PIDS=()
 start_rskv() { # read policy
     RSKV_PIDS=()
     for n in 1 2 3; do
         RUST_LOG=warn "$BIN/kv_server" --config "$OUT/base.toml" --node-id $n \
-            --listen-addr 127.0.0.1:751$n --peer-listen-addr 127.0.0.1:752$n --metrics-addr 127.0.0.1:753$n \
+            --listen-addr 127.0.0.1:$RSKV_CLIENT$n --peer-listen-addr 127.0.0.1:$RSKV_PEER$n \
+            --metrics-addr 127.0.0.1:$RSKV_METRICS$n \
             --data-dir "$OUT/rskv/n$n" --engine rocksdb --initial-members "$MEMBERS" --read-policy "$1" \
             >>"$OUT/rskv-n$n.log" 2>&1 &
         PIDS+=($!)
@@ -75,15 +88,16 @@ stop_rskv() { # graceful: SIGTERM, wait for exit
     wait "${RSKV_PIDS[@]}" 2>/dev/null || true
 }
 start_rskv read_index
-RSKV="127.0.0.1:7511,127.0.0.1:7512,127.0.0.1:7513"
+RSKV="$(ports $RSKV_CLIENT 127.0.0.1:%s)"
 
 ETCD=""
 if command -v etcd >/dev/null; then
-    CLUSTER="e1=http://127.0.0.1:7621,e2=http://127.0.0.1:7622,e3=http://127.0.0.1:7623"
+    CLUSTER=""
+    for n in 1 2 3; do CLUSTER+="${CLUSTER:+,}e$n=http://127.0.0.1:$ETCD_PEER$n"; done
     for n in 1 2 3; do
         etcd --name e$n --data-dir "$OUT/etcd/e$n" \
-            --listen-client-urls http://127.0.0.1:761$n --advertise-client-urls http://127.0.0.1:761$n \
-            --listen-peer-urls http://127.0.0.1:762$n --initial-advertise-peer-urls http://127.0.0.1:762$n \
+            --listen-client-urls http://127.0.0.1:$ETCD_CLIENT$n --advertise-client-urls http://127.0.0.1:$ETCD_CLIENT$n \
+            --listen-peer-urls http://127.0.0.1:$ETCD_PEER$n --initial-advertise-peer-urls http://127.0.0.1:$ETCD_PEER$n \
             --initial-cluster "$CLUSTER" --initial-cluster-state new --log-level warn \
             >"$OUT/etcd-e$n.log" 2>&1 &
         PIDS+=($!)
@@ -101,11 +115,11 @@ wait_ready() { # target endpoints
 }
 wait_ready rskv "$RSKV"
 if [[ -n "$(command -v etcd || true)" ]]; then
-    wait_ready etcd "http://127.0.0.1:7611,http://127.0.0.1:7612,http://127.0.0.1:7613"
+    wait_ready etcd "$(ports $ETCD_CLIENT http://127.0.0.1:%s)"
     # Puts go to etcd's leader, as they go to rskv's (its client follows redirects).
-    ETCD="$(ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:7611,127.0.0.1:7612,127.0.0.1:7613 endpoint status 2>/dev/null \
+    ETCD="$(ETCDCTL_API=3 etcdctl --endpoints="$(ports $ETCD_CLIENT 127.0.0.1:%s)" endpoint status 2>/dev/null \
         | awk -F', ' '$5 == "true" {print "http://" $1}' | head -n1)"
-    ETCD="${ETCD:-http://127.0.0.1:7611}"
+    ETCD="${ETCD:-http://127.0.0.1:${ETCD_CLIENT}1}"
 fi
 
 # Same key space preloaded in both systems.
