@@ -34,9 +34,9 @@ ports() { # base format
 # A node of an earlier run that is still exiting holds its port, and a node that cannot bind
 # would only show up a minute later as "did not become ready": refuse to start instead.
 for base in $RSKV_CLIENT $RSKV_PEER $RSKV_METRICS $ETCD_CLIENT $ETCD_PEER; do
-    for port in $(ports "$base" %s | tr , ' '); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "bench: 127.0.0.1:$port is already in use (a node of an earlier run?); stop it first" >&2
+    for n in 1 2 3; do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$base$n") 2>/dev/null; then
+            echo "bench: 127.0.0.1:$base$n is already in use (a node of an earlier run?); stop it first" >&2
             exit 1
         fi
     done

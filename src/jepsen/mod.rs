@@ -248,9 +248,9 @@ where
 /// the kernel's ephemeral range (32768-60999 by default), and a port released there can go to the
 /// next `bind(0)` of a test running alongside, or to an outgoing connection, before its node
 /// binds it: that node then exits with "address in use". These ports come from below that range
-/// ([`PORT_LOW`] to [`PORT_LOW`] + [`PORT_SPAN`]), one process never hands out a port twice, and
-/// each process starts at an offset derived from its pid, so processes side by side rarely try
-/// the same ports. A port is handed out only if it can be bound right now.
+/// ([`PORT_LOW`] to [`PORT_LOW`] + [`PORT_SPAN`]), one process hands out no port twice until it
+/// has gone through all [`PORT_SPAN`] of them, and each process starts at an offset derived from
+/// its pid, so processes side by side rarely try the same ports. A port is handed out only if it can be bound right now.
 ///
 /// # Errors
 /// When the whole range has been tried and `n` ports are still not free.
