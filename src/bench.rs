@@ -73,6 +73,8 @@ pub struct BenchOptions {
     /// rskv: Multi RPCs in flight per node before requests are batched
     /// ([`ClientOptions::batch_inflight`]); 0 sends every request alone.
     pub batch_inflight: usize,
+    /// rskv: writes through a client session, exactly once ([`ClientOptions::sessions`]).
+    pub sessions: bool,
     /// Concurrent requesters.
     pub clients: usize,
     /// Stop after this many requests…
@@ -122,6 +124,7 @@ impl BenchReport {
             "clients": opts.clients,
             "conns": opts.conns,
             "batch_inflight": opts.batch_inflight,
+            "sessions": opts.sessions,
             "ok": self.ok,
             "errors": self.errors,
             "elapsed_s": self.elapsed.as_secs_f64(),
@@ -183,6 +186,7 @@ fn error_kind(e: &ClientError) -> String {
         ClientError::InvalidArgument(_) => "invalid_argument".into(),
         ClientError::Unavailable(_) => "unavailable".into(),
         ClientError::Ambiguous(_) => "ambiguous".into(),
+        ClientError::SessionExpired(_) => "session_expired".into(),
         ClientError::Status(s) => format!("{:?}", s.code()).to_lowercase(),
         ClientError::Config(_) => "config".into(),
     }
@@ -254,6 +258,7 @@ async fn connect(opts: &BenchOptions) -> Result<Conn, ClientError> {
             ClientOptions {
                 batch_inflight: opts.batch_inflight,
                 connections: opts.conns,
+                sessions: opts.sessions,
                 ..ClientOptions::default()
             },
         )?))),

@@ -6,14 +6,33 @@
 //! endpoint, with exponential backoff, until the operation's deadline; then it fails with
 //! [`ClientError::Unavailable`] describing the last failure.
 //!
-//! Retries never turn an ambiguous outcome into a wrong one: a write whose request may have reached
-//! a leader (a timeout, a connection lost after sending, a failure after proposing) is not retried
-//! but reported as [`ClientError::Ambiguous`] — re-applying even a plain put could overwrite a
-//! newer write by someone else. Writes are retried only when they certainly did nothing: NOT_LEADER,
-//! a refused connection, or a node that refused before admitting them (draining, overloaded).
-//! Reads are retried freely.
+//! **Exactly-once writes.** The client opens a session at its first write (one replicated command)
+//! and numbers its writes; each carries (session, sequence) and the lowest sequence whose reply
+//! the client has not received yet. A write whose outcome is unknown — a timeout, a connection
+//! lost after sending, a leader change in flight — is retried with the same number, at whichever
+//! node leads, until it is answered or the deadline passes: the state machine applies each number
+//! once and answers a retry with the first application's reply (see
+//! [`crate::storage::state_machine::sessions`]). Only two things still end in
+//! [`ClientError::Ambiguous`]: the deadline passing after an attempt whose outcome is unknown, and
+//! the session expiring between such an attempt and its retry. A session that expired before a
+//! write's first attempt is replaced by a new one and the write retried: the refusal proves it
+//! was not applied.
+//!
+//! With sessions off ([`ClientOptions::sessions`]), a write whose request may have reached a
+//! leader is not retried but reported as [`ClientError::Ambiguous`]: re-applying even a plain put
+//! could overwrite a newer write by someone else. Every write is retried when it certainly did
+//! nothing: NOT_LEADER, a connection that was never made, a stream the server refused unprocessed,
+//! or a node that refused before admitting it (draining, overloaded, no quorum). Reads are retried
+//! freely.
+//!
+//! Every one of those decisions is made from types: the status code, the `rskv-error-reason`
+//! metadata the server attaches ([`Reason`]), and the error's source chain (our connector's
+//! [`ConnectError`], hyper's "canceled before dispatch", h2's GOAWAY and REFUSED_STREAM), never
+//! from message text.
 
+use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,11 +49,14 @@ use tonic::Status;
 use crate::batch::Batcher;
 use crate::batch::Limits;
 use crate::error::op_error_status;
+use crate::error::Reason;
 use crate::error::LEADER_ADDR_HEADER;
+use crate::error::NOT_ADMITTED_HEADER;
 use crate::pb::kv as pb;
 use crate::pb::kv::cluster_client::ClusterClient;
 use crate::pb::kv::kv_client::KvClient;
 use crate::raft::network::lazy_channel;
+use crate::raft::network::ConnectError;
 
 pub use crate::pb::kv::Consistency;
 
@@ -50,9 +72,15 @@ pub enum ClientError {
     /// No node could serve the request before the deadline.
     #[error("cluster unavailable: {0}")]
     Unavailable(String),
-    /// The request may or may not have been applied (timeout or connection lost after sending).
+    /// The request may or may not have been applied (timeout or connection lost after sending,
+    /// and, with sessions, no answer settled it before the deadline).
     #[error("outcome unknown: {0}")]
     Ambiguous(String),
+    /// The write may or may not have been applied: its session expired between an attempt
+    /// whose outcome is unknown and its retry, so the cluster no longer knows. The only unknown
+    /// outcome a session write can end in before its deadline.
+    #[error("outcome unknown (session expired): {0}")]
+    SessionExpired(String),
     /// Any other status from the server.
     #[error("{}: {}", .0.code(), .0.message())]
     Status(Status),
@@ -86,6 +114,9 @@ pub struct ClientOptions {
     /// reads each connection in one task, so one client shared by many tasks can spread its load
     /// over several; coalescing still spans all of them (like TiKV's `grpc-connection-count`).
     pub connections: usize,
+    /// Writes go through a client session, so an ambiguous one is retried and applied exactly
+    /// once (see the module doc). Off, an ambiguous write is reported as such, never retried.
+    pub sessions: bool,
 }
 
 impl Default for ClientOptions {
@@ -98,6 +129,7 @@ impl Default for ClientOptions {
             max_backoff: Duration::from_millis(500),
             batch_inflight: 4,
             connections: 1,
+            sessions: true,
         }
     }
 }
@@ -120,8 +152,71 @@ enum Route {
     LeaderIdempotent,
     /// Must reach the leader; ambiguous failures are reported, not retried.
     LeaderOnce,
+    /// A write of the client's session: ambiguous failures are retried with the same sequence
+    /// number until the deadline (the state machine applies it once).
+    LeaderSession,
     /// Any node may answer.
     AnyNode,
+}
+
+/// How [`Client::call_until`] ends when it does not succeed.
+enum CallError {
+    /// A final error.
+    Failed(ClientError),
+    /// The session is expired or unknown: the attempt that said so was not applied. `ambiguous`:
+    /// an earlier attempt may have been.
+    SessionExpired { ambiguous: bool, last_error: String },
+}
+
+/// The client's session: its id and the numbering of its writes.
+struct Session {
+    id: u64,
+    /// The last sequence number handed out.
+    last_seq: AtomicU64,
+    /// Writes whose outcome the client has not settled; the smallest is the `first_unacked`
+    /// every write carries, so the server keeps only the replies that may still be asked for.
+    pending: Mutex<BTreeSet<u64>>,
+}
+
+/// One write's sequence number in a session; dropping it settles the write (its reply is no
+/// longer needed, and copies of it still in flight are refused from then on).
+struct Ticket {
+    session: Arc<Session>,
+    seq: u64,
+}
+
+impl Ticket {
+    fn new(session: Arc<Session>) -> Ticket {
+        let seq = session.last_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Ok(mut pending) = session.pending.lock() {
+            pending.insert(seq);
+        }
+        Ticket { session, seq }
+    }
+
+    /// The session reference an attempt carries, with the current lowest unsettled sequence.
+    fn reference(&self) -> pb::SessionRef {
+        let first = self
+            .session
+            .pending
+            .lock()
+            .ok()
+            .and_then(|p| p.first().copied())
+            .unwrap_or(self.seq);
+        pb::SessionRef {
+            id: self.session.id,
+            seq: self.seq,
+            first_unacked: first.min(self.seq),
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.session.pending.lock() {
+            pending.remove(&self.seq);
+        }
+    }
 }
 
 /// A cluster client with leader redirect; cheap to share behind an `Arc`.
@@ -134,6 +229,8 @@ pub struct Client {
     leader: Mutex<Option<String>>,
     /// Request coalescing, per node address (see [`ClientOptions::batch_inflight`]).
     batchers: DashMap<String, Arc<OpBatcher>>,
+    /// The open session, opened at the first write; replaced when it expires.
+    session: tokio::sync::Mutex<Option<Arc<Session>>>,
 }
 
 /// What one op of a Multi answered: its result, or the status it would have failed with alone.
@@ -204,6 +301,7 @@ impl Client {
             channels: DashMap::new(),
             leader: Mutex::new(None),
             batchers: DashMap::new(),
+            session: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -290,6 +388,130 @@ impl Client {
         .await
     }
 
+    /// Runs a batchable write, built by `build` around the session reference each attempt
+    /// carries (see [`Client::write`]).
+    async fn write_op<T>(
+        &self,
+        build: impl Fn(Option<pb::SessionRef>) -> pb::op::Op,
+        pick: fn(pb::op_result::Result) -> Result<T, pb::op_result::Result>,
+    ) -> ClientResult<T> {
+        self.write(|target, ch, session| {
+            let result = self.dispatch(target, ch, build(session));
+            async move { pick(result.await?).map_err(|other| mismatched(&other)) }
+        })
+        .await
+    }
+
+    /// Runs a write: within the client's session when sessions are on (ambiguous attempts are
+    /// retried with the same sequence number until the deadline), as one attempt that is not
+    /// retried after an ambiguous failure otherwise. `attempt` sends it to a node with the
+    /// session reference to carry.
+    async fn write<T, F, Fut>(&self, mut attempt: F) -> ClientResult<T>
+    where
+        F: FnMut(&str, Channel, Option<pb::SessionRef>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        if !self.options.sessions {
+            return self
+                .call(Route::LeaderOnce, |target, ch| attempt(target, ch, None))
+                .await;
+        }
+        let deadline = Instant::now() + self.options.deadline;
+        loop {
+            let ticket = Ticket::new(self.session(deadline).await?);
+            let result = self
+                .call_until(deadline, Route::LeaderSession, |target, ch| {
+                    attempt(target, ch, Some(ticket.reference()))
+                })
+                .await;
+            match result {
+                Ok(value) => return Ok(value),
+                Err(CallError::Failed(e)) => return Err(e),
+                Err(CallError::SessionExpired {
+                    ambiguous: true,
+                    last_error,
+                }) => {
+                    self.forget_session(ticket.session.id).await;
+                    return Err(ClientError::SessionExpired(format!(
+                        "{last_error}; an earlier attempt's outcome is unknown"
+                    )));
+                }
+                Err(CallError::SessionExpired {
+                    ambiguous: false,
+                    last_error,
+                }) => {
+                    // Not applied: a new session, a new number, and the write goes again.
+                    tracing::debug!(session = ticket.session.id, error = %last_error, "session expired; opening a new one");
+                    self.forget_session(ticket.session.id).await;
+                    if Instant::now() >= deadline {
+                        return Err(ClientError::Unavailable(format!(
+                            "{last_error}; no time left to retry in a new session"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The open session, opening one first if there is none.
+    async fn session(&self, deadline: Instant) -> ClientResult<Arc<Session>> {
+        let mut current = self.session.lock().await;
+        if let Some(session) = &*current {
+            return Ok(session.clone());
+        }
+        let opened = self
+            .call_until(deadline, Route::LeaderIdempotent, |_, ch| async move {
+                Ok(Self::kv(ch)
+                    .open_session(pb::OpenSessionRequest {})
+                    .await?
+                    .into_inner())
+            })
+            .await
+            .map_err(CallError::into_client_error)?;
+        tracing::debug!(
+            session = opened.id,
+            ttl_ms = opened.ttl_ms,
+            "client session opened"
+        );
+        let session = Arc::new(Session {
+            id: opened.id,
+            last_seq: AtomicU64::new(0),
+            pending: Mutex::new(BTreeSet::new()),
+        });
+        *current = Some(session.clone());
+        Ok(session)
+    }
+
+    /// Drops session `id` if it is still the open one (the next write opens a new one).
+    async fn forget_session(&self, id: u64) {
+        let mut current = self.session.lock().await;
+        if current.as_ref().is_some_and(|s| s.id == id) {
+            *current = None;
+        }
+    }
+
+    /// The id of the open session, if one is open.
+    pub async fn session_id(&self) -> Option<u64> {
+        self.session.lock().await.as_ref().map(|s| s.id)
+    }
+
+    /// Closes the client's session, if one is open, freeing the replies the cluster keeps for it
+    /// (it would otherwise expire after its time-to-live). Best effort: a failure is ignored.
+    pub async fn close(&self) {
+        let Some(session) = self.session.lock().await.take() else {
+            return;
+        };
+        let req = pb::CloseSessionRequest { id: session.id };
+        let closed = self
+            .call(Route::LeaderIdempotent, |_, ch| async move {
+                Ok(Self::kv(ch).close_session(req).await?.into_inner())
+            })
+            .await;
+        if let Err(e) = closed {
+            tracing::debug!(session = session.id, error = %e, "closing the session failed");
+        }
+    }
+
     fn leader_hint(&self) -> Option<String> {
         self.leader.lock().ok().and_then(|g| g.clone())
     }
@@ -301,18 +523,35 @@ impl Client {
     }
 
     /// Runs `op` against nodes until it succeeds, fails for good, or the deadline passes.
-    async fn call<T, F, Fut>(&self, route: Route, mut op: F) -> ClientResult<T>
+    async fn call<T, F, Fut>(&self, route: Route, op: F) -> ClientResult<T>
+    where
+        F: FnMut(&str, Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call_until(Instant::now() + self.options.deadline, route, op)
+            .await
+            .map_err(CallError::into_client_error)
+    }
+
+    /// [`Client::call`] with an explicit deadline.
+    async fn call_until<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        route: Route,
+        mut op: F,
+    ) -> Result<T, CallError>
     where
         F: FnMut(&str, Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let started = Instant::now();
-        let deadline = started + self.options.deadline;
         let mut backoff = self.options.initial_backoff;
         let mut rotation = 0usize;
         let mut redirect: Option<String> = None;
         let mut last_error = String::new();
         let mut attempts = 0u32;
+        // Whether an attempt so far may have been applied.
+        let mut ambiguous = false;
         loop {
             let target = match route {
                 Route::AnyNode => self.endpoints[rotation % self.endpoints.len()].clone(),
@@ -323,19 +562,17 @@ impl Client {
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
             if attempts > 0 && remaining.is_zero() {
-                return Err(self.give_up(attempts, started, &last_error));
+                return Err(self.give_up(route, ambiguous, attempts, started, &last_error));
             }
             attempts += 1;
             let attempt_timeout = self.options.attempt_timeout.min(remaining);
-            let outcome =
-                match tokio::time::timeout(attempt_timeout, op(&target, self.channel(&target)?))
-                    .await
-                {
-                    Ok(result) => result,
-                    Err(_) => Err(Status::deadline_exceeded(format!(
-                        "no answer from {target} within {attempt_timeout:?}"
-                    ))),
-                };
+            let channel = self.channel(&target).map_err(CallError::Failed)?;
+            let outcome = match tokio::time::timeout(attempt_timeout, op(&target, channel)).await {
+                Ok(result) => result,
+                Err(_) => Err(Status::deadline_exceeded(format!(
+                    "no answer from {target} within {attempt_timeout:?}"
+                ))),
+            };
             let status = match outcome {
                 Ok(value) => {
                     if route != Route::AnyNode {
@@ -345,20 +582,10 @@ impl Client {
                 }
                 Err(status) => status,
             };
-            let chain = error_chain(&status);
-            last_error = format!("{target}: {chain}");
+            last_error = format!("{target}: {}", error_chain(&status));
             tracing::debug!(attempt = attempts, error = %last_error, "attempt failed");
-            match status.code() {
-                Code::FailedPrecondition if !is_not_leader(&status) => {
-                    return Err(ClientError::Status(status));
-                }
-                Code::FailedPrecondition => {
-                    // NOT_LEADER: follow the hint at once if there is one.
-                    let hint = status
-                        .metadata()
-                        .get(LEADER_ADDR_HEADER)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string);
+            match classify(&status) {
+                Failure::NotLeader(hint) => {
                     self.set_leader_hint(None);
                     if let Some(addr) = hint.filter(|a| *a != target) {
                         tracing::debug!(from = %target, to = %addr, "following leader redirect");
@@ -370,49 +597,62 @@ impl Client {
                         rotation += 1;
                     }
                 }
-                Code::ResourceExhausted if was_not_admitted(&status) => {
-                    // The node is at its in-flight limit: back off and try again.
-                }
-                Code::Unavailable => {
-                    // A refused connection or an explicit "not admitted" proves a write was
-                    // never proposed; anything else may have been.
-                    if route == Route::LeaderOnce
-                        && !never_sent(&chain)
-                        && !was_not_admitted(&status)
-                    {
-                        return Err(ClientError::Ambiguous(last_error));
-                    }
+                // At its in-flight limit: back off and try the same node again.
+                Failure::NotApplied { elsewhere: false } => {}
+                Failure::NotApplied { elsewhere: true } => {
                     self.set_leader_hint(None);
                     rotation += 1;
                 }
-                Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Internal => {
-                    // tonic reports a request hyper dropped undispatched as CANCELLED.
-                    if route == Route::LeaderOnce && !never_sent(&chain) {
-                        return Err(ClientError::Ambiguous(last_error));
+                Failure::Ambiguous => {
+                    if route == Route::LeaderOnce {
+                        return Err(CallError::Failed(ClientError::Ambiguous(last_error)));
                     }
+                    ambiguous = true;
                     self.set_leader_hint(None);
                     rotation += 1;
                 }
-                Code::InvalidArgument => {
-                    return Err(ClientError::InvalidArgument(status.message().to_string()))
+                Failure::SessionExpired if route == Route::LeaderSession => {
+                    return Err(CallError::SessionExpired {
+                        ambiguous,
+                        last_error,
+                    });
                 }
-                _ => return Err(ClientError::Status(status)),
+                Failure::SessionExpired | Failure::Final => {
+                    return Err(CallError::Failed(match status.code() {
+                        Code::InvalidArgument => {
+                            ClientError::InvalidArgument(status.message().to_string())
+                        }
+                        _ => ClientError::Status(status),
+                    }))
+                }
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(self.give_up(attempts, started, &last_error));
+                return Err(self.give_up(route, ambiguous, attempts, started, &last_error));
             }
             tokio::time::sleep(backoff.min(deadline - now)).await;
             backoff = (backoff * 2).min(self.options.max_backoff);
         }
     }
 
-    fn give_up(&self, attempts: u32, started: Instant, last_error: &str) -> ClientError {
-        ClientError::Unavailable(format!(
+    fn give_up(
+        &self,
+        route: Route,
+        ambiguous: bool,
+        attempts: u32,
+        started: Instant,
+        last_error: &str,
+    ) -> CallError {
+        let tried = format!(
             "gave up after {attempts} attempts in {:.1}s over [{}]; last error: {last_error}",
             started.elapsed().as_secs_f64(),
             self.endpoints.join(", ")
-        ))
+        );
+        CallError::Failed(if route == Route::LeaderSession && ambiguous {
+            ClientError::Ambiguous(tried)
+        } else {
+            ClientError::Unavailable(tried)
+        })
     }
 
     fn kv(channel: Channel) -> KvClient<Channel> {
@@ -469,12 +709,16 @@ impl Client {
         value: impl Into<Bytes>,
         return_prev: bool,
     ) -> ClientResult<pb::PutResponse> {
-        let req = pb::PutRequest {
-            key: key.into(),
-            value: value.into(),
-            return_prev,
+        let (key, value) = (key.into(), value.into());
+        let build = |session| {
+            pb::op::Op::Put(pb::PutRequest {
+                key: key.clone(),
+                value: value.clone(),
+                return_prev,
+                session,
+            })
         };
-        self.run_op(Route::LeaderOnce, pb::op::Op::Put(req), |r| match r {
+        self.write_op(build, |r| match r {
             pb::op_result::Result::Put(r) => Ok(r),
             other => Err(other),
         })
@@ -486,8 +730,14 @@ impl Client {
     /// # Errors
     /// See [`ClientError`].
     pub async fn delete(&self, key: impl Into<Bytes>) -> ClientResult<pb::DeleteResponse> {
-        let req = pb::DeleteRequest { key: key.into() };
-        self.run_op(Route::LeaderOnce, pb::op::Op::Delete(req), |r| match r {
+        let key = key.into();
+        let build = |session| {
+            pb::op::Op::Delete(pb::DeleteRequest {
+                key: key.clone(),
+                session,
+            })
+        };
+        self.write_op(build, |r| match r {
             pb::op_result::Result::Delete(r) => Ok(r),
             other => Err(other),
         })
@@ -497,16 +747,17 @@ impl Client {
     /// Writes several pairs atomically.
     ///
     /// # Errors
-    /// See [`ClientError`].
+    /// [`ClientError::Ambiguous`] when the outcome is unknown; otherwise see [`ClientError`].
     pub async fn batch_put(&self, pairs: Vec<(Bytes, Bytes)>) -> ClientResult<u64> {
-        let req = pb::BatchPutRequest {
-            pairs: pairs
-                .into_iter()
-                .map(|(key, value)| pb::KeyValue { key, value })
-                .collect(),
-        };
-        self.call(Route::LeaderOnce, |_, ch| {
-            let req = req.clone();
+        let pairs: Vec<pb::KeyValue> = pairs
+            .into_iter()
+            .map(|(key, value)| pb::KeyValue { key, value })
+            .collect();
+        self.write(|_, ch, session| {
+            let req = pb::BatchPutRequest {
+                pairs: pairs.clone(),
+                session,
+            };
             async move { Ok(Self::kv(ch).batch_put(req).await?.into_inner().index) }
         })
         .await
@@ -522,20 +773,20 @@ impl Client {
         expected: Option<Bytes>,
         new_value: impl Into<Bytes>,
     ) -> ClientResult<CasOutcome> {
-        let req = pb::CompareAndSwapRequest {
-            key: key.into(),
-            expected,
-            new_value: new_value.into(),
+        let (key, new_value) = (key.into(), new_value.into());
+        let build = |session| {
+            pb::op::Op::CompareAndSwap(pb::CompareAndSwapRequest {
+                key: key.clone(),
+                expected: expected.clone(),
+                new_value: new_value.clone(),
+                session,
+            })
         };
         let resp = self
-            .run_op(
-                Route::LeaderOnce,
-                pb::op::Op::CompareAndSwap(req),
-                |r| match r {
-                    pb::op_result::Result::CompareAndSwap(r) => Ok(r),
-                    other => Err(other),
-                },
-            )
+            .write_op(build, |r| match r {
+                pb::op_result::Result::CompareAndSwap(r) => Ok(r),
+                other => Err(other),
+            })
             .await?;
         Ok(CasOutcome {
             success: resp.success,
@@ -807,21 +1058,118 @@ fn read_route(consistency: Consistency) -> Route {
     }
 }
 
-/// Whether a FAILED_PRECONDITION status is rskv's NOT_LEADER (as opposed to, say, promoting a
-/// learner that has not caught up).
-fn is_not_leader(status: &Status) -> bool {
-    status
-        .message()
-        .starts_with(crate::error::NOT_LEADER_MESSAGE)
-        || status.metadata().get(LEADER_ADDR_HEADER).is_some()
+impl CallError {
+    fn into_client_error(self) -> ClientError {
+        match self {
+            CallError::Failed(e) => e,
+            CallError::SessionExpired { last_error, .. } => {
+                ClientError::Status(Status::failed_precondition(last_error))
+            }
+        }
+    }
 }
 
-/// Whether the node refused the request before admitting it.
-fn was_not_admitted(status: &Status) -> bool {
+/// What a failed attempt says about the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failure {
+    /// Not the leader: go to the hinted leader, if any, else the next node.
+    NotLeader(Option<String>),
+    /// Certainly did nothing: try again, at the next node when `elsewhere`.
+    NotApplied { elsewhere: bool },
+    /// May or may not have been applied.
+    Ambiguous,
+    /// The session is expired or unknown; this attempt was not applied.
+    SessionExpired,
+    /// A final answer.
+    Final,
+}
+
+/// Classifies a failed attempt by its code, the server's [`Reason`] and the error's source chain.
+fn classify(status: &Status) -> Failure {
+    let reason = Reason::of(status);
+    let not_admitted = status.metadata().contains_key(NOT_ADMITTED_HEADER)
+        || reason.is_some_and(Reason::not_admitted);
+    match status.code() {
+        Code::FailedPrecondition => match reason {
+            Some(Reason::NotLeader) => Failure::NotLeader(leader_addr(status)),
+            Some(Reason::SessionExpired) => Failure::SessionExpired,
+            // A server from before reasons existed names the leader in metadata.
+            None if status.metadata().contains_key(LEADER_ADDR_HEADER) => {
+                Failure::NotLeader(leader_addr(status))
+            }
+            _ => Failure::Final,
+        },
+        Code::ResourceExhausted if not_admitted => Failure::NotApplied { elsewhere: false },
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::Internal => {
+            if not_admitted || never_sent(status) {
+                Failure::NotApplied { elsewhere: true }
+            } else {
+                Failure::Ambiguous
+            }
+        }
+        _ => Failure::Final,
+    }
+}
+
+/// The leader address a NOT_LEADER status names.
+fn leader_addr(status: &Status) -> Option<String> {
     status
         .metadata()
-        .get(crate::error::NOT_ADMITTED_HEADER)
-        .is_some()
+        .get(LEADER_ADDR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// The errors of `status`'s source chain, looking inside `io::Error`s (whose `source()` skips the
+/// error they wrap).
+fn sources(status: &Status) -> Vec<&(dyn std::error::Error + 'static)> {
+    let mut out = Vec::new();
+    let mut next = std::error::Error::source(status);
+    while let Some(e) = next {
+        out.push(e);
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            out.push(inner);
+        }
+        next = e.source();
+    }
+    out
+}
+
+/// Whether a transport failure proves the request never reached the server's handler:
+/// - our connector could not connect ([`ConnectError`]);
+/// - hyper dropped the request before dispatching it (its "canceled" kind: the connection was
+///   closing or not ready, as when a draining node closes its connections);
+/// - the server's graceful GOAWAY (NO_ERROR) refused the stream: streams above the GOAWAY's
+///   last stream id were not processed (RFC 9113 §6.8), and h2 fails exactly those, and any opened
+///   after, with the remote GOAWAY; streams the server did accept finish, or fail otherwise;
+/// - the server reset the stream with REFUSED_STREAM, which promises it was not processed
+///   (RFC 9113 §8.7).
+///
+/// Anything else (a reset connection, a broken pipe, a GOAWAY that reports an error) may have
+/// reached the server.
+fn never_sent(status: &Status) -> bool {
+    sources(status).into_iter().any(|e| {
+        if e.is::<ConnectError>() {
+            return true;
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            return h.is_canceled();
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            let refused_by_goaway =
+                h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR);
+            let refused_stream = h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return refused_by_goaway || refused_stream;
+        }
+        false
+    })
 }
 
 /// The status message followed by its chain of sources (tonic's "transport error" alone says
@@ -840,47 +1188,226 @@ fn error_chain(status: &Status) -> String {
     text
 }
 
-/// Whether a transport failure (its [`error_chain`]) proves the request never reached the server: the connection
-/// could not be made, or hyper dropped the request before dispatching it because the connection
-/// was closing (hyper's `Canceled` kind, "operation was canceled", as when a draining node
-/// closes its connections), or the server's graceful GOAWAY refused its stream. A draining node
-/// sends GOAWAY (NO_ERROR) with the last stream it accepted; streams above it were not processed
-/// (RFC 9113 §6.8), and h2 fails exactly those, and any opened after, with the remote GOAWAY's
-/// error ("connection error received: not a result of an error"). Streams the node did accept
-/// finish, or fail with a broken pipe if the connection drops: still ambiguous.
-fn never_sent(error_chain: &str) -> bool {
-    let text = error_chain.to_lowercase();
-    text.contains("tcp connect error")
-        || text.contains("connection refused")
-        || text.contains("error trying to connect")
-        || text.contains("operation was canceled")
-        || text.contains("connection error received: not a result of an error")
-}
-
 #[cfg(test)]
 mod tests {
-    use super::never_sent;
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::error::Error;
+
+    fn put() -> pb::PutRequest {
+        pb::PutRequest {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+            return_prev: false,
+            session: None,
+        }
+    }
+
+    /// What a put to `addr` fails with, through the same channel the client uses.
+    async fn put_status(addr: &str) -> Status {
+        let channel = lazy_channel(addr, Duration::from_secs(2), None).expect("channel");
+        let mut kv = Client::kv(channel);
+        let call = kv.put(put());
+        match tokio::time::timeout(Duration::from_secs(10), call).await {
+            Ok(Ok(_)) => panic!("the put to {addr} should fail"),
+            Ok(Err(status)) => status,
+            Err(_) => panic!("the put to {addr} did not fail in 10 s"),
+        }
+    }
+
+    /// An HTTP/2 frame: 24-bit length, type, flags, stream id.
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut out = len.to_be_bytes()[1..].to_vec();
+        out.extend([kind, flags]);
+        out.extend(stream.to_be_bytes());
+        out.extend(payload);
+        out
+    }
+
+    /// A raw HTTP/2 server for one connection: it reads the client's preface and frames until
+    /// the request's HEADERS (stream 1) arrive, then writes `reply` and, when `close`, drops the
+    /// connection.
+    async fn raw_server(reply: Vec<u8>, close: bool) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let mut preface = [0u8; 24];
+            if conn.read_exact(&mut preface).await.is_err() {
+                return;
+            }
+            // Our (empty) SETTINGS: the server's connection preface.
+            let _ = conn.write_all(&frame(4, 0, 0, &[])).await;
+            loop {
+                let mut header = [0u8; 9];
+                if conn.read_exact(&mut header).await.is_err() {
+                    return;
+                }
+                let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+                let mut payload = vec![0u8; len];
+                if conn.read_exact(&mut payload).await.is_err() {
+                    return;
+                }
+                let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+                if header[3] == 1 && stream == 1 {
+                    break;
+                }
+            }
+            let _ = conn.write_all(&reply).await;
+            if close {
+                drop(conn);
+            } else {
+                // Keep the connection open until the client goes away.
+                let mut sink = Vec::new();
+                let _ = conn.read_to_end(&mut sink).await;
+            }
+        });
+        addr
+    }
+
+    fn goaway(last_stream: u32, code: u32) -> Vec<u8> {
+        let mut payload = last_stream.to_be_bytes().to_vec();
+        payload.extend(code.to_be_bytes());
+        frame(7, 0, 0, &payload)
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_should_count_as_never_sent() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        drop(listener);
+        let status = put_status(&addr).await;
+        assert!(never_sent(&status), "{}", error_chain(&status));
+        assert_eq!(classify(&status), Failure::NotApplied { elsewhere: true });
+    }
+
+    #[tokio::test]
+    async fn a_stream_refused_by_a_graceful_goaway_should_count_as_never_sent() {
+        // GOAWAY(last stream 0, NO_ERROR): stream 1 was not processed.
+        let addr = raw_server(goaway(0, 0), false).await;
+        let status = put_status(&addr).await;
+        assert!(never_sent(&status), "{}", error_chain(&status));
+        assert_eq!(classify(&status), Failure::NotApplied { elsewhere: true });
+    }
+
+    #[tokio::test]
+    async fn a_refused_stream_reset_should_count_as_never_sent() {
+        // RST_STREAM(REFUSED_STREAM = 7) on stream 1.
+        let addr = raw_server(frame(3, 0, 1, &7u32.to_be_bytes()), false).await;
+        let status = put_status(&addr).await;
+        assert!(never_sent(&status), "{}", error_chain(&status));
+    }
+
+    #[tokio::test]
+    async fn a_connection_lost_after_the_request_was_sent_should_be_ambiguous() {
+        let addr = raw_server(Vec::new(), true).await;
+        let status = put_status(&addr).await;
+        assert!(!never_sent(&status), "{}", error_chain(&status));
+        assert_eq!(classify(&status), Failure::Ambiguous);
+        // A GOAWAY reporting an error (here PROTOCOL_ERROR) says nothing certain either.
+        let addr = raw_server(goaway(0, 1), false).await;
+        let status = put_status(&addr).await;
+        assert!(!never_sent(&status), "{}", error_chain(&status));
+        // And neither does a reset other than REFUSED_STREAM (CANCEL = 8).
+        let addr = raw_server(frame(3, 0, 1, &8u32.to_be_bytes()), false).await;
+        let status = put_status(&addr).await;
+        assert!(!never_sent(&status), "{}", error_chain(&status));
+    }
+
+    /// The server's statuses are classified by code and reason, whatever their message says.
+    #[test]
+    fn server_statuses_should_be_classified_by_code_and_reason_not_text() {
+        let classify_error = |e: Error| classify(&Status::from(e));
+        assert_eq!(
+            classify_error(Error::NotLeader {
+                leader: Some((2, "127.0.0.1:7400".into()))
+            }),
+            Failure::NotLeader(Some("127.0.0.1:7400".into()))
+        );
+        assert_eq!(
+            classify_error(Error::NotLeader { leader: None }),
+            Failure::NotLeader(None)
+        );
+        assert_eq!(
+            classify_error(Error::NoQuorum("anything".into())),
+            Failure::NotApplied { elsewhere: true }
+        );
+        assert_eq!(
+            classify_error(Error::NotAdmitted("anything".into())),
+            Failure::NotApplied { elsewhere: true }
+        );
+        assert_eq!(
+            classify_error(Error::ResourceExhausted("anything".into())),
+            Failure::NotApplied { elsewhere: false }
+        );
+        assert_eq!(
+            classify_error(Error::SessionExpired("anything".into())),
+            Failure::SessionExpired
+        );
+        for ambiguous in [
+            Error::Timeout("x".into()),
+            Error::Unavailable("x".into()),
+            Error::Raft("x".into()),
+        ] {
+            assert_eq!(classify_error(ambiguous), Failure::Ambiguous);
+        }
+        for last in [
+            Error::FailedPrecondition("not leader (in the text only)".into()),
+            Error::InvalidArgument("x".into()),
+            Error::SequenceAcknowledged("x".into()),
+            Error::Compacted("x".into()),
+        ] {
+            assert_eq!(classify_error(last), Failure::Final);
+        }
+        // The text alone decides nothing: a NOT_LEADER message with no reason is final.
+        assert_eq!(
+            classify(&Status::failed_precondition(
+                "not leader; leader is unknown"
+            )),
+            Failure::Final
+        );
+        // A multi op's error is classified as its unary status would be.
+        let op = crate::error::op_error(Error::NotLeader {
+            leader: Some((3, "127.0.0.1:7500".into())),
+        });
+        assert_eq!(
+            classify(&op_error_status(&op)),
+            Failure::NotLeader(Some("127.0.0.1:7500".into()))
+        );
+    }
 
     #[test]
-    fn only_failures_before_the_server_took_the_request_should_count_as_never_sent() {
-        // Seen from draining nodes: a stream the GOAWAY refused, a request hyper dropped.
-        assert!(never_sent(
-            "h2 protocol error: http2 error: transport error: connection error received: not a result of an error"
-        ));
-        assert!(never_sent("transport error: operation was canceled"));
-        assert!(never_sent(
-            "transport error: tcp connect error: Connection refused (os error 111)"
-        ));
-        // The request may have been taken: a stream cut by a dropped connection, a reset, a
-        // GOAWAY that reports an error.
-        assert!(!never_sent(
-            "h2 protocol error: http2 error: stream closed because of a broken pipe"
-        ));
-        assert!(!never_sent(
-            "transport error: connection error: connection reset"
-        ));
-        assert!(!never_sent(
-            "h2 protocol error: http2 error: connection error received: unspecific protocol error detected"
-        ));
+    fn a_ticket_should_carry_the_lowest_unsettled_sequence() {
+        let session = Arc::new(Session {
+            id: 9,
+            last_seq: AtomicU64::new(0),
+            pending: Mutex::new(BTreeSet::new()),
+        });
+        let first = Ticket::new(session.clone());
+        let second = Ticket::new(session.clone());
+        assert_eq!(
+            (second.seq, second.reference().first_unacked),
+            (2, 1),
+            "the first write is still unsettled"
+        );
+        drop(first);
+        assert_eq!(second.reference().first_unacked, 2);
+        let third = Ticket::new(session);
+        assert_eq!(
+            third.reference(),
+            pb::SessionRef {
+                id: 9,
+                seq: 3,
+                first_unacked: 2
+            }
+        );
     }
 }

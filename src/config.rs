@@ -117,6 +117,9 @@ pub struct Config {
     /// Apply events and watches.
     #[serde(default)]
     pub events: EventsConfig,
+    /// Client sessions (exactly-once writes).
+    #[serde(default)]
+    pub sessions: SessionsConfig,
 }
 
 fn default_shutdown_timeout_ms() -> u64 {
@@ -253,6 +256,29 @@ impl Default for EventsConfig {
     }
 }
 
+/// `[sessions]`: client sessions, which make retried writes apply exactly once. Both values are
+/// the leader's when a session opens and travel with that command in the log, so every node
+/// expires and evicts sessions alike even if their configs differ.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// A session expires after this long without a write, by time carried in the log. Its
+    /// client then opens a new one; a write that was retried across the expiry is reported as
+    /// outcome unknown. Longer keeps idle clients' sessions (and their last replies) in memory.
+    pub ttl_ms: u64,
+    /// Most open sessions; opening one more closes the least recently used.
+    pub max_sessions: u64,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            ttl_ms: 600_000,
+            max_sessions: 100_000,
+        }
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
@@ -356,6 +382,12 @@ pub struct Overrides {
     /// events.watch_buffer
     #[arg(long)]
     pub watch_buffer: Option<usize>,
+    /// sessions.ttl_ms
+    #[arg(long)]
+    pub session_ttl_ms: Option<u64>,
+    /// sessions.max_sessions
+    #[arg(long)]
+    pub max_sessions: Option<u64>,
 }
 
 fn parse_members(s: &str) -> std::result::Result<BTreeMap<String, MemberAddr>, String> {
@@ -488,6 +520,8 @@ impl Config {
         set(&mut self.limits.max_message_bytes, &o.max_message_bytes);
         set(&mut self.events.history, &o.events_history);
         set(&mut self.events.watch_buffer, &o.watch_buffer);
+        set(&mut self.sessions.ttl_ms, &o.session_ttl_ms);
+        set(&mut self.sessions.max_sessions, &o.max_sessions);
         set(&mut self.storage.engine, &o.engine);
         set(&mut self.cluster.initial_members, &o.initial_members);
         set(&mut self.cluster.join, &o.join);
@@ -585,6 +619,12 @@ impl Config {
         }
         if self.shutdown_timeout_ms == 0 {
             return bad("shutdown_timeout_ms", "must be positive".into());
+        }
+        if self.sessions.ttl_ms < 1_000 {
+            return bad("sessions.ttl_ms", "must be at least 1000".into());
+        }
+        if self.sessions.max_sessions == 0 {
+            return bad("sessions.max_sessions", "must be positive".into());
         }
         self.peer_listen()?;
         self.metrics_listen()?;

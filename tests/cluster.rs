@@ -127,6 +127,7 @@ async fn follower_should_answer_not_leader_with_leader_address() {
             key: Bytes::from("k"),
             value: Bytes::from("v"),
             return_prev: false,
+            session: None,
         })
         .await
         .expect_err("a follower must refuse a write");

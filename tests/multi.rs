@@ -23,6 +23,7 @@ fn put(key: &str, value: &str) -> pb::Op {
             key: Bytes::from(key.to_string()),
             value: Bytes::from(value.to_string()),
             return_prev: false,
+            session: None,
         })),
     }
 }
@@ -107,11 +108,13 @@ async fn multi_should_answer_each_op_as_if_sent_alone() {
             key: Bytes::from_static(b"a"),
             expected: Some(Bytes::from_static(b"1")),
             new_value: Bytes::from_static(b"3"),
+            session: None,
         })),
     };
     let delete = pb::Op {
         op: Some(pb::op::Op::Delete(pb::DeleteRequest {
             key: Bytes::from_static(b"never-written"),
+            session: None,
         })),
     };
     let results = multi(

@@ -65,6 +65,10 @@ struct Args {
     /// the next one. 0 sends every request as its own RPC (as the etcd target does).
     #[arg(long, default_value_t = rskv::client::ClientOptions::default().batch_inflight)]
     batch_inflight: usize,
+    /// rskv: send writes without a client session (as before sessions existed; an ambiguous
+    /// write is then reported, not retried). For measuring what sessions cost.
+    #[arg(long)]
+    no_sessions: bool,
     /// Concurrent requests.
     #[arg(long, default_value_t = 1)]
     clients: usize,
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
         endpoints: args.endpoints.clone(),
         conns: args.conns,
         batch_inflight: args.batch_inflight,
+        sessions: !args.no_sessions,
         clients: args.clients,
         total: args.total,
         duration: args

@@ -167,7 +167,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(args, client)) {
+    let result = runtime.block_on(async {
+        let result = run(args, &client).await;
+        // A write opened a session: close it rather than leave it to expire.
+        client.close().await;
+        result
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -188,7 +194,7 @@ fn consistency(stale: bool) -> Consistency {
     }
 }
 
-async fn run(args: Args, client: Client) -> Result<(), ClientError> {
+async fn run(args: Args, client: &Client) -> Result<(), ClientError> {
     let json = args.json;
     match args.command {
         Command::Get { key, stale } => {
@@ -287,8 +293,8 @@ async fn run(args: Args, client: Client) -> Result<(), ClientError> {
                 )));
             }
         }
-        Command::Status => status(&client, json).await?,
-        Command::Member(cmd) => member(&client, cmd, json).await?,
+        Command::Status => status(client, json).await?,
+        Command::Member(cmd) => member(client, cmd, json).await?,
         Command::TransferLeader { to } => {
             let resp = client.transfer_leader(to).await?;
             if json {
@@ -313,7 +319,7 @@ async fn run(args: Args, client: Client) -> Result<(), ClientError> {
                 (None, Some(p)) => (p, true),
                 (None, None) => (String::new(), true),
             };
-            watch(&client, target, is_prefix, from_index, json).await?;
+            watch(client, target, is_prefix, from_index, json).await?;
         }
     }
     Ok(())

@@ -2,10 +2,12 @@
 //!
 //! A run starts a cluster of real `kv_server` processes on a network the suite builds itself
 //! ([`net`]), drives a register workload through the library client recording every operation
-//! ([`workload`]), watches every node ([`watch`]), injects faults ([`nemesis`]), heals, reads
-//! every key at the end, and checks: the history is linearizable ([`crate::checker`]), every
-//! acknowledged write survives or was overwritten, all nodes hold the same data, and every
-//! watcher saw one common event sequence without gaps. Everything lands in one results folder.
+//! ([`workload`]) and a counter incremented by compare-and-swap, watches every node ([`watch`]),
+//! injects faults ([`nemesis`]), heals, reads every key at the end, and checks: the history is
+//! linearizable ([`crate::checker`]), every acknowledged write survives or was overwritten, the
+//! counter holds exactly the acknowledged increments (plus at most the unknown ones), all nodes
+//! hold the same data, and every watcher saw one common event sequence without gaps. The summary
+//! counts the writes whose outcome stayed unknown. Everything lands in one results folder.
 
 pub mod nemesis;
 pub mod net;
@@ -114,6 +116,28 @@ pub struct Counts {
     pub info: u64,
 }
 
+/// Writes whose outcome stayed unknown, by why.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct UnknownWrites {
+    /// The client's deadline passed after an attempt whose outcome is unknown.
+    pub ambiguous: u64,
+    /// The client session expired between an unknown attempt and its retry.
+    pub session_expired: u64,
+}
+
+/// What the counter workload found.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CounterReport {
+    /// Increments acknowledged.
+    pub acked: u64,
+    /// Increments whose outcome stayed unknown.
+    pub unknown: u64,
+    /// Increments that certainly did nothing.
+    pub failed: u64,
+    /// The counter's value read at the end (`None`: the read failed).
+    pub final_value: Option<u64>,
+}
+
 /// Everything a run found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -137,6 +161,10 @@ pub struct Report {
     pub verdict: String,
     /// Watch workload findings.
     pub watch: watch::WatchReport,
+    /// Writes (register and counter) left with an unknown outcome.
+    pub unknown_writes: UnknownWrites,
+    /// The counter workload.
+    pub counter: CounterReport,
     /// Every anomaly found; a run passes when this is empty.
     pub anomalies: Vec<String>,
     /// Where the history, logs and summary are.
@@ -201,6 +229,24 @@ impl Report {
                 .unwrap_or_else(|| "no write succeeded in 60 s".into())
         );
         let _ = writeln!(s, "\nlinearizability: {}", self.verdict);
+        let c = &self.counter;
+        let _ = writeln!(
+            s,
+            "counter: {} acknowledged increments, {} unknown, {} failed; final value {}",
+            c.acked,
+            c.unknown,
+            c.failed,
+            c.final_value
+                .map_or_else(|| "not read".to_string(), |v| v.to_string())
+        );
+        let u = &self.unknown_writes;
+        let _ = writeln!(
+            s,
+            "unknown-outcome writes: {} ({} past the deadline, {} across an expired session)",
+            u.ambiguous + u.session_expired,
+            u.ambiguous,
+            u.session_expired
+        );
         let _ = writeln!(
             s,
             "watch: {} segments, {} events received, {} distinct",
@@ -400,6 +446,7 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
     );
     let clients = opts.clients.max(1) as u64;
     let (client_stop, client_rx) = signal::channel(false);
+    let unknowns = Arc::new(workload::Unknowns::default());
     let workload = workload::Workload {
         keys: keys.clone(),
         clients,
@@ -411,6 +458,7 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
         },
         epoch,
         history: history.clone(),
+        unknowns: unknowns.clone(),
     };
     let mut workers = Vec::new();
     // Even-numbered clients share one Client, as threads of one application would: their
@@ -427,6 +475,22 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
             client,
             workload.clone(),
             opts.seed.wrapping_add(i),
+            client_rx.clone(),
+        )));
+    }
+    // Two counter clients on top: one shares the register clients' Client (and session), one
+    // has its own, so increments race each other and the registers' writes.
+    let tally = Arc::new(workload::CounterTally::default());
+    let counter_rate = (opts.rate / 20.0).clamp(1.0, 20.0);
+    for client in [
+        shared.clone(),
+        Arc::new(workload::suite_client(endpoints.clone())?),
+    ] {
+        workers.push(tokio::spawn(workload::run_counter(
+            client,
+            counter_rate,
+            tally.clone(),
+            unknowns.clone(),
             client_rx.clone(),
         )));
     }
@@ -487,6 +551,32 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
             }
             None => anomalies.push(format!("final read of {key} did not succeed in 30 s")),
         }
+    }
+    // The counter holds every acknowledged increment, and at most the unknown ones besides.
+    let counter_value = poll(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async { reader.get(workload::COUNTER_KEY).await.ok() },
+    )
+    .await;
+    let counter = CounterReport {
+        acked: tally.acked.load(Ordering::Relaxed),
+        unknown: tally.unknown.load(Ordering::Relaxed),
+        failed: tally.failed.load(Ordering::Relaxed),
+        final_value: counter_value.map(|v| {
+            v.and_then(|v| String::from_utf8_lossy(&v).parse().ok())
+                .unwrap_or(0)
+        }),
+    };
+    match counter.final_value {
+        None => anomalies.push("final read of the counter did not succeed in 30 s".into()),
+        Some(v) if v < counter.acked || v > counter.acked + counter.unknown => {
+            anomalies.push(format!(
+                "counter is {v} after {} acknowledged and {} unknown increments",
+                counter.acked, counter.unknown
+            ))
+        }
+        Some(_) => {}
     }
     // Every node's own copy agrees once it has applied what the leader committed.
     let committed = reader
@@ -611,6 +701,11 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
         final_recovery_ms: final_recovery.map(|d| d.as_secs_f64() * 1000.0),
         verdict,
         watch,
+        unknown_writes: UnknownWrites {
+            ambiguous: unknowns.ambiguous.load(Ordering::Relaxed),
+            session_expired: unknowns.session_expired.load(Ordering::Relaxed),
+        },
+        counter,
         anomalies,
         results: opts.results.clone(),
     })

@@ -2,6 +2,8 @@
 //! library [`Client`] (leader redirect included), recording every operation for the checker.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -23,17 +25,44 @@ use crate::Client;
 /// Every operation of a run, shared by the clients.
 pub type History = Arc<Mutex<Vec<Op>>>;
 
+/// Writes of a run whose outcome stayed unknown, by why (shared by every client).
+#[derive(Debug, Default)]
+pub struct Unknowns {
+    /// The deadline passed after an attempt whose outcome is unknown (or an unexpected status).
+    pub ambiguous: AtomicU64,
+    /// The session expired between an unknown attempt and its retry.
+    pub session_expired: AtomicU64,
+}
+
+impl Unknowns {
+    /// Counts `e` if it leaves a write's outcome unknown.
+    pub fn count(&self, e: &ClientError) {
+        match e {
+            ClientError::SessionExpired(_) => {
+                self.session_expired.fetch_add(1, Ordering::Relaxed);
+            }
+            e if outcome_of(e) == Outcome::Info => {
+                self.ambiguous.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Maps a client error to a history outcome: definitely not applied, or unknown.
 ///
-/// The client retries a write only while it certainly did nothing (refused before sending, or
-/// "not leader"), and reports an ambiguous failure as such without retrying; so "gave up" is a
-/// definite failure and only `Ambiguous` or an unexpected status is unknown.
+/// The client's writes go through its session: an attempt whose outcome is unknown is retried
+/// until one answers, and "gave up" (`Unavailable`) means no attempt can have been applied; only
+/// `Ambiguous` (the deadline passed after an unknown attempt), `SessionExpired` (the session
+/// expired in between) or an unexpected status are unknown.
 pub fn outcome_of(e: &ClientError) -> Outcome {
     match e {
         ClientError::InvalidArgument(_) | ClientError::Config(_) | ClientError::Unavailable(_) => {
             Outcome::Fail
         }
-        ClientError::Ambiguous(_) | ClientError::Status(_) => Outcome::Info,
+        ClientError::Ambiguous(_) | ClientError::SessionExpired(_) | ClientError::Status(_) => {
+            Outcome::Info
+        }
     }
 }
 
@@ -90,11 +119,21 @@ pub async fn read(
     }
 }
 
-async fn write(client: &Client, process: u64, key: &str, value: String, epoch: Instant) -> Op {
+async fn write(
+    client: &Client,
+    process: u64,
+    key: &str,
+    value: String,
+    epoch: Instant,
+    unknowns: &Unknowns,
+) -> Op {
     let invoke = since(epoch);
     let outcome = match client.put(key.to_string(), value.clone()).await {
         Ok(_) => Outcome::Ok,
-        Err(e) => outcome_of(&e),
+        Err(e) => {
+            unknowns.count(&e);
+            outcome_of(&e)
+        }
     };
     Op {
         process,
@@ -113,6 +152,7 @@ async fn cas(
     from: Option<String>,
     to: String,
     epoch: Instant,
+    unknowns: &Unknowns,
 ) -> Op {
     let invoke = since(epoch);
     let result = client
@@ -128,15 +168,18 @@ async fn cas(
             },
             Outcome::Ok,
         ),
-        Err(e) => (
-            OpKind::Cas {
-                from,
-                to,
-                success: false,
-                current: None,
-            },
-            outcome_of(&e),
-        ),
+        Err(e) => {
+            unknowns.count(&e);
+            (
+                OpKind::Cas {
+                    from,
+                    to,
+                    success: false,
+                    current: None,
+                },
+                outcome_of(&e),
+            )
+        }
     };
     Op {
         process,
@@ -163,6 +206,8 @@ pub struct Workload {
     pub epoch: Instant,
     /// Where operations are recorded.
     pub history: History,
+    /// Writes left with an unknown outcome.
+    pub unknowns: Arc<Unknowns>,
 }
 
 /// Client `index`'s loop: a random key and operation (40% reads, 30% writes, 30% CAS from the
@@ -183,6 +228,7 @@ pub async fn run_client(
         reads,
         epoch,
         history,
+        unknowns,
     } = workload;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut process = index;
@@ -205,10 +251,19 @@ pub async fn run_client(
         let op = if roll < 4 {
             read(&client, process, key, reads, epoch).await
         } else if roll < 7 {
-            write(&client, process, key, format!("{process}.{n}"), epoch).await
+            write(
+                &client,
+                process,
+                key,
+                format!("{process}.{n}"),
+                epoch,
+                &unknowns,
+            )
+            .await
         } else {
             let from = seen.get(key.as_str()).cloned().flatten();
-            cas(&client, process, key, from, format!("{process}.{n}"), epoch).await
+            let to = format!("{process}.{n}");
+            cas(&client, process, key, from, to, epoch, &unknowns).await
         };
         if op.outcome == Outcome::Ok {
             let now = match &op.kind {
@@ -224,6 +279,69 @@ pub async fn run_client(
         }
         if unknown {
             process += clients;
+        }
+    }
+}
+
+/// The counter workload's key: outside the registers' prefix, checked on its own.
+pub const COUNTER_KEY: &str = "jc/counter";
+
+/// What the counter clients did.
+#[derive(Debug, Default)]
+pub struct CounterTally {
+    /// Increments acknowledged as applied.
+    pub acked: AtomicU64,
+    /// Increments whose outcome stayed unknown.
+    pub unknown: AtomicU64,
+    /// Increments that certainly did nothing (no node answered in time).
+    pub failed: AtomicU64,
+}
+
+/// A counter client: at `rate` per second until `stop`, reads the counter and compare-and-swaps
+/// it one up, counting each increment as acknowledged, failed or unknown. With exactly-once
+/// writes the counter ends between the acknowledged increments and those plus the unknown ones
+/// (equal to the acknowledged ones when nothing is unknown), whatever the faults did.
+pub async fn run_counter(
+    client: Arc<Client>,
+    rate: f64,
+    tally: Arc<CounterTally>,
+    unknowns: Arc<Unknowns>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => break,
+        }
+        if *stop.borrow() {
+            break;
+        }
+        let Ok(current) = client.get(COUNTER_KEY).await else {
+            continue;
+        };
+        let value: u64 = current
+            .as_ref()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let next = (value + 1).to_string();
+        match client.compare_and_swap(COUNTER_KEY, current, next).await {
+            Ok(o) if o.success => {
+                tally.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            // Another client got there first: nothing changed.
+            Ok(_) => {}
+            Err(e) => {
+                unknowns.count(&e);
+                let counter = match outcome_of(&e) {
+                    Outcome::Info => &tally.unknown,
+                    _ => &tally.failed,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }

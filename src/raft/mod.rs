@@ -121,6 +121,35 @@ pub enum Command {
         /// The commands, in apply order.
         commands: Vec<Command>,
     },
+    /// Opens a client session (see [`crate::storage::state_machine::sessions`]); answered with
+    /// its id.
+    OpenSession {
+        /// The leader's wall-clock time at proposal, Unix milliseconds: the log's clock.
+        now_ms: u64,
+        /// Idle time after which the session expires (the leader's `sessions.ttl_ms`), fixed
+        /// here so every node expires it alike.
+        ttl_ms: u64,
+        /// Open sessions the table may hold (the leader's `sessions.max_sessions`).
+        max_sessions: u64,
+    },
+    /// A write of a client session: applied at most once however often it is retried.
+    Session {
+        /// The session, from [`Command::OpenSession`].
+        id: u64,
+        /// The write's number within the session.
+        seq: u64,
+        /// The lowest sequence whose reply the client has not received.
+        first_unacked: u64,
+        /// The leader's wall-clock time at proposal, Unix milliseconds.
+        now_ms: u64,
+        /// The write itself (a put, delete, batch put or compare-and-swap).
+        command: Box<Command>,
+    },
+    /// Closes a client session (a client that is done with it).
+    CloseSession {
+        /// The session to close.
+        id: u64,
+    },
 }
 
 impl Command {
@@ -168,6 +197,20 @@ impl Command {
             Command::Group { commands } => Command::Group {
                 commands: commands.into_iter().map(Command::detached).collect(),
             },
+            Command::Session {
+                id,
+                seq,
+                first_unacked,
+                now_ms,
+                command,
+            } => Command::Session {
+                id,
+                seq,
+                first_unacked,
+                now_ms,
+                command: Box::new(command.detached()),
+            },
+            c @ (Command::OpenSession { .. } | Command::CloseSession { .. }) => c,
         }
     }
 
@@ -184,6 +227,8 @@ impl Command {
                 new_value,
             } => key.len() + new_value.len() + expected.as_ref().map_or(0, |e| e.len()),
             Command::Group { commands } => commands.iter().map(Command::approx_bytes).sum(),
+            Command::Session { command, .. } => command.approx_bytes(),
+            Command::OpenSession { .. } | Command::CloseSession { .. } => 0,
         }
     }
 }
@@ -198,6 +243,11 @@ impl fmt::Display for Command {
             Command::BatchPut { pairs } => write!(f, "batch_put({} pairs)", pairs.len()),
             Command::CompareAndSwap { key, .. } => write!(f, "cas({key:?})"),
             Command::Group { commands } => write!(f, "group({} commands)", commands.len()),
+            Command::OpenSession { .. } => write!(f, "open_session"),
+            Command::Session {
+                id, seq, command, ..
+            } => write!(f, "session({id}#{seq}: {command})"),
+            Command::CloseSession { id } => write!(f, "close_session({id})"),
         }
     }
 }
@@ -212,6 +262,9 @@ pub struct CommandResponse {
     /// For a [`Command::Group`]: each command's response, in order.
     #[serde(default)]
     pub group: Vec<CommandResponse>,
+    /// What the session table made of a session command.
+    #[serde(default)]
+    pub session: SessionOutcome,
 }
 
 impl CommandResponse {
@@ -221,8 +274,63 @@ impl CommandResponse {
             prev,
             success: true,
             group: Vec::new(),
+            session: SessionOutcome::Applied,
         }
     }
+
+    /// The response of a session command that was refused (nothing changed).
+    pub fn refused(why: SessionRefusal) -> CommandResponse {
+        CommandResponse {
+            prev: None,
+            success: false,
+            group: Vec::new(),
+            session: SessionOutcome::Refused(why),
+        }
+    }
+}
+
+/// How the session table answered a command.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionOutcome {
+    /// Applied now (every command that is not a session's lands here too).
+    #[default]
+    Applied,
+    /// A session was opened.
+    Opened {
+        /// Its id.
+        id: u64,
+    },
+    /// A session write that had been applied before: answered with the reply stored then;
+    /// nothing changed now.
+    Replayed {
+        /// The log index it was applied at.
+        index: u64,
+    },
+    /// A session command that was refused; nothing changed.
+    Refused(SessionRefusal),
+}
+
+/// Why a session command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionRefusal {
+    /// The session expired (idle past its time-to-live, or closed to make room) or never existed.
+    Expired {
+        /// The session asked for.
+        id: u64,
+    },
+    /// The sequence is below what the client has acknowledged: a stray copy of a write whose
+    /// reply the client already received.
+    Acknowledged {
+        /// The sequence sent.
+        seq: u64,
+        /// The session's lowest unacknowledged sequence.
+        first_unacked: u64,
+    },
+    /// The session holds too many unacknowledged replies.
+    Backlog {
+        /// The limit.
+        limit: u64,
+    },
 }
 
 #[cfg(test)]

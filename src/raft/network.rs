@@ -117,13 +117,29 @@ pub fn lazy_channel(
         .connect_with_connector_lazy(tower::service_fn(move |uri: Uri| connect(uri, source_ip))))
 }
 
+/// Why a channel's TCP connection could not be made: the request that needed it never left this
+/// process. The client finds this type in a failed request's source chain and may then retry
+/// even a write.
+#[derive(Debug, thiserror::Error)]
+#[error("tcp connect error to {addr}: {source}")]
+pub struct ConnectError {
+    /// The `host:port` dialled.
+    addr: String,
+    /// What the connect (or the name lookup) failed with.
+    #[source]
+    source: io::Error,
+}
+
 /// Opens a channel's TCP connection: to each address `uri`'s host resolves to in turn, from
 /// `source_ip` when set, with Nagle's algorithm off (small requests must not wait for ACKs).
-///
-/// Failures say "tcp connect error", as hyper's own connector does: the client tells by it that a
-/// request never left.
-async fn connect(uri: Uri, source_ip: Option<IpAddr>) -> io::Result<TokioIo<Gathered<TcpStream>>> {
-    let failed = |e: io::Error| io::Error::new(e.kind(), format!("tcp connect error: {e}"));
+async fn connect(
+    uri: Uri,
+    source_ip: Option<IpAddr>,
+) -> Result<TokioIo<Gathered<TcpStream>>, ConnectError> {
+    let failed = |source: io::Error| ConnectError {
+        addr: uri.authority().map(|a| a.to_string()).unwrap_or_default(),
+        source,
+    };
     let host = uri
         .host()
         .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
@@ -159,15 +175,15 @@ async fn connect(uri: Uri, source_ip: Option<IpAddr>) -> io::Result<TokioIo<Gath
                 };
                 return Ok(TokioIo::new(stream));
             }
-            Err(e) => last_error = Some(failed(e)),
+            Err(e) => last_error = Some(e),
         }
     }
-    Err(last_error.unwrap_or_else(|| {
-        failed(io::Error::new(
+    Err(failed(last_error.unwrap_or_else(|| {
+        io::Error::new(
             io::ErrorKind::NotFound,
             format!("{host} resolves to no address"),
-        ))
-    }))
+        )
+    })))
 }
 
 /// Creates connections to peers for openraft, sharing one HTTP/2 channel per address.

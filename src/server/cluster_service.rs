@@ -81,7 +81,11 @@ impl ClusterService {
             Some((id, addr)) => (Some(id), addr),
             None => (metrics.current_leader, String::new()),
         };
+        let quorum = self.node.quorum();
         pb::StatusResponse {
+            quorum_ack_ms: quorum.ack_ms,
+            quorum: quorum.ok,
+            sessions: self.node.state_machine.open_sessions() as u64,
             id: self.node.id,
             role: role_name(metrics.state).to_string(),
             term: metrics.current_term,
@@ -123,7 +127,13 @@ impl ClusterService {
         )
         .await
         .map_err(|_| Error::Timeout("membership change not committed in time".into()))?
-        .map_err(write_error)?;
+        .map_err(|e| {
+            write_error(
+                &self.node.raft,
+                self.node.config.raft.election_timeout_max_ms,
+                e,
+            )
+        })?;
         Ok(pb::MembershipResponse {
             index: resp.log_id.index,
             members: members(&self.node),
@@ -180,7 +190,13 @@ impl ClusterService {
         )
         .await
         .map_err(|_| Error::Timeout("adding the learner did not commit in time".into()))?
-        .map_err(write_error)?;
+        .map_err(|e| {
+            write_error(
+                &self.node.raft,
+                self.node.config.raft.election_timeout_max_ms,
+                e,
+            )
+        })?;
         Ok(pb::MembershipResponse {
             index: resp.log_id.index,
             members: members(&self.node),

@@ -32,6 +32,8 @@ use crate::pb::kv as pb;
 use crate::pb::kv::kv_server::Kv;
 use crate::raft::Command;
 use crate::raft::CommandResponse;
+use crate::raft::SessionOutcome;
+use crate::raft::SessionRefusal;
 
 /// Scan page size when the request gives no limit.
 pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
@@ -80,9 +82,21 @@ impl KvService {
         Ok(())
     }
 
-    /// Proposes `command` and waits until it is committed and applied.
-    async fn write(&self, command: Command) -> Result<(u64, CommandResponse)> {
-        self.node.proposer.write(command).await
+    /// Proposes `command` (within its client session, when the request names one) and waits
+    /// until it is committed and applied; answers with the index it was applied at, which for a
+    /// retried session write is the index of its first application.
+    async fn write(
+        &self,
+        session: Option<pb::SessionRef>,
+        command: Command,
+    ) -> Result<(u64, CommandResponse)> {
+        let command = in_session(session, command)?;
+        let (index, resp) = self.node.proposer.write(command).await?;
+        match &resp.session {
+            SessionOutcome::Applied | SessionOutcome::Opened { .. } => Ok((index, resp)),
+            SessionOutcome::Replayed { index } => Ok((*index, resp)),
+            SessionOutcome::Refused(why) => Err(refusal_error(why)),
+        }
     }
 
     /// Waits until this node may serve a read at the requested consistency.
@@ -129,11 +143,14 @@ impl KvService {
         self.check_key(&req.key)?;
         self.check_value(&req.value)?;
         let (index, resp) = self
-            .write(Command::Put {
-                key: req.key,
-                value: req.value,
-                return_prev: req.return_prev,
-            })
+            .write(
+                req.session,
+                Command::Put {
+                    key: req.key,
+                    value: req.value,
+                    return_prev: req.return_prev,
+                },
+            )
             .await?;
         Ok(pb::PutResponse {
             index,
@@ -143,7 +160,9 @@ impl KvService {
 
     async fn do_delete(&self, req: pb::DeleteRequest) -> Result<pb::DeleteResponse> {
         self.check_key(&req.key)?;
-        let (index, resp) = self.write(Command::Delete { key: req.key }).await?;
+        let (index, resp) = self
+            .write(req.session, Command::Delete { key: req.key })
+            .await?;
         Ok(pb::DeleteResponse {
             index,
             existed: resp.prev.is_some(),
@@ -161,11 +180,14 @@ impl KvService {
         }
         let new_value = req.new_value.clone();
         let (index, resp) = self
-            .write(Command::CompareAndSwap {
-                key: req.key,
-                expected: req.expected,
-                new_value: req.new_value,
-            })
+            .write(
+                req.session,
+                Command::CompareAndSwap {
+                    key: req.key,
+                    expected: req.expected,
+                    new_value: req.new_value,
+                },
+            )
             .await?;
         Ok(pb::CompareAndSwapResponse {
             success: resp.success,
@@ -205,6 +227,59 @@ impl KvService {
         pb::OpResult {
             result: Some(result),
         }
+    }
+}
+
+/// The leader's wall-clock time, Unix milliseconds: the time a session command carries into the
+/// log (the state machine never reads a clock of its own).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `command` as a write of the client session `session` names, or as it is without one.
+fn in_session(session: Option<pb::SessionRef>, command: Command) -> Result<Command> {
+    let Some(s) = session else {
+        return Ok(command);
+    };
+    if s.id == 0 || s.seq == 0 {
+        return Err(Error::InvalidArgument(
+            "session id and seq must be at least 1 (open a session with OpenSession)".into(),
+        ));
+    }
+    if s.first_unacked > s.seq {
+        return Err(Error::InvalidArgument(format!(
+            "session first_unacked {} is above this write's seq {}",
+            s.first_unacked, s.seq
+        )));
+    }
+    Ok(Command::Session {
+        id: s.id,
+        seq: s.seq,
+        first_unacked: s.first_unacked.max(1),
+        now_ms: now_ms(),
+        command: Box::new(command),
+    })
+}
+
+/// The error a client sees for a session write the state machine refused.
+fn refusal_error(why: &SessionRefusal) -> Error {
+    match why {
+        SessionRefusal::Expired { id } => Error::SessionExpired(format!(
+            "session {id} is unknown or expired (idle past its time-to-live, or closed); this \
+             write was not applied; open a new session"
+        )),
+        SessionRefusal::Acknowledged { seq, first_unacked } => {
+            Error::SequenceAcknowledged(format!(
+                "seq {seq} is below the session's first unacknowledged seq {first_unacked}: the \
+                 client already has its reply; not applied again"
+            ))
+        }
+        SessionRefusal::Backlog { limit } => Error::ResourceExhausted(format!(
+            "the session holds {limit} unacknowledged replies; acknowledge some (first_unacked) \
+             before sending more writes"
+        )),
     }
 }
 
@@ -499,7 +574,7 @@ impl Kv for KvService {
                 self.check_value(&kv.value)?;
                 pairs.push((kv.key, kv.value));
             }
-            let (index, _) = self.write(Command::BatchPut { pairs }).await?;
+            let (index, _) = self.write(req.session, Command::BatchPut { pairs }).await?;
             Ok(pb::BatchPutResponse { index })
         })
         .await
@@ -516,6 +591,50 @@ impl Kv for KvService {
             Some(&self.node.limiter),
             self.do_compare_and_swap(req),
         )
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
+    async fn open_session(
+        &self,
+        _request: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        handle("open_session", Some(&self.node.limiter), async {
+            let sessions = &self.node.config.sessions;
+            let (index, resp) = self
+                .write(
+                    None,
+                    Command::OpenSession {
+                        now_ms: now_ms(),
+                        ttl_ms: sessions.ttl_ms,
+                        max_sessions: sessions.max_sessions,
+                    },
+                )
+                .await?;
+            match resp.session {
+                SessionOutcome::Opened { id } => Ok(pb::OpenSessionResponse {
+                    id,
+                    ttl_ms: sessions.ttl_ms,
+                    index,
+                }),
+                other => Err(Error::Raft(format!("opening a session answered {other:?}"))),
+            }
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
+    async fn close_session(
+        &self,
+        request: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        let req = request.into_inner();
+        handle("close_session", Some(&self.node.limiter), async {
+            let (index, _) = self
+                .write(None, Command::CloseSession { id: req.id })
+                .await?;
+            Ok(pb::CloseSessionResponse { index })
+        })
         .await
     }
 

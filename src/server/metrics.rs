@@ -264,12 +264,18 @@ pub async fn follow_raft(node: Arc<Node>) {
 /// How far behind the commit index a node may apply and still report healthy.
 const HEALTHY_APPLY_LAG: u64 = 1_000;
 
-/// Whether the node is healthy: it knows a leader and has applied close to the commit index.
+/// Whether the node is healthy: it knows a leader, as the leader it has heard from a quorum
+/// within the election timeout (else it cannot serve writes or linearizable reads), and it has
+/// applied close to the commit index.
 pub fn health(node: &Node) -> Result<String, String> {
     let m = node.raft.metrics().borrow_watched().clone();
-    let leader = m.current_leader.ok_or("no leader known")?;
     if m.state == ServerState::Shutdown {
         return Err("shutting down".into());
+    }
+    let leader = m.current_leader.ok_or("no leader known")?;
+    let quorum = node.quorum();
+    if quorum.leading && !quorum.ok {
+        return Err(format!("no quorum: {}", quorum.describe()));
     }
     let committed = m.local_committed.map(|l| l.index).unwrap_or(0);
     let applied = m.last_applied.map(|l| l.index).unwrap_or(0);

@@ -107,6 +107,9 @@ pub struct Node {
     pub proposer: proposer::Proposer,
     /// Asks openraft for a snapshot every `raft.snapshot_every` writes.
     pub snapshots: Arc<SnapshotTrigger>,
+    /// A handle on the state machine openraft applies to, for what status reports of it (open
+    /// client sessions); only openraft's apply changes it.
+    pub state_machine: StateMachine,
 }
 
 impl Node {
@@ -163,7 +166,7 @@ impl Node {
                 raft_config,
                 network,
                 log_store,
-                state_machine,
+                state_machine.clone(),
             )
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
@@ -184,14 +187,17 @@ impl Node {
                 raft.clone(),
                 config.linearizer(),
                 Duration::from_millis(config.limits.request_timeout_ms),
+                config.raft.election_timeout_max_ms,
             );
             let proposer = proposer::Proposer::new(
                 raft.clone(),
                 Duration::from_millis(config.limits.request_timeout_ms),
                 config.raft.max_inflight_proposals,
+                config.raft.election_timeout_max_ms,
             );
             let node = Arc::new(Node {
                 id: config.node_id,
+                state_machine,
                 reads,
                 proposer,
                 snapshots,
@@ -422,6 +428,12 @@ impl Node {
         Some((id, addr))
     }
 
+    /// What this node knows of its quorum: whether it leads and has been acknowledged by a quorum
+    /// of voters within the election timeout (so it can serve writes and linearizable reads).
+    pub fn quorum(&self) -> QuorumState {
+        QuorumState::of(&self.raft, self.config.raft.election_timeout_max_ms)
+    }
+
     /// The index the local state machine has applied.
     pub fn applied_index(&self) -> u64 {
         self.raft
@@ -431,6 +443,76 @@ impl Node {
             .as_ref()
             .map(|l| l.index)
             .unwrap_or(0)
+    }
+}
+
+/// A leader's view of its quorum, for status, `/health` and "no quorum" errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumState {
+    /// This node.
+    pub id: NodeId,
+    /// Whether this node leads.
+    pub leading: bool,
+    /// Its current term.
+    pub term: u64,
+    /// Voters in the membership.
+    pub voters: usize,
+    /// On the leader: milliseconds since a quorum of voters last acknowledged it (`None`:
+    /// never in this term).
+    pub ack_ms: Option<u64>,
+    /// How recent that acknowledgement must be (the election timeout maximum, openraft's
+    /// leader lease).
+    pub window_ms: u64,
+    /// Leading with a quorum acknowledgement inside the window.
+    pub ok: bool,
+}
+
+impl QuorumState {
+    /// The state `raft` reports, judged against a window of `window_ms`.
+    pub fn of(raft: &Raft, window_ms: u64) -> QuorumState {
+        let m = raft.metrics().borrow_watched().clone();
+        let leading = m.state == openraft::ServerState::Leader;
+        let ack_ms = if leading {
+            m.last_quorum_acked
+                .as_ref()
+                .map(|at| openraft::Instant::elapsed(&**at).as_millis() as u64)
+        } else {
+            None
+        };
+        QuorumState {
+            id: m.id,
+            leading,
+            term: m.current_term,
+            voters: m.membership_config.membership().voter_ids().count(),
+            ack_ms,
+            window_ms,
+            ok: leading && ack_ms.is_some_and(|ms| ms <= window_ms),
+        }
+    }
+
+    /// The error for a request this leader refused for want of a quorum; `refused` says what
+    /// was not done.
+    pub fn no_quorum(&self, refused: &str) -> Error {
+        Error::NoQuorum(format!("{}; {refused}", self.describe()))
+    }
+
+    /// Says, for people, what this node knows of its quorum.
+    pub fn describe(&self) -> String {
+        let id = self.id;
+        let majority = self.voters / 2 + 1;
+        match self.ack_ms {
+            _ if !self.leading => format!("node {id} does not lead"),
+            Some(ms) => format!(
+                "node {id} leads term {} but no majority ({majority} of {} voters) has \
+                 acknowledged it for {ms} ms (election timeout {} ms)",
+                self.term, self.voters, self.window_ms
+            ),
+            None => format!(
+                "node {id} leads term {} but no majority ({majority} of {} voters) has \
+                 acknowledged it yet",
+                self.term, self.voters
+            ),
+        }
     }
 }
 
@@ -506,10 +588,13 @@ async fn join_cluster(node: Arc<Node>) {
 }
 
 /// Maps a failed Raft proposal (client write or membership change) to the node error: NOT_LEADER
-/// with the leader's address, "not admitted" when openraft refused before proposing (another
-/// membership change in progress), invalid argument for a rejected membership, and UNAVAILABLE —
-/// outcome unknown — for anything else.
+/// with the leader's address, NO_QUORUM when this leader refused it for want of a quorum, "not
+/// admitted" when openraft refused before proposing (another membership change in progress),
+/// invalid argument for a rejected membership, and UNAVAILABLE — outcome unknown — for anything
+/// else (an entry discarded by a leader change may still have been committed elsewhere).
 pub(crate) fn write_error(
+    raft: &Raft,
+    quorum_window_ms: u64,
     e: openraft::error::RaftError<
         crate::raft::TypeConfig,
         openraft::error::ClientWriteError<crate::raft::TypeConfig>,
@@ -517,8 +602,15 @@ pub(crate) fn write_error(
 ) -> Error {
     use openraft::error::ChangeMembershipError;
     use openraft::error::ClientWriteError;
+    use openraft::error::ForwardReason;
     use openraft::error::RaftError;
     match e {
+        // Refused before it was appended: its lease on a quorum lapsed.
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f))
+            if f.reason == ForwardReason::LeaseExpired =>
+        {
+            QuorumState::of(raft, quorum_window_ms).no_quorum("the write was not proposed")
+        }
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => f.into(),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
             // Refused before anything was proposed: safe for the client to retry.

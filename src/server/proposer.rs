@@ -30,14 +30,23 @@ type Outcome = Result<(u64, CommandResponse)>;
 pub struct Proposer {
     raft: Raft,
     timeout: Duration,
+    /// The election timeout maximum: a leader unacknowledged by a quorum for longer refuses
+    /// writes (see [`super::QuorumState`]).
+    quorum_window_ms: u64,
     /// `None` when grouping is off (`raft.max_inflight_proposals = 0`).
     groups: Option<Batcher<Command, Outcome>>,
 }
 
 impl Proposer {
     /// A proposer for `raft` whose writes give up after `timeout`; `max_inflight` groups are
-    /// replicated at once (0: no grouping, every write its own entry).
-    pub fn new(raft: Raft, timeout: Duration, max_inflight: usize) -> Proposer {
+    /// replicated at once (0: no grouping, every write its own entry). `quorum_window_ms` is the
+    /// election timeout maximum, for "no quorum" errors.
+    pub fn new(
+        raft: Raft,
+        timeout: Duration,
+        max_inflight: usize,
+        quorum_window_ms: u64,
+    ) -> Proposer {
         let groups = (max_inflight > 0).then(|| {
             let raft = raft.clone();
             Batcher::new(
@@ -49,13 +58,14 @@ impl Proposer {
                 Command::approx_bytes,
                 move |commands: Vec<Command>| {
                     let raft = raft.clone();
-                    async move { propose_group(&raft, timeout, commands).await }
+                    async move { propose_group(&raft, timeout, quorum_window_ms, commands).await }
                 },
             )
         });
         Proposer {
             raft,
             timeout,
+            quorum_window_ms,
             groups,
         }
     }
@@ -68,7 +78,7 @@ impl Proposer {
     pub async fn write(&self, command: Command) -> Outcome {
         let command = command.detached();
         let Some(groups) = &self.groups else {
-            return propose(&self.raft, self.timeout, command).await;
+            return propose(&self.raft, self.timeout, self.quorum_window_ms, command).await;
         };
         match tokio::time::timeout(self.timeout, groups.submit(command)).await {
             Ok(Some(outcome)) => outcome,
@@ -85,23 +95,33 @@ fn timeout_error() -> Error {
     Error::Timeout("write not committed in time; it may or may not be applied".into())
 }
 
-async fn propose(raft: &Raft, timeout: Duration, command: Command) -> Outcome {
+async fn propose(
+    raft: &Raft,
+    timeout: Duration,
+    quorum_window_ms: u64,
+    command: Command,
+) -> Outcome {
     super::metrics::write_group(command.writes());
     let result = tokio::time::timeout(timeout, raft.client_write(command))
         .await
         .map_err(|_| timeout_error())?;
-    let resp = result.map_err(super::write_error)?;
+    let resp = result.map_err(|e| super::write_error(raft, quorum_window_ms, e))?;
     Ok((resp.log_id.index, resp.data))
 }
 
-async fn propose_group(raft: &Raft, timeout: Duration, mut commands: Vec<Command>) -> Vec<Outcome> {
+async fn propose_group(
+    raft: &Raft,
+    timeout: Duration,
+    quorum_window_ms: u64,
+    mut commands: Vec<Command>,
+) -> Vec<Outcome> {
     if commands.len() == 1 {
         if let Some(command) = commands.pop() {
-            return vec![propose(raft, timeout, command).await];
+            return vec![propose(raft, timeout, quorum_window_ms, command).await];
         }
     }
     let n = commands.len();
-    match propose(raft, timeout, Command::Group { commands }).await {
+    match propose(raft, timeout, quorum_window_ms, Command::Group { commands }).await {
         Ok((index, resp)) if resp.group.len() == n => {
             resp.group.into_iter().map(|r| Ok((index, r))).collect()
         }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use openraft::error::ForwardReason;
 use openraft::error::LinearizableReadError;
 use openraft::error::RaftError;
 use openraft::LinearizerOption;
@@ -28,6 +29,8 @@ pub struct ReadBarrier {
     option: LinearizerOption,
     /// Bound on one confirmation round, so a stuck round cannot hold later reads forever.
     round_timeout: Duration,
+    /// The election timeout maximum, for "no quorum" errors.
+    quorum_window_ms: u64,
     state: Mutex<State>,
 }
 
@@ -40,12 +43,19 @@ struct State {
 }
 
 impl ReadBarrier {
-    /// A barrier asking openraft with `option` (from `raft.read_policy`).
-    pub fn new(raft: Raft, option: LinearizerOption, round_timeout: Duration) -> Arc<Self> {
+    /// A barrier asking openraft with `option` (from `raft.read_policy`); `quorum_window_ms` is
+    /// the election timeout maximum.
+    pub fn new(
+        raft: Raft,
+        option: LinearizerOption,
+        round_timeout: Duration,
+        quorum_window_ms: u64,
+    ) -> Arc<Self> {
         Arc::new(Self {
             raft,
             option,
             round_timeout,
+            quorum_window_ms,
             state: Mutex::new(State::default()),
         })
     }
@@ -54,7 +64,7 @@ impl ReadBarrier {
     /// the state machine has applied up to the index it confirmed.
     ///
     /// # Errors
-    /// [`Error::NotLeader`] (with the leader when known), [`Error::Unavailable`] when a quorum
+    /// [`Error::NotLeader`] (with the leader when known), [`Error::NoQuorum`] when a quorum
     /// could not be reached, [`Error::Timeout`] when the round did not finish in time.
     pub async fn wait(self: &Arc<Self>) -> Result<()> {
         let (tx, rx) = oneshot::channel();
@@ -101,9 +111,20 @@ impl ReadBarrier {
         )
         .await
         .map_err(|_| Error::Timeout("linearizable read barrier timed out".into()))?;
+        let no_quorum = || {
+            super::QuorumState::of(&self.raft, self.quorum_window_ms)
+                .no_quorum("the read was not served")
+        };
         match confirmed {
             Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))
+                if f.reason == ForwardReason::LeaseExpired =>
+            {
+                Err(no_quorum())
+            }
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(f.into()),
+            // openraft's own text is a debug print of the membership: say it for people.
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => Err(no_quorum()),
             Err(e) => Err(Error::Unavailable(e.to_string())),
         }
     }

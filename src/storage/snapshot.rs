@@ -1,9 +1,13 @@
 //! The snapshot file: one self-describing file per snapshot, shared by both engines.
 //!
-//! Layout: the magic `RSKVSNP1`, a `u32` length and the MessagePack [`SnapshotMeta`], then records
-//! of (`u32` key length, key, `u32` value length, value) in key order, then an end marker
-//! (`u32::MAX`) and the `u64` record count, which detects truncated files. Everything is streamed:
-//! neither writing, sending nor reading a snapshot holds it in memory.
+//! Layout (version 2): the magic `RSKVSNP2`, a `u32` length and the MessagePack [`SnapshotMeta`],
+//! then two sections, the state machine's two keyspaces ([`Keyspace`]): client data, then the
+//! system keyspace (client sessions). Each section is records of (`u32` key length, key, `u32`
+//! value length, value) in key order, then an end marker (`u32::MAX`) and the section's `u64`
+//! record count, which detects truncated files. Version 1 (`RSKVSNP1`, written before client
+//! sessions existed) is the same with only the data section; it is still read, as a snapshot with
+//! an empty system keyspace. Everything is streamed: neither writing, sending nor reading a
+//! snapshot holds it in memory.
 //!
 //! A snapshot travels as [`SnapshotData`]: a file (the memory engine's snapshots, and every
 //! snapshot a follower receives) or a [`SnapshotStream`], the file format produced on demand from
@@ -23,8 +27,15 @@ use bytes::Bytes;
 
 use crate::error::io_err;
 use crate::raft::SnapshotMeta;
+use crate::storage::state_machine::Keyspace;
+use crate::storage::state_machine::Record;
 
-const MAGIC: &[u8; 8] = b"RSKVSNP1";
+/// Magic of the format written now: data and system sections.
+const MAGIC: &[u8; 8] = b"RSKVSNP2";
+/// Magic of the first format: a data section only.
+const MAGIC_V1: &[u8; 8] = b"RSKVSNP1";
+/// The magic every format version shares before its version digit.
+const MAGIC_PREFIX: &[u8; 7] = b"RSKVSNP";
 const END: u32 = u32::MAX;
 /// Largest header or record field accepted when reading, so a corrupt length cannot allocate GBs.
 const MAX_FIELD: u32 = 256 * 1024 * 1024;
@@ -102,7 +113,12 @@ impl Read for PositionalReader {
 /// so a follower receives the same bytes whichever the leader sends.
 pub struct SnapshotWriter<W: Write = BufWriter<File>> {
     out: W,
+    /// Records in the section being written.
     count: u64,
+    /// Records in every section so far.
+    total: u64,
+    /// The section being written: data first, then system.
+    section: Keyspace,
 }
 
 impl SnapshotWriter<BufWriter<File>> {
@@ -111,7 +127,7 @@ impl SnapshotWriter<BufWriter<File>> {
     /// # Errors
     /// On a write or sync failure.
     pub fn finish(self) -> io::Result<u64> {
-        let count = self.count;
+        let count = self.total;
         let file = self.end()?.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         Ok(count)
@@ -127,17 +143,39 @@ impl<W: Write> SnapshotWriter<W> {
         out.write_all(MAGIC)?;
         let header = rmp_serde::to_vec(meta).map_err(io_err)?;
         write_field(&mut out, &header)?;
-        Ok(SnapshotWriter { out, count: 0 })
+        Ok(SnapshotWriter {
+            out,
+            count: 0,
+            total: 0,
+            section: Keyspace::Data,
+        })
     }
 
-    /// Appends one key-value record.
+    /// Appends one record of `space`: every data record first, then the system records.
     ///
     /// # Errors
-    /// On a write failure.
-    pub fn record(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+    /// On a write failure, or a data record after a system record.
+    pub fn record(&mut self, space: Keyspace, key: &[u8], value: &[u8]) -> io::Result<()> {
+        match (self.section, space) {
+            (Keyspace::Data, Keyspace::System) => self.end_section(Keyspace::System)?,
+            (Keyspace::System, Keyspace::Data) => {
+                return Err(io_err("snapshot data record after the system section"))
+            }
+            _ => {}
+        }
         write_field(&mut self.out, key)?;
         write_field(&mut self.out, value)?;
         self.count += 1;
+        self.total += 1;
+        Ok(())
+    }
+
+    /// Ends the current section with its record count and starts `next`.
+    fn end_section(&mut self, next: Keyspace) -> io::Result<()> {
+        self.out.write_all(&END.to_le_bytes())?;
+        self.out.write_all(&self.count.to_le_bytes())?;
+        self.count = 0;
+        self.section = next;
         Ok(())
     }
 
@@ -146,13 +184,16 @@ impl<W: Write> SnapshotWriter<W> {
         self.out
     }
 
-    /// Writes the end marker (with the record count) and flushes; returns the writer.
+    /// Ends the sections (an empty system section if none was written) and flushes; returns the
+    /// writer.
     ///
     /// # Errors
     /// On a write failure.
     pub fn end(mut self) -> io::Result<W> {
-        self.out.write_all(&END.to_le_bytes())?;
-        self.out.write_all(&self.count.to_le_bytes())?;
+        if self.section == Keyspace::Data {
+            self.end_section(Keyspace::System)?;
+        }
+        self.end_section(Keyspace::System)?;
         self.out.flush()?;
         Ok(self.out)
     }
@@ -167,12 +208,17 @@ fn write_field(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
     out.write_all(bytes)
 }
 
-/// Streams the records of a snapshot file.
+/// Streams the records of a snapshot file: the data section, then the system section.
 pub struct SnapshotReader {
     input: BufReader<PositionalReader>,
     /// The header of the file.
     pub meta: SnapshotMeta,
+    /// Records read in the current section.
     count: u64,
+    /// The section being read.
+    section: Keyspace,
+    /// Whether the file has a system section (version 2 and later).
+    has_system: bool,
     done: bool,
 }
 
@@ -181,9 +227,18 @@ impl SnapshotReader {
         let mut input = BufReader::with_capacity(1 << 20, file);
         let mut magic = [0u8; 8];
         input.read_exact(&mut magic)?;
-        if &magic != MAGIC {
-            return Err(io_err("not an rskv snapshot file"));
-        }
+        let has_system = match &magic {
+            m if m == MAGIC => true,
+            m if m == MAGIC_V1 => false,
+            m if m.starts_with(MAGIC_PREFIX) => {
+                return Err(io_err(format!(
+                    "snapshot format version {} is newer than this rskv reads (up to {}); upgrade this node",
+                    char::from(m[7]),
+                    char::from(MAGIC[7])
+                )))
+            }
+            _ => return Err(io_err("not an rskv snapshot file")),
+        };
         let len = read_u32(&mut input)?;
         let header = read_exact_vec(&mut input, len)?;
         let meta = rmp_serde::from_slice(&header).map_err(io_err)?;
@@ -191,6 +246,8 @@ impl SnapshotReader {
             input,
             meta,
             count: 0,
+            section: Keyspace::Data,
+            has_system,
             done: false,
         })
     }
@@ -211,33 +268,48 @@ fn read_exact_vec(input: &mut impl Read, len: u32) -> io::Result<Vec<u8>> {
     Ok(v)
 }
 
+impl SnapshotReader {
+    /// The next record, `None` after the last section's end marker.
+    fn step(&mut self) -> io::Result<Option<Record>> {
+        loop {
+            let klen = read_u32(&mut self.input)?;
+            if klen != END {
+                let key = read_exact_vec(&mut self.input, klen)?;
+                let vlen = read_u32(&mut self.input)?;
+                let value = read_exact_vec(&mut self.input, vlen)?;
+                self.count += 1;
+                return Ok(Some(Record {
+                    space: self.section,
+                    key: Bytes::from(key),
+                    value: Bytes::from(value),
+                }));
+            }
+            let mut b = [0u8; 8];
+            self.input.read_exact(&mut b)?;
+            let expected = u64::from_le_bytes(b);
+            if expected != self.count {
+                return Err(io_err(format!(
+                    "corrupt snapshot: {} records in a section whose trailer says {expected}",
+                    self.count
+                )));
+            }
+            if self.section == Keyspace::System || !self.has_system {
+                return Ok(None);
+            }
+            self.section = Keyspace::System;
+            self.count = 0;
+        }
+    }
+}
+
 impl Iterator for SnapshotReader {
-    type Item = io::Result<(Bytes, Bytes)>;
+    type Item = io::Result<Record>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
             return None;
         }
-        let step = (|| {
-            let klen = read_u32(&mut self.input)?;
-            if klen == END {
-                let mut b = [0u8; 8];
-                self.input.read_exact(&mut b)?;
-                let expected = u64::from_le_bytes(b);
-                if expected != self.count {
-                    return Err(io_err(format!(
-                        "corrupt snapshot: {} records, trailer says {expected}",
-                        self.count
-                    )));
-                }
-                return Ok(None);
-            }
-            let key = read_exact_vec(&mut self.input, klen)?;
-            let vlen = read_u32(&mut self.input)?;
-            let value = read_exact_vec(&mut self.input, vlen)?;
-            self.count += 1;
-            Ok(Some((Bytes::from(key), Bytes::from(value))))
-        })();
+        let step = self.step();
         match step {
             Ok(Some(kv)) => Some(Ok(kv)),
             Ok(None) => {
@@ -393,6 +465,132 @@ impl Read for SnapshotStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(openraft::testing::log_id::<crate::raft::TypeConfig>(
+                2, 1, index,
+            )),
+            last_membership: crate::raft::StoredMembership::default(),
+        }
+    }
+
+    fn record(space: Keyspace, key: &str, value: &str) -> Record {
+        Record {
+            space,
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        }
+    }
+
+    /// A snapshot file holding `bytes`.
+    fn file_with(dir: &Path, bytes: &[u8]) -> SnapshotFile {
+        let path = dir.join("snapshot.bin");
+        std::fs::write(&path, bytes).expect("write");
+        SnapshotFile::open(&path).expect("open")
+    }
+
+    fn read_all(file: &SnapshotFile) -> io::Result<Vec<Record>> {
+        file.reader()?.collect()
+    }
+
+    #[test]
+    fn snapshot_should_carry_both_keyspaces_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let records = vec![
+            record(Keyspace::Data, "a", "1"),
+            record(Keyspace::Data, "b", "2"),
+            record(Keyspace::System, "sessions/meta", "m"),
+        ];
+        let mut writer = SnapshotWriter::start(Vec::new(), &meta(5)).expect("start");
+        for r in &records {
+            writer.record(r.space, &r.key, &r.value).expect("record");
+        }
+        let bytes = writer.end().expect("end");
+        let file = file_with(dir.path(), &bytes);
+        assert_eq!(file.read_meta().expect("meta"), meta(5));
+        assert_eq!(read_all(&file).expect("read"), records);
+        // A data record after the system section is a bug in the exporter, refused.
+        let mut writer = SnapshotWriter::start(Vec::new(), &meta(5)).expect("start");
+        writer.record(Keyspace::System, b"s", b"1").expect("record");
+        assert!(writer.record(Keyspace::Data, b"a", b"1").is_err());
+        // No system records: an empty system section.
+        let mut writer = SnapshotWriter::start(Vec::new(), &meta(6)).expect("start");
+        writer.record(Keyspace::Data, b"a", b"1").expect("record");
+        let file = file_with(dir.path(), &writer.end().expect("end"));
+        assert_eq!(
+            read_all(&file).expect("read"),
+            vec![record(Keyspace::Data, "a", "1")]
+        );
+    }
+
+    /// Version 1 files (written before client sessions) are read as data with no system records.
+    #[test]
+    fn version_1_snapshot_should_still_be_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let header = rmp_serde::to_vec(&meta(3)).expect("header");
+        let mut v1 = MAGIC_V1.to_vec();
+        v1.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        v1.extend_from_slice(&header);
+        for (k, v) in [("k1", "v1"), ("k2", "v2")] {
+            for field in [k, v] {
+                v1.extend_from_slice(&(field.len() as u32).to_le_bytes());
+                v1.extend_from_slice(field.as_bytes());
+            }
+        }
+        v1.extend_from_slice(&END.to_le_bytes());
+        v1.extend_from_slice(&2u64.to_le_bytes());
+        let file = file_with(dir.path(), &v1);
+        assert_eq!(file.read_meta().expect("meta"), meta(3));
+        assert_eq!(
+            read_all(&file).expect("read"),
+            vec![
+                record(Keyspace::Data, "k1", "v1"),
+                record(Keyspace::Data, "k2", "v2")
+            ]
+        );
+        // Cut short inside the data: refused, not taken as a shorter snapshot.
+        let file = file_with(dir.path(), &v1[..v1.len() - 12]);
+        assert!(read_all(&file).is_err());
+    }
+
+    #[test]
+    fn newer_or_foreign_snapshot_should_be_refused_with_a_reason() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut bytes = SnapshotWriter::start(Vec::new(), &meta(1))
+            .and_then(SnapshotWriter::end)
+            .expect("write");
+        bytes[7] = b'9';
+        let err = file_with(dir.path(), &bytes)
+            .read_meta()
+            .expect_err("newer version");
+        assert!(err.to_string().contains("version 9 is newer"), "{err}");
+        let err = file_with(dir.path(), b"not a snapshot at all")
+            .read_meta()
+            .expect_err("foreign file");
+        assert!(err.to_string().contains("not an rskv snapshot"), "{err}");
+    }
+
+    /// A system section cut short is detected by its own count.
+    #[test]
+    fn truncated_system_section_should_be_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut writer = SnapshotWriter::start(Vec::new(), &meta(2)).expect("start");
+        writer.record(Keyspace::Data, b"a", b"1").expect("record");
+        writer
+            .record(Keyspace::System, b"s1", b"x")
+            .expect("record");
+        writer
+            .record(Keyspace::System, b"s2", b"y")
+            .expect("record");
+        let bytes = writer.end().expect("end");
+        // Drop the last system record but keep a trailer: the count no longer matches.
+        let record_len = 4 + 2 + 4 + 1;
+        let mut cut = bytes[..bytes.len() - 12 - record_len].to_vec();
+        cut.extend_from_slice(&bytes[bytes.len() - 12..]);
+        let err = read_all(&file_with(dir.path(), &cut)).expect_err("count mismatch");
+        assert!(err.to_string().contains("trailer says 2"), "{err}");
+    }
 
     #[test]
     fn stream_producer_should_wait_for_the_first_read() {

@@ -12,7 +12,9 @@ use bytes::Bytes;
 use imbl::OrdMap;
 
 use super::AppliedState;
+use super::Keyspace;
 use super::KvEngine;
+use super::Record;
 use super::SnapshotSink;
 use super::WriteSet;
 use crate::error::io_err;
@@ -20,7 +22,23 @@ use crate::error::io_err;
 #[derive(Clone, Default)]
 struct Inner {
     map: OrdMap<Bytes, Bytes>,
+    /// The system keyspace.
+    system: OrdMap<Bytes, Bytes>,
     state: AppliedState,
+}
+
+/// Applies `writes` (`None` deletes) to `map`.
+fn apply(map: &mut OrdMap<Bytes, Bytes>, writes: Vec<(Bytes, Option<Bytes>)>) {
+    for (key, value) in writes {
+        match value {
+            Some(v) => {
+                map.insert(key, v);
+            }
+            None => {
+                map.remove(&key);
+            }
+        }
+    }
 }
 
 /// Ordered in-memory engine.
@@ -90,18 +108,15 @@ impl KvEngine for MemoryEngine {
         Ok(self.read()?.state.clone())
     }
 
+    fn system_records(&self) -> io::Result<Vec<(Bytes, Bytes)>> {
+        let system = self.read()?.system.clone();
+        Ok(system.into_iter().collect())
+    }
+
     fn commit(&self, batch: WriteSet) -> io::Result<()> {
         let mut inner = self.write()?;
-        for (key, value) in batch.writes {
-            match value {
-                Some(v) => {
-                    inner.map.insert(key, v);
-                }
-                None => {
-                    inner.map.remove(&key);
-                }
-            }
-        }
+        apply(&mut inner.map, batch.writes);
+        apply(&mut inner.system, batch.system);
         inner.state = batch.state;
         Ok(())
     }
@@ -109,8 +124,13 @@ impl KvEngine for MemoryEngine {
     fn export(&self, sink: &mut dyn SnapshotSink) -> io::Result<()> {
         let view = self.read()?.clone();
         sink.begin(&view.state)?;
-        for (k, v) in view.map.iter() {
-            sink.record(k, v)?;
+        for (space, map) in [
+            (Keyspace::Data, &view.map),
+            (Keyspace::System, &view.system),
+        ] {
+            for (k, v) in map.iter() {
+                sink.record(space, k, v)?;
+            }
         }
         Ok(())
     }
@@ -118,16 +138,20 @@ impl KvEngine for MemoryEngine {
     fn import(
         &self,
         state: &AppliedState,
-        records: &mut dyn Iterator<Item = io::Result<(Bytes, Bytes)>>,
+        records: &mut dyn Iterator<Item = io::Result<Record>>,
     ) -> io::Result<()> {
-        let mut map = OrdMap::new();
+        let mut imported = Inner {
+            state: state.clone(),
+            ..Inner::default()
+        };
         for record in records {
-            let (k, v) = record?;
-            map.insert(k, v);
+            let Record { space, key, value } = record?;
+            match space {
+                Keyspace::Data => imported.map.insert(key, value),
+                Keyspace::System => imported.system.insert(key, value),
+            };
         }
-        let mut inner = self.write()?;
-        inner.map = map;
-        inner.state = state.clone();
+        *self.write()? = imported;
         Ok(())
     }
 

@@ -22,6 +22,7 @@
 
 pub mod memory;
 pub mod rocks;
+pub mod sessions;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -54,6 +55,7 @@ use crate::raft::Command;
 use crate::raft::CommandResponse;
 use crate::raft::Entry;
 use crate::raft::LogId;
+use crate::raft::SessionOutcome;
 use crate::raft::Snapshot;
 use crate::raft::SnapshotMeta;
 use crate::raft::StoredMembership;
@@ -63,6 +65,8 @@ use crate::storage::snapshot::FirstRead;
 use crate::storage::snapshot::SnapshotData;
 use crate::storage::snapshot::SnapshotFile;
 use crate::storage::snapshot::SnapshotWriter;
+use sessions::Admission;
+use sessions::SessionTable;
 
 /// Name of the current snapshot inside the snapshot directory.
 const SNAPSHOT_FILE: &str = "snapshot.bin";
@@ -76,11 +80,36 @@ pub struct AppliedState {
     pub membership: StoredMembership,
 }
 
+/// The two keyspaces of a state machine. Client keys and the state machine's own replicated
+/// bookkeeping (client sessions) are kept apart, so no client scan, watch or write can ever see or
+/// touch the bookkeeping, while both are still committed together, exported together in
+/// snapshots and recovered together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keyspace {
+    /// Client data: what Get, Scan and Watch see.
+    Data,
+    /// The state machine's own records (see [`sessions`]).
+    System,
+}
+
+/// One exported record: a key and value of one keyspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Which keyspace it belongs to.
+    pub space: Keyspace,
+    /// The key.
+    pub key: Bytes,
+    /// The value.
+    pub value: Bytes,
+}
+
 /// One applied batch, committed atomically by an engine.
 #[derive(Debug, Default)]
 pub struct WriteSet {
     /// Key → new value (`None` deletes), in no particular order; each key appears once.
     pub writes: Vec<(Bytes, Option<Bytes>)>,
+    /// The same for the system keyspace.
+    pub system: Vec<(Bytes, Option<Bytes>)>,
     /// The applied state after this batch.
     pub state: AppliedState,
 }
@@ -92,11 +121,12 @@ pub trait SnapshotSink {
     /// # Errors
     /// When the sink cannot start (e.g. the file cannot be created).
     fn begin(&mut self, state: &AppliedState) -> io::Result<()>;
-    /// Called for every key in ascending order.
+    /// Called for every key of the data keyspace in ascending order, then for every key of the
+    /// system keyspace in ascending order.
     ///
     /// # Errors
     /// On a write failure; the export stops.
-    fn record(&mut self, key: &[u8], value: &[u8]) -> io::Result<()>;
+    fn record(&mut self, space: Keyspace, key: &[u8], value: &[u8]) -> io::Result<()>;
 }
 
 /// Batches up to this many entries are applied on the async runtime (an unsynced engine write
@@ -134,6 +164,12 @@ pub trait KvEngine: Send + Sync + 'static {
     /// # Errors
     /// On a storage failure.
     fn applied_state(&self) -> io::Result<AppliedState>;
+    /// Every record of the system keyspace, in key order (it is small: the state machine loads
+    /// it whole at start and after a snapshot install).
+    ///
+    /// # Errors
+    /// On a storage failure.
+    fn system_records(&self) -> io::Result<Vec<(Bytes, Bytes)>>;
     /// Applies one batch atomically: readers see all of it or none of it.
     ///
     /// # Errors
@@ -145,14 +181,14 @@ pub trait KvEngine: Send + Sync + 'static {
     /// # Errors
     /// On a storage or sink failure.
     fn export(&self, sink: &mut dyn SnapshotSink) -> io::Result<()>;
-    /// Replaces the whole content with `records` and sets the applied state.
+    /// Replaces the whole content of both keyspaces with `records` and sets the applied state.
     ///
     /// # Errors
     /// On a storage failure or a corrupt record stream.
     fn import(
         &self,
         state: &AppliedState,
-        records: &mut dyn Iterator<Item = io::Result<(Bytes, Bytes)>>,
+        records: &mut dyn Iterator<Item = io::Result<Record>>,
     ) -> io::Result<()>;
     /// Makes everything committed so far durable (called before the log behind a snapshot is
     /// purged, since commits themselves are not synced).
@@ -180,6 +216,7 @@ pub trait KvEngine: Send + Sync + 'static {
 fn execute(
     engine: &dyn KvEngine,
     overlay: &mut HashMap<Bytes, Option<Bytes>>,
+    sessions: &mut SessionTable,
     command: Command,
     index: u64,
     events: &mut Vec<Event>,
@@ -245,16 +282,46 @@ fn execute(
             CommandResponse {
                 prev,
                 success,
-                group: Vec::new(),
+                ..CommandResponse::default()
             }
         }
         Command::Group { commands } => CommandResponse {
-            prev: None,
             success: true,
             group: commands
                 .into_iter()
-                .map(|c| execute(engine, overlay, c, index, events))
+                .map(|c| execute(engine, overlay, sessions, c, index, events))
                 .collect::<io::Result<_>>()?,
+            ..CommandResponse::default()
+        },
+        Command::OpenSession {
+            now_ms,
+            ttl_ms,
+            max_sessions,
+        } => CommandResponse {
+            session: SessionOutcome::Opened {
+                id: sessions.open(now_ms, ttl_ms, max_sessions),
+            },
+            ..CommandResponse::done(None)
+        },
+        Command::CloseSession { id } => {
+            sessions.close(id);
+            CommandResponse::done(None)
+        }
+        Command::Session {
+            id,
+            seq,
+            first_unacked,
+            now_ms,
+            command,
+        } => match sessions.admit(id, seq, first_unacked, now_ms) {
+            Admission::Execute => {
+                let existence_only = matches!(*command, Command::Delete { .. });
+                let response = execute(engine, overlay, sessions, *command, index, events)?;
+                sessions.record(id, seq, index, &response, existence_only);
+                response
+            }
+            Admission::Replay(response) => response,
+            Admission::Refuse(why) => CommandResponse::refused(why),
         },
     })
 }
@@ -335,6 +402,9 @@ pub struct StateMachine {
     events: Arc<EventBus>,
     /// Serializes snapshot builds with snapshot installs.
     snapshot_lock: Arc<Mutex<()>>,
+    /// The client session table, as of the last applied entry (mirrored in the engine's system
+    /// keyspace). Only apply and snapshot installs change it.
+    sessions: Arc<Mutex<SessionTable>>,
 }
 
 impl StateMachine {
@@ -358,15 +428,18 @@ impl StateMachine {
             trigger,
             events,
             snapshot_lock: Arc::new(Mutex::new(())),
+            sessions: Arc::new(Mutex::new(SessionTable::default())),
         };
         let engine = sm.engine.clone();
         let path = sm.snapshot_path();
-        let applied = tokio::task::spawn_blocking(move || {
+        let (applied, sessions) = tokio::task::spawn_blocking(move || {
             recover(&*engine, &path)?;
-            engine.applied_state()
+            let sessions = SessionTable::load(engine.system_records()?)?;
+            Ok::<_, io::Error>((engine.applied_state()?, sessions))
         })
         .await
         .map_err(io_err)??;
+        *sm.lock_sessions()? = sessions;
         // Events up to what is already applied were published by an earlier run (or never):
         // a watch cannot start before this point.
         sm.events
@@ -376,6 +449,17 @@ impl StateMachine {
 
     fn snapshot_path(&self) -> PathBuf {
         self.snapshot_dir.join(SNAPSHOT_FILE)
+    }
+
+    fn lock_sessions(&self) -> io::Result<std::sync::MutexGuard<'_, SessionTable>> {
+        self.sessions
+            .lock()
+            .map_err(|_| io_err("session table lock poisoned"))
+    }
+
+    /// Open client sessions.
+    pub fn open_sessions(&self) -> usize {
+        self.lock_sessions().map_or(0, |t| t.len())
     }
 }
 
@@ -453,9 +537,9 @@ impl<W: Write> SnapshotSink for EncoderSink<W> {
         }
     }
 
-    fn record(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+    fn record(&mut self, space: Keyspace, key: &[u8], value: &[u8]) -> io::Result<()> {
         match &mut self.encoder {
-            Some(e) => e.record(key, value),
+            Some(e) => e.record(space, key, value),
             None => Err(io_err("snapshot record before begin")),
         }
     }
@@ -618,9 +702,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let engine = self.engine.clone();
         let bus = self.events.clone();
+        let sessions = self.sessions.clone();
         let small = batch.len() <= INLINE_APPLY_ENTRIES;
         let writes: u64 = batch.iter().map(|(entry, _)| writes_in(entry)).sum();
         let work = move || {
+            let mut sessions = sessions
+                .lock()
+                .map_err(|_| io_err("session table lock poisoned"))?;
             let mut state = engine.applied_state()?;
             let mut overlay: HashMap<Bytes, Option<Bytes>> = HashMap::new();
             let mut events = Vec::new();
@@ -632,6 +720,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Normal(command) => execute(
                         &*engine,
                         &mut overlay,
+                        &mut sessions,
                         command,
                         entry.log_id.index,
                         &mut events,
@@ -645,6 +734,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             engine.commit(WriteSet {
                 writes: overlay.into_iter().collect(),
+                system: sessions.take_changes()?,
                 state,
             })?;
             // After the commit: an event is never seen before its change is readable.
@@ -687,6 +777,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let lock = self.snapshot_lock.clone();
         let events = self.events.clone();
+        let sessions = self.sessions.clone();
         self.trigger.snapshot_started();
         tokio::task::spawn_blocking(move || {
             let _guard = lock.lock().map_err(|_| io_err("snapshot lock poisoned"))?;
@@ -715,7 +806,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 sync_dir(&dir)?;
             }
             let file = SnapshotFile::open(&final_path)?;
+            // Held across the import: no apply runs during an install, and the table must be
+            // the imported one before the next.
+            let mut table = sessions
+                .lock()
+                .map_err(|_| io_err("session table lock poisoned"))?;
             engine.import(&state, &mut file.reader()?)?;
+            *table = SessionTable::load(engine.system_records()?)?;
+            drop(table);
             if engine.durable() {
                 // Imported and synced: the engine now holds the data, and the file (a whole copy
                 // of it) is not needed for recovery.
@@ -790,6 +888,7 @@ pub(crate) mod engine_suite {
                     (b("c"), Some(b("3"))),
                     (b("zz"), None),
                 ],
+                system: vec![(b("s2"), Some(b("y"))), (b("s1"), Some(b("x")))],
                 state: state.clone(),
             })
             .expect("commit");
@@ -802,13 +901,23 @@ pub(crate) mod engine_suite {
             .into_iter()
             .map(|(k, _)| k)
             .collect();
-        assert_eq!(keys, vec![b("a"), b("b"), b("c")]);
+        assert_eq!(
+            keys,
+            vec![b("a"), b("b"), b("c")],
+            "no system key in a scan"
+        );
+        assert_eq!(engine.get(b"s1").expect("get"), None, "nor in a get");
         let ranged = engine.scan(b"b", Some(b"c"), 10).expect("scan");
         assert_eq!(ranged, vec![(b("b"), b("2"))]);
         assert_eq!(engine.scan(b"", None, 2).expect("scan").len(), 2);
+        assert_eq!(
+            engine.system_records().expect("system"),
+            vec![(b("s1"), b("x")), (b("s2"), b("y"))]
+        );
         engine
             .commit(WriteSet {
                 writes: vec![(b("a"), None)],
+                system: vec![(b("s1"), None)],
                 state: AppliedState {
                     last_applied: Some(log_id(4)),
                     membership: StoredMembership::default(),
@@ -816,18 +925,26 @@ pub(crate) mod engine_suite {
             })
             .expect("commit");
         assert_eq!(engine.get(b"a").expect("get"), None);
+        assert_eq!(
+            engine.system_records().expect("system"),
+            vec![(b("s2"), b("y"))]
+        );
     }
 
-    struct VecSink(Option<AppliedState>, Vec<(Bytes, Bytes)>);
+    /// Collects an export.
+    pub(crate) struct VecSink(pub Option<AppliedState>, pub Vec<Record>);
 
     impl SnapshotSink for VecSink {
         fn begin(&mut self, state: &AppliedState) -> io::Result<()> {
             self.0 = Some(state.clone());
             Ok(())
         }
-        fn record(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
-            self.1
-                .push((Bytes::copy_from_slice(key), Bytes::copy_from_slice(value)));
+        fn record(&mut self, space: Keyspace, key: &[u8], value: &[u8]) -> io::Result<()> {
+            self.1.push(Record {
+                space,
+                key: Bytes::copy_from_slice(key),
+                value: Bytes::copy_from_slice(value),
+            });
             Ok(())
         }
     }
@@ -843,6 +960,7 @@ pub(crate) mod engine_suite {
         source
             .commit(WriteSet {
                 writes,
+                system: vec![(b("sys"), Some(b("1")))],
                 state: state.clone(),
             })
             .expect("commit");
@@ -850,18 +968,34 @@ pub(crate) mod engine_suite {
         target
             .commit(WriteSet {
                 writes: vec![(b("stale"), Some(b("x")))],
+                system: vec![(b("stale-sys"), Some(b("x")))],
                 state: AppliedState::default(),
             })
             .expect("commit");
         let mut sink = VecSink(None, Vec::new());
         source.export(&mut sink).expect("export");
         assert_eq!(sink.0.as_ref(), Some(&state));
-        assert_eq!(sink.1.len(), 100);
+        assert_eq!(sink.1.len(), 101);
+        assert_eq!(
+            sink.1.last().map(|r| r.space),
+            Some(Keyspace::System),
+            "data first, then the system keyspace"
+        );
         target
             .import(&state, &mut sink.1.clone().into_iter().map(Ok))
             .expect("import");
         assert_eq!(target.get(b"stale").expect("get"), None);
-        assert_eq!(target.scan(b"", None, 1000).expect("scan"), sink.1);
+        let data: Vec<(Bytes, Bytes)> = sink
+            .1
+            .iter()
+            .filter(|r| r.space == Keyspace::Data)
+            .map(|r| (r.key.clone(), r.value.clone()))
+            .collect();
+        assert_eq!(target.scan(b"", None, 1000).expect("scan"), data);
+        assert_eq!(
+            target.system_records().expect("system"),
+            vec![(b("sys"), b("1"))]
+        );
         assert_eq!(target.applied_state().expect("state"), state);
     }
 }
@@ -902,7 +1036,9 @@ mod tests {
         };
         let mut overlay = HashMap::new();
         let mut events = Vec::new();
-        let resp = execute(&engine, &mut overlay, group, 7, &mut events).expect("execute");
+        let mut sessions = SessionTable::default();
+        let resp =
+            execute(&engine, &mut overlay, &mut sessions, group, 7, &mut events).expect("execute");
         let summary: Vec<(bool, Option<Bytes>)> = resp
             .group
             .iter()
@@ -930,6 +1066,7 @@ mod tests {
 
     fn rows(n: usize, tag: &str, index: u64) -> WriteSet {
         WriteSet {
+            system: Vec::new(),
             writes: (0..n)
                 .map(|i| {
                     (

@@ -1,13 +1,15 @@
-//! The RocksDB engine: data in column family `data`, the applied state in `sm_meta`.
+//! The RocksDB engine: data in column family `data`, the system keyspace (client sessions) in
+//! `sm_system`, the applied state in `sm_meta`.
 //!
-//! Each applied batch — its data writes, the new last-applied log id and membership — is one
+//! Each applied batch — its data and system writes, the new last-applied log id and membership —
+//! is one
 //! `WriteBatch`, so data and applied index always agree and openraft replays the log from exactly
 //! the right place. Writes skip RocksDB's WAL: the Raft log is already the durable record of every
 //! committed write, and writing each one a second time (one `write(2)` per applied batch, and the
 //! kernel writing those pages back to the disk the log fsyncs on) bought nothing a replay of the
 //! log does not. Memtables are flushed atomically across both column families (RocksDB's
 //! `atomic_flush`, meant for writes without a WAL), so after a crash the engine holds the state as
-//! of its last flush, data and applied index together, and openraft re-applies the entries after
+//! of its last flush, data, system records and applied index together, and openraft re-applies the entries after
 //! it. [`KvEngine::sync`] flushes the memtables; it runs before a snapshot lets the log behind it
 //! be purged (so the purged entries are always in the flushed state), after an import and at
 //! shutdown (so a clean restart replays nothing). A crash between snapshots replays at most the
@@ -30,13 +32,18 @@ use rocksdb::WriteOptions;
 use rocksdb::DB;
 
 use super::AppliedState;
+use super::Keyspace;
 use super::KvEngine;
+use super::Record;
 use super::SnapshotSink;
 use super::WriteSet;
 use crate::error::io_err;
 
 const CF_DATA: &str = "data";
+const CF_SYSTEM: &str = "sm_system";
 const CF_META: &str = "sm_meta";
+/// Every column family, in the order they are flushed and created.
+const CFS: [&str; 3] = [CF_DATA, CF_SYSTEM, CF_META];
 const KEY_APPLIED: &[u8] = b"applied_state";
 const KEY_IMPORTING: &[u8] = b"importing";
 /// Import writes are grouped into batches of about this many bytes.
@@ -69,6 +76,7 @@ impl RocksEngine {
         data_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_DATA, data_opts),
+            ColumnFamilyDescriptor::new(CF_SYSTEM, Options::default()),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(io_err)?;
@@ -109,9 +117,17 @@ impl RocksEngine {
         rmp_serde::to_vec(state).map_err(io_err)
     }
 
-    /// Deletes every key of the data column family.
-    fn clear_data(&self) -> io::Result<()> {
-        let data = self.cf(CF_DATA)?;
+    /// The column family holding `space`.
+    fn space_cf(&self, space: Keyspace) -> io::Result<&rocksdb::ColumnFamily> {
+        self.cf(match space {
+            Keyspace::Data => CF_DATA,
+            Keyspace::System => CF_SYSTEM,
+        })
+    }
+
+    /// Deletes every key of column family `name`.
+    fn clear(&self, name: &str) -> io::Result<()> {
+        let data = self.cf(name)?;
         let first = self.db.iterator_cf(data, IteratorMode::Start).next();
         let last = self.db.iterator_cf(data, IteratorMode::End).next();
         if let (Some(first), Some(last)) = (first, last) {
@@ -180,13 +196,29 @@ impl KvEngine for RocksEngine {
         }
     }
 
+    fn system_records(&self) -> io::Result<Vec<(Bytes, Bytes)>> {
+        let _guard = self.read_guard()?;
+        self.db
+            .iterator_cf(self.cf(CF_SYSTEM)?, IteratorMode::Start)
+            .map(|item| {
+                let (k, v) = item.map_err(io_err)?;
+                Ok((Bytes::from(k.into_vec()), Bytes::from(v.into_vec())))
+            })
+            .collect()
+    }
+
     fn commit(&self, batch: WriteSet) -> io::Result<()> {
-        let data = self.cf(CF_DATA)?;
         let mut wb = WriteBatch::default();
-        for (key, value) in &batch.writes {
-            match value {
-                Some(v) => wb.put_cf(data, key, v),
-                None => wb.delete_cf(data, key),
+        for (space, writes) in [
+            (Keyspace::Data, &batch.writes),
+            (Keyspace::System, &batch.system),
+        ] {
+            let cf = self.space_cf(space)?;
+            for (key, value) in writes {
+                match value {
+                    Some(v) => wb.put_cf(cf, key, v),
+                    None => wb.delete_cf(cf, key),
+                }
             }
         }
         wb.put_cf(
@@ -210,9 +242,11 @@ impl KvEngine for RocksEngine {
             None => AppliedState::default(),
         };
         sink.begin(&state)?;
-        for item in snapshot.iterator_cf(self.cf(CF_DATA)?, IteratorMode::Start) {
-            let (k, v) = item.map_err(io_err)?;
-            sink.record(&k, &v)?;
+        for space in [Keyspace::Data, Keyspace::System] {
+            for item in snapshot.iterator_cf(self.space_cf(space)?, IteratorMode::Start) {
+                let (k, v) = item.map_err(io_err)?;
+                sink.record(space, &k, &v)?;
+            }
         }
         Ok(())
     }
@@ -220,24 +254,24 @@ impl KvEngine for RocksEngine {
     fn import(
         &self,
         state: &AppliedState,
-        records: &mut dyn Iterator<Item = io::Result<(Bytes, Bytes)>>,
+        records: &mut dyn Iterator<Item = io::Result<Record>>,
     ) -> io::Result<()> {
         let _exclusive = self
             .import_lock
             .write()
             .map_err(|_| io_err("import lock poisoned"))?;
         let meta = self.cf(CF_META)?;
-        let data = self.cf(CF_DATA)?;
         let mut marker = WriteBatch::default();
         marker.put_cf(meta, KEY_IMPORTING, b"1");
         self.write(marker)?;
         // The marker is durable before any data is deleted.
         self.sync()?;
-        self.clear_data()?;
+        self.clear(CF_DATA)?;
+        self.clear(CF_SYSTEM)?;
         let mut batch = WriteBatch::default();
         for record in records {
-            let (k, v) = record?;
-            batch.put_cf(data, &k, &v);
+            let record = record?;
+            batch.put_cf(self.space_cf(record.space)?, &record.key, &record.value);
             if batch.size_in_bytes() >= IMPORT_BATCH_BYTES {
                 self.write(std::mem::take(&mut batch))?;
             }
@@ -249,7 +283,10 @@ impl KvEngine for RocksEngine {
     }
 
     fn sync(&self) -> io::Result<()> {
-        let cfs = [self.cf(CF_DATA)?, self.cf(CF_META)?];
+        let cfs = CFS
+            .iter()
+            .map(|name| self.cf(name))
+            .collect::<io::Result<Vec<_>>>()?;
         self.db
             .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())
             .map_err(io_err)
@@ -295,6 +332,7 @@ mod tests {
             engine
                 .commit(WriteSet {
                     writes: vec![(Bytes::from_static(b"k"), Some(Bytes::from_static(b"v")))],
+                    system: vec![(Bytes::from_static(b"s"), Some(Bytes::from_static(b"1")))],
                     state: AppliedState::default(),
                 })
                 .expect("commit");
@@ -303,6 +341,10 @@ mod tests {
         assert_eq!(
             engine.get(b"k").expect("get"),
             Some(Bytes::from_static(b"v"))
+        );
+        assert_eq!(
+            engine.system_records().expect("system"),
+            vec![(Bytes::from_static(b"s"), Bytes::from_static(b"1"))]
         );
         assert!(!engine.import_interrupted().expect("marker"));
     }
@@ -334,15 +376,21 @@ mod tests {
         let put = |key: &'static [u8], value: &'static [u8]| {
             (Bytes::from_static(key), Some(Bytes::from_static(value)))
         };
-        let commit = |engine: &RocksEngine, index, writes| {
+        // Each commit also writes its index to the system keyspace, which must go with the data.
+        let commit = |engine: &RocksEngine, index: u64, writes| {
             engine
                 .commit(WriteSet {
                     writes,
+                    system: vec![(
+                        Bytes::from_static(b"at"),
+                        Some(Bytes::from(index.to_string())),
+                    )],
                     state: applied(index),
                 })
                 .expect("commit")
         };
         let value = |engine: &RocksEngine, key: &[u8]| engine.get(key).expect("get");
+        let system = |engine: &RocksEngine| engine.system_records().expect("system");
         {
             let engine = crash_on_close();
             commit(&engine, 1, vec![put(b"a", b"1")]);
@@ -353,6 +401,10 @@ mod tests {
         assert_eq!(engine.applied_state().expect("state"), applied(1));
         assert_eq!(value(&engine, b"a"), Some(Bytes::from_static(b"1")));
         assert_eq!(value(&engine, b"b"), None);
+        assert_eq!(
+            system(&engine),
+            vec![(Bytes::from_static(b"at"), Bytes::from_static(b"1"))]
+        );
         commit(&engine, 2, vec![put(b"b", b"3")]);
         engine.sync().expect("sync");
         drop(engine);
@@ -361,8 +413,9 @@ mod tests {
         assert_eq!(value(&engine, b"b"), Some(Bytes::from_static(b"3")));
     }
 
-    /// RocksDB flushes a full memtable on its own: the applied state must go with it, or a crash
-    /// would leave data ahead of the applied index (and a replay would apply it twice).
+    /// RocksDB flushes a full memtable on its own: the applied state and the system keyspace must
+    /// go with it, or a crash would leave data ahead of the applied index (and a replay would
+    /// apply it twice) or the session table behind the data it describes.
     #[test]
     fn rocks_engine_should_flush_data_and_applied_state_together() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -384,8 +437,18 @@ mod tests {
                         Some(Bytes::from(vec![b'x'; 8 * 1024])),
                     ),
                 ];
+                let system = vec![(
+                    Bytes::from_static(b"index"),
+                    Some(Bytes::from(index.to_string())),
+                )];
                 let state = applied(index);
-                engine.commit(WriteSet { writes, state }).expect("commit");
+                engine
+                    .commit(WriteSet {
+                        writes,
+                        system,
+                        state,
+                    })
+                    .expect("commit");
             }
         }
         let engine = crash_on_close();
@@ -397,5 +460,10 @@ mod tests {
             .expect("512 KiB through 64 KiB memtables: some flush completed");
         let index = engine.get(b"index").expect("get").expect("index key");
         assert_eq!(index, Bytes::from(applied.to_string()));
+        assert_eq!(
+            engine.system_records().expect("system"),
+            vec![(Bytes::from_static(b"index"), index)],
+            "the system keyspace is flushed with the data"
+        );
     }
 }

@@ -1,0 +1,448 @@
+//! Client sessions: the state machine's memory of which writes it has already applied, so that a
+//! client may retry a write whose reply it lost and have it applied exactly once (Ongaro's thesis
+//! §6.3; LogCabin does the same).
+//!
+//! A client opens a session (a replicated [`Command::OpenSession`] that returns an id) and numbers
+//! its writes 1, 2, 3, ... Every write carries (session, sequence) and the lowest sequence whose
+//! reply the client has not yet received (`first_unacked`). Applying a write of a session:
+//! - a sequence already applied is answered with the reply stored when it was applied, and
+//!   changes nothing;
+//! - a sequence below `first_unacked` is a stray copy of a write whose reply the client already
+//!   has: refused, nothing applied;
+//! - otherwise it is applied, and its reply stored until the client's `first_unacked` passes it.
+//!
+//! So the table holds, per session, only the replies the client may still ask for again.
+//!
+//! **Time comes from the log, never from a node's clock.** Every session command carries the
+//! leader's wall-clock time when it was proposed; the table's clock is the largest such time
+//! applied so far (so it never goes back, even when a new leader's clock is behind). A session
+//! idle for longer than its time-to-live (carried in its OpenSession command, so every node uses
+//! the same one) by that clock is expired: removed, and its writes refused. Every node applies
+//! the same log, so every node expires the same sessions at the same index. The price: a leader
+//! whose clock runs far ahead expires sessions early (their clients reopen and see one "outcome
+//! unknown" at most); one far behind keeps them longer.
+//!
+//! The table lives in the engine's system keyspace ([`super::Keyspace::System`]): one record per
+//! session and one for the table's clock and id counter, written in the same atomic commit as the
+//! data they describe, exported in snapshots and reloaded at start.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::io;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::error::io_err;
+use crate::raft::CommandResponse;
+use crate::raft::SessionOutcome;
+use crate::raft::SessionRefusal;
+
+/// Most replies one session may hold unacknowledged. A client that keeps this many writes
+/// unconfirmed is refused further writes until it acknowledges some (a bound on the table, which
+/// every node keeps in memory).
+pub const MAX_PENDING_REPLIES: usize = 16_384;
+
+/// Expired sessions are swept from the table whenever the clock crosses a multiple of this (a
+/// session is also checked whenever it is used, so the sweep only frees memory).
+const SWEEP_EVERY_MS: u64 = 1_000;
+
+/// Key of the table's clock and id counter in the system keyspace.
+const META_KEY: &[u8] = b"sessions/meta";
+/// Prefix of one session's record (followed by its id, big-endian).
+const SESSION_PREFIX: &[u8] = b"sessions/s/";
+
+/// The table-wide state: the log's clock and the next session id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Meta {
+    /// Largest leader time (Unix milliseconds) applied so far.
+    clock_ms: u64,
+    /// Id the next session gets (ids start at 1; 0 means "no session" on the wire).
+    next_id: u64,
+}
+
+/// A reply kept for a write the client may ask for again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredReply {
+    /// Log index the write was applied at.
+    index: u64,
+    /// The command's `success` (a compare-and-swap's outcome).
+    success: bool,
+    /// The command's `prev` (a delete keeps only whether there was one).
+    prev: Option<Bytes>,
+}
+
+/// One open session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Session {
+    /// Idle time after which the session expires, fixed when it was opened.
+    ttl_ms: u64,
+    /// The table's clock when the session was last used.
+    last_active_ms: u64,
+    /// Sequences below this are acknowledged by the client: their replies are gone.
+    first_unacked: u64,
+    /// Replies of applied writes at or above `first_unacked`, by sequence.
+    replies: BTreeMap<u64, StoredReply>,
+}
+
+impl Session {
+    fn expired(&self, clock_ms: u64) -> bool {
+        self.last_active_ms.saturating_add(self.ttl_ms) < clock_ms
+    }
+}
+
+/// What to do with a session write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Apply it, then [`SessionTable::record`] its reply.
+    Execute,
+    /// Already applied: answer with this response, change nothing.
+    Replay(CommandResponse),
+    /// Refuse it, change nothing.
+    Refuse(SessionRefusal),
+}
+
+/// The session table of one state machine, kept in memory and mirrored to the system keyspace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionTable {
+    meta: Meta,
+    sessions: BTreeMap<u64, Session>,
+    /// Sessions changed (or removed) since the last [`SessionTable::take_changes`].
+    dirty: BTreeSet<u64>,
+    meta_dirty: bool,
+}
+
+fn session_key(id: u64) -> Bytes {
+    let mut key = Vec::with_capacity(SESSION_PREFIX.len() + 8);
+    key.extend_from_slice(SESSION_PREFIX);
+    key.extend_from_slice(&id.to_be_bytes());
+    Bytes::from(key)
+}
+
+fn encode<T: Serialize>(value: &T) -> io::Result<Bytes> {
+    rmp_serde::to_vec(value).map(Bytes::from).map_err(io_err)
+}
+
+impl SessionTable {
+    /// The table stored in `records` (the system keyspace; records of other owners are skipped).
+    ///
+    /// # Errors
+    /// When a session record cannot be decoded.
+    pub fn load(records: Vec<(Bytes, Bytes)>) -> io::Result<SessionTable> {
+        let mut table = SessionTable::default();
+        for (key, value) in records {
+            if key.as_ref() == META_KEY {
+                table.meta = rmp_serde::from_slice(&value)
+                    .map_err(|e| io_err(format!("session table metadata: {e}")))?;
+            } else if let Some(id) = key.strip_prefix(SESSION_PREFIX) {
+                let id = <[u8; 8]>::try_from(id)
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| io_err(format!("session record key {key:?} is malformed")))?;
+                let session = rmp_serde::from_slice(&value)
+                    .map_err(|e| io_err(format!("session {id}: {e}")))?;
+                table.sessions.insert(id, session);
+            }
+        }
+        Ok(table)
+    }
+
+    /// Open sessions.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether no session is open.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Moves the clock to `now_ms` (never back) and sweeps expired sessions when it crosses a
+    /// sweep boundary. Deterministic: it depends only on the clock values in the log.
+    fn advance(&mut self, now_ms: u64) {
+        let before = self.meta.clock_ms;
+        if now_ms <= before {
+            return;
+        }
+        self.meta.clock_ms = now_ms;
+        self.meta_dirty = true;
+        if before / SWEEP_EVERY_MS != now_ms / SWEEP_EVERY_MS {
+            let expired: Vec<u64> = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.expired(now_ms))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in expired {
+                self.remove(id);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> bool {
+        self.dirty.insert(id);
+        self.sessions.remove(&id).is_some()
+    }
+
+    /// Opens a session idle-expiring after `ttl_ms`; returns its id. With `max_sessions` already
+    /// open, the least recently used one is closed to make room (its client will see its session
+    /// expired).
+    pub fn open(&mut self, now_ms: u64, ttl_ms: u64, max_sessions: u64) -> u64 {
+        self.advance(now_ms);
+        while self.sessions.len() as u64 >= max_sessions.max(1) {
+            let oldest = self
+                .sessions
+                .iter()
+                .min_by_key(|(id, s)| (s.last_active_ms, **id))
+                .map(|(id, _)| *id);
+            match oldest {
+                Some(id) => self.remove(id),
+                None => break,
+            };
+        }
+        self.meta.next_id = self.meta.next_id.max(1);
+        let id = self.meta.next_id;
+        self.meta.next_id += 1;
+        self.meta_dirty = true;
+        self.sessions.insert(
+            id,
+            Session {
+                ttl_ms,
+                last_active_ms: self.meta.clock_ms,
+                first_unacked: 1,
+                replies: BTreeMap::new(),
+            },
+        );
+        self.dirty.insert(id);
+        id
+    }
+
+    /// Closes session `id`; `false` if it was not open.
+    pub fn close(&mut self, id: u64) -> bool {
+        self.remove(id)
+    }
+
+    /// Decides what to do with write `seq` of session `id` proposed at `now_ms`, whose client has
+    /// received every reply below `first_unacked`.
+    pub fn admit(&mut self, id: u64, seq: u64, first_unacked: u64, now_ms: u64) -> Admission {
+        self.advance(now_ms);
+        let clock = self.meta.clock_ms;
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return Admission::Refuse(SessionRefusal::Expired { id });
+        };
+        if session.expired(clock) {
+            self.remove(id);
+            return Admission::Refuse(SessionRefusal::Expired { id });
+        }
+        session.last_active_ms = clock;
+        if first_unacked > session.first_unacked {
+            session.first_unacked = first_unacked;
+            // Everything below is acknowledged: those replies will never be asked for again.
+            session.replies = session.replies.split_off(&first_unacked);
+        }
+        self.dirty.insert(id);
+        if seq < session.first_unacked {
+            return Admission::Refuse(SessionRefusal::Acknowledged {
+                seq,
+                first_unacked: session.first_unacked,
+            });
+        }
+        if let Some(reply) = session.replies.get(&seq) {
+            return Admission::Replay(CommandResponse {
+                prev: reply.prev.clone(),
+                success: reply.success,
+                group: Vec::new(),
+                session: SessionOutcome::Replayed { index: reply.index },
+            });
+        }
+        if session.replies.len() >= MAX_PENDING_REPLIES {
+            return Admission::Refuse(SessionRefusal::Backlog {
+                limit: MAX_PENDING_REPLIES as u64,
+            });
+        }
+        Admission::Execute
+    }
+
+    /// Stores the reply of write `seq` of session `id`, applied at `index`. `existence_only`
+    /// keeps only whether `prev` was set (a delete answers only whether the key existed).
+    pub fn record(
+        &mut self,
+        id: u64,
+        seq: u64,
+        index: u64,
+        response: &CommandResponse,
+        existence_only: bool,
+    ) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let prev = if existence_only {
+            response.prev.as_ref().map(|_| Bytes::new())
+        } else {
+            response.prev.clone()
+        };
+        session.replies.insert(
+            seq,
+            StoredReply {
+                index,
+                success: response.success,
+                prev,
+            },
+        );
+        self.dirty.insert(id);
+    }
+
+    /// The system-keyspace writes (`None` deletes) that bring the stored table up to this one
+    /// since the last call.
+    ///
+    /// # Errors
+    /// Only if encoding fails, which would be a bug in the record types.
+    pub fn take_changes(&mut self) -> io::Result<Vec<(Bytes, Option<Bytes>)>> {
+        let mut out = Vec::with_capacity(self.dirty.len() + 1);
+        if std::mem::take(&mut self.meta_dirty) {
+            out.push((Bytes::from_static(META_KEY), Some(encode(&self.meta)?)));
+        }
+        for id in std::mem::take(&mut self.dirty) {
+            let value = match self.sessions.get(&id) {
+                Some(session) => Some(encode(session)?),
+                None => None,
+            };
+            out.push((session_key(id), value));
+        }
+        Ok(out)
+    }
+
+    /// Forgets pending changes (after the table was replaced by a reload).
+    pub fn clear_changes(&mut self) {
+        self.dirty.clear();
+        self.meta_dirty = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: u64 = 10_000;
+
+    fn done(prev: Option<&'static str>) -> CommandResponse {
+        CommandResponse::done(prev.map(|p| Bytes::from_static(p.as_bytes())))
+    }
+
+    /// The table after storing its changes and loading them back, as after a restart.
+    fn reloaded(table: &mut SessionTable) -> SessionTable {
+        let mut stored: BTreeMap<Bytes, Bytes> = BTreeMap::new();
+        for (k, v) in table.take_changes().expect("changes") {
+            match v {
+                Some(v) => stored.insert(k, v),
+                None => stored.remove(&k),
+            };
+        }
+        SessionTable::load(stored.into_iter().collect()).expect("load")
+    }
+
+    #[test]
+    fn a_retried_write_should_be_replayed_not_executed() {
+        let mut t = SessionTable::default();
+        let id = t.open(1_000, TTL, 10);
+        assert_eq!(t.admit(id, 1, 1, 1_001), Admission::Execute);
+        t.record(id, 1, 42, &done(Some("old")), false);
+        match t.admit(id, 1, 1, 1_002) {
+            Admission::Replay(r) => {
+                assert_eq!(r.session, SessionOutcome::Replayed { index: 42 });
+                assert_eq!(r.prev, Some(Bytes::from_static(b"old")));
+            }
+            other => panic!("expected a replay, got {other:?}"),
+        }
+        // Acknowledged: the reply is dropped, and a stray copy is refused.
+        assert_eq!(t.admit(id, 2, 2, 1_003), Admission::Execute);
+        assert_eq!(
+            t.admit(id, 1, 2, 1_004),
+            Admission::Refuse(SessionRefusal::Acknowledged {
+                seq: 1,
+                first_unacked: 2
+            })
+        );
+    }
+
+    #[test]
+    fn sessions_should_expire_by_the_log_clock_only() {
+        let mut t = SessionTable::default();
+        let a = t.open(1_000, TTL, 10);
+        let b = t.open(1_000, TTL, 10);
+        assert_eq!(t.admit(a, 1, 1, 1_000 + TTL), Admission::Execute);
+        // A clock from the log that went back (a new leader's slower clock) changes nothing.
+        assert_eq!(t.admit(a, 2, 1, 500), Admission::Execute);
+        // b was last used at 1,000; by 1,000 + TTL + 1 it has expired, a has not.
+        assert_eq!(
+            t.admit(b, 1, 1, 1_000 + TTL + 1),
+            Admission::Refuse(SessionRefusal::Expired { id: b })
+        );
+        assert_eq!(t.admit(a, 3, 1, 1_000 + TTL + 1), Admission::Execute);
+        assert_eq!(t.len(), 1);
+        // A sweep removes idle sessions nobody uses any more: a was last used at 1,000 + TTL + 1.
+        let c = t.open(1_000 + TTL + 1, TTL, 10);
+        assert_eq!(t.admit(c, 1, 1, 1_000 + 2 * TTL + 1), Admission::Execute);
+        assert_eq!(
+            t.len(),
+            2,
+            "a is idle exactly its time-to-live: not expired yet"
+        );
+        assert_eq!(t.admit(c, 2, 1, 2_500 + 2 * TTL), Admission::Execute);
+        assert_eq!(t.len(), 1, "a expired in the sweep, c is in use");
+    }
+
+    #[test]
+    fn a_full_table_should_close_the_least_recently_used_session() {
+        let mut t = SessionTable::default();
+        let a = t.open(1_000, TTL, 2);
+        let b = t.open(1_001, TTL, 2);
+        t.admit(a, 1, 1, 1_002);
+        let c = t.open(1_003, TTL, 2);
+        assert_eq!(
+            t.admit(b, 1, 1, 1_004),
+            Admission::Refuse(SessionRefusal::Expired { id: b })
+        );
+        assert_eq!(t.admit(a, 2, 1, 1_004), Admission::Execute);
+        assert_eq!(t.admit(c, 1, 1, 1_004), Admission::Execute);
+        assert!(c > b && b > a, "ids are never reused");
+    }
+
+    #[test]
+    fn the_table_should_survive_a_reload_identically() {
+        let mut t = SessionTable::default();
+        let a = t.open(1_000, TTL, 10);
+        let b = t.open(1_000, TTL, 10);
+        t.admit(a, 1, 1, 1_001);
+        t.record(a, 1, 7, &done(Some("a big previous value")), true);
+        t.admit(b, 1, 1, 1_001);
+        t.record(b, 1, 8, &done(None), false);
+        assert!(t.close(b));
+        let mut back = reloaded(&mut t);
+        assert_eq!(back.sessions, t.sessions);
+        assert_eq!(back.meta, t.meta);
+        // A delete's reply keeps only that the key existed.
+        match back.admit(a, 1, 1, 1_002) {
+            Admission::Replay(r) => assert_eq!(r.prev, Some(Bytes::new())),
+            other => panic!("expected a replay, got {other:?}"),
+        }
+        assert_eq!(back.open(1_003, TTL, 10), b + 1, "the id counter survives");
+    }
+
+    #[test]
+    fn a_session_should_refuse_writes_beyond_its_backlog() {
+        let mut t = SessionTable::default();
+        let id = t.open(0, TTL, 10);
+        for seq in 1..=MAX_PENDING_REPLIES as u64 {
+            assert_eq!(t.admit(id, seq, 1, 0), Admission::Execute);
+            t.record(id, seq, seq, &done(None), false);
+        }
+        let next = MAX_PENDING_REPLIES as u64 + 1;
+        assert!(matches!(
+            t.admit(id, next, 1, 0),
+            Admission::Refuse(SessionRefusal::Backlog { .. })
+        ));
+        // Acknowledging frees room.
+        assert_eq!(t.admit(id, next, next, 0), Admission::Execute);
+    }
+}
