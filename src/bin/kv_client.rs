@@ -444,6 +444,7 @@ async fn status(client: &Client, json: bool) -> Result<(), ClientError> {
                     "last_log_index": s.last_log_index, "committed": s.committed,
                     "applied": s.applied, "snapshot_index": s.snapshot_index,
                     "purged_index": s.purged_index, "engine": s.engine,
+                    "quorum": s.quorum, "quorum_ack_ms": s.quorum_ack_ms, "sessions": s.sessions,
                     "members": s.members.iter().map(|m| json!({"id": m.id, "addr": m.addr, "voter": m.voter})).collect::<Vec<_>>(),
                 }),
                 Err(e) => json!({"endpoint": ep, "error": e.to_string()}),
@@ -452,7 +453,7 @@ async fn status(client: &Client, json: bool) -> Result<(), ClientError> {
         println!("{}", json!(items));
     } else {
         println!(
-            "{:<22} {:>3} {:<10} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:<8}",
+            "{:<22} {:>3} {:<10} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:<8} {:<6}",
             "ENDPOINT",
             "ID",
             "ROLE",
@@ -463,12 +464,13 @@ async fn status(client: &Client, json: bool) -> Result<(), ClientError> {
             "APPLIED",
             "SNAPSHOT",
             "PURGED",
-            "ENGINE"
+            "ENGINE",
+            "QUORUM"
         );
         for (ep, s) in &rows {
             match s {
                 Ok(s) => println!(
-                    "{:<22} {:>3} {:<10} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:<8}",
+                    "{:<22} {:>3} {:<10} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:<8} {:<6}",
                     ep,
                     s.id,
                     s.role,
@@ -481,7 +483,12 @@ async fn status(client: &Client, json: bool) -> Result<(), ClientError> {
                     s.applied,
                     s.snapshot_index,
                     s.purged_index,
-                    s.engine
+                    s.engine,
+                    match (s.role.as_str(), s.quorum) {
+                        ("leader", true) => "ok",
+                        ("leader", false) => "LOST",
+                        _ => "-",
+                    }
                 ),
                 Err(e) => println!("{ep:<22} unreachable: {e}"),
             }

@@ -277,6 +277,13 @@ pub fn health(node: &Node) -> Result<String, String> {
     if quorum.leading && !quorum.ok {
         return Err(format!("no quorum: {}", quorum.describe()));
     }
+    let quiet = node.leader_contact.quiet_for();
+    if !quorum.leading && quiet.as_millis() as u64 > node.config.raft.election_timeout_max_ms {
+        return Err(format!(
+            "no leader: nothing heard from node {leader} (the last known leader) for {} ms",
+            quiet.as_millis()
+        ));
+    }
     let committed = m.local_committed.map(|l| l.index).unwrap_or(0);
     let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
     if committed.saturating_sub(applied) > HEALTHY_APPLY_LAG {

@@ -110,6 +110,43 @@ pub struct Node {
     /// A handle on the state machine openraft applies to, for what status reports of it (open
     /// client sessions); only openraft's apply changes it.
     pub state_machine: StateMachine,
+    /// When replication from a leader last arrived (see [`LeaderContact`]).
+    pub leader_contact: LeaderContact,
+}
+
+/// When this node last received replication (or a heartbeat) from a leader. openraft keeps
+/// naming the last leader it knew until another one wins an election, which a follower cut off
+/// from a quorum never sees; this tells `/health` and status that the leader has gone quiet.
+#[derive(Debug)]
+pub struct LeaderContact {
+    /// Times are kept as milliseconds since this instant.
+    epoch: std::time::Instant,
+    /// Milliseconds since `epoch` of the last contact plus one; 0: none yet.
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl LeaderContact {
+    fn new() -> LeaderContact {
+        LeaderContact {
+            epoch: std::time::Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Records a contact now.
+    pub fn touch(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.last
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Time since the last contact, or since the node started if there was none.
+    pub fn quiet_for(&self) -> Duration {
+        let last = self.last.load(std::sync::atomic::Ordering::Relaxed);
+        self.epoch
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last.saturating_sub(1)))
+    }
 }
 
 impl Node {
@@ -198,6 +235,7 @@ impl Node {
             let node = Arc::new(Node {
                 id: config.node_id,
                 state_machine,
+                leader_contact: LeaderContact::new(),
                 reads,
                 proposer,
                 snapshots,
@@ -479,14 +517,17 @@ impl QuorumState {
         } else {
             None
         };
+        let voters = m.membership_config.membership().voter_ids().count();
+        // A lone voter is its own quorum: no acknowledgement is ever needed (or recorded).
+        let alone = voters <= 1;
         QuorumState {
             id: m.id,
             leading,
             term: m.current_term,
-            voters: m.membership_config.membership().voter_ids().count(),
+            voters,
             ack_ms,
             window_ms,
-            ok: leading && ack_ms.is_some_and(|ms| ms <= window_ms),
+            ok: leading && (alone || ack_ms.is_some_and(|ms| ms <= window_ms)),
         }
     }
 

@@ -108,19 +108,26 @@ impl Raft for RaftService {
     ) -> Result<Response<AppendAnswers>, Status> {
         // Requests end at the first transport or decode error; openraft answers those before it,
         // then the stream ends and the leader starts a new one.
-        let requests = futures::stream::unfold(request.into_inner(), |mut incoming| async move {
-            let data = match incoming.next().await? {
-                Ok(p) => p.data,
-                Err(status) => {
-                    tracing::debug!(%status, "append stream ended by the leader's side");
-                    return None;
-                }
-            };
-            match decode::<AppendEntriesRequest<TypeConfig>>(&data) {
-                Ok(rpc) => Some((rpc, incoming)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "undecodable append in stream; ending it");
-                    None
+        let node = self.node.clone();
+        let requests = futures::stream::unfold(request.into_inner(), move |mut incoming| {
+            let node = node.clone();
+            async move {
+                let data = match incoming.next().await? {
+                    Ok(p) => p.data,
+                    Err(status) => {
+                        tracing::debug!(%status, "append stream ended by the leader's side");
+                        return None;
+                    }
+                };
+                match decode::<AppendEntriesRequest<TypeConfig>>(&data) {
+                    Ok(rpc) => {
+                        node.leader_contact.touch();
+                        Some((rpc, incoming))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "undecodable append in stream; ending it");
+                        None
+                    }
                 }
             }
         });
@@ -141,6 +148,7 @@ impl Raft for RaftService {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = parse(request)?;
+        self.node.leader_contact.touch();
         let resp = self
             .node
             .raft

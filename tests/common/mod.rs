@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
@@ -133,15 +135,54 @@ pub struct ProcessCluster {
 impl ProcessCluster {
     /// Starts `n` nodes with the given engine (`memory` or `rocksdb`) and extra flags.
     pub fn start(n: usize, engine: &str, extra: &[&str]) -> ProcessCluster {
+        Self::start_advertising(n, engine, extra, None)
+    }
+
+    /// As [`ProcessCluster::start`], with a [`proxy`] in front of every node's client port: the
+    /// nodes advertise their proxy (so NOT_LEADER redirects lead through it too), and clients
+    /// given [`ProcessCluster::proxied_endpoints`] go through them. `cluster.client()` and the
+    /// harness's own status calls still go straight to the nodes.
+    pub async fn start_proxied(
+        n: usize,
+        engine: &str,
+        extra: &[&str],
+    ) -> (
+        ProcessCluster,
+        Vec<String>,
+        std::sync::Arc<proxy::ProxyControl>,
+    ) {
+        let control = proxy::ProxyControl::new();
+        let proxies: Vec<String> = free_ports(n)
+            .into_iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let cluster = Self::start_advertising(n, engine, extra, Some(&proxies));
+        for (node, listen) in cluster.nodes.iter().zip(&proxies) {
+            proxy::start(listen, node.addr.clone(), control.clone()).await;
+        }
+        (cluster, proxies, control)
+    }
+
+    /// Starts the nodes; `advertised` overrides the client address each one advertises.
+    fn start_advertising(
+        n: usize,
+        engine: &str,
+        extra: &[&str],
+        advertised: Option<&[String]>,
+    ) -> ProcessCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         // Three ports per node: client API, Raft peer, metrics.
         let ports = free_ports(3 * n);
+        let client_addr = |i: usize| match advertised {
+            Some(addrs) => addrs[i].clone(),
+            None => format!("127.0.0.1:{}", ports[3 * i]),
+        };
         let members: Vec<String> = (0..n)
             .map(|i| {
                 format!(
-                    "{}=127.0.0.1:{}/127.0.0.1:{}",
+                    "{}={}/127.0.0.1:{}",
                     i + 1,
-                    ports[3 * i],
+                    client_addr(i),
                     ports[3 * i + 1]
                 )
             })
@@ -161,8 +202,11 @@ impl ProcessCluster {
         };
         for i in 0..n {
             let node_ports = [ports[3 * i], ports[3 * i + 1], ports[3 * i + 2]];
-            let membership = vec!["--initial-members".to_string(), members.join(",")];
-            cluster.spawn_node((i + 1) as u64, node_ports, membership);
+            let mut args = vec!["--initial-members".to_string(), members.join(",")];
+            if advertised.is_some() {
+                args.extend(["--advertise-addr".to_string(), client_addr(i)]);
+            }
+            cluster.spawn_node((i + 1) as u64, node_ports, args);
         }
         cluster
     }
