@@ -66,6 +66,11 @@ pub enum Error {
     #[error("resource exhausted: {0}")]
     ResourceExhausted(String),
 
+    /// The request is larger than a node accepts (`limits.max_message_bytes`): RESOURCE_EXHAUSTED
+    /// as gRPC answers it, but, unlike [`Error::ResourceExhausted`], not worth retrying anywhere.
+    #[error("resource exhausted: {0}")]
+    TooLarge(String),
+
     /// A Raft failure that is not one of the above.
     #[error("raft: {0}")]
     Raft(String),
@@ -109,7 +114,7 @@ impl From<Error> for Status {
             Error::Unavailable(_) | Error::NotAdmitted(_) => Code::Unavailable,
             Error::Timeout(_) => Code::DeadlineExceeded,
             Error::Compacted(_) => Code::OutOfRange,
-            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::ResourceExhausted(_) | Error::TooLarge(_) => Code::ResourceExhausted,
             Error::Storage(_) | Error::Raft(_) => Code::Internal,
         };
         let mut status = Status::new(code, e.to_string());
