@@ -13,13 +13,32 @@
 //! rskv::warn_throttled!(REFUSED, 0, %peer, "connection refused");
 //! ```
 //!
+//! Libraries' warnings cannot be throttled where they are raised: [`RepeatedWarnings`] wraps the
+//! log format of the binaries and writes identical warnings from the targets it is given (openraft,
+//! whose heartbeat to an unreachable peer warns about ten times a second) the same way.
+//!
 //! Suppressed warnings are counted, not stored: the count is reported with the next warning logged
 //! for that key, so the tail of a flood that stops within an interval is never reported.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::hash::Hash;
+use std::hash::Hasher;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
+
+use tracing::field::Field;
+use tracing::field::Visit;
+use tracing::Event;
+use tracing::Level;
+use tracing::Subscriber;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::FormatEvent;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::registry::LookupSpan;
 
 /// How often one throttled warning is logged at most: short enough that an operator watching the
 /// log sees a persisting problem within seconds, long enough that a flood is a handful of lines.
@@ -39,9 +58,14 @@ struct Slot {
 #[derive(Debug)]
 pub struct LogThrottle {
     interval: Duration,
-    /// Per key; keys are few (peers, call sites), so the map never needs pruning.
+    /// Per key: peers and call sites, or hashes of distinct warnings ([`RepeatedWarnings`]),
+    /// pruned of keys quiet for an interval once there are [`MAX_KEYS`].
     slots: Mutex<BTreeMap<u64, Slot>>,
 }
+
+/// Keys a throttle tracks before it forgets the quiet ones (warnings whose text varies every time
+/// would otherwise grow it without bound).
+const MAX_KEYS: usize = 4096;
 
 impl LogThrottle {
     /// A throttle logging each key at most once per `interval`; `const`, so it can be a `static`
@@ -81,6 +105,11 @@ impl LogThrottle {
                 Some(suppressed)
             }
             None => {
+                if slots.len() >= MAX_KEYS {
+                    let interval = self.interval;
+                    slots
+                        .retain(|_, slot| now.saturating_duration_since(slot.logged_at) < interval);
+                }
                 slots.insert(
                     key,
                     Slot {
@@ -100,6 +129,84 @@ impl LogThrottle {
         for slot in slots.values_mut() {
             slot.logged_at = slot.logged_at.checked_sub(by).unwrap_or(slot.logged_at);
         }
+    }
+}
+
+/// A log format writing each distinct warning from the given targets at most once per interval,
+/// with `suppressed=N` (identical ones left out since) appended; everything else is written by the
+/// wrapped format unchanged. Two warnings are identical when they come from the same call site
+/// with the same field values (message included), so each unreachable peer has its own line.
+/// Those lines lose ANSI colours: the wrapped format writes them into a plain buffer first.
+pub struct RepeatedWarnings<F> {
+    inner: F,
+    /// Target prefixes whose warnings are throttled (e.g. `openraft`).
+    targets: &'static [&'static str],
+    throttle: Arc<LogThrottle>,
+}
+
+impl<F> RepeatedWarnings<F> {
+    /// Wraps `inner`, throttling warnings whose target starts with one of `targets` to one per
+    /// [`WARN_INTERVAL`].
+    pub fn new(inner: F, targets: &'static [&'static str]) -> RepeatedWarnings<F> {
+        RepeatedWarnings {
+            inner,
+            targets,
+            throttle: Arc::new(LogThrottle::every_interval()),
+        }
+    }
+
+    fn throttled(&self, event: &Event<'_>) -> bool {
+        let meta = event.metadata();
+        *meta.level() == Level::WARN && self.targets.iter().any(|t| meta.target().starts_with(t))
+    }
+}
+
+/// Collects an event's field values, to tell identical warnings apart from different ones.
+struct FieldText(String);
+
+impl Visit for FieldText {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let _ = write!(self.0, "{}={:?};", field.name(), value);
+    }
+}
+
+/// Which warning `event` is: its call site and field values, hashed.
+fn identity(event: &Event<'_>) -> u64 {
+    let mut text = FieldText(String::new());
+    event.record(&mut text);
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    event.metadata().callsite().hash(&mut hasher);
+    text.0.hash(&mut hasher);
+    hasher.finish()
+}
+
+impl<S, N, F> FormatEvent<S, N> for RepeatedWarnings<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        if !self.throttled(event) {
+            return self.inner.format_event(ctx, writer, event);
+        }
+        // Writing nothing leaves the line out.
+        let Some(suppressed) = self.throttle.check(identity(event)) else {
+            return Ok(());
+        };
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        writeln!(
+            writer,
+            "{} suppressed={suppressed}",
+            line.trim_end_matches('\n')
+        )
     }
 }
 
@@ -157,6 +264,45 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn repeated_library_warnings_should_be_written_once_per_interval_with_the_count() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let format =
+            RepeatedWarnings::new(tracing_subscriber::fmt::format().without_time(), &["noisy"]);
+        let throttle = format.throttle.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .event_format(format)
+            .finish();
+        // One call site, as a library's warning is.
+        let heartbeat_failed =
+            |peer: u64| tracing::warn!(target: "noisy::heartbeat", "target={peer} failed: refused");
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..50 {
+                heartbeat_failed(1);
+                heartbeat_failed(2);
+                tracing::warn!(target: "ours", "not throttled here");
+                tracing::info!(target: "noisy::heartbeat", "infos pass");
+            }
+            throttle.age(WARN_INTERVAL);
+            heartbeat_failed(1);
+        });
+        let text =
+            String::from_utf8(captured.0.lock().expect("capture lock").clone()).expect("utf-8 log");
+        let count = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
+        assert_eq!(count("target=1 failed: refused suppressed=0"), 1, "{text}");
+        assert_eq!(count("target=2 failed: refused suppressed=0"), 1, "{text}");
+        assert_eq!(count("target=1 failed: refused suppressed=49"), 1, "{text}");
+        assert_eq!(count("not throttled here"), 50, "{text}");
+        assert_eq!(count("infos pass"), 50, "{text}");
+        assert!(
+            !text.contains("\n\n"),
+            "suppressed lines leave no blank line"
+        );
     }
 
     #[test]

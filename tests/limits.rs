@@ -1,6 +1,8 @@
-//! Per-request limits seen from a client: a write of more keys than the watch buffer reaches a
+//! Limits seen from outside a node: a write of more keys than the watch buffer reaches a
 //! caught-up watcher whole, BatchPut and Multi refuse more than `limits.max_ops_per_request`
-//! items, and a request over `limits.max_message_bytes` is RESOURCE_EXHAUSTED naming that key.
+//! items, a request over `limits.max_message_bytes` is RESOURCE_EXHAUSTED naming that key, and an
+//! unreachable peer is logged once per interval rather than once per heartbeat. (Refused client
+//! connections: `node_services.rs`.)
 
 mod common;
 
@@ -189,4 +191,48 @@ async fn a_request_over_the_message_limit_should_be_resource_exhausted_naming_it
         .put("small", "ok")
         .await
         .expect("a request within limits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_peer_should_be_logged_once_per_interval_not_per_heartbeat() {
+    let mut cluster = ProcessCluster::start(3, "memory", &[]);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let down = cluster.follower_of(leader);
+    cluster.kill(down);
+    let started = Instant::now();
+    let heartbeat_to_down = format!("target={down}) failed to send a heartbeat");
+    let lines = |cluster: &ProcessCluster| {
+        cluster
+            .node(leader)
+            .log_text()
+            .lines()
+            .filter(|l| l.contains(&heartbeat_to_down))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    cluster
+        .wait(
+            "the leader to log the peer unreachable",
+            LEADER_TIMEOUT,
+            || async { (!lines(&cluster).is_empty()).then_some(()) },
+        )
+        .await;
+    // Keep the cluster working for a while: the leader heartbeats the dead peer every 50 ms
+    // meanwhile, about 40 times in 2 s.
+    let client = cluster.client();
+    let mut writes = 0;
+    while started.elapsed() < Duration::from_secs(2) || writes < 10 {
+        client.put("k", writes.to_string()).await.expect("put");
+        writes += 1;
+    }
+    let logged = lines(&cluster);
+    let allowed = 1 + started.elapsed().as_secs() as usize / 10;
+    assert!(
+        logged.len() <= allowed,
+        "{} heartbeat failures logged in {:?}:\n{}",
+        logged.len(),
+        started.elapsed(),
+        logged.join("\n")
+    );
+    assert!(logged[0].contains("suppressed=0"), "{}", logged[0]);
 }
