@@ -72,7 +72,7 @@ impl KeyFilter {
 #[derive(Debug, Clone)]
 pub enum Published {
     /// The changes of one applied batch, in apply order (never empty). One message per batch,
-    /// so a subscriber's lag is counted in writes applied, not in keys they touched.
+    /// so a subscriber's lag is counted in batches applied, not in the keys they touched.
     Batch(Arc<[Arc<Event>]>),
     /// The node jumped to this index by installing a snapshot: the changes before it cannot be
     /// delivered as events, so subscribers must stop (or start over from a fresh read).
