@@ -341,7 +341,7 @@ impl Client {
         let b = Arc::new(Batcher::new(
             Limits {
                 max_inflight: self.options.batch_inflight,
-                max_items: crate::server::kv_service::MAX_MULTI_OPS,
+                max_items: crate::config::DEFAULT_MAX_OPS_PER_REQUEST,
                 max_weight: MAX_MULTI_BYTES,
             },
             op_weight,

@@ -230,9 +230,18 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Client requests served at once; more are answered RESOURCE_EXHAUSTED at once.
     pub max_inflight_requests: usize,
-    /// Largest gRPC message accepted from a client.
+    /// Largest gRPC message accepted from a client; a larger one is answered RESOURCE_EXHAUSTED
+    /// naming this key.
     pub max_message_bytes: usize,
+    /// Most pairs in one BatchPut and ops in one Multi (as etcd's `--max-txn-ops`); more are
+    /// refused with INVALID_ARGUMENT. Bounds the work, the log entry and the apply events one
+    /// request can cause, independently of the byte limit.
+    pub max_ops_per_request: usize,
 }
+
+/// Default of `limits.max_ops_per_request`, and the size of the Multis the client library builds
+/// (so its batches fit a node with default limits).
+pub const DEFAULT_MAX_OPS_PER_REQUEST: usize = 1024;
 
 /// `[events]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -242,7 +251,10 @@ pub struct EventsConfig {
     pub history: usize,
     /// Bound on the memory those retained events (keys and values) may use.
     pub history_bytes: usize,
-    /// Events a watcher (or hook) may fall behind before it is dropped with an error.
+    /// Applied batches a watcher (or hook) may fall behind before it is dropped with an error. A
+    /// batch is what the state machine applies at once — one write or many, a BatchPut of any
+    /// size included — so a watcher that has read everything is never dropped for one large
+    /// write; memory held for a lagging watcher is up to this many batches.
     pub watch_buffer: usize,
 }
 
@@ -288,6 +300,7 @@ impl Default for LimitsConfig {
             max_connections: 1_024,
             max_inflight_requests: 4_096,
             max_message_bytes: 8 * 1024 * 1024,
+            max_ops_per_request: DEFAULT_MAX_OPS_PER_REQUEST,
         }
     }
 }
@@ -376,6 +389,9 @@ pub struct Overrides {
     /// limits.max_message_bytes
     #[arg(long)]
     pub max_message_bytes: Option<usize>,
+    /// limits.max_ops_per_request
+    #[arg(long)]
+    pub max_ops_per_request: Option<usize>,
     /// events.history
     #[arg(long)]
     pub events_history: Option<usize>,
@@ -518,6 +534,7 @@ impl Config {
             &o.max_inflight_requests,
         );
         set(&mut self.limits.max_message_bytes, &o.max_message_bytes);
+        set(&mut self.limits.max_ops_per_request, &o.max_ops_per_request);
         set(&mut self.events.history, &o.events_history);
         set(&mut self.events.watch_buffer, &o.watch_buffer);
         set(&mut self.sessions.ttl_ms, &o.session_ttl_ms);
@@ -613,6 +630,9 @@ impl Config {
                 "limits.max_message_bytes",
                 "must be at least limits.max_value_size + limits.max_key_size".into(),
             );
+        }
+        if l.max_ops_per_request == 0 {
+            return bad("limits.max_ops_per_request", "must be positive".into());
         }
         if self.events.watch_buffer == 0 {
             return bad("events.watch_buffer", "must be positive".into());
@@ -797,6 +817,21 @@ mod tests {
     }
 
     #[test]
+    fn max_ops_per_request_should_parse_and_refuse_zero() {
+        let base = "node_id = 1\nlisten_addr = \"127.0.0.1:1\"\n[limits]\n";
+        let c = Config::from_toml(&format!("{base}max_ops_per_request = 128\n")).expect("parse");
+        assert_eq!(c.limits.max_ops_per_request, 128);
+        let err = Config::from_toml(&format!("{base}max_ops_per_request = 0\n"))
+            .expect("parse")
+            .validate()
+            .expect_err("zero refused");
+        assert!(
+            err.to_string().contains("limits.max_ops_per_request"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn unknown_key_should_be_named() {
         let err = Config::from_toml("node_id = 1\nlisten_addr = \"127.0.0.1:1\"\nbogus = 3\n")
             .expect_err("must fail");
@@ -837,12 +872,14 @@ mod tests {
                 parse_members("7=127.0.0.1:9/127.0.0.1:19,8=127.0.0.1:10").expect("parse"),
             ),
             max_value_size: Some(10),
+            max_ops_per_request: Some(64),
             ..Default::default()
         };
         let c = Config::load(&o).expect("load");
         assert_eq!(c.node_id, 7);
         assert_eq!(c.storage.engine, Engine::Rocksdb);
         assert_eq!(c.limits.max_value_size, 10);
+        assert_eq!(c.limits.max_ops_per_request, 64);
         let members = c.initial_members().expect("members");
         assert_eq!(members[&7].peer_addr, "127.0.0.1:19");
         assert_eq!(

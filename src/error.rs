@@ -52,6 +52,9 @@ pub enum Reason {
     Compacted,
     /// A limit was reached before the request was admitted; nothing was done.
     ResourceExhausted,
+    /// The request is larger than the node accepts (`limits.max_message_bytes`); nothing was
+    /// done, and sending it again will not help.
+    TooLarge,
     /// Another Raft failure.
     Raft,
     /// The client session expired or is unknown; the write was not applied. Open a new session.
@@ -62,7 +65,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for parsing.
-    const ALL: [Reason; 14] = [
+    const ALL: [Reason; 15] = [
         Reason::InvalidArgument,
         Reason::NotLeader,
         Reason::FailedPrecondition,
@@ -74,6 +77,7 @@ impl Reason {
         Reason::Storage,
         Reason::Compacted,
         Reason::ResourceExhausted,
+        Reason::TooLarge,
         Reason::Raft,
         Reason::SessionExpired,
         Reason::SequenceAcknowledged,
@@ -93,6 +97,7 @@ impl Reason {
             Reason::Storage => "STORAGE",
             Reason::Compacted => "COMPACTED",
             Reason::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Reason::TooLarge => "TOO_LARGE",
             Reason::Raft => "RAFT",
             Reason::SessionExpired => "SESSION_EXPIRED",
             Reason::SequenceAcknowledged => "SEQUENCE_ACKNOWLEDGED",
@@ -175,6 +180,11 @@ pub enum Error {
     #[error("resource exhausted: {0}")]
     ResourceExhausted(String),
 
+    /// The request is larger than a node accepts (`limits.max_message_bytes`): RESOURCE_EXHAUSTED
+    /// as gRPC answers it, but, unlike [`Error::ResourceExhausted`], not worth retrying anywhere.
+    #[error("resource exhausted: {0}")]
+    TooLarge(String),
+
     /// A Raft failure that is not one of the above.
     #[error("raft: {0}")]
     Raft(String),
@@ -203,6 +213,7 @@ impl Error {
             Error::Storage(_) => Reason::Storage,
             Error::Compacted(_) => Reason::Compacted,
             Error::ResourceExhausted(_) => Reason::ResourceExhausted,
+            Error::TooLarge(_) => Reason::TooLarge,
             Error::Raft(_) => Reason::Raft,
             Error::SessionExpired(_) => Reason::SessionExpired,
             Error::SequenceAcknowledged(_) => Reason::SequenceAcknowledged,
@@ -251,7 +262,7 @@ impl From<Error> for Status {
             Error::Unavailable(_) | Error::NotAdmitted(_) | Error::NoQuorum(_) => Code::Unavailable,
             Error::Timeout(_) => Code::DeadlineExceeded,
             Error::Compacted(_) => Code::OutOfRange,
-            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::ResourceExhausted(_) | Error::TooLarge(_) => Code::ResourceExhausted,
             Error::Storage(_) | Error::Raft(_) => Code::Internal,
         };
         let reason = e.reason();
@@ -361,6 +372,7 @@ mod tests {
             Error::Storage("x".into()),
             Error::Compacted("x".into()),
             Error::ResourceExhausted("x".into()),
+            Error::TooLarge("x".into()),
             Error::Raft("x".into()),
             Error::SessionExpired("x".into()),
             Error::SequenceAcknowledged("x".into()),

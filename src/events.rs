@@ -3,8 +3,11 @@
 //!
 //! Two kinds of subscribers: in-process hooks ([`EventBus::register`]: a handler for a key prefix,
 //! run on its own task so a slow handler can never stall Raft) and `Watch` streams (gRPC). Both
-//! read a bounded `broadcast` channel; a subscriber that falls more than `watch_buffer` events
-//! behind is dropped with a clear error rather than buffering without bound or skipping silently.
+//! read a bounded `broadcast` channel whose unit is one applied batch (everything the state
+//! machine applied at once, however many keys it touched), so a subscriber's lag is counted in
+//! batches it has not read: a caught-up watcher is never dropped because one write changed more
+//! keys than the buffer holds. A subscriber that falls more than `watch_buffer` batches behind is
+//! dropped with a clear error rather than buffering without bound or skipping silently.
 //! The last `history` events are retained so a watch can start from a past log index: the backlog
 //! is taken and the live subscription opened under the same lock that publishing holds, so the
 //! two join with no gap and no duplicate.
@@ -19,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::error::Error;
 use crate::error::Result;
+use crate::log_throttle::LogThrottle;
 
 /// What happened to a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,8 +71,9 @@ impl KeyFilter {
 /// What live subscribers receive.
 #[derive(Debug, Clone)]
 pub enum Published {
-    /// One applied change.
-    Event(Arc<Event>),
+    /// The changes of one applied batch, in apply order (never empty). One message per batch,
+    /// so a subscriber's lag is counted in batches applied, not in the keys they touched.
+    Batch(Arc<[Arc<Event>]>),
     /// The node jumped to this index by installing a snapshot: the changes before it cannot be
     /// delivered as events, so subscribers must stop (or start over from a fresh read).
     Reset(u64),
@@ -117,7 +122,7 @@ pub struct Subscription {
 
 impl EventBus {
     /// A bus retaining at most `history` events and `history_bytes` bytes of them, letting
-    /// subscribers lag by at most `buffer` events.
+    /// subscribers lag by at most `buffer` applied batches.
     pub fn new(history: usize, history_bytes: usize, buffer: usize) -> EventBus {
         let (live, _) = broadcast::channel(buffer.max(1));
         let (closed, _) = watch::channel(false);
@@ -160,11 +165,11 @@ impl EventBus {
             tracing::error!("event history lock poisoned; events dropped");
             return;
         };
-        for event in events {
-            let event = Arc::new(event);
+        let batch: Arc<[Arc<Event>]> = events.into_iter().map(Arc::new).collect();
+        for event in batch.iter() {
             history.last_index = event.index;
             if self.capacity > 0 {
-                history.bytes += event_bytes(&event);
+                history.bytes += event_bytes(event);
                 history.events.push_back(event.clone());
                 while history.events.len() > self.capacity || history.bytes > self.capacity_bytes {
                     let Some(old) = history.events.pop_front() else {
@@ -176,9 +181,10 @@ impl EventBus {
             } else {
                 history.evicted_through = event.index;
             }
-            // No receivers is fine: nobody is watching.
-            let _ = self.live.send(Published::Event(event));
         }
+        // Sent under the history lock, so a concurrent subscribe sees this batch either in its
+        // backlog or live, never both or neither. No receivers is fine: nobody is watching.
+        let _ = self.live.send(Published::Batch(batch));
         crate::server::metrics::events_published(count);
     }
 
@@ -223,27 +229,33 @@ impl EventBus {
     }
 
     /// Runs `handler` for every event whose key starts with `prefix`, on a task of its own, until
-    /// the returned handle is dropped. A handler that falls more than the buffer behind misses
-    /// events; that is logged and counted, and the hook carries on with newer ones.
+    /// the returned handle is dropped. A handler that falls more than the buffer's batches behind
+    /// misses them; that is logged (throttled) and counted, and the hook carries on with newer ones.
     pub fn register<F>(&self, prefix: impl Into<Bytes>, handler: F) -> HookHandle
     where
         F: Fn(&Event) + Send + Sync + 'static,
     {
+        static LAGGING: LogThrottle = LogThrottle::every_interval();
         let filter = KeyFilter::Prefix(prefix.into());
         let mut rx = self.live.subscribe();
         let task = tokio::spawn(async move {
             loop {
                 match rx.recv().await {
-                    Ok(Published::Event(event)) => {
-                        if filter.matches(&event.key) {
-                            handler(&event);
+                    Ok(Published::Batch(events)) => {
+                        for event in events.iter().filter(|e| filter.matches(&e.key)) {
+                            handler(event);
                         }
                     }
                     Ok(Published::Reset(index)) => {
                         tracing::warn!(index, "event hook: node installed a snapshot; changes before it were not delivered");
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "event hook fell behind; events skipped");
+                        crate::warn_throttled!(
+                            LAGGING,
+                            0,
+                            missed_batches = n,
+                            "event hook fell behind events.watch_buffer; events skipped"
+                        );
                         crate::server::metrics::watcher_dropped();
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -294,9 +306,37 @@ mod tests {
         let backlog: Vec<u64> = sub.backlog.iter().map(|e| e.index).collect();
         assert_eq!(backlog, vec![2]);
         match sub.live.recv().await.expect("live") {
-            Published::Event(e) => assert_eq!(e.index, 3),
+            Published::Batch(events) => {
+                let live: Vec<u64> = events.iter().map(|e| e.index).collect();
+                assert_eq!(live, vec![3]);
+            }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn lag_should_count_batches_not_keys() {
+        let bus = EventBus::new(100, 1 << 20, 4);
+        let mut sub = bus.subscribe(0).expect("subscribe");
+        // One write of 100 keys is one message: a caught-up subscriber gets it whole.
+        bus.publish((1..=100).map(|_| put(1, "k")).collect());
+        match sub
+            .live
+            .recv()
+            .await
+            .expect("a batch larger than the buffer")
+        {
+            Published::Batch(events) => assert_eq!(events.len(), 100),
+            other => panic!("unexpected {other:?}"),
+        }
+        // More unread batches than the buffer holds is lag, reported as such.
+        for index in 2..=6 {
+            bus.publish(vec![put(index, "k")]);
+        }
+        assert!(matches!(
+            sub.live.recv().await,
+            Err(broadcast::error::RecvError::Lagged(1))
+        ));
     }
 
     #[tokio::test]

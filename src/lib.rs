@@ -17,6 +17,7 @@
 //! - [`pb`]: generated protobuf code. [`error`]: the error type and its one mapping to gRPC codes.
 //! - [`batch`]: request coalescing (the server's group commit, the client's Multi RPCs), and
 //!   [`gathered`]: socket writes gathered per HTTP/2 flush, for server and client connections.
+//! - [`log_throttle`]: warnings that can repeat per event, logged once per interval with a count.
 //!
 //! Data flows one way: a client write reaches the leader's [`server::kv_service`], becomes a
 //! [`raft::Command`] in the log, is replicated and committed by openraft, and is applied by
@@ -34,6 +35,7 @@ pub mod error;
 pub mod events;
 pub mod gathered;
 pub mod jepsen;
+pub mod log_throttle;
 pub mod pb;
 pub mod raft;
 pub mod server;

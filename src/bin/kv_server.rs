@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use rskv::config::Config;
 use rskv::config::Overrides;
+use rskv::log_throttle::RepeatedWarnings;
 use rskv::server::Listeners;
 use rskv::server::Node;
 use tracing_subscriber::EnvFilter;
@@ -36,6 +37,11 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // openraft warns on every heartbeat to an unreachable peer: once per interval instead.
+        .event_format(RepeatedWarnings::new(
+            tracing_subscriber::fmt::format(),
+            &["openraft"],
+        ))
         .init();
     let args = Args::parse();
     let dev_mode = Config::is_dev_mode(&args.overrides);

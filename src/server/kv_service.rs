@@ -6,6 +6,7 @@
 //! has applied up to the confirmed commit index) — or `STALE`, served from the local state machine
 //! of any node. A follower answers writes and linearizable reads with NOT_LEADER naming the leader.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,7 @@ use crate::events::Event;
 use crate::events::EventKind;
 use crate::events::KeyFilter;
 use crate::events::Published;
+use crate::events::Subscription;
 use crate::pb::kv as pb;
 use crate::pb::kv::kv_server::Kv;
 use crate::raft::Command;
@@ -39,8 +41,6 @@ use crate::raft::SessionRefusal;
 pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
 /// Largest page a scan may ask for.
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
-/// Most ops in one Multi.
-pub const MAX_MULTI_OPS: usize = 1024;
 
 /// Implements `rskv.v1.Kv` on top of a [`Node`].
 pub struct KvService {
@@ -66,6 +66,17 @@ impl KvService {
             return Err(Error::InvalidArgument(format!(
                 "key is {} bytes; the limit is {max}",
                 key.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a BatchPut or Multi carrying more than `limits.max_ops_per_request` items.
+    fn check_op_count(&self, count: usize, what: &str) -> Result<()> {
+        let max = self.node.config.limits.max_ops_per_request;
+        if count > max {
+            return Err(Error::InvalidArgument(format!(
+                "{count} {what} in one request; the limit is {max} (limits.max_ops_per_request)"
             )));
         }
         Ok(())
@@ -283,9 +294,10 @@ fn refusal_error(why: &SessionRefusal) -> Error {
     }
 }
 
-/// A running watch stream: backlog first, then live events, ending with a status.
+/// A running watch stream: backlog first, then live batches, ending with a status.
 struct WatchState {
-    backlog: std::vec::IntoIter<Arc<Event>>,
+    /// Events received but not yet sent: the backlog at first, then live batches as they come.
+    queue: VecDeque<Arc<Event>>,
     live: broadcast::Receiver<Published>,
     closed: watch::Receiver<bool>,
     filter: KeyFilter,
@@ -293,11 +305,21 @@ struct WatchState {
     start_index: u64,
     /// Index of the last event seen, to tell a dropped watcher where to resume.
     last_index: u64,
+    /// `events.watch_buffer`, named when a lagging watcher is dropped.
+    buffer: usize,
     done: bool,
-    /// A snapshot install seen while batching; ends the stream after the batch is sent.
-    pending_reset: Option<u64>,
+    /// Why the stream ends once `queue` is sent (a snapshot install or lag seen while batching).
+    pending_end: Option<PendingEnd>,
     /// Keeps the active-watcher gauge right for as long as the stream exists.
     _guard: WatcherGuard,
+}
+
+/// How a stream ends after the events queued before it are sent.
+enum PendingEnd {
+    /// The node installed a snapshot up to this index.
+    Reset(u64),
+    /// The watcher missed this many batches.
+    Lagged(u64),
 }
 
 struct WatcherGuard;
@@ -341,6 +363,25 @@ fn to_pb(event: &Event) -> pb::WatchEvent {
 }
 
 impl WatchState {
+    fn new(sub: Subscription, filter: KeyFilter, start_index: u64, buffer: usize) -> WatchState {
+        WatchState {
+            queue: sub.backlog.into(),
+            live: sub.live,
+            closed: sub.closed,
+            filter,
+            start_index,
+            last_index: if start_index > 0 {
+                start_index - 1
+            } else {
+                sub.last_index
+            },
+            buffer,
+            done: false,
+            pending_end: None,
+            _guard: WatcherGuard::new(),
+        }
+    }
+
     fn take(&mut self, event: &Arc<Event>, out: &mut Vec<pb::WatchEvent>) {
         if event.index < self.start_index {
             return;
@@ -349,6 +390,18 @@ impl WatchState {
         if self.filter.matches(&event.key) {
             out.push(to_pb(event));
         }
+    }
+
+    /// Up to [`WATCH_BATCH`] matching events from the front of the queue.
+    fn drain_queue(&mut self) -> Vec<pb::WatchEvent> {
+        let mut out = Vec::new();
+        while out.len() < WATCH_BATCH {
+            let Some(event) = self.queue.pop_front() else {
+                break;
+            };
+            self.take(&event, &mut out);
+        }
+        out
     }
 
     /// Where a re-watch should start. Inclusive of the last index seen: the keys of one batch
@@ -365,24 +418,30 @@ impl WatchState {
         Some(Err(status))
     }
 
+    fn lagged(&mut self, missed: u64) -> Option<Result<pb::WatchResponse, Status>> {
+        metrics::watcher_dropped();
+        let hint = self.resume_hint();
+        let buffer = self.buffer;
+        self.end(Status::resource_exhausted(format!(
+            "watcher fell more than {buffer} applied batches behind (events.watch_buffer) and \
+             missed {missed}; {hint}"
+        )))
+    }
+
     async fn next(&mut self) -> Option<Result<pb::WatchResponse, Status>> {
         if self.done {
             return None;
         }
-        if let Some(index) = self.pending_reset.take() {
-            return self.end(reset_status(index));
-        }
-        let mut out = Vec::new();
-        while out.len() < WATCH_BATCH {
-            let Some(event) = self.backlog.next() else {
-                break;
-            };
-            self.take(&event, &mut out);
-        }
-        if !out.is_empty() {
-            return Some(Ok(pb::WatchResponse { events: out }));
-        }
         loop {
+            let out = self.drain_queue();
+            if !out.is_empty() {
+                return Some(Ok(pb::WatchResponse { events: out }));
+            }
+            match self.pending_end.take() {
+                Some(PendingEnd::Reset(index)) => return self.end(reset_status(index)),
+                Some(PendingEnd::Lagged(missed)) => return self.lagged(missed),
+                None => {}
+            }
             let received = tokio::select! {
                 r = self.live.recv() => Some(r),
                 _ = self.closed.wait_for(|closed| *closed) => None,
@@ -394,34 +453,29 @@ impl WatchState {
                 )));
             };
             match received {
-                Ok(Published::Event(event)) => {
-                    self.take(&event, &mut out);
-                    // Batch whatever else is already queued (up to a reset, handled next time).
-                    while out.len() < WATCH_BATCH {
+                Ok(Published::Batch(events)) => {
+                    self.queue.extend(events.iter().cloned());
+                    // Batch whatever else is already queued, up to a reset or lag: those end
+                    // the stream once what came before them is sent.
+                    while self.queue.len() < WATCH_BATCH {
                         match self.live.try_recv() {
-                            Ok(Published::Event(event)) => self.take(&event, &mut out),
+                            Ok(Published::Batch(events)) => {
+                                self.queue.extend(events.iter().cloned())
+                            }
                             Ok(Published::Reset(index)) => {
-                                self.pending_reset = Some(index);
+                                self.pending_end = Some(PendingEnd::Reset(index));
+                                break;
+                            }
+                            Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                                self.pending_end = Some(PendingEnd::Lagged(missed));
                                 break;
                             }
                             Err(_) => break,
                         }
                     }
-                    if !out.is_empty() {
-                        return Some(Ok(pb::WatchResponse { events: out }));
-                    }
-                    if let Some(index) = self.pending_reset.take() {
-                        return self.end(reset_status(index));
-                    }
                 }
                 Ok(Published::Reset(index)) => return self.end(reset_status(index)),
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    metrics::watcher_dropped();
-                    let hint = self.resume_hint();
-                    return self.end(Status::resource_exhausted(format!(
-                        "watcher fell {missed} events behind the buffer; {hint}"
-                    )));
-                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => return self.lagged(missed),
                 Err(broadcast::error::RecvError::Closed) => {
                     return self.end(Status::unavailable("node shutting down"));
                 }
@@ -454,21 +508,12 @@ impl Kv for KvService {
                 KeyFilter::Key(req.key)
             };
             let sub = self.node.events.subscribe(req.start_index)?;
-            let state = WatchState {
-                backlog: sub.backlog.into_iter(),
-                live: sub.live,
-                closed: sub.closed,
+            let state = WatchState::new(
+                sub,
                 filter,
-                start_index: req.start_index,
-                last_index: if req.start_index > 0 {
-                    req.start_index - 1
-                } else {
-                    sub.last_index
-                },
-                done: false,
-                pending_reset: None,
-                _guard: WatcherGuard::new(),
-            };
+                req.start_index,
+                self.node.config.events.watch_buffer,
+            );
             let stream = futures::stream::unfold(state, |mut state| async move {
                 state.next().await.map(|item| (item, state))
             });
@@ -568,6 +613,7 @@ impl Kv for KvService {
                     "batch must contain at least one pair".into(),
                 ));
             }
+            self.check_op_count(req.pairs.len(), "pairs")?;
             let mut pairs: Vec<(Bytes, Bytes)> = Vec::with_capacity(req.pairs.len());
             for kv in req.pairs {
                 self.check_key(&kv.key)?;
@@ -645,19 +691,91 @@ impl Kv for KvService {
     ) -> Result<Response<pb::MultiResponse>, Status> {
         let req = request.into_inner();
         tracing::Span::current().record("ops", req.ops.len());
-        let count = req.ops.len().clamp(1, MAX_MULTI_OPS);
+        let max = self.node.config.limits.max_ops_per_request;
+        let count = req.ops.len().min(max).max(1);
         handle_many("multi", Some(&self.node.limiter), count, async {
-            if req.ops.len() > MAX_MULTI_OPS {
-                return Err(Error::InvalidArgument(format!(
-                    "{} ops in one multi; the limit is {MAX_MULTI_OPS}",
-                    req.ops.len()
-                )));
-            }
+            self.check_op_count(req.ops.len(), "ops")?;
             let results = futures::future::join_all(req.ops.into_iter().map(|op| self.run_op(op)));
             Ok(pb::MultiResponse {
                 results: results.await,
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::events::EventBus;
+
+    fn put(index: u64, key: String) -> Event {
+        Event {
+            index,
+            key: Bytes::from(key),
+            kind: EventKind::Put {
+                value: Bytes::from_static(b"v"),
+            },
+            prev: None,
+        }
+    }
+
+    async fn next_events(state: &mut WatchState) -> Vec<pb::WatchEvent> {
+        match state.next().await {
+            Some(Ok(response)) => response.events,
+            other => panic!("expected events, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_larger_than_the_buffer_should_reach_a_caught_up_watcher_whole() {
+        let bus = EventBus::new(100, 1 << 20, 4);
+        let sub = bus.subscribe(0).expect("subscribe");
+        let mut state = WatchState::new(sub, KeyFilter::Prefix(Bytes::new()), 0, 4);
+        bus.publish((0..1000).map(|i| put(7, format!("k{i:04}"))).collect());
+        let mut keys = Vec::new();
+        while keys.len() < 1000 {
+            let events = next_events(&mut state).await;
+            assert!(
+                events.len() <= WATCH_BATCH,
+                "{} in one response",
+                events.len()
+            );
+            keys.extend(events.into_iter().map(|e| e.key));
+        }
+        let expected: Vec<Bytes> = (0..1000).map(|i| Bytes::from(format!("k{i:04}"))).collect();
+        assert_eq!(keys, expected, "every key, once, in order");
+        // Still open: the next write arrives too.
+        bus.publish(vec![put(8, "after".into())]);
+        let events = next_events(&mut state).await;
+        assert_eq!((events.len(), events[0].index), (1, 8));
+    }
+
+    #[tokio::test]
+    async fn a_watcher_behind_more_batches_than_the_buffer_should_be_told_where_to_resume() {
+        let bus = EventBus::new(100, 1 << 20, 4);
+        let sub = bus.subscribe(0).expect("subscribe");
+        let mut state = WatchState::new(sub, KeyFilter::Prefix(Bytes::new()), 0, 4);
+        bus.publish(vec![put(1, "a".into())]);
+        assert_eq!(next_events(&mut state).await.len(), 1);
+        for index in 2..=7 {
+            bus.publish(vec![put(index, "a".into())]);
+        }
+        let status = match state.next().await {
+            Some(Err(status)) => status,
+            other => panic!("expected the watcher dropped, got {other:?}"),
+        };
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("events.watch_buffer")
+                && status.message().contains("start_index 1"),
+            "{status:?}"
+        );
+        assert!(
+            state.next().await.is_none(),
+            "the stream ends after the status"
+        );
     }
 }

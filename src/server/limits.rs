@@ -1,5 +1,5 @@
-//! Per-node limits: client connections ([`limited_incoming`]) and in-flight client requests
-//! ([`RequestLimiter`]).
+//! Per-node limits: client connections ([`limited_incoming`]), in-flight client requests
+//! ([`RequestLimiter`]) and the size of a client's request ([`name_message_limit`]).
 //!
 //! A connection holds a semaphore permit for exactly as long as it is open (the permit lives
 //! inside the connection object tonic serves), so closed connections free their slot at once.
@@ -7,6 +7,9 @@
 //! admitted clients are unaffected. Past `max_inflight_requests` a request is answered
 //! RESOURCE_EXHAUSTED immediately instead of queueing. Raft traffic arrives on the separate peer
 //! port and is subject to neither limit, so client load cannot starve replication or elections.
+//! Refused connections and failed accepts are logged at most once per interval, with a count
+//! ([`crate::log_throttle`]): a client reconnecting to a full node would otherwise log a line per
+//! attempt.
 
 use std::io;
 use std::pin::Pin;
@@ -25,12 +28,14 @@ use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
+use tonic::codegen::http;
 use tonic::transport::server::Connected;
 use tonic::transport::server::TcpConnectInfo;
 
 use super::metrics;
 use crate::error::Error;
 use crate::gathered::Gathered;
+use crate::log_throttle::LogThrottle;
 
 /// A client connection admitted under the connection limit; its writes are [`Gathered`], so a
 /// small response leaves in one write.
@@ -92,6 +97,8 @@ pub fn limited_incoming(
     listener: TcpListener,
     max: usize,
 ) -> impl Stream<Item = io::Result<LimitedConnection>> {
+    static REFUSED: LogThrottle = LogThrottle::every_interval();
+    static ACCEPT_FAILED: LogThrottle = LogThrottle::every_interval();
     let slots = Arc::new(Semaphore::new(max));
     futures::stream::unfold((listener, slots), move |(listener, slots)| async move {
         loop {
@@ -108,17 +115,65 @@ pub fn limited_incoming(
                     }
                     Err(_) => {
                         metrics::connection_rejected();
-                        tracing::warn!(%peer, max, "connection refused: max_connections reached");
+                        crate::warn_throttled!(
+                            REFUSED,
+                            0,
+                            %peer,
+                            max,
+                            "connection refused: limits.max_connections reached"
+                        );
                         drop(stream);
                     }
                 },
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    crate::warn_throttled!(ACCEPT_FAILED, 0, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
         }
     })
+}
+
+/// The start of tonic's message for a request over `max_decoding_message_size` (tonic 0.14,
+/// `codec/decode.rs`), which it answers itself, before any handler runs.
+const TONIC_TOO_LARGE: &str = "Error, decoded message length too large: found ";
+
+/// Rewrites tonic's answer to a request over the message limit — OUT_OF_RANGE "decoded message
+/// length too large", which clients here read as "compacted" — into RESOURCE_EXHAUSTED naming
+/// `limits.max_message_bytes` (through [`Error::TooLarge`]). Meant for a `map_response` layer
+/// on the client server: tonic answers such a request with a trailers-only response whose
+/// headers carry the status, and leaves every other response alone.
+pub fn name_message_limit<B>(mut response: http::Response<B>, limit: usize) -> http::Response<B> {
+    let Some(status) = response.extensions().get::<tonic::Status>() else {
+        return response;
+    };
+    if status.code() != tonic::Code::OutOfRange {
+        return response;
+    }
+    let Some(found) = status.message().strip_prefix(TONIC_TOO_LARGE) else {
+        return response;
+    };
+    let size = found
+        .split_once(' ')
+        .map_or("more", |(bytes, _)| bytes)
+        .to_string();
+    let named = tonic::Status::from(Error::TooLarge(format!(
+        "request message is {size} bytes, over the limit of {limit} bytes \
+         (limits.max_message_bytes)"
+    )));
+    let headers = response.headers_mut();
+    for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+        headers.remove(name);
+    }
+    if named.add_header(headers).is_err() {
+        // Our own ASCII message always makes a valid header; keep at least the code.
+        headers.insert(
+            "grpc-status",
+            http::HeaderValue::from(tonic::Code::ResourceExhausted as i32),
+        );
+    }
+    response.extensions_mut().insert(named);
+    response
 }
 
 /// Bounds concurrent client requests and refuses new ones while the node drains for shutdown.
@@ -214,6 +269,36 @@ impl RequestLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_over_size_request_should_be_resource_exhausted_naming_the_limit() {
+        let tonic_answer = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 9000 bytes, the limit is: 100 bytes",
+        )
+        .into_http::<()>();
+        let response = name_message_limit(tonic_answer, 100);
+        let status = tonic::Status::from_header_map(response.headers()).expect("a status");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("9000 bytes")
+                && status.message().contains("limit of 100 bytes")
+                && status.message().contains("limits.max_message_bytes"),
+            "{status:?}"
+        );
+        assert!(
+            !response
+                .headers()
+                .contains_key(crate::error::NOT_ADMITTED_HEADER),
+            "retrying elsewhere would not help"
+        );
+        // Our own OUT_OF_RANGE (a compacted watch start) and successes pass untouched.
+        let compacted = tonic::Status::out_of_range("events before index 5 are no longer retained");
+        let response = name_message_limit(compacted.into_http::<()>(), 100);
+        let status = tonic::Status::from_header_map(response.headers()).expect("a status");
+        assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+        let ok = name_message_limit(http::Response::new(()), 100);
+        assert!(tonic::Status::from_header_map(ok.headers()).is_none());
+    }
 
     #[test]
     fn limiter_should_refuse_past_max_and_while_draining() {

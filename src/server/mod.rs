@@ -36,6 +36,7 @@ use crate::config::Engine;
 use crate::error::Error;
 use crate::error::Result;
 use crate::events::EventBus;
+use crate::log_throttle::LogThrottle;
 use crate::pb::kv::cluster_server::ClusterServer;
 use crate::pb::kv::kv_server::KvServer;
 use crate::pb::raft::raft_server::RaftServer;
@@ -312,12 +313,17 @@ impl Node {
         let kv = KvServer::new(kv_service::KvService::new(self.clone()))
             .max_decoding_message_size(limits.max_message_bytes)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let cluster = ClusterServer::new(cluster_service::ClusterService::new(self.clone()));
+        let cluster = ClusterServer::new(cluster_service::ClusterService::new(self.clone()))
+            .max_decoding_message_size(limits.max_message_bytes);
         let incoming = limits::limited_incoming(listeners.client, limits.max_connections);
         let stop = client_stop.clone();
+        let max_message_bytes = limits.max_message_bytes;
         // Nagle is disabled per accepted connection (limits.rs, peer_incoming): the builder's
         // tcp_nodelay only applies to listeners tonic binds itself.
         let client_server = tonic::transport::Server::builder()
+            .layer(tower::util::MapResponseLayer::new(move |response| {
+                limits::name_message_limit(response, max_message_bytes)
+            }))
             .add_service(kv)
             .add_service(cluster)
             .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
@@ -564,10 +570,11 @@ fn peer_incoming(
     listener: TcpListener,
 ) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     use futures::StreamExt;
+    static NAGLE: LogThrottle = LogThrottle::every_interval();
     TcpListenerStream::new(listener).map(|conn| {
         conn.inspect(|stream| {
             if let Err(e) = stream.set_nodelay(true) {
-                tracing::warn!(error = %e, "cannot disable Nagle on a peer connection");
+                crate::warn_throttled!(NAGLE, 0, error = %e, "cannot disable Nagle on a peer connection");
             }
         })
     })
@@ -577,6 +584,8 @@ fn peer_incoming(
 /// once it has caught up; retries (with backoff) until it succeeds or the node stops.
 async fn join_cluster(node: Arc<Node>) {
     use crate::client::ClientError;
+    static JOIN_FAILED: LogThrottle = LogThrottle::every_interval();
+    static PROMOTE_FAILED: LogThrottle = LogThrottle::every_interval();
     let info = match node.config.node_info() {
         Ok(info) => info,
         Err(e) => {
@@ -603,7 +612,7 @@ async fn join_cluster(node: Arc<Node>) {
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "join: adding as learner failed; retrying");
+                crate::warn_throttled!(JOIN_FAILED, 0, error = %e, "join: adding as learner failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -621,7 +630,7 @@ async fn join_cluster(node: Arc<Node>) {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "join: promotion failed; retrying");
+                crate::warn_throttled!(PROMOTE_FAILED, 0, error = %e, "join: promotion failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }

@@ -125,7 +125,10 @@ impl Raft for RaftService {
                         Some((rpc, incoming))
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "undecodable append in stream; ending it");
+                        // A leader of another version retries with a new stream every time.
+                        static UNDECODABLE: crate::log_throttle::LogThrottle =
+                            crate::log_throttle::LogThrottle::every_interval();
+                        crate::warn_throttled!(UNDECODABLE, 0, error = %e, "undecodable append in stream; ending it");
                         None
                     }
                 }
