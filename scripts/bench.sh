@@ -9,6 +9,10 @@
 #   ROUNDS=3 WORKLOADS=put CLIENTS="64 256" scripts/bench.sh
 #                                         # each cell 3 times, systems alternating; the table
 #                                         # shows each system's median run (by throughput)
+#   AB="--no-sessions" ROUNDS=3 WORKLOADS=put CLIENTS="1 64 256" scripts/bench.sh
+#                                         # an interleaved A/B of a client-side change: the
+#                                         # second system is the same rskv cluster, driven by
+#                                         # kv_bench with these extra flags (no etcd); ratio A/B
 #
 # As root it installs what is missing (protobuf-compiler to build the etcd client, etcd-server and
 # etcd-client from Debian). Without etcd it benchmarks rskv alone.
@@ -22,6 +26,7 @@ WORKLOADS="${WORKLOADS:-put put-1conn get-linearizable get-stale get-lease}"
 ROUNDS="${ROUNDS:-1}"
 KEYS="${KEYS:-100000}"
 OUT="${OUT:-$ROOT/results/bench-$(date +%Y%m%d-%H%M%S)}"
+AB="${AB:-}"
 # Node n (1-3) listens on port ${BASE}n of each base: rskv clients 751n, peers 752n, metrics
 # 753n; etcd clients 761n, peers 762n.
 RSKV_CLIENT=751 RSKV_PEER=752 RSKV_METRICS=753 ETCD_CLIENT=761 ETCD_PEER=762
@@ -60,7 +65,7 @@ apt_install() {
     fi
 }
 command -v protoc >/dev/null || apt_install protobuf-compiler
-if ! command -v etcd >/dev/null; then apt_install etcd-server etcd-client || true; fi
+if [[ -z "$AB" ]] && ! command -v etcd >/dev/null; then apt_install etcd-server etcd-client || true; fi
 
 (cd "$ROOT" && cargo build --release --quiet --features etcd --bin kv_server --bin kv_bench)
 BIN="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release"
@@ -91,7 +96,7 @@ start_rskv read_index
 RSKV="$(ports $RSKV_CLIENT 127.0.0.1:%s)"
 
 ETCD=""
-if command -v etcd >/dev/null; then
+if [[ -z "$AB" ]] && command -v etcd >/dev/null; then
     CLUSTER=""
     for n in 1 2 3; do CLUSTER+="${CLUSTER:+,}e$n=http://127.0.0.1:$ETCD_PEER$n"; done
     for n in 1 2 3; do
@@ -114,7 +119,7 @@ wait_ready() { # target endpoints
     exit 1
 }
 wait_ready rskv "$RSKV"
-if [[ -n "$(command -v etcd || true)" ]]; then
+if [[ -z "$AB" && -n "$(command -v etcd || true)" ]]; then
     wait_ready etcd "$(ports $ETCD_CLIENT http://127.0.0.1:%s)"
     # Puts go to etcd's leader, as they go to rskv's (its client follows redirects).
     ETCD="$(ETCDCTL_API=3 etcdctl --endpoints="$(ports $ETCD_CLIENT 127.0.0.1:%s)" endpoint status 2>/dev/null \
@@ -134,7 +139,12 @@ run() { # target endpoints workload clients [args...]
         --conns "$conns" --duration "$DURATION" --key-size 8 --val-size 256 --key-space "$KEYS" --json "$@"
 }
 
-printf '%-16s %7s | %10s %8s %8s | %10s %8s %8s | %6s\n' workload clients "rskv op/s" p50ms p99ms "etcd op/s" p50ms p99ms ratio | tee "$OUT/table.txt"
+B_NAME=etcd B_COL="etcd op/s"
+if [[ -n "$AB" ]]; then
+    B_NAME="rskv $AB" B_COL="B op/s"
+    echo "B: rskv driven with kv_bench $AB" | tee "$OUT/table.txt"
+fi
+printf '%-16s %7s | %10s %8s %8s | %10s %8s %8s | %6s\n' workload clients "rskv op/s" p50ms p99ms "$B_COL" p50ms p99ms ratio | tee -a "$OUT/table.txt"
 # put-1conn: the same puts with every client sharing one connection per system (one rskv Client,
 # one etcd client; etcd's own benchmark defaults to --conns 1), where rskv's client coalesces
 # requests into Multi RPCs. get-lease: the same linearizable gets with rskv restarted under
@@ -159,9 +169,16 @@ for spec in "put put" "put-1conn put" "get-linearizable get --consistency linear
             r="$(run rskv "$RSKV" "$1" "$c" "${@:2}")"
             echo "{\"system\":\"rskv\",\"cell\":\"$name\",\"round\":$round,\"result\":$r}" >>"$OUT/results.jsonl"
             rs="$rs$r"$'\n'
-            if [[ -n "$ETCD" ]]; then
+            if [[ -n "$AB" ]]; then
+                # shellcheck disable=SC2086 # AB is a list of flags
+                e="$(run rskv "$RSKV" "$1" "$c" "${@:2}" $AB)"
+            elif [[ -n "$ETCD" ]]; then
                 e="$(run etcd "$ETCD" "$1" "$c" "${@:2}")"
-                echo "{\"system\":\"etcd\",\"cell\":\"$name\",\"round\":$round,\"result\":$e}" >>"$OUT/results.jsonl"
+            else
+                e=""
+            fi
+            if [[ -n "$e" ]]; then
+                echo "{\"system\":\"$B_NAME\",\"cell\":\"$name\",\"round\":$round,\"result\":$e}" >>"$OUT/results.jsonl"
                 es="$es$e"$'\n'
             fi
         done
