@@ -80,6 +80,14 @@ async fn a_write_whose_reply_was_lost_should_be_applied_once() {
         .await
         .expect("the retry is answered");
     assert_eq!(proxies.swallowed(), 1, "the first reply was swallowed");
+    let mut replays = 0.0;
+    for node in &cluster.nodes {
+        let (_, text) = common::http_get(&node.metrics_addr, "/metrics")
+            .await
+            .expect("metrics");
+        replays += common::metric_value(&text, "rskv_session_replays_total", "");
+    }
+    assert_eq!(replays, 1.0, "the retry was answered from the session table");
     assert!(
         cas.success,
         "the retry is answered with the first application's reply, not a failed swap: {cas:?}"
@@ -295,4 +303,144 @@ async fn a_counter_under_leader_kills_and_cut_connections_should_hold_exactly_th
         value, acked,
         "each acknowledged increment applied exactly once"
     );
+}
+
+/// The session table is replicated state: a node that caught up by snapshot, and every node
+/// after a crash, answers an old write's retry from it exactly as the node that applied it did.
+async fn the_session_table_should_travel_in_snapshots_and_survive_restarts(engine: &str) {
+    let mut cluster = ProcessCluster::start(
+        3,
+        engine,
+        &["--snapshot-every", "50", "--keep-logs-after-snapshot", "0"],
+    );
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let lagging = cluster.follower_of(leader);
+    cluster.kill(lagging);
+    let raw = |addr: &str| {
+        let channel = rskv::raft::network::lazy_channel(addr, Duration::from_secs(1), None)
+            .expect("channel");
+        pb::kv_client::KvClient::new(channel)
+    };
+    let mut kv = raw(&cluster.node(leader).addr);
+    let session = kv
+        .open_session(pb::OpenSessionRequest {})
+        .await
+        .expect("open")
+        .into_inner();
+    let put = |seq: u64, value: String| pb::PutRequest {
+        key: Bytes::from(format!("sess/{seq}")),
+        value: Bytes::from(value),
+        return_prev: false,
+        session: Some(pb::SessionRef {
+            id: session.id,
+            seq,
+            first_unacked: 1,
+        }),
+    };
+    // Three writes whose replies the client never acknowledges, while `lagging` is down.
+    let mut replies = Vec::new();
+    for seq in 1..=3 {
+        let reply = kv
+            .put(put(seq, format!("v{seq}")))
+            .await
+            .expect("put")
+            .into_inner();
+        replies.push((seq, reply));
+    }
+    // Enough other writes for snapshots, and a purge past all of them.
+    let client = cluster.client();
+    for i in 0..150 {
+        client.put(format!("fill/{i}"), "x").await.expect("put");
+    }
+    let leader_addr = cluster.node(leader).addr.clone();
+    let last = replies.last().map_or(0, |(_, r)| r.index);
+    cluster
+        .wait("the leader to purge its log", Duration::from_secs(10), || {
+            let client = &client;
+            let leader_addr = leader_addr.clone();
+            async move {
+                let status = client.status_of(&leader_addr).await.ok()?;
+                (status.purged_index > last).then_some(())
+            }
+        })
+        .await;
+    cluster.restart(lagging);
+    let committed = client.leader_status().await.expect("status").committed;
+    let lagging_addr = cluster.node(lagging).addr.clone();
+    cluster
+        .wait("the restarted node to catch up", Duration::from_secs(30), || {
+            let client = &client;
+            let lagging_addr = lagging_addr.clone();
+            async move {
+                let status = client.status_of(&lagging_addr).await.ok()?;
+                (status.applied >= committed).then_some(())
+            }
+        })
+        .await;
+    let (_, text) = common::http_get(&cluster.node(lagging).metrics_addr, "/metrics")
+        .await
+        .expect("metrics");
+    assert!(
+        common::metric_value(&text, "rskv_snapshots_installed_total", "") >= 1.0,
+        "{engine}: the node caught up by snapshot"
+    );
+    let counts = futures::future::join_all(
+        cluster
+            .nodes
+            .iter()
+            .map(|n| async { client.status_of(&n.addr).await.expect("status").sessions }),
+    )
+    .await;
+    assert!(
+        counts[0] >= 1 && counts.iter().all(|c| *c == counts[0]),
+        "{engine}: every node holds the same sessions: {counts:?}"
+    );
+
+    // The node that installed the snapshot leads, and answers the retries from its table.
+    client
+        .transfer_leader(Some(lagging))
+        .await
+        .expect("transfer");
+    assert_eq!(cluster.wait_for_leader(LEADER_TIMEOUT).await, lagging);
+    let mut kv = raw(&lagging_addr);
+    for (seq, reply) in &replies {
+        let again = kv
+            .put(put(*seq, "changed".into()))
+            .await
+            .expect("replay")
+            .into_inner();
+        assert_eq!(&again, reply, "{engine}: seq {seq} replayed after a snapshot");
+    }
+    // Every node crashes and comes back: the table is recovered with the data.
+    for id in [1, 2, 3] {
+        cluster.kill(id);
+    }
+    for id in [1, 2, 3] {
+        cluster.restart(id);
+    }
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let mut kv = raw(&cluster.node(leader).addr);
+    let (seq, reply) = &replies[1];
+    let again = kv
+        .put(put(*seq, "changed".into()))
+        .await
+        .expect("replay after restart")
+        .into_inner();
+    assert_eq!(&again, reply, "{engine}: seq {seq} replayed after a crash");
+    let value = cluster
+        .client()
+        .get(format!("sess/{seq}"))
+        .await
+        .expect("get");
+    assert_eq!(value, Some(Bytes::from(format!("v{seq}"))), "{engine}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_table_should_travel_in_snapshots_and_survive_restarts_rocksdb() {
+    the_session_table_should_travel_in_snapshots_and_survive_restarts("rocksdb").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_table_should_travel_in_snapshots_and_survive_restarts_memory() {
+    the_session_table_should_travel_in_snapshots_and_survive_restarts("memory").await;
 }

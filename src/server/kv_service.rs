@@ -105,8 +105,15 @@ impl KvService {
         let (index, resp) = self.node.proposer.write(command).await?;
         match &resp.session {
             SessionOutcome::Applied | SessionOutcome::Opened { .. } => Ok((index, resp)),
-            SessionOutcome::Replayed { index } => Ok((*index, resp)),
-            SessionOutcome::Refused(why) => Err(refusal_error(why)),
+            SessionOutcome::Replayed { index } => {
+                metrics::session_replayed();
+                Ok((*index, resp))
+            }
+            SessionOutcome::Refused(why) => {
+                let e = refusal_error(why);
+                metrics::session_refused(e.reason().as_str());
+                Err(e)
+            }
         }
     }
 

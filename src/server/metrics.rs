@@ -62,6 +62,12 @@ pub const WATCHERS_DROPPED: &str = "rskv_watchers_dropped_total";
 
 /// Writes per proposed log entry (1 for a write proposed alone).
 pub const WRITE_GROUP_SIZE: &str = "rskv_write_group_size";
+/// Open client sessions in this node's state machine.
+pub const SESSIONS_OPEN: &str = "rskv_sessions_open";
+/// Session writes answered from the session table (a retry of a write already applied).
+pub const SESSION_REPLAYS: &str = "rskv_session_replays_total";
+/// Session writes refused by the state machine, by reason.
+pub const SESSION_REFUSALS: &str = "rskv_session_refusals_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -136,6 +142,25 @@ fn describe() {
         WRITE_GROUP_SIZE,
         "Writes carried by each proposed log entry (grouping under load)"
     );
+    describe_gauge!(SESSIONS_OPEN, "Open client sessions");
+    describe_counter!(
+        SESSION_REPLAYS,
+        "Retried session writes answered from the session table"
+    );
+    describe_counter!(
+        SESSION_REFUSALS,
+        "Session writes refused (expired session, acknowledged seq, full backlog)"
+    );
+}
+
+/// Counts a retried session write answered from the session table.
+pub fn session_replayed() {
+    metrics::counter!(SESSION_REPLAYS).increment(1);
+}
+
+/// Counts a refused session write.
+pub fn session_refused(reason: &'static str) {
+    metrics::counter!(SESSION_REFUSALS, "reason" => reason).increment(1);
 }
 
 /// Records a proposed log entry carrying `writes` writes.
@@ -244,6 +269,7 @@ pub async fn follow_raft(node: Arc<Node>) {
             metrics::gauge!(RAFT_APPLIED).set(m.last_applied.map(|l| l.index).unwrap_or(0) as f64);
             metrics::gauge!(RAFT_SNAPSHOT_INDEX)
                 .set(m.snapshot.map(|l| l.index).unwrap_or(0) as f64);
+            metrics::gauge!(SESSIONS_OPEN).set(node.state_machine.open_sessions() as f64);
             if let Some(replication) = &m.replication {
                 for (peer, matched) in replication {
                     if *peer == node.id {
