@@ -40,6 +40,7 @@ use crate::pb::kv::cluster_server::ClusterServer;
 use crate::pb::kv::kv_server::KvServer;
 use crate::pb::raft::raft_server::RaftServer;
 use crate::raft::network::NetworkFactory;
+use crate::raft::network::PeerLiveness;
 use crate::raft::NodeId;
 use crate::raft::NodeInfo;
 use crate::raft::Raft;
@@ -156,6 +157,7 @@ impl Node {
             let network = NetworkFactory::new(
                 config.raft.snapshot_chunk_bytes as usize,
                 config.peer_source_ip,
+                config.peer_liveness(),
             );
             let raft_config = Arc::new(config.openraft_config()?);
             let raft = Raft::new(
@@ -295,7 +297,7 @@ impl Node {
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let stop = peer_stop.clone();
-        let peer_server = tonic::transport::Server::builder()
+        let peer_server = peer_server(self.config.peer_liveness())
             .add_service(raft)
             .serve_with_incoming_shutdown(peer_incoming(listeners.peer), async move {
                 stop.cancelled().await
@@ -432,6 +434,28 @@ impl Node {
             .map(|l| l.index)
             .unwrap_or(0)
     }
+}
+
+/// Remotely reset streams a peer connection may have waiting to be accepted before h2 takes it for
+/// an attack and closes the connection with a protocol error (h2's default is 20).
+///
+/// openraft opens a stream per heartbeat and cancels it when no answer comes within the heartbeat
+/// interval; votes and append streams are cancelled the same way. A peer connection that stalls
+/// and then resumes delivers all the requests cancelled in the meantime at once: after almost
+/// every heal of a partition that was more than 20, and h2 closed the connection that had just
+/// recovered. Keep-alive now drops a stalled connection after about a heartbeat plus an election
+/// timeout ([`PeerLiveness`]); 1,000 is a hundred seconds of heartbeats at 100 ms. The limit
+/// guards client-facing servers against "rapid reset" floods; a peer can send anything anyway.
+const PEER_RESET_STREAMS: usize = 1000;
+
+/// The gRPC server of the Raft transport: dead peer connections are dropped as the transport's
+/// own are ([`PeerLiveness`]), and cancelled Raft RPCs do not trip h2's reset limit
+/// ([`PEER_RESET_STREAMS`]).
+pub(crate) fn peer_server(liveness: PeerLiveness) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(liveness.ping_after))
+        .http2_keepalive_timeout(Some(liveness.ping_timeout))
+        .http2_max_pending_accept_reset_streams(Some(PEER_RESET_STREAMS))
 }
 
 /// Accepted peer connections with Nagle's algorithm off: `tcp_nodelay` on the builder only applies
