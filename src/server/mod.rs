@@ -9,6 +9,7 @@
 
 pub mod cluster_service;
 pub mod kv_service;
+pub mod lease_hold;
 pub mod limits;
 pub mod metrics;
 pub mod proposer;
@@ -24,7 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
+use openraft::storage::RaftLogStorage;
 use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::RaftLogReader;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -44,6 +47,7 @@ use crate::raft::network::PeerLiveness;
 use crate::raft::NodeId;
 use crate::raft::NodeInfo;
 use crate::raft::Raft;
+use crate::server::lease_hold::LeaseHold;
 use crate::storage::memory::MemoryEngine;
 use crate::storage::rocks::RocksEngine;
 use crate::storage::KvEngine;
@@ -108,6 +112,33 @@ pub struct Node {
     pub proposer: proposer::Proposer,
     /// Asks openraft for a snapshot every `raft.snapshot_every` writes.
     pub snapshots: Arc<SnapshotTrigger>,
+    /// Keeps a restarted node out of elections while a lease it granted may still run.
+    pub lease_hold: LeaseHold,
+}
+
+/// The hold for a node that restarted with a committed vote: `election_timeout_max` from now,
+/// unless it is the only voter (then elections are enabled at once).
+async fn lease_hold_after_start(raft: &Raft, id: NodeId, config: &Config) -> Result<LeaseHold> {
+    let only_voter = raft
+        .with_raft_state(move |state| {
+            state
+                .membership_state
+                .effective()
+                .voter_ids()
+                .all(|voter| voter == id)
+        })
+        .await
+        .map_err(|e| Error::Raft(e.to_string()))?;
+    if only_voter {
+        raft.runtime_config().elect(true);
+        return Ok(LeaseHold::none());
+    }
+    let lease = Duration::from_millis(config.raft.election_timeout_max_ms);
+    tracing::info!(
+        ?lease,
+        "restarted after acknowledging a leader: not voting or campaigning until its lease has lapsed"
+    );
+    Ok(LeaseHold::from_now(lease))
 }
 
 impl Node {
@@ -127,7 +158,7 @@ impl Node {
             std::fs::create_dir_all(&log_dir)?;
             std::fs::create_dir_all(&snapshot_dir)?;
             remove_incoming_snapshots(&snapshot_dir);
-            let log_store = LogStore::open(&log_dir)
+            let mut log_store = LogStore::open(&log_dir)
                 .map(|s| s.with_node_id(config.node_id))
                 .map_err(|e| {
                     Error::Storage(format!("opening raft log in {}: {e}", log_dir.display()))
@@ -159,16 +190,31 @@ impl Node {
                 config.peer_source_ip,
                 config.peer_liveness(),
             );
-            let raft_config = Arc::new(config.openraft_config()?);
+            // A node that had acknowledged a leader stays out of elections for a lease after
+            // it starts (lease_hold.rs); openraft starts without elections then.
+            let acknowledged_a_leader = log_store
+                .get_log_reader()
+                .await
+                .read_vote()
+                .await
+                .map_err(|e| Error::Storage(format!("reading the vote: {e}")))?
+                .is_some_and(|vote| vote.is_committed());
+            let mut raft_config = config.openraft_config()?;
+            raft_config.enable_elect = !acknowledged_a_leader;
             let raft = Raft::new(
                 config.node_id,
-                raft_config,
+                Arc::new(raft_config),
                 network,
                 log_store,
                 state_machine,
             )
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
+            let lease_hold = if acknowledged_a_leader {
+                lease_hold_after_start(&raft, config.node_id, &config).await?
+            } else {
+                LeaseHold::none()
+            };
             {
                 let raft = raft.clone();
                 let snapshots = snapshots.clone();
@@ -194,6 +240,7 @@ impl Node {
             );
             let node = Arc::new(Node {
                 id: config.node_id,
+                lease_hold,
                 reads,
                 proposer,
                 snapshots,
@@ -327,6 +374,16 @@ impl Node {
                 .instrument(span.clone()),
             );
         }
+        if self.lease_hold.is_held() {
+            let node = self.clone();
+            tasks.spawn(
+                async move {
+                    node.lease_hold.release(&node.raft).await;
+                    ("lease hold", Ok(()))
+                }
+                .instrument(span.clone()),
+            );
+        }
         let joining = !self.config.cluster.join.is_empty()
             && !self.raft.is_initialized().await.unwrap_or(true);
         if joining {
@@ -354,7 +411,8 @@ impl Node {
                         "task",
                         Err(Error::Unavailable("server task panicked".into())),
                     ));
-                    if what == "join" && result.is_ok() {
+                    // These two end by design.
+                    if matches!(what, "join" | "lease hold") && result.is_ok() {
                         continue;
                     }
                     client_done = what == "client API";
