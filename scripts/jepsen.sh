@@ -16,18 +16,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/env.sh"
 cd "$ROOT"
 
-if [[ "$(id -u)" == 0 ]]; then
-    missing=()
-    command -v nft >/dev/null 2>&1 || missing+=(nftables)
-    command -v ip >/dev/null 2>&1 || missing+=(iproute2)
-    [[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ]] || missing+=(faketime)
-    [[ -e /usr/lib/fiu/fiu_posix_preload.so ]] || missing+=(fiu-utils)
-    if ((${#missing[@]})); then
-        echo "jepsen: installing ${missing[*]}" >&2
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    fi
-fi
+"$ROOT/scripts/fault-tools.sh"
 
 profile="${JEPSEN_PROFILE:-debug}"
 flags=(--locked --bin kv_server --bin kv_jepsen)

@@ -14,6 +14,8 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo build"
 cargo build --all-targets --locked
+# As root, the fault tests cut links in network namespaces (nftables) rather than on the proxy.
+"$ROOT/scripts/fault-tools.sh"
 echo "== cargo test"
 # Cluster tests each run three nodes; two at a time keeps a 2-core machine responsive.
 RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo test --all-targets --locked

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::error::Error;
 use crate::error::Result;
 use crate::raft::network::endpoint_uri;
+use crate::raft::network::PeerLiveness;
 use crate::raft::NodeId;
 use crate::raft::NodeInfo;
 
@@ -761,6 +762,15 @@ impl Config {
                 true,
             ),
         }
+    }
+
+    /// How quickly the Raft transport drops a dead or stalled peer connection, from the Raft
+    /// timers (see [`PeerLiveness`]).
+    pub fn peer_liveness(&self) -> PeerLiveness {
+        PeerLiveness::new(
+            Duration::from_millis(self.raft.heartbeat_interval_ms),
+            Duration::from_millis(self.raft.election_timeout_min_ms),
+        )
     }
 
     /// The openraft configuration derived from `[raft]`.

@@ -87,7 +87,10 @@ async fn a_write_whose_reply_was_lost_should_be_applied_once() {
             .expect("metrics");
         replays += common::metric_value(&text, "rskv_session_replays_total", "");
     }
-    assert_eq!(replays, 1.0, "the retry was answered from the session table");
+    assert_eq!(
+        replays, 1.0,
+        "the retry was answered from the session table"
+    );
     assert!(
         cas.success,
         "the retry is answered with the first application's reply, not a failed swap: {cas:?}"
@@ -317,8 +320,8 @@ async fn the_session_table_should_travel_in_snapshots_and_survive_restarts(engin
     let lagging = cluster.follower_of(leader);
     cluster.kill(lagging);
     let raw = |addr: &str| {
-        let channel = rskv::raft::network::lazy_channel(addr, Duration::from_secs(1), None)
-            .expect("channel");
+        let channel =
+            rskv::raft::network::lazy_channel(addr, Duration::from_secs(1), None).expect("channel");
         pb::kv_client::KvClient::new(channel)
     };
     let mut kv = raw(&cluster.node(leader).addr);
@@ -355,27 +358,35 @@ async fn the_session_table_should_travel_in_snapshots_and_survive_restarts(engin
     let leader_addr = cluster.node(leader).addr.clone();
     let last = replies.last().map_or(0, |(_, r)| r.index);
     cluster
-        .wait("the leader to purge its log", Duration::from_secs(10), || {
-            let client = &client;
-            let leader_addr = leader_addr.clone();
-            async move {
-                let status = client.status_of(&leader_addr).await.ok()?;
-                (status.purged_index > last).then_some(())
-            }
-        })
+        .wait(
+            "the leader to purge its log",
+            Duration::from_secs(10),
+            || {
+                let client = &client;
+                let leader_addr = leader_addr.clone();
+                async move {
+                    let status = client.status_of(&leader_addr).await.ok()?;
+                    (status.purged_index > last).then_some(())
+                }
+            },
+        )
         .await;
     cluster.restart(lagging);
     let committed = client.leader_status().await.expect("status").committed;
     let lagging_addr = cluster.node(lagging).addr.clone();
     cluster
-        .wait("the restarted node to catch up", Duration::from_secs(30), || {
-            let client = &client;
-            let lagging_addr = lagging_addr.clone();
-            async move {
-                let status = client.status_of(&lagging_addr).await.ok()?;
-                (status.applied >= committed).then_some(())
-            }
-        })
+        .wait(
+            "the restarted node to catch up",
+            Duration::from_secs(30),
+            || {
+                let client = &client;
+                let lagging_addr = lagging_addr.clone();
+                async move {
+                    let status = client.status_of(&lagging_addr).await.ok()?;
+                    (status.applied >= committed).then_some(())
+                }
+            },
+        )
         .await;
     let (_, text) = common::http_get(&cluster.node(lagging).metrics_addr, "/metrics")
         .await
@@ -409,7 +420,10 @@ async fn the_session_table_should_travel_in_snapshots_and_survive_restarts(engin
             .await
             .expect("replay")
             .into_inner();
-        assert_eq!(&again, reply, "{engine}: seq {seq} replayed after a snapshot");
+        assert_eq!(
+            &again, reply,
+            "{engine}: seq {seq} replayed after a snapshot"
+        );
     }
     // Every node crashes and comes back: the table is recovered with the data.
     for id in [1, 2, 3] {

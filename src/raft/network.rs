@@ -96,11 +96,12 @@ pub fn endpoint_uri(addr: &str) -> Result<Uri, String> {
     }
 }
 
-/// Builds a lazily-connecting channel to `addr` (see [`endpoint_uri`]).
+/// Builds a lazily-connecting client channel to `addr` (see [`endpoint_uri`]).
 ///
 /// Its connections are made by [`connect`]: their writes are [`Gathered`], and on a runtime with
 /// one worker (the load generator's) they also yield before writing, so a request's HEADERS and
-/// body leave together.
+/// body leave together. A connection that has read nothing for 10 s is PINGed, and dropped if the
+/// PING is not answered within 20 s; peers notice much sooner ([`PeerLiveness`]).
 ///
 /// # Errors
 /// When [`endpoint_uri`] refuses `addr`.
@@ -109,10 +110,26 @@ pub fn lazy_channel(
     connect_timeout: Duration,
     source_ip: Option<IpAddr>,
 ) -> Result<Channel, String> {
-    let endpoint = Endpoint::from(endpoint_uri(addr)?);
-    Ok(endpoint
+    channel(
+        addr,
+        connect_timeout,
+        (Duration::from_secs(10), Duration::from_secs(20)),
+        source_ip,
+    )
+}
+
+/// A lazily-connecting channel whose connections are PINGed once nothing was read from them for
+/// `ping.0` (idle or not) and dropped when a PING is not answered within `ping.1`.
+fn channel(
+    addr: &str,
+    connect_timeout: Duration,
+    ping: (Duration, Duration),
+    source_ip: Option<IpAddr>,
+) -> Result<Channel, String> {
+    Ok(Endpoint::from(endpoint_uri(addr)?)
         .connect_timeout(connect_timeout)
-        .http2_keep_alive_interval(Duration::from_secs(10))
+        .http2_keep_alive_interval(ping.0)
+        .keep_alive_timeout(ping.1)
         .keep_alive_while_idle(true)
         .connect_with_connector_lazy(tower::service_fn(move |uri: Uri| connect(uri, source_ip))))
 }
@@ -128,6 +145,49 @@ pub struct ConnectError {
     /// What the connect (or the name lookup) failed with.
     #[source]
     source: io::Error,
+}
+
+/// How quickly the Raft transport gives up on a peer connection and dials afresh.
+///
+/// A TCP connection across a cut link keeps its unacknowledged bytes and retransmits them with
+/// exponential back-off, so after the link heals it may stay silent for seconds (6.5 s RTO, 17.7 s
+/// without a byte were seen after repeated partitions), and everything multiplexed over it waits:
+/// pre-votes to a reachable node timed out for 8.6 s and a majority had no leader for 11.6 s. So
+/// a peer connection is PINGed whenever nothing was read from it for a heartbeat interval, and
+/// dropped when the PING is not answered within an election timeout: a peer that cannot answer in
+/// that time cannot keep or elect a leader over this connection anyway. The next RPC dials a new
+/// connection, whose first packets are not held back by the old one's back-off. A dial gives up
+/// after half an election timeout (a SYN to a cut peer is dropped, and the kernel would resend it
+/// only after a second), so a connection attempt pending when a link heals is soon replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerLiveness {
+    /// PING a connection once nothing has been read from it for this long (idle ones too).
+    pub ping_after: Duration,
+    /// Drop the connection when a PING is not answered within this.
+    pub ping_timeout: Duration,
+    /// Give up dialling a peer after this (the next RPC dials again).
+    pub connect_timeout: Duration,
+}
+
+impl PeerLiveness {
+    /// Derived from the Raft timers (see the type's documentation).
+    pub fn new(heartbeat_interval: Duration, election_timeout_min: Duration) -> PeerLiveness {
+        PeerLiveness {
+            ping_after: heartbeat_interval,
+            ping_timeout: election_timeout_min,
+            connect_timeout: election_timeout_min / 2,
+        }
+    }
+
+    /// A lazily-connecting channel to peer `addr`, as [`lazy_channel`] but with these timeouts.
+    fn channel(&self, addr: &str, source_ip: Option<IpAddr>) -> Result<Channel, String> {
+        channel(
+            addr,
+            self.connect_timeout,
+            (self.ping_after, self.ping_timeout),
+            source_ip,
+        )
+    }
 }
 
 /// Opens a channel's TCP connection: to each address `uri`'s host resolves to in turn, from
@@ -189,22 +249,30 @@ async fn connect(
 /// Creates connections to peers for openraft, sharing one HTTP/2 channel per address.
 #[derive(Clone)]
 pub struct NetworkFactory {
-    /// Channels by peer address; tonic multiplexes concurrent RPCs over each.
+    /// Channels by peer address; tonic multiplexes concurrent RPCs over each, and a channel
+    /// whose connection died dials a new one for the next RPC.
     channels: Arc<DashMap<String, Channel>>,
     /// Size of the data chunks a snapshot is streamed in.
     snapshot_chunk_bytes: usize,
     /// Source IP of outgoing connections (`peer_source_ip` in the config).
     source_ip: Option<std::net::IpAddr>,
+    /// When a peer connection counts as dead.
+    liveness: PeerLiveness,
 }
 
 impl NetworkFactory {
     /// A factory streaming snapshots in chunks of `snapshot_chunk_bytes`, connecting from
-    /// `source_ip` when set.
-    pub fn new(snapshot_chunk_bytes: usize, source_ip: Option<std::net::IpAddr>) -> NetworkFactory {
+    /// `source_ip` when set, dropping connections that fail `liveness`.
+    pub fn new(
+        snapshot_chunk_bytes: usize,
+        source_ip: Option<std::net::IpAddr>,
+        liveness: PeerLiveness,
+    ) -> NetworkFactory {
         NetworkFactory {
             channels: Arc::new(DashMap::new()),
             snapshot_chunk_bytes,
             source_ip,
+            liveness,
         }
     }
 
@@ -212,7 +280,9 @@ impl NetworkFactory {
         if let Some(c) = self.channels.get(addr) {
             return Ok(c.clone());
         }
-        let channel = lazy_channel(addr, Duration::from_secs(1), self.source_ip)
+        let channel = self
+            .liveness
+            .channel(addr, self.source_ip)
             .map_err(|e| format!("bad address {addr}: {e}"))?;
         self.channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
@@ -650,20 +720,36 @@ mod tests {
         }
     }
 
-    /// A connection to a stub follower on a loopback port.
-    async fn stub_peer(answer: usize, stream: bool) -> PeerConnection {
+    /// The tests' Raft timers: 50 ms heartbeats, 300 ms minimum election timeout.
+    fn liveness() -> PeerLiveness {
+        PeerLiveness::new(Duration::from_millis(50), Duration::from_millis(300))
+    }
+
+    /// A stub follower served as the node serves its peer port, on a loopback port.
+    async fn stub_server(answer: usize, stream: bool) -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
+        let addr = listener.local_addr().expect("addr");
         tokio::spawn(
-            tonic::transport::Server::builder()
+            crate::server::peer_server(liveness())
                 .add_service(RaftServer::new(Stub { answer, stream }))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
-        NetworkFactory::new(1024, None)
+        addr
+    }
+
+    /// The transport's connection to the peer at `addr`.
+    async fn peer_at(addr: SocketAddr) -> PeerConnection {
+        let addr = addr.to_string();
+        NetworkFactory::new(1024, None, liveness())
             .new_client(2, &NodeInfo::new(addr.clone(), addr))
             .await
+    }
+
+    /// A connection to a stub follower on a loopback port.
+    async fn stub_peer(answer: usize, stream: bool) -> PeerConnection {
+        peer_at(stub_server(answer, stream).await).await
     }
 
     fn append(prev_index: u64) -> AppendEntriesRequest<TypeConfig> {
@@ -798,6 +884,109 @@ mod tests {
             .expect("the next session opens");
         expect_answers(&mut answers, 3).await;
         assert!(answers.next().await.is_none(), "ends with its input");
+    }
+
+    /// A relay to `target` whose first connection stops forwarding, but stays open, once `stall`
+    /// is notified (as a TCP connection backing off its retransmissions across a healed link);
+    /// later connections are relayed normally. Returns its address and the connections accepted.
+    async fn stalling_relay(
+        target: SocketAddr,
+        stall: Arc<tokio::sync::Notify>,
+    ) -> (SocketAddr, Arc<AtomicU64>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let first = counted.fetch_add(1, Ordering::AcqRel) == 0;
+                let stall = stall.clone();
+                tokio::spawn(async move {
+                    let mut outbound = TcpStream::connect(target).await.expect("relay target");
+                    let relay = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    if !first {
+                        let _ = relay.await;
+                        return;
+                    }
+                    tokio::select! {
+                        _ = relay => return,
+                        () = stall.notified() => {}
+                    }
+                    // Both sockets stay open (owned by this task) and nothing moves.
+                    std::future::pending::<()>().await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_stalled_peer_connection_should_be_dropped_and_the_peer_dialled_afresh() {
+        let stall = Arc::new(tokio::sync::Notify::new());
+        let (relay, accepted) = stalling_relay(stub_server(0, false).await, stall.clone()).await;
+        let mut peer = peer_at(relay).await;
+        let option = RPCOption::new(Duration::from_millis(200));
+        peer.append_entries(append(1), option.clone())
+            .await
+            .expect("answered over the first connection");
+        stall.notify_one();
+        // Requests time out on the stalled connection until its PINGs go unanswered for
+        // `ping_timeout`; then the channel drops it and the next request dials a new one. (With
+        // the client's 10 s + 20 s keep-alive this waited half a minute.)
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let answered = loop {
+            if peer.append_entries(append(1), option.clone()).await.is_ok() {
+                break true;
+            }
+            if tokio::time::Instant::now() > deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(
+            answered,
+            "no answer within 10 s of the stall: the stalled connection was kept"
+        );
+        assert_eq!(accepted.load(Ordering::Acquire), 2, "one new connection");
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_cancelled_requests_should_not_close_a_peer_connection() {
+        let addr = stub_server(0, false).await;
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let (mut h2, connection) = h2::client::handshake(tcp).await.expect("handshake");
+        let request = || {
+            http::Request::post(format!("http://{addr}/rskv.raft.v1.Raft/Vote"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .expect("request")
+        };
+        // What a stalled connection delivers when it resumes: streams opened and cancelled
+        // (heartbeats that timed out), all in one write, before the server could accept them.
+        for _ in 0..100 {
+            let (response, stream) = h2.send_request(request(), false).expect("queue a request");
+            drop((response, stream));
+        }
+        let connection = tokio::spawn(connection);
+        // The connection still serves requests (the stub answers Vote with UNIMPLEMENTED).
+        let mut h2 = h2.ready().await.expect("connection still open");
+        let (response, mut body) = h2.send_request(request(), false).expect("send");
+        body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+            .expect("empty message");
+        let response = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .expect("answered in time")
+            .expect("answered, not reset by a GOAWAY");
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers().get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"12"[..]),
+            "the stub's UNIMPLEMENTED"
+        );
+        assert!(!connection.is_finished(), "the connection stays open");
     }
 
     #[test]

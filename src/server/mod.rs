@@ -9,6 +9,7 @@
 
 pub mod cluster_service;
 pub mod kv_service;
+pub mod lease_hold;
 pub mod limits;
 pub mod metrics;
 pub mod proposer;
@@ -24,7 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
+use openraft::storage::RaftLogStorage;
 use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::RaftLogReader;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -41,9 +44,11 @@ use crate::pb::kv::cluster_server::ClusterServer;
 use crate::pb::kv::kv_server::KvServer;
 use crate::pb::raft::raft_server::RaftServer;
 use crate::raft::network::NetworkFactory;
+use crate::raft::network::PeerLiveness;
 use crate::raft::NodeId;
 use crate::raft::NodeInfo;
 use crate::raft::Raft;
+use crate::server::lease_hold::LeaseHold;
 use crate::storage::memory::MemoryEngine;
 use crate::storage::rocks::RocksEngine;
 use crate::storage::KvEngine;
@@ -113,6 +118,8 @@ pub struct Node {
     pub state_machine: StateMachine,
     /// When replication from a leader last arrived (see [`LeaderContact`]).
     pub leader_contact: LeaderContact,
+    /// Keeps a restarted node out of elections while a lease it granted may still run.
+    pub lease_hold: LeaseHold,
 }
 
 /// When this node last received replication (or a heartbeat) from a leader. openraft keeps
@@ -167,7 +174,7 @@ impl Node {
             std::fs::create_dir_all(&log_dir)?;
             std::fs::create_dir_all(&snapshot_dir)?;
             remove_incoming_snapshots(&snapshot_dir);
-            let log_store = LogStore::open(&log_dir)
+            let mut log_store = LogStore::open(&log_dir)
                 .map(|s| s.with_node_id(config.node_id))
                 .map_err(|e| {
                     Error::Storage(format!("opening raft log in {}: {e}", log_dir.display()))
@@ -197,17 +204,38 @@ impl Node {
             let network = NetworkFactory::new(
                 config.raft.snapshot_chunk_bytes as usize,
                 config.peer_source_ip,
+                config.peer_liveness(),
             );
-            let raft_config = Arc::new(config.openraft_config()?);
+            // A node that had acknowledged a leader stays out of elections for a lease after
+            // it starts (lease_hold.rs); openraft starts without elections then.
+            let acknowledged_a_leader = log_store
+                .get_log_reader()
+                .await
+                .read_vote()
+                .await
+                .map_err(|e| Error::Storage(format!("reading the vote: {e}")))?
+                .is_some_and(|vote| vote.is_committed());
+            let mut raft_config = config.openraft_config()?;
+            raft_config.enable_elect = !acknowledged_a_leader;
             let raft = Raft::new(
                 config.node_id,
-                raft_config,
+                Arc::new(raft_config),
                 network,
                 log_store,
                 state_machine.clone(),
             )
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
+            let lease_hold = if acknowledged_a_leader {
+                LeaseHold::after_start(
+                    &raft,
+                    config.node_id,
+                    Duration::from_millis(config.raft.election_timeout_max_ms),
+                )
+                .await?
+            } else {
+                LeaseHold::none()
+            };
             {
                 let raft = raft.clone();
                 let snapshots = snapshots.clone();
@@ -237,6 +265,7 @@ impl Node {
                 id: config.node_id,
                 state_machine,
                 leader_contact: LeaderContact::new(),
+                lease_hold,
                 reads,
                 proposer,
                 snapshots,
@@ -345,7 +374,7 @@ impl Node {
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let stop = peer_stop.clone();
-        let peer_server = tonic::transport::Server::builder()
+        let peer_server = peer_server(self.config.peer_liveness())
             .add_service(raft)
             .serve_with_incoming_shutdown(peer_incoming(listeners.peer), async move {
                 stop.cancelled().await
@@ -371,6 +400,16 @@ impl Node {
                             .await
                             .map_err(|e| Error::Unavailable(format!("metrics server: {e}")));
                     ("metrics", r)
+                }
+                .instrument(span.clone()),
+            );
+        }
+        if self.lease_hold.is_held() {
+            let node = self.clone();
+            tasks.spawn(
+                async move {
+                    node.lease_hold.release(&node.raft).await;
+                    ("lease hold", Ok(()))
                 }
                 .instrument(span.clone()),
             );
@@ -402,7 +441,8 @@ impl Node {
                         "task",
                         Err(Error::Unavailable("server task panicked".into())),
                     ));
-                    if what == "join" && result.is_ok() {
+                    // These two end by design.
+                    if matches!(what, "join" | "lease hold") && result.is_ok() {
                         continue;
                     }
                     client_done = what == "client API";
@@ -561,6 +601,28 @@ impl QuorumState {
             ),
         }
     }
+}
+
+/// Remotely reset streams a peer connection may have waiting to be accepted before h2 takes it for
+/// an attack and closes the connection with a protocol error (h2's default is 20).
+///
+/// openraft opens a stream per heartbeat and cancels it when no answer comes within the heartbeat
+/// interval; votes and append streams are cancelled the same way. A peer connection that stalls
+/// and then resumes delivers all the requests cancelled in the meantime at once: after almost
+/// every heal of a partition that was more than 20, and h2 closed the connection that had just
+/// recovered. Keep-alive now drops a stalled connection after about a heartbeat plus an election
+/// timeout ([`PeerLiveness`]); 1,000 is a hundred seconds of heartbeats at 100 ms. The limit
+/// guards client-facing servers against "rapid reset" floods; a peer can send anything anyway.
+const PEER_RESET_STREAMS: usize = 1000;
+
+/// The gRPC server of the Raft transport: dead peer connections are dropped as the transport's
+/// own are ([`PeerLiveness`]), and cancelled Raft RPCs do not trip h2's reset limit
+/// ([`PEER_RESET_STREAMS`]).
+pub(crate) fn peer_server(liveness: PeerLiveness) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(liveness.ping_after))
+        .http2_keepalive_timeout(Some(liveness.ping_timeout))
+        .http2_max_pending_accept_reset_streams(Some(PEER_RESET_STREAMS))
 }
 
 /// Accepted peer connections with Nagle's algorithm off: `tcp_nodelay` on the builder only applies

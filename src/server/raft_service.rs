@@ -12,6 +12,7 @@ use std::sync::Arc;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
 use serde::Serialize;
 use tokio_stream::Stream;
 use tokio_stream::StreamExt;
@@ -52,6 +53,34 @@ impl RaftService {
             incoming_seq: AtomicU64::new(0),
             stop,
         }
+    }
+}
+
+impl RaftService {
+    /// While the node's lease hold lasts ([`super::lease_hold`]), the answer to a vote or pre-vote
+    /// request: not granted, with this node's vote and last log id, as openraft answers while a
+    /// leader's lease runs. `None` when openraft should answer.
+    async fn held_back(
+        &self,
+        rpc: &VoteRequest<TypeConfig>,
+        what: &'static str,
+    ) -> Option<Result<Response<RaftPayload>, Status>> {
+        let left = self.node.lease_hold.refuses(rpc.leadership_transfer)?;
+        // At most one per candidate and election round while the hold lasts: a few lines.
+        tracing::info!(candidate = %rpc.vote, ?left, "{what} refused: restarted within a lease");
+        let refusal = self
+            .node
+            .raft
+            .with_raft_state(|state| {
+                VoteResponse::<TypeConfig>::new(
+                    state.vote_ref(),
+                    state.log_ids.last().cloned(),
+                    false,
+                )
+            })
+            .await
+            .map_err(|e| Status::unavailable(format!("raft stopped: {e}")));
+        Some(refusal.and_then(|response| payload(&response)))
     }
 }
 
@@ -163,6 +192,9 @@ impl Raft for RaftService {
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: VoteRequest<TypeConfig> = parse(request)?;
+        if let Some(refusal) = self.held_back(&rpc, "vote").await {
+            return refusal;
+        }
         let resp = self
             .node
             .raft
@@ -177,6 +209,9 @@ impl Raft for RaftService {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: VoteRequest<TypeConfig> = parse(request)?;
+        if let Some(refusal) = self.held_back(&rpc, "pre-vote").await {
+            return refusal;
+        }
         let resp = self
             .node
             .raft
