@@ -333,6 +333,15 @@ impl Client {
         Ok(self.node(addr)?.pick())
     }
 
+    /// Forgets the connections to `addr`, so the next request dials afresh. A request that got
+    /// no answer in time may sit on a connection that is silently dead (a peer that vanished, a
+    /// path that dropped packets and now retransmits with back-off); HTTP/2 keep-alive would
+    /// notice only after tens of seconds. Requests already on the old connections finish there.
+    fn forget_connections(&self, addr: &str) {
+        self.channels.remove(addr);
+        self.batchers.remove(addr);
+    }
+
     fn batcher(&self, target: &str) -> ClientResult<Arc<OpBatcher>> {
         if let Some(b) = self.batchers.get(target) {
             return Ok(b.clone());
@@ -569,9 +578,12 @@ impl Client {
             let channel = self.channel(&target).map_err(CallError::Failed)?;
             let outcome = match tokio::time::timeout(attempt_timeout, op(&target, channel)).await {
                 Ok(result) => result,
-                Err(_) => Err(Status::deadline_exceeded(format!(
-                    "no answer from {target} within {attempt_timeout:?}"
-                ))),
+                Err(_) => {
+                    self.forget_connections(&target);
+                    Err(Status::deadline_exceeded(format!(
+                        "no answer from {target} within {attempt_timeout:?}"
+                    )))
+                }
             };
             let status = match outcome {
                 Ok(value) => {
