@@ -32,7 +32,6 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -171,11 +170,27 @@ enum CallError {
 /// The client's session: its id and the numbering of its writes.
 struct Session {
     id: u64,
+    /// The numbers handed out, under one lock: a number is pending from the moment it exists,
+    /// so no write ever carries a `first_unacked` above a number another write holds.
+    numbering: Mutex<Numbering>,
+}
+
+#[derive(Default)]
+struct Numbering {
     /// The last sequence number handed out.
-    last_seq: AtomicU64,
+    last: u64,
     /// Writes whose outcome the client has not settled; the smallest is the `first_unacked`
     /// every write carries, so the server keeps only the replies that may still be asked for.
-    pending: Mutex<BTreeSet<u64>>,
+    pending: BTreeSet<u64>,
+}
+
+impl Session {
+    fn new(id: u64) -> Session {
+        Session {
+            id,
+            numbering: Mutex::new(Numbering::default()),
+        }
+    }
 }
 
 /// One write's sequence number in a session; dropping it settles the write (its reply is no
@@ -187,21 +202,29 @@ struct Ticket {
 
 impl Ticket {
     fn new(session: Arc<Session>) -> Ticket {
-        let seq = session.last_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Ok(mut pending) = session.pending.lock() {
-            pending.insert(seq);
-        }
+        let mut numbering = session
+            .numbering
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        numbering.last += 1;
+        let seq = numbering.last;
+        numbering.pending.insert(seq);
+        drop(numbering);
         Ticket { session, seq }
     }
 
     /// The session reference an attempt carries, with the current lowest unsettled sequence.
     fn reference(&self) -> pb::SessionRef {
+        // Every change to the numbering is one statement, so it is consistent even if a holder
+        // panicked.
         let first = self
             .session
-            .pending
+            .numbering
             .lock()
-            .ok()
-            .and_then(|p| p.first().copied())
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pending
+            .first()
+            .copied()
             .unwrap_or(self.seq);
         pb::SessionRef {
             id: self.session.id,
@@ -213,9 +236,12 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if let Ok(mut pending) = self.session.pending.lock() {
-            pending.remove(&self.seq);
-        }
+        self.session
+            .numbering
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pending
+            .remove(&self.seq);
     }
 }
 
@@ -231,6 +257,9 @@ pub struct Client {
     batchers: DashMap<String, Arc<OpBatcher>>,
     /// The open session, opened at the first write; replaced when it expires.
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    /// The cluster answered OpenSession UNIMPLEMENTED (a version before sessions): writes go
+    /// without one, as they did then.
+    sessionless: std::sync::atomic::AtomicBool,
 }
 
 /// What one op of a Multi answered: its result, or the status it would have failed with alone.
@@ -302,6 +331,7 @@ impl Client {
             leader: Mutex::new(None),
             batchers: DashMap::new(),
             session: tokio::sync::Mutex::new(None),
+            sessionless: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -420,14 +450,22 @@ impl Client {
         F: FnMut(&str, Channel, Option<pb::SessionRef>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        if !self.options.sessions {
-            return self
-                .call(Route::LeaderOnce, |target, ch| attempt(target, ch, None))
-                .await;
-        }
         let deadline = Instant::now() + self.options.deadline;
         loop {
-            let ticket = Ticket::new(self.session(deadline).await?);
+            let session = if self.options.sessions {
+                self.session(deadline).await?
+            } else {
+                None
+            };
+            let Some(session) = session else {
+                return self
+                    .call_until(deadline, Route::LeaderOnce, |target, ch| {
+                        attempt(target, ch, None)
+                    })
+                    .await
+                    .map_err(CallError::into_client_error);
+            };
+            let ticket = Ticket::new(session);
             let result = self
                 .call_until(deadline, Route::LeaderSession, |target, ch| {
                     attempt(target, ch, Some(ticket.reference()))
@@ -462,11 +500,19 @@ impl Client {
         }
     }
 
-    /// The open session, opening one first if there is none.
-    async fn session(&self, deadline: Instant) -> ClientResult<Arc<Session>> {
-        let mut current = self.session.lock().await;
+    /// The open session, opening one first if there is none; `None` when the cluster has no
+    /// sessions (it answered OpenSession UNIMPLEMENTED).
+    async fn session(&self, deadline: Instant) -> ClientResult<Option<Arc<Session>>> {
+        if self.sessionless.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let mut current = tokio::time::timeout_at(deadline.into(), self.session.lock())
+            .await
+            .map_err(|_| {
+                ClientError::Unavailable("no client session opened before the deadline".into())
+            })?;
         if let Some(session) = &*current {
-            return Ok(session.clone());
+            return Ok(Some(session.clone()));
         }
         let opened = self
             .call_until(deadline, Route::LeaderIdempotent, |_, ch| async move {
@@ -476,19 +522,27 @@ impl Client {
                     .into_inner())
             })
             .await
-            .map_err(CallError::into_client_error)?;
+            .map_err(CallError::into_client_error);
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(ClientError::Status(s)) if s.code() == Code::Unimplemented => {
+                tracing::warn!(
+                    "the cluster has no client sessions (an earlier version): writes are sent \
+                     without one, and an ambiguous one is reported, not retried"
+                );
+                self.sessionless.store(true, Ordering::Relaxed);
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
         tracing::debug!(
             session = opened.id,
             ttl_ms = opened.ttl_ms,
             "client session opened"
         );
-        let session = Arc::new(Session {
-            id: opened.id,
-            last_seq: AtomicU64::new(0),
-            pending: Mutex::new(BTreeSet::new()),
-        });
+        let session = Arc::new(Session::new(opened.id));
         *current = Some(session.clone());
-        Ok(session)
+        Ok(Some(session))
     }
 
     /// Drops session `id` if it is still the open one (the next write opens a new one).
@@ -561,16 +615,28 @@ impl Client {
         let mut attempts = 0u32;
         // Whether an attempt so far may have been applied.
         let mut ambiguous = false;
+        // Nodes that gave no answer in time or could not be reached during this call. Their
+        // peers keep naming a paused or cut-off leader until they elect another, so a redirect to
+        // one of them is not followed: the next node is asked instead, after a backoff.
+        let mut silent: Vec<String> = Vec::new();
         loop {
+            let next_endpoint = |rotation: usize| {
+                let n = self.endpoints.len();
+                (0..n)
+                    .map(|i| &self.endpoints[(rotation + i) % n])
+                    .find(|e| !silent.contains(e))
+                    .unwrap_or(&self.endpoints[rotation % n])
+                    .clone()
+            };
             let target = match route {
-                Route::AnyNode => self.endpoints[rotation % self.endpoints.len()].clone(),
+                Route::AnyNode => next_endpoint(rotation),
                 _ => redirect
                     .take()
                     .or_else(|| self.leader_hint())
-                    .unwrap_or_else(|| self.endpoints[rotation % self.endpoints.len()].clone()),
+                    .unwrap_or_else(|| next_endpoint(rotation)),
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
-            if attempts > 0 && remaining.is_zero() {
+            if remaining.is_zero() {
                 return Err(self.give_up(route, ambiguous, attempts, started, &last_error));
             }
             attempts += 1;
@@ -580,6 +646,7 @@ impl Client {
                 Ok(result) => result,
                 Err(_) => {
                     self.forget_connections(&target);
+                    silent.push(target.clone());
                     Err(Status::deadline_exceeded(format!(
                         "no answer from {target} within {attempt_timeout:?}"
                     )))
@@ -596,10 +663,13 @@ impl Client {
             };
             last_error = format!("{target}: {}", error_chain(&status));
             tracing::debug!(attempt = attempts, error = %last_error, "attempt failed");
+            if never_sent(&status) {
+                silent.push(target.clone());
+            }
             match classify(&status) {
                 Failure::NotLeader(hint) => {
                     self.set_leader_hint(None);
-                    if let Some(addr) = hint.filter(|a| *a != target) {
+                    if let Some(addr) = hint.filter(|a| *a != target && !silent.contains(a)) {
                         tracing::debug!(from = %target, to = %addr, "following leader redirect");
                         redirect = Some(addr);
                         if Instant::now() < deadline {
@@ -628,6 +698,13 @@ impl Client {
                         ambiguous,
                         last_error,
                     });
+                }
+                // A final answer to a retry says nothing of the attempt before it, which may
+                // have been applied.
+                Failure::SessionExpired | Failure::Final if ambiguous => {
+                    return Err(CallError::Failed(ClientError::Ambiguous(format!(
+                        "{last_error}; an earlier attempt's outcome is unknown"
+                    ))));
                 }
                 Failure::SessionExpired | Failure::Final => {
                     return Err(CallError::Failed(match status.code() {
@@ -1398,11 +1475,7 @@ mod tests {
 
     #[test]
     fn a_ticket_should_carry_the_lowest_unsettled_sequence() {
-        let session = Arc::new(Session {
-            id: 9,
-            last_seq: AtomicU64::new(0),
-            pending: Mutex::new(BTreeSet::new()),
-        });
+        let session = Arc::new(Session::new(9));
         let first = Ticket::new(session.clone());
         let second = Ticket::new(session.clone());
         assert_eq!(

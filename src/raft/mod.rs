@@ -326,10 +326,17 @@ pub enum SessionRefusal {
         /// The session's lowest unacknowledged sequence.
         first_unacked: u64,
     },
-    /// The session holds too many unacknowledged replies.
+    /// The session holds too many unacknowledged replies, or too many bytes of them.
     Backlog {
-        /// The limit.
-        limit: u64,
+        /// Replies it holds.
+        replies: u64,
+        /// Bytes they take.
+        bytes: u64,
+    },
+    /// All sessions together hold too many bytes of unacknowledged replies.
+    TableFull {
+        /// Bytes they take.
+        bytes: u64,
     },
 }
 

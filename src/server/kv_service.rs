@@ -36,6 +36,7 @@ use crate::raft::Command;
 use crate::raft::CommandResponse;
 use crate::raft::SessionOutcome;
 use crate::raft::SessionRefusal;
+use crate::storage::state_machine::sessions;
 
 /// Scan page size when the request gives no limit.
 pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
@@ -294,9 +295,17 @@ fn refusal_error(why: &SessionRefusal) -> Error {
                  client already has its reply; not applied again"
             ))
         }
-        SessionRefusal::Backlog { limit } => Error::ResourceExhausted(format!(
-            "the session holds {limit} unacknowledged replies; acknowledge some (first_unacked) \
-             before sending more writes"
+        SessionRefusal::Backlog { replies, bytes } => Error::ResourceExhausted(format!(
+            "the session holds {replies} unacknowledged replies ({bytes} bytes; the limits are \
+             {} replies and {} bytes): acknowledge some (first_unacked) before sending more \
+             writes",
+            sessions::MAX_PENDING_REPLIES,
+            sessions::MAX_PENDING_BYTES
+        )),
+        SessionRefusal::TableFull { bytes } => Error::ResourceExhausted(format!(
+            "client sessions together hold {bytes} bytes of unacknowledged replies (the limit \
+             is {}); retry once clients acknowledge replies or idle sessions expire",
+            sessions::MAX_TABLE_BYTES
         )),
     }
 }

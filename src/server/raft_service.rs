@@ -10,6 +10,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
+use openraft::raft::StreamAppendError;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
@@ -137,38 +139,39 @@ impl Raft for RaftService {
     ) -> Result<Response<AppendAnswers>, Status> {
         // Requests end at the first transport or decode error; openraft answers those before it,
         // then the stream ends and the leader starts a new one.
-        let node = self.node.clone();
-        let requests = futures::stream::unfold(request.into_inner(), move |mut incoming| {
-            let node = node.clone();
-            async move {
-                let data = match incoming.next().await? {
-                    Ok(p) => p.data,
-                    Err(status) => {
-                        tracing::debug!(%status, "append stream ended by the leader's side");
-                        return None;
-                    }
-                };
-                match decode::<AppendEntriesRequest<TypeConfig>>(&data) {
-                    Ok(rpc) => {
-                        node.leader_contact.touch();
-                        Some((rpc, incoming))
-                    }
-                    Err(e) => {
-                        // A leader of another version retries with a new stream every time.
-                        static UNDECODABLE: crate::log_throttle::LogThrottle =
-                            crate::log_throttle::LogThrottle::every_interval();
-                        crate::warn_throttled!(UNDECODABLE, 0, error = %e, "undecodable append in stream; ending it");
-                        None
-                    }
+        let requests = futures::stream::unfold(request.into_inner(), |mut incoming| async move {
+            let data = match incoming.next().await? {
+                Ok(p) => p.data,
+                Err(status) => {
+                    tracing::debug!(%status, "append stream ended by the leader's side");
+                    return None;
+                }
+            };
+            match decode::<AppendEntriesRequest<TypeConfig>>(&data) {
+                Ok(rpc) => Some((rpc, incoming)),
+                Err(e) => {
+                    // A leader of another version retries with a new stream every time.
+                    static UNDECODABLE: crate::log_throttle::LogThrottle =
+                        crate::log_throttle::LogThrottle::every_interval();
+                    crate::warn_throttled!(UNDECODABLE, 0, error = %e, "undecodable append in stream; ending it");
+                    None
                 }
             }
         });
+        let node = self.node.clone();
         let answers = self
             .node
             .raft
             .stream_append(Box::pin(requests))
-            .map(|answer| match answer {
-                Ok(result) => raft_payload(&result),
+            .map(move |answer| match answer {
+                Ok(result) => {
+                    // A leader of this node's term or later: an older one is told of the newer
+                    // vote and is no contact with a leader.
+                    if !matches!(result, Err(StreamAppendError::HigherVote(_))) {
+                        node.leader_contact.touch();
+                    }
+                    raft_payload(&result)
+                }
                 Err(fatal) => Err(Status::unavailable(format!("raft stopped: {fatal}"))),
             });
         let answers = futures::StreamExt::take_until(answers, self.stop.clone().cancelled_owned());
@@ -180,13 +183,15 @@ impl Raft for RaftService {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = parse(request)?;
-        self.node.leader_contact.touch();
         let resp = self
             .node
             .raft
             .append_entries(rpc)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
+        if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
+            self.node.leader_contact.touch();
+        }
         payload(&resp)
     }
 

@@ -33,6 +33,7 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -315,15 +316,67 @@ fn execute(
             command,
         } => match sessions.admit(id, seq, first_unacked, now_ms) {
             Admission::Execute => {
-                let existence_only = matches!(*command, Command::Delete { .. });
+                let keep = match *command {
+                    Command::Delete { .. } => sessions::Keep::Existence,
+                    Command::CompareAndSwap { .. } => sessions::Keep::UnlessSuccess,
+                    _ => sessions::Keep::All,
+                };
                 let response = execute(engine, overlay, sessions, *command, index, events)?;
-                sessions.record(id, seq, index, &response, existence_only);
+                sessions.record(id, seq, index, &response, keep);
                 response
             }
             Admission::Replay(response) => response,
             Admission::Refuse(why) => CommandResponse::refused(why),
         },
     })
+}
+
+/// The responders of one apply batch, each with its command's response.
+type Answers = Vec<(
+    Option<openraft::storage::ApplyResponder<TypeConfig>>,
+    CommandResponse,
+)>;
+
+/// Applies one batch of entries: executes each against the engine under an overlay of the
+/// batch's own writes and the session table, commits everything in one atomic engine write with
+/// the new applied state, then publishes the batch's events. Blocking.
+fn apply_batch(
+    engine: &dyn KvEngine,
+    bus: &EventBus,
+    sessions: &mut SessionTable,
+    batch: Vec<EntryResponder<TypeConfig>>,
+) -> io::Result<Answers> {
+    let mut state = engine.applied_state()?;
+    let mut overlay: HashMap<Bytes, Option<Bytes>> = HashMap::new();
+    let mut events = Vec::new();
+    let mut responders = Vec::with_capacity(batch.len());
+    for (entry, responder) in batch {
+        state.last_applied = Some(entry.log_id);
+        let response = match entry.payload {
+            EntryPayload::Blank => CommandResponse::done(None),
+            EntryPayload::Normal(command) => execute(
+                engine,
+                &mut overlay,
+                sessions,
+                command,
+                entry.log_id.index,
+                &mut events,
+            )?,
+            EntryPayload::Membership(membership) => {
+                state.membership = StoredMembership::new(Some(entry.log_id), membership);
+                CommandResponse::done(None)
+            }
+        };
+        responders.push((responder, response));
+    }
+    engine.commit(WriteSet {
+        writes: overlay.into_iter().collect(),
+        system: sessions.take_changes()?,
+        state,
+    })?;
+    // After the commit: an event is never seen before its change is readable.
+    bus.publish(events);
+    Ok(responders)
 }
 
 /// Asks for a snapshot every `raft.snapshot_every` applied writes. openraft's own policy counts
@@ -405,6 +458,9 @@ pub struct StateMachine {
     /// The client session table, as of the last applied entry (mirrored in the engine's system
     /// keyspace). Only apply and snapshot installs change it.
     sessions: Arc<Mutex<SessionTable>>,
+    /// How many sessions it holds, for status and metrics: read without the table's lock, which
+    /// a snapshot install holds for as long as the import takes.
+    open_sessions: Arc<AtomicUsize>,
 }
 
 impl StateMachine {
@@ -429,6 +485,7 @@ impl StateMachine {
             events,
             snapshot_lock: Arc::new(Mutex::new(())),
             sessions: Arc::new(Mutex::new(SessionTable::default())),
+            open_sessions: Arc::new(AtomicUsize::new(0)),
         };
         let engine = sm.engine.clone();
         let path = sm.snapshot_path();
@@ -439,6 +496,7 @@ impl StateMachine {
         })
         .await
         .map_err(io_err)??;
+        sm.open_sessions.store(sessions.len(), Ordering::Relaxed);
         *sm.lock_sessions()? = sessions;
         // Events up to what is already applied were published by an earlier run (or never):
         // a watch cannot start before this point.
@@ -457,9 +515,9 @@ impl StateMachine {
             .map_err(|_| io_err("session table lock poisoned"))
     }
 
-    /// Open client sessions.
+    /// Open client sessions, as of the last apply or snapshot install.
     pub fn open_sessions(&self) -> usize {
-        self.lock_sessions().map_or(0, |t| t.len())
+        self.open_sessions.load(Ordering::Relaxed)
     }
 }
 
@@ -703,43 +761,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let engine = self.engine.clone();
         let bus = self.events.clone();
         let sessions = self.sessions.clone();
+        let open_sessions = self.open_sessions.clone();
         let small = batch.len() <= INLINE_APPLY_ENTRIES;
         let writes: u64 = batch.iter().map(|(entry, _)| writes_in(entry)).sum();
         let work = move || {
             let mut sessions = sessions
                 .lock()
                 .map_err(|_| io_err("session table lock poisoned"))?;
-            let mut state = engine.applied_state()?;
-            let mut overlay: HashMap<Bytes, Option<Bytes>> = HashMap::new();
-            let mut events = Vec::new();
-            let mut responders = Vec::with_capacity(batch.len());
-            for (entry, responder) in batch {
-                state.last_applied = Some(entry.log_id);
-                let response = match entry.payload {
-                    EntryPayload::Blank => CommandResponse::done(None),
-                    EntryPayload::Normal(command) => execute(
-                        &*engine,
-                        &mut overlay,
-                        &mut sessions,
-                        command,
-                        entry.log_id.index,
-                        &mut events,
-                    )?,
-                    EntryPayload::Membership(membership) => {
-                        state.membership = StoredMembership::new(Some(entry.log_id), membership);
-                        CommandResponse::done(None)
-                    }
-                };
-                responders.push((responder, response));
+            let applied = apply_batch(&*engine, &bus, &mut sessions, batch);
+            if applied.is_err() {
+                // The table may have moved ahead of what the engine holds: take the engine's.
+                if let Ok(stored) = engine.system_records().and_then(SessionTable::load) {
+                    *sessions = stored;
+                }
             }
-            engine.commit(WriteSet {
-                writes: overlay.into_iter().collect(),
-                system: sessions.take_changes()?,
-                state,
-            })?;
-            // After the commit: an event is never seen before its change is readable.
-            bus.publish(events);
-            Ok::<_, io::Error>(responders)
+            open_sessions.store(sessions.len(), Ordering::Relaxed);
+            applied
         };
         let responders = if small {
             work()?
@@ -778,6 +815,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let lock = self.snapshot_lock.clone();
         let events = self.events.clone();
         let sessions = self.sessions.clone();
+        let open_sessions = self.open_sessions.clone();
         self.trigger.snapshot_started();
         tokio::task::spawn_blocking(move || {
             let _guard = lock.lock().map_err(|_| io_err("snapshot lock poisoned"))?;
@@ -813,6 +851,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|_| io_err("session table lock poisoned"))?;
             engine.import(&state, &mut file.reader()?)?;
             *table = SessionTable::load(engine.system_records()?)?;
+            open_sessions.store(table.len(), Ordering::Relaxed);
             drop(table);
             if engine.durable() {
                 // Imported and synced: the engine now holds the data, and the file (a whole copy
@@ -1188,6 +1227,146 @@ mod tests {
             snapshot.meta.last_log_id
         );
         assert_eq!(engine.scan(b"", None, usize::MAX).expect("scan").len(), 100);
+    }
+
+    /// A log of session commands: sessions opened, writes (some repeated, some after their
+    /// session expired), acknowledgements, a close, and the clock moving on and back.
+    fn session_log() -> Vec<Entry> {
+        use openraft::entry::RaftEntry;
+        let mut commands = Vec::new();
+        let ttl = 5_000;
+        for s in 0..3u64 {
+            commands.push(Command::OpenSession {
+                now_ms: 1_000 + s,
+                ttl_ms: ttl,
+                max_sessions: 3,
+            });
+        }
+        let write =
+            |id: u64, seq: u64, first_unacked: u64, now_ms: u64, key: &str| Command::Session {
+                id,
+                seq,
+                first_unacked,
+                now_ms,
+                command: Box::new(Command::CompareAndSwap {
+                    key: b(key),
+                    expected: None,
+                    new_value: b(&format!("{id}.{seq}")),
+                }),
+            };
+        for round in 0..6u64 {
+            let now = 2_000 + round * 1_500;
+            for id in 1..=3u64 {
+                if id == 3 && round >= 2 {
+                    continue; // session 3 goes idle and expires
+                }
+                let seq = round + 1;
+                commands.push(write(id, seq, seq.saturating_sub(1).max(1), now, "k"));
+                // A retry of the same write, and a clock that went back (a new leader).
+                commands.push(write(id, seq, seq.saturating_sub(1).max(1), now - 700, "k"));
+            }
+        }
+        // Session 1 goes on; session 3, idle since 3,500, has expired by 12,000.
+        commands.push(write(1, 7, 6, 12_000, "j"));
+        commands.push(write(3, 3, 1, 12_000, "k"));
+        commands.push(Command::CloseSession { id: 2 });
+        commands.push(Command::OpenSession {
+            now_ms: 12_001,
+            ttl_ms: ttl,
+            max_sessions: 3,
+        });
+        commands
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                Entry::new_normal(
+                    openraft::testing::log_id::<TypeConfig>(1, 1, i as u64 + 1),
+                    c,
+                )
+            })
+            .collect()
+    }
+
+    async fn apply_all(sm: &mut StateMachine, entries: &[Entry]) {
+        let batch = entries.iter().cloned().map(|e| Ok((e, None)));
+        sm.apply(futures::stream::iter(batch)).await.expect("apply");
+    }
+
+    /// Applied straight through, with a crash of the RocksDB engine halfway (memtables lost,
+    /// the log replayed from its last flush), or by installing a snapshot of the first half
+    /// taken on another node: every way ends with the same session table and the same data.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sessions_should_be_identical_however_the_log_was_applied() {
+        let log = session_log();
+        let half = log.len() / 2;
+        let dir = tempfile::tempdir().expect("tempdir");
+
+        let straight = Arc::new(MemoryEngine::new());
+        let mut sm = state_machine(straight.clone(), &dir.path().join("a")).await;
+        apply_all(&mut sm, &log).await;
+
+        // Crash halfway: the engine keeps what was flushed (after the first quarter), and the
+        // log is replayed from there.
+        let crashed_dir = dir.path().join("b");
+        {
+            let engine = Arc::new(rocks::RocksEngine::open_crashing(&crashed_dir));
+            let mut sm = state_machine(engine.clone(), &dir.path().join("b-snap")).await;
+            apply_all(&mut sm, &log[..half / 2]).await;
+            engine.sync().expect("flush");
+            apply_all(&mut sm, &log[half / 2..half]).await;
+        }
+        let crashed = Arc::new(rocks::RocksEngine::open_crashing(&crashed_dir));
+        let mut sm = state_machine(crashed.clone(), &dir.path().join("b-snap")).await;
+        let replay_from = crashed
+            .applied_state()
+            .expect("state")
+            .last_applied
+            .map_or(0, |l| l.index as usize);
+        assert_eq!(
+            replay_from,
+            half / 2,
+            "what was flushed survived, nothing more"
+        );
+        apply_all(&mut sm, &log[replay_from..]).await;
+
+        // A snapshot of the first half, from a node that applied it, then the rest.
+        let source = Arc::new(MemoryEngine::new());
+        let mut leader = state_machine(source.clone(), &dir.path().join("c-src")).await;
+        apply_all(&mut leader, &log[..half]).await;
+        let snapshot = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build");
+        let installed = Arc::new(MemoryEngine::new());
+        let mut sm = state_machine(installed.clone(), &dir.path().join("c")).await;
+        sm.install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .expect("install");
+        apply_all(&mut sm, &log[half..]).await;
+
+        let expected = straight.system_records().expect("records");
+        assert_eq!(
+            expected.len(),
+            3,
+            "the meta record, session 1 and the one opened last: {expected:?}"
+        );
+        for (name, engine) in [
+            ("crash and replay", crashed as Arc<dyn KvEngine>),
+            ("snapshot install", installed),
+        ] {
+            assert_eq!(
+                engine.system_records().expect("records"),
+                expected,
+                "{name}: the session table differs"
+            );
+            assert_eq!(
+                engine.scan(b"", None, 100).expect("scan"),
+                straight.scan(b"", None, 100).expect("scan"),
+                "{name}: the data differs"
+            );
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -143,6 +143,21 @@ impl RocksEngine {
     }
 }
 
+#[cfg(test)]
+impl RocksEngine {
+    /// An engine whose close loses what is not flushed, as a crash would (tests of recovery).
+    pub(crate) fn open_crashing(dir: &Path) -> RocksEngine {
+        Self::open_crashing_with(dir, Options::default())
+    }
+
+    fn open_crashing_with(dir: &Path, data_opts: Options) -> RocksEngine {
+        let opts = Options::default()
+            .get_options_from_string("avoid_flush_during_shutdown=true")
+            .expect("options");
+        RocksEngine::open_with(dir, opts, data_opts).expect("open")
+    }
+}
+
 impl KvEngine for RocksEngine {
     fn name(&self) -> &'static str {
         "rocksdb"
@@ -361,10 +376,7 @@ mod tests {
 
     /// An engine whose close loses the memtables, as a crash would.
     fn open_crashing(dir: &Path, data_opts: Options) -> RocksEngine {
-        let opts = Options::default()
-            .get_options_from_string("avoid_flush_during_shutdown=true")
-            .expect("options");
-        RocksEngine::open_with(dir, opts, data_opts).expect("open")
+        RocksEngine::open_crashing_with(dir, data_opts)
     }
 
     /// Writes skip the WAL: what a crash keeps is the last flush, with data and applied state

@@ -20,7 +20,14 @@
 //! the same one) by that clock is expired: removed, and its writes refused. Every node applies
 //! the same log, so every node expires the same sessions at the same index. The price: a leader
 //! whose clock runs far ahead expires sessions early (their clients reopen and see one "outcome
-//! unknown" at most); one far behind keeps them longer.
+//! unknown" at most), and the clock then stays at that time until real time catches up, so
+//! meanwhile idle sessions expire only by eviction at `max_sessions`; one far behind keeps
+//! sessions longer.
+//!
+//! Bounds: a session holds at most [`MAX_PENDING_REPLIES`] replies and [`MAX_PENDING_BYTES`] of
+//! them, all sessions together [`MAX_TABLE_BYTES`]; writes beyond are refused until replies are
+//! acknowledged. Session ids are sequential and unauthenticated: any client may close, or by
+//! opening many, evict another's session (which costs that client at most one unknown outcome).
 //!
 //! The table lives in the engine's system keyspace ([`super::Keyspace::System`]): one record per
 //! session and one for the table's clock and id counter, written in the same atomic commit as the
@@ -41,8 +48,16 @@ use crate::raft::SessionRefusal;
 
 /// Most replies one session may hold unacknowledged. A client that keeps this many writes
 /// unconfirmed is refused further writes until it acknowledges some (a bound on the table, which
-/// every node keeps in memory).
+/// every node keeps in memory and rewrites a session's record of at each apply that touches it).
 pub const MAX_PENDING_REPLIES: usize = 16_384;
+
+/// Most bytes of unacknowledged replies one session may hold ([`reply_bytes`] each): replies can
+/// carry previous values, so a count alone does not bound them. One reply may take it past the
+/// limit; the next write is then refused until replies are acknowledged.
+pub const MAX_PENDING_BYTES: u64 = 1 << 20;
+
+/// Most bytes of unacknowledged replies all sessions together may hold.
+pub const MAX_TABLE_BYTES: u64 = 256 << 20;
 
 /// Expired sessions are swept from the table whenever the clock crosses a multiple of this (a
 /// session is also checked whenever it is used, so the sweep only frees memory).
@@ -60,6 +75,18 @@ struct Meta {
     clock_ms: u64,
     /// Id the next session gets (ids start at 1; 0 means "no session" on the wire).
     next_id: u64,
+}
+
+/// What a stored reply keeps of the command's response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// The whole response (a put's previous value, asked for with `return_prev`).
+    All,
+    /// Whether there was a previous value, not the value (a delete answers only that).
+    Existence,
+    /// The previous value only when the swap failed (a compare-and-swap that succeeded is
+    /// answered with the request's own new value).
+    UnlessSuccess,
 }
 
 /// A reply kept for a write the client may ask for again.
@@ -86,9 +113,18 @@ struct Session {
     replies: BTreeMap<u64, StoredReply>,
 }
 
+/// What one stored reply counts against the byte budgets.
+fn reply_bytes(reply: &StoredReply) -> u64 {
+    32 + reply.prev.as_ref().map_or(0, |p| p.len() as u64)
+}
+
 impl Session {
     fn expired(&self, clock_ms: u64) -> bool {
         self.last_active_ms.saturating_add(self.ttl_ms) < clock_ms
+    }
+
+    fn bytes(&self) -> u64 {
+        self.replies.values().map(reply_bytes).sum()
     }
 }
 
@@ -108,6 +144,10 @@ pub enum Admission {
 pub struct SessionTable {
     meta: Meta,
     sessions: BTreeMap<u64, Session>,
+    /// Bytes of stored replies per session ([`reply_bytes`]), derived from `sessions`.
+    bytes: BTreeMap<u64, u64>,
+    /// Their sum.
+    total_bytes: u64,
     /// Sessions changed (or removed) since the last [`SessionTable::take_changes`].
     dirty: BTreeSet<u64>,
     meta_dirty: bool,
@@ -139,12 +179,24 @@ impl SessionTable {
                 let id = <[u8; 8]>::try_from(id)
                     .map(u64::from_be_bytes)
                     .map_err(|_| io_err(format!("session record key {key:?} is malformed")))?;
-                let session = rmp_serde::from_slice(&value)
+                let session: Session = rmp_serde::from_slice(&value)
                     .map_err(|e| io_err(format!("session {id}: {e}")))?;
+                table.add_bytes(id, session.bytes(), 0);
                 table.sessions.insert(id, session);
             }
         }
         Ok(table)
+    }
+
+    /// Records that session `id` holds `added` more and `freed` fewer bytes of replies.
+    fn add_bytes(&mut self, id: u64, added: u64, freed: u64) {
+        let entry = self.bytes.entry(id).or_default();
+        let now = (*entry + added).saturating_sub(freed);
+        self.total_bytes = (self.total_bytes + now).saturating_sub(*entry);
+        *entry = now;
+        if now == 0 {
+            self.bytes.remove(&id);
+        }
     }
 
     /// Open sessions.
@@ -181,6 +233,8 @@ impl SessionTable {
 
     fn remove(&mut self, id: u64) -> bool {
         self.dirty.insert(id);
+        let held = self.bytes.get(&id).copied().unwrap_or(0);
+        self.add_bytes(id, 0, held);
         self.sessions.remove(&id).is_some()
     }
 
@@ -234,62 +288,79 @@ impl SessionTable {
             self.remove(id);
             return Admission::Refuse(SessionRefusal::Expired { id });
         }
+        self.dirty.insert(id);
         session.last_active_ms = clock;
+        let mut freed = 0;
         if first_unacked > session.first_unacked {
             session.first_unacked = first_unacked;
             // Everything below is acknowledged: those replies will never be asked for again.
-            session.replies = session.replies.split_off(&first_unacked);
+            let kept = session.replies.split_off(&first_unacked);
+            let acknowledged = std::mem::replace(&mut session.replies, kept);
+            freed = acknowledged.values().map(reply_bytes).sum();
         }
-        self.dirty.insert(id);
         if seq < session.first_unacked {
-            return Admission::Refuse(SessionRefusal::Acknowledged {
+            let refusal = SessionRefusal::Acknowledged {
                 seq,
                 first_unacked: session.first_unacked,
-            });
+            };
+            self.add_bytes(id, 0, freed);
+            return Admission::Refuse(refusal);
         }
         if let Some(reply) = session.replies.get(&seq) {
-            return Admission::Replay(CommandResponse {
+            let replay = CommandResponse {
                 prev: reply.prev.clone(),
                 success: reply.success,
                 group: Vec::new(),
                 session: SessionOutcome::Replayed { index: reply.index },
-            });
+            };
+            self.add_bytes(id, 0, freed);
+            return Admission::Replay(replay);
         }
-        if session.replies.len() >= MAX_PENDING_REPLIES {
-            return Admission::Refuse(SessionRefusal::Backlog {
-                limit: MAX_PENDING_REPLIES as u64,
+        let replies = session.replies.len() as u64;
+        self.add_bytes(id, 0, freed);
+        let bytes = self.bytes.get(&id).copied().unwrap_or(0);
+        if replies >= MAX_PENDING_REPLIES as u64 || bytes >= MAX_PENDING_BYTES {
+            return Admission::Refuse(SessionRefusal::Backlog { replies, bytes });
+        }
+        if self.total_bytes >= MAX_TABLE_BYTES {
+            return Admission::Refuse(SessionRefusal::TableFull {
+                bytes: self.total_bytes,
             });
         }
         Admission::Execute
     }
 
-    /// Stores the reply of write `seq` of session `id`, applied at `index`. `existence_only`
-    /// keeps only whether `prev` was set (a delete answers only whether the key existed).
+    /// Stores the reply of write `seq` of session `id`, applied at `index`; `keep` says what of
+    /// the response a repeat needs.
     pub fn record(
         &mut self,
         id: u64,
         seq: u64,
         index: u64,
         response: &CommandResponse,
-        existence_only: bool,
+        keep: Keep,
     ) {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
-        let prev = if existence_only {
-            response.prev.as_ref().map(|_| Bytes::new())
-        } else {
-            response.prev.clone()
+        let prev = match keep {
+            Keep::All => response.prev.clone(),
+            Keep::Existence => response.prev.as_ref().map(|_| Bytes::new()),
+            Keep::UnlessSuccess if response.success => None,
+            Keep::UnlessSuccess => response.prev.clone(),
         };
-        session.replies.insert(
-            seq,
-            StoredReply {
-                index,
-                success: response.success,
-                prev,
-            },
-        );
+        let reply = StoredReply {
+            index,
+            success: response.success,
+            prev,
+        };
+        let added = reply_bytes(&reply);
+        let freed = session
+            .replies
+            .insert(seq, reply)
+            .map_or(0, |r| reply_bytes(&r));
         self.dirty.insert(id);
+        self.add_bytes(id, added, freed);
     }
 
     /// The system-keyspace writes (`None` deletes) that bring the stored table up to this one
@@ -310,12 +381,6 @@ impl SessionTable {
             out.push((session_key(id), value));
         }
         Ok(out)
-    }
-
-    /// Forgets pending changes (after the table was replaced by a reload).
-    pub fn clear_changes(&mut self) {
-        self.dirty.clear();
-        self.meta_dirty = false;
     }
 }
 
@@ -346,7 +411,7 @@ mod tests {
         let mut t = SessionTable::default();
         let id = t.open(1_000, TTL, 10);
         assert_eq!(t.admit(id, 1, 1, 1_001), Admission::Execute);
-        t.record(id, 1, 42, &done(Some("old")), false);
+        t.record(id, 1, 42, &done(Some("old")), Keep::All);
         match t.admit(id, 1, 1, 1_002) {
             Admission::Replay(r) => {
                 assert_eq!(r.session, SessionOutcome::Replayed { index: 42 });
@@ -414,9 +479,15 @@ mod tests {
         let a = t.open(1_000, TTL, 10);
         let b = t.open(1_000, TTL, 10);
         t.admit(a, 1, 1, 1_001);
-        t.record(a, 1, 7, &done(Some("a big previous value")), true);
+        t.record(
+            a,
+            1,
+            7,
+            &done(Some("a big previous value")),
+            Keep::Existence,
+        );
         t.admit(b, 1, 1, 1_001);
-        t.record(b, 1, 8, &done(None), false);
+        t.record(b, 1, 8, &done(None), Keep::All);
         assert!(t.close(b));
         let mut back = reloaded(&mut t);
         assert_eq!(back.sessions, t.sessions);
@@ -435,7 +506,7 @@ mod tests {
         let id = t.open(0, TTL, 10);
         for seq in 1..=MAX_PENDING_REPLIES as u64 {
             assert_eq!(t.admit(id, seq, 1, 0), Admission::Execute);
-            t.record(id, seq, seq, &done(None), false);
+            t.record(id, seq, seq, &done(None), Keep::All);
         }
         let next = MAX_PENDING_REPLIES as u64 + 1;
         assert!(matches!(
