@@ -35,8 +35,11 @@
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
+use std::collections::VecDeque;
 use std::io;
 
+use bytes::Buf;
+use bytes::BufMut;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde::Serialize;
@@ -90,8 +93,10 @@ pub enum Keep {
 }
 
 /// A reply kept for a write the client may ask for again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct StoredReply {
+    /// The write's sequence number.
+    seq: u64,
     /// Log index the write was applied at.
     index: u64,
     /// The command's `success` (a compare-and-swap's outcome).
@@ -100,8 +105,13 @@ struct StoredReply {
     prev: Option<Bytes>,
 }
 
+/// What one stored reply counts against the byte budgets.
+fn reply_bytes(reply: &StoredReply) -> u64 {
+    32 + reply.prev.as_ref().map_or(0, |p| p.len() as u64)
+}
+
 /// One open session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Session {
     /// Idle time after which the session expires, fixed when it was opened.
     ttl_ms: u64,
@@ -109,22 +119,155 @@ struct Session {
     last_active_ms: u64,
     /// Sequences below this are acknowledged by the client: their replies are gone.
     first_unacked: u64,
-    /// Replies of applied writes at or above `first_unacked`, by sequence.
-    replies: BTreeMap<u64, StoredReply>,
+    /// Replies of applied writes at or above `first_unacked`, in sequence order. A deque: a
+    /// client's writes are applied in nearly the order it numbered them, so replies join at the
+    /// back and leave, acknowledged, from the front.
+    replies: VecDeque<StoredReply>,
+    /// Bytes of `replies` ([`reply_bytes`]), kept as they change.
+    bytes: u64,
 }
 
-/// What one stored reply counts against the byte budgets.
-fn reply_bytes(reply: &StoredReply) -> u64 {
-    32 + reply.prev.as_ref().map_or(0, |p| p.len() as u64)
-}
+/// Version of a session record's encoding (its first byte).
+const RECORD_VERSION: u8 = 1;
 
 impl Session {
+    fn new(ttl_ms: u64, last_active_ms: u64) -> Session {
+        Session {
+            ttl_ms,
+            last_active_ms,
+            first_unacked: 1,
+            replies: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
     fn expired(&self, clock_ms: u64) -> bool {
         self.last_active_ms.saturating_add(self.ttl_ms) < clock_ms
     }
 
-    fn bytes(&self) -> u64 {
-        self.replies.values().map(reply_bytes).sum()
+    /// Where reply `seq` is, or would go.
+    fn position(&self, seq: u64) -> Result<usize, usize> {
+        self.replies.binary_search_by_key(&seq, |r| r.seq)
+    }
+
+    /// Drops the replies below `first_unacked`; returns the bytes freed.
+    fn acknowledge(&mut self, first_unacked: u64) -> u64 {
+        let mut freed = 0;
+        self.first_unacked = self.first_unacked.max(first_unacked);
+        while self
+            .replies
+            .front()
+            .is_some_and(|r| r.seq < self.first_unacked)
+        {
+            if let Some(r) = self.replies.pop_front() {
+                freed += reply_bytes(&r);
+            }
+        }
+        self.bytes -= freed;
+        freed
+    }
+
+    /// Stores `reply` (replacing one of the same sequence); returns the bytes added and freed.
+    fn insert(&mut self, reply: StoredReply) -> (u64, u64) {
+        let added = reply_bytes(&reply);
+        let freed = match self.position(reply.seq) {
+            Ok(at) => reply_bytes(&std::mem::replace(&mut self.replies[at], reply)),
+            Err(at) if at == self.replies.len() => {
+                self.replies.push_back(reply);
+                0
+            }
+            Err(at) => {
+                self.replies.insert(at, reply);
+                0
+            }
+        };
+        self.bytes = self.bytes + added - freed;
+        (added, freed)
+    }
+
+    /// The record stored for the session: the version, then varints: time-to-live, last use,
+    /// first unacknowledged sequence, number of replies, and per reply its sequence and index as
+    /// differences from the previous one's (replies are in sequence order; the first sequence
+    /// from `first_unacked`, the first index from 0, zigzag-coded as indexes need not grow),
+    /// a flags byte (1: success, 2: a previous value follows) and the previous value with its
+    /// length. A plain put's reply takes three or four bytes.
+    fn encode(&self) -> Bytes {
+        let mut out = Vec::with_capacity(16 + self.replies.len() * 4);
+        out.put_u8(RECORD_VERSION);
+        for v in [
+            self.ttl_ms,
+            self.last_active_ms,
+            self.first_unacked,
+            self.replies.len() as u64,
+        ] {
+            prost::encoding::encode_varint(v, &mut out);
+        }
+        let (mut seq, mut index) = (self.first_unacked, 0u64);
+        for r in &self.replies {
+            prost::encoding::encode_varint(r.seq - seq, &mut out);
+            let delta = r.index.wrapping_sub(index) as i64;
+            prost::encoding::encode_varint(((delta << 1) ^ (delta >> 63)) as u64, &mut out);
+            (seq, index) = (r.seq, r.index);
+            out.put_u8(u8::from(r.success) | if r.prev.is_some() { 2 } else { 0 });
+            if let Some(prev) = &r.prev {
+                prost::encoding::encode_varint(prev.len() as u64, &mut out);
+                out.put_slice(prev);
+            }
+        }
+        Bytes::from(out)
+    }
+
+    /// Reads a record written by [`Session::encode`].
+    fn decode(mut data: Bytes) -> io::Result<Session> {
+        let bad = |what: &str| io_err(format!("session record: {what}"));
+        let varint = |data: &mut Bytes| {
+            prost::encoding::decode_varint(data).map_err(|_| bad("truncated varint"))
+        };
+        if data.is_empty() {
+            return Err(bad("empty"));
+        }
+        let version = data.get_u8();
+        if version != RECORD_VERSION {
+            return Err(bad(&format!(
+                "version {version}; this rskv reads version {RECORD_VERSION}"
+            )));
+        }
+        let ttl_ms = varint(&mut data)?;
+        let mut session = Session::new(ttl_ms, varint(&mut data)?);
+        session.first_unacked = varint(&mut data)?;
+        let count = varint(&mut data)?;
+        let (mut seq, mut index) = (session.first_unacked, 0u64);
+        for _ in 0..count {
+            seq = seq
+                .checked_add(varint(&mut data)?)
+                .ok_or_else(|| bad("sequence overflow"))?;
+            let zigzag = varint(&mut data)?;
+            let delta = ((zigzag >> 1) as i64) ^ -((zigzag & 1) as i64);
+            index = index.wrapping_add(delta as u64);
+            if data.is_empty() {
+                return Err(bad("truncated reply"));
+            }
+            let flags = data.get_u8();
+            let prev = if flags & 2 != 0 {
+                let len = varint(&mut data)? as usize;
+                if data.len() < len {
+                    return Err(bad("truncated previous value"));
+                }
+                Some(data.split_to(len))
+            } else {
+                None
+            };
+            session.insert(StoredReply {
+                seq,
+                index,
+                success: flags & 1 != 0,
+                prev,
+            });
+        }
+        if !data.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(session)
     }
 }
 
@@ -144,9 +287,7 @@ pub enum Admission {
 pub struct SessionTable {
     meta: Meta,
     sessions: BTreeMap<u64, Session>,
-    /// Bytes of stored replies per session ([`reply_bytes`]), derived from `sessions`.
-    bytes: BTreeMap<u64, u64>,
-    /// Their sum.
+    /// Bytes of stored replies of all sessions ([`reply_bytes`]).
     total_bytes: u64,
     /// Sessions changed (or removed) since the last [`SessionTable::take_changes`].
     dirty: BTreeSet<u64>,
@@ -179,24 +320,13 @@ impl SessionTable {
                 let id = <[u8; 8]>::try_from(id)
                     .map(u64::from_be_bytes)
                     .map_err(|_| io_err(format!("session record key {key:?} is malformed")))?;
-                let session: Session = rmp_serde::from_slice(&value)
+                let session = Session::decode(value)
                     .map_err(|e| io_err(format!("session {id}: {e}")))?;
-                table.add_bytes(id, session.bytes(), 0);
+                table.total_bytes += session.bytes;
                 table.sessions.insert(id, session);
             }
         }
         Ok(table)
-    }
-
-    /// Records that session `id` holds `added` more and `freed` fewer bytes of replies.
-    fn add_bytes(&mut self, id: u64, added: u64, freed: u64) {
-        let entry = self.bytes.entry(id).or_default();
-        let now = (*entry + added).saturating_sub(freed);
-        self.total_bytes = (self.total_bytes + now).saturating_sub(*entry);
-        *entry = now;
-        if now == 0 {
-            self.bytes.remove(&id);
-        }
     }
 
     /// Open sessions.
@@ -233,9 +363,13 @@ impl SessionTable {
 
     fn remove(&mut self, id: u64) -> bool {
         self.dirty.insert(id);
-        let held = self.bytes.get(&id).copied().unwrap_or(0);
-        self.add_bytes(id, 0, held);
-        self.sessions.remove(&id).is_some()
+        match self.sessions.remove(&id) {
+            Some(session) => {
+                self.total_bytes -= session.bytes;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Opens a session idle-expiring after `ttl_ms`; returns its id. With `max_sessions` already
@@ -258,15 +392,8 @@ impl SessionTable {
         let id = self.meta.next_id;
         self.meta.next_id += 1;
         self.meta_dirty = true;
-        self.sessions.insert(
-            id,
-            Session {
-                ttl_ms,
-                last_active_ms: self.meta.clock_ms,
-                first_unacked: 1,
-                replies: BTreeMap::new(),
-            },
-        );
+        self.sessions
+            .insert(id, Session::new(ttl_ms, self.meta.clock_ms));
         self.dirty.insert(id);
         id
     }
@@ -290,35 +417,23 @@ impl SessionTable {
         }
         self.dirty.insert(id);
         session.last_active_ms = clock;
-        let mut freed = 0;
-        if first_unacked > session.first_unacked {
-            session.first_unacked = first_unacked;
-            // Everything below is acknowledged: those replies will never be asked for again.
-            let kept = session.replies.split_off(&first_unacked);
-            let acknowledged = std::mem::replace(&mut session.replies, kept);
-            freed = acknowledged.values().map(reply_bytes).sum();
-        }
+        self.total_bytes -= session.acknowledge(first_unacked);
         if seq < session.first_unacked {
-            let refusal = SessionRefusal::Acknowledged {
+            return Admission::Refuse(SessionRefusal::Acknowledged {
                 seq,
                 first_unacked: session.first_unacked,
-            };
-            self.add_bytes(id, 0, freed);
-            return Admission::Refuse(refusal);
+            });
         }
-        if let Some(reply) = session.replies.get(&seq) {
-            let replay = CommandResponse {
+        if let Ok(at) = session.position(seq) {
+            let reply = &session.replies[at];
+            return Admission::Replay(CommandResponse {
                 prev: reply.prev.clone(),
                 success: reply.success,
                 group: Vec::new(),
                 session: SessionOutcome::Replayed { index: reply.index },
-            };
-            self.add_bytes(id, 0, freed);
-            return Admission::Replay(replay);
+            });
         }
-        let replies = session.replies.len() as u64;
-        self.add_bytes(id, 0, freed);
-        let bytes = self.bytes.get(&id).copied().unwrap_or(0);
+        let (replies, bytes) = (session.replies.len() as u64, session.bytes);
         if replies >= MAX_PENDING_REPLIES as u64 || bytes >= MAX_PENDING_BYTES {
             return Admission::Refuse(SessionRefusal::Backlog { replies, bytes });
         }
@@ -349,18 +464,14 @@ impl SessionTable {
             Keep::UnlessSuccess if response.success => None,
             Keep::UnlessSuccess => response.prev.clone(),
         };
-        let reply = StoredReply {
+        let (added, freed) = session.insert(StoredReply {
+            seq,
             index,
             success: response.success,
             prev,
-        };
-        let added = reply_bytes(&reply);
-        let freed = session
-            .replies
-            .insert(seq, reply)
-            .map_or(0, |r| reply_bytes(&r));
+        });
+        self.total_bytes = self.total_bytes + added - freed;
         self.dirty.insert(id);
-        self.add_bytes(id, added, freed);
     }
 
     /// The system-keyspace writes (`None` deletes) that bring the stored table up to this one
@@ -374,10 +485,7 @@ impl SessionTable {
             out.push((Bytes::from_static(META_KEY), Some(encode(&self.meta)?)));
         }
         for id in std::mem::take(&mut self.dirty) {
-            let value = match self.sessions.get(&id) {
-                Some(session) => Some(encode(session)?),
-                None => None,
-            };
+            let value = self.sessions.get(&id).map(Session::encode);
             out.push((session_key(id), value));
         }
         Ok(out)
@@ -498,6 +606,48 @@ mod tests {
             other => panic!("expected a replay, got {other:?}"),
         }
         assert_eq!(back.open(1_003, TTL, 10), b + 1, "the id counter survives");
+    }
+
+    #[test]
+    fn a_session_record_should_round_trip_compactly_and_refuse_damage() {
+        let mut session = Session::new(60_000, 1_234_567);
+        session.first_unacked = 40;
+        for (seq, index, success, prev) in [
+            (41, 900, true, None),
+            (40, 901, true, None),
+            (44, 899, false, Some("current value")),
+            (42, 950, true, Some("")),
+        ] {
+            session.insert(StoredReply {
+                seq,
+                index,
+                success,
+                prev: prev.map(|p: &str| Bytes::copy_from_slice(p.as_bytes())),
+            });
+        }
+        let seqs: Vec<u64> = session.replies.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![40, 41, 42, 44], "kept in sequence order");
+        let record = session.encode();
+        assert_eq!(Session::decode(record.clone()).expect("decode"), session);
+        // A plain put's reply: sequence and index deltas and the flags, 3-4 bytes each.
+        let mut plain = Session::new(60_000, 0);
+        for seq in 1..=100 {
+            plain.insert(StoredReply {
+                seq,
+                index: 10_000 + seq / 10,
+                success: true,
+                prev: None,
+            });
+        }
+        let bytes = plain.encode().len();
+        assert!(bytes < 20 + 100 * 4, "{bytes} bytes for 100 replies");
+        for cut in [1, record.len() / 2, record.len() - 1] {
+            assert!(Session::decode(record.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        let mut newer = record.to_vec();
+        newer[0] = RECORD_VERSION + 1;
+        let err = Session::decode(Bytes::from(newer)).expect_err("newer version");
+        assert!(err.to_string().contains("version 2"), "{err}");
     }
 
     #[test]
