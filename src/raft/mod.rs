@@ -94,16 +94,31 @@ pub enum Command {
         /// lookup is a read before every write on every node (7% of the leader's CPU under load).
         #[serde(default)]
         return_prev: bool,
+        /// Set when the write belongs to a client session: it is then applied at most once
+        /// however often it is retried. Written only when set, so a write without a session has
+        /// the same encoding as before sessions existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<SessionStamp>,
     },
     /// Remove `key` (a no-op if absent).
     Delete {
         /// The key to remove.
         key: Bytes,
+        /// Set when the write belongs to a client session: it is then applied at most once
+        /// however often it is retried. Written only when set, so a write without a session has
+        /// the same encoding as before sessions existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<SessionStamp>,
     },
     /// Set several keys atomically, in order (a later pair wins over an earlier one).
     BatchPut {
         /// Key-value pairs, applied in order.
         pairs: Vec<(Bytes, Bytes)>,
+        /// Set when the write belongs to a client session: it is then applied at most once
+        /// however often it is retried. Written only when set, so a write without a session has
+        /// the same encoding as before sessions existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<SessionStamp>,
     },
     /// Set `key` to `new_value` only if it currently holds `expected` (`None`: is absent).
     CompareAndSwap {
@@ -113,6 +128,11 @@ pub enum Command {
         expected: Option<Bytes>,
         /// The value written when the comparison holds.
         new_value: Bytes,
+        /// Set when the write belongs to a client session: it is then applied at most once
+        /// however often it is retried. Written only when set, so a write without a session has
+        /// the same encoding as before sessions existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<SessionStamp>,
     },
     /// Independent commands from different requests, carried by one log entry (the server groups
     /// writes that arrive while earlier ones are being replicated). Each is applied in order, as
@@ -132,19 +152,6 @@ pub enum Command {
         /// Open sessions the table may hold (the leader's `sessions.max_sessions`).
         max_sessions: u64,
     },
-    /// A write of a client session: applied at most once however often it is retried.
-    Session {
-        /// The session, from [`Command::OpenSession`].
-        id: u64,
-        /// The write's number within the session.
-        seq: u64,
-        /// The lowest sequence whose reply the client has not received.
-        first_unacked: u64,
-        /// The leader's wall-clock time at proposal, Unix milliseconds.
-        now_ms: u64,
-        /// The write itself (a put, delete, batch put or compare-and-swap).
-        command: Box<Command>,
-    },
     /// Closes a client session (a client that is done with it).
     CloseSession {
         /// The session to close.
@@ -152,7 +159,45 @@ pub enum Command {
     },
 }
 
+/// What makes a write part of a client session (see
+/// [`crate::storage::state_machine::sessions`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStamp {
+    /// The session, from [`Command::OpenSession`].
+    pub id: u64,
+    /// The write's number within the session.
+    pub seq: u64,
+    /// The lowest sequence whose reply the client has not received.
+    pub first_unacked: u64,
+    /// The leader's wall-clock time at proposal, Unix milliseconds: the log's clock.
+    pub now_ms: u64,
+}
+
 impl Command {
+    /// The write as part of a client session (commands that are not writes are returned as
+    /// they are).
+    pub fn in_session(mut self, stamp: SessionStamp) -> Command {
+        if let Some(slot) = self.session_slot() {
+            *slot = Some(stamp);
+        }
+        self
+    }
+
+    /// Takes the write's session stamp, if it has one, leaving the write without it.
+    pub fn take_session(&mut self) -> Option<SessionStamp> {
+        self.session_slot().and_then(Option::take)
+    }
+
+    fn session_slot(&mut self) -> Option<&mut Option<SessionStamp>> {
+        match self {
+            Command::Put { session, .. }
+            | Command::Delete { session, .. }
+            | Command::BatchPut { session, .. }
+            | Command::CompareAndSwap { session, .. } => Some(session),
+            _ => None,
+        }
+    }
+
     /// Client writes the command carries: each command of a group, else one.
     pub fn writes(&self) -> usize {
         match self {
@@ -176,39 +221,34 @@ impl Command {
                 key,
                 value,
                 return_prev,
+                session,
             } => Command::Put {
                 key: own(key),
                 value: own(value),
                 return_prev,
+                session,
             },
-            Command::Delete { key } => Command::Delete { key: own(key) },
-            Command::BatchPut { pairs } => Command::BatchPut {
+            Command::Delete { key, session } => Command::Delete {
+                key: own(key),
+                session,
+            },
+            Command::BatchPut { pairs, session } => Command::BatchPut {
                 pairs: pairs.into_iter().map(|(k, v)| (own(k), own(v))).collect(),
+                session,
             },
             Command::CompareAndSwap {
                 key,
                 expected,
                 new_value,
+                session,
             } => Command::CompareAndSwap {
                 key: own(key),
                 expected: expected.map(own),
                 new_value: own(new_value),
+                session,
             },
             Command::Group { commands } => Command::Group {
                 commands: commands.into_iter().map(Command::detached).collect(),
-            },
-            Command::Session {
-                id,
-                seq,
-                first_unacked,
-                now_ms,
-                command,
-            } => Command::Session {
-                id,
-                seq,
-                first_unacked,
-                now_ms,
-                command: Box::new(command.detached()),
             },
             c @ (Command::OpenSession { .. } | Command::CloseSession { .. }) => c,
         }
@@ -219,15 +259,17 @@ impl Command {
     pub fn approx_bytes(&self) -> usize {
         64 + match self {
             Command::Put { key, value, .. } => key.len() + value.len(),
-            Command::Delete { key } => key.len(),
-            Command::BatchPut { pairs } => pairs.iter().map(|(k, v)| k.len() + v.len() + 16).sum(),
+            Command::Delete { key, .. } => key.len(),
+            Command::BatchPut { pairs, .. } => {
+                pairs.iter().map(|(k, v)| k.len() + v.len() + 16).sum()
+            }
             Command::CompareAndSwap {
                 key,
                 expected,
                 new_value,
+                ..
             } => key.len() + new_value.len() + expected.as_ref().map_or(0, |e| e.len()),
             Command::Group { commands } => commands.iter().map(Command::approx_bytes).sum(),
-            Command::Session { command, .. } => command.approx_bytes(),
             Command::OpenSession { .. } | Command::CloseSession { .. } => 0,
         }
     }
@@ -239,14 +281,11 @@ impl fmt::Display for Command {
             Command::Put { key, value, .. } => {
                 write!(f, "put({:?}, {} bytes)", key, value.len())
             }
-            Command::Delete { key } => write!(f, "delete({key:?})"),
-            Command::BatchPut { pairs } => write!(f, "batch_put({} pairs)", pairs.len()),
+            Command::Delete { key, .. } => write!(f, "delete({key:?})"),
+            Command::BatchPut { pairs, .. } => write!(f, "batch_put({} pairs)", pairs.len()),
             Command::CompareAndSwap { key, .. } => write!(f, "cas({key:?})"),
             Command::Group { commands } => write!(f, "group({} commands)", commands.len()),
             Command::OpenSession { .. } => write!(f, "open_session"),
-            Command::Session {
-                id, seq, command, ..
-            } => write!(f, "session({id}#{seq}: {command})"),
             Command::CloseSession { id } => write!(f, "close_session({id})"),
         }
     }
@@ -355,11 +394,13 @@ mod tests {
             key: buffer.slice(0..8),
             value: buffer.slice(8..264),
             return_prev: true,
+            session: None,
         };
         let cas = Command::CompareAndSwap {
             key: buffer.slice(300..308),
             expected: Some(buffer.slice(308..310)),
             new_value: buffer.slice(310..400),
+            session: None,
         };
         let group = Command::Group {
             commands: vec![put.clone(), cas.clone()],
@@ -377,6 +418,7 @@ mod tests {
                     key,
                     expected,
                     new_value,
+                    ..
                 } => held.extend([key, new_value].into_iter().chain(expected)),
                 other => panic!("unexpected {other}"),
             }
@@ -390,5 +432,54 @@ mod tests {
             matches!(&put, Command::Put { key, .. } if inside(key)),
             "the original shares it"
         );
+    }
+
+    /// A write without a session is encoded exactly as before sessions existed (logs written
+    /// then still decode, and decode the same), and one with a session round-trips.
+    #[test]
+    fn writes_should_encode_as_before_without_a_session_and_round_trip_with_one() {
+        #[derive(Serialize)]
+        enum Before {
+            Put {
+                key: Bytes,
+                value: Bytes,
+                return_prev: bool,
+            },
+            Delete {
+                key: Bytes,
+            },
+        }
+        let (key, value) = (Bytes::from_static(b"k"), Bytes::from_static(b"v"));
+        let before = rmp_serde::to_vec(&Before::Put {
+            key: key.clone(),
+            value: value.clone(),
+            return_prev: true,
+        })
+        .expect("encode");
+        let put = Command::Put {
+            key: key.clone(),
+            value,
+            return_prev: true,
+            session: None,
+        };
+        assert_eq!(rmp_serde::to_vec(&put).expect("encode"), before);
+        let decoded: Command = rmp_serde::from_slice(&before).expect("decode");
+        assert_eq!(decoded, put);
+        let old_delete = rmp_serde::to_vec(&Before::Delete { key: key.clone() }).expect("encode");
+        let delete: Command = rmp_serde::from_slice(&old_delete).expect("decode");
+        assert_eq!(delete, Command::Delete { key, session: None });
+        let stamp = SessionStamp {
+            id: 3,
+            seq: 41,
+            first_unacked: 40,
+            now_ms: 1_765_000_000_000,
+        };
+        let mut sessioned = put.clone().in_session(stamp);
+        let bytes = rmp_serde::to_vec(&sessioned).expect("encode");
+        assert!(bytes.len() <= before.len() + 20, "{} bytes", bytes.len());
+        let back: Command = rmp_serde::from_slice(&bytes).expect("decode");
+        assert_eq!(back, sessioned);
+        assert_eq!(sessioned.take_session(), Some(stamp));
+        assert_eq!(sessioned, put);
     }
 }

@@ -36,6 +36,7 @@ use crate::raft::Command;
 use crate::raft::CommandResponse;
 use crate::raft::SessionOutcome;
 use crate::raft::SessionRefusal;
+use crate::raft::SessionStamp;
 use crate::storage::state_machine::sessions;
 
 /// Scan page size when the request gives no limit.
@@ -168,6 +169,7 @@ impl KvService {
                     key: req.key,
                     value: req.value,
                     return_prev: req.return_prev,
+                    session: None,
                 },
             )
             .await?;
@@ -180,7 +182,13 @@ impl KvService {
     async fn do_delete(&self, req: pb::DeleteRequest) -> Result<pb::DeleteResponse> {
         self.check_key(&req.key)?;
         let (index, resp) = self
-            .write(req.session, Command::Delete { key: req.key })
+            .write(
+                req.session,
+                Command::Delete {
+                    key: req.key,
+                    session: None,
+                },
+            )
             .await?;
         Ok(pb::DeleteResponse {
             index,
@@ -205,6 +213,7 @@ impl KvService {
                     key: req.key,
                     expected: req.expected,
                     new_value: req.new_value,
+                    session: None,
                 },
             )
             .await?;
@@ -273,13 +282,12 @@ fn in_session(session: Option<pb::SessionRef>, command: Command) -> Result<Comma
             s.first_unacked, s.seq
         )));
     }
-    Ok(Command::Session {
+    Ok(command.in_session(SessionStamp {
         id: s.id,
         seq: s.seq,
         first_unacked: s.first_unacked.max(1),
         now_ms: now_ms(),
-        command: Box::new(command),
-    })
+    }))
 }
 
 /// The error a client sees for a session write the state machine refused.
@@ -636,7 +644,11 @@ impl Kv for KvService {
                 self.check_value(&kv.value)?;
                 pairs.push((kv.key, kv.value));
             }
-            let (index, _) = self.write(req.session, Command::BatchPut { pairs }).await?;
+            let command = Command::BatchPut {
+                pairs,
+                session: None,
+            };
+            let (index, _) = self.write(req.session, command).await?;
             Ok(pb::BatchPutResponse { index })
         })
         .await

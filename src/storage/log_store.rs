@@ -684,6 +684,7 @@ mod tests {
                 key: Bytes::from(index.to_be_bytes().to_vec()),
                 value,
                 return_prev: false,
+                session: None,
             };
             Entry::new(log_id(term, index), EntryPayload::Normal(command))
         }

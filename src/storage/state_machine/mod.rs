@@ -218,10 +218,27 @@ fn execute(
     engine: &dyn KvEngine,
     overlay: &mut HashMap<Bytes, Option<Bytes>>,
     sessions: &mut SessionTable,
-    command: Command,
+    mut command: Command,
     index: u64,
     events: &mut Vec<Event>,
 ) -> io::Result<CommandResponse> {
+    if let Some(stamp) = command.take_session() {
+        let admission = sessions.admit(stamp.id, stamp.seq, stamp.first_unacked, stamp.now_ms);
+        return Ok(match admission {
+            Admission::Execute => {
+                let keep = match command {
+                    Command::Delete { .. } => sessions::Keep::Existence,
+                    Command::CompareAndSwap { .. } => sessions::Keep::UnlessSuccess,
+                    _ => sessions::Keep::All,
+                };
+                let response = execute(engine, overlay, sessions, command, index, events)?;
+                sessions.record(stamp.id, stamp.seq, index, &response, keep);
+                response
+            }
+            Admission::Replay(response) => response,
+            Admission::Refuse(why) => CommandResponse::refused(why),
+        });
+    }
     let put = |key: &Bytes, value: &Bytes, prev: Option<Bytes>| Event {
         index,
         key: key.clone(),
@@ -239,6 +256,7 @@ fn execute(
             key,
             value,
             return_prev,
+            ..
         } => {
             let prev = if return_prev {
                 current(&key, overlay)?
@@ -249,7 +267,7 @@ fn execute(
             overlay.insert(key, Some(value));
             CommandResponse::done(prev)
         }
-        Command::Delete { key } => {
+        Command::Delete { key, .. } => {
             let prev = current(&key, overlay)?;
             if prev.is_some() {
                 events.push(Event {
@@ -262,7 +280,7 @@ fn execute(
             overlay.insert(key, None);
             CommandResponse::done(prev)
         }
-        Command::BatchPut { pairs } => {
+        Command::BatchPut { pairs, .. } => {
             for (key, value) in pairs {
                 events.push(put(&key, &value, None));
                 overlay.insert(key, Some(value));
@@ -273,6 +291,7 @@ fn execute(
             key,
             expected,
             new_value,
+            ..
         } => {
             let prev = current(&key, overlay)?;
             let success = prev == expected;
@@ -308,26 +327,6 @@ fn execute(
             sessions.close(id);
             CommandResponse::done(None)
         }
-        Command::Session {
-            id,
-            seq,
-            first_unacked,
-            now_ms,
-            command,
-        } => match sessions.admit(id, seq, first_unacked, now_ms) {
-            Admission::Execute => {
-                let keep = match *command {
-                    Command::Delete { .. } => sessions::Keep::Existence,
-                    Command::CompareAndSwap { .. } => sessions::Keep::UnlessSuccess,
-                    _ => sessions::Keep::All,
-                };
-                let response = execute(engine, overlay, sessions, *command, index, events)?;
-                sessions.record(id, seq, index, &response, keep);
-                response
-            }
-            Admission::Replay(response) => response,
-            Admission::Refuse(why) => CommandResponse::refused(why),
-        },
     })
 }
 
@@ -1055,6 +1054,7 @@ mod tests {
             key: b("k"),
             expected: Some(b(expected)),
             new_value: b(new_value),
+            session: None,
         };
         let group = Command::Group {
             commands: vec![
@@ -1062,14 +1062,19 @@ mod tests {
                     key: b("k"),
                     value: b("1"),
                     return_prev: false,
+                    session: None,
                 },
                 cas("1", "2"),
                 cas("1", "3"),
-                Command::Delete { key: b("k") },
+                Command::Delete {
+                    key: b("k"),
+                    session: None,
+                },
                 Command::Put {
                     key: b("j"),
                     value: b("5"),
                     return_prev: true,
+                    session: None,
                 },
             ],
         };
@@ -1242,18 +1247,20 @@ mod tests {
                 max_sessions: 3,
             });
         }
-        let write =
-            |id: u64, seq: u64, first_unacked: u64, now_ms: u64, key: &str| Command::Session {
+        let write = |id: u64, seq: u64, first_unacked: u64, now_ms: u64, key: &str| {
+            Command::CompareAndSwap {
+                key: b(key),
+                expected: None,
+                new_value: b(&format!("{id}.{seq}")),
+                session: None,
+            }
+            .in_session(crate::raft::SessionStamp {
                 id,
                 seq,
                 first_unacked,
                 now_ms,
-                command: Box::new(Command::CompareAndSwap {
-                    key: b(key),
-                    expected: None,
-                    new_value: b(&format!("{id}.{seq}")),
-                }),
-            };
+            })
+        };
         for round in 0..6u64 {
             let now = 2_000 + round * 1_500;
             for id in 1..=3u64 {

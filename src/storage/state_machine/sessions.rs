@@ -320,8 +320,8 @@ impl SessionTable {
                 let id = <[u8; 8]>::try_from(id)
                     .map(u64::from_be_bytes)
                     .map_err(|_| io_err(format!("session record key {key:?} is malformed")))?;
-                let session = Session::decode(value)
-                    .map_err(|e| io_err(format!("session {id}: {e}")))?;
+                let session =
+                    Session::decode(value).map_err(|e| io_err(format!("session {id}: {e}")))?;
                 table.total_bytes += session.bytes;
                 table.sessions.insert(id, session);
             }
@@ -642,7 +642,10 @@ mod tests {
         let bytes = plain.encode().len();
         assert!(bytes < 20 + 100 * 4, "{bytes} bytes for 100 replies");
         for cut in [1, record.len() / 2, record.len() - 1] {
-            assert!(Session::decode(record.slice(..cut)).is_err(), "cut at {cut}");
+            assert!(
+                Session::decode(record.slice(..cut)).is_err(),
+                "cut at {cut}"
+            );
         }
         let mut newer = record.to_vec();
         newer[0] = RECORD_VERSION + 1;
