@@ -256,7 +256,9 @@ pub struct Client {
     /// Request coalescing, per node address (see [`ClientOptions::batch_inflight`]).
     batchers: DashMap<String, Arc<OpBatcher>>,
     /// The open session, opened at the first write; replaced when it expires.
-    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    session: Mutex<Option<Arc<Session>>>,
+    /// Held while a session is being opened, so concurrent first writes open one, not many.
+    opening: tokio::sync::Mutex<()>,
     /// The cluster answered OpenSession UNIMPLEMENTED (a version before sessions): writes go
     /// without one, as they did then.
     sessionless: std::sync::atomic::AtomicBool,
@@ -330,7 +332,8 @@ impl Client {
             channels: DashMap::new(),
             leader: Mutex::new(None),
             batchers: DashMap::new(),
-            session: tokio::sync::Mutex::new(None),
+            session: Mutex::new(None),
+            opening: tokio::sync::Mutex::new(()),
             sessionless: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -478,7 +481,7 @@ impl Client {
                     ambiguous: true,
                     last_error,
                 }) => {
-                    self.forget_session(ticket.session.id).await;
+                    self.forget_session(ticket.session.id);
                     return Err(ClientError::SessionExpired(format!(
                         "{last_error}; an earlier attempt's outcome is unknown"
                     )));
@@ -489,7 +492,7 @@ impl Client {
                 }) => {
                     // Not applied: a new session, a new number, and the write goes again.
                     tracing::debug!(session = ticket.session.id, error = %last_error, "session expired; opening a new one");
-                    self.forget_session(ticket.session.id).await;
+                    self.forget_session(ticket.session.id);
                     if Instant::now() >= deadline {
                         return Err(ClientError::Unavailable(format!(
                             "{last_error}; no time left to retry in a new session"
@@ -506,13 +509,17 @@ impl Client {
         if self.sessionless.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        let mut current = tokio::time::timeout_at(deadline.into(), self.session.lock())
+        if let Some(session) = self.current_session() {
+            return Ok(Some(session));
+        }
+        let _opening = tokio::time::timeout_at(deadline.into(), self.opening.lock())
             .await
             .map_err(|_| {
                 ClientError::Unavailable("no client session opened before the deadline".into())
             })?;
-        if let Some(session) = &*current {
-            return Ok(Some(session.clone()));
+        // Another write may have opened one while this one waited.
+        if let Some(session) = self.current_session() {
+            return Ok(Some(session));
         }
         let opened = self
             .call_until(deadline, Route::LeaderIdempotent, |_, ch| async move {
@@ -541,27 +548,37 @@ impl Client {
             "client session opened"
         );
         let session = Arc::new(Session::new(opened.id));
-        *current = Some(session.clone());
+        *self.lock_session() = Some(session.clone());
         Ok(Some(session))
     }
 
+    fn lock_session(&self) -> std::sync::MutexGuard<'_, Option<Arc<Session>>> {
+        // Every update is one assignment: consistent even if a holder panicked.
+        self.session.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn current_session(&self) -> Option<Arc<Session>> {
+        self.lock_session().clone()
+    }
+
     /// Drops session `id` if it is still the open one (the next write opens a new one).
-    async fn forget_session(&self, id: u64) {
-        let mut current = self.session.lock().await;
+    fn forget_session(&self, id: u64) {
+        let mut current = self.lock_session();
         if current.as_ref().is_some_and(|s| s.id == id) {
             *current = None;
         }
     }
 
     /// The id of the open session, if one is open.
-    pub async fn session_id(&self) -> Option<u64> {
-        self.session.lock().await.as_ref().map(|s| s.id)
+    pub fn session_id(&self) -> Option<u64> {
+        self.current_session().map(|s| s.id)
     }
 
     /// Closes the client's session, if one is open, freeing the replies the cluster keeps for it
     /// (it would otherwise expire after its time-to-live). Best effort: a failure is ignored.
     pub async fn close(&self) {
-        let Some(session) = self.session.lock().await.take() else {
+        let taken = self.lock_session().take();
+        let Some(session) = taken else {
             return;
         };
         let req = pb::CloseSessionRequest { id: session.id };
