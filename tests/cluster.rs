@@ -119,9 +119,7 @@ async fn follower_should_answer_not_leader_with_leader_address() {
         .iter()
         .find(|n| n.id != leader)
         .expect("follower");
-    let channel = rskv::raft::network::lazy_channel(&follower.addr, Duration::from_secs(1), None)
-        .expect("channel");
-    let mut kv = rskv::pb::kv::kv_client::KvClient::new(channel);
+    let mut kv = common::raw_kv(&follower.addr);
     let status = kv
         .put(rskv::pb::kv::PutRequest {
             key: Bytes::from("k"),

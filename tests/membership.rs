@@ -201,14 +201,7 @@ async fn last_voter_cannot_be_removed() {
 }
 
 async fn lagging_node_should_catch_up_by_snapshot(engine: &str) {
-    let mut cluster = ProcessCluster::start(
-        3,
-        engine,
-        &["--snapshot-every", "50", "--keep-logs-after-snapshot", "0"],
-    );
-    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let lagging = cluster.follower_of(leader);
-    cluster.kill(lagging);
+    let (mut cluster, leader, lagging) = ProcessCluster::start_with_a_follower_down(engine).await;
     let client = cluster.client();
     for i in 0..300 {
         client

@@ -59,9 +59,7 @@ async fn a_leader_without_a_quorum_should_say_so() {
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("no quorum"), "{body}");
 
-    let channel =
-        rskv::raft::network::lazy_channel(&addr, Duration::from_secs(1), None).expect("channel");
-    let mut kv = pb::kv_client::KvClient::new(channel);
+    let mut kv = common::raw_kv(&addr);
     let started = Instant::now();
     let refused = kv
         .put(pb::PutRequest {

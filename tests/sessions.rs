@@ -122,10 +122,7 @@ async fn a_write_whose_reply_was_lost_should_be_applied_once() {
 async fn a_repeated_sequence_should_be_answered_not_applied() {
     let cluster = ProcessCluster::start(1, "memory", &[]);
     cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let channel =
-        rskv::raft::network::lazy_channel(&cluster.nodes[0].addr, Duration::from_secs(1), None)
-            .expect("channel");
-    let mut kv = pb::kv_client::KvClient::new(channel);
+    let mut kv = common::raw_kv(&cluster.nodes[0].addr);
     let session = kv
         .open_session(pb::OpenSessionRequest {})
         .await
@@ -308,20 +305,8 @@ async fn a_counter_under_leader_kills_and_cut_connections_should_hold_exactly_th
 /// The session table is replicated state: a node that caught up by snapshot, and every node
 /// after a crash, answers an old write's retry from it exactly as the node that applied it did.
 async fn the_session_table_should_travel_in_snapshots_and_survive_restarts(engine: &str) {
-    let mut cluster = ProcessCluster::start(
-        3,
-        engine,
-        &["--snapshot-every", "50", "--keep-logs-after-snapshot", "0"],
-    );
-    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let lagging = cluster.follower_of(leader);
-    cluster.kill(lagging);
-    let raw = |addr: &str| {
-        let channel =
-            rskv::raft::network::lazy_channel(addr, Duration::from_secs(1), None).expect("channel");
-        pb::kv_client::KvClient::new(channel)
-    };
-    let mut kv = raw(&cluster.node(leader).addr);
+    let (mut cluster, leader, lagging) = ProcessCluster::start_with_a_follower_down(engine).await;
+    let mut kv = common::raw_kv(&cluster.node(leader).addr);
     let session = kv
         .open_session(pb::OpenSessionRequest {})
         .await
@@ -410,7 +395,7 @@ async fn the_session_table_should_travel_in_snapshots_and_survive_restarts(engin
         .await
         .expect("transfer");
     assert_eq!(cluster.wait_for_leader(LEADER_TIMEOUT).await, lagging);
-    let mut kv = raw(&lagging_addr);
+    let mut kv = common::raw_kv(&lagging_addr);
     for (seq, reply) in &replies {
         let again = kv
             .put(put(*seq, "changed".into()))
@@ -430,7 +415,7 @@ async fn the_session_table_should_travel_in_snapshots_and_survive_restarts(engin
         cluster.restart(id);
     }
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let mut kv = raw(&cluster.node(leader).addr);
+    let mut kv = common::raw_kv(&cluster.node(leader).addr);
     let (seq, reply) = &replies[1];
     let again = kv
         .put(put(*seq, "changed".into()))

@@ -191,6 +191,31 @@ async fn cas(
     }
 }
 
+/// A client's pace: one operation every `1 / rate` seconds (falling behind, it goes on at that
+/// pace rather than catching up in a burst), until told to stop.
+struct Pace {
+    ticker: tokio::time::Interval,
+    stop: watch::Receiver<bool>,
+}
+
+impl Pace {
+    fn new(rate: f64, stop: watch::Receiver<bool>) -> Pace {
+        let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Pace { ticker, stop }
+    }
+
+    /// Waits for the next operation's turn; `false` once the run is told to stop.
+    async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.ticker.tick() => {}
+            _ = self.stop.changed() => return false,
+        }
+        !*self.stop.borrow()
+    }
+}
+
 /// The workload every client runs.
 #[derive(Debug, Clone)]
 pub struct Workload {
@@ -219,7 +244,7 @@ pub async fn run_client(
     client: std::sync::Arc<Client>,
     workload: Workload,
     seed: u64,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let Workload {
         keys,
@@ -233,18 +258,9 @@ pub async fn run_client(
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut process = index;
     let mut seen: HashMap<String, Option<String>> = HashMap::new();
-    let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pace = Pace::new(rate, stop);
     let mut n = 0u64;
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.changed() => break,
-        }
-        if *stop.borrow() {
-            break;
-        }
+    while pace.next().await {
         let key = &keys[rng.random_range(0..keys.len())];
         let roll = rng.random_range(0..10);
         n += 1;
@@ -306,19 +322,10 @@ pub async fn run_counter(
     rate: f64,
     tally: Arc<CounterTally>,
     unknowns: Arc<Unknowns>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.changed() => break,
-        }
-        if *stop.borrow() {
-            break;
-        }
+    let mut pace = Pace::new(rate, stop);
+    while pace.next().await {
         let Ok(current) = client.get(COUNTER_KEY).await else {
             continue;
         };

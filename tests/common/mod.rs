@@ -384,6 +384,21 @@ impl ProcessCluster {
         out
     }
 
+    /// A 3-node cluster of `engine` that snapshots every 50 writes keeping no log behind, with
+    /// one follower stopped: the writes that follow reach it only by snapshot once it restarts.
+    /// Returns the cluster, the leader and the stopped follower.
+    pub async fn start_with_a_follower_down(engine: &str) -> (ProcessCluster, u64, u64) {
+        let mut cluster = ProcessCluster::start(
+            3,
+            engine,
+            &["--snapshot-every", "50", "--keep-logs-after-snapshot", "0"],
+        );
+        let leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
+        let lagging = cluster.follower_of(leader);
+        cluster.kill(lagging);
+        (cluster, leader, lagging)
+    }
+
     /// Some node other than `leader`.
     pub fn follower_of(&self, leader: u64) -> u64 {
         self.nodes
@@ -449,6 +464,14 @@ impl NodeProc {
             args: Vec::new(),
         }
     }
+}
+
+/// A bare gRPC client of one node's `Kv` service: no redirects, no retries, no session, as an
+/// independent client would be.
+pub fn raw_kv(addr: &str) -> rskv::pb::kv::kv_client::KvClient<tonic::transport::Channel> {
+    let channel =
+        rskv::raft::network::lazy_channel(addr, Duration::from_secs(1), None).expect("channel");
+    rskv::pb::kv::kv_client::KvClient::new(channel)
 }
 
 /// Fetches `http://addr/path` with a plain HTTP/1.0 request; returns (status code, body).
