@@ -9,8 +9,8 @@
 //!
 //! The scenario, on the fault suite's network (clients reach every node all along):
 //! 1. Leader L, followers A and B; `k = v1`. A's link to L is cut, and stays cut until A no
-//!    longer honours L's lease (`election_timeout_max` since it last heard from L). L keeps its
-//!    quorum (and its read lease) through B.
+//!    longer honours L's lease (`election_timeout_max` since it last heard from L, which A's
+//!    `/health` reports). L keeps its quorum (and its read lease) through B.
 //! 2. B's link to L is cut and B is killed and restarted at once: L's lease, from B's last
 //!    acknowledgement, still runs for up to 90% of `election_timeout_max`.
 //! 3. A and B elect a leader (whenever they do), `k = v2` is written through it, and then `k` is
@@ -102,12 +102,27 @@ fn a_restarted_follower_should_not_let_the_old_leader_serve_a_stale_lease_read()
         let at_old_leader = client(vec![addr(old)], Duration::from_secs(3));
         let new_side = client(vec![addr(a), addr(b)], Duration::from_secs(10));
 
-        // 1. A stops hearing from L and, after election_timeout_max, stops honouring its lease.
+        // 1. A stops hearing from L and, after election_timeout_max, stops honouring its lease:
+        //    its /health says so once it has heard nothing from a leader for that long.
         net.set_blocked(&BTreeSet::from([link(old, a)]))
             .await
             .expect("cut L-A");
-        let lapsed = Instant::now() + ELECTION_TIMEOUT_MAX + Duration::from_millis(500);
-        tokio::time::sleep_until(lapsed.into()).await;
+        let a_metrics = cluster.nodes[a as usize - 1].addrs.metrics.to_string();
+        let lapsed = rskv::jepsen::poll(
+            ELECTION_TIMEOUT_MAX * 2,
+            Duration::from_millis(100),
+            || async {
+                let (code, body) = common::http_get(&a_metrics, "/health").await?;
+                (code == 503 && body.contains("no leader")).then_some(())
+            },
+        )
+        .await;
+        assert!(
+            lapsed.is_some(),
+            "A still reports a leader {:?} after the cut\n{}",
+            ELECTION_TIMEOUT_MAX * 2,
+            fault_log_tails(&cluster, 40)
+        );
         let before = at_old_leader
             .get_with(KEY, Consistency::Linearizable)
             .await
