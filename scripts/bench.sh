@@ -67,7 +67,7 @@ apt_install() {
 command -v protoc >/dev/null || apt_install protobuf-compiler
 if [[ -z "$AB" ]] && ! command -v etcd >/dev/null; then apt_install etcd-server etcd-client || true; fi
 
-(cd "$ROOT" && cargo build --release --quiet --features etcd --bin kv_server --bin kv_bench)
+(cd "$ROOT" && cargo build --release --quiet --features rskv-bench/etcd --bin kv_server --bin kv_bench)
 BIN="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release"
 
 MEMBERS=""

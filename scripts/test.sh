@@ -11,14 +11,19 @@ if command -v sccache >/dev/null 2>&1; then sccache --start-server >/dev/null 2>
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build"
-cargo build --all-targets --locked
+cargo build --workspace --all-targets --locked
+echo "== the client library builds neither RocksDB nor openraft"
+if cargo tree --locked -p rskv-client -e normal --prefix none | grep -E '^(rocksdb|librocksdb-sys|openraft) '; then
+    echo "rskv-client depends on the crates above: it must not" >&2
+    exit 1
+fi
 # As root, the fault tests cut links in network namespaces (nftables) rather than on the proxy.
 "$ROOT/scripts/fault-tools.sh"
 echo "== cargo test"
 # Cluster tests each run three nodes; two at a time keeps a 2-core machine responsive.
-RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo test --all-targets --locked
+RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo test --workspace --all-targets --locked
 if [[ "$(id -u)" == 0 ]]; then
     echo "== fault suite: 5 nodes, 90 s of partitions, kills and pauses (fails on any anomaly)"
     scripts/jepsen.sh --nodes 5 --time 90 --interval 4 --nemesis partition,kill,pause --rate 200 \

@@ -1,0 +1,927 @@
+//! Node configuration: a TOML file, every key overridable by a command-line flag.
+//!
+//! Loading goes file (or the embedded dev-mode default) → flags → [`Config::validate`]. Unknown
+//! keys are errors (`deny_unknown_fields`), so a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::error::Result;
+use crate::raft::network::PeerLiveness;
+use crate::raft::NodeId;
+use crate::raft::NodeInfo;
+use rskv_client::transport::endpoint_uri;
+
+/// The address dev mode listens on, and the address `kv_client` talks to by default.
+pub use rskv_client::DEV_ADDR;
+
+/// The configuration `kv_server` uses when started without `--config`: a single-node cluster on
+/// [`DEV_ADDR`] whose data lives in a temporary directory unless `--data-dir` is given.
+pub const DEV_CONFIG: &str = r#"
+node_id = 1
+listen_addr = "127.0.0.1:7379"
+
+[storage]
+engine = "memory"
+"#;
+
+/// Which state machine holds the applied data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// An ordered in-memory map; recovered after a restart from the last snapshot plus the log.
+    Memory,
+    /// RocksDB column families; data, applied index and membership are written atomically.
+    Rocksdb,
+}
+
+/// How the leader proves it still leads before serving a linearizable read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum ReadPolicy {
+    /// ReadIndex: a heartbeat round acknowledged by a quorum after the read arrived (one round
+    /// serves every read waiting for it). Correct whatever the clocks do; etcd's default.
+    #[default]
+    ReadIndex,
+    /// Leader lease: a quorum acknowledgement younger than 90% of the election timeout maximum
+    /// is reused, so most reads need no round trip. Followers refuse to vote for that long after
+    /// hearing from the leader, so this is safe as long as no node's clock runs more than ~10%
+    /// slower or faster than another's (TiKV's default trade). Falls back to a round when the
+    /// lease has lapsed.
+    Lease,
+}
+
+impl Engine {
+    /// The name used in config files and status output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Memory => "memory",
+            Engine::Rocksdb => "rocksdb",
+        }
+    }
+}
+
+/// Full node configuration, as read from TOML.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's id; must be unique in the cluster and stable across restarts.
+    pub node_id: NodeId,
+    /// Socket address the client gRPC API binds.
+    pub listen_addr: SocketAddr,
+    /// Address clients dial to reach this node; defaults to `listen_addr`.
+    #[serde(default)]
+    pub advertise_addr: Option<String>,
+    /// Socket address the Raft transport binds; defaults to `listen_addr` with port + 1.
+    #[serde(default)]
+    pub peer_listen_addr: Option<SocketAddr>,
+    /// Address peers dial for Raft traffic; defaults to the peer listen address.
+    #[serde(default)]
+    pub peer_advertise_addr: Option<String>,
+    /// Source IP for outgoing Raft connections; unset lets the kernel choose. Set it on a
+    /// multi-homed host, or so that a proxy can tell which node a connection comes from (the
+    /// fault suite's loopback network does).
+    #[serde(default)]
+    pub peer_source_ip: Option<std::net::IpAddr>,
+    /// HTTP address serving `/metrics` and `/health`; defaults to `listen_addr` with port + 2.
+    #[serde(default)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Longest a graceful shutdown may take (leader hand-off plus draining) before the node
+    /// exits anyway.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+    /// Directory holding the Raft log, the state machine and snapshots. `None` in dev mode means a
+    /// temporary directory removed on exit.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// State machine selection.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// Cluster bootstrap.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+    /// Raft timing and compaction.
+    #[serde(default)]
+    pub raft: RaftConfig,
+    /// Request size limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Apply events and watches.
+    #[serde(default)]
+    pub events: EventsConfig,
+    /// Client sessions (exactly-once writes).
+    #[serde(default)]
+    pub sessions: SessionsConfig,
+}
+
+fn default_shutdown_timeout_ms() -> u64 {
+    10_000
+}
+
+/// One entry of `cluster.initial_members`: the client address alone (the peer address is then
+/// its port + 1), or both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MemberAddr {
+    /// `"host:port"`: the client address.
+    Client(String),
+    /// `{ addr = "host:port", peer_addr = "host:port" }`.
+    Full {
+        /// Client API address.
+        addr: String,
+        /// Raft transport address.
+        peer_addr: String,
+    },
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `memory` or `rocksdb`.
+    pub engine: Engine,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            engine: Engine::Rocksdb,
+        }
+    }
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The voters a brand-new cluster starts with, id → addresses. Every listed node initializes
+    /// the cluster with this same set on first start (later starts ignore it). Empty means a
+    /// single-node cluster of this node alone.
+    #[serde(default)]
+    pub initial_members: BTreeMap<String, MemberAddr>,
+    /// Client addresses of existing members to ask for admission. A node started with `join` and
+    /// an empty data dir does not bootstrap: it asks the cluster to add it as a learner, waits
+    /// until it has caught up, and has itself promoted to voter. Ignored once the node has state.
+    #[serde(default)]
+    pub join: Vec<String>,
+}
+
+/// `[raft]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    /// Leader heartbeat period.
+    pub heartbeat_interval_ms: u64,
+    /// Lower bound of the randomized election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (and purge the log before it) every this many applied writes (a grouped
+    /// entry counts each of its writes), so the log a restart replays stays bounded under load.
+    pub snapshot_every: u64,
+    /// Log entries kept behind the last snapshot, so briefly lagging followers need no snapshot.
+    /// Counted in entries, and under load an entry groups tens of writes: 1,000 entries are 1,000
+    /// writes when idle and ~60k (about 1.5 s) at 256 clients. 5,000 kept 80+ MB of log at 256
+    /// clients, whose purge compactions doubled put p99 in sustained runs.
+    pub keep_logs_after_snapshot: u64,
+    /// Size of the chunks a snapshot is streamed in.
+    pub snapshot_chunk_bytes: u64,
+    /// How linearizable reads confirm leadership: `read_index` or `lease`.
+    pub read_policy: ReadPolicy,
+    /// Write proposals (log entries) in flight at once; writes arriving while all are in flight
+    /// are grouped into the next entry. 0 proposes every write as its own entry.
+    pub max_inflight_proposals: usize,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_every: 50_000,
+            keep_logs_after_snapshot: 1_000,
+            snapshot_chunk_bytes: 1024 * 1024,
+            read_policy: ReadPolicy::ReadIndex,
+            max_inflight_proposals: 2,
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest key accepted, in bytes.
+    pub max_key_size: usize,
+    /// Largest value accepted, in bytes.
+    pub max_value_size: usize,
+    /// Longest a write or linearizable read may wait for Raft before answering DEADLINE_EXCEEDED.
+    pub request_timeout_ms: u64,
+    /// Client TCP connections accepted at once; more are closed at accept and counted.
+    pub max_connections: usize,
+    /// Client requests served at once; more are answered RESOURCE_EXHAUSTED at once.
+    pub max_inflight_requests: usize,
+    /// Largest gRPC message accepted from a client; a larger one is answered RESOURCE_EXHAUSTED
+    /// naming this key.
+    pub max_message_bytes: usize,
+    /// Most pairs in one BatchPut and ops in one Multi (as etcd's `--max-txn-ops`); more are
+    /// refused with INVALID_ARGUMENT. Bounds the work, the log entry and the apply events one
+    /// request can cause, independently of the byte limit.
+    pub max_ops_per_request: usize,
+}
+
+/// Default of `limits.max_ops_per_request`, and the size of the Multis the client library builds
+/// (so its batches fit a node with default limits).
+pub use rskv_proto::DEFAULT_MAX_OPS_PER_REQUEST;
+
+/// `[events]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events kept in memory so a watch can start from a past index.
+    pub history: usize,
+    /// Bound on the memory those retained events (keys and values) may use.
+    pub history_bytes: usize,
+    /// Applied batches a watcher (or hook) may fall behind before it is dropped with an error. A
+    /// batch is what the state machine applies at once — one write or many, a BatchPut of any
+    /// size included — so a watcher that has read everything is never dropped for one large
+    /// write; memory held for a lagging watcher is up to this many batches.
+    pub watch_buffer: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            history: 10_000,
+            history_bytes: 64 * 1024 * 1024,
+            watch_buffer: 4_096,
+        }
+    }
+}
+
+/// `[sessions]`: client sessions, which make retried writes apply exactly once. Both values are
+/// the leader's when a session opens and travel with that command in the log, so every node
+/// expires and evicts sessions alike even if their configs differ.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// A session expires after this long without a write, by time carried in the log. Its
+    /// client then opens a new one; a write that was retried across the expiry is reported as
+    /// outcome unknown. Longer keeps idle clients' sessions (and their last replies) in memory.
+    pub ttl_ms: u64,
+    /// Most open sessions; opening one more closes the least recently used.
+    pub max_sessions: u64,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            ttl_ms: 600_000,
+            max_sessions: 100_000,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_key_size: 4 * 1024,
+            max_value_size: 1024 * 1024,
+            request_timeout_ms: 5_000,
+            max_connections: 1_024,
+            max_inflight_requests: 4_096,
+            max_message_bytes: 8 * 1024 * 1024,
+            max_ops_per_request: DEFAULT_MAX_OPS_PER_REQUEST,
+        }
+    }
+}
+
+/// Command-line overrides; each flag replaces the config key of the same name.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Overrides {
+    /// TOML config file; without it the node starts in single-node dev mode.
+    #[arg(long, short = 'c', env = "RSKV_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// node_id
+    #[arg(long)]
+    pub node_id: Option<NodeId>,
+    /// listen_addr
+    #[arg(long)]
+    pub listen_addr: Option<SocketAddr>,
+    /// advertise_addr
+    #[arg(long)]
+    pub advertise_addr: Option<String>,
+    /// peer_listen_addr
+    #[arg(long)]
+    pub peer_listen_addr: Option<SocketAddr>,
+    /// peer_advertise_addr
+    #[arg(long)]
+    pub peer_advertise_addr: Option<String>,
+    /// peer_source_ip
+    #[arg(long)]
+    pub peer_source_ip: Option<std::net::IpAddr>,
+    /// metrics_addr
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// shutdown_timeout_ms
+    #[arg(long)]
+    pub shutdown_timeout_ms: Option<u64>,
+    /// data_dir
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// storage.engine
+    #[arg(long, value_enum)]
+    pub engine: Option<Engine>,
+    /// cluster.initial_members, as `ID=ADDR[/PEER_ADDR],...`
+    #[arg(long, value_parser = parse_members)]
+    pub initial_members: Option<BTreeMap<String, MemberAddr>>,
+    /// cluster.join: existing members to ask for admission, `ADDR,ADDR,...`
+    #[arg(long, value_delimiter = ',')]
+    pub join: Option<Vec<String>>,
+    /// raft.heartbeat_interval_ms
+    #[arg(long)]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// raft.election_timeout_min_ms
+    #[arg(long)]
+    pub election_timeout_min_ms: Option<u64>,
+    /// raft.election_timeout_max_ms
+    #[arg(long)]
+    pub election_timeout_max_ms: Option<u64>,
+    /// raft.snapshot_every
+    #[arg(long)]
+    pub snapshot_every: Option<u64>,
+    /// raft.keep_logs_after_snapshot
+    #[arg(long)]
+    pub keep_logs_after_snapshot: Option<u64>,
+    /// raft.snapshot_chunk_bytes
+    #[arg(long)]
+    pub snapshot_chunk_bytes: Option<u64>,
+    /// raft.read_policy
+    #[arg(long, value_enum)]
+    pub read_policy: Option<ReadPolicy>,
+    /// raft.max_inflight_proposals
+    #[arg(long)]
+    pub max_inflight_proposals: Option<usize>,
+    /// limits.max_key_size
+    #[arg(long)]
+    pub max_key_size: Option<usize>,
+    /// limits.max_value_size
+    #[arg(long)]
+    pub max_value_size: Option<usize>,
+    /// limits.request_timeout_ms
+    #[arg(long)]
+    pub request_timeout_ms: Option<u64>,
+    /// limits.max_connections
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// limits.max_inflight_requests
+    #[arg(long)]
+    pub max_inflight_requests: Option<usize>,
+    /// limits.max_message_bytes
+    #[arg(long)]
+    pub max_message_bytes: Option<usize>,
+    /// limits.max_ops_per_request
+    #[arg(long)]
+    pub max_ops_per_request: Option<usize>,
+    /// events.history
+    #[arg(long)]
+    pub events_history: Option<usize>,
+    /// events.watch_buffer
+    #[arg(long)]
+    pub watch_buffer: Option<usize>,
+    /// sessions.ttl_ms
+    #[arg(long)]
+    pub session_ttl_ms: Option<u64>,
+    /// sessions.max_sessions
+    #[arg(long)]
+    pub max_sessions: Option<u64>,
+}
+
+fn parse_members(s: &str) -> std::result::Result<BTreeMap<String, MemberAddr>, String> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let (id, addrs) = part
+            .split_once('=')
+            .ok_or_else(|| format!("`{part}` is not ID=ADDR[/PEER_ADDR]"))?;
+        let member = match addrs.split_once('/') {
+            Some((addr, peer)) => MemberAddr::Full {
+                addr: addr.trim().to_string(),
+                peer_addr: peer.trim().to_string(),
+            },
+            None => MemberAddr::Client(addrs.trim().to_string()),
+        };
+        out.insert(id.trim().to_string(), member);
+    }
+    Ok(out)
+}
+
+/// `addr` with its port moved by `delta` (the default peer and metrics ports).
+pub(crate) fn shifted_port(addr: &str, delta: u16) -> std::result::Result<String, String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{addr}` has no port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{addr}` has an invalid port"))?;
+    let shifted = port
+        .checked_add(delta)
+        .filter(|_| port != 0)
+        .ok_or_else(|| format!("cannot derive a port from `{addr}`; set it explicitly"))?;
+    Ok(format!("{host}:{shifted}"))
+}
+
+fn derived_addr(
+    explicit: Option<SocketAddr>,
+    base: SocketAddr,
+    delta: u16,
+    key: &str,
+) -> Result<SocketAddr> {
+    if let Some(addr) = explicit {
+        return Ok(addr);
+    }
+    shifted_port(&base.to_string(), delta)
+        .and_then(|s| s.parse().map_err(|_| format!("cannot derive from {base}")))
+        .map_err(|why| Error::Config(format!("`{key}`: {why}")))
+}
+
+impl Config {
+    /// Parses TOML text.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the offending key (unknown key, wrong type, missing `node_id`).
+    pub fn from_toml(text: &str) -> Result<Config> {
+        toml::from_str(text).map_err(|e| Error::Config(e.to_string().trim_end().to_string()))
+    }
+
+    /// Reads and parses a TOML file.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the file cannot be read or parsed.
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml(&text).map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Builds the effective configuration: the file named by `--config` (or the dev-mode default),
+    /// then every flag given, then validation.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unreadable or invalid file, or an invalid combination of values.
+    pub fn load(overrides: &Overrides) -> Result<Config> {
+        let mut config = match &overrides.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::from_toml(DEV_CONFIG)?,
+        };
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Whether this configuration is the embedded dev-mode default (no `--config`).
+    pub fn is_dev_mode(overrides: &Overrides) -> bool {
+        overrides.config.is_none()
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        fn set<T: Clone>(dst: &mut T, src: &Option<T>) {
+            if let Some(v) = src {
+                *dst = v.clone();
+            }
+        }
+        set(&mut self.node_id, &o.node_id);
+        set(&mut self.listen_addr, &o.listen_addr);
+        if o.advertise_addr.is_some() {
+            self.advertise_addr = o.advertise_addr.clone();
+        }
+        if o.data_dir.is_some() {
+            self.data_dir = o.data_dir.clone();
+        }
+        if o.peer_listen_addr.is_some() {
+            self.peer_listen_addr = o.peer_listen_addr;
+        }
+        if o.peer_advertise_addr.is_some() {
+            self.peer_advertise_addr = o.peer_advertise_addr.clone();
+        }
+        if o.peer_source_ip.is_some() {
+            self.peer_source_ip = o.peer_source_ip;
+        }
+        if o.metrics_addr.is_some() {
+            self.metrics_addr = o.metrics_addr;
+        }
+        set(&mut self.shutdown_timeout_ms, &o.shutdown_timeout_ms);
+        set(&mut self.raft.snapshot_chunk_bytes, &o.snapshot_chunk_bytes);
+        set(&mut self.raft.read_policy, &o.read_policy);
+        set(
+            &mut self.raft.max_inflight_proposals,
+            &o.max_inflight_proposals,
+        );
+        set(&mut self.limits.max_connections, &o.max_connections);
+        set(
+            &mut self.limits.max_inflight_requests,
+            &o.max_inflight_requests,
+        );
+        set(&mut self.limits.max_message_bytes, &o.max_message_bytes);
+        set(&mut self.limits.max_ops_per_request, &o.max_ops_per_request);
+        set(&mut self.events.history, &o.events_history);
+        set(&mut self.events.watch_buffer, &o.watch_buffer);
+        set(&mut self.sessions.ttl_ms, &o.session_ttl_ms);
+        set(&mut self.sessions.max_sessions, &o.max_sessions);
+        set(&mut self.storage.engine, &o.engine);
+        set(&mut self.cluster.initial_members, &o.initial_members);
+        set(&mut self.cluster.join, &o.join);
+        set(
+            &mut self.raft.heartbeat_interval_ms,
+            &o.heartbeat_interval_ms,
+        );
+        set(
+            &mut self.raft.election_timeout_min_ms,
+            &o.election_timeout_min_ms,
+        );
+        set(
+            &mut self.raft.election_timeout_max_ms,
+            &o.election_timeout_max_ms,
+        );
+        set(&mut self.raft.snapshot_every, &o.snapshot_every);
+        set(
+            &mut self.raft.keep_logs_after_snapshot,
+            &o.keep_logs_after_snapshot,
+        );
+        set(&mut self.limits.max_key_size, &o.max_key_size);
+        set(&mut self.limits.max_value_size, &o.max_value_size);
+        set(&mut self.limits.request_timeout_ms, &o.request_timeout_ms);
+    }
+
+    /// Checks cross-field rules that TOML types cannot express.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the key at fault.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, why: String| Err(Error::Config(format!("`{key}`: {why}")));
+        if self.node_id == 0 {
+            return bad("node_id", "must be at least 1".into());
+        }
+        let members = self.initial_members()?;
+        if self.cluster.join.is_empty()
+            && !members.is_empty()
+            && !members.contains_key(&self.node_id)
+        {
+            return bad(
+                "cluster.initial_members",
+                format!(
+                    "node_id {} is not a member (members: {:?})",
+                    self.node_id,
+                    members.keys().collect::<Vec<_>>()
+                ),
+            );
+        }
+        let r = &self.raft;
+        if r.heartbeat_interval_ms == 0 {
+            return bad("raft.heartbeat_interval_ms", "must be positive".into());
+        }
+        if r.election_timeout_min_ms <= r.heartbeat_interval_ms {
+            return bad(
+                "raft.election_timeout_min_ms",
+                "must be greater than raft.heartbeat_interval_ms".into(),
+            );
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return bad(
+                "raft.election_timeout_max_ms",
+                "must be greater than raft.election_timeout_min_ms".into(),
+            );
+        }
+        if r.snapshot_every == 0 {
+            return bad("raft.snapshot_every", "must be positive".into());
+        }
+        if r.snapshot_chunk_bytes < 1024 {
+            return bad("raft.snapshot_chunk_bytes", "must be at least 1024".into());
+        }
+        let l = &self.limits;
+        if l.max_key_size == 0 {
+            return bad("limits.max_key_size", "must be positive".into());
+        }
+        if l.max_value_size == 0 {
+            return bad("limits.max_value_size", "must be positive".into());
+        }
+        if l.request_timeout_ms == 0 {
+            return bad("limits.request_timeout_ms", "must be positive".into());
+        }
+        if l.max_connections == 0 {
+            return bad("limits.max_connections", "must be positive".into());
+        }
+        if l.max_inflight_requests == 0 {
+            return bad("limits.max_inflight_requests", "must be positive".into());
+        }
+        if l.max_message_bytes < l.max_value_size + l.max_key_size {
+            return bad(
+                "limits.max_message_bytes",
+                "must be at least limits.max_value_size + limits.max_key_size".into(),
+            );
+        }
+        if l.max_ops_per_request == 0 {
+            return bad("limits.max_ops_per_request", "must be positive".into());
+        }
+        if self.events.watch_buffer == 0 {
+            return bad("events.watch_buffer", "must be positive".into());
+        }
+        if self.shutdown_timeout_ms == 0 {
+            return bad("shutdown_timeout_ms", "must be positive".into());
+        }
+        if self.sessions.ttl_ms < 1_000 {
+            return bad("sessions.ttl_ms", "must be at least 1000".into());
+        }
+        if self.sessions.max_sessions == 0 {
+            return bad("sessions.max_sessions", "must be positive".into());
+        }
+        self.peer_listen()?;
+        self.metrics_listen()?;
+        // Addresses other nodes and clients dial must be ones they can dial.
+        let info = self.node_info()?;
+        for (key, addr) in [
+            ("advertise_addr", &info.addr),
+            ("peer_advertise_addr", &info.peer_addr),
+        ] {
+            endpoint_uri(addr).map_err(|why| Error::Config(format!("`{key}`: `{addr}`: {why}")))?;
+        }
+        for addr in &self.cluster.join {
+            endpoint_uri(addr)
+                .map_err(|why| Error::Config(format!("`cluster.join`: `{addr}`: {why}")))?;
+        }
+        Ok(())
+    }
+
+    /// The address clients should dial.
+    pub fn advertised(&self) -> String {
+        self.advertise_addr
+            .clone()
+            .unwrap_or_else(|| self.listen_addr.to_string())
+    }
+
+    /// The socket address the Raft transport binds.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when no port can be derived from `listen_addr`.
+    pub fn peer_listen(&self) -> Result<SocketAddr> {
+        derived_addr(
+            self.peer_listen_addr,
+            self.listen_addr,
+            1,
+            "peer_listen_addr",
+        )
+    }
+
+    /// The socket address `/metrics` and `/health` are served on.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when no port can be derived from `listen_addr`.
+    pub fn metrics_listen(&self) -> Result<SocketAddr> {
+        derived_addr(self.metrics_addr, self.listen_addr, 2, "metrics_addr")
+    }
+
+    /// This node's membership record.
+    ///
+    /// # Errors
+    /// As [`Config::peer_listen`].
+    pub fn node_info(&self) -> Result<NodeInfo> {
+        let peer = match &self.peer_advertise_addr {
+            Some(p) => p.clone(),
+            None => self.peer_listen()?.to_string(),
+        };
+        Ok(NodeInfo::new(self.advertised(), peer))
+    }
+
+    /// `cluster.initial_members` with parsed ids; empty means "just this node".
+    ///
+    /// # Errors
+    /// [`Error::Config`] when an id is not a positive integer or an address is empty.
+    pub fn initial_members(&self) -> Result<BTreeMap<NodeId, NodeInfo>> {
+        let bad = |why: String| Error::Config(format!("`cluster.initial_members`: {why}"));
+        let mut out = BTreeMap::new();
+        for (id, member) in &self.cluster.initial_members {
+            let parsed: NodeId = id
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| bad(format!("`{id}` is not a node id (a positive integer)")))?;
+            let info = match member {
+                MemberAddr::Client(addr) => {
+                    NodeInfo::new(addr.clone(), shifted_port(addr, 1).map_err(&bad)?)
+                }
+                MemberAddr::Full { addr, peer_addr } => {
+                    NodeInfo::new(addr.clone(), peer_addr.clone())
+                }
+            };
+            if info.addr.trim().is_empty() || info.peer_addr.trim().is_empty() {
+                return Err(bad(format!("node {id} has an empty address")));
+            }
+            info.check_dialable()
+                .map_err(|e| bad(format!("node {id}: {e}")))?;
+            out.insert(parsed, info);
+        }
+        Ok(out)
+    }
+
+    /// The voters to bootstrap with: `initial_members`, or this node alone when that is empty.
+    ///
+    /// # Errors
+    /// As [`Config::initial_members`].
+    pub fn bootstrap_members(&self) -> Result<BTreeMap<NodeId, NodeInfo>> {
+        let members = self.initial_members()?;
+        if members.is_empty() {
+            return Ok(BTreeMap::from([(self.node_id, self.node_info()?)]));
+        }
+        Ok(members)
+    }
+
+    /// What a linearizable read asks openraft for, from `raft.read_policy`.
+    pub fn linearizer(&self) -> openraft::LinearizerOption {
+        match self.raft.read_policy {
+            ReadPolicy::ReadIndex => openraft::ReadPolicy::ReadIndex.into(),
+            // openraft's lease is election_timeout_max from the send time of the acknowledged
+            // heartbeat; followers measure theirs from receipt. Using 90% of it leaves room for
+            // clocks that tick at slightly different rates. A lapsed lease triggers a heartbeat
+            // round and waits for it rather than failing the read.
+            ReadPolicy::Lease => openraft::LinearizerOption::new(
+                Some(Duration::from_millis(
+                    self.raft.election_timeout_max_ms * 9 / 10,
+                )),
+                true,
+            ),
+        }
+    }
+
+    /// How quickly the Raft transport drops a dead or stalled peer connection, from the Raft
+    /// timers (see [`PeerLiveness`]).
+    pub fn peer_liveness(&self) -> PeerLiveness {
+        PeerLiveness::new(
+            Duration::from_millis(self.raft.heartbeat_interval_ms),
+            Duration::from_millis(self.raft.election_timeout_min_ms),
+        )
+    }
+
+    /// The openraft configuration derived from `[raft]`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if openraft rejects the combination.
+    pub fn openraft_config(&self) -> Result<openraft::Config> {
+        let r = &self.raft;
+        let config = openraft::Config {
+            cluster_name: "rskv".to_string(),
+            heartbeat_interval: r.heartbeat_interval_ms,
+            election_timeout_min: r.election_timeout_min_ms,
+            election_timeout_max: r.election_timeout_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_every),
+            max_in_snapshot_log_to_keep: r.keep_logs_after_snapshot,
+            snapshot_max_chunk_size: r.snapshot_chunk_bytes,
+            install_snapshot_timeout: 10_000,
+            // A node that was paused or cut off must not depose a healthy leader when it comes
+            // back: with pre-vote it only raises its term once a quorum would elect it. Without
+            // it, the fault suite saw every resumed follower force a 1.7–2.2 s election.
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map_err(|e| Error::Config(format!("`raft`: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_config_should_parse_and_validate() {
+        let c = Config::load(&Overrides::default()).expect("dev config");
+        assert_eq!(c.node_id, 1);
+        assert_eq!(c.listen_addr.to_string(), DEV_ADDR);
+        assert_eq!(c.storage.engine, Engine::Memory);
+        assert_eq!(c.bootstrap_members().expect("members").len(), 1);
+    }
+
+    #[test]
+    fn read_policy_should_parse_and_reject_unknown_names() {
+        let base = "node_id = 1\nlisten_addr = \"127.0.0.1:1\"\n";
+        let c = Config::from_toml(base).expect("default");
+        assert_eq!(c.raft.read_policy, ReadPolicy::ReadIndex);
+        let c =
+            Config::from_toml(&format!("{base}[raft]\nread_policy = \"lease\"\n")).expect("lease");
+        assert_eq!(c.raft.read_policy, ReadPolicy::Lease);
+        let err = Config::from_toml(&format!("{base}[raft]\nread_policy = \"fast\"\n"))
+            .expect_err("unknown policy");
+        assert!(err.to_string().contains("read_policy"), "{err}");
+    }
+
+    #[test]
+    fn max_ops_per_request_should_parse_and_refuse_zero() {
+        let base = "node_id = 1\nlisten_addr = \"127.0.0.1:1\"\n[limits]\n";
+        let c = Config::from_toml(&format!("{base}max_ops_per_request = 128\n")).expect("parse");
+        assert_eq!(c.limits.max_ops_per_request, 128);
+        let err = Config::from_toml(&format!("{base}max_ops_per_request = 0\n"))
+            .expect("parse")
+            .validate()
+            .expect_err("zero refused");
+        assert!(
+            err.to_string().contains("limits.max_ops_per_request"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_should_be_named() {
+        let err = Config::from_toml("node_id = 1\nlisten_addr = \"127.0.0.1:1\"\nbogus = 3\n")
+            .expect_err("must fail");
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn missing_node_id_should_be_named() {
+        let err = Config::from_toml("listen_addr = \"127.0.0.1:1\"\n").expect_err("must fail");
+        assert!(err.to_string().contains("node_id"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_should_name_key() {
+        let err = Config::from_toml("node_id = \"one\"\nlisten_addr = \"127.0.0.1:1\"\n")
+            .expect_err("must fail");
+        assert!(err.to_string().contains("node_id"), "{err}");
+    }
+
+    #[test]
+    fn node_outside_membership_should_be_rejected() {
+        let mut c = Config::from_toml(DEV_CONFIG).expect("parse");
+        c.node_id = 4;
+        c.cluster.initial_members = BTreeMap::from([(
+            "1".to_string(),
+            MemberAddr::Client("127.0.0.1:1".to_string()),
+        )]);
+        let err = c.validate().expect_err("must fail");
+        assert!(err.to_string().contains("initial_members"), "{err}");
+    }
+
+    #[test]
+    fn overrides_should_replace_file_values() {
+        let o = Overrides {
+            node_id: Some(7),
+            engine: Some(Engine::Rocksdb),
+            initial_members: Some(
+                parse_members("7=127.0.0.1:9/127.0.0.1:19,8=127.0.0.1:10").expect("parse"),
+            ),
+            max_value_size: Some(10),
+            max_ops_per_request: Some(64),
+            ..Default::default()
+        };
+        let c = Config::load(&o).expect("load");
+        assert_eq!(c.node_id, 7);
+        assert_eq!(c.storage.engine, Engine::Rocksdb);
+        assert_eq!(c.limits.max_value_size, 10);
+        assert_eq!(c.limits.max_ops_per_request, 64);
+        let members = c.initial_members().expect("members");
+        assert_eq!(members[&7].peer_addr, "127.0.0.1:19");
+        assert_eq!(
+            members[&8].peer_addr, "127.0.0.1:11",
+            "default peer port is port + 1"
+        );
+    }
+
+    #[test]
+    fn derived_ports_should_follow_listen_addr() {
+        let c = Config::load(&Overrides::default()).expect("dev config");
+        assert_eq!(c.peer_listen().expect("peer").to_string(), "127.0.0.1:7380");
+        assert_eq!(
+            c.metrics_listen().expect("metrics").to_string(),
+            "127.0.0.1:7381"
+        );
+    }
+
+    #[test]
+    fn shipped_cluster_configs_should_parse() {
+        // Read at run time: a compile-time env! path can be stale when sccache reuses an
+        // object built from another checkout.
+        let root = std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR");
+        let dir = Path::new(&root).join("cluster");
+        let mut seen = 0;
+        for n in 1..=3 {
+            let c = Config::from_file(&dir.join(format!("node{n}.toml"))).expect("parse");
+            c.validate().expect("valid");
+            assert_eq!(c.node_id, n);
+            assert_eq!(c.initial_members().expect("members").len(), 3);
+            seen += 1;
+        }
+        assert_eq!(seen, 3);
+    }
+}

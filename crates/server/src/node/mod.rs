@@ -1,0 +1,787 @@
+//! The node: wires config → storage → network → openraft → gRPC services, and runs them until a
+//! shutdown signal.
+//!
+//! [`Node::start`] opens the storage, creates the Raft instance and bootstraps a brand-new cluster
+//! from `cluster.initial_members`. [`Node::serve`] runs the gRPC server (client API and Raft
+//! transport on one port) until the `shutdown` future completes, then stops accepting requests,
+//! lets in-flight ones finish and shuts openraft down. Tests call both with a pre-bound loopback
+//! listener on port 0 and a oneshot as the shutdown signal; the binary passes Ctrl-C/SIGTERM.
+
+pub mod cluster_service;
+pub mod http;
+pub mod kv_service;
+pub mod lease_hold;
+pub mod limits;
+pub mod proposer;
+pub mod raft_service;
+pub mod read_barrier;
+pub mod shutdown;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use openraft::storage::RaftLogStorage;
+use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::RaftLogReader;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::config::Engine;
+use crate::error::Error;
+use crate::error::Result;
+use crate::events::EventBus;
+use crate::log_throttle::LogThrottle;
+use crate::node::lease_hold::LeaseHold;
+use crate::raft::network::NetworkFactory;
+use crate::raft::network::PeerLiveness;
+use crate::raft::NodeId;
+use crate::raft::NodeInfo;
+use crate::raft::Raft;
+use crate::storage::memory::MemoryEngine;
+use crate::storage::rocks::RocksEngine;
+use crate::storage::KvEngine;
+use crate::storage::LogStore;
+use crate::storage::SnapshotTrigger;
+use crate::storage::StateMachine;
+use rskv_proto::kv::cluster_server::ClusterServer;
+use rskv_proto::kv::kv_server::KvServer;
+use rskv_proto::raft::raft_server::RaftServer;
+
+/// Largest gRPC message between peers and largest reply to a client (Raft batches and scan pages;
+/// snapshots are chunked far below this).
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The three sockets a node serves on, bound before the node starts (so tests can bind port 0).
+pub struct Listeners {
+    /// Client gRPC API.
+    pub client: TcpListener,
+    /// Raft transport between nodes.
+    pub peer: TcpListener,
+    /// `/metrics` and `/health`; `None` disables them.
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses `config` names.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] naming the address that cannot be bound.
+    pub async fn bind(config: &Config) -> Result<Listeners> {
+        async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener> {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Unavailable(format!("cannot listen on {addr} ({what}): {e}")))
+        }
+        Ok(Listeners {
+            client: bind(config.listen_addr, "listen_addr").await?,
+            peer: bind(config.peer_listen()?, "peer_listen_addr").await?,
+            metrics: Some(bind(config.metrics_listen()?, "metrics_addr").await?),
+        })
+    }
+}
+
+/// A running Raft member and the handles its services share.
+pub struct Node {
+    /// This node's id.
+    pub id: NodeId,
+    /// The effective configuration.
+    pub config: Arc<Config>,
+    /// The openraft handle (proposals, reads barriers, metrics).
+    pub raft: Raft,
+    /// The state machine's engine, read directly after a linearizable barrier or for stale reads.
+    pub engine: Arc<dyn KvEngine>,
+    /// Where this node keeps its data.
+    pub data_dir: PathBuf,
+    /// Where snapshots (current and incoming) are kept.
+    pub snapshot_dir: PathBuf,
+    /// Apply events: hooks and watch streams subscribe here.
+    pub events: Arc<EventBus>,
+    /// In-flight client request limit; also refuses new requests while draining.
+    pub limiter: limits::RequestLimiter,
+    /// Leadership confirmations shared by concurrent linearizable reads.
+    pub reads: Arc<read_barrier::ReadBarrier>,
+    /// Write proposals, grouped into shared log entries under load.
+    pub proposer: proposer::Proposer,
+    /// Asks openraft for a snapshot every `raft.snapshot_every` writes.
+    pub snapshots: Arc<SnapshotTrigger>,
+    /// A handle on the state machine openraft applies to, for what status reports of it (open
+    /// client sessions); only openraft's apply changes it.
+    pub state_machine: StateMachine,
+    /// When replication from a leader last arrived (see [`LeaderContact`]).
+    pub leader_contact: LeaderContact,
+    /// Keeps a restarted node out of elections while a lease it granted may still run.
+    pub lease_hold: LeaseHold,
+}
+
+/// When this node last received replication (or a heartbeat) from a leader. openraft keeps
+/// naming the last leader it knew until another one wins an election, which a follower cut off
+/// from a quorum never sees; this tells `/health` and status that the leader has gone quiet.
+#[derive(Debug)]
+pub struct LeaderContact {
+    /// Times are kept as milliseconds since this instant.
+    epoch: std::time::Instant,
+    /// Milliseconds since `epoch` of the last contact plus one; 0: none yet.
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl LeaderContact {
+    fn new() -> LeaderContact {
+        LeaderContact {
+            epoch: std::time::Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Records a contact now.
+    pub fn touch(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.last
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Time since the last contact, or since the node started if there was none.
+    pub fn quiet_for(&self) -> Duration {
+        let last = self.last.load(std::sync::atomic::Ordering::Relaxed);
+        self.epoch
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last.saturating_sub(1)))
+    }
+}
+
+impl Node {
+    /// Opens storage under `data_dir`, starts Raft, and initializes the cluster if this node has
+    /// never been part of one.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] when the data directory cannot be opened (e.g. another node holds it),
+    /// [`Error::Config`] for an invalid configuration, [`Error::Raft`] if openraft fails to start.
+    pub async fn start(config: Config, data_dir: &Path) -> Result<Arc<Node>> {
+        config.validate()?;
+        crate::metrics::install();
+        let span = tracing::info_span!("node", node_id = config.node_id);
+        async move {
+            let log_dir = data_dir.join("raft_log");
+            let snapshot_dir = data_dir.join("snapshots");
+            std::fs::create_dir_all(&log_dir)?;
+            std::fs::create_dir_all(&snapshot_dir)?;
+            remove_incoming_snapshots(&snapshot_dir);
+            let mut log_store = LogStore::open(&log_dir)
+                .map(|s| s.with_node_id(config.node_id))
+                .map_err(|e| {
+                    Error::Storage(format!("opening raft log in {}: {e}", log_dir.display()))
+                })?;
+            let engine: Arc<dyn KvEngine> = match config.storage.engine {
+                Engine::Memory => Arc::new(MemoryEngine::new()),
+                Engine::Rocksdb => {
+                    let dir = data_dir.join("state_machine");
+                    Arc::new(RocksEngine::open(&dir).map_err(|e| {
+                        Error::Storage(format!("opening state machine in {}: {e}", dir.display()))
+                    })?)
+                }
+            };
+            let events = Arc::new(EventBus::new(
+                config.events.history,
+                config.events.history_bytes,
+                config.events.watch_buffer,
+            ));
+            let snapshots = SnapshotTrigger::new(config.raft.snapshot_every);
+            let state_machine = StateMachine::open(
+                engine.clone(),
+                &snapshot_dir,
+                events.clone(),
+                snapshots.clone(),
+            )
+            .await?;
+            let network = NetworkFactory::new(
+                config.raft.snapshot_chunk_bytes as usize,
+                config.peer_source_ip,
+                config.peer_liveness(),
+            );
+            // A node that had acknowledged a leader stays out of elections for a lease after
+            // it starts (lease_hold.rs); openraft starts without elections then.
+            let acknowledged_a_leader = log_store
+                .get_log_reader()
+                .await
+                .read_vote()
+                .await
+                .map_err(|e| Error::Storage(format!("reading the vote: {e}")))?
+                .is_some_and(|vote| vote.is_committed());
+            let mut raft_config = config.openraft_config()?;
+            raft_config.enable_elect = !acknowledged_a_leader;
+            let raft = Raft::new(
+                config.node_id,
+                Arc::new(raft_config),
+                network,
+                log_store,
+                state_machine.clone(),
+            )
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+            let lease_hold = if acknowledged_a_leader {
+                LeaseHold::after_start(
+                    &raft,
+                    config.node_id,
+                    Duration::from_millis(config.raft.election_timeout_max_ms),
+                )
+                .await?
+            } else {
+                LeaseHold::none()
+            };
+            {
+                let raft = raft.clone();
+                let snapshots = snapshots.clone();
+                tokio::spawn(async move {
+                    while snapshots.due().await {
+                        if let Err(e) = raft.trigger().snapshot().await {
+                            tracing::debug!(error = %e, "snapshot trigger stopped");
+                            break;
+                        }
+                    }
+                });
+            }
+            let limiter = limits::RequestLimiter::new(config.limits.max_inflight_requests);
+            let reads = read_barrier::ReadBarrier::new(
+                raft.clone(),
+                config.linearizer(),
+                Duration::from_millis(config.limits.request_timeout_ms),
+                config.raft.election_timeout_max_ms,
+            );
+            let proposer = proposer::Proposer::new(
+                raft.clone(),
+                Duration::from_millis(config.limits.request_timeout_ms),
+                config.raft.max_inflight_proposals,
+                config.raft.election_timeout_max_ms,
+            );
+            let node = Arc::new(Node {
+                id: config.node_id,
+                state_machine,
+                leader_contact: LeaderContact::new(),
+                lease_hold,
+                reads,
+                proposer,
+                snapshots,
+                events,
+                limiter,
+                config: Arc::new(config),
+                raft,
+                engine,
+                data_dir: data_dir.to_path_buf(),
+                snapshot_dir,
+            });
+            node.bootstrap().await?;
+            Ok(node)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Initializes a never-initialized node with the bootstrap membership. Every initial member
+    /// does this with the same set; openraft makes the identical initial entries agree.
+    async fn bootstrap(&self) -> Result<()> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        if initialized {
+            tracing::info!("recovered existing raft state");
+            return Ok(());
+        }
+        if !self.config.cluster.join.is_empty() {
+            tracing::info!(via = ?self.config.cluster.join, "empty node: will ask the cluster to add it");
+            return Ok(());
+        }
+        let members: BTreeMap<NodeId, NodeInfo> = self.config.bootstrap_members()?;
+        tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "initializing new cluster");
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(e),
+            )) => {
+                tracing::info!(reason = %e, "cluster already initialized");
+                Ok(())
+            }
+            Err(e) => Err(Error::Raft(e.to_string())),
+        }
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully (see [`shutdown`]): the
+    /// client API (with connection and request limits) on `listeners.client`, the Raft transport
+    /// on `listeners.peer`, `/metrics` and `/health` on `listeners.metrics`.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] if a server fails while running.
+    pub async fn serve(
+        self: Arc<Self>,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<()> {
+        let span = tracing::info_span!("node", node_id = self.id);
+        let limits = &self.config.limits;
+        tracing::info!(
+            parent: &span,
+            client = %listeners.client.local_addr()?,
+            peer = %listeners.peer.local_addr()?,
+            metrics = ?listeners.metrics.as_ref().and_then(|l| l.local_addr().ok()),
+            engine = self.engine.name(),
+            "serving"
+        );
+        let client_stop = CancellationToken::new();
+        let peer_stop = CancellationToken::new();
+        let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
+
+        let kv = KvServer::new(kv_service::KvService::new(self.clone()))
+            .max_decoding_message_size(limits.max_message_bytes)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let cluster = ClusterServer::new(cluster_service::ClusterService::new(self.clone()))
+            .max_decoding_message_size(limits.max_message_bytes);
+        let incoming = limits::limited_incoming(listeners.client, limits.max_connections);
+        let stop = client_stop.clone();
+        let max_message_bytes = limits.max_message_bytes;
+        // Nagle is disabled per accepted connection (limits.rs, peer_incoming): the builder's
+        // tcp_nodelay only applies to listeners tonic binds itself.
+        let client_server = tonic::transport::Server::builder()
+            .layer(tower::util::MapResponseLayer::new(move |response| {
+                limits::name_message_limit(response, max_message_bytes)
+            }))
+            .add_service(kv)
+            .add_service(cluster)
+            .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
+        tasks.spawn(
+            async move {
+                let r = client_server.await;
+                (
+                    "client API",
+                    r.map_err(|e| Error::Unavailable(format!("client API server: {e}"))),
+                )
+            }
+            .instrument(span.clone()),
+        );
+
+        let raft = RaftServer::new(raft_service::RaftService::new(
+            self.clone(),
+            peer_stop.clone(),
+        ))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let stop = peer_stop.clone();
+        let peer_server = peer_server(self.config.peer_liveness())
+            .add_service(raft)
+            .serve_with_incoming_shutdown(peer_incoming(listeners.peer), async move {
+                stop.cancelled().await
+            });
+        tasks.spawn(
+            async move {
+                let r = peer_server.await;
+                (
+                    "raft transport",
+                    r.map_err(|e| Error::Unavailable(format!("raft server: {e}"))),
+                )
+            }
+            .instrument(span.clone()),
+        );
+
+        if let Some(listener) = listeners.metrics {
+            let stop = peer_stop.clone();
+            let node = self.clone();
+            tasks.spawn(
+                async move {
+                    let r = http::serve_http(node, listener, async move { stop.cancelled().await })
+                        .await
+                        .map_err(|e| Error::Unavailable(format!("metrics server: {e}")));
+                    ("metrics", r)
+                }
+                .instrument(span.clone()),
+            );
+        }
+        if self.lease_hold.is_held() {
+            let node = self.clone();
+            tasks.spawn(
+                async move {
+                    node.lease_hold.release(&node.raft).await;
+                    ("lease hold", Ok(()))
+                }
+                .instrument(span.clone()),
+            );
+        }
+        let joining = !self.config.cluster.join.is_empty()
+            && !self.raft.is_initialized().await.unwrap_or(true);
+        if joining {
+            let node = self.clone();
+            tasks.spawn(
+                async move {
+                    join_cluster(node).await;
+                    ("join", Ok(()))
+                }
+                .instrument(span.clone()),
+            );
+        }
+        let follow =
+            tasks.spawn(http::follow_raft(self.clone()).map(|()| ("raft metrics", Ok(()))));
+
+        // Run until asked to stop, or until a server fails (the join task may end normally).
+        let mut failure = None;
+        let mut client_done = false;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(done) = tasks.join_next() => {
+                    let (what, result) = done.unwrap_or((
+                        "task",
+                        Err(Error::Unavailable("server task panicked".into())),
+                    ));
+                    // These two end by design.
+                    if matches!(what, "join" | "lease hold") && result.is_ok() {
+                        continue;
+                    }
+                    client_done = what == "client API";
+                    tracing::error!(parent: &span, server = what, result = ?result, "server stopped unexpectedly");
+                    failure = Some(result.err().unwrap_or_else(|| Error::Unavailable(format!("{what} stopped"))));
+                    break;
+                }
+            }
+        }
+
+        let budget = Duration::from_millis(self.config.shutdown_timeout_ms);
+        let deadline = tokio::time::Instant::now() + budget;
+        shutdown::prepare(&self, deadline)
+            .instrument(span.clone())
+            .await;
+        // Stop accepting client connections and wait for in-flight requests (bounded).
+        client_stop.cancel();
+        let drained = tokio::time::timeout_at(deadline, async {
+            if client_done {
+                return;
+            }
+            while let Some(done) = tasks.join_next().await {
+                if let Ok(("client API", _)) = done {
+                    return;
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(parent: &span, in_flight = self.limiter.in_flight(), "drain timed out; closing remaining requests");
+        }
+        peer_stop.cancel();
+        follow.abort();
+        tracing::info!(parent: &span, "client API drained; shutting raft down");
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::error!(parent: &span, error = %e, "raft shutdown failed");
+        }
+        self.snapshots.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        tasks.abort_all();
+        let engine = self.engine.clone();
+        match tokio::task::spawn_blocking(move || engine.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(parent: &span, error = %e, "state machine sync failed"),
+            Err(e) => tracing::error!(parent: &span, error = %e, "state machine sync panicked"),
+        }
+        tracing::info!(parent: &span, "node stopped");
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The current leader's id and advertised address, if known.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let id = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())?;
+        Some((id, addr))
+    }
+
+    /// What this node knows of its quorum: whether it leads and has been acknowledged by a quorum
+    /// of voters within the election timeout (so it can serve writes and linearizable reads).
+    pub fn quorum(&self) -> QuorumState {
+        QuorumState::of(&self.raft, self.config.raft.election_timeout_max_ms)
+    }
+
+    /// The index the local state machine has applied.
+    pub fn applied_index(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .as_ref()
+            .map(|l| l.index)
+            .unwrap_or(0)
+    }
+}
+
+/// A leader's view of its quorum, for status, `/health` and "no quorum" errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumState {
+    /// This node.
+    pub id: NodeId,
+    /// Whether this node leads.
+    pub leading: bool,
+    /// Its current term.
+    pub term: u64,
+    /// Voters in the membership.
+    pub voters: usize,
+    /// On the leader: milliseconds since a quorum of voters last acknowledged it (`None`:
+    /// never in this term).
+    pub ack_ms: Option<u64>,
+    /// How recent that acknowledgement must be (the election timeout maximum, openraft's
+    /// leader lease).
+    pub window_ms: u64,
+    /// Leading with a quorum acknowledgement inside the window.
+    pub ok: bool,
+}
+
+impl QuorumState {
+    /// The state `raft` reports, judged against a window of `window_ms`.
+    pub fn of(raft: &Raft, window_ms: u64) -> QuorumState {
+        let m = raft.metrics().borrow_watched().clone();
+        let leading = m.state == openraft::ServerState::Leader;
+        let ack_ms = if leading {
+            m.last_quorum_acked
+                .as_ref()
+                .map(|at| openraft::Instant::elapsed(&**at).as_millis() as u64)
+        } else {
+            None
+        };
+        let voters = m.membership_config.membership().voter_ids().count();
+        // A lone voter is its own quorum: no acknowledgement is ever needed (or recorded).
+        let alone = voters <= 1;
+        QuorumState {
+            id: m.id,
+            leading,
+            term: m.current_term,
+            voters,
+            ack_ms,
+            window_ms,
+            ok: leading && (alone || ack_ms.is_some_and(|ms| ms <= window_ms)),
+        }
+    }
+
+    /// The error for a request this leader refused for want of a quorum; `refused` says what
+    /// was not done.
+    pub fn no_quorum(&self, refused: &str) -> Error {
+        Error::NoQuorum(format!("{}; {refused}", self.describe()))
+    }
+
+    /// Says, for people, what this node knows of its quorum.
+    pub fn describe(&self) -> String {
+        let id = self.id;
+        let majority = self.voters / 2 + 1;
+        match self.ack_ms {
+            _ if !self.leading => format!("node {id} does not lead"),
+            Some(ms) => format!(
+                "node {id} leads term {} but no majority ({majority} of {} voters) has \
+                 acknowledged it for {ms} ms (election timeout {} ms)",
+                self.term, self.voters, self.window_ms
+            ),
+            None => format!(
+                "node {id} leads term {} but no majority ({majority} of {} voters) has \
+                 acknowledged it yet",
+                self.term, self.voters
+            ),
+        }
+    }
+}
+
+/// Remotely reset streams a peer connection may have waiting to be accepted before h2 takes it for
+/// an attack and closes the connection with a protocol error (h2's default is 20).
+///
+/// openraft opens a stream per heartbeat and cancels it when no answer comes within the heartbeat
+/// interval; votes and append streams are cancelled the same way. A peer connection that stalls
+/// and then resumes delivers all the requests cancelled in the meantime at once: after almost
+/// every heal of a partition that was more than 20, and h2 closed the connection that had just
+/// recovered. Keep-alive now drops a stalled connection after about a heartbeat plus an election
+/// timeout ([`PeerLiveness`]); 1,000 is a hundred seconds of heartbeats at 100 ms. The limit
+/// guards client-facing servers against "rapid reset" floods; a peer can send anything anyway.
+const PEER_RESET_STREAMS: usize = 1000;
+
+/// The gRPC server of the Raft transport: dead peer connections are dropped as the transport's
+/// own are ([`PeerLiveness`]), and cancelled Raft RPCs do not trip h2's reset limit
+/// ([`PEER_RESET_STREAMS`]).
+pub(crate) fn peer_server(liveness: PeerLiveness) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(liveness.ping_after))
+        .http2_keepalive_timeout(Some(liveness.ping_timeout))
+        .http2_max_pending_accept_reset_streams(Some(PEER_RESET_STREAMS))
+}
+
+/// Accepted peer connections with Nagle's algorithm off: `tcp_nodelay` on the builder only applies
+/// to listeners tonic binds itself, and Nagle plus delayed ACKs would hold small Raft replies for
+/// ~40 ms.
+fn peer_incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    static NAGLE: LogThrottle = LogThrottle::every_interval();
+    TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                crate::warn_throttled!(NAGLE, 0, error = %e, "cannot disable Nagle on a peer connection");
+            }
+        })
+    })
+}
+
+/// Asks the cluster named by `cluster.join` to add this node as a learner, then to promote it
+/// once it has caught up; retries (with backoff) until it succeeds or the node stops.
+async fn join_cluster(node: Arc<Node>) {
+    use rskv_client::ClientError;
+    static JOIN_FAILED: LogThrottle = LogThrottle::every_interval();
+    static PROMOTE_FAILED: LogThrottle = LogThrottle::every_interval();
+    let info = match node.config.node_info() {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot join: invalid own address");
+            return;
+        }
+    };
+    let client = match rskv_client::Client::new(node.config.cluster.join.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot join: invalid join endpoints");
+            return;
+        }
+    };
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match client
+            .add_learner(node.id, &info.addr, &info.peer_addr)
+            .await
+        {
+            Ok(_) => break,
+            Err(ClientError::InvalidArgument(why)) => {
+                tracing::error!(%why, "the cluster refused to add this node; not retrying");
+                return;
+            }
+            Err(e) => {
+                crate::warn_throttled!(JOIN_FAILED, 0, error = %e, "join: adding as learner failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    tracing::info!("joined as learner; catching up before promotion");
+    loop {
+        match client.promote(node.id).await {
+            Ok(_) => {
+                tracing::info!("promoted to voter");
+                return;
+            }
+            Err(ClientError::Status(s)) if s.code() == tonic::Code::FailedPrecondition => {
+                tracing::debug!(reason = s.message(), "still catching up");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => {
+                crate::warn_throttled!(PROMOTE_FAILED, 0, error = %e, "join: promotion failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Maps a failed Raft proposal (client write or membership change) to the node error: NOT_LEADER
+/// with the leader's address, NO_QUORUM when this leader refused it for want of a quorum, "not
+/// admitted" when openraft refused before proposing (another membership change in progress),
+/// invalid argument for a rejected membership, and UNAVAILABLE — outcome unknown — for anything
+/// else (an entry discarded by a leader change may still have been committed elsewhere).
+pub(crate) fn write_error(
+    raft: &Raft,
+    quorum_window_ms: u64,
+    e: openraft::error::RaftError<
+        crate::raft::TypeConfig,
+        openraft::error::ClientWriteError<crate::raft::TypeConfig>,
+    >,
+) -> Error {
+    use openraft::error::ChangeMembershipError;
+    use openraft::error::ClientWriteError;
+    use openraft::error::ForwardReason;
+    use openraft::error::RaftError;
+    match e {
+        // Refused before it was appended: its lease on a quorum lapsed.
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f))
+            if f.reason == ForwardReason::LeaseExpired =>
+        {
+            QuorumState::of(raft, quorum_window_ms).no_quorum("the write was not proposed")
+        }
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => f.into(),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
+            // Refused before anything was proposed: safe for the client to retry.
+            ChangeMembershipError::InProgress(p) => {
+                Error::NotAdmitted(format!("another membership change is in progress: {p}"))
+            }
+            other => Error::InvalidArgument(other.to_string()),
+        },
+        other => Error::Unavailable(other.to_string()),
+    }
+}
+
+/// Runs one client request: admits it under `limiter` (when given), records its method, status
+/// code and latency, and converts the node error into a gRPC status.
+pub(crate) async fn handle<T>(
+    method: &'static str,
+    limiter: Option<&limits::RequestLimiter>,
+    request: impl Future<Output = Result<T>>,
+) -> std::result::Result<tonic::Response<T>, tonic::Status> {
+    handle_many(method, limiter, 1, request).await
+}
+
+/// [`handle`] for an RPC carrying `count` requests, which take `count` in-flight slots.
+pub(crate) async fn handle_many<T>(
+    method: &'static str,
+    limiter: Option<&limits::RequestLimiter>,
+    count: usize,
+    request: impl Future<Output = Result<T>>,
+) -> std::result::Result<tonic::Response<T>, tonic::Status> {
+    let started = std::time::Instant::now();
+    let permit = match limiter.map(|l| l.admit_many(count)).transpose() {
+        Ok(permit) => permit,
+        Err(e) => {
+            let status = tonic::Status::from(e);
+            crate::metrics::request_done(method, status.code(), started.elapsed());
+            return Err(status);
+        }
+    };
+    let result = request.await.map_err(tonic::Status::from);
+    drop(permit);
+    let code = match &result {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+    crate::metrics::request_done(method, code, started.elapsed());
+    result.map(tonic::Response::new)
+}
+
+/// Removes partial snapshots left by an interrupted transfer.
+fn remove_incoming_snapshots(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("incoming-") || name.starts_with("building-") {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!(file = %name, error = %e, "cannot remove stale snapshot file");
+            }
+        }
+    }
+}

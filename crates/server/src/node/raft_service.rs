@@ -1,0 +1,306 @@
+//! The receiving side of the Raft transport (`rskv.raft.v1.Raft`): decodes openraft messages and
+//! hands them to the local Raft instance. Incoming snapshots are written chunk by chunk to a file
+//! in the snapshot directory, then installed from that file.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
+use openraft::raft::StreamAppendError;
+use openraft::raft::TransferLeaderRequest;
+use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
+use serde::Serialize;
+use tokio_stream::Stream;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+use tonic::Streaming;
+
+use super::Node;
+use crate::raft::network::decode;
+use crate::raft::network::encode;
+use crate::raft::Snapshot;
+use crate::raft::SnapshotMeta;
+use crate::raft::TypeConfig;
+use crate::raft::Vote;
+use crate::storage::SnapshotData;
+use crate::storage::SnapshotFile;
+use rskv_proto::raft::raft_server::Raft;
+use rskv_proto::raft::RaftPayload;
+use rskv_proto::raft::SnapshotChunk;
+
+/// Implements `rskv.raft.v1.Raft` on top of a [`Node`].
+pub struct RaftService {
+    node: Arc<Node>,
+    /// Names incoming snapshot files uniquely.
+    incoming_seq: AtomicU64,
+    /// Cancelled when the node stops serving peers: ends the long-lived append streams, which
+    /// would otherwise hold the peer server's graceful shutdown open.
+    stop: CancellationToken,
+}
+
+impl RaftService {
+    /// A service answering for `node` until `stop` is cancelled.
+    pub fn new(node: Arc<Node>, stop: CancellationToken) -> RaftService {
+        RaftService {
+            node,
+            incoming_seq: AtomicU64::new(0),
+            stop,
+        }
+    }
+}
+
+impl RaftService {
+    /// While the node's lease hold lasts ([`super::lease_hold`]), the answer to a vote or pre-vote
+    /// request: not granted, with this node's vote and last log id, as openraft answers while a
+    /// leader's lease runs. `None` when openraft should answer.
+    async fn held_back(
+        &self,
+        rpc: &VoteRequest<TypeConfig>,
+        what: &'static str,
+    ) -> Option<Result<Response<RaftPayload>, Status>> {
+        let left = self.node.lease_hold.refuses(rpc.leadership_transfer)?;
+        // At most one per candidate and election round while the hold lasts: a few lines.
+        tracing::info!(candidate = %rpc.vote, ?left, "{what} refused: restarted within a lease");
+        let refusal = self
+            .node
+            .raft
+            .with_raft_state(|state| {
+                VoteResponse::<TypeConfig>::new(
+                    state.vote_ref(),
+                    state.log_ids.last().cloned(),
+                    false,
+                )
+            })
+            .await
+            .map_err(|e| Status::unavailable(format!("raft stopped: {e}")));
+        Some(refusal.and_then(|response| payload(&response)))
+    }
+}
+
+/// The answers of an append stream, one per request, in order.
+type AppendAnswers = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
+
+/// Encodes a Raft message for the wire; shared with the transport's test stub.
+pub(crate) fn raft_payload<T: Serialize>(value: &T) -> Result<RaftPayload, Status> {
+    let data = encode(value).map_err(|e| Status::internal(format!("encode: {e}")))?;
+    Ok(RaftPayload { data })
+}
+
+/// [`raft_payload`] as a unary answer.
+pub(crate) fn payload<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+    raft_payload(value).map(Response::new)
+}
+
+/// Decodes a unary Raft request; an undecodable one is the sender's error.
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
+    request: Request<RaftPayload>,
+) -> Result<T, Status> {
+    decode(&request.into_inner().data)
+        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+}
+
+/// Removes a partially received snapshot file if the transfer fails before the install starts.
+/// Once openraft has the file, the guard is disarmed: the state machine renames it into place,
+/// and a leftover (an install openraft dropped) is removed at the next start.
+struct IncomingFile(Option<PathBuf>);
+
+impl IncomingFile {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for IncomingFile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove incoming snapshot");
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Raft for RaftService {
+    type AppendStreamStream = AppendAnswers;
+
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<AppendAnswers>, Status> {
+        // Requests end at the first transport or decode error; openraft answers those before it,
+        // then the stream ends and the leader starts a new one.
+        let requests = futures::stream::unfold(request.into_inner(), |mut incoming| async move {
+            let data = match incoming.next().await? {
+                Ok(p) => p.data,
+                Err(status) => {
+                    tracing::debug!(%status, "append stream ended by the leader's side");
+                    return None;
+                }
+            };
+            match decode::<AppendEntriesRequest<TypeConfig>>(&data) {
+                Ok(rpc) => Some((rpc, incoming)),
+                Err(e) => {
+                    // A leader of another version retries with a new stream every time.
+                    static UNDECODABLE: crate::log_throttle::LogThrottle =
+                        crate::log_throttle::LogThrottle::every_interval();
+                    crate::warn_throttled!(UNDECODABLE, 0, error = %e, "undecodable append in stream; ending it");
+                    None
+                }
+            }
+        });
+        let node = self.node.clone();
+        let answers = self
+            .node
+            .raft
+            .stream_append(Box::pin(requests))
+            .map(move |answer| match answer {
+                Ok(result) => {
+                    // A leader of this node's term or later: an older one is told of the newer
+                    // vote and is no contact with a leader.
+                    if !matches!(result, Err(StreamAppendError::HigherVote(_))) {
+                        node.leader_contact.touch();
+                    }
+                    raft_payload(&result)
+                }
+                Err(fatal) => Err(Status::unavailable(format!("raft stopped: {fatal}"))),
+            });
+        let answers = futures::StreamExt::take_until(answers, self.stop.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(answers)))
+    }
+
+    async fn append_entries(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = parse(request)?;
+        let resp = self
+            .node
+            .raft
+            .append_entries(rpc)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
+            self.node.leader_contact.touch();
+        }
+        payload(&resp)
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc: VoteRequest<TypeConfig> = parse(request)?;
+        if let Some(refusal) = self.held_back(&rpc, "vote").await {
+            return refusal;
+        }
+        let resp = self
+            .node
+            .raft
+            .vote(rpc)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        payload(&resp)
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: VoteRequest<TypeConfig> = parse(request)?;
+        if let Some(refusal) = self.held_back(&rpc, "pre-vote").await {
+            return refusal;
+        }
+        let resp = self
+            .node
+            .raft
+            .pre_vote(rpc)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        payload(&resp)
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: TransferLeaderRequest<TypeConfig> = parse(request)?;
+        let resp = self
+            .node
+            .raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        payload(&resp)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let (vote, meta): (Vote, SnapshotMeta) = decode(&first.header)
+            .map_err(|e| Status::invalid_argument(format!("undecodable snapshot header: {e}")))?;
+        let seq = self.incoming_seq.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .node
+            .snapshot_dir
+            .join(format!("incoming-{}-{seq}.tmp", std::process::id()));
+        let mut guard = IncomingFile(Some(path.clone()));
+        tracing::info!(node_id = self.node.id, last_log_id = ?meta.last_log_id, "receiving snapshot");
+        let mut file = std::fs::File::create(&path)
+            .map_err(|e| Status::internal(format!("create snapshot file: {e}")))?;
+        let mut received = first.data.len() as u64;
+        file.write_all(&first.data)
+            .map_err(|e| Status::internal(format!("write snapshot: {e}")))?;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            received += chunk.data.len() as u64;
+            // Writes go to the page cache; the file is synced once before install.
+            let (f, result) = tokio::task::spawn_blocking(move || {
+                let r = file.write_all(&chunk.data);
+                (file, r)
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+            file = f;
+            result.map_err(|e| Status::internal(format!("write snapshot: {e}")))?;
+        }
+        drop(file);
+        tracing::info!(
+            node_id = self.node.id,
+            bytes = received,
+            "snapshot received; installing"
+        );
+        let snapshot_file = SnapshotFile::open(&path)
+            .map_err(|e| Status::internal(format!("open snapshot: {e}")))?;
+        guard.disarm();
+        let resp = self
+            .node
+            .raft
+            .install_full_snapshot(
+                vote,
+                Snapshot {
+                    meta,
+                    snapshot: SnapshotData::File(snapshot_file),
+                },
+            )
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        // Installed snapshots were renamed into place; one openraft declined is left here.
+        if path.exists() {
+            let _ = std::fs::remove_file(&path);
+        }
+        payload(&resp)
+    }
+}
