@@ -728,8 +728,7 @@ impl Config {
             if info.addr.trim().is_empty() || info.peer_addr.trim().is_empty() {
                 return Err(bad(format!("node {id} has an empty address")));
             }
-            info.check_dialable()
-                .map_err(|e| bad(format!("node {id}: {e}")))?;
+            crate::raft::check_dialable(&info).map_err(|e| bad(format!("node {id}: {e}")))?;
             out.insert(parsed, info);
         }
         Ok(out)
@@ -913,7 +912,7 @@ mod tests {
         // Read at run time: a compile-time env! path can be stale when sccache reuses an
         // object built from another checkout.
         let root = std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR");
-        let dir = Path::new(&root).join("cluster");
+        let dir = Path::new(&root).join("../../cluster");
         let mut seen = 0;
         for n in 1..=3 {
             let c = Config::from_file(&dir.join(format!("node{n}.toml"))).expect("parse");

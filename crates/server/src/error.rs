@@ -159,9 +159,14 @@ pub fn op_error(e: Error) -> rskv_proto::kv::OpError {
     rskv_proto::status::op_error(&Status::from(e))
 }
 
-/// Converts an I/O-ish failure into the `io::Error` openraft's storage traits require.
-pub(crate) fn io_err(e: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::other(e.to_string())
+impl From<rskv_storage::error::SubscribeError> for Error {
+    fn from(e: rskv_storage::error::SubscribeError) -> Error {
+        use rskv_storage::error::SubscribeError;
+        match e {
+            SubscribeError::Compacted { .. } => Error::Compacted(e.to_string()),
+            SubscribeError::Poisoned => Error::Storage(e.to_string()),
+        }
+    }
 }
 
 #[cfg(test)]

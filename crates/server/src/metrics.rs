@@ -10,6 +10,10 @@ use std::time::Duration;
 use metrics_exporter_prometheus::Matcher;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use metrics_exporter_prometheus::PrometheusHandle;
+pub use rskv_storage::metrics::EVENTS_PUBLISHED;
+pub use rskv_storage::metrics::SNAPSHOTS_BUILT;
+pub use rskv_storage::metrics::SNAPSHOTS_INSTALLED;
+pub use rskv_storage::metrics::WATCHERS_DROPPED;
 
 /// Requests by method and gRPC status code.
 pub const REQUESTS_TOTAL: &str = "rskv_requests_total";
@@ -39,16 +43,8 @@ pub const RAFT_APPLIED: &str = "rskv_raft_applied_index";
 pub const RAFT_REPLICATION_LAG: &str = "rskv_raft_replication_lag";
 /// Index of the last snapshot.
 pub const RAFT_SNAPSHOT_INDEX: &str = "rskv_raft_snapshot_index";
-/// Snapshots built by this node.
-pub const SNAPSHOTS_BUILT: &str = "rskv_snapshots_built_total";
-/// Snapshots received and installed by this node.
-pub const SNAPSHOTS_INSTALLED: &str = "rskv_snapshots_installed_total";
-/// Apply events published.
-pub const EVENTS_PUBLISHED: &str = "rskv_events_published_total";
 /// Open watch streams.
 pub const WATCHERS_ACTIVE: &str = "rskv_watchers_active";
-/// Watchers (and hooks) that fell behind the buffer.
-pub const WATCHERS_DROPPED: &str = "rskv_watchers_dropped_total";
 
 /// Writes per proposed log entry (1 for a write proposed alone).
 pub const WRITE_GROUP_SIZE: &str = "rskv_write_group_size";
@@ -123,11 +119,8 @@ fn describe() {
         "Entries a follower is behind (leader only)"
     );
     describe_gauge!(RAFT_SNAPSHOT_INDEX, "Last snapshot index");
-    describe_counter!(SNAPSHOTS_BUILT, "Snapshots built");
-    describe_counter!(SNAPSHOTS_INSTALLED, "Snapshots installed from the leader");
-    describe_counter!(EVENTS_PUBLISHED, "Apply events published");
+    rskv_storage::metrics::describe();
     describe_gauge!(WATCHERS_ACTIVE, "Open watch streams");
-    describe_counter!(WATCHERS_DROPPED, "Watchers dropped for lagging");
     describe_histogram!(
         WRITE_GROUP_SIZE,
         "Writes carried by each proposed log entry (grouping under load)"
@@ -189,21 +182,6 @@ pub fn connection_rejected() {
     metrics::counter!(CONNECTIONS_REJECTED).increment(1);
 }
 
-/// Counts a snapshot built.
-pub fn snapshot_built() {
-    metrics::counter!(SNAPSHOTS_BUILT).increment(1);
-}
-
-/// Counts a snapshot installed.
-pub fn snapshot_installed() {
-    metrics::counter!(SNAPSHOTS_INSTALLED).increment(1);
-}
-
-/// Counts published events.
-pub fn events_published(n: u64) {
-    metrics::counter!(EVENTS_PUBLISHED).increment(n);
-}
-
 /// Moves the watcher gauge.
 pub fn watcher_opened() {
     metrics::gauge!(WATCHERS_ACTIVE).increment(1.0);
@@ -212,11 +190,6 @@ pub fn watcher_opened() {
 /// Moves the watcher gauge.
 pub fn watcher_closed() {
     metrics::gauge!(WATCHERS_ACTIVE).decrement(1.0);
-}
-
-/// Counts a watcher dropped for lagging.
-pub fn watcher_dropped() {
-    metrics::counter!(WATCHERS_DROPPED).increment(1);
 }
 
 fn code_name(code: tonic::Code) -> &'static str {

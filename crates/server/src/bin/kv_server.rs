@@ -10,13 +10,13 @@ use std::process::ExitCode;
 use clap::Parser;
 use rskv_server::config::Config;
 use rskv_server::config::Overrides;
-use rskv_server::log_throttle::RepeatedWarnings;
 use rskv_server::node::Listeners;
 use rskv_server::node::Node;
+use rskv_storage::log_throttle::RepeatedWarnings;
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of glibc's malloc: allocation was ~9% of a leader's CPU under load
-/// (per-request buffers in tonic/h2, log entries); see the README's performance section. It is
+/// (per-request buffers in tonic/h2, log entries); see docs/benchmarks.md. It is
 /// built without transparent huge pages (Cargo feature `no_thp`): with them, refilling memory
 /// it had returned to the OS zeroed whole 2 MiB pages, 18% of a leader's CPU under load.
 #[global_allocator]

@@ -157,7 +157,7 @@ impl ClusterService {
         };
         let info = NodeInfo::new(req.addr.trim(), peer_addr.trim());
         // A member's addresses go into the replicated membership: refuse one nobody can dial.
-        info.check_dialable().map_err(Error::InvalidArgument)?;
+        crate::raft::check_dialable(&info).map_err(Error::InvalidArgument)?;
         for m in members(&self.node) {
             if m.id == req.id {
                 if m.addr == info.addr && m.peer_addr == info.peer_addr {

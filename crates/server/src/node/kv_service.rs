@@ -24,20 +24,20 @@ use super::handle_many;
 use super::Node;
 use crate::error::Error;
 use crate::error::Result;
-use crate::events::Event;
-use crate::events::EventKind;
-use crate::events::KeyFilter;
-use crate::events::Published;
-use crate::events::Subscription;
 use crate::metrics;
 use crate::raft::Command;
 use crate::raft::CommandResponse;
 use crate::raft::SessionOutcome;
 use crate::raft::SessionRefusal;
 use crate::raft::SessionStamp;
-use crate::storage::state_machine::sessions;
 use rskv_proto::kv as pb;
 use rskv_proto::kv::kv_server::Kv;
+use rskv_storage::events::Event;
+use rskv_storage::events::EventKind;
+use rskv_storage::events::KeyFilter;
+use rskv_storage::events::Published;
+use rskv_storage::events::Subscription;
+use rskv_storage::state_machine::sessions;
 
 /// Scan page size when the request gives no limit.
 pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
@@ -134,7 +134,7 @@ impl KvService {
 
     async fn engine_call<T, F>(&self, f: F) -> Result<T>
     where
-        F: FnOnce(&dyn crate::storage::KvEngine) -> std::io::Result<T> + Send + 'static,
+        F: FnOnce(&dyn rskv_storage::KvEngine) -> std::io::Result<T> + Send + 'static,
         T: Send + 'static,
     {
         let engine = self.node.engine.clone();
@@ -443,7 +443,7 @@ impl WatchState {
     }
 
     fn lagged(&mut self, missed: u64) -> Option<Result<pb::WatchResponse, Status>> {
-        metrics::watcher_dropped();
+        rskv_storage::metrics::watcher_dropped();
         let hint = self.resume_hint();
         let buffer = self.buffer;
         self.end(Status::resource_exhausted(format!(
@@ -737,7 +737,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::events::EventBus;
+    use rskv_storage::events::EventBus;
 
     fn put(index: u64, key: String) -> Event {
         Event {

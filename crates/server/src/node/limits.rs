@@ -33,9 +33,9 @@ use tonic::transport::server::Connected;
 use tonic::transport::server::TcpConnectInfo;
 
 use crate::error::Error;
-use crate::log_throttle::LogThrottle;
 use crate::metrics;
 use rskv_client::gathered::Gathered;
+use rskv_storage::log_throttle::LogThrottle;
 
 /// A client connection admitted under the connection limit; its writes are [`Gathered`], so a
 /// small response leaves in one write.
@@ -115,7 +115,7 @@ pub fn limited_incoming(
                     }
                     Err(_) => {
                         metrics::connection_rejected();
-                        crate::warn_throttled!(
+                        rskv_storage::warn_throttled!(
                             REFUSED,
                             0,
                             %peer,
@@ -126,7 +126,7 @@ pub fn limited_incoming(
                     }
                 },
                 Err(e) => {
-                    crate::warn_throttled!(ACCEPT_FAILED, 0, error = %e, "accept failed");
+                    rskv_storage::warn_throttled!(ACCEPT_FAILED, 0, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }

@@ -2,9 +2,10 @@
 //! shutdown signal.
 //!
 //! [`Node::start`] opens the storage, creates the Raft instance and bootstraps a brand-new cluster
-//! from `cluster.initial_members`. [`Node::serve`] runs the gRPC server (client API and Raft
-//! transport on one port) until the `shutdown` future completes, then stops accepting requests,
-//! lets in-flight ones finish and shuts openraft down. Tests call both with a pre-bound loopback
+//! from `cluster.initial_members`. [`Node::serve`] runs the listeners (the client API, the
+//! Raft transport on its own peer port, and HTTP for `/metrics` and `/health`) until the
+//! `shutdown` future completes, then stops accepting requests, lets in-flight ones finish and
+//! shuts openraft down. Tests call both with a pre-bound loopback
 //! listener on port 0 and a oneshot as the shutdown signal; the binary passes Ctrl-C/SIGTERM.
 
 pub mod cluster_service;
@@ -38,23 +39,23 @@ use crate::config::Config;
 use crate::config::Engine;
 use crate::error::Error;
 use crate::error::Result;
-use crate::events::EventBus;
-use crate::log_throttle::LogThrottle;
 use crate::node::lease_hold::LeaseHold;
 use crate::raft::network::NetworkFactory;
 use crate::raft::network::PeerLiveness;
 use crate::raft::NodeId;
 use crate::raft::NodeInfo;
 use crate::raft::Raft;
-use crate::storage::memory::MemoryEngine;
-use crate::storage::rocks::RocksEngine;
-use crate::storage::KvEngine;
-use crate::storage::LogStore;
-use crate::storage::SnapshotTrigger;
-use crate::storage::StateMachine;
 use rskv_proto::kv::cluster_server::ClusterServer;
 use rskv_proto::kv::kv_server::KvServer;
 use rskv_proto::raft::raft_server::RaftServer;
+use rskv_storage::events::EventBus;
+use rskv_storage::log_throttle::LogThrottle;
+use rskv_storage::memory::MemoryEngine;
+use rskv_storage::rocks::RocksEngine;
+use rskv_storage::KvEngine;
+use rskv_storage::LogStore;
+use rskv_storage::SnapshotTrigger;
+use rskv_storage::StateMachine;
 
 /// Largest gRPC message between peers and largest reply to a client (Raft batches and scan pages;
 /// snapshots are chunked far below this).
@@ -635,7 +636,7 @@ fn peer_incoming(
     TcpListenerStream::new(listener).map(|conn| {
         conn.inspect(|stream| {
             if let Err(e) = stream.set_nodelay(true) {
-                crate::warn_throttled!(NAGLE, 0, error = %e, "cannot disable Nagle on a peer connection");
+                rskv_storage::warn_throttled!(NAGLE, 0, error = %e, "cannot disable Nagle on a peer connection");
             }
         })
     })
@@ -673,7 +674,7 @@ async fn join_cluster(node: Arc<Node>) {
                 return;
             }
             Err(e) => {
-                crate::warn_throttled!(JOIN_FAILED, 0, error = %e, "join: adding as learner failed; retrying");
+                rskv_storage::warn_throttled!(JOIN_FAILED, 0, error = %e, "join: adding as learner failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -691,7 +692,7 @@ async fn join_cluster(node: Arc<Node>) {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
             Err(e) => {
-                crate::warn_throttled!(PROMOTE_FAILED, 0, error = %e, "join: promotion failed; retrying");
+                rskv_storage::warn_throttled!(PROMOTE_FAILED, 0, error = %e, "join: promotion failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }

@@ -31,11 +31,11 @@ use crate::raft::Snapshot;
 use crate::raft::SnapshotMeta;
 use crate::raft::TypeConfig;
 use crate::raft::Vote;
-use crate::storage::SnapshotData;
-use crate::storage::SnapshotFile;
 use rskv_proto::raft::raft_server::Raft;
 use rskv_proto::raft::RaftPayload;
 use rskv_proto::raft::SnapshotChunk;
+use rskv_storage::SnapshotData;
+use rskv_storage::SnapshotFile;
 
 /// Implements `rskv.raft.v1.Raft` on top of a [`Node`].
 pub struct RaftService {
@@ -151,9 +151,9 @@ impl Raft for RaftService {
                 Ok(rpc) => Some((rpc, incoming)),
                 Err(e) => {
                     // A leader of another version retries with a new stream every time.
-                    static UNDECODABLE: crate::log_throttle::LogThrottle =
-                        crate::log_throttle::LogThrottle::every_interval();
-                    crate::warn_throttled!(UNDECODABLE, 0, error = %e, "undecodable append in stream; ending it");
+                    static UNDECODABLE: rskv_storage::log_throttle::LogThrottle =
+                        rskv_storage::log_throttle::LogThrottle::every_interval();
+                    rskv_storage::warn_throttled!(UNDECODABLE, 0, error = %e, "undecodable append in stream; ending it");
                     None
                 }
             }

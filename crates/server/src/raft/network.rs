@@ -44,11 +44,11 @@ use crate::raft::NodeInfo;
 use crate::raft::Snapshot;
 use crate::raft::TypeConfig;
 use crate::raft::Vote;
-use crate::storage::SnapshotData;
 use rskv_client::transport::channel;
 use rskv_proto::raft::raft_client::RaftClient;
 use rskv_proto::raft::RaftPayload;
 use rskv_proto::raft::SnapshotChunk;
+use rskv_storage::SnapshotData;
 
 /// Encodes an openraft message for the wire.
 ///

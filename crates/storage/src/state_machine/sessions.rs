@@ -45,9 +45,9 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use crate::error::io_err;
-use crate::raft::CommandResponse;
-use crate::raft::SessionOutcome;
-use crate::raft::SessionRefusal;
+use crate::types::CommandResponse;
+use crate::types::SessionOutcome;
+use crate::types::SessionRefusal;
 
 /// Most replies one session may hold unacknowledged. A client that keeps this many writes
 /// unconfirmed is refused further writes until it acknowledges some (a bound on the table, which

@@ -49,10 +49,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::io_err;
-use crate::raft::Entry;
-use crate::raft::LogId;
-use crate::raft::TypeConfig;
-use crate::raft::Vote;
+use crate::types::Entry;
+use crate::types::LogId;
+use crate::types::TypeConfig;
+use crate::types::Vote;
 
 const CF_LOGS: &str = "logs";
 const CF_META: &str = "meta";
@@ -319,13 +319,14 @@ fn flush_loop(db: &DB, rx: &mpsc::Receiver<IOFlushed<TypeConfig>>, pending: &Ato
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
         }
-        let result = db.flush_wal(true).map_err(io_err);
+        let result = db.flush_wal(true);
         if let Err(e) = &result {
             tracing::error!(error = %e, "log WAL sync failed");
         }
         let done = waiting.len();
         for callback in waiting {
-            callback.io_completed(result.as_ref().map(|_| ()).map_err(io_err));
+            // Every waiter gets its own copy of the one failure (rocksdb::Error is Clone).
+            callback.io_completed(result.clone().map_err(io_err));
         }
         pending.fetch_sub(done, Ordering::AcqRel);
     }
@@ -529,7 +530,7 @@ mod tests {
     use openraft::type_config::TypeConfigExt;
 
     use super::*;
-    use crate::raft::Command;
+    use crate::types::Command;
 
     fn log_id(term: u64, index: u64) -> LogId {
         openraft::testing::log_id::<TypeConfig>(term, 1, index)

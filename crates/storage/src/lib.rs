@@ -1,14 +1,30 @@
-//! Storage: the Raft log ([`log_store`]) and the state machine ([`state_machine`]) that committed
-//! entries are applied to, plus the snapshot file format both state machines share ([`snapshot`]).
+//! # rskv-storage: what a node keeps, and the vocabulary it keeps it in
+//!
+//! The bottom layer of a node. The Raft log ([`log_store`]) and the state machine
+//! ([`state_machine`]) that committed entries are applied to, the snapshot file format both state
+//! machines share ([`snapshot`]), the replicated command itself ([`types`]), and the apply events
+//! the state machine publishes ([`events`]).
 //!
 //! The log and the state machine are separate on purpose (as in raft-rs and TiKV): the log is the
 //! durable record of what was agreed, the state machine is a rebuildable view of it. The state
 //! machine's engine is chosen in config: [`memory::MemoryEngine`] or [`rocks::RocksEngine`], both
 //! behind the [`state_machine::KvEngine`] trait and tested by one shared suite.
+//!
+//! This crate is a separate crate so the compiler keeps the layering: it knows nothing of the
+//! Raft transport, the gRPC services or the node (`rskv-server` depends on it, never the reverse),
+//! and nothing here depends on a client.
 
+// Library code never unwraps: a panic on a storage path is a bug report, not an error message.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod error;
+pub mod events;
 pub mod log_store;
+pub mod log_throttle;
+pub mod metrics;
 pub mod snapshot;
 pub mod state_machine;
+pub mod types;
 
 pub use log_store::LogStore;
 pub use snapshot::SnapshotData;
@@ -31,7 +47,7 @@ mod openraft_suite {
     use openraft::StorageError;
 
     use super::*;
-    use crate::raft::TypeConfig;
+    use crate::types::TypeConfig;
 
     struct Builder {
         rocks_engine: bool,

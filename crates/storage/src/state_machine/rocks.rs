@@ -367,7 +367,7 @@ mod tests {
     /// The applied state after log index `index`.
     fn applied(index: u64) -> AppliedState {
         AppliedState {
-            last_applied: Some(openraft::testing::log_id::<crate::raft::TypeConfig>(
+            last_applied: Some(openraft::testing::log_id::<crate::types::TypeConfig>(
                 1, 1, index,
             )),
             ..AppliedState::default()

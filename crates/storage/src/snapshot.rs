@@ -11,7 +11,7 @@
 //!
 //! A snapshot travels as [`SnapshotData`]: a file (the memory engine's snapshots, and every
 //! snapshot a follower receives) or a [`SnapshotStream`], the file format produced on demand from
-//! a point-in-time view of a durable engine (see [`crate::storage::StateMachine`]).
+//! a point-in-time view of a durable engine (see [`crate::StateMachine`]).
 
 use std::fs::File;
 use std::io;
@@ -26,9 +26,9 @@ use bytes::Buf;
 use bytes::Bytes;
 
 use crate::error::io_err;
-use crate::raft::SnapshotMeta;
-use crate::storage::state_machine::Keyspace;
-use crate::storage::state_machine::Record;
+use crate::state_machine::Keyspace;
+use crate::state_machine::Record;
+use crate::types::SnapshotMeta;
 
 /// Magic of the format written now: data and system sections.
 const MAGIC: &[u8; 8] = b"RSKVSNP2";
@@ -468,10 +468,10 @@ mod tests {
 
     fn meta(index: u64) -> SnapshotMeta {
         SnapshotMeta {
-            last_log_id: Some(openraft::testing::log_id::<crate::raft::TypeConfig>(
+            last_log_id: Some(openraft::testing::log_id::<crate::types::TypeConfig>(
                 2, 1, index,
             )),
-            last_membership: crate::raft::StoredMembership::default(),
+            last_membership: crate::types::StoredMembership::default(),
         }
     }
 

@@ -20,8 +20,7 @@ use bytes::Bytes;
 use tokio::sync::broadcast;
 use tokio::sync::watch;
 
-use crate::error::Error;
-use crate::error::Result;
+use crate::error::SubscribeError;
 use crate::log_throttle::LogThrottle;
 
 /// What happened to a key.
@@ -191,12 +190,9 @@ impl EventBus {
     /// Subscribes to events with index ≥ `start_index` (0: only events published from now on).
     ///
     /// # Errors
-    /// [`Error::Compacted`] when events from `start_index` are no longer retained.
-    pub fn subscribe(&self, start_index: u64) -> Result<Subscription> {
-        let history = self
-            .history
-            .lock()
-            .map_err(|_| Error::Storage("event history lock poisoned".into()))?;
+    /// [`SubscribeError::Compacted`] when events from `start_index` are no longer retained.
+    pub fn subscribe(&self, start_index: u64) -> Result<Subscription, SubscribeError> {
+        let history = self.history.lock().map_err(|_| SubscribeError::Poisoned)?;
         let live = self.live.subscribe();
         let closed = self.closed.subscribe();
         let last_index = history.last_index;
@@ -209,10 +205,10 @@ impl EventBus {
             });
         }
         if start_index <= history.evicted_through {
-            return Err(Error::Compacted(format!(
-                "events before index {} are no longer retained (asked for {start_index})",
-                history.evicted_through + 1
-            )));
+            return Err(SubscribeError::Compacted {
+                requested: start_index,
+                oldest: history.evicted_through + 1,
+            });
         }
         let backlog = history
             .events
@@ -343,7 +339,10 @@ mod tests {
     async fn compacted_start_should_be_refused() {
         let bus = EventBus::new(2, 1 << 20, 16);
         bus.publish(vec![put(1, "a"), put(2, "b"), put(3, "c")]);
-        assert!(matches!(bus.subscribe(1), Err(Error::Compacted(_))));
+        assert!(matches!(
+            bus.subscribe(1),
+            Err(SubscribeError::Compacted { .. })
+        ));
         assert_eq!(bus.subscribe(2).expect("retained").backlog.len(), 2);
         // Byte-bounded too: one big event evicts the rest.
         let bus = EventBus::new(100, 1000, 16);
@@ -353,12 +352,18 @@ mod tests {
             value: Bytes::from(vec![0u8; 900]),
         };
         bus.publish(vec![big]);
-        assert!(matches!(bus.subscribe(2), Err(Error::Compacted(_))));
+        assert!(matches!(
+            bus.subscribe(2),
+            Err(SubscribeError::Compacted { .. })
+        ));
         // A reset (snapshot install) forgets the history and tells live subscribers.
         let mut sub = bus.subscribe(0).expect("live");
         bus.reset(50);
         assert!(matches!(sub.live.recv().await, Ok(Published::Reset(50))));
-        assert!(matches!(bus.subscribe(50), Err(Error::Compacted(_))));
+        assert!(matches!(
+            bus.subscribe(50),
+            Err(SubscribeError::Compacted { .. })
+        ));
         assert!(bus.subscribe(51).expect("after reset").backlog.is_empty());
     }
 

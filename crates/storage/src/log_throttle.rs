@@ -7,10 +7,10 @@
 //! Use a `static` [`LogThrottle`] per call site and [`warn_throttled!`](crate::warn_throttled):
 //!
 //! ```
-//! use rskv::log_throttle::LogThrottle;
+//! use rskv_storage::log_throttle::LogThrottle;
 //! static REFUSED: LogThrottle = LogThrottle::every_interval();
 //! # let peer = "127.0.0.1:1";
-//! rskv::warn_throttled!(REFUSED, 0, %peer, "connection refused");
+//! rskv_storage::warn_throttled!(REFUSED, 0, %peer, "connection refused");
 //! ```
 //!
 //! Libraries' warnings cannot be throttled where they are raised: [`RepeatedWarnings`] wraps the

@@ -52,20 +52,20 @@ use crate::error::io_err;
 use crate::events::Event;
 use crate::events::EventBus;
 use crate::events::EventKind;
-use crate::raft::Command;
-use crate::raft::CommandResponse;
-use crate::raft::Entry;
-use crate::raft::LogId;
-use crate::raft::SessionOutcome;
-use crate::raft::Snapshot;
-use crate::raft::SnapshotMeta;
-use crate::raft::StoredMembership;
-use crate::raft::TypeConfig;
-use crate::storage::snapshot::snapshot_stream;
-use crate::storage::snapshot::FirstRead;
-use crate::storage::snapshot::SnapshotData;
-use crate::storage::snapshot::SnapshotFile;
-use crate::storage::snapshot::SnapshotWriter;
+use crate::snapshot::snapshot_stream;
+use crate::snapshot::FirstRead;
+use crate::snapshot::SnapshotData;
+use crate::snapshot::SnapshotFile;
+use crate::snapshot::SnapshotWriter;
+use crate::types::Command;
+use crate::types::CommandResponse;
+use crate::types::Entry;
+use crate::types::LogId;
+use crate::types::SessionOutcome;
+use crate::types::Snapshot;
+use crate::types::SnapshotMeta;
+use crate::types::StoredMembership;
+use crate::types::TypeConfig;
 use sessions::Admission;
 use sessions::SessionTable;
 
@@ -1041,7 +1041,7 @@ pub(crate) mod engine_suite {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::memory::MemoryEngine;
+    use crate::memory::MemoryEngine;
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
@@ -1254,7 +1254,7 @@ mod tests {
                 new_value: b(&format!("{id}.{seq}")),
                 session: None,
             }
-            .in_session(crate::raft::SessionStamp {
+            .in_session(crate::types::SessionStamp {
                 id,
                 seq,
                 first_unacked,

@@ -1,0 +1,38 @@
+//! The metrics the storage layer records: snapshots and apply events. Names share the node's
+//! `rskv_` prefix; the node's metrics module describes them beside its own (through
+//! [`describe`]) and renders them all on `/metrics`, so this module only records.
+
+/// Snapshots built by this node.
+pub const SNAPSHOTS_BUILT: &str = "rskv_snapshots_built_total";
+/// Snapshots received and installed by this node.
+pub const SNAPSHOTS_INSTALLED: &str = "rskv_snapshots_installed_total";
+/// Apply events published.
+pub const EVENTS_PUBLISHED: &str = "rskv_events_published_total";
+/// Watchers (and hooks) that fell behind the buffer.
+pub const WATCHERS_DROPPED: &str = "rskv_watchers_dropped_total";
+
+/// Gives the storage metrics their help text; called once the recorder is installed.
+pub fn describe() {
+    use metrics::describe_counter;
+    describe_counter!(SNAPSHOTS_BUILT, "Snapshots built");
+    describe_counter!(SNAPSHOTS_INSTALLED, "Snapshots installed from the leader");
+    describe_counter!(EVENTS_PUBLISHED, "Apply events published");
+    describe_counter!(WATCHERS_DROPPED, "Watchers dropped for lagging");
+}
+
+pub(crate) fn snapshot_built() {
+    metrics::counter!(SNAPSHOTS_BUILT).increment(1);
+}
+
+pub(crate) fn snapshot_installed() {
+    metrics::counter!(SNAPSHOTS_INSTALLED).increment(1);
+}
+
+pub(crate) fn events_published(n: u64) {
+    metrics::counter!(EVENTS_PUBLISHED).increment(n);
+}
+
+/// Counts a watcher dropped for falling behind (by the event bus, or by the Watch service).
+pub fn watcher_dropped() {
+    metrics::counter!(WATCHERS_DROPPED).increment(1);
+}
