@@ -451,7 +451,7 @@ fn derived_addr(
     }
     shifted_port(&base.to_string(), delta)
         .and_then(|s| s.parse().map_err(|_| format!("cannot derive from {base}")))
-        .map_err(|why| Error::Config(format!("`{key}`: {why}")))
+        .map_err(|why| Error::config(format!("`{key}`: {why}")))
 }
 
 impl Config {
@@ -460,7 +460,8 @@ impl Config {
     /// # Errors
     /// [`Error::Config`] naming the offending key (unknown key, wrong type, missing `node_id`).
     pub fn from_toml(text: &str) -> Result<Config> {
-        toml::from_str(text).map_err(|e| Error::Config(e.to_string().trim_end().to_string()))
+        // The parser's text is the whole story (key, line, column): it is the message.
+        toml::from_str(text).map_err(|e| Error::config(e.to_string().trim_end()))
     }
 
     /// Reads and parses a TOML file.
@@ -469,9 +470,12 @@ impl Config {
     /// [`Error::Config`] when the file cannot be read or parsed.
     pub fn from_file(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+            .map_err(|e| Error::config_by(format!("cannot read {}", path.display()), e))?;
         Self::from_toml(&text).map_err(|e| match e {
-            Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
+            Error::Config { context, source } => Error::Config {
+                context: format!("{}: {context}", path.display()),
+                source,
+            },
             other => other,
         })
     }
@@ -570,7 +574,7 @@ impl Config {
     /// # Errors
     /// [`Error::Config`] naming the key at fault.
     pub fn validate(&self) -> Result<()> {
-        let bad = |key: &str, why: String| Err(Error::Config(format!("`{key}`: {why}")));
+        let bad = |key: &str, why: String| Err(Error::config(format!("`{key}`: {why}")));
         if self.node_id == 0 {
             return bad("node_id", "must be at least 1".into());
         }
@@ -655,11 +659,11 @@ impl Config {
             ("advertise_addr", &info.addr),
             ("peer_advertise_addr", &info.peer_addr),
         ] {
-            endpoint_uri(addr).map_err(|why| Error::Config(format!("`{key}`: `{addr}`: {why}")))?;
+            endpoint_uri(addr).map_err(|why| Error::config(format!("`{key}`: `{addr}`: {why}")))?;
         }
         for addr in &self.cluster.join {
             endpoint_uri(addr)
-                .map_err(|why| Error::Config(format!("`cluster.join`: `{addr}`: {why}")))?;
+                .map_err(|why| Error::config(format!("`cluster.join`: `{addr}`: {why}")))?;
         }
         Ok(())
     }
@@ -709,7 +713,7 @@ impl Config {
     /// # Errors
     /// [`Error::Config`] when an id is not a positive integer or an address is empty.
     pub fn initial_members(&self) -> Result<BTreeMap<NodeId, NodeInfo>> {
-        let bad = |why: String| Error::Config(format!("`cluster.initial_members`: {why}"));
+        let bad = |why: String| Error::config(format!("`cluster.initial_members`: {why}"));
         let mut out = BTreeMap::new();
         for (id, member) in &self.cluster.initial_members {
             let parsed: NodeId = id
@@ -793,9 +797,7 @@ impl Config {
             enable_pre_vote: Some(true),
             ..Default::default()
         };
-        config
-            .validate()
-            .map_err(|e| Error::Config(format!("`raft`: {e}")))
+        config.validate().map_err(|e| Error::config_by("`raft`", e))
     }
 }
 

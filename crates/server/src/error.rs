@@ -5,6 +5,11 @@
 //! its [`Reason`] in the `rskv-error-reason` metadata: clients decide what to do (follow a
 //! redirect, retry, reopen a session) from the code and that reason, never from the message text,
 //! which is for people and may change.
+//!
+//! Failures that come from below (RocksDB, a file, openraft, a listener) keep what caused them as
+//! their [`std::error::Error::source`]; the status message and the logs print the whole chain
+//! ([`Error::report`]), so nothing is lost between the layer that failed and the person reading.
+//! Errors about the request itself carry only their message: they have no cause below.
 
 use rskv_proto::status::describe_leader;
 use rskv_proto::status::Reason;
@@ -13,6 +18,9 @@ use tonic::Code;
 use tonic::Status;
 
 use crate::raft::NodeId;
+
+/// What caused an error, shared (errors are cloned to every waiter of a grouped write).
+pub type Source = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can go wrong inside a node.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -44,20 +52,38 @@ pub enum Error {
 
     /// The cluster cannot serve right now (no leader, shutting down); a write may or may not
     /// have been applied.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
+    #[error("unavailable: {context}")]
+    Unavailable {
+        /// What could not be done.
+        context: String,
+        /// Why, when something below failed.
+        #[source]
+        source: Option<Source>,
+    },
 
     /// The outcome is unknown: the request may or may not have been applied.
     #[error("timed out: {0}")]
     Timeout(String),
 
-    /// Invalid configuration; the message names the offending key.
-    #[error("config: {0}")]
-    Config(String),
+    /// Invalid configuration; the message names the offending key or file.
+    #[error("config: {context}")]
+    Config {
+        /// What is wrong, and where.
+        context: String,
+        /// The parser's or the file system's error, when there is one.
+        #[source]
+        source: Option<Source>,
+    },
 
     /// A storage failure (RocksDB or file I/O).
-    #[error("storage: {0}")]
-    Storage(String),
+    #[error("storage: {context}")]
+    Storage {
+        /// What was being done.
+        context: String,
+        /// The failure below.
+        #[source]
+        source: Source,
+    },
 
     /// Asked for history that is no longer retained (a watch from a compacted index).
     #[error("compacted: {0}")]
@@ -73,8 +99,14 @@ pub enum Error {
     TooLarge(String),
 
     /// A Raft failure that is not one of the above.
-    #[error("raft: {0}")]
-    Raft(String),
+    #[error("raft: {context}")]
+    Raft {
+        /// What was being done.
+        context: String,
+        /// openraft's error, when it gave one.
+        #[source]
+        source: Option<Source>,
+    },
 
     /// The client session is expired or unknown; the write was not applied.
     #[error("session expired: {0}")]
@@ -86,6 +118,78 @@ pub enum Error {
 }
 
 impl Error {
+    /// The cluster cannot serve right now, for no deeper cause than `context`.
+    pub fn unavailable(context: impl Into<String>) -> Error {
+        Error::Unavailable {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// The cluster cannot serve right now because `source` failed.
+    pub fn unavailable_by(context: impl Into<String>, source: impl Into<BoxError>) -> Error {
+        Error::Unavailable {
+            context: context.into(),
+            source: Some(source.into().into()),
+        }
+    }
+
+    /// The configuration is wrong: `context` says where and why.
+    pub fn config(context: impl Into<String>) -> Error {
+        Error::Config {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// The configuration could not be read or parsed because `source` failed.
+    pub fn config_by(context: impl Into<String>, source: impl Into<BoxError>) -> Error {
+        Error::Config {
+            context: context.into(),
+            source: Some(source.into().into()),
+        }
+    }
+
+    /// Storage failed with `source` while doing `context`.
+    pub fn storage(context: impl Into<String>, source: impl Into<BoxError>) -> Error {
+        Error::Storage {
+            context: context.into(),
+            source: source.into().into(),
+        }
+    }
+
+    /// Raft failed with `source` while doing `context`.
+    pub fn raft(context: impl Into<String>, source: impl Into<BoxError>) -> Error {
+        Error::Raft {
+            context: context.into(),
+            source: Some(source.into().into()),
+        }
+    }
+
+    /// Raft answered something this node cannot use (`context` says what), with no error below.
+    pub fn raft_unexpected(context: impl Into<String>) -> Error {
+        Error::Raft {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// This error and every cause below it on one line, for status messages and logs. A cause
+    /// whose text the line already holds (some errors print their source too) is not repeated.
+    pub fn report(&self) -> String {
+        let mut line = self.to_string();
+        let mut next = std::error::Error::source(self);
+        while let Some(cause) = next {
+            let text = cause.to_string();
+            if !line.contains(&text) {
+                line.push_str(": ");
+                line.push_str(&text);
+            }
+            next = cause.source();
+        }
+        line
+    }
+
     /// The machine-readable kind of this error.
     pub fn reason(&self) -> Reason {
         match self {
@@ -94,14 +198,14 @@ impl Error {
             Error::FailedPrecondition(_) => Reason::FailedPrecondition,
             Error::NotAdmitted(_) => Reason::NotAdmitted,
             Error::NoQuorum(_) => Reason::NoQuorum,
-            Error::Unavailable(_) => Reason::Unavailable,
+            Error::Unavailable { .. } => Reason::Unavailable,
             Error::Timeout(_) => Reason::Timeout,
-            Error::Config(_) => Reason::Config,
-            Error::Storage(_) => Reason::Storage,
+            Error::Config { .. } => Reason::Config,
+            Error::Storage { .. } => Reason::Storage,
             Error::Compacted(_) => Reason::Compacted,
             Error::ResourceExhausted(_) => Reason::ResourceExhausted,
             Error::TooLarge(_) => Reason::TooLarge,
-            Error::Raft(_) => Reason::Raft,
+            Error::Raft { .. } => Reason::Raft,
             Error::SessionExpired(_) => Reason::SessionExpired,
             Error::SequenceAcknowledged(_) => Reason::SequenceAcknowledged,
         }
@@ -119,15 +223,18 @@ impl From<openraft::error::ForwardToLeader<crate::raft::TypeConfig>> for Error {
 /// Result alias used throughout the node.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Any error, boxed on its way into a [`Source`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
-        Error::Storage(e.to_string())
+        Error::storage("I/O", e)
     }
 }
 
 impl From<rocksdb::Error> for Error {
     fn from(e: rocksdb::Error) -> Self {
-        Error::Storage(e.to_string())
+        Error::storage("RocksDB", e)
     }
 }
 
@@ -139,17 +246,19 @@ impl From<Error> for Status {
                     leader.as_ref().map(|(id, addr)| (*id, addr.as_str())),
                 )
             }
-            Error::InvalidArgument(_) | Error::Config(_) => Code::InvalidArgument,
+            Error::InvalidArgument(_) | Error::Config { .. } => Code::InvalidArgument,
             Error::FailedPrecondition(_)
             | Error::SessionExpired(_)
             | Error::SequenceAcknowledged(_) => Code::FailedPrecondition,
-            Error::Unavailable(_) | Error::NotAdmitted(_) | Error::NoQuorum(_) => Code::Unavailable,
+            Error::Unavailable { .. } | Error::NotAdmitted(_) | Error::NoQuorum(_) => {
+                Code::Unavailable
+            }
             Error::Timeout(_) => Code::DeadlineExceeded,
             Error::Compacted(_) => Code::OutOfRange,
             Error::ResourceExhausted(_) | Error::TooLarge(_) => Code::ResourceExhausted,
-            Error::Storage(_) | Error::Raft(_) => Code::Internal,
+            Error::Storage { .. } | Error::Raft { .. } => Code::Internal,
         };
-        rskv_proto::status::status(code, e.reason(), e.to_string())
+        rskv_proto::status::status(code, e.reason(), e.report())
     }
 }
 
@@ -164,7 +273,7 @@ impl From<rskv_storage::error::SubscribeError> for Error {
         use rskv_storage::error::SubscribeError;
         match e {
             SubscribeError::Compacted { .. } => Error::Compacted(e.to_string()),
-            SubscribeError::Poisoned => Error::Storage(e.to_string()),
+            SubscribeError::Poisoned => Error::storage("subscribing to apply events", e),
         }
     }
 }
@@ -191,14 +300,14 @@ mod tests {
             Error::FailedPrecondition("x".into()),
             Error::NotAdmitted("x".into()),
             Error::NoQuorum("x".into()),
-            Error::Unavailable("x".into()),
+            Error::unavailable("x"),
             Error::Timeout("x".into()),
-            Error::Config("x".into()),
-            Error::Storage("x".into()),
+            Error::config("x"),
+            Error::storage("x", std::io::Error::other("disk")),
             Error::Compacted("x".into()),
             Error::ResourceExhausted("x".into()),
             Error::TooLarge("x".into()),
-            Error::Raft("x".into()),
+            Error::raft_unexpected("x"),
             Error::SessionExpired("x".into()),
             Error::SequenceAcknowledged("x".into()),
         ];
@@ -222,5 +331,29 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The cause below a storage failure reaches the status message, and the error keeps it as
+    /// its source for code that looks.
+    #[test]
+    fn a_failure_from_below_should_reach_the_status_with_its_cause() {
+        let disk = std::io::Error::other("No space left on device");
+        let e = Error::storage("appending to the raft log", disk);
+        let source = std::error::Error::source(&e).map(|s| s.to_string());
+        assert_eq!(source.as_deref(), Some("No space left on device"));
+        let status = Status::from(e);
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(
+            status.message(),
+            "storage: appending to the raft log: No space left on device"
+        );
+    }
+
+    /// A cause whose text the message already holds is not printed twice.
+    #[test]
+    fn a_report_should_not_repeat_a_cause_already_printed() {
+        let inner = std::io::Error::other("closed");
+        let e = Error::unavailable_by("raft server: closed", inner);
+        assert_eq!(e.report(), "unavailable: raft server: closed");
     }
 }

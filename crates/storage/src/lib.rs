@@ -23,12 +23,14 @@ pub mod log_store;
 pub mod log_throttle;
 pub mod metrics;
 pub mod snapshot;
+pub mod snapshot_inbox;
 pub mod state_machine;
 pub mod types;
 
 pub use log_store::LogStore;
 pub use snapshot::SnapshotData;
 pub use snapshot::SnapshotFile;
+pub use snapshot_inbox::SnapshotInbox;
 pub use state_machine::memory;
 pub use state_machine::rocks;
 pub use state_machine::AppliedState;

@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     let config = match Config::load(&args.overrides) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("kv_server: {e}");
+            eprintln!("kv_server: {}", e.report());
             return ExitCode::from(2);
         }
     };
@@ -93,7 +93,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config, data_dir: PathBuf, dev_mode: bool) -> Result<(), String> {
-    let listeners = Listeners::bind(&config).await.map_err(|e| e.to_string())?;
+    let listeners = Listeners::bind(&config).await.map_err(|e| e.report())?;
     let listen = config.listen_addr;
     // Flags alone (no --config) can also describe a cluster member; only a lone node is the dev
     // cluster the hint is for (no members listed means this node alone, as in the embedded
@@ -106,7 +106,7 @@ async fn run(config: Config, data_dir: PathBuf, dev_mode: bool) -> Result<(), St
     let node_id = config.node_id;
     let node = Node::start(config, &data_dir)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.report())?;
     if dev_mode && lone {
         tracing::info!(
             addr = %listen,
@@ -123,14 +123,14 @@ async fn run(config: Config, data_dir: PathBuf, dev_mode: bool) -> Result<(), St
     });
     tokio::pin!(serve);
     tokio::select! {
-        result = &mut serve => return result.map_err(|e| e.to_string()),
+        result = &mut serve => return result.map_err(|e| e.report()),
         () = signals.next() => {}
     }
     tracing::info!("shutting down gracefully; signal again to force an immediate exit");
     let _ = first_tx.send(());
     tokio::select! {
         result = &mut serve => {
-            result.map_err(|e| e.to_string())?;
+            result.map_err(|e| e.report())?;
             tracing::info!("stopped cleanly");
             Ok(())
         }

@@ -269,7 +269,7 @@ impl ClusterService {
             let deadline = tokio::time::Instant::now() + self.timeout();
             let to = shutdown::hand_off_leadership(&self.node, deadline)
                 .await
-                .map_err(Error::Unavailable)?;
+                .map_err(Error::unavailable)?;
             tracing::info!(new_leader = ?to, "handed leadership over before removing myself");
             return Err(Error::NotLeader {
                 leader: self.node.leader(),
@@ -302,7 +302,7 @@ impl ClusterService {
             let deadline = tokio::time::Instant::now() + self.timeout();
             shutdown::transfer_leadership(&self.node, target, deadline)
                 .await
-                .map_err(Error::Unavailable)?;
+                .map_err(Error::unavailable)?;
         }
         let leader_addr = all
             .iter()

@@ -21,18 +21,26 @@ use tonic::Status;
 
 use super::handle;
 use super::handle_many;
+use super::limits::RequestLimiter;
+use super::proposer::Proposer;
+use super::read_barrier::ReadBarrier;
+use super::read_view::ReadView;
 use super::Node;
+use crate::config::LimitsConfig;
+use crate::config::SessionsConfig;
 use crate::error::Error;
 use crate::error::Result;
 use crate::metrics;
 use crate::raft::Command;
 use crate::raft::CommandResponse;
+use crate::raft::NodeId;
 use crate::raft::SessionOutcome;
 use crate::raft::SessionRefusal;
 use crate::raft::SessionStamp;
 use rskv_proto::kv as pb;
 use rskv_proto::kv::kv_server::Kv;
 use rskv_storage::events::Event;
+use rskv_storage::events::EventBus;
 use rskv_storage::events::EventKind;
 use rskv_storage::events::KeyFilter;
 use rskv_storage::events::Published;
@@ -44,23 +52,44 @@ pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
 /// Largest page a scan may ask for.
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
 
-/// Implements `rskv.v1.Kv` on top of a [`Node`].
+/// Implements `rskv.v1.Kv` with the handles it needs, not the whole node: it can propose
+/// commands, wait for a read barrier, read the applied state, subscribe to apply events, and
+/// count itself against the request limit.
 pub struct KvService {
-    node: Arc<Node>,
+    id: NodeId,
+    limits: LimitsConfig,
+    sessions: SessionsConfig,
+    /// `events.watch_buffer`.
+    watch_buffer: usize,
+    proposer: Arc<Proposer>,
+    reads: Arc<ReadBarrier>,
+    view: ReadView,
+    events: Arc<EventBus>,
+    limiter: Arc<RequestLimiter>,
 }
 
 impl KvService {
-    /// A service answering for `node`.
-    pub fn new(node: Arc<Node>) -> KvService {
-        KvService { node }
+    /// The client API service of `node`, holding only the handles above.
+    pub fn new(node: &Node) -> KvService {
+        KvService {
+            id: node.id,
+            limits: node.config.limits.clone(),
+            sessions: node.config.sessions.clone(),
+            watch_buffer: node.config.events.watch_buffer,
+            proposer: node.proposer.clone(),
+            reads: node.reads.clone(),
+            view: ReadView::new(node.engine.clone(), &node.raft),
+            events: node.events.clone(),
+            limiter: node.limiter.clone(),
+        }
     }
 
     fn timeout(&self) -> Duration {
-        Duration::from_millis(self.node.config.limits.request_timeout_ms)
+        Duration::from_millis(self.limits.request_timeout_ms)
     }
 
     fn check_key(&self, key: &[u8]) -> Result<()> {
-        let max = self.node.config.limits.max_key_size;
+        let max = self.limits.max_key_size;
         if key.is_empty() {
             return Err(Error::InvalidArgument("key must not be empty".into()));
         }
@@ -75,7 +104,7 @@ impl KvService {
 
     /// Refuses a BatchPut or Multi carrying more than `limits.max_ops_per_request` items.
     fn check_op_count(&self, count: usize, what: &str) -> Result<()> {
-        let max = self.node.config.limits.max_ops_per_request;
+        let max = self.limits.max_ops_per_request;
         if count > max {
             return Err(Error::InvalidArgument(format!(
                 "{count} {what} in one request; the limit is {max} (limits.max_ops_per_request)"
@@ -85,7 +114,7 @@ impl KvService {
     }
 
     fn check_value(&self, value: &[u8]) -> Result<()> {
-        let max = self.node.config.limits.max_value_size;
+        let max = self.limits.max_value_size;
         if value.len() > max {
             return Err(Error::InvalidArgument(format!(
                 "value is {} bytes; the limit is {max}",
@@ -104,7 +133,7 @@ impl KvService {
         command: Command,
     ) -> Result<(u64, CommandResponse)> {
         let command = in_session(session, command)?;
-        let (index, resp) = self.node.proposer.write(command).await?;
+        let (index, resp) = self.proposer.write(command).await?;
         match &resp.session {
             SessionOutcome::Applied | SessionOutcome::Opened { .. } => Ok((index, resp)),
             SessionOutcome::Replayed { index } => {
@@ -127,31 +156,17 @@ impl KvService {
         if consistency == pb::Consistency::Stale {
             return Ok(());
         }
-        tokio::time::timeout(self.timeout(), self.node.reads.wait())
+        tokio::time::timeout(self.timeout(), self.reads.wait())
             .await
             .map_err(|_| Error::Timeout("linearizable read barrier timed out".into()))?
     }
 
-    async fn engine_call<T, F>(&self, f: F) -> Result<T>
-    where
-        F: FnOnce(&dyn rskv_storage::KvEngine) -> std::io::Result<T> + Send + 'static,
-        T: Send + 'static,
-    {
-        let engine = self.node.engine.clone();
-        tokio::task::spawn_blocking(move || f(&*engine))
-            .await
-            .map_err(|e| Error::Storage(e.to_string()))?
-            .map_err(Error::from)
-    }
     async fn do_get(&self, req: pb::GetRequest) -> Result<pb::GetResponse> {
         self.check_key(&req.key)?;
         self.read_barrier(req.consistency).await?;
-        let applied_index = self.node.applied_index();
+        let applied_index = self.view.applied_index();
         let key = req.key;
-        let value = match self.node.engine.try_get_now(&key) {
-            Some(value) => value?,
-            None => self.engine_call(move |e| e.get(&key)).await?,
-        };
+        let value = self.view.get(key).await?;
         Ok(pb::GetResponse {
             found: value.is_some(),
             value: value.unwrap_or_default(),
@@ -516,7 +531,7 @@ pub type WatchStream =
 impl Kv for KvService {
     type WatchStream = WatchStream;
 
-    #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
+    #[tracing::instrument(skip_all, fields(node_id = self.id))]
     async fn watch(
         &self,
         request: Request<pb::WatchRequest>,
@@ -531,13 +546,8 @@ impl Kv for KvService {
             } else {
                 KeyFilter::Key(req.key)
             };
-            let sub = self.node.events.subscribe(req.start_index)?;
-            let state = WatchState::new(
-                sub,
-                filter,
-                req.start_index,
-                self.node.config.events.watch_buffer,
-            );
+            let sub = self.events.subscribe(req.start_index)?;
+            let state = WatchState::new(sub, filter, req.start_index, self.watch_buffer);
             let stream = futures::stream::unfold(state, |mut state| async move {
                 state.next().await.map(|item| (item, state))
             });
@@ -546,40 +556,40 @@ impl Kv for KvService {
         .await
     }
 
-    #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
+    #[tracing::instrument(skip_all, fields(node_id = self.id))]
     async fn get(
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
         let req = request.into_inner();
-        handle("get", Some(&self.node.limiter), self.do_get(req)).await
+        handle("get", Some(&self.limiter), self.do_get(req)).await
     }
 
-    #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
+    #[tracing::instrument(skip_all, fields(node_id = self.id))]
     async fn put(
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         let req = request.into_inner();
-        handle("put", Some(&self.node.limiter), self.do_put(req)).await
+        handle("put", Some(&self.limiter), self.do_put(req)).await
     }
 
-    #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
+    #[tracing::instrument(skip_all, fields(node_id = self.id))]
     async fn delete(
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let req = request.into_inner();
-        handle("delete", Some(&self.node.limiter), self.do_delete(req)).await
+        handle("delete", Some(&self.limiter), self.do_delete(req)).await
     }
 
-    #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
+    #[tracing::instrument(skip_all, fields(node_id = self.id))]
     async fn scan(
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
         let req = request.into_inner();
-        handle("scan", Some(&self.node.limiter), async {
+        handle("scan", Some(&self.limiter), async {
             if !req.end.is_empty() && req.start > req.end {
                 return Err(Error::InvalidArgument(format!(
                     "scan start {:?} is after end {:?}",
@@ -599,15 +609,14 @@ impl Kv for KvService {
                 req.limit
             } as usize;
             self.read_barrier(req.consistency).await?;
-            let applied_index = self.node.applied_index();
-            let (start, end) = (req.start, req.end);
+            let applied_index = self.view.applied_index();
+            let end = if req.end.is_empty() {
+                None
+            } else {
+                Some(req.end)
+            };
             // Fetch one extra pair to learn whether another page exists.
-            let mut pairs = self
-                .engine_call(move |e| {
-                    let end = if end.is_empty() { None } else { Some(&end[..]) };
-                    e.scan(&start, end, limit + 1)
-                })
-                .await?;
+            let mut pairs = self.view.scan(req.start, end, limit + 1).await?;
             let next_start = if pairs.len() > limit {
                 pairs.pop().map(|(k, _)| k)
             } else {
@@ -625,13 +634,13 @@ impl Kv for KvService {
         .await
     }
 
-    #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
+    #[tracing::instrument(skip_all, fields(node_id = self.id))]
     async fn batch_put(
         &self,
         request: Request<pb::BatchPutRequest>,
     ) -> Result<Response<pb::BatchPutResponse>, Status> {
         let req = request.into_inner();
-        handle("batch_put", Some(&self.node.limiter), async {
+        handle("batch_put", Some(&self.limiter), async {
             if req.pairs.is_empty() {
                 return Err(Error::InvalidArgument(
                     "batch must contain at least one pair".into(),
@@ -654,7 +663,7 @@ impl Kv for KvService {
         .await
     }
 
-    #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
+    #[tracing::instrument(skip_all, fields(node_id = self.id))]
     async fn compare_and_swap(
         &self,
         request: Request<pb::CompareAndSwapRequest>,
@@ -662,19 +671,19 @@ impl Kv for KvService {
         let req = request.into_inner();
         handle(
             "compare_and_swap",
-            Some(&self.node.limiter),
+            Some(&self.limiter),
             self.do_compare_and_swap(req),
         )
         .await
     }
 
-    #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
+    #[tracing::instrument(skip_all, fields(node_id = self.id))]
     async fn open_session(
         &self,
         _request: Request<pb::OpenSessionRequest>,
     ) -> Result<Response<pb::OpenSessionResponse>, Status> {
-        handle("open_session", Some(&self.node.limiter), async {
-            let sessions = &self.node.config.sessions;
+        handle("open_session", Some(&self.limiter), async {
+            let sessions = &self.sessions;
             let (index, resp) = self
                 .write(
                     None,
@@ -691,19 +700,21 @@ impl Kv for KvService {
                     ttl_ms: sessions.ttl_ms,
                     index,
                 }),
-                other => Err(Error::Raft(format!("opening a session answered {other:?}"))),
+                other => Err(Error::raft_unexpected(format!(
+                    "opening a session answered {other:?}"
+                ))),
             }
         })
         .await
     }
 
-    #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
+    #[tracing::instrument(skip_all, fields(node_id = self.id))]
     async fn close_session(
         &self,
         request: Request<pb::CloseSessionRequest>,
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
         let req = request.into_inner();
-        handle("close_session", Some(&self.node.limiter), async {
+        handle("close_session", Some(&self.limiter), async {
             let (index, _) = self
                 .write(None, Command::CloseSession { id: req.id })
                 .await?;
@@ -712,16 +723,16 @@ impl Kv for KvService {
         .await
     }
 
-    #[tracing::instrument(skip_all, fields(node_id = self.node.id, ops))]
+    #[tracing::instrument(skip_all, fields(node_id = self.id, ops))]
     async fn multi(
         &self,
         request: Request<pb::MultiRequest>,
     ) -> Result<Response<pb::MultiResponse>, Status> {
         let req = request.into_inner();
         tracing::Span::current().record("ops", req.ops.len());
-        let max = self.node.config.limits.max_ops_per_request;
+        let max = self.limits.max_ops_per_request;
         let count = req.ops.len().min(max).max(1);
-        handle_many("multi", Some(&self.node.limiter), count, async {
+        handle_many("multi", Some(&self.limiter), count, async {
             self.check_op_count(req.ops.len(), "ops")?;
             let results = futures::future::join_all(req.ops.into_iter().map(|op| self.run_op(op)));
             Ok(pb::MultiResponse {

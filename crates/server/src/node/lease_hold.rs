@@ -56,7 +56,7 @@ impl LeaseHold {
                     .all(|voter| voter == id)
             })
             .await
-            .map_err(|e| Error::Raft(e.to_string()))?;
+            .map_err(|e| Error::raft("reading the raft state", e))?;
         if only_voter {
             raft.runtime_config().elect(true);
             return Ok(LeaseHold::none());

@@ -16,12 +16,12 @@ pub mod limits;
 pub mod proposer;
 pub mod raft_service;
 pub mod read_barrier;
+pub mod read_view;
 pub mod shutdown;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +54,7 @@ use rskv_storage::memory::MemoryEngine;
 use rskv_storage::rocks::RocksEngine;
 use rskv_storage::KvEngine;
 use rskv_storage::LogStore;
+use rskv_storage::SnapshotInbox;
 use rskv_storage::SnapshotTrigger;
 use rskv_storage::StateMachine;
 
@@ -80,7 +81,7 @@ impl Listeners {
         async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener> {
             TcpListener::bind(addr)
                 .await
-                .map_err(|e| Error::Unavailable(format!("cannot listen on {addr} ({what}): {e}")))
+                .map_err(|e| Error::unavailable_by(format!("cannot listen on {addr} ({what})"), e))
         }
         Ok(Listeners {
             client: bind(config.listen_addr, "listen_addr").await?,
@@ -90,37 +91,39 @@ impl Listeners {
     }
 }
 
-/// A running Raft member and the handles its services share.
+/// A running Raft member. Its fields are private: each service is built with the few handles it
+/// needs (the client API gets a proposer, the read barrier, a read view, the event bus and the
+/// request limiter; the Raft service gets Raft, the snapshot inbox, the lease hold and the leader
+/// contact), so what a service can reach is written in its constructor. Cluster administration,
+/// `/health` and shutdown belong to the node's lifecycle and see all of it.
 pub struct Node {
     /// This node's id.
-    pub id: NodeId,
+    id: NodeId,
     /// The effective configuration.
-    pub config: Arc<Config>,
+    config: Arc<Config>,
     /// The openraft handle (proposals, reads barriers, metrics).
-    pub raft: Raft,
+    raft: Raft,
     /// The state machine's engine, read directly after a linearizable barrier or for stale reads.
-    pub engine: Arc<dyn KvEngine>,
-    /// Where this node keeps its data.
-    pub data_dir: PathBuf,
-    /// Where snapshots (current and incoming) are kept.
-    pub snapshot_dir: PathBuf,
+    engine: Arc<dyn KvEngine>,
+    /// Where snapshots sent by a leader arrive.
+    snapshot_inbox: Arc<SnapshotInbox>,
     /// Apply events: hooks and watch streams subscribe here.
-    pub events: Arc<EventBus>,
+    events: Arc<EventBus>,
     /// In-flight client request limit; also refuses new requests while draining.
-    pub limiter: limits::RequestLimiter,
+    limiter: Arc<limits::RequestLimiter>,
     /// Leadership confirmations shared by concurrent linearizable reads.
-    pub reads: Arc<read_barrier::ReadBarrier>,
+    reads: Arc<read_barrier::ReadBarrier>,
     /// Write proposals, grouped into shared log entries under load.
-    pub proposer: proposer::Proposer,
+    proposer: Arc<proposer::Proposer>,
     /// Asks openraft for a snapshot every `raft.snapshot_every` writes.
-    pub snapshots: Arc<SnapshotTrigger>,
+    snapshots: Arc<SnapshotTrigger>,
     /// A handle on the state machine openraft applies to, for what status reports of it (open
     /// client sessions); only openraft's apply changes it.
-    pub state_machine: StateMachine,
+    state_machine: StateMachine,
     /// When replication from a leader last arrived (see [`LeaderContact`]).
-    pub leader_contact: LeaderContact,
+    leader_contact: Arc<LeaderContact>,
     /// Keeps a restarted node out of elections while a lease it granted may still run.
-    pub lease_hold: LeaseHold,
+    lease_hold: Arc<LeaseHold>,
 }
 
 /// When this node last received replication (or a heartbeat) from a leader. openraft keeps
@@ -174,18 +177,18 @@ impl Node {
             let snapshot_dir = data_dir.join("snapshots");
             std::fs::create_dir_all(&log_dir)?;
             std::fs::create_dir_all(&snapshot_dir)?;
-            remove_incoming_snapshots(&snapshot_dir);
+            let snapshot_inbox = Arc::new(SnapshotInbox::open(&snapshot_dir));
             let mut log_store = LogStore::open(&log_dir)
                 .map(|s| s.with_node_id(config.node_id))
                 .map_err(|e| {
-                    Error::Storage(format!("opening raft log in {}: {e}", log_dir.display()))
+                    Error::storage(format!("opening raft log in {}", log_dir.display()), e)
                 })?;
             let engine: Arc<dyn KvEngine> = match config.storage.engine {
                 Engine::Memory => Arc::new(MemoryEngine::new()),
                 Engine::Rocksdb => {
                     let dir = data_dir.join("state_machine");
                     Arc::new(RocksEngine::open(&dir).map_err(|e| {
-                        Error::Storage(format!("opening state machine in {}: {e}", dir.display()))
+                        Error::storage(format!("opening state machine in {}", dir.display()), e)
                     })?)
                 }
             };
@@ -214,7 +217,7 @@ impl Node {
                 .await
                 .read_vote()
                 .await
-                .map_err(|e| Error::Storage(format!("reading the vote: {e}")))?
+                .map_err(|e| Error::storage("reading the vote", e))?
                 .is_some_and(|vote| vote.is_committed());
             let mut raft_config = config.openraft_config()?;
             raft_config.enable_elect = !acknowledged_a_leader;
@@ -226,7 +229,7 @@ impl Node {
                 state_machine.clone(),
             )
             .await
-            .map_err(|e| Error::Raft(e.to_string()))?;
+            .map_err(|e| Error::raft("starting raft", e))?;
             let lease_hold = if acknowledged_a_leader {
                 LeaseHold::after_start(
                     &raft,
@@ -249,24 +252,26 @@ impl Node {
                     }
                 });
             }
-            let limiter = limits::RequestLimiter::new(config.limits.max_inflight_requests);
+            let limiter = Arc::new(limits::RequestLimiter::new(
+                config.limits.max_inflight_requests,
+            ));
             let reads = read_barrier::ReadBarrier::new(
                 raft.clone(),
                 config.linearizer(),
                 Duration::from_millis(config.limits.request_timeout_ms),
                 config.raft.election_timeout_max_ms,
             );
-            let proposer = proposer::Proposer::new(
+            let proposer = Arc::new(proposer::Proposer::new(
                 raft.clone(),
                 Duration::from_millis(config.limits.request_timeout_ms),
                 config.raft.max_inflight_proposals,
                 config.raft.election_timeout_max_ms,
-            );
+            ));
             let node = Arc::new(Node {
                 id: config.node_id,
                 state_machine,
-                leader_contact: LeaderContact::new(),
-                lease_hold,
+                leader_contact: Arc::new(LeaderContact::new()),
+                lease_hold: Arc::new(lease_hold),
                 reads,
                 proposer,
                 snapshots,
@@ -275,8 +280,7 @@ impl Node {
                 config: Arc::new(config),
                 raft,
                 engine,
-                data_dir: data_dir.to_path_buf(),
-                snapshot_dir,
+                snapshot_inbox,
             });
             node.bootstrap().await?;
             Ok(node)
@@ -292,7 +296,7 @@ impl Node {
             .raft
             .is_initialized()
             .await
-            .map_err(|e| Error::Raft(e.to_string()))?;
+            .map_err(|e| Error::raft("reading whether the cluster is initialized", e))?;
         if initialized {
             tracing::info!("recovered existing raft state");
             return Ok(());
@@ -311,7 +315,7 @@ impl Node {
                 tracing::info!(reason = %e, "cluster already initialized");
                 Ok(())
             }
-            Err(e) => Err(Error::Raft(e.to_string())),
+            Err(e) => Err(Error::raft("initializing the cluster", e)),
         }
     }
 
@@ -340,7 +344,7 @@ impl Node {
         let peer_stop = CancellationToken::new();
         let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
 
-        let kv = KvServer::new(kv_service::KvService::new(self.clone()))
+        let kv = KvServer::new(kv_service::KvService::new(&self))
             .max_decoding_message_size(limits.max_message_bytes)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let cluster = ClusterServer::new(cluster_service::ClusterService::new(self.clone()))
@@ -362,18 +366,15 @@ impl Node {
                 let r = client_server.await;
                 (
                     "client API",
-                    r.map_err(|e| Error::Unavailable(format!("client API server: {e}"))),
+                    r.map_err(|e| Error::unavailable_by("client API server", e)),
                 )
             }
             .instrument(span.clone()),
         );
 
-        let raft = RaftServer::new(raft_service::RaftService::new(
-            self.clone(),
-            peer_stop.clone(),
-        ))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let raft = RaftServer::new(raft_service::RaftService::new(&self, peer_stop.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let stop = peer_stop.clone();
         let peer_server = peer_server(self.config.peer_liveness())
             .add_service(raft)
@@ -385,7 +386,7 @@ impl Node {
                 let r = peer_server.await;
                 (
                     "raft transport",
-                    r.map_err(|e| Error::Unavailable(format!("raft server: {e}"))),
+                    r.map_err(|e| Error::unavailable_by("raft server", e)),
                 )
             }
             .instrument(span.clone()),
@@ -398,7 +399,7 @@ impl Node {
                 async move {
                     let r = http::serve_http(node, listener, async move { stop.cancelled().await })
                         .await
-                        .map_err(|e| Error::Unavailable(format!("metrics server: {e}")));
+                        .map_err(|e| Error::unavailable_by("metrics server", e));
                     ("metrics", r)
                 }
                 .instrument(span.clone()),
@@ -439,15 +440,15 @@ impl Node {
                 Some(done) = tasks.join_next() => {
                     let (what, result) = done.unwrap_or((
                         "task",
-                        Err(Error::Unavailable("server task panicked".into())),
+                        Err(Error::unavailable("server task panicked")),
                     ));
                     // These two end by design.
                     if matches!(what, "join" | "lease hold") && result.is_ok() {
                         continue;
                     }
                     client_done = what == "client API";
-                    tracing::error!(parent: &span, server = what, result = ?result, "server stopped unexpectedly");
-                    failure = Some(result.err().unwrap_or_else(|| Error::Unavailable(format!("{what} stopped"))));
+                    tracing::error!(parent: &span, server = what, error = %result.as_ref().err().map(Error::report).unwrap_or_default(), "server stopped unexpectedly");
+                    failure = Some(result.err().unwrap_or_else(|| Error::unavailable(format!("{what} stopped"))));
                     break;
                 }
             }
@@ -731,7 +732,7 @@ pub(crate) fn write_error(
             }
             other => Error::InvalidArgument(other.to_string()),
         },
-        other => Error::Unavailable(other.to_string()),
+        other => Error::unavailable_by("proposing", other),
     }
 }
 
@@ -769,20 +770,4 @@ pub(crate) async fn handle_many<T>(
     };
     crate::metrics::request_done(method, code, started.elapsed());
     result.map(tonic::Response::new)
-}
-
-/// Removes partial snapshots left by an interrupted transfer.
-fn remove_incoming_snapshots(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("incoming-") || name.starts_with("building-") {
-            if let Err(e) = std::fs::remove_file(entry.path()) {
-                tracing::warn!(file = %name, error = %e, "cannot remove stale snapshot file");
-            }
-        }
-    }
 }

@@ -82,9 +82,8 @@ impl Proposer {
         };
         match tokio::time::timeout(self.timeout, groups.submit(command)).await {
             Ok(Some(outcome)) => outcome,
-            Ok(None) => Err(Error::Unavailable(
-                "write proposal lost without an answer (node shutting down); it may or may not be applied"
-                    .into(),
+            Ok(None) => Err(Error::unavailable(
+                "write proposal lost without an answer (node shutting down); it may or may not be applied",
             )),
             Err(_) => Err(timeout_error()),
         }
@@ -126,7 +125,7 @@ async fn propose_group(
             resp.group.into_iter().map(|r| Ok((index, r))).collect()
         }
         Ok((index, resp)) => {
-            let e = Error::Raft(format!(
+            let e = Error::raft_unexpected(format!(
                 "group at index {index} answered {} responses for {n} commands",
                 resp.group.len()
             ));

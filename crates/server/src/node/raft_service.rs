@@ -1,12 +1,9 @@
 //! The receiving side of the Raft transport (`rskv.raft.v1.Raft`): decodes openraft messages and
-//! hands them to the local Raft instance. Incoming snapshots are written chunk by chunk to a file
-//! in the snapshot directory, then installed from that file.
+//! hands them to the local Raft instance. Incoming snapshots are streamed into the storage's
+//! [`SnapshotInbox`], then installed from the file it returns; the service never touches the
+//! snapshot directory.
 
-use std::io::Write;
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use openraft::raft::AppendEntriesRequest;
@@ -24,9 +21,13 @@ use tonic::Response;
 use tonic::Status;
 use tonic::Streaming;
 
+use super::lease_hold::LeaseHold;
+use super::LeaderContact;
 use super::Node;
 use crate::raft::network::decode;
 use crate::raft::network::encode;
+use crate::raft::NodeId;
+use crate::raft::Raft as RaftHandle;
 use crate::raft::Snapshot;
 use crate::raft::SnapshotMeta;
 use crate::raft::TypeConfig;
@@ -35,24 +36,31 @@ use rskv_proto::raft::raft_server::Raft;
 use rskv_proto::raft::RaftPayload;
 use rskv_proto::raft::SnapshotChunk;
 use rskv_storage::SnapshotData;
-use rskv_storage::SnapshotFile;
+use rskv_storage::SnapshotInbox;
 
-/// Implements `rskv.raft.v1.Raft` on top of a [`Node`].
+/// Implements `rskv.raft.v1.Raft` with the handles it needs, not the whole node: the Raft
+/// instance, the snapshot inbox, the lease hold that may refuse votes, and the record of leader
+/// contact it keeps.
 pub struct RaftService {
-    node: Arc<Node>,
-    /// Names incoming snapshot files uniquely.
-    incoming_seq: AtomicU64,
+    id: NodeId,
+    raft: RaftHandle,
+    inbox: Arc<SnapshotInbox>,
+    lease_hold: Arc<LeaseHold>,
+    leader_contact: Arc<LeaderContact>,
     /// Cancelled when the node stops serving peers: ends the long-lived append streams, which
     /// would otherwise hold the peer server's graceful shutdown open.
     stop: CancellationToken,
 }
 
 impl RaftService {
-    /// A service answering for `node` until `stop` is cancelled.
-    pub fn new(node: Arc<Node>, stop: CancellationToken) -> RaftService {
+    /// The peer service of `node`, answering until `stop` is cancelled.
+    pub fn new(node: &Node, stop: CancellationToken) -> RaftService {
         RaftService {
-            node,
-            incoming_seq: AtomicU64::new(0),
+            id: node.id,
+            raft: node.raft.clone(),
+            inbox: node.snapshot_inbox.clone(),
+            lease_hold: node.lease_hold.clone(),
+            leader_contact: node.leader_contact.clone(),
             stop,
         }
     }
@@ -67,11 +75,10 @@ impl RaftService {
         rpc: &VoteRequest<TypeConfig>,
         what: &'static str,
     ) -> Option<Result<Response<RaftPayload>, Status>> {
-        let left = self.node.lease_hold.refuses(rpc.leadership_transfer)?;
+        let left = self.lease_hold.refuses(rpc.leadership_transfer)?;
         // At most one per candidate and election round while the hold lasts: a few lines.
         tracing::info!(candidate = %rpc.vote, ?left, "{what} refused: restarted within a lease");
         let refusal = self
-            .node
             .raft
             .with_raft_state(|state| {
                 VoteResponse::<TypeConfig>::new(
@@ -108,27 +115,6 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned>(
         .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
 }
 
-/// Removes a partially received snapshot file if the transfer fails before the install starts.
-/// Once openraft has the file, the guard is disarmed: the state machine renames it into place,
-/// and a leftover (an install openraft dropped) is removed at the next start.
-struct IncomingFile(Option<PathBuf>);
-
-impl IncomingFile {
-    fn disarm(&mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for IncomingFile {
-    fn drop(&mut self) {
-        if let Some(path) = &self.0 {
-            if let Err(e) = std::fs::remove_file(path) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove incoming snapshot");
-            }
-        }
-    }
-}
-
 #[tonic::async_trait]
 impl Raft for RaftService {
     type AppendStreamStream = AppendAnswers;
@@ -158,9 +144,8 @@ impl Raft for RaftService {
                 }
             }
         });
-        let node = self.node.clone();
+        let contact = self.leader_contact.clone();
         let answers = self
-            .node
             .raft
             .stream_append(Box::pin(requests))
             .map(move |answer| match answer {
@@ -168,7 +153,7 @@ impl Raft for RaftService {
                     // A leader of this node's term or later: an older one is told of the newer
                     // vote and is no contact with a leader.
                     if !matches!(result, Err(StreamAppendError::HigherVote(_))) {
-                        node.leader_contact.touch();
+                        contact.touch();
                     }
                     raft_payload(&result)
                 }
@@ -184,13 +169,12 @@ impl Raft for RaftService {
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = parse(request)?;
         let resp = self
-            .node
             .raft
             .append_entries(rpc)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
-            self.node.leader_contact.touch();
+            self.leader_contact.touch();
         }
         payload(&resp)
     }
@@ -201,7 +185,6 @@ impl Raft for RaftService {
             return refusal;
         }
         let resp = self
-            .node
             .raft
             .vote(rpc)
             .await
@@ -218,7 +201,6 @@ impl Raft for RaftService {
             return refusal;
         }
         let resp = self
-            .node
             .raft
             .pre_vote(rpc)
             .await
@@ -232,7 +214,6 @@ impl Raft for RaftService {
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: TransferLeaderRequest<TypeConfig> = parse(request)?;
         let resp = self
-            .node
             .raft
             .handle_transfer_leader(rpc)
             .await
@@ -251,42 +232,28 @@ impl Raft for RaftService {
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let (vote, meta): (Vote, SnapshotMeta) = decode(&first.header)
             .map_err(|e| Status::invalid_argument(format!("undecodable snapshot header: {e}")))?;
-        let seq = self.incoming_seq.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .node
-            .snapshot_dir
-            .join(format!("incoming-{}-{seq}.tmp", std::process::id()));
-        let mut guard = IncomingFile(Some(path.clone()));
-        tracing::info!(node_id = self.node.id, last_log_id = ?meta.last_log_id, "receiving snapshot");
-        let mut file = std::fs::File::create(&path)
-            .map_err(|e| Status::internal(format!("create snapshot file: {e}")))?;
-        let mut received = first.data.len() as u64;
-        file.write_all(&first.data)
+        tracing::info!(node_id = self.id, last_log_id = ?meta.last_log_id, "receiving snapshot");
+        let mut incoming = self
+            .inbox
+            .receive(first.data)
+            .await
             .map_err(|e| Status::internal(format!("write snapshot: {e}")))?;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            received += chunk.data.len() as u64;
-            // Writes go to the page cache; the file is synced once before install.
-            let (f, result) = tokio::task::spawn_blocking(move || {
-                let r = file.write_all(&chunk.data);
-                (file, r)
-            })
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-            file = f;
-            result.map_err(|e| Status::internal(format!("write snapshot: {e}")))?;
+            incoming
+                .write(chunk?.data)
+                .await
+                .map_err(|e| Status::internal(format!("write snapshot: {e}")))?;
         }
-        drop(file);
         tracing::info!(
-            node_id = self.node.id,
-            bytes = received,
+            node_id = self.id,
+            bytes = incoming.received(),
             "snapshot received; installing"
         );
-        let snapshot_file = SnapshotFile::open(&path)
+        let (snapshot_file, leftover) = incoming
+            .finish()
+            .await
             .map_err(|e| Status::internal(format!("open snapshot: {e}")))?;
-        guard.disarm();
         let resp = self
-            .node
             .raft
             .install_full_snapshot(
                 vote,
@@ -297,10 +264,7 @@ impl Raft for RaftService {
             )
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        // Installed snapshots were renamed into place; one openraft declined is left here.
-        if path.exists() {
-            let _ = std::fs::remove_file(&path);
-        }
+        leftover.remove().await;
         payload(&resp)
     }
 }

@@ -78,7 +78,7 @@ impl ReadBarrier {
             tokio::spawn(self.clone().run());
         }
         rx.await
-            .unwrap_or_else(|_| Err(Error::Unavailable("read barrier stopped".into())))
+            .unwrap_or_else(|_| Err(Error::unavailable("read barrier stopped")))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -125,7 +125,7 @@ impl ReadBarrier {
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(f.into()),
             // openraft's own text is a debug print of the membership: say it for people.
             Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => Err(no_quorum()),
-            Err(e) => Err(Error::Unavailable(e.to_string())),
+            Err(e) => Err(Error::unavailable_by("confirming leadership", e)),
         }
     }
 }
