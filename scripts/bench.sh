@@ -13,6 +13,10 @@
 #                                         # an interleaved A/B of a client-side change: the
 #                                         # second system is the same rskv cluster, driven by
 #                                         # kv_bench with these extra flags (no etcd); ratio A/B
+#   BASELINE=/path/to/old/kv_server ROUNDS=3 WORKLOADS=put CLIENTS="1 64 256" scripts/bench.sh
+#                                         # an interleaved A/B of a server-side change: the
+#                                         # second system is a second 3-node rskv cluster running
+#                                         # that binary (no etcd); ratio this build / baseline
 #
 # As root it installs what is missing (protobuf-compiler to build the etcd client, etcd-server and
 # etcd-client from Debian). Without etcd it benchmarks rskv alone.
@@ -27,9 +31,19 @@ ROUNDS="${ROUNDS:-1}"
 KEYS="${KEYS:-100000}"
 OUT="${OUT:-$ROOT/results/bench-$(date +%Y%m%d-%H%M%S)}"
 AB="${AB:-}"
+BASELINE="${BASELINE:-}"
+if [[ -n "$BASELINE" && -n "$AB" ]]; then
+    echo "bench: AB and BASELINE are separate experiments; give one" >&2
+    exit 1
+fi
+if [[ -n "$BASELINE" && ! -x "$BASELINE" ]]; then
+    echo "bench: BASELINE=$BASELINE is not an executable kv_server" >&2
+    exit 1
+fi
 # Node n (1-3) listens on port ${BASE}n of each base: rskv clients 751n, peers 752n, metrics
-# 753n; etcd clients 761n, peers 762n.
+# 753n; etcd clients 761n, peers 762n; the baseline rskv clients 771n, peers 772n, metrics 773n.
 RSKV_CLIENT=751 RSKV_PEER=752 RSKV_METRICS=753 ETCD_CLIENT=761 ETCD_PEER=762
+BASE_CLIENT=771 BASE_PEER=772 BASE_METRICS=773
 # The n-th port of a base, for n = 1..3, joined as FORMAT (%s is the port) with commas.
 ports() { # base format
     local out=() n
@@ -38,7 +52,7 @@ ports() { # base format
 }
 # A node of an earlier run that is still exiting holds its port, and a node that cannot bind
 # would only show up a minute later as "did not become ready": refuse to start instead.
-for base in $RSKV_CLIENT $RSKV_PEER $RSKV_METRICS $ETCD_CLIENT $ETCD_PEER; do
+for base in $RSKV_CLIENT $RSKV_PEER $RSKV_METRICS $ETCD_CLIENT $ETCD_PEER $BASE_CLIENT $BASE_PEER $BASE_METRICS; do
     for n in 1 2 3; do
         if (exec 3<>"/dev/tcp/127.0.0.1/$base$n") 2>/dev/null; then
             echo "bench: 127.0.0.1:$base$n is already in use (a node of an earlier run?); stop it first" >&2
@@ -52,7 +66,7 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]:-}"; do [[ -n "$p" ]] && kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$OUT/rskv" "$OUT/etcd"
+    rm -rf "$OUT/rskv" "$OUT/etcd" "$OUT/baseline"
 }
 trap cleanup EXIT
 
@@ -65,28 +79,32 @@ apt_install() {
     fi
 }
 command -v protoc >/dev/null || apt_install protobuf-compiler
-if [[ -z "$AB" ]] && ! command -v etcd >/dev/null; then apt_install etcd-server etcd-client || true; fi
+if [[ -z "$AB$BASELINE" ]] && ! command -v etcd >/dev/null; then apt_install etcd-server etcd-client || true; fi
 
 (cd "$ROOT" && cargo build --release --quiet --features rskv-bench/etcd --bin kv_server --bin kv_bench)
 BIN="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release"
 
-MEMBERS=""
-for n in 1 2 3; do
-    MEMBERS+="${MEMBERS:+,}$n=127.0.0.1:$RSKV_CLIENT$n/127.0.0.1:$RSKV_PEER$n"
-done
 printf 'node_id = 1\nlisten_addr = "127.0.0.1:1"\n' >"$OUT/base.toml"
 RSKV_PIDS=()
-start_rskv() { # read policy
-    RSKV_PIDS=()
+start_cluster() { # server name client-base peer-base metrics-base read-policy
+    local server=$1 name=$2 client=$3 peer=$4 metrics=$5 policy=$6 members="" n
+    for n in 1 2 3; do members+="${members:+,}$n=127.0.0.1:$client$n/127.0.0.1:$peer$n"; done
     for n in 1 2 3; do
-        RUST_LOG=warn "$BIN/kv_server" --config "$OUT/base.toml" --node-id $n \
-            --listen-addr 127.0.0.1:$RSKV_CLIENT$n --peer-listen-addr 127.0.0.1:$RSKV_PEER$n \
-            --metrics-addr 127.0.0.1:$RSKV_METRICS$n \
-            --data-dir "$OUT/rskv/n$n" --engine rocksdb --initial-members "$MEMBERS" --read-policy "$1" \
-            >>"$OUT/rskv-n$n.log" 2>&1 &
+        RUST_LOG=warn "$server" --config "$OUT/base.toml" --node-id $n \
+            --listen-addr 127.0.0.1:$client$n --peer-listen-addr 127.0.0.1:$peer$n \
+            --metrics-addr 127.0.0.1:$metrics$n \
+            --data-dir "$OUT/$name/n$n" --engine rocksdb --initial-members "$members" --read-policy "$policy" \
+            >>"$OUT/$name-n$n.log" 2>&1 &
         PIDS+=($!)
         RSKV_PIDS+=($!)
     done
+}
+start_rskv() { # read policy
+    RSKV_PIDS=()
+    start_cluster "$BIN/kv_server" rskv $RSKV_CLIENT $RSKV_PEER $RSKV_METRICS "$1"
+    if [[ -n "$BASELINE" ]]; then
+        start_cluster "$BASELINE" baseline $BASE_CLIENT $BASE_PEER $BASE_METRICS "$1"
+    fi
 }
 stop_rskv() { # graceful: SIGTERM, wait for exit
     kill -TERM "${RSKV_PIDS[@]}" 2>/dev/null || true
@@ -94,9 +112,10 @@ stop_rskv() { # graceful: SIGTERM, wait for exit
 }
 start_rskv read_index
 RSKV="$(ports $RSKV_CLIENT 127.0.0.1:%s)"
+BASE_RSKV="$(ports $BASE_CLIENT 127.0.0.1:%s)"
 
 ETCD=""
-if [[ -z "$AB" ]] && command -v etcd >/dev/null; then
+if [[ -z "$AB$BASELINE" ]] && command -v etcd >/dev/null; then
     CLUSTER=""
     for n in 1 2 3; do CLUSTER+="${CLUSTER:+,}e$n=http://127.0.0.1:$ETCD_PEER$n"; done
     for n in 1 2 3; do
@@ -119,7 +138,8 @@ wait_ready() { # target endpoints
     exit 1
 }
 wait_ready rskv "$RSKV"
-if [[ -z "$AB" && -n "$(command -v etcd || true)" ]]; then
+[[ -n "$BASELINE" ]] && wait_ready rskv "$BASE_RSKV"
+if [[ -z "$AB$BASELINE" && -n "$(command -v etcd || true)" ]]; then
     wait_ready etcd "$(ports $ETCD_CLIENT http://127.0.0.1:%s)"
     # Puts go to etcd's leader, as they go to rskv's (its client follows redirects).
     ETCD="$(ETCDCTL_API=3 etcdctl --endpoints="$(ports $ETCD_CLIENT 127.0.0.1:%s)" endpoint status 2>/dev/null \
@@ -129,6 +149,7 @@ fi
 
 # Same key space preloaded in both systems.
 "$BIN/kv_bench" put --endpoints "$RSKV" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" >/dev/null
+[[ -n "$BASELINE" ]] && "$BIN/kv_bench" put --endpoints "$BASE_RSKV" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" >/dev/null
 [[ -n "$ETCD" ]] && "$BIN/kv_bench" put --target etcd --endpoints "$ETCD" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" >/dev/null
 
 run() { # target endpoints workload clients [args...]
@@ -143,6 +164,9 @@ B_NAME=etcd B_COL="etcd op/s"
 if [[ -n "$AB" ]]; then
     B_NAME="rskv $AB" B_COL="B op/s"
     echo "B: rskv driven with kv_bench $AB" | tee "$OUT/table.txt"
+elif [[ -n "$BASELINE" ]]; then
+    B_NAME="rskv baseline" B_COL="base op/s"
+    echo "B: a second rskv cluster running $BASELINE" | tee "$OUT/table.txt"
 fi
 printf '%-16s %7s | %10s %8s %8s | %10s %8s %8s | %6s\n' workload clients "rskv op/s" p50ms p99ms "$B_COL" p50ms p99ms ratio | tee -a "$OUT/table.txt"
 # put-1conn: the same puts with every client sharing one connection per system (one rskv Client,
@@ -160,6 +184,7 @@ for spec in "put put" "put-1conn put" "get-linearizable get --consistency linear
         stop_rskv
         start_rskv lease
         wait_ready rskv "$RSKV"
+        [[ -n "$BASELINE" ]] && wait_ready rskv "$BASE_RSKV"
     fi
     for c in $CLIENTS; do
         # One client has one connection anyway: its row would repeat the put row.
@@ -172,6 +197,8 @@ for spec in "put put" "put-1conn put" "get-linearizable get --consistency linear
             if [[ -n "$AB" ]]; then
                 # shellcheck disable=SC2086 # AB is a list of flags
                 e="$(run rskv "$RSKV" "$1" "$c" "${@:2}" $AB)"
+            elif [[ -n "$BASELINE" ]]; then
+                e="$(run rskv "$BASE_RSKV" "$1" "$c" "${@:2}")"
             elif [[ -n "$ETCD" ]]; then
                 e="$(run etcd "$ETCD" "$1" "$c" "${@:2}")"
             else

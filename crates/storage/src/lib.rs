@@ -19,6 +19,7 @@
 
 pub mod error;
 pub mod events;
+pub mod io_thread;
 pub mod log_store;
 pub mod log_throttle;
 pub mod metrics;

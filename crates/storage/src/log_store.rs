@@ -4,17 +4,20 @@
 //! RocksDB's byte order is log order; column family `meta` holds `vote`, `committed` and
 //! `last_purged`.
 //!
-//! **Durability and group commit.** `append` writes its batch to RocksDB without syncing (the data
-//! is visible to readers at once) and hands openraft's completion callback to a dedicated flusher
-//! thread. The flusher drains every callback queued so far, syncs the RocksDB WAL once
-//! (`flush_wal(true)`), and only then completes them all: each acknowledgement is backed by an
-//! fsync that happened after its write, and many appends share one fsync under load. A follower's
-//! append (entries another node proposed) is instead written with a synced write and completed
-//! before `append` returns, when no callback is waiting for the flusher. The vote is written with a
-//! synchronous write before `save_vote` returns, as Raft requires.
+//! **The log writer thread, durability and group commit.** Every write to the log happens on one
+//! thread of the store's own, `rskv-log-writer` (as TiKV's store writers do), never on an async
+//! worker: a RocksDB write stall holds that thread, not the runtime serving clients and peers.
+//! `append` encodes its entries, hands them and openraft's completion callback to the writer and
+//! returns. The writer takes every write queued so far, writes them in order without syncing,
+//! syncs the RocksDB WAL once (`flush_wal(true)`), and only then completes them all: each
+//! acknowledgement is backed by an fsync that happened after its write, and many appends share
+//! one fsync under load. The vote and truncations are synced the same way before they return, as
+//! Raft requires; the commit marker and purges, whose loss in a crash is harmless, are not.
 //!
 //! **Recent entries in memory.** The leader's replication tasks read back every entry it has just
-//! appended; [`RecentEntries`] keeps the tail of the log in memory (bounded by count and bytes)
+//! appended; [`RecentEntries`] keeps the tail of the log in memory (bounded by count and bytes,
+//! and never dropping an entry the writer has not written yet, so everything below it is in
+//! RocksDB)
 //! so those reads skip RocksDB, the MessagePack decode and a blocking-thread hop. It mirrors every
 //! append, truncation and purge, so it is always a suffix of the stored log.
 
@@ -25,7 +28,6 @@ use std::ops::Bound;
 use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -76,11 +78,14 @@ const RECENT_MAX_ENTRIES: usize = 16 * 1024;
 /// Most bytes (approximately) kept in [`RecentEntries`].
 const RECENT_MAX_BYTES: usize = 32 * 1024 * 1024;
 
-/// The newest log entries, a contiguous suffix of the stored log (or empty).
+/// The newest log entries, a contiguous suffix of the log (or empty). Entries the writer has not
+/// written yet are always here: only written ones are evicted.
 #[derive(Default)]
 pub struct RecentEntries {
     entries: VecDeque<Entry>,
     bytes: usize,
+    /// The highest index the writer has written to RocksDB.
+    written: u64,
 }
 
 fn entry_bytes(e: &Entry) -> usize {
@@ -134,9 +139,22 @@ impl RecentEntries {
         }
         self.bytes += entry_bytes(&entry);
         self.entries.push_back(entry);
-        while self.entries.len() > RECENT_MAX_ENTRIES || self.bytes > RECENT_MAX_BYTES {
+        self.evict();
+    }
+
+    /// Drops the oldest written entries while over the bounds.
+    fn evict(&mut self) {
+        while (self.entries.len() > RECENT_MAX_ENTRIES || self.bytes > RECENT_MAX_BYTES)
+            && self.first_index().is_some_and(|i| i <= self.written)
+        {
             self.pop_front();
         }
+    }
+
+    /// The writer wrote every entry up to `index`: they may now be evicted.
+    fn written_upto(&mut self, index: u64) {
+        self.written = self.written.max(index);
+        self.evict();
     }
 
     fn extend(&mut self, entries: Vec<Entry>) {
@@ -170,19 +188,35 @@ impl RecentEntries {
 /// The RocksDB-backed Raft log store handed to openraft.
 pub struct LogStore {
     db: Arc<DB>,
-    /// The tail of the log, shared with the readers.
+    /// The tail of the log, shared with the readers and the writer.
     recent: Arc<Mutex<RecentEntries>>,
     /// A background compaction of purged entries is running.
     compacting: Arc<AtomicBool>,
-    /// Completion callbacks waiting for the next WAL sync; closing it stops the flusher thread.
-    flush_tx: Option<mpsc::Sender<IOFlushed<TypeConfig>>>,
-    /// The flusher thread, joined on drop so no thread outlives the store.
-    flusher: Option<JoinHandle<()>>,
-    /// Appends handed to the flusher whose callbacks have not run yet.
-    pending: Arc<AtomicUsize>,
-    /// This node's id, once known: entries proposed by another node (this node follows) are
-    /// synced inline when nothing is queued for the flusher.
-    node_id: Option<u64>,
+    /// Writes for the writer thread; closing it stops the thread.
+    writes: Option<mpsc::Sender<LogWrite>>,
+    /// The writer thread, joined on drop so no thread outlives the store.
+    writer: Option<JoinHandle<()>>,
+}
+
+/// A write for the writer thread, completed in the order written.
+enum LogWrite {
+    /// Entries up to `last`: openraft's callback runs once a WAL sync covers them.
+    Append {
+        batch: WriteBatch,
+        last: u64,
+        callback: IOFlushed<TypeConfig>,
+    },
+    /// A write that must be durable before it is answered (the vote, a truncation).
+    Synced {
+        batch: WriteBatch,
+        done: tokio::sync::oneshot::Sender<io::Result<()>>,
+    },
+    /// A write whose loss in a crash is harmless (the commit marker, a purge); `done`, if given,
+    /// hears once it is written.
+    Unsynced {
+        batch: WriteBatch,
+        done: Option<tokio::sync::oneshot::Sender<io::Result<()>>>,
+    },
 }
 
 /// A cheap, cloneable reader over the same RocksDB (openraft reads entries from replication
@@ -254,38 +288,46 @@ impl LogStore {
         ];
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(io_err)?;
         let db = Arc::new(db);
-        let (flush_tx, flush_rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
-        let flush_db = db.clone();
-        let pending = Arc::new(AtomicUsize::new(0));
-        let flush_pending = pending.clone();
-        let flusher = std::thread::Builder::new()
-            .name("rskv-log-flush".into())
-            .spawn(move || flush_loop(&flush_db, &flush_rx, &flush_pending))?;
+        let recent: Arc<Mutex<RecentEntries>> = Arc::default();
+        let (writes, queue) = mpsc::channel::<LogWrite>();
+        let writer = {
+            let db = db.clone();
+            let recent = recent.clone();
+            std::thread::Builder::new()
+                .name("rskv-log-writer".into())
+                .spawn(move || write_loop(&db, &queue, &recent))?
+        };
         Ok(LogStore {
             db,
-            recent: Arc::default(),
+            recent,
             compacting: Arc::default(),
-            flush_tx: Some(flush_tx),
-            flusher: Some(flusher),
-            pending,
-            node_id: None,
+            writes: Some(writes),
+            writer: Some(writer),
         })
     }
 
-    /// Tells the store which node it belongs to, enabling inline syncs of followed appends.
-    pub fn with_node_id(mut self, node_id: u64) -> LogStore {
-        self.node_id = Some(node_id);
-        self
+    fn submit(&self, write: LogWrite) -> io::Result<()> {
+        self.writes
+            .as_ref()
+            .ok_or_else(|| io_err("log store is closed"))?
+            .send(write)
+            .map_err(|_| io_err("log writer thread stopped"))
     }
 
+    /// Writes `batch` on the writer thread, synced when `sync`, and waits until it is.
     async fn write(&self, batch: WriteBatch, sync: bool) -> io::Result<()> {
-        let db = self.db.clone();
-        blocking(move || {
-            let mut wo = WriteOptions::default();
-            wo.set_sync(sync);
-            db.write_opt(batch, &wo).map_err(io_err)
-        })
-        .await
+        let (done, written) = tokio::sync::oneshot::channel();
+        self.submit(if sync {
+            LogWrite::Synced { batch, done }
+        } else {
+            LogWrite::Unsynced {
+                batch,
+                done: Some(done),
+            }
+        })?;
+        written
+            .await
+            .map_err(|_| io_err("log writer thread stopped"))?
     }
 
     fn recent_mut(&self) -> io::Result<std::sync::MutexGuard<'_, RecentEntries>> {
@@ -303,33 +345,98 @@ impl LogStore {
 
 impl Drop for LogStore {
     fn drop(&mut self) {
-        drop(self.flush_tx.take());
-        if let Some(handle) = self.flusher.take() {
+        // Closing the queue ends the writer once every queued write is done.
+        drop(self.writes.take());
+        if let Some(handle) = self.writer.take() {
             if handle.join().is_err() {
-                tracing::error!("log flusher thread panicked");
+                tracing::error!("log writer thread panicked");
             }
         }
     }
 }
 
-/// Group commit: one WAL sync completes every append queued before it.
-fn flush_loop(db: &DB, rx: &mpsc::Receiver<IOFlushed<TypeConfig>>, pending: &AtomicUsize) {
-    while let Ok(first) = rx.recv() {
-        let mut waiting = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            waiting.push(more);
+/// Most writes taken together under one WAL sync.
+const MAX_WRITES_PER_SYNC: usize = 1024;
+
+/// The writer thread: takes every write queued so far, writes each in order, syncs the WAL once
+/// if any of them needs it, then completes them in order (group commit).
+fn write_loop(db: &DB, queue: &mpsc::Receiver<LogWrite>, recent: &Mutex<RecentEntries>) {
+    let unsynced = WriteOptions::default();
+    while let Ok(first) = queue.recv() {
+        let mut writes = vec![first];
+        while writes.len() < MAX_WRITES_PER_SYNC {
+            match queue.try_recv() {
+                Ok(more) => writes.push(more),
+                Err(_) => break,
+            }
         }
-        let result = db.flush_wal(true);
-        if let Err(e) = &result {
+        let mut needs_sync = false;
+        let mut written_upto = None;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for write in writes {
+            let (batch, completion) = match write {
+                LogWrite::Append {
+                    batch,
+                    last,
+                    callback,
+                } => {
+                    needs_sync = true;
+                    (batch, Completion::Append(last, callback))
+                }
+                LogWrite::Synced { batch, done } => {
+                    needs_sync = true;
+                    (batch, Completion::Synced(done))
+                }
+                LogWrite::Unsynced { batch, done } => (batch, Completion::Unsynced(done)),
+            };
+            let result = db.write_opt(batch, &unsynced);
+            if let (Ok(()), Completion::Append(last, _)) = (&result, &completion) {
+                written_upto = Some(*last);
+            }
+            outcomes.push((completion, result));
+        }
+        let synced = if needs_sync {
+            db.flush_wal(true)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = &synced {
             tracing::error!(error = %e, "log WAL sync failed");
         }
-        let done = waiting.len();
-        for callback in waiting {
-            // Every waiter gets its own copy of the one failure (rocksdb::Error is Clone).
-            callback.io_completed(result.clone().map_err(io_err));
+        if let Some(index) = written_upto {
+            match recent.lock() {
+                Ok(mut recent) => recent.written_upto(index),
+                Err(_) => tracing::error!("recent-entries lock poisoned"),
+            }
         }
-        pending.fetch_sub(done, Ordering::AcqRel);
+        for (completion, written) in outcomes {
+            // Every waiter gets its own copy of a failure (rocksdb::Error is Clone).
+            let durable = || {
+                written
+                    .clone()
+                    .and_then(|()| synced.clone())
+                    .map_err(io_err)
+            };
+            match completion {
+                Completion::Append(_, callback) => callback.io_completed(durable()),
+                Completion::Synced(done) => {
+                    let _ = done.send(durable());
+                }
+                // Not synced: only its own write decides.
+                Completion::Unsynced(Some(done)) => {
+                    let _ = done.send(written.map_err(io_err));
+                }
+                Completion::Unsynced(None) => {}
+            }
+        }
     }
+}
+
+/// Who hears of a write once the writer is done with it.
+enum Completion {
+    Append(u64, IOFlushed<TypeConfig>),
+    Synced(tokio::sync::oneshot::Sender<io::Result<()>>),
+    Unsynced(Option<tokio::sync::oneshot::Sender<io::Result<()>>>),
 }
 
 impl RaftLogReader<TypeConfig> for LogReader {
@@ -347,11 +454,28 @@ impl RaftLogReader<TypeConfig> for LogReader {
             Bound::Excluded(i) => Some(*i),
             Bound::Unbounded => None,
         };
-        if let Some(entries) = self.recent.lock().ok().and_then(|r| r.get(start, end)) {
-            return Ok(entries);
-        }
+        // Everything below the recent entries is in RocksDB; the recent ones may not be yet.
+        let (first_recent, tail) = {
+            let recent = self
+                .recent
+                .lock()
+                .map_err(|_| io_err("recent-entries lock poisoned"))?;
+            if let Some(entries) = recent.get(start, end) {
+                return Ok(entries);
+            }
+            match recent.first_index() {
+                Some(first) if end.is_none_or(|end| end > first) => {
+                    (Some(first), recent.get(first, end).unwrap_or_default())
+                }
+                _ => (None, Vec::new()),
+            }
+        };
         let db = self.db.clone();
-        blocking(move || read_range(&db, start, end)).await
+        let stored_end =
+            first_recent.map_or(end, |first| Some(end.map_or(first, |e| e.min(first))));
+        let mut entries = blocking(move || read_range(&db, start, stored_end)).await?;
+        entries.extend(tail);
+        Ok(entries)
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
@@ -419,13 +543,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
-        // Not synced: losing it in a crash only means re-learning the commit index from the
-        // leader; it never makes the node claim more than was committed. Written inline, like an
-        // append: openraft awaits this on its core task before it applies the newly committed
-        // entries, and an unsynced write of one small record costs less than the two thread
-        // hand-offs of a blocking task (seen with strace on every commit's path).
+        // Not synced, and not waited for: losing it in a crash only means re-learning the commit
+        // index from the leader; it never makes the node claim more than was committed. openraft
+        // awaits this on its core task before it applies the newly committed entries, so it
+        // only queues the write (after every append before it).
         let batch = self.meta_batch(KEY_COMMITTED, &committed)?;
-        self.db.write(batch).map_err(io_err)
+        self.submit(LogWrite::Unsynced { batch, done: None })
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
@@ -447,35 +570,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 kept.push(entry);
             }
         }
-        // Written inline: an append to the WAL and memtable takes microseconds, less than a hop
-        // to a blocking thread. The fsync is the flusher thread's, except that a follower's
-        // append (entries proposed by another node) is synced inline when nothing is queued for
-        // the flusher: the follower has nothing else to do until it answers the leader, and
-        // skipping the two thread hand-offs measured +8% single-client and +12-16% 16-256-client
-        // puts. On the leader the flusher stays: syncing inline there delays replication until
-        // the local fsync ends (measured slower). With callbacks pending, the flusher keeps the
-        // completions in order.
-        let followed = self.node_id.is_some()
-            && kept
-                .first()
-                .is_some_and(|e| Some(e.log_id.leader_id.node_id) != self.node_id)
-            && self.pending.load(Ordering::Acquire) == 0;
-        let mut wo = WriteOptions::default();
-        wo.set_sync(followed);
-        self.db.write_opt(batch, &wo).map_err(io_err)?;
-        self.recent_mut()?.extend(kept);
-        if followed {
+        let Some(last) = kept.last().map(|e| e.log_id.index) else {
             callback.io_completed(Ok(()));
             return Ok(());
-        }
-        let tx = self
-            .flush_tx
-            .as_ref()
-            .ok_or_else(|| io_err("log store is closed"))?;
-        self.pending.fetch_add(1, Ordering::AcqRel);
-        tx.send(callback)
-            .map_err(|_| io_err("log flusher thread stopped"))?;
-        Ok(())
+        };
+        // Readable at once from the recent entries; written and synced by the writer thread,
+        // which then runs the callback.
+        self.recent_mut()?.extend(kept);
+        self.submit(LogWrite::Append {
+            batch,
+            last,
+            callback,
+        })
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
@@ -626,28 +732,37 @@ mod tests {
         }
     }
 
+    /// Appends are queued faster than the writer writes them here (no callback is awaited):
+    /// every entry stays readable, from RocksDB below the recent entries and from memory above,
+    /// and once the callbacks ran all of them are in RocksDB.
     #[tokio::test]
-    async fn followed_append_should_be_durable_when_append_returns() {
-        use futures::FutureExt;
+    async fn entries_should_be_readable_whether_or_not_the_writer_has_written_them() {
         let dir = tempfile::tempdir().expect("tempdir");
-        {
-            // The entries' leader is node 1; this store belongs to node 2, a follower.
-            let mut store = LogStore::open(dir.path()).expect("open").with_node_id(2);
+        let mut store = LogStore::open(dir.path()).expect("open");
+        let per_append = (RECENT_MAX_ENTRIES / 2 + 1) as u64;
+        let mut callbacks = Vec::new();
+        for n in 0..4 {
             let (tx, rx) = TypeConfig::oneshot();
+            let entries: Vec<Entry> = (n * per_append + 1..=(n + 1) * per_append)
+                .map(|i| blank(1, i))
+                .collect();
             store
-                .append(
-                    (1..=3).map(|i| blank(1, i)).collect::<Vec<_>>(),
-                    IOFlushed::signal(tx),
-                )
+                .append(entries, IOFlushed::signal(tx))
                 .await
                 .expect("append");
-            let done = rx.now_or_never().expect("completed inline");
-            done.expect("callback").expect("flushed");
+            callbacks.push(rx);
         }
-        let mut store = LogStore::open(dir.path()).expect("reopen");
+        let total = 4 * per_append;
+        let mut reader = store.get_log_reader().await;
+        let read = reader.try_get_log_entries(1..).await.expect("read");
+        let indexes: Vec<u64> = read.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(indexes, (1..=total).collect::<Vec<_>>());
+        for rx in callbacks {
+            rx.await.expect("callback").expect("flushed");
+        }
         assert_eq!(
-            store.get_log_state().await.expect("state").last_log_id,
-            Some(log_id(1, 3))
+            read_range(&store.db, 1, None).expect("stored").len() as u64,
+            total
         );
     }
 

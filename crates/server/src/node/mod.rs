@@ -178,11 +178,9 @@ impl Node {
             std::fs::create_dir_all(&log_dir)?;
             std::fs::create_dir_all(&snapshot_dir)?;
             let snapshot_inbox = Arc::new(SnapshotInbox::open(&snapshot_dir));
-            let mut log_store = LogStore::open(&log_dir)
-                .map(|s| s.with_node_id(config.node_id))
-                .map_err(|e| {
-                    Error::storage(format!("opening raft log in {}", log_dir.display()), e)
-                })?;
+            let mut log_store = LogStore::open(&log_dir).map_err(|e| {
+                Error::storage(format!("opening raft log in {}", log_dir.display()), e)
+            })?;
             let engine: Arc<dyn KvEngine> = match config.storage.engine {
                 Engine::Memory => Arc::new(MemoryEngine::new()),
                 Engine::Rocksdb => {

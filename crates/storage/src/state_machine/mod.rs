@@ -52,6 +52,7 @@ use crate::error::io_err;
 use crate::events::Event;
 use crate::events::EventBus;
 use crate::events::EventKind;
+use crate::io_thread::IoThread;
 use crate::snapshot::snapshot_stream;
 use crate::snapshot::FirstRead;
 use crate::snapshot::SnapshotData;
@@ -129,11 +130,6 @@ pub trait SnapshotSink {
     /// On a write failure; the export stops.
     fn record(&mut self, space: Keyspace, key: &[u8], value: &[u8]) -> io::Result<()>;
 }
-
-/// Batches up to this many entries are applied on the async runtime (an unsynced engine write
-/// of a few entries costs less than the hop to a blocking thread); larger ones on a blocking
-/// thread.
-const INLINE_APPLY_ENTRIES: usize = 4;
 
 /// The storage interface a state-machine engine implements; all methods are blocking and are
 /// called from blocking threads, except [`KvEngine::try_get_now`].
@@ -460,6 +456,9 @@ pub struct StateMachine {
     /// How many sessions it holds, for status and metrics: read without the table's lock, which
     /// a snapshot install holds for as long as the import takes.
     open_sessions: Arc<AtomicUsize>,
+    /// Where committed entries are applied to the engine: a thread of its own, so a slow engine
+    /// write never holds an async worker.
+    apply_thread: Arc<IoThread>,
 }
 
 impl StateMachine {
@@ -485,6 +484,7 @@ impl StateMachine {
             snapshot_lock: Arc::new(Mutex::new(())),
             sessions: Arc::new(Mutex::new(SessionTable::default())),
             open_sessions: Arc::new(AtomicUsize::new(0)),
+            apply_thread: Arc::new(IoThread::spawn("rskv-apply")?),
         };
         let engine = sm.engine.clone();
         let path = sm.snapshot_path();
@@ -761,7 +761,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let bus = self.events.clone();
         let sessions = self.sessions.clone();
         let open_sessions = self.open_sessions.clone();
-        let small = batch.len() <= INLINE_APPLY_ENTRIES;
         let writes: u64 = batch.iter().map(|(entry, _)| writes_in(entry)).sum();
         let work = move || {
             let mut sessions = sessions
@@ -777,11 +776,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             open_sessions.store(sessions.len(), Ordering::Relaxed);
             applied
         };
-        let responders = if small {
-            work()?
-        } else {
-            tokio::task::spawn_blocking(work).await.map_err(io_err)??
-        };
+        let responders = self.apply_thread.run(work).await??;
         self.trigger.applied(writes);
         for (responder, response) in responders {
             if let Some(responder) = responder {
