@@ -45,8 +45,6 @@ use openraft::storage::RaftStateMachine;
 use openraft::EntryPayload;
 use openraft::OptionalSend;
 use openraft::RaftSnapshotBuilder;
-use serde::Deserialize;
-use serde::Serialize;
 
 use crate::error::io_err;
 use crate::events::Event;
@@ -72,8 +70,9 @@ use sessions::SessionTable;
 /// Name of the current snapshot inside the snapshot directory.
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 
-/// How far the state machine has applied the log, and under which membership.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How far the state machine has applied the log, and under which membership (stored by a
+/// durable engine in rskv's format, [`crate::format`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppliedState {
     /// Last log id applied; `None` before the first entry.
     pub last_applied: Option<LogId>,
@@ -370,7 +369,7 @@ fn apply_batch(
     }
     engine.commit(WriteSet {
         writes: overlay.into_iter().collect(),
-        system: sessions.take_changes()?,
+        system: sessions.take_changes(),
         state,
     })?;
     // After the commit: an event is never seen before its change is readable.

@@ -1,0 +1,238 @@
+//! Format versions of rskv's stores, and the rule for opening one.
+//!
+//! Each store records the version of its format when it is created: the Raft log store and the
+//! RocksDB state machine as the key [`VERSION_KEY`] in their metadata column family (the version
+//! in ASCII decimal, readable with RocksDB's own tools), the snapshot file in its magic
+//! (`crate::snapshot`). Opening a store checks it before anything is written:
+//!
+//! - no store yet (or one created but never written): it is created and the version recorded;
+//! - the version this rskv writes: opened;
+//! - anything else (no version in a store that holds data, i.e. written before versions existed;
+//!   an older version with no migration; a newer or unreadable one): refused with a
+//!   [`VersionError`] that names the store, what was found and what this rskv reads, and the
+//!   store is left exactly as it was (it was only opened read-only, with RocksDB's info log
+//!   silenced so not even a `LOG` file is rotated).
+//!
+//! Changing a format means bumping its version here, and shipping either a migration (a version
+//! this code knows how to upgrade from) or this refusal, with a new fixture
+//! (`crates/storage/tests/fixtures/`) for the new version: the fixture test of the old one fails
+//! until then.
+
+use std::io;
+use std::path::Path;
+use std::path::PathBuf;
+
+use rocksdb::IteratorMode;
+use rocksdb::Options;
+use rocksdb::WriteOptions;
+use rocksdb::DB;
+
+use crate::error::io_err;
+
+/// The key holding a store's format version, in its metadata column family.
+pub const VERSION_KEY: &[u8] = b"format_version";
+
+/// A RocksDB store that records a format version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Store {
+    /// What the store is called in messages.
+    pub name: &'static str,
+    /// The column family holding [`VERSION_KEY`].
+    pub meta_cf: &'static str,
+    /// The version this rskv writes, and the only one it reads.
+    pub version: u32,
+}
+
+/// The Raft log store (`raft_log/`): entries, vote, committed and purged markers.
+pub const LOG_STORE: Store = Store {
+    name: "Raft log store",
+    meta_cf: "meta",
+    version: 1,
+};
+
+/// The RocksDB state machine (`state_machine/`): data, system keyspace, applied state.
+pub const STATE_MACHINE: Store = Store {
+    name: "state machine store",
+    meta_cf: "sm_meta",
+    version: 1,
+};
+
+/// Why a store was not opened. Nothing in it was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VersionError {
+    /// The store holds data but no version: written before rskv's formats were versioned.
+    #[error(
+        "{store} in {path} records no format version: it was written by an rskv from before its \
+         formats were versioned (MessagePack of openraft's types), which this rskv (format \
+         version {supported}) cannot read and has no migration from. Nothing was changed. Run the \
+         rskv that wrote it, or move the data directory away and start this node empty so it \
+         rejoins the cluster and catches up from it",
+        path = .path.display()
+    )]
+    Unversioned {
+        /// The store.
+        store: &'static str,
+        /// Its directory.
+        path: PathBuf,
+        /// The version this rskv reads.
+        supported: u32,
+    },
+    /// Written by a newer rskv.
+    #[error(
+        "{store} in {path} is format version {found}, newer than this rskv reads (version \
+         {supported}): it was written by a newer rskv. Nothing was changed; run that rskv or a \
+         newer one",
+        path = .path.display()
+    )]
+    Newer {
+        /// The store.
+        store: &'static str,
+        /// Its directory.
+        path: PathBuf,
+        /// The version it records.
+        found: u32,
+        /// The version this rskv reads.
+        supported: u32,
+    },
+    /// An older version this rskv has no migration from.
+    #[error(
+        "{store} in {path} is format version {found}, older than this rskv reads (version \
+         {supported}), and there is no migration from it. Nothing was changed. Run the rskv that \
+         wrote it, or move the data directory away and start this node empty so it rejoins the \
+         cluster and catches up from it",
+        path = .path.display()
+    )]
+    Older {
+        /// The store.
+        store: &'static str,
+        /// Its directory.
+        path: PathBuf,
+        /// The version it records.
+        found: u32,
+        /// The version this rskv reads.
+        supported: u32,
+    },
+    /// The version record is not a version number.
+    #[error(
+        "{store} in {path} has a format version record {found:?} that is not a version number \
+         (this rskv reads version {supported}). Nothing was changed",
+        path = .path.display()
+    )]
+    Unreadable {
+        /// The store.
+        store: &'static str,
+        /// Its directory.
+        path: PathBuf,
+        /// The record, lossily as text.
+        found: String,
+        /// The version this rskv reads.
+        supported: u32,
+    },
+}
+
+/// What [`check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// No store, or an empty one: create it and [`record`] the version.
+    New,
+    /// A store of the version this rskv reads.
+    Current,
+}
+
+/// The value of [`VERSION_KEY`] for `version`.
+pub fn version_value(version: u32) -> Vec<u8> {
+    version.to_string().into_bytes()
+}
+
+/// Options that open an existing database without writing a byte: read-only, and RocksDB's info
+/// log (which would otherwise rotate `LOG` to `LOG.old.*`) sent nowhere.
+fn untouched() -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(false);
+    opts.set_info_logger(rocksdb::InfoLogger::new_callback_logger(
+        rocksdb::LogLevel::Fatal,
+        |_, _| {},
+    ));
+    opts
+}
+
+/// Checks the format version of `store` at `dir`, changing nothing there.
+///
+/// # Errors
+/// A [`VersionError`] (as the source of the `io::Error`) when the store may not be opened, or
+/// the RocksDB error when it cannot be read at all.
+pub fn check(dir: &Path, store: &Store) -> io::Result<Found> {
+    if !dir.join("CURRENT").exists() {
+        return Ok(Found::New);
+    }
+    let opts = untouched();
+    let names = DB::list_cf(&opts, dir).map_err(io_err)?;
+    let db = DB::open_cf_for_read_only(&opts, dir, &names, false).map_err(io_err)?;
+    let recorded = match db.cf_handle(store.meta_cf) {
+        Some(meta) => db.get_cf(meta, VERSION_KEY).map_err(io_err)?,
+        None => None,
+    };
+    let path = dir.to_path_buf();
+    let Some(recorded) = recorded else {
+        for name in &names {
+            let Some(cf) = db.cf_handle(name) else {
+                continue;
+            };
+            if let Some(item) = db.iterator_cf(cf, IteratorMode::Start).next() {
+                item.map_err(io_err)?;
+                return Err(io_err(VersionError::Unversioned {
+                    store: store.name,
+                    path,
+                    supported: store.version,
+                }));
+            }
+        }
+        // Created, then stopped before the version was recorded: nothing to misread.
+        return Ok(Found::New);
+    };
+    let found = std::str::from_utf8(&recorded)
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .filter(|v| *v > 0);
+    match found {
+        Some(found) if found == store.version => Ok(Found::Current),
+        Some(found) if found > store.version => Err(io_err(VersionError::Newer {
+            store: store.name,
+            path,
+            found,
+            supported: store.version,
+        })),
+        Some(found) => Err(io_err(VersionError::Older {
+            store: store.name,
+            path,
+            found,
+            supported: store.version,
+        })),
+        None => Err(io_err(VersionError::Unreadable {
+            store: store.name,
+            path,
+            found: String::from_utf8_lossy(&recorded).into_owned(),
+            supported: store.version,
+        })),
+    }
+}
+
+/// Records `store`'s version in a database just created (synced, so a store that holds anything
+/// else always holds its version too).
+///
+/// # Errors
+/// On a write failure.
+pub fn record(db: &DB, store: &Store) -> io::Result<()> {
+    let meta = db
+        .cf_handle(store.meta_cf)
+        .ok_or_else(|| io_err(format!("column family {} missing", store.meta_cf)))?;
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    db.put_cf_opt(meta, VERSION_KEY, version_value(store.version), &wo)
+        .map_err(io_err)
+}
+
+/// The [`VersionError`] an error from [`check`] carries, if it is one.
+pub fn version_error(e: &io::Error) -> Option<&VersionError> {
+    e.get_ref()?.downcast_ref::<VersionError>()
+}
