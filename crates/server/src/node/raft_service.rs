@@ -1,4 +1,4 @@
-//! The receiving side of the Raft transport (`rskv.raft.v1.Raft`): decodes openraft messages and
+//! The receiving side of the Raft transport (`rskv.raft.v2.Raft`): decodes openraft messages and
 //! hands them to the local Raft instance. Incoming snapshots are written chunk by chunk to a file
 //! in the snapshot directory, then installed from that file.
 
@@ -15,7 +15,6 @@ use openraft::raft::StreamAppendError;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
-use serde::Serialize;
 use tokio_stream::Stream;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -25,15 +24,14 @@ use tonic::Status;
 use tonic::Streaming;
 
 use super::Node;
-use crate::raft::network::decode;
-use crate::raft::network::encode;
 use crate::raft::Snapshot;
 use crate::raft::SnapshotMeta;
 use crate::raft::TypeConfig;
 use crate::raft::Vote;
+use rskv_proto::raft as pb;
 use rskv_proto::raft::raft_server::Raft;
-use rskv_proto::raft::RaftPayload;
 use rskv_proto::raft::SnapshotChunk;
+use rskv_storage::format::Wire;
 use rskv_storage::SnapshotData;
 use rskv_storage::SnapshotFile;
 
@@ -66,7 +64,7 @@ impl RaftService {
         &self,
         rpc: &VoteRequest<TypeConfig>,
         what: &'static str,
-    ) -> Option<Result<Response<RaftPayload>, Status>> {
+    ) -> Option<Result<Response<pb::VoteResponse>, Status>> {
         let left = self.node.lease_hold.refuses(rpc.leadership_transfer)?;
         // At most one per candidate and election round while the hold lasts: a few lines.
         tracing::info!(candidate = %rpc.vote, ?left, "{what} refused: restarted within a lease");
@@ -87,24 +85,24 @@ impl RaftService {
 }
 
 /// The answers of an append stream, one per request, in order.
-type AppendAnswers = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
+type AppendAnswers =
+    Pin<Box<dyn Stream<Item = Result<pb::AppendStreamResponse, Status>> + Send + 'static>>;
 
-/// Encodes a Raft message for the wire; shared with the transport's test stub.
-pub(crate) fn raft_payload<T: Serialize>(value: &T) -> Result<RaftPayload, Status> {
-    let data = encode(value).map_err(|e| Status::internal(format!("encode: {e}")))?;
-    Ok(RaftPayload { data })
+/// A Raft message as its wire message ([`rskv_storage::format`]); shared with the transport's
+/// test stub.
+pub(crate) fn raft_payload<T: Wire>(value: &T) -> Result<T::Message, Status> {
+    Ok(value.to_message())
 }
 
 /// [`raft_payload`] as a unary answer.
-pub(crate) fn payload<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+pub(crate) fn payload<T: Wire>(value: &T) -> Result<Response<T::Message>, Status> {
     raft_payload(value).map(Response::new)
 }
 
-/// Decodes a unary Raft request; an undecodable one is the sender's error.
-pub(crate) fn parse<T: serde::de::DeserializeOwned>(
-    request: Request<RaftPayload>,
-) -> Result<T, Status> {
-    decode(&request.into_inner().data)
+/// The openraft message a unary Raft request carries; one that cannot be mapped (a required
+/// field missing, an unknown variant) is the sender's error.
+pub(crate) fn parse<T: Wire>(request: Request<T::Message>) -> Result<T, Status> {
+    T::from_message(request.into_inner())
         .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
 }
 
@@ -135,19 +133,19 @@ impl Raft for RaftService {
 
     async fn append_stream(
         &self,
-        request: Request<Streaming<RaftPayload>>,
+        request: Request<Streaming<pb::AppendEntriesRequest>>,
     ) -> Result<Response<AppendAnswers>, Status> {
         // Requests end at the first transport or decode error; openraft answers those before it,
         // then the stream ends and the leader starts a new one.
         let requests = futures::stream::unfold(request.into_inner(), |mut incoming| async move {
-            let data = match incoming.next().await? {
-                Ok(p) => p.data,
+            let message = match incoming.next().await? {
+                Ok(message) => message,
                 Err(status) => {
                     tracing::debug!(%status, "append stream ended by the leader's side");
                     return None;
                 }
             };
-            match decode::<AppendEntriesRequest<TypeConfig>>(&data) {
+            match AppendEntriesRequest::<TypeConfig>::from_message(message) {
                 Ok(rpc) => Some((rpc, incoming)),
                 Err(e) => {
                     // A leader of another version retries with a new stream every time.
@@ -180,8 +178,8 @@ impl Raft for RaftService {
 
     async fn append_entries(
         &self,
-        request: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
+        request: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = parse(request)?;
         let resp = self
             .node
@@ -195,7 +193,10 @@ impl Raft for RaftService {
         payload(&resp)
     }
 
-    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn vote(
+        &self,
+        request: Request<pb::VoteRequest>,
+    ) -> Result<Response<pb::VoteResponse>, Status> {
         let rpc: VoteRequest<TypeConfig> = parse(request)?;
         if let Some(refusal) = self.held_back(&rpc, "vote").await {
             return refusal;
@@ -211,8 +212,8 @@ impl Raft for RaftService {
 
     async fn pre_vote(
         &self,
-        request: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
+        request: Request<pb::VoteRequest>,
+    ) -> Result<Response<pb::VoteResponse>, Status> {
         let rpc: VoteRequest<TypeConfig> = parse(request)?;
         if let Some(refusal) = self.held_back(&rpc, "pre-vote").await {
             return refusal;
@@ -228,8 +229,8 @@ impl Raft for RaftService {
 
     async fn transfer_leader(
         &self,
-        request: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
         let rpc: TransferLeaderRequest<TypeConfig> = parse(request)?;
         let resp = self
             .node
@@ -243,13 +244,16 @@ impl Raft for RaftService {
     async fn install_snapshot(
         &self,
         request: Request<Streaming<SnapshotChunk>>,
-    ) -> Result<Response<RaftPayload>, Status> {
+    ) -> Result<Response<pb::SnapshotResponse>, Status> {
         let mut stream = request.into_inner();
         let first = stream
             .next()
             .await
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
-        let (vote, meta): (Vote, SnapshotMeta) = decode(&first.header)
+        let header = first
+            .header
+            .ok_or_else(|| Status::invalid_argument("snapshot stream without a header"))?;
+        let (vote, meta) = <(Vote, SnapshotMeta)>::from_message(header)
             .map_err(|e| Status::invalid_argument(format!("undecodable snapshot header: {e}")))?;
         let seq = self.incoming_seq.fetch_add(1, Ordering::Relaxed);
         let path = self
