@@ -254,12 +254,14 @@ fn check_magic(magic: &[u8; 8]) -> io::Result<()> {
         return Err(io_err("not an rskv snapshot file"));
     };
     let why = if version < u32::from(SNAPSHOT_VERSION) {
-        "written by an rskv from before its formats were versioned (a MessagePack header of          openraft's types), which this rskv cannot read and has no migration from"
+        "written by an rskv from before its formats were versioned (a MessagePack header of \
+         openraft's types), which this rskv cannot read and has no migration from"
     } else {
         "written by a newer rskv"
     };
     Err(io_err(format!(
-        "snapshot file format version {version} is not read by this rskv (it reads version          {SNAPSHOT_VERSION}): {why}"
+        "snapshot file format version {version} is not read by this rskv (it reads version \
+         {SNAPSHOT_VERSION}): {why}"
     )))
 }
 

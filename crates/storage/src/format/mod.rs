@@ -800,3 +800,380 @@ impl Wire for (Vote, SnapshotMeta) {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Debug;
+
+    use bytes::Bytes;
+    use openraft::entry::RaftEntry;
+
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn log_id(term: u64, node: u64, index: u64) -> LogId {
+        openraft::testing::log_id::<TypeConfig>(term, node, index)
+    }
+
+    fn stamp() -> SessionStamp {
+        SessionStamp {
+            id: 3,
+            seq: 41,
+            first_unacked: 40,
+            now_ms: 1_765_000_000_000,
+        }
+    }
+
+    /// A joint membership with a learner: every part of the mapping has something to carry.
+    fn membership() -> Membership {
+        let nodes: BTreeMap<NodeId, NodeInfo> = (1..=4)
+            .map(|id| {
+                (
+                    id,
+                    NodeInfo::new(format!("10.0.0.{id}:7411"), format!("10.0.0.{id}:7421")),
+                )
+            })
+            .collect();
+        Membership::new(
+            vec![BTreeSet::from([1, 2]), BTreeSet::from([1, 2, 3])],
+            nodes,
+        )
+        .expect("valid membership")
+    }
+
+    /// Every variant of [`Command`], with and without sessions, empty and absent values apart.
+    fn commands() -> Vec<Command> {
+        let put = Command::Put {
+            key: b("k"),
+            value: b("v"),
+            return_prev: true,
+            session: None,
+        };
+        vec![
+            put.clone(),
+            put.clone().in_session(stamp()),
+            Command::Put {
+                key: b(""),
+                value: b(""),
+                return_prev: false,
+                session: None,
+            },
+            Command::Delete {
+                key: b("gone"),
+                session: None,
+            },
+            Command::Delete {
+                key: b("gone"),
+                session: Some(stamp()),
+            },
+            Command::BatchPut {
+                pairs: vec![(b("a"), b("1")), (b("a"), b("2")), (b("b"), b(""))],
+                session: Some(stamp()),
+            },
+            Command::CompareAndSwap {
+                key: b("c"),
+                expected: None,
+                new_value: b("x"),
+                session: None,
+            },
+            Command::CompareAndSwap {
+                key: b("c"),
+                expected: Some(b("")),
+                new_value: b("y"),
+                session: Some(stamp()),
+            },
+            Command::Group {
+                commands: vec![
+                    put.clone(),
+                    Command::Group { commands: vec![] },
+                    Command::CloseSession { id: 9 },
+                ],
+            },
+            Command::OpenSession {
+                now_ms: 1_765_000_000_001,
+                ttl_ms: 60_000,
+                max_sessions: 10_000,
+            },
+            Command::CloseSession { id: u64::MAX },
+        ]
+    }
+
+    fn round_trip<T: Wire + PartialEq + Debug>(value: &T) {
+        let bytes = encode(value);
+        let back: T = decode(&bytes).unwrap_or_else(|e| panic!("{value:?}: {e}"));
+        assert_eq!(&back, value);
+        // The same value, the same bytes (maps are ordered): a store written twice is identical.
+        assert_eq!(encode(&back), bytes);
+    }
+
+    #[test]
+    fn every_stored_type_should_round_trip() {
+        for l in [log_id(0, 0, 0), log_id(7, 3, u64::MAX)] {
+            round_trip(&l);
+            round_trip(&Some(l));
+        }
+        round_trip(&None::<LogId>);
+        for v in [
+            Vote::new(5, 2),
+            Vote::new_committed(6, 3),
+            Vote::new(0, 0),
+        ] {
+            round_trip(&v);
+        }
+        for c in commands() {
+            round_trip(&c);
+        }
+        let entries = [
+            Entry::new_blank(log_id(1, 1, 1)),
+            Entry::new_membership(log_id(1, 1, 2), membership()),
+            Entry::new_membership(log_id(1, 1, 3), Membership::default()),
+        ]
+        .into_iter()
+        .chain(
+            commands()
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| Entry::new_normal(log_id(2, 3, 10 + i as u64), c)),
+        );
+        for e in entries {
+            round_trip(&e);
+        }
+        for stored in [
+            StoredMembership::default(),
+            StoredMembership::new(Some(log_id(1, 1, 2)), membership()),
+        ] {
+            round_trip(&stored);
+            round_trip(&SnapshotMeta {
+                last_log_id: Some(log_id(4, 2, 99)),
+                last_membership: stored.clone(),
+            });
+            round_trip(&AppliedState {
+                last_applied: Some(log_id(4, 2, 99)),
+                membership: stored,
+            });
+        }
+        round_trip(&SnapshotMeta {
+            last_log_id: None,
+            last_membership: StoredMembership::default(),
+        });
+        round_trip(&AppliedState::default());
+    }
+
+    #[test]
+    fn every_raft_message_should_round_trip() {
+        let entries = vec![
+            Entry::new_blank(log_id(3, 1, 5)),
+            Entry::new_membership(log_id(3, 1, 6), membership()),
+            Entry::new_normal(log_id(3, 1, 7), commands().remove(1)),
+        ];
+        let append = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: Some(log_id(2, 2, 4)),
+            entries,
+            leader_commit: Some(log_id(2, 2, 3)),
+        };
+        let back: AppendEntriesRequest<TypeConfig> = decode(&encode(&append)).expect("decode");
+        assert_eq!(
+            (back.vote, back.prev_log_id, back.leader_commit, back.entries),
+            (
+                append.vote,
+                append.prev_log_id,
+                append.leader_commit,
+                append.entries
+            )
+        );
+        let heartbeat = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: None,
+        };
+        let back: AppendEntriesRequest<TypeConfig> = decode(&encode(&heartbeat)).expect("decode");
+        assert!(back.prev_log_id.is_none() && back.leader_commit.is_none() && back.entries.is_empty());
+
+        for r in [
+            AppendEntriesResponse::Success,
+            AppendEntriesResponse::PartialSuccess(None),
+            AppendEntriesResponse::PartialSuccess(Some(log_id(1, 1, 1))),
+            AppendEntriesResponse::Conflict,
+            AppendEntriesResponse::HigherVote(Vote::new(9, 2)),
+        ] {
+            round_trip(&r);
+        }
+        let results: [StreamAppendResult<TypeConfig>; 4] = [
+            Ok(None),
+            Ok(Some(log_id(1, 1, 8))),
+            Err(StreamAppendError::Conflict(log_id(1, 1, 7))),
+            Err(StreamAppendError::HigherVote(Vote::new_committed(9, 2))),
+        ];
+        for r in results {
+            round_trip(&r);
+        }
+        for leadership_transfer in [false, true] {
+            round_trip(&VoteRequest::<TypeConfig> {
+                vote: Vote::new(4, 3),
+                last_log_id: Some(log_id(3, 1, 7)),
+                leadership_transfer,
+            });
+        }
+        round_trip(&VoteRequest::<TypeConfig>::new(Vote::new(1, 1), None));
+        round_trip(&VoteResponse::<TypeConfig>::new(
+            Vote::new(4, 3),
+            Some(log_id(3, 1, 7)),
+            true,
+        ));
+        round_trip(&VoteResponse::<TypeConfig>::new(Vote::new(4, 2), None, false));
+        round_trip(&TransferLeaderRequest::<TypeConfig>::new(
+            Vote::new_committed(5, 1),
+            2,
+            Some(log_id(5, 1, 40)),
+        ));
+        round_trip(&TransferLeaderRequest::<TypeConfig>::new(
+            Vote::new_committed(5, 1),
+            3,
+            None,
+        ));
+        let answers: [TransferLeaderResponse<TypeConfig>; 4] = [
+            Ok(()),
+            Err(TransferLeaderError::VoteChanged {
+                expected: Vote::new_committed(5, 1),
+                actual: Vote::new(6, 2),
+            }),
+            Err(TransferLeaderError::LogNotFlushed {
+                expected: Some(log_id(5, 1, 40)),
+                actual: None,
+            }),
+            Err(TransferLeaderError::LogNotFlushed {
+                expected: None,
+                actual: Some(log_id(5, 1, 39)),
+            }),
+        ];
+        for a in answers {
+            round_trip(&a);
+        }
+        round_trip(&SnapshotResponse::<TypeConfig>::new(Vote::new_committed(5, 1)));
+        round_trip(&(
+            Vote::new_committed(5, 1),
+            SnapshotMeta {
+                last_log_id: Some(log_id(5, 1, 40)),
+                last_membership: StoredMembership::new(Some(log_id(1, 1, 2)), membership()),
+            },
+        ));
+    }
+
+    /// Keys and values a follower receives are its own, not slices of the request's buffer.
+    #[test]
+    fn received_entries_should_not_share_the_request_buffer() {
+        let append = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: None,
+            entries: vec![Entry::new_normal(log_id(3, 1, 1), commands().remove(0))],
+            leader_commit: None,
+        };
+        let buffer = Bytes::from(encode(&append));
+        let message = rpc::AppendEntriesRequest::decode(buffer.clone()).expect("decode");
+        let inside = |b: &Bytes| {
+            let start = buffer.as_ptr() as usize;
+            (start..start + buffer.len()).contains(&(b.as_ptr() as usize))
+        };
+        let Some(pb::entry::Payload::Normal(pb::Command {
+            command: Some(pb::command::Command::Put(put)),
+        })) = &message.entries[0].payload
+        else {
+            panic!("a put");
+        };
+        assert!(inside(&put.key), "prost decodes slices of the buffer");
+        let back = AppendEntriesRequest::<TypeConfig>::from_message(message).expect("map");
+        let EntryPayload::Normal(Command::Put { key, value, .. }) = &back.entries[0].payload else {
+            panic!("a put");
+        };
+        assert!(!inside(key) && !inside(value), "the mapping copies them out");
+    }
+
+    #[test]
+    fn damaged_bytes_should_be_an_error_naming_what_was_read() {
+        let entry = encode(&Entry::new_normal(log_id(1, 1, 1), commands().remove(1)));
+        // Every truncation of an entry is refused or reads as something else, never a panic.
+        for cut in 0..entry.len() {
+            let _ = decode::<Entry>(&entry[..cut]);
+        }
+        let err = decode::<Entry>(&entry[..entry.len() - 3]).expect_err("truncated");
+        assert!(
+            matches!(err, FormatError::Undecodable { what: "log entry", .. }),
+            "{err}"
+        );
+        assert!(err.to_string().starts_with("cannot decode log entry"), "{err}");
+        let err = decode::<Vote>(&[0xff, 0xff, 0xff]).expect_err("garbage");
+        assert!(err.to_string().contains("cannot decode vote"), "{err}");
+        // MessagePack of an entry, as rskv wrote before: not a protobuf entry.
+        let msgpack = [0x92, 0x93, 0x01, 0x01, 0x01, 0xa5, b'B', b'l', b'a', b'n', b'k'];
+        assert!(decode::<Entry>(&msgpack).is_err());
+    }
+
+    #[test]
+    fn missing_required_fields_and_unknown_variants_should_be_refused() {
+        // An entry without a log id, or without a payload (a newer rskv's payload kind).
+        let no_log_id = pb::Entry {
+            log_id: None,
+            payload: Some(pb::entry::Payload::Blank(pb::Blank {})),
+        };
+        let err = decode::<Entry>(&no_log_id.encode_to_vec()).expect_err("no log id");
+        assert_eq!(
+            err,
+            FormatError::Missing {
+                what: "log entry",
+                field: "log_id"
+            }
+        );
+        let no_payload = pb::Entry {
+            log_id: Some(log_id_to(&log_id(1, 1, 1))),
+            payload: None,
+        };
+        let err = decode::<Entry>(&no_payload.encode_to_vec()).expect_err("no payload");
+        assert!(err.to_string().contains("newer rskv"), "{err}");
+        // A command with no variant, nested in a group.
+        let group = pb::Command {
+            command: Some(pb::command::Command::Group(pb::Group {
+                commands: vec![pb::Command { command: None }],
+            })),
+        };
+        let err = decode::<Command>(&group.encode_to_vec()).expect_err("unknown command");
+        assert!(matches!(err, FormatError::UnknownVariant { .. }), "{err}");
+        // RPCs without their vote.
+        let err = decode::<VoteRequest<TypeConfig>>(&rpc::VoteRequest::default().encode_to_vec())
+            .expect_err("no vote");
+        assert_eq!(err.to_string(), "cannot decode vote request: vote is missing");
+        let err = decode::<(Vote, SnapshotMeta)>(
+            &rpc::SnapshotHeader {
+                vote: Some(vote_to(&Vote::new(1, 1))),
+                meta: None,
+            }
+            .encode_to_vec(),
+        )
+        .expect_err("no meta");
+        assert!(err.to_string().contains("meta is missing"), "{err}");
+        let err = decode::<AppendEntriesResponse<TypeConfig>>(&[]).expect_err("empty answer");
+        assert!(matches!(err, FormatError::UnknownVariant { .. }), "{err}");
+        let err = decode::<AppliedState>(&[]).expect_err("no membership");
+        assert!(err.to_string().contains("membership is missing"), "{err}");
+    }
+
+    #[test]
+    fn a_membership_whose_voter_has_no_record_should_be_refused() {
+        let mut m = membership_to(&membership());
+        m.nodes.remove(&3);
+        let entry = pb::Entry {
+            log_id: Some(log_id_to(&log_id(1, 1, 2))),
+            payload: Some(pb::entry::Payload::Membership(m)),
+        };
+        let err = decode::<Entry>(&entry.encode_to_vec()).expect_err("voter without record");
+        assert!(
+            matches!(err, FormatError::Invalid { what: "log entry", .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("invalid membership"), "{err}");
+    }
+}

@@ -236,3 +236,186 @@ pub fn record(db: &DB, store: &Store) -> io::Result<()> {
 pub fn version_error(e: &io::Error) -> Option<&VersionError> {
     e.get_ref()?.downcast_ref::<VersionError>()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::rocks::RocksEngine;
+    use crate::LogStore;
+
+    /// Every file under `dir` and its bytes.
+    fn contents(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                out.extend(contents(&path));
+            } else {
+                out.insert(path.clone(), std::fs::read(&path).expect("read"));
+            }
+        }
+        out
+    }
+
+    /// Opens `dir` as a plain RocksDB with `store`'s column families and lets `f` write to it.
+    fn raw(dir: &Path, cfs: &[&str], f: impl FnOnce(&DB)) {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let db = DB::open_cf(&opts, dir, cfs).expect("open raw");
+        f(&db);
+        db.flush_wal(true).expect("sync");
+    }
+
+    fn open_log(dir: &Path) -> io::Result<()> {
+        LogStore::open(dir).map(drop)
+    }
+
+    fn open_state_machine(dir: &Path) -> io::Result<()> {
+        RocksEngine::open(dir).map(drop)
+    }
+
+    /// (store, its column families, how the node opens it)
+    type Case = (Store, &'static [&'static str], fn(&Path) -> io::Result<()>);
+
+    const CASES: [Case; 2] = [
+        (LOG_STORE, &["logs", "meta"], open_log),
+        (STATE_MACHINE, &["data", "sm_system", "sm_meta"], open_state_machine),
+    ];
+
+    #[test]
+    fn a_new_store_should_record_its_version_and_reopen() {
+        for (store, _, open) in CASES {
+            let dir = tempfile::tempdir().expect("tempdir");
+            assert_eq!(check(dir.path(), &store).expect("check"), Found::New);
+            open(dir.path()).expect("create");
+            assert_eq!(check(dir.path(), &store).expect("check"), Found::Current);
+            open(dir.path()).expect("reopen");
+        }
+    }
+
+    /// A store RocksDB created but nothing was written to (stopped before the version was
+    /// recorded) is taken as new.
+    #[test]
+    fn an_empty_store_without_a_version_should_be_taken_as_new() {
+        for (store, cfs, open) in CASES {
+            let dir = tempfile::tempdir().expect("tempdir");
+            raw(dir.path(), cfs, |_| {});
+            assert_eq!(check(dir.path(), &store).expect("check"), Found::New);
+            open(dir.path()).expect("open");
+            assert_eq!(check(dir.path(), &store).expect("check"), Found::Current);
+        }
+    }
+
+    /// Refused with `expected` in the message, and every file left as it was.
+    fn assert_refused_untouched(
+        dir: &Path,
+        open: fn(&Path) -> io::Result<()>,
+        expected: &VersionError,
+    ) {
+        let before = contents(dir);
+        let err = open(dir).expect_err("refused");
+        assert_eq!(version_error(&err), Some(expected), "{err}");
+        assert_eq!(err.to_string(), expected.to_string());
+        let after = contents(dir);
+        assert_eq!(
+            before.keys().collect::<Vec<_>>(),
+            after.keys().collect::<Vec<_>>(),
+            "no file created or removed"
+        );
+        assert!(before == after, "a file changed");
+    }
+
+    #[test]
+    fn a_store_from_before_versions_should_be_refused_untouched() {
+        for (store, cfs, open) in CASES {
+            let dir = tempfile::tempdir().expect("tempdir");
+            // What rskv wrote before: data (here, a vote or an applied state), no version.
+            raw(dir.path(), cfs, |db| {
+                let cf = db.cf_handle(cfs[cfs.len() - 1]).expect("cf");
+                db.put_cf(cf, b"vote", [0x93, 0x01, 0x02, 0xc3]).expect("put");
+            });
+            let expected = VersionError::Unversioned {
+                store: store.name,
+                path: dir.path().to_path_buf(),
+                supported: 1,
+            };
+            assert_refused_untouched(dir.path(), open, &expected);
+            assert!(
+                expected.to_string().contains("records no format version")
+                    && expected.to_string().contains("Nothing was changed"),
+                "{expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_store_of_a_newer_or_unreadable_version_should_be_refused_untouched() {
+        for (store, _, open) in CASES {
+            let dir = tempfile::tempdir().expect("tempdir");
+            open(dir.path()).expect("create");
+            let cfs = DB::list_cf(&Options::default(), dir.path()).expect("list");
+            for (value, expected) in [
+                (
+                    b"2".to_vec(),
+                    VersionError::Newer {
+                        store: store.name,
+                        path: dir.path().to_path_buf(),
+                        found: 2,
+                        supported: 1,
+                    },
+                ),
+                (
+                    b"v1".to_vec(),
+                    VersionError::Unreadable {
+                        store: store.name,
+                        path: dir.path().to_path_buf(),
+                        found: "v1".into(),
+                        supported: 1,
+                    },
+                ),
+                (
+                    b"0".to_vec(),
+                    VersionError::Unreadable {
+                        store: store.name,
+                        path: dir.path().to_path_buf(),
+                        found: "0".into(),
+                        supported: 1,
+                    },
+                ),
+            ] {
+                let names: Vec<&str> = cfs.iter().map(String::as_str).collect();
+                raw(dir.path(), &names, |db| {
+                    let meta = db.cf_handle(store.meta_cf).expect("meta");
+                    db.put_cf(meta, VERSION_KEY, &value).expect("put");
+                });
+                assert_refused_untouched(dir.path(), open, &expected);
+            }
+        }
+    }
+
+    #[test]
+    fn refusal_messages_should_say_what_was_found_and_what_to_do() {
+        let newer = VersionError::Newer {
+            store: LOG_STORE.name,
+            path: PathBuf::from("/var/lib/rskv/1/raft_log"),
+            found: 2,
+            supported: 1,
+        };
+        assert_eq!(
+            newer.to_string(),
+            "Raft log store in /var/lib/rskv/1/raft_log is format version 2, newer than this rskv \
+             reads (version 1): it was written by a newer rskv. Nothing was changed; run that rskv \
+             or a newer one"
+        );
+        let older = VersionError::Older {
+            store: STATE_MACHINE.name,
+            path: PathBuf::from("/d/state_machine"),
+            found: 1,
+            supported: 2,
+        };
+        assert!(older.to_string().contains("no migration"), "{older}");
+    }
+}
