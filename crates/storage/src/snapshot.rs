@@ -255,9 +255,11 @@ fn check_magic(magic: &[u8; 8]) -> io::Result<()> {
     };
     let why = if version < u32::from(SNAPSHOT_VERSION) {
         "written by an rskv from before its formats were versioned (a MessagePack header of \
-         openraft's types), which this rskv cannot read and has no migration from"
+         openraft's types), which this rskv cannot read and has no migration from. Run the rskv \
+         that wrote it, or move the data directory away and start this node empty so it rejoins \
+         the cluster and catches up from it"
     } else {
-        "written by a newer rskv"
+        "written by a newer rskv; run that rskv or a newer one"
     };
     Err(io_err(format!(
         "snapshot file format version {version} is not read by this rskv (it reads version \

@@ -340,7 +340,10 @@ async fn fixture_state_machine_should_read_back_exactly() {
     let mut sm = state_machine(engine.clone(), &dir.path().join("snapshots")).await;
     assert_eq!(sm.open_sessions(), 1);
     let (applied, membership) = sm.applied_state().await.expect("applied");
-    assert_eq!((applied, membership), (Some(last_log_id()), last_membership()));
+    assert_eq!(
+        (applied, membership),
+        (Some(last_log_id()), last_membership())
+    );
     apply(
         &mut sm,
         &[Entry::new_normal(
@@ -414,9 +417,8 @@ async fn write_fixture() {
         store.purge(log_id(0, 0, 0)).await.expect("purge");
     }
     {
-        let engine = Arc::new(
-            RocksEngine::open(&work.path().join("state_machine")).expect("state machine"),
-        );
+        let engine =
+            Arc::new(RocksEngine::open(&work.path().join("state_machine")).expect("state machine"));
         let mut sm = state_machine(engine.clone(), &work.path().join("unused-snapshots")).await;
         apply(&mut sm, &log).await;
         engine.sync().expect("flush");

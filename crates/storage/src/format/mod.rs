@@ -916,11 +916,7 @@ mod tests {
             round_trip(&Some(l));
         }
         round_trip(&None::<LogId>);
-        for v in [
-            Vote::new(5, 2),
-            Vote::new_committed(6, 3),
-            Vote::new(0, 0),
-        ] {
+        for v in [Vote::new(5, 2), Vote::new_committed(6, 3), Vote::new(0, 0)] {
             round_trip(&v);
         }
         for c in commands() {
@@ -977,7 +973,12 @@ mod tests {
         };
         let back: AppendEntriesRequest<TypeConfig> = decode(&encode(&append)).expect("decode");
         assert_eq!(
-            (back.vote, back.prev_log_id, back.leader_commit, back.entries),
+            (
+                back.vote,
+                back.prev_log_id,
+                back.leader_commit,
+                back.entries
+            ),
             (
                 append.vote,
                 append.prev_log_id,
@@ -992,7 +993,9 @@ mod tests {
             leader_commit: None,
         };
         let back: AppendEntriesRequest<TypeConfig> = decode(&encode(&heartbeat)).expect("decode");
-        assert!(back.prev_log_id.is_none() && back.leader_commit.is_none() && back.entries.is_empty());
+        assert!(
+            back.prev_log_id.is_none() && back.leader_commit.is_none() && back.entries.is_empty()
+        );
 
         for r in [
             AppendEntriesResponse::Success,
@@ -1025,7 +1028,11 @@ mod tests {
             Some(log_id(3, 1, 7)),
             true,
         ));
-        round_trip(&VoteResponse::<TypeConfig>::new(Vote::new(4, 2), None, false));
+        round_trip(&VoteResponse::<TypeConfig>::new(
+            Vote::new(4, 2),
+            None,
+            false,
+        ));
         round_trip(&TransferLeaderRequest::<TypeConfig>::new(
             Vote::new_committed(5, 1),
             2,
@@ -1054,7 +1061,9 @@ mod tests {
         for a in answers {
             round_trip(&a);
         }
-        round_trip(&SnapshotResponse::<TypeConfig>::new(Vote::new_committed(5, 1)));
+        round_trip(&SnapshotResponse::<TypeConfig>::new(Vote::new_committed(
+            5, 1,
+        )));
         round_trip(&(
             Vote::new_committed(5, 1),
             SnapshotMeta {
@@ -1090,7 +1099,10 @@ mod tests {
         let EntryPayload::Normal(Command::Put { key, value, .. }) = &back.entries[0].payload else {
             panic!("a put");
         };
-        assert!(!inside(key) && !inside(value), "the mapping copies them out");
+        assert!(
+            !inside(key) && !inside(value),
+            "the mapping copies them out"
+        );
     }
 
     #[test]
@@ -1102,14 +1114,25 @@ mod tests {
         }
         let err = decode::<Entry>(&entry[..entry.len() - 3]).expect_err("truncated");
         assert!(
-            matches!(err, FormatError::Undecodable { what: "log entry", .. }),
+            matches!(
+                err,
+                FormatError::Undecodable {
+                    what: "log entry",
+                    ..
+                }
+            ),
             "{err}"
         );
-        assert!(err.to_string().starts_with("cannot decode log entry"), "{err}");
+        assert!(
+            err.to_string().starts_with("cannot decode log entry"),
+            "{err}"
+        );
         let err = decode::<Vote>(&[0xff, 0xff, 0xff]).expect_err("garbage");
         assert!(err.to_string().contains("cannot decode vote"), "{err}");
         // MessagePack of an entry, as rskv wrote before: not a protobuf entry.
-        let msgpack = [0x92, 0x93, 0x01, 0x01, 0x01, 0xa5, b'B', b'l', b'a', b'n', b'k'];
+        let msgpack = [
+            0x92, 0x93, 0x01, 0x01, 0x01, 0xa5, b'B', b'l', b'a', b'n', b'k',
+        ];
         assert!(decode::<Entry>(&msgpack).is_err());
     }
 
@@ -1145,7 +1168,10 @@ mod tests {
         // RPCs without their vote.
         let err = decode::<VoteRequest<TypeConfig>>(&rpc::VoteRequest::default().encode_to_vec())
             .expect_err("no vote");
-        assert_eq!(err.to_string(), "cannot decode vote request: vote is missing");
+        assert_eq!(
+            err.to_string(),
+            "cannot decode vote request: vote is missing"
+        );
         let err = decode::<(Vote, SnapshotMeta)>(
             &rpc::SnapshotHeader {
                 vote: Some(vote_to(&Vote::new(1, 1))),
@@ -1171,7 +1197,13 @@ mod tests {
         };
         let err = decode::<Entry>(&entry.encode_to_vec()).expect_err("voter without record");
         assert!(
-            matches!(err, FormatError::Invalid { what: "log entry", .. }),
+            matches!(
+                err,
+                FormatError::Invalid {
+                    what: "log entry",
+                    ..
+                }
+            ),
             "{err}"
         );
         assert!(err.to_string().contains("invalid membership"), "{err}");

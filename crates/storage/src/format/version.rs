@@ -282,7 +282,11 @@ mod tests {
 
     const CASES: [Case; 2] = [
         (LOG_STORE, &["logs", "meta"], open_log),
-        (STATE_MACHINE, &["data", "sm_system", "sm_meta"], open_state_machine),
+        (
+            STATE_MACHINE,
+            &["data", "sm_system", "sm_meta"],
+            open_state_machine,
+        ),
     ];
 
     #[test]
@@ -335,7 +339,8 @@ mod tests {
             // What rskv wrote before: data (here, a vote or an applied state), no version.
             raw(dir.path(), cfs, |db| {
                 let cf = db.cf_handle(cfs[cfs.len() - 1]).expect("cf");
-                db.put_cf(cf, b"vote", [0x93, 0x01, 0x02, 0xc3]).expect("put");
+                db.put_cf(cf, b"vote", [0x93, 0x01, 0x02, 0xc3])
+                    .expect("put");
             });
             let expected = VersionError::Unversioned {
                 store: store.name,

@@ -530,7 +530,9 @@ fn recover(engine: &dyn KvEngine, snapshot_path: &Path) -> io::Result<()> {
         return Ok(());
     }
     let file = SnapshotFile::open(snapshot_path)?;
-    let meta = file.read_meta()?;
+    let meta = file
+        .read_meta()
+        .map_err(|e| io_err(format!("snapshot file {}: {e}", snapshot_path.display())))?;
     let applied = engine.applied_state()?;
     let behind =
         applied.last_applied.as_ref().map(|l| l.index) < meta.last_log_id.as_ref().map(|l| l.index);
