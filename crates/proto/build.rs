@@ -1,14 +1,29 @@
 //! Compiles `proto/*.proto` into Rust with tonic; protoc comes from `protoc-bin-vendored`, so no
 //! system protobuf compiler is needed.
+//!
+//! Two passes: `storage.proto` (rskv's durable formats, `rskv.storage.v1`) first, then the
+//! services, whose Raft messages are built of storage messages: they refer to them as
+//! `crate::storage` (the crate's modules are flat, not nested by package). Maps are `BTreeMap`s,
+//! so an encoding is the same bytes every time.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
     unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=../../proto");
-    tonic_prost_build::configure().bytes(".").compile_protos(
-        &["../../proto/kv.proto", "../../proto/raft.proto"],
-        &["../../proto"],
-    )?;
+    tonic_prost_build::configure()
+        .bytes(".")
+        .btree_map(".")
+        .build_client(false)
+        .build_server(false)
+        .compile_protos(&["../../proto/storage.proto"], &["../../proto"])?;
+    tonic_prost_build::configure()
+        .bytes(".")
+        .btree_map(".")
+        .extern_path(".rskv.storage.v1", "crate::storage")
+        .compile_protos(
+            &["../../proto/kv.proto", "../../proto/raft.proto"],
+            &["../../proto"],
+        )?;
     Ok(())
 }

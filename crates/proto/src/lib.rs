@@ -1,10 +1,15 @@
 //! # rskv-proto: the wire
 //!
 //! Everything two rskv processes must agree on to talk: the protobuf schemas in `proto/` (the
-//! client API `rskv.v1` and the Raft transport `rskv.raft.v1`), compiled by `build.rs` into
+//! client API `rskv.v1` and the Raft transport `rskv.raft.v2`), compiled by `build.rs` into
 //! [`kv`] and [`raft`], and the error contract every status carries ([`status`]): which reason a
 //! failure has, and what the client may do about it. The client and the server both depend on
 //! this crate and on nothing of each other.
+//!
+//! It also holds rskv's durable formats ([`storage`], `rskv.storage.v1`): what the Raft log, the
+//! state machine's metadata and the snapshot header are written as, and what the Raft messages
+//! are built of. Only generated code lives here; `rskv-storage` maps openraft's types to and from
+//! it, so this crate (and the client with it) never depends on openraft.
 
 // Library code never unwraps: a panic on a server path is a bug report, not an error message.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -23,7 +28,7 @@ pub mod kv {
     tonic::include_proto!("rskv.v1");
 }
 
-/// Node-to-node Raft transport (`rskv.raft.v1.Raft`).
+/// Node-to-node Raft transport (`rskv.raft.v2.Raft`): typed messages built of [`storage`]'s.
 #[allow(
     missing_docs,
     clippy::all,
@@ -32,7 +37,21 @@ pub mod kv {
     clippy::expect_used
 )]
 pub mod raft {
-    tonic::include_proto!("rskv.raft.v1");
+    tonic::include_proto!("rskv.raft.v2");
+}
+
+/// rskv's durable formats (`rskv.storage.v1`, `proto/storage.proto`): log entries, votes, log ids,
+/// memberships, snapshot metadata, the applied state. Their schema is rskv's, so a new openraft
+/// cannot change what is on disk without rskv changing it deliberately.
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+pub mod storage {
+    tonic::include_proto!("rskv.storage.v1");
 }
 
 /// Most pairs in a `BatchPut` and ops in a `Multi` a node accepts unless configured otherwise

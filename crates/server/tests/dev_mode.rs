@@ -332,3 +332,92 @@ fn bad_config_should_exit_2_naming_the_key() {
         );
     }
 }
+
+/// Every file under `dir` and its bytes.
+fn contents(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            out.extend(contents(&path));
+        } else {
+            out.insert(path.clone(), std::fs::read(&path).expect("read"));
+        }
+    }
+    out
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// A data directory whose Raft log store was written by a newer rskv (the checked-in format
+/// fixture with its log store's version raised): `kv_server` refuses it at start with a message
+/// naming the store, the version found and the version it reads, exits 1 without a panic, and
+/// leaves every file as it was.
+#[test]
+fn a_data_dir_of_another_format_version_should_be_refused_at_start_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../storage/tests/fixtures/format-v1"),
+        &data,
+    );
+    {
+        let log_dir = data.join("raft_log");
+        let opts = rocksdb::Options::default();
+        let cfs = rocksdb::DB::list_cf(&opts, &log_dir).expect("list");
+        let db = rocksdb::DB::open_cf(&opts, &log_dir, &cfs).expect("open");
+        let meta = db.cf_handle("meta").expect("meta");
+        db.put_cf(meta, b"format_version", b"2").expect("put");
+        db.flush_wal(true).expect("sync");
+    }
+    let before = contents(&data);
+    let ports = loopback_ports(3);
+    let mut child = Command::new(server_bin())
+        .args(["--listen-addr", &format!("127.0.0.1:{}", ports[0])])
+        .args(["--peer-listen-addr", &format!("127.0.0.1:{}", ports[1])])
+        .args(["--metrics-addr", &format!("127.0.0.1:{}", ports[2])])
+        .args(["--engine", "rocksdb"])
+        .arg("--data-dir")
+        .arg(&data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kv_server did not refuse the data directory within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let expected = format!(
+        "kv_server: storage: opening raft log in {}: Raft log store in {} is format version 2, \
+         newer than this rskv reads (version 1)",
+        data.join("raft_log").display(),
+        data.join("raft_log").display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(contents(&data) == before, "the data directory changed");
+}

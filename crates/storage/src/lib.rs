@@ -2,8 +2,9 @@
 //!
 //! The bottom layer of a node. The Raft log ([`log_store`]) and the state machine
 //! ([`state_machine`]) that committed entries are applied to, the snapshot file format both state
-//! machines share ([`snapshot`]), the replicated command itself ([`types`]), and the apply events
-//! the state machine publishes ([`events`]).
+//! machines share ([`snapshot`]), the replicated command itself ([`types`]), the apply events the
+//! state machine publishes ([`events`]), and the one module where openraft's types meet bytes
+//! ([`format`]): everything stored is rskv's own versioned protobuf schema.
 //!
 //! The log and the state machine are separate on purpose (as in raft-rs and TiKV): the log is the
 //! durable record of what was agreed, the state machine is a rebuildable view of it. The state
@@ -19,6 +20,7 @@
 
 pub mod error;
 pub mod events;
+pub mod format;
 pub mod io_thread;
 pub mod log_store;
 pub mod log_throttle;

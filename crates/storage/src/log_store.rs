@@ -1,8 +1,10 @@
 //! The Raft log, vote and commit/purge markers, persisted in RocksDB.
 //!
-//! Layout: column family `logs` maps a big-endian `u64` index to a MessagePack-encoded entry, so
-//! RocksDB's byte order is log order; column family `meta` holds `vote`, `committed` and
-//! `last_purged`.
+//! Layout: column family `logs` maps a big-endian `u64` index to the entry in rskv's format (a
+//! `rskv.storage.v1.Entry`, see [`crate::format`]), so RocksDB's byte order is log order; column
+//! family `meta` holds `vote`, `committed`, `last_purged` (in the same format) and
+//! `format_version`, recorded when the store is created and checked before it is opened
+//! ([`crate::format::version`]): a store of another version is refused, untouched.
 //!
 //! **The log writer thread, durability and group commit.** Every write to the log happens on one
 //! thread of the store's own, `rskv-log-writer` (as TiKV's store writers do), never on an async
@@ -17,8 +19,7 @@
 //! **Recent entries in memory.** The leader's replication tasks read back every entry it has just
 //! appended; [`RecentEntries`] keeps the tail of the log in memory (bounded by count and bytes,
 //! and never dropping an entry the writer has not written yet, so everything below it is in
-//! RocksDB)
-//! so those reads skip RocksDB, the MessagePack decode and a blocking-thread hop. It mirrors every
+//! RocksDB) so those reads skip RocksDB, the decode and a blocking-thread hop. It mirrors every
 //! append, truncation and purge, so it is always a suffix of the stored log.
 
 use std::collections::VecDeque;
@@ -34,6 +35,14 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
+use crate::error::io_err;
+use crate::format;
+use crate::format::version;
+use crate::format::Wire;
+use crate::types::Entry;
+use crate::types::LogId;
+use crate::types::TypeConfig;
+use crate::types::Vote;
 use openraft::storage::IOFlushed;
 use openraft::storage::LogState;
 use openraft::storage::RaftLogStorage;
@@ -47,14 +56,6 @@ use rocksdb::Options;
 use rocksdb::WriteBatch;
 use rocksdb::WriteOptions;
 use rocksdb::DB;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
-use crate::error::io_err;
-use crate::types::Entry;
-use crate::types::LogId;
-use crate::types::TypeConfig;
-use crate::types::Vote;
 
 const CF_LOGS: &str = "logs";
 const CF_META: &str = "meta";
@@ -227,12 +228,9 @@ pub struct LogReader {
     recent: Arc<Mutex<RecentEntries>>,
 }
 
-fn encode<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
-    rmp_serde::to_vec(v).map_err(io_err)
-}
-
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
-    rmp_serde::from_slice(bytes).map_err(io_err)
+/// Decodes a stored value; an error names where it was (`at`) and what is wrong.
+fn decode<T: Wire>(bytes: &[u8], at: impl std::fmt::Display) -> io::Result<T> {
+    format::decode(bytes).map_err(|e| io_err(format!("raft log {at}: {e}")))
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -244,9 +242,12 @@ fn cf<'a>(db: &'a DB, name: &str) -> io::Result<&'a rocksdb::ColumnFamily> {
         .ok_or_else(|| io_err(format!("column family {name} missing")))
 }
 
-fn get_meta<T: DeserializeOwned>(db: &DB, key: &[u8]) -> io::Result<Option<T>> {
+fn get_meta<T: Wire>(db: &DB, key: &[u8]) -> io::Result<Option<T>> {
     match db.get_cf(cf(db, CF_META)?, key).map_err(io_err)? {
-        Some(bytes) => Ok(Some(decode(&bytes)?)),
+        Some(bytes) => Ok(Some(decode(
+            &bytes,
+            format_args!("meta key `{}`", String::from_utf8_lossy(key)),
+        )?)),
         None => Ok(None),
     }
 }
@@ -264,8 +265,11 @@ impl LogStore {
     /// Opens (or creates) the log store under `dir`.
     ///
     /// # Errors
-    /// When RocksDB cannot open the directory (permissions, another process holding the lock).
+    /// When the store is of another format version ([`version::VersionError`]; nothing is
+    /// changed then), or RocksDB cannot open the directory (permissions, another process holding
+    /// the lock).
     pub fn open(dir: &Path) -> io::Result<LogStore> {
+        let found = version::check(dir, &version::LOG_STORE)?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -287,6 +291,9 @@ impl LogStore {
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(io_err)?;
+        if found == version::Found::New {
+            version::record(&db, &version::LOG_STORE)?;
+        }
         let db = Arc::new(db);
         let recent: Arc<Mutex<RecentEntries>> = Arc::default();
         let (writes, queue) = mpsc::channel::<LogWrite>();
@@ -336,9 +343,9 @@ impl LogStore {
             .map_err(|_| io_err("recent-entries lock poisoned"))
     }
 
-    fn meta_batch<T: Serialize>(&self, key: &[u8], value: &T) -> io::Result<WriteBatch> {
+    fn meta_batch<T: Wire>(&self, key: &[u8], value: &T) -> io::Result<WriteBatch> {
         let mut batch = WriteBatch::default();
-        batch.put_cf(cf(&self.db, CF_META)?, key, encode(value)?);
+        batch.put_cf(cf(&self.db, CF_META)?, key, format::encode(value));
         Ok(batch)
     }
 }
@@ -501,7 +508,7 @@ fn read_range(db: &DB, start: u64, end: Option<u64>) -> io::Result<Vec<Entry>> {
         if end.is_some_and(|end| index >= end) {
             break;
         }
-        out.push(decode(&value)?);
+        out.push(decode(&value, format_args!("entry {index}"))?);
     }
     Ok(out)
 }
@@ -519,7 +526,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .transpose()
                 .map_err(io_err)?;
             let last_log_id = match last {
-                Some((_, value)) => Some(decode::<Entry>(&value)?.log_id),
+                Some((_, value)) => Some(decode::<Entry>(&value, "last entry")?.log_id),
                 None => last_purged,
             };
             Ok(LogState {
@@ -566,7 +573,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let logs = cf(&self.db, CF_LOGS)?;
             for entry in entries {
-                batch.put_cf(logs, index_key(entry.log_id.index), encode(&entry)?);
+                batch.put_cf(logs, index_key(entry.log_id.index), format::encode(&entry));
                 kept.push(entry);
             }
         }

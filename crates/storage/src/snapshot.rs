@@ -1,13 +1,16 @@
 //! The snapshot file: one self-describing file per snapshot, shared by both engines.
 //!
-//! Layout (version 2): the magic `RSKVSNP2`, a `u32` length and the MessagePack [`SnapshotMeta`],
-//! then two sections, the state machine's two keyspaces ([`Keyspace`]): client data, then the
-//! system keyspace (client sessions). Each section is records of (`u32` key length, key, `u32`
-//! value length, value) in key order, then an end marker (`u32::MAX`) and the section's `u64`
-//! record count, which detects truncated files. Version 1 (`RSKVSNP1`, written before client
-//! sessions existed) is the same with only the data section; it is still read, as a snapshot with
-//! an empty system keyspace. Everything is streamed: neither writing, sending nor reading a
-//! snapshot holds it in memory.
+//! Layout (version 3): the magic `RSKVSNP3` (its last byte is the format version), a `u32` length
+//! and the [`SnapshotMeta`] in rskv's format (a `rskv.storage.v1.SnapshotMeta`, see
+//! [`crate::format`]), then two sections, the state machine's two keyspaces ([`Keyspace`]):
+//! client data, then the system keyspace (client sessions). Each section is records of (`u32` key
+//! length, key, `u32` value length, value) in key order, then an end marker (`u32::MAX`) and the
+//! section's `u64` record count, which detects truncated files. All integers are little-endian.
+//! Everything is streamed: neither writing, sending nor reading a snapshot holds it in memory.
+//!
+//! Versions 1 (`RSKVSNP1`, data only) and 2 (`RSKVSNP2`) had the same sections but a MessagePack
+//! encoding of openraft's own metadata type as the header; they are refused with a message saying
+//! so, as is a newer version, rather than read as something they are not.
 //!
 //! A snapshot travels as [`SnapshotData`]: a file (the memory engine's snapshots, and every
 //! snapshot a follower receives) or a [`SnapshotStream`], the file format produced on demand from
@@ -26,14 +29,15 @@ use bytes::Buf;
 use bytes::Bytes;
 
 use crate::error::io_err;
+use crate::format;
 use crate::state_machine::Keyspace;
 use crate::state_machine::Record;
 use crate::types::SnapshotMeta;
 
-/// Magic of the format written now: data and system sections.
-const MAGIC: &[u8; 8] = b"RSKVSNP2";
-/// Magic of the first format: a data section only.
-const MAGIC_V1: &[u8; 8] = b"RSKVSNP1";
+/// The snapshot file format version written and read now (the last byte of the magic).
+pub const SNAPSHOT_VERSION: u8 = 3;
+/// Magic of the format written now: rskv's own header, data and system sections.
+const MAGIC: &[u8; 8] = b"RSKVSNP3";
 /// The magic every format version shares before its version digit.
 const MAGIC_PREFIX: &[u8; 7] = b"RSKVSNP";
 const END: u32 = u32::MAX;
@@ -141,8 +145,7 @@ impl<W: Write> SnapshotWriter<W> {
     /// On a write failure.
     pub fn start(mut out: W, meta: &SnapshotMeta) -> io::Result<SnapshotWriter<W>> {
         out.write_all(MAGIC)?;
-        let header = rmp_serde::to_vec(meta).map_err(io_err)?;
-        write_field(&mut out, &header)?;
+        write_field(&mut out, &format::encode(meta))?;
         Ok(SnapshotWriter {
             out,
             count: 0,
@@ -217,8 +220,6 @@ pub struct SnapshotReader {
     count: u64,
     /// The section being read.
     section: Keyspace,
-    /// Whether the file has a system section (version 2 and later).
-    has_system: bool,
     done: bool,
 }
 
@@ -227,30 +228,43 @@ impl SnapshotReader {
         let mut input = BufReader::with_capacity(1 << 20, file);
         let mut magic = [0u8; 8];
         input.read_exact(&mut magic)?;
-        let has_system = match &magic {
-            m if m == MAGIC => true,
-            m if m == MAGIC_V1 => false,
-            m if m.starts_with(MAGIC_PREFIX) => {
-                return Err(io_err(format!(
-                    "snapshot format version {} is newer than this rskv reads (up to {}); upgrade this node",
-                    char::from(m[7]),
-                    char::from(MAGIC[7])
-                )))
-            }
-            _ => return Err(io_err("not an rskv snapshot file")),
-        };
+        check_magic(&magic)?;
         let len = read_u32(&mut input)?;
         let header = read_exact_vec(&mut input, len)?;
-        let meta = rmp_serde::from_slice(&header).map_err(io_err)?;
+        let meta = format::decode(&header).map_err(io_err)?;
         Ok(SnapshotReader {
             input,
             meta,
             count: 0,
             section: Keyspace::Data,
-            has_system,
             done: false,
         })
     }
+}
+
+/// Refuses every file but one of [`SNAPSHOT_VERSION`], saying which version it is and why.
+fn check_magic(magic: &[u8; 8]) -> io::Result<()> {
+    if magic == MAGIC {
+        return Ok(());
+    }
+    let Some(version) = magic
+        .strip_prefix(MAGIC_PREFIX)
+        .and_then(|digit| char::from(digit[0]).to_digit(10))
+    else {
+        return Err(io_err("not an rskv snapshot file"));
+    };
+    let why = if version < u32::from(SNAPSHOT_VERSION) {
+        "written by an rskv from before its formats were versioned (a MessagePack header of \
+         openraft's types), which this rskv cannot read and has no migration from. Run the rskv \
+         that wrote it, or move the data directory away and start this node empty so it rejoins \
+         the cluster and catches up from it"
+    } else {
+        "written by a newer rskv; run that rskv or a newer one"
+    };
+    Err(io_err(format!(
+        "snapshot file format version {version} is not read by this rskv (it reads version \
+         {SNAPSHOT_VERSION}): {why}"
+    )))
 }
 
 fn read_u32(input: &mut impl Read) -> io::Result<u32> {
@@ -293,7 +307,7 @@ impl SnapshotReader {
                     self.count
                 )));
             }
-            if self.section == Keyspace::System || !self.has_system {
+            if self.section == Keyspace::System {
                 return Ok(None);
             }
             self.section = Keyspace::System;
@@ -524,34 +538,27 @@ mod tests {
         );
     }
 
-    /// Version 1 files (written before client sessions) are read as data with no system records.
+    /// Versions 1 and 2 (a MessagePack header of openraft's types) are refused, saying so,
+    /// before anything of the file is taken for data.
     #[test]
-    fn version_1_snapshot_should_still_be_read() {
+    fn version_1_and_2_snapshots_should_be_refused_with_a_reason() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let header = rmp_serde::to_vec(&meta(3)).expect("header");
-        let mut v1 = MAGIC_V1.to_vec();
-        v1.extend_from_slice(&(header.len() as u32).to_le_bytes());
-        v1.extend_from_slice(&header);
-        for (k, v) in [("k1", "v1"), ("k2", "v2")] {
-            for field in [k, v] {
-                v1.extend_from_slice(&(field.len() as u32).to_le_bytes());
-                v1.extend_from_slice(field.as_bytes());
-            }
+        for old in [b"RSKVSNP1", b"RSKVSNP2"] {
+            let mut bytes = SnapshotWriter::start(Vec::new(), &meta(3))
+                .and_then(SnapshotWriter::end)
+                .expect("write");
+            bytes[..8].copy_from_slice(old);
+            let err = file_with(dir.path(), &bytes)
+                .read_meta()
+                .expect_err("old version");
+            let version = char::from(old[7]);
+            assert!(
+                err.to_string().contains(&format!(
+                    "snapshot file format version {version} is not read by this rskv (it reads version 3)"
+                )) && err.to_string().contains("before its formats were versioned"),
+                "{err}"
+            );
         }
-        v1.extend_from_slice(&END.to_le_bytes());
-        v1.extend_from_slice(&2u64.to_le_bytes());
-        let file = file_with(dir.path(), &v1);
-        assert_eq!(file.read_meta().expect("meta"), meta(3));
-        assert_eq!(
-            read_all(&file).expect("read"),
-            vec![
-                record(Keyspace::Data, "k1", "v1"),
-                record(Keyspace::Data, "k2", "v2")
-            ]
-        );
-        // Cut short inside the data: refused, not taken as a shorter snapshot.
-        let file = file_with(dir.path(), &v1[..v1.len() - 12]);
-        assert!(read_all(&file).is_err());
     }
 
     #[test]
@@ -564,7 +571,20 @@ mod tests {
         let err = file_with(dir.path(), &bytes)
             .read_meta()
             .expect_err("newer version");
-        assert!(err.to_string().contains("version 9 is newer"), "{err}");
+        assert!(
+            err.to_string().contains("version 9 is not read")
+                && err.to_string().contains("newer rskv"),
+            "{err}"
+        );
+        // A damaged header is an error naming it, not a panic.
+        let mut bytes = SnapshotWriter::start(Vec::new(), &meta(1))
+            .and_then(SnapshotWriter::end)
+            .expect("write");
+        bytes[12] = 0xff;
+        let err = file_with(dir.path(), &bytes)
+            .read_meta()
+            .expect_err("damaged header");
+        assert!(err.to_string().contains("snapshot metadata"), "{err}");
         let err = file_with(dir.path(), b"not a snapshot at all")
             .read_meta()
             .expect_err("foreign file");

@@ -3,12 +3,13 @@
 //!
 //! It lives at the bottom, with storage, because the log stores it and the state machine applies
 //! it; the Raft layer above (`rskv_server::raft`) re-exports it and adds the transport.
+//!
+//! None of these types has an encoding of its own: what is stored or sent is rskv's protobuf
+//! schema, mapped to and from these types in [`crate::format`].
 
 use std::fmt;
 
 use bytes::Bytes;
-use serde::Deserialize;
-use serde::Serialize;
 
 openraft::declare_raft_types!(
     /// The openraft type configuration of rskv: u64 node ids, [`NodeInfo`] (client and peer
@@ -22,7 +23,7 @@ openraft::declare_raft_types!(
 /// What the membership records about a node: where clients reach it (for NOT_LEADER hints) and
 /// where peers send Raft traffic. Two ports, as in etcd, so client load and client connection
 /// limits can never starve replication and elections.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeInfo {
     /// Client API address (`host:port`).
     pub addr: String,
@@ -54,6 +55,8 @@ pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
 pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
 /// A vote record.
 pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+/// A cluster membership: voter sets (two during a joint change) and every member's record.
+pub type Membership = openraft::Membership<NodeId, NodeInfo>;
 /// Membership together with the log id that introduced it.
 pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
 /// Snapshot metadata.
@@ -65,7 +68,7 @@ pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, crate::
 ///
 /// Every variant is deterministic given the state it is applied to, so every replica that
 /// applies the same log reaches the same state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Set `key` to `value`.
     Put {
@@ -75,12 +78,9 @@ pub enum Command {
         value: Bytes,
         /// Read the previous value (for the reply and the watch event). Off by default: the
         /// lookup is a read before every write on every node (7% of the leader's CPU under load).
-        #[serde(default)]
         return_prev: bool,
         /// Set when the write belongs to a client session: it is then applied at most once
-        /// however often it is retried. Written only when set, so a write without a session has
-        /// the same encoding as before sessions existed.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// however often it is retried.
         session: Option<SessionStamp>,
     },
     /// Remove `key` (a no-op if absent).
@@ -88,9 +88,7 @@ pub enum Command {
         /// The key to remove.
         key: Bytes,
         /// Set when the write belongs to a client session: it is then applied at most once
-        /// however often it is retried. Written only when set, so a write without a session has
-        /// the same encoding as before sessions existed.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// however often it is retried.
         session: Option<SessionStamp>,
     },
     /// Set several keys atomically, in order (a later pair wins over an earlier one).
@@ -98,9 +96,7 @@ pub enum Command {
         /// Key-value pairs, applied in order.
         pairs: Vec<(Bytes, Bytes)>,
         /// Set when the write belongs to a client session: it is then applied at most once
-        /// however often it is retried. Written only when set, so a write without a session has
-        /// the same encoding as before sessions existed.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// however often it is retried.
         session: Option<SessionStamp>,
     },
     /// Set `key` to `new_value` only if it currently holds `expected` (`None`: is absent).
@@ -112,9 +108,7 @@ pub enum Command {
         /// The value written when the comparison holds.
         new_value: Bytes,
         /// Set when the write belongs to a client session: it is then applied at most once
-        /// however often it is retried. Written only when set, so a write without a session has
-        /// the same encoding as before sessions existed.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// however often it is retried.
         session: Option<SessionStamp>,
     },
     /// Independent commands from different requests, carried by one log entry (the server groups
@@ -144,7 +138,7 @@ pub enum Command {
 
 /// What makes a write part of a client session (see
 /// [`crate::state_machine::sessions`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionStamp {
     /// The session, from [`Command::OpenSession`].
     pub id: u64,
@@ -275,17 +269,15 @@ impl fmt::Display for Command {
 }
 
 /// What applying a [`Command`] produced; sent back to the client that proposed it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommandResponse {
     /// The value the key held before (put, delete, CAS); `None` for batch puts and absent keys.
     pub prev: Option<Bytes>,
     /// For CAS: whether the swap happened. Always `true` for other commands.
     pub success: bool,
     /// For a [`Command::Group`]: each command's response, in order.
-    #[serde(default)]
     pub group: Vec<CommandResponse>,
     /// What the session table made of a session command.
-    #[serde(default)]
     pub session: SessionOutcome,
 }
 
@@ -312,7 +304,7 @@ impl CommandResponse {
 }
 
 /// How the session table answered a command.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum SessionOutcome {
     /// Applied now (every command that is not a session's lands here too).
     #[default]
@@ -333,7 +325,7 @@ pub enum SessionOutcome {
 }
 
 /// Why a session command was refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionRefusal {
     /// The session expired (idle past its time-to-live, or closed to make room) or never existed.
     Expired {
@@ -415,54 +407,5 @@ mod tests {
             matches!(&put, Command::Put { key, .. } if inside(key)),
             "the original shares it"
         );
-    }
-
-    /// A write without a session is encoded exactly as before sessions existed (logs written
-    /// then still decode, and decode the same), and one with a session round-trips.
-    #[test]
-    fn writes_should_encode_as_before_without_a_session_and_round_trip_with_one() {
-        #[derive(Serialize)]
-        enum Before {
-            Put {
-                key: Bytes,
-                value: Bytes,
-                return_prev: bool,
-            },
-            Delete {
-                key: Bytes,
-            },
-        }
-        let (key, value) = (Bytes::from_static(b"k"), Bytes::from_static(b"v"));
-        let before = rmp_serde::to_vec(&Before::Put {
-            key: key.clone(),
-            value: value.clone(),
-            return_prev: true,
-        })
-        .expect("encode");
-        let put = Command::Put {
-            key: key.clone(),
-            value,
-            return_prev: true,
-            session: None,
-        };
-        assert_eq!(rmp_serde::to_vec(&put).expect("encode"), before);
-        let decoded: Command = rmp_serde::from_slice(&before).expect("decode");
-        assert_eq!(decoded, put);
-        let old_delete = rmp_serde::to_vec(&Before::Delete { key: key.clone() }).expect("encode");
-        let delete: Command = rmp_serde::from_slice(&old_delete).expect("decode");
-        assert_eq!(delete, Command::Delete { key, session: None });
-        let stamp = SessionStamp {
-            id: 3,
-            seq: 41,
-            first_unacked: 40,
-            now_ms: 1_765_000_000_000,
-        };
-        let mut sessioned = put.clone().in_session(stamp);
-        let bytes = rmp_serde::to_vec(&sessioned).expect("encode");
-        assert!(bytes.len() <= before.len() + 20, "{} bytes", bytes.len());
-        let back: Command = rmp_serde::from_slice(&bytes).expect("decode");
-        assert_eq!(back, sessioned);
-        assert_eq!(sessioned.take_session(), Some(stamp));
-        assert_eq!(sessioned, put);
     }
 }

@@ -1,7 +1,7 @@
-//! The receiving side of the Raft transport (`rskv.raft.v1.Raft`): decodes openraft messages and
-//! hands them to the local Raft instance. Incoming snapshots are streamed into the storage's
-//! [`SnapshotInbox`], then installed from the file it returns; the service never touches the
-//! snapshot directory.
+//! The receiving side of the Raft transport (`rskv.raft.v2.Raft`): decodes rskv's Raft messages
+//! into openraft's and hands them to the local Raft instance. Incoming snapshots are streamed into
+//! the storage's [`SnapshotInbox`], then installed from the file it returns; the service never
+//! touches the snapshot directory.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,7 +12,6 @@ use openraft::raft::StreamAppendError;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
-use serde::Serialize;
 use tokio_stream::Stream;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -24,17 +23,16 @@ use tonic::Streaming;
 use super::lease_hold::LeaseHold;
 use super::LeaderContact;
 use super::Node;
-use crate::raft::network::decode;
-use crate::raft::network::encode;
 use crate::raft::NodeId;
 use crate::raft::Raft as RaftHandle;
 use crate::raft::Snapshot;
 use crate::raft::SnapshotMeta;
 use crate::raft::TypeConfig;
 use crate::raft::Vote;
+use rskv_proto::raft as pb;
 use rskv_proto::raft::raft_server::Raft;
-use rskv_proto::raft::RaftPayload;
 use rskv_proto::raft::SnapshotChunk;
+use rskv_storage::format::Wire;
 use rskv_storage::SnapshotData;
 use rskv_storage::SnapshotInbox;
 
@@ -74,7 +72,7 @@ impl RaftService {
         &self,
         rpc: &VoteRequest<TypeConfig>,
         what: &'static str,
-    ) -> Option<Result<Response<RaftPayload>, Status>> {
+    ) -> Option<Result<Response<pb::VoteResponse>, Status>> {
         let left = self.lease_hold.refuses(rpc.leadership_transfer)?;
         // At most one per candidate and election round while the hold lasts: a few lines.
         tracing::info!(candidate = %rpc.vote, ?left, "{what} refused: restarted within a lease");
@@ -94,24 +92,24 @@ impl RaftService {
 }
 
 /// The answers of an append stream, one per request, in order.
-type AppendAnswers = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
+type AppendAnswers =
+    Pin<Box<dyn Stream<Item = Result<pb::AppendStreamResponse, Status>> + Send + 'static>>;
 
-/// Encodes a Raft message for the wire; shared with the transport's test stub.
-pub(crate) fn raft_payload<T: Serialize>(value: &T) -> Result<RaftPayload, Status> {
-    let data = encode(value).map_err(|e| Status::internal(format!("encode: {e}")))?;
-    Ok(RaftPayload { data })
+/// A Raft message as its wire message ([`rskv_storage::format`]); shared with the transport's
+/// test stub.
+pub(crate) fn raft_payload<T: Wire>(value: &T) -> Result<T::Message, Status> {
+    Ok(value.to_message())
 }
 
 /// [`raft_payload`] as a unary answer.
-pub(crate) fn payload<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+pub(crate) fn payload<T: Wire>(value: &T) -> Result<Response<T::Message>, Status> {
     raft_payload(value).map(Response::new)
 }
 
-/// Decodes a unary Raft request; an undecodable one is the sender's error.
-pub(crate) fn parse<T: serde::de::DeserializeOwned>(
-    request: Request<RaftPayload>,
-) -> Result<T, Status> {
-    decode(&request.into_inner().data)
+/// The openraft message a unary Raft request carries; one that cannot be mapped (a required
+/// field missing, an unknown variant) is the sender's error.
+pub(crate) fn parse<T: Wire>(request: Request<T::Message>) -> Result<T, Status> {
+    T::from_message(request.into_inner())
         .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
 }
 
@@ -121,19 +119,19 @@ impl Raft for RaftService {
 
     async fn append_stream(
         &self,
-        request: Request<Streaming<RaftPayload>>,
+        request: Request<Streaming<pb::AppendEntriesRequest>>,
     ) -> Result<Response<AppendAnswers>, Status> {
         // Requests end at the first transport or decode error; openraft answers those before it,
         // then the stream ends and the leader starts a new one.
         let requests = futures::stream::unfold(request.into_inner(), |mut incoming| async move {
-            let data = match incoming.next().await? {
-                Ok(p) => p.data,
+            let message = match incoming.next().await? {
+                Ok(message) => message,
                 Err(status) => {
                     tracing::debug!(%status, "append stream ended by the leader's side");
                     return None;
                 }
             };
-            match decode::<AppendEntriesRequest<TypeConfig>>(&data) {
+            match AppendEntriesRequest::<TypeConfig>::from_message(message) {
                 Ok(rpc) => Some((rpc, incoming)),
                 Err(e) => {
                     // A leader of another version retries with a new stream every time.
@@ -165,8 +163,8 @@ impl Raft for RaftService {
 
     async fn append_entries(
         &self,
-        request: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
+        request: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = parse(request)?;
         let resp = self
             .raft
@@ -179,7 +177,10 @@ impl Raft for RaftService {
         payload(&resp)
     }
 
-    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn vote(
+        &self,
+        request: Request<pb::VoteRequest>,
+    ) -> Result<Response<pb::VoteResponse>, Status> {
         let rpc: VoteRequest<TypeConfig> = parse(request)?;
         if let Some(refusal) = self.held_back(&rpc, "vote").await {
             return refusal;
@@ -194,8 +195,8 @@ impl Raft for RaftService {
 
     async fn pre_vote(
         &self,
-        request: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
+        request: Request<pb::VoteRequest>,
+    ) -> Result<Response<pb::VoteResponse>, Status> {
         let rpc: VoteRequest<TypeConfig> = parse(request)?;
         if let Some(refusal) = self.held_back(&rpc, "pre-vote").await {
             return refusal;
@@ -210,8 +211,8 @@ impl Raft for RaftService {
 
     async fn transfer_leader(
         &self,
-        request: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
         let rpc: TransferLeaderRequest<TypeConfig> = parse(request)?;
         let resp = self
             .raft
@@ -224,13 +225,16 @@ impl Raft for RaftService {
     async fn install_snapshot(
         &self,
         request: Request<Streaming<SnapshotChunk>>,
-    ) -> Result<Response<RaftPayload>, Status> {
+    ) -> Result<Response<pb::SnapshotResponse>, Status> {
         let mut stream = request.into_inner();
         let first = stream
             .next()
             .await
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
-        let (vote, meta): (Vote, SnapshotMeta) = decode(&first.header)
+        let header = first
+            .header
+            .ok_or_else(|| Status::invalid_argument("snapshot stream without a header"))?;
+        let (vote, meta) = <(Vote, SnapshotMeta)>::from_message(header)
             .map_err(|e| Status::invalid_argument(format!("undecodable snapshot header: {e}")))?;
         tracing::info!(node_id = self.id, last_log_id = ?meta.last_log_id, "receiving snapshot");
         let mut incoming = self

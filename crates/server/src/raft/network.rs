@@ -1,9 +1,9 @@
 //! The Raft transport: openraft's outgoing RPCs over tonic, one cached channel per peer address.
 //!
-//! openraft's request/response types are MessagePack-encoded into `RaftPayload.data` (see
-//! `proto/raft.proto`); this module and [`crate::node::raft_service`] are the only places that
-//! encode or decode them. Snapshots are streamed from their file (or a durable engine's export) in
-//! `snapshot_chunk_bytes` pieces, with at most a few chunks in memory at a time.
+//! openraft's request/response types travel as rskv's own protobuf messages (`proto/raft.proto`),
+//! mapped in one place, [`rskv_storage::format`]; this module and [`crate::node::raft_service`]
+//! only call that mapping. Snapshots are streamed from their file (or a durable engine's export)
+//! in `snapshot_chunk_bytes` pieces, with at most a few chunks in memory at a time.
 
 use std::future::Future;
 use std::io::Read;
@@ -35,8 +35,6 @@ use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
 use openraft::RaftNetworkV2;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tonic::transport::Channel;
 
 use crate::raft::NodeId;
@@ -46,25 +44,9 @@ use crate::raft::TypeConfig;
 use crate::raft::Vote;
 use rskv_client::transport::channel;
 use rskv_proto::raft::raft_client::RaftClient;
-use rskv_proto::raft::RaftPayload;
 use rskv_proto::raft::SnapshotChunk;
+use rskv_storage::format::Wire;
 use rskv_storage::SnapshotData;
-
-/// Encodes an openraft message for the wire.
-///
-/// # Errors
-/// Only if serialization fails, which would be a bug in the message type.
-pub fn encode<T: Serialize>(value: &T) -> Result<Bytes, rmp_serde::encode::Error> {
-    rmp_serde::to_vec(value).map(Bytes::from)
-}
-
-/// Decodes an openraft message from the wire.
-///
-/// # Errors
-/// When the bytes are not a valid encoding of `T` (a peer of another version, or corruption).
-pub fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T, rmp_serde::decode::Error> {
-    rmp_serde::from_slice(data)
-}
 
 /// How quickly the Raft transport gives up on a peer connection and dials afresh.
 ///
@@ -240,18 +222,17 @@ impl PeerConnection {
         call: F,
     ) -> Result<Resp, RPCError<TypeConfig>>
     where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        F: FnOnce(RaftClient<Channel>, tonic::Request<RaftPayload>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+        Req: Wire,
+        Resp: Wire,
+        F: FnOnce(RaftClient<Channel>, tonic::Request<Req::Message>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp::Message>, tonic::Status>>,
     {
-        let data = encode(req).map_err(network)?;
-        let mut request = tonic::Request::new(RaftPayload { data });
+        let mut request = tonic::Request::new(req.to_message());
         request.set_timeout(option.hard_ttl());
         let reply = call(self.client()?, request)
             .await
             .map_err(|s| status_to_rpc(&s))?;
-        decode(&reply.into_inner().data).map_err(network)
+        Resp::from_message(reply.into_inner()).map_err(network)
     }
 }
 
@@ -287,7 +268,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             let owed = Arc::new(Owed::default());
             let counted = owed.clone();
             let target = self.target;
-            // Ends at the first request that cannot be encoded.
+            // Ends at the first request that must not be sent.
             let requests = input.scan((), move |(), rpc| {
                 if let Some(gap) = gap_in(&rpc) {
                     tracing::error!(target, "{gap}; ending the stream");
@@ -297,18 +278,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                     counted.more.notify_one();
                     return std::future::ready(None);
                 }
-                let payload = match encode(&rpc) {
-                    Ok(data) => {
-                        counted.sent.fetch_add(1, Ordering::AcqRel);
-                        counted.more.notify_one();
-                        Some(RaftPayload { data })
-                    }
-                    Err(e) => {
-                        tracing::error!(target, error = %e, "cannot encode AppendEntries; ending stream");
-                        None
-                    }
-                };
-                std::future::ready(payload)
+                let message = rpc.to_message();
+                counted.sent.fetch_add(1, Ordering::AcqRel);
+                counted.more.notify_one();
+                std::future::ready(Some(message))
             });
             let ttl = option.soft_ttl();
             let answers = match tokio::time::timeout(ttl, client.append_stream(requests)).await {
@@ -358,8 +331,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                         }
                     };
                     match next {
-                        Ok(Some(payload)) => {
-                            let answer = decode(&payload.data).map_err(network);
+                        Ok(Some(message)) => {
+                            let answer = StreamAppendResult::from_message(message).map_err(network);
                             let go_on = answer.is_ok().then_some((answers, owed, received + 1));
                             Some((answer, go_on))
                         }
@@ -418,23 +391,22 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let header = encode(&(vote, &snapshot.meta))
-            .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
+        let header = (vote, snapshot.meta);
+        let first = SnapshotChunk {
+            header: Some(header.to_message()),
+            data: Bytes::new(),
+        };
+        let (_, meta) = header;
         let mut client = self
             .client
             .clone()
             .map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))?;
-        let meta = snapshot.meta;
         let reader = snapshot
             .snapshot
             .into_reader()
             .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
         let chunk = self.snapshot_chunk_bytes.max(1024);
-        let first = SnapshotChunk {
-            header,
-            data: Bytes::new(),
-        };
         // Reads the file (or export stream) in a blocking thread; stops as soon as the RPC side
         // goes away.
         let producer = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
@@ -459,7 +431,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 buf.truncate(filled);
                 sent += filled as u64;
                 let msg = SnapshotChunk {
-                    header: Bytes::new(),
+                    header: None,
                     data: Bytes::from(buf),
                 };
                 if tx.blocking_send(msg).is_err() {
@@ -493,7 +465,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             RPCError::Unreachable(u) => StreamingError::Unreachable(u),
             _ => StreamingError::Network(NetworkError::from_string(s.message())),
         })?;
-        decode(&reply.into_inner().data)
+        SnapshotResponse::from_message(reply.into_inner())
             .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))
     }
 }
@@ -515,10 +487,11 @@ mod tests {
     use crate::node::raft_service::payload;
     use crate::node::raft_service::raft_payload;
     use crate::raft::LogId;
+    use rskv_proto::raft as pb;
     use rskv_proto::raft::raft_server::Raft;
     use rskv_proto::raft::raft_server::RaftServer;
 
-    type Answers = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send>>;
+    type Answers = Pin<Box<dyn Stream<Item = Result<pb::AppendStreamResponse, Status>> + Send>>;
 
     /// A follower stand-in: answers the first `answer` requests of an append stream with
     /// `Ok(Some(prev_log_id))`, then keeps the stream open without answering. Without `stream`
@@ -534,7 +507,7 @@ mod tests {
 
         async fn append_stream(
             &self,
-            request: Request<Streaming<RaftPayload>>,
+            request: Request<Streaming<pb::AppendEntriesRequest>>,
         ) -> Result<Response<Answers>, Status> {
             if !self.stream {
                 return Err(Status::unimplemented("no AppendStream here"));
@@ -553,8 +526,8 @@ mod tests {
 
         async fn append_entries(
             &self,
-            request: Request<RaftPayload>,
-        ) -> Result<Response<RaftPayload>, Status> {
+            request: Request<pb::AppendEntriesRequest>,
+        ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
             if self.stream {
                 return Err(Status::unimplemented("stub"));
             }
@@ -562,25 +535,31 @@ mod tests {
             payload(&AppendEntriesResponse::<TypeConfig>::Success)
         }
 
-        async fn vote(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        async fn vote(
+            &self,
+            _: Request<pb::VoteRequest>,
+        ) -> Result<Response<pb::VoteResponse>, Status> {
             Err(Status::unimplemented("stub"))
         }
 
-        async fn pre_vote(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        async fn pre_vote(
+            &self,
+            _: Request<pb::VoteRequest>,
+        ) -> Result<Response<pb::VoteResponse>, Status> {
             Err(Status::unimplemented("stub"))
         }
 
         async fn transfer_leader(
             &self,
-            _: Request<RaftPayload>,
-        ) -> Result<Response<RaftPayload>, Status> {
+            _: Request<pb::TransferLeaderRequest>,
+        ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
             Err(Status::unimplemented("stub"))
         }
 
         async fn install_snapshot(
             &self,
             _: Request<Streaming<SnapshotChunk>>,
-        ) -> Result<Response<RaftPayload>, Status> {
+        ) -> Result<Response<pb::SnapshotResponse>, Status> {
             Err(Status::unimplemented("stub"))
         }
     }
@@ -823,7 +802,7 @@ mod tests {
         let tcp = TcpStream::connect(addr).await.expect("connect");
         let (mut h2, connection) = h2::client::handshake(tcp).await.expect("handshake");
         let request = || {
-            http::Request::post(format!("http://{addr}/rskv.raft.v1.Raft/Vote"))
+            http::Request::post(format!("http://{addr}/rskv.raft.v2.Raft/Vote"))
                 .header("content-type", "application/grpc")
                 .header("te", "trailers")
                 .body(())

@@ -45,8 +45,6 @@ use openraft::storage::RaftStateMachine;
 use openraft::EntryPayload;
 use openraft::OptionalSend;
 use openraft::RaftSnapshotBuilder;
-use serde::Deserialize;
-use serde::Serialize;
 
 use crate::error::io_err;
 use crate::events::Event;
@@ -73,8 +71,9 @@ use sessions::SessionTable;
 /// Name of the current snapshot inside the snapshot directory.
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 
-/// How far the state machine has applied the log, and under which membership.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How far the state machine has applied the log, and under which membership (stored by a
+/// durable engine in rskv's format, [`crate::format`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppliedState {
     /// Last log id applied; `None` before the first entry.
     pub last_applied: Option<LogId>,
@@ -366,7 +365,7 @@ fn apply_batch(
     }
     engine.commit(WriteSet {
         writes: overlay.into_iter().collect(),
-        system: sessions.take_changes()?,
+        system: sessions.take_changes(),
         state,
     })?;
     // After the commit: an event is never seen before its change is readable.
@@ -531,7 +530,9 @@ fn recover(engine: &dyn KvEngine, snapshot_path: &Path) -> io::Result<()> {
         return Ok(());
     }
     let file = SnapshotFile::open(snapshot_path)?;
-    let meta = file.read_meta()?;
+    let meta = file
+        .read_meta()
+        .map_err(|e| io_err(format!("snapshot file {}: {e}", snapshot_path.display())))?;
     let applied = engine.applied_state()?;
     let behind =
         applied.last_applied.as_ref().map(|l| l.index) < meta.last_log_id.as_ref().map(|l| l.index);

@@ -1,5 +1,7 @@
 //! The RocksDB engine: data in column family `data`, the system keyspace (client sessions) in
-//! `sm_system`, the applied state in `sm_meta`.
+//! `sm_system`, the applied state in `sm_meta` (in rskv's format, [`crate::format`]), with the
+//! store's `format_version`, recorded when it is created and checked before it is opened
+//! ([`crate::format::version`]): a store of another version is refused, untouched.
 //!
 //! Each applied batch — its data and system writes, the new last-applied log id and membership —
 //! is one
@@ -38,6 +40,8 @@ use super::Record;
 use super::SnapshotSink;
 use super::WriteSet;
 use crate::error::io_err;
+use crate::format;
+use crate::format::version;
 
 const CF_DATA: &str = "data";
 const CF_SYSTEM: &str = "sm_system";
@@ -61,7 +65,8 @@ impl RocksEngine {
     /// Opens (or creates) the engine's database under `dir`.
     ///
     /// # Errors
-    /// When RocksDB cannot open the directory.
+    /// When the store is of another format version ([`version::VersionError`]; nothing is
+    /// changed then), or RocksDB cannot open the directory.
     pub fn open(dir: &Path) -> io::Result<RocksEngine> {
         Self::open_with(dir, Options::default(), Options::default())
     }
@@ -69,6 +74,7 @@ impl RocksEngine {
     /// Opens with `opts` and `data_opts` as the base database and `data` column family options
     /// (tests use them to close without a flush, as a crash would, and to flush early).
     fn open_with(dir: &Path, mut opts: Options, mut data_opts: Options) -> io::Result<RocksEngine> {
+        let found = version::check(dir, &version::STATE_MACHINE)?;
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         // No WAL (see the module doc): a flush must persist `data` and `sm_meta` together.
@@ -80,6 +86,9 @@ impl RocksEngine {
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(io_err)?;
+        if found == version::Found::New {
+            version::record(&db, &version::STATE_MACHINE)?;
+        }
         Ok(RocksEngine {
             db,
             import_lock: RwLock::new(()),
@@ -113,8 +122,12 @@ impl RocksEngine {
         self.db.write_opt(batch, &wo).map_err(io_err)
     }
 
-    fn encode_state(state: &AppliedState) -> io::Result<Vec<u8>> {
-        rmp_serde::to_vec(state).map_err(io_err)
+    fn encode_state(state: &AppliedState) -> Vec<u8> {
+        format::encode(state)
+    }
+
+    fn decode_state(bytes: &[u8]) -> io::Result<AppliedState> {
+        format::decode(bytes).map_err(|e| io_err(format!("state machine `applied_state`: {e}")))
     }
 
     /// The column family holding `space`.
@@ -206,7 +219,7 @@ impl KvEngine for RocksEngine {
             .get_pinned_cf(self.cf(CF_META)?, KEY_APPLIED)
             .map_err(io_err)?
         {
-            Some(bytes) => rmp_serde::from_slice(&bytes).map_err(io_err),
+            Some(bytes) => Self::decode_state(&bytes),
             None => Ok(AppliedState::default()),
         }
     }
@@ -239,7 +252,7 @@ impl KvEngine for RocksEngine {
         wb.put_cf(
             self.cf(CF_META)?,
             KEY_APPLIED,
-            Self::encode_state(&batch.state)?,
+            Self::encode_state(&batch.state),
         );
         self.write(wb)
     }
@@ -253,7 +266,7 @@ impl KvEngine for RocksEngine {
             .get_cf(self.cf(CF_META)?, KEY_APPLIED)
             .map_err(io_err)?
         {
-            Some(bytes) => rmp_serde::from_slice(&bytes).map_err(io_err)?,
+            Some(bytes) => Self::decode_state(&bytes)?,
             None => AppliedState::default(),
         };
         sink.begin(&state)?;
@@ -291,7 +304,7 @@ impl KvEngine for RocksEngine {
                 self.write(std::mem::take(&mut batch))?;
             }
         }
-        batch.put_cf(meta, KEY_APPLIED, Self::encode_state(state)?);
+        batch.put_cf(meta, KEY_APPLIED, Self::encode_state(state));
         batch.delete_cf(meta, KEY_IMPORTING);
         self.write(batch)?;
         self.sync()

@@ -41,8 +41,6 @@ use std::io;
 use bytes::Buf;
 use bytes::BufMut;
 use bytes::Bytes;
-use serde::Deserialize;
-use serde::Serialize;
 
 use crate::error::io_err;
 use crate::types::CommandResponse;
@@ -72,7 +70,7 @@ const META_KEY: &[u8] = b"sessions/meta";
 const SESSION_PREFIX: &[u8] = b"sessions/s/";
 
 /// The table-wide state: the log's clock and the next session id.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Meta {
     /// Largest leader time (Unix milliseconds) applied so far.
     clock_ms: u64,
@@ -301,8 +299,42 @@ fn session_key(id: u64) -> Bytes {
     Bytes::from(key)
 }
 
-fn encode<T: Serialize>(value: &T) -> io::Result<Bytes> {
-    rmp_serde::to_vec(value).map(Bytes::from).map_err(io_err)
+/// Version of the table metadata record's encoding (its first byte).
+const META_VERSION: u8 = 1;
+
+impl Meta {
+    /// The record stored for the table: the version, then varints: the clock and the next id.
+    fn encode(&self) -> Bytes {
+        let mut out = Vec::with_capacity(1 + 2 * 10);
+        out.put_u8(META_VERSION);
+        prost::encoding::encode_varint(self.clock_ms, &mut out);
+        prost::encoding::encode_varint(self.next_id, &mut out);
+        Bytes::from(out)
+    }
+
+    /// Reads a record written by [`Meta::encode`].
+    fn decode(mut data: Bytes) -> io::Result<Meta> {
+        let bad = |what: &str| io_err(format!("session table metadata: {what}"));
+        if data.is_empty() {
+            return Err(bad("empty"));
+        }
+        let version = data.get_u8();
+        if version != META_VERSION {
+            return Err(bad(&format!(
+                "version {version}; this rskv reads version {META_VERSION}"
+            )));
+        }
+        let mut varint =
+            || prost::encoding::decode_varint(&mut data).map_err(|_| bad("truncated varint"));
+        let meta = Meta {
+            clock_ms: varint()?,
+            next_id: varint()?,
+        };
+        if !data.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(meta)
+    }
 }
 
 impl SessionTable {
@@ -314,8 +346,7 @@ impl SessionTable {
         let mut table = SessionTable::default();
         for (key, value) in records {
             if key.as_ref() == META_KEY {
-                table.meta = rmp_serde::from_slice(&value)
-                    .map_err(|e| io_err(format!("session table metadata: {e}")))?;
+                table.meta = Meta::decode(value)?;
             } else if let Some(id) = key.strip_prefix(SESSION_PREFIX) {
                 let id = <[u8; 8]>::try_from(id)
                     .map(u64::from_be_bytes)
@@ -476,19 +507,16 @@ impl SessionTable {
 
     /// The system-keyspace writes (`None` deletes) that bring the stored table up to this one
     /// since the last call.
-    ///
-    /// # Errors
-    /// Only if encoding fails, which would be a bug in the record types.
-    pub fn take_changes(&mut self) -> io::Result<Vec<(Bytes, Option<Bytes>)>> {
+    pub fn take_changes(&mut self) -> Vec<(Bytes, Option<Bytes>)> {
         let mut out = Vec::with_capacity(self.dirty.len() + 1);
         if std::mem::take(&mut self.meta_dirty) {
-            out.push((Bytes::from_static(META_KEY), Some(encode(&self.meta)?)));
+            out.push((Bytes::from_static(META_KEY), Some(self.meta.encode())));
         }
         for id in std::mem::take(&mut self.dirty) {
             let value = self.sessions.get(&id).map(Session::encode);
             out.push((session_key(id), value));
         }
-        Ok(out)
+        out
     }
 }
 
@@ -505,7 +533,7 @@ mod tests {
     /// The table after storing its changes and loading them back, as after a restart.
     fn reloaded(table: &mut SessionTable) -> SessionTable {
         let mut stored: BTreeMap<Bytes, Bytes> = BTreeMap::new();
-        for (k, v) in table.take_changes().expect("changes") {
+        for (k, v) in table.take_changes() {
             match v {
                 Some(v) => stored.insert(k, v),
                 None => stored.remove(&k),
@@ -651,6 +679,26 @@ mod tests {
         newer[0] = RECORD_VERSION + 1;
         let err = Session::decode(Bytes::from(newer)).expect_err("newer version");
         assert!(err.to_string().contains("version 2"), "{err}");
+    }
+
+    #[test]
+    fn table_metadata_should_round_trip_and_refuse_damage() {
+        let meta = Meta {
+            clock_ms: 1_765_000_000_000,
+            next_id: 42,
+        };
+        let record = meta.encode();
+        assert_eq!(Meta::decode(record.clone()).expect("decode"), meta);
+        for cut in [0, 1, record.len() - 1] {
+            assert!(Meta::decode(record.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        let mut newer = record.to_vec();
+        newer[0] = META_VERSION + 1;
+        let err = Meta::decode(Bytes::from(newer)).expect_err("newer version");
+        assert!(err.to_string().contains("version 2"), "{err}");
+        let mut longer = record.to_vec();
+        longer.push(0);
+        assert!(Meta::decode(Bytes::from(longer)).is_err(), "trailing bytes");
     }
 
     #[test]
