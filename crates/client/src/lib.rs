@@ -95,16 +95,16 @@ pub enum ClientError {
     InvalidArgument(String),
     /// No node could serve the request before the deadline.
     #[error("cluster unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     /// The request may or may not have been applied (timeout or connection lost after sending,
     /// and, with sessions, no answer settled it before the deadline).
     #[error("outcome unknown: {0}")]
-    Ambiguous(String),
+    Ambiguous(#[source] Cause),
     /// The write may or may not have been applied: its session expired between an attempt
     /// whose outcome is unknown and its retry, so the cluster no longer knows. The only unknown
     /// outcome a session write can end in before its deadline.
     #[error("outcome unknown (session expired): {0}")]
-    SessionExpired(String),
+    SessionExpired(#[source] Cause),
     /// Any other status from the server.
     #[error("{}: {}", .0.code(), .0.message())]
     Status(Status),
@@ -115,6 +115,75 @@ pub enum ClientError {
 
 /// Result alias for client calls.
 pub type ClientResult<T> = Result<T, ClientError>;
+
+/// Why a call failed after its retries: a message for people (which node, what it said, what was
+/// tried), and the last status a node or the transport answered, kept as the error's source so
+/// code can look at its code and metadata instead of parsing text.
+#[derive(Debug, Clone, Default)]
+pub struct Cause {
+    message: String,
+    last: Option<Status>,
+}
+
+impl Cause {
+    /// A failure described by `message` alone (nothing answered).
+    pub fn new(message: impl Into<String>) -> Cause {
+        Cause {
+            message: message.into(),
+            last: None,
+        }
+    }
+
+    /// `target` answered `status`: both go into the message, and the status is kept.
+    fn answered(target: &str, status: Status) -> Cause {
+        Cause {
+            message: format!("{target}: {}", error_chain(&status)),
+            last: Some(status),
+        }
+    }
+
+    /// The same failure with `more` after its message.
+    fn then(mut self, more: impl std::fmt::Display) -> Cause {
+        self.message = format!("{}{more}", self.message);
+        self
+    }
+
+    /// What people read.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The last status a node or the transport answered, if any did.
+    pub fn last_status(&self) -> Option<&Status> {
+        self.last.as_ref()
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.last
+            .as_ref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<String> for Cause {
+    fn from(message: String) -> Cause {
+        Cause::new(message)
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(message: &str) -> Cause {
+        Cause::new(message)
+    }
+}
 
 /// Retry and timeout settings.
 #[derive(Debug, Clone)]
@@ -189,7 +258,7 @@ enum CallError {
     Failed(ClientError),
     /// The session is expired or unknown: the attempt that said so was not applied. `ambiguous`:
     /// an earlier attempt may have been.
-    SessionExpired { ambiguous: bool, last_error: String },
+    SessionExpired { ambiguous: bool, last_error: Cause },
 }
 
 /// The client's session: its id and the numbering of its writes.
@@ -507,9 +576,9 @@ impl Client {
                     last_error,
                 }) => {
                     self.forget_session(ticket.session.id);
-                    return Err(ClientError::SessionExpired(format!(
-                        "{last_error}; an earlier attempt's outcome is unknown"
-                    )));
+                    return Err(ClientError::SessionExpired(
+                        last_error.then("; an earlier attempt's outcome is unknown"),
+                    ));
                 }
                 Err(CallError::SessionExpired {
                     ambiguous: false,
@@ -519,9 +588,9 @@ impl Client {
                     tracing::debug!(session = ticket.session.id, error = %last_error, "session expired; opening a new one");
                     self.forget_session(ticket.session.id);
                     if Instant::now() >= deadline {
-                        return Err(ClientError::Unavailable(format!(
-                            "{last_error}; no time left to retry in a new session"
-                        )));
+                        return Err(ClientError::Unavailable(
+                            last_error.then("; no time left to retry in a new session"),
+                        ));
                     }
                 }
             }
@@ -653,7 +722,7 @@ impl Client {
         let mut backoff = self.options.initial_backoff;
         let mut rotation = 0usize;
         let mut redirect: Option<String> = None;
-        let mut last_error = String::new();
+        let mut last_error = Cause::default();
         let mut attempts = 0u32;
         // Whether an attempt so far may have been applied.
         let mut ambiguous = false;
@@ -703,7 +772,7 @@ impl Client {
                 }
                 Err(status) => status,
             };
-            last_error = format!("{target}: {}", error_chain(&status));
+            last_error = Cause::answered(&target, status.clone());
             tracing::debug!(attempt = attempts, error = %last_error, "attempt failed");
             if never_sent(&status) {
                 silent.push(target.clone());
@@ -744,9 +813,9 @@ impl Client {
                 // A final answer to a retry says nothing of the attempt before it, which may
                 // have been applied.
                 Failure::SessionExpired | Failure::Final if ambiguous => {
-                    return Err(CallError::Failed(ClientError::Ambiguous(format!(
-                        "{last_error}; an earlier attempt's outcome is unknown"
-                    ))));
+                    return Err(CallError::Failed(ClientError::Ambiguous(
+                        last_error.then("; an earlier attempt's outcome is unknown"),
+                    )));
                 }
                 Failure::SessionExpired | Failure::Final => {
                     return Err(CallError::Failed(match status.code() {
@@ -772,13 +841,16 @@ impl Client {
         ambiguous: bool,
         attempts: u32,
         started: Instant,
-        last_error: &str,
+        last_error: &Cause,
     ) -> CallError {
-        let tried = format!(
-            "gave up after {attempts} attempts in {:.1}s over [{}]; last error: {last_error}",
-            started.elapsed().as_secs_f64(),
-            self.endpoints.join(", ")
-        );
+        let tried = Cause {
+            message: format!(
+                "gave up after {attempts} attempts in {:.1}s over [{}]; last error: {last_error}",
+                started.elapsed().as_secs_f64(),
+                self.endpoints.join(", ")
+            ),
+            last: last_error.last.clone(),
+        };
         CallError::Failed(if route == Route::LeaderSession && ambiguous {
             ClientError::Ambiguous(tried)
         } else {
@@ -1104,11 +1176,10 @@ impl Client {
         };
         match tokio::time::timeout(self.options.attempt_timeout, call).await {
             Ok(Ok(s)) => Ok(s),
-            Ok(Err(status)) => Err(ClientError::Unavailable(format!(
-                "{addr}: {}",
-                status.message()
-            ))),
-            Err(_) => Err(ClientError::Unavailable(format!("{addr}: no answer"))),
+            Ok(Err(status)) => Err(ClientError::Unavailable(Cause::answered(addr, status))),
+            Err(_) => Err(ClientError::Unavailable(
+                format!("{addr}: no answer").into(),
+            )),
         }
     }
 }
@@ -1191,9 +1262,11 @@ impl CallError {
     fn into_client_error(self) -> ClientError {
         match self {
             CallError::Failed(e) => e,
-            CallError::SessionExpired { last_error, .. } => {
-                ClientError::Status(Status::failed_precondition(last_error))
-            }
+            CallError::SessionExpired { last_error, .. } => ClientError::Status(
+                last_error
+                    .last
+                    .unwrap_or_else(|| Status::failed_precondition(last_error.message)),
+            ),
         }
     }
 }

@@ -102,6 +102,26 @@ async fn a_leader_without_a_quorum_should_say_so() {
         "a message for people, not a debug print: {}",
         read.message()
     );
+    // The library client gives up at its deadline with the node's answer kept as the error's
+    // source: code and reason for programs, not only text for people. A backoff longer than the
+    // deadline makes that answer the last one (no retry cut short by the deadline after it).
+    let client = rskv_client::Client::with_options(
+        [addr.clone()],
+        rskv_client::ClientOptions {
+            deadline: Duration::from_secs(1),
+            initial_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(5),
+            ..rskv_client::ClientOptions::default()
+        },
+    )
+    .expect("client");
+    let failed = client.get("k").await.expect_err("no quorum, no read");
+    let last = std::error::Error::source(&failed)
+        .and_then(|cause| cause.downcast_ref::<rskv_client::Cause>())
+        .and_then(rskv_client::Cause::last_status)
+        .unwrap_or_else(|| panic!("the node's status kept as the source: {failed:?}"));
+    assert_eq!(Reason::of(last), Some(Reason::NoQuorum), "{failed}");
+    assert!(failed.to_string().contains("no quorum"), "{failed}");
     // A stale read is still served from the node's own state.
     let stale = kv
         .get(pb::GetRequest {
