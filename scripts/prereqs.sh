@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building rskv needs on Debian when it is missing: a C++ toolchain and libclang
 # (RocksDB's bindings are generated with bindgen), plus sccache to cache the slow C++ build.
-# protoc is not needed: the build uses a vendored one. Idempotent; quiet when all is present.
+# rskv's own protos are compiled with a vendored protoc; the system protoc (protobuf-compiler) is
+# for the etcd-client crate, which rskv-proto's etcd wire tests (and kv_bench --target etcd)
+# build, and which reads protoc from the PATH. Idempotent; quiet when all is present.
 set -euo pipefail
 
 missing=()
@@ -14,6 +16,7 @@ if ! dpkg-query -W -f='${Status}' libclang-dev 2>/dev/null | grep -q "install ok
 fi
 command -v sccache >/dev/null 2>&1 || missing+=(sccache)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 
 if ((${#missing[@]})); then
     echo "prereqs: installing ${missing[*]}" >&2

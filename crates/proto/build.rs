@@ -5,6 +5,10 @@
 //! services, whose Raft messages are built of storage messages: they refer to them as
 //! `crate::storage` (the crate's modules are flat, not nested by package). Maps are `BTreeMap`s,
 //! so an encoding is the same bytes every time.
+//!
+//! A third pass compiles etcd's v3 API (`proto/etcd/`, packages `etcdserverpb`, `mvccpb`,
+//! `authpb`), server and client stubs; `lib.rs` nests the three under `etcd` so the generated
+//! `super::mvccpb` / `super::authpb` references resolve.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
@@ -25,5 +29,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &["../../proto/kv.proto", "../../proto/raft.proto"],
             &["../../proto"],
         )?;
+    tonic_prost_build::configure().bytes(".").compile_protos(
+        &[
+            "../../proto/etcd/rpc.proto",
+            "../../proto/etcd/kv.proto",
+            "../../proto/etcd/auth.proto",
+        ],
+        &["../../proto"],
+    )?;
     Ok(())
 }

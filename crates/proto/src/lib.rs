@@ -54,6 +54,49 @@ pub mod storage {
     tonic::include_proto!("rskv.storage.v1");
 }
 
+/// etcd's v3 API (`proto/etcd/`), compiled from rskv's own copy of etcd's schema: package, message
+/// and field names and field numbers are etcd's, so these types encode to the bytes etcd's do
+/// (`tests/etcd_wire.rs` checks that against the `etcd-client` crate's own generated types).
+/// Server and client stubs are generated; nothing serves them yet.
+pub mod etcd {
+    /// etcd's gRPC services and their messages (`etcdserverpb`): KV, Watch, Lease, Cluster,
+    /// Maintenance, Auth.
+    #[allow(
+        missing_docs,
+        clippy::all,
+        clippy::pedantic,
+        clippy::unwrap_used,
+        clippy::expect_used
+    )]
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+
+    /// etcd's MVCC types (`mvccpb`): `KeyValue` and the watch `Event`.
+    #[allow(
+        missing_docs,
+        clippy::all,
+        clippy::pedantic,
+        clippy::unwrap_used,
+        clippy::expect_used
+    )]
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
+
+    /// etcd's authentication types (`authpb`): `User`, `Role`, `Permission`, `UserAddOptions`.
+    #[allow(
+        missing_docs,
+        clippy::all,
+        clippy::pedantic,
+        clippy::unwrap_used,
+        clippy::expect_used
+    )]
+    pub mod authpb {
+        tonic::include_proto!("authpb");
+    }
+}
+
 /// Most pairs in a `BatchPut` and ops in a `Multi` a node accepts unless configured otherwise
 /// (`limits.max_ops_per_request`, as etcd's `--max-txn-ops`); the client library never puts more
 /// in one Multi.
