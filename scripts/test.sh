@@ -24,6 +24,9 @@ fi
 echo "== cargo test"
 # Cluster tests each run three nodes; two at a time keeps a 2-core machine responsive.
 RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo test --workspace --all-targets --locked
+echo "== doc tests"
+# --all-targets leaves doc examples out; they are few and quick.
+cargo test --doc --workspace --locked
 if [[ "$(id -u)" == 0 ]]; then
     echo "== fault suite: 5 nodes, 90 s of partitions, kills and pauses (fails on any anomaly)"
     scripts/jepsen.sh --nodes 5 --time 90 --interval 4 --nemesis partition,kill,pause --rate 200 \
