@@ -3,6 +3,7 @@
 //! runtime's workers (which also serve every client and peer connection).
 //!
 //! Jobs run one at a time, in the order they were submitted; the caller awaits the result.
+//! Disk work that needs no order of its own goes to tokio's blocking pool through [`blocking`].
 
 use std::io;
 use std::panic::AssertUnwindSafe;
@@ -12,6 +13,18 @@ use std::thread::JoinHandle;
 use crate::error::io_err;
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `f` (file or RocksDB work) on tokio's blocking pool, never on an async worker.
+///
+/// # Errors
+/// `f`'s error, or one saying the blocking task panicked.
+pub async fn blocking<T, F>(f: F) -> io::Result<T>
+where
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(io_err)?
+}
 
 /// A named thread running submitted jobs in order; stopped and joined on drop.
 #[derive(Debug)]

@@ -39,6 +39,7 @@ use crate::error::io_err;
 use crate::format;
 use crate::format::version;
 use crate::format::Wire;
+use crate::io_thread::blocking;
 use crate::types::Entry;
 use crate::types::LogId;
 use crate::types::TypeConfig;
@@ -250,15 +251,6 @@ fn get_meta<T: Wire>(db: &DB, key: &[u8]) -> io::Result<Option<T>> {
         )?)),
         None => Ok(None),
     }
-}
-
-/// Runs blocking RocksDB work off the async runtime.
-async fn blocking<T, F>(f: F) -> io::Result<T>
-where
-    F: FnOnce() -> io::Result<T> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(f).await.map_err(io_err)?
 }
 
 impl LogStore {

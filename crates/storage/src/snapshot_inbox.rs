@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
+use crate::io_thread::blocking;
 use crate::snapshot::SnapshotFile;
 
 /// Receives snapshot files into the state machine's snapshot directory.
@@ -155,15 +156,6 @@ fn remove_partial_files(dir: &Path) {
             }
         }
     }
-}
-
-/// Runs file I/O on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(io::Error::other)?
 }
 
 #[cfg(test)]

@@ -81,8 +81,6 @@ impl ReadView {
         T: Send + 'static,
     {
         let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || f(&*engine))
-            .await
-            .map_err(io::Error::other)?
+        rskv_storage::io_thread::blocking(move || f(&*engine)).await
     }
 }
