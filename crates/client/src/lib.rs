@@ -1368,17 +1368,10 @@ fn never_sent(status: &Status) -> bool {
 /// The status message followed by its chain of sources (tonic's "transport error" alone says
 /// nothing about what happened on the connection).
 fn error_chain(status: &Status) -> String {
-    let mut text = status.message().to_string();
-    let mut source = std::error::Error::source(status);
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
+    rskv_proto::status::with_causes(
+        status.message().to_string(),
+        std::error::Error::source(status),
+    )
 }
 
 #[cfg(test)]

@@ -145,6 +145,24 @@ pub fn status(code: Code, reason: Reason, message: impl Into<String>) -> Status 
     status
 }
 
+/// `head` followed by every cause from `cause` down, on one line joined by ": ", for people
+/// reading a status message or a log. A cause whose text the line already holds (many errors
+/// print their source too) is not repeated. The client and the node both describe failures
+/// this way, so a message reads the same whichever side wrote it.
+pub fn with_causes(head: String, cause: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut line = head;
+    let mut next = cause;
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        next = cause.source();
+    }
+    line
+}
+
 /// What a NOT_LEADER message says of the leader.
 pub fn describe_leader(leader: Option<(u64, &str)>) -> String {
     match leader {

@@ -177,17 +177,7 @@ impl Error {
     /// This error and every cause below it on one line, for status messages and logs. A cause
     /// whose text the line already holds (some errors print their source too) is not repeated.
     pub fn report(&self) -> String {
-        let mut line = self.to_string();
-        let mut next = std::error::Error::source(self);
-        while let Some(cause) = next {
-            let text = cause.to_string();
-            if !line.contains(&text) {
-                line.push_str(": ");
-                line.push_str(&text);
-            }
-            next = cause.source();
-        }
-        line
+        rskv_proto::status::with_causes(self.to_string(), std::error::Error::source(self))
     }
 
     /// The machine-readable kind of this error.
