@@ -221,15 +221,7 @@ impl Session {
         let varint = |data: &mut Bytes| {
             prost::encoding::decode_varint(data).map_err(|_| bad("truncated varint"))
         };
-        if data.is_empty() {
-            return Err(bad("empty"));
-        }
-        let version = data.get_u8();
-        if version != RECORD_VERSION {
-            return Err(bad(&format!(
-                "version {version}; this rskv reads version {RECORD_VERSION}"
-            )));
-        }
+        read_version(&mut data, RECORD_VERSION).map_err(|why| bad(&why))?;
         let ttl_ms = varint(&mut data)?;
         let mut session = Session::new(ttl_ms, varint(&mut data)?);
         session.first_unacked = varint(&mut data)?;
@@ -299,6 +291,21 @@ fn session_key(id: u64) -> Bytes {
     Bytes::from(key)
 }
 
+/// Takes the version byte that starts every record of the session table, refusing a record that
+/// is empty or of a version other than `expected`; the error says which.
+fn read_version(data: &mut Bytes, expected: u8) -> Result<(), String> {
+    if data.is_empty() {
+        return Err("empty".to_string());
+    }
+    let version = data.get_u8();
+    if version != expected {
+        return Err(format!(
+            "version {version}; this rskv reads version {expected}"
+        ));
+    }
+    Ok(())
+}
+
 /// Version of the table metadata record's encoding (its first byte).
 const META_VERSION: u8 = 1;
 
@@ -315,15 +322,7 @@ impl Meta {
     /// Reads a record written by [`Meta::encode`].
     fn decode(mut data: Bytes) -> io::Result<Meta> {
         let bad = |what: &str| io_err(format!("session table metadata: {what}"));
-        if data.is_empty() {
-            return Err(bad("empty"));
-        }
-        let version = data.get_u8();
-        if version != META_VERSION {
-            return Err(bad(&format!(
-                "version {version}; this rskv reads version {META_VERSION}"
-            )));
-        }
+        read_version(&mut data, META_VERSION).map_err(|why| bad(&why))?;
         let mut varint =
             || prost::encoding::decode_varint(&mut data).map_err(|_| bad("truncated varint"));
         let meta = Meta {
