@@ -18,6 +18,8 @@ use common::NodeProc;
 use rskv_client::Client;
 use rskv_client::ClientError;
 use rskv_client::Consistency;
+use rskv_testkit::fs::contents;
+use rskv_testkit::fs::copy_dir;
 
 /// Starts `kv_server` in dev mode on a free port with extra flags. Unless `own_temp_dir`, the data
 /// goes to the test's directory (so a killed node leaves nothing behind).
@@ -330,33 +332,6 @@ fn bad_config_should_exit_2_naming_the_key() {
             err.contains(key),
             "case {i}: message should name `{key}`: {err}"
         );
-    }
-}
-
-/// Every file under `dir` and its bytes.
-fn contents(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
-    let mut out = std::collections::BTreeMap::new();
-    for entry in std::fs::read_dir(dir).expect("read dir") {
-        let path = entry.expect("entry").path();
-        if path.is_dir() {
-            out.extend(contents(&path));
-        } else {
-            out.insert(path.clone(), std::fs::read(&path).expect("read"));
-        }
-    }
-    out
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
     }
 }
 

@@ -56,6 +56,7 @@ use rskv_storage::LogStore;
 use rskv_storage::SnapshotFile;
 use rskv_storage::SnapshotTrigger;
 use rskv_storage::StateMachine;
+use rskv_testkit::fs::copy_dir;
 
 /// The fixture directory, laid out as a node's data directory.
 const FIXTURE: &str = "tests/fixtures/format-v1";
@@ -223,20 +224,6 @@ async fn state_machine(engine: Arc<dyn KvEngine>, snapshots: &Path) -> StateMach
 async fn apply(sm: &mut StateMachine, entries: &[Entry]) {
     let batch = entries.iter().cloned().map(|e| Ok((e, None)));
     sm.apply(futures::stream::iter(batch)).await.expect("apply");
-}
-
-/// Copies `from` to `to`, recursively.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read fixture") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
 }
 
 /// The fixture, copied where RocksDB may write.

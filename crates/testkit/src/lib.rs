@@ -3,9 +3,11 @@
 //! What rskv's integration tests and its fault suite share: free loopback ports that no other
 //! test is handed ([`free_ports`]), waiting on a condition with a deadline ([`poll`],
 //! [`wait_for`]), real `kv_server` processes started from the built binaries ([`bin`],
-//! [`ProcessCluster`]), a client-port proxy a test can break ([`proxy`]), and small helpers to read
+//! [`ProcessCluster`]), a client-port proxy a test can break ([`proxy`]), copying and reading data directories
+//! ([`fs`]), and small helpers to read
 //! `/metrics` and `/health`. Tests never sleep and hope: they wait on what they need to see.
 
+pub mod fs;
 pub mod proxy;
 
 use std::path::PathBuf;

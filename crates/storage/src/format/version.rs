@@ -239,25 +239,11 @@ pub fn version_error(e: &io::Error) -> Option<&VersionError> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use rskv_testkit::fs::contents;
 
     use super::*;
     use crate::rocks::RocksEngine;
     use crate::LogStore;
-
-    /// Every file under `dir` and its bytes.
-    fn contents(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-        let mut out = BTreeMap::new();
-        for entry in std::fs::read_dir(dir).expect("read dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                out.extend(contents(&path));
-            } else {
-                out.insert(path.clone(), std::fs::read(&path).expect("read"));
-            }
-        }
-        out
-    }
 
     /// Opens `dir` as a plain RocksDB with `store`'s column families and lets `f` write to it.
     fn raw(dir: &Path, cfs: &[&str], f: impl FnOnce(&DB)) {
