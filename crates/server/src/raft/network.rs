@@ -143,7 +143,6 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             addr: node.peer_addr.clone(),
             client: self.channel(&node.peer_addr).map(RaftClient::new),
             snapshot_chunk_bytes: self.snapshot_chunk_bytes,
-            unary_appends: false,
         }
     }
 }
@@ -187,9 +186,6 @@ pub struct PeerConnection {
     /// The gRPC client, or why none could be made (an invalid address).
     client: Result<RaftClient<Channel>, String>,
     snapshot_chunk_bytes: usize,
-    /// The peer answered UNIMPLEMENTED to AppendStream (an earlier version): replicate to it with
-    /// one unary AppendEntries at a time.
-    unary_appends: bool,
 }
 
 fn unreachable(msg: impl ToString) -> RPCError<TypeConfig> {
@@ -252,9 +248,6 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
-        if self.unary_appends {
-            return openraft::network::stream_append_sequential(self, input, option);
-        }
         Box::pin(async move {
             let mut client = self.client()?;
             // The first request is taken before connecting: openraft applies its backoff (after
@@ -289,13 +282,6 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                     return Err(network(format!(
                         "append stream to {target}: no answer within {ttl:?}"
                     )))
-                }
-                // A peer of an earlier version (a rolling upgrade): this session fails, and the
-                // next ones send one unary AppendEntries at a time.
-                Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
-                    tracing::info!(target, "peer has no AppendStream; replicating to it unary");
-                    self.unary_appends = true;
-                    return Err(network(format!("{target} has no AppendStream: {status}")));
                 }
                 Ok(Err(status)) => return Err(status_to_rpc(&status)),
                 Ok(Ok(response)) => response.into_inner(),
@@ -494,11 +480,10 @@ mod tests {
     type Answers = Pin<Box<dyn Stream<Item = Result<pb::AppendStreamResponse, Status>> + Send>>;
 
     /// A follower stand-in: answers the first `answer` requests of an append stream with
-    /// `Ok(Some(prev_log_id))`, then keeps the stream open without answering. Without `stream`
-    /// it is an earlier version: no AppendStream, unary AppendEntries answered with success.
+    /// `Ok(Some(prev_log_id))`, then keeps the stream open without answering; a unary
+    /// AppendEntries is answered with success.
     struct Stub {
         answer: usize,
-        stream: bool,
     }
 
     #[tonic::async_trait]
@@ -509,9 +494,6 @@ mod tests {
             &self,
             request: Request<Streaming<pb::AppendEntriesRequest>>,
         ) -> Result<Response<Answers>, Status> {
-            if !self.stream {
-                return Err(Status::unimplemented("no AppendStream here"));
-            }
             let answers = request
                 .into_inner()
                 .take(self.answer)
@@ -528,9 +510,6 @@ mod tests {
             &self,
             request: Request<pb::AppendEntriesRequest>,
         ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
-            if self.stream {
-                return Err(Status::unimplemented("stub"));
-            }
             let _: AppendEntriesRequest<TypeConfig> = parse(request)?;
             payload(&AppendEntriesResponse::<TypeConfig>::Success)
         }
@@ -570,14 +549,14 @@ mod tests {
     }
 
     /// A stub follower served as the node serves its peer port, on a loopback port.
-    async fn stub_server(answer: usize, stream: bool) -> SocketAddr {
+    async fn stub_server(answer: usize) -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(
             crate::node::peer_server(liveness())
-                .add_service(RaftServer::new(Stub { answer, stream }))
+                .add_service(RaftServer::new(Stub { answer }))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         addr
@@ -592,8 +571,8 @@ mod tests {
     }
 
     /// A connection to a stub follower on a loopback port.
-    async fn stub_peer(answer: usize, stream: bool) -> PeerConnection {
-        peer_at(stub_server(answer, stream).await).await
+    async fn stub_peer(answer: usize) -> PeerConnection {
+        peer_at(stub_server(answer).await).await
     }
 
     fn append(prev_index: u64) -> AppendEntriesRequest<TypeConfig> {
@@ -628,7 +607,7 @@ mod tests {
 
     #[tokio::test]
     async fn append_stream_should_answer_in_order_and_stay_open_while_nothing_is_owed() {
-        let mut peer = stub_peer(3, true).await;
+        let mut peer = stub_peer(3).await;
         let option = RPCOption::new(Duration::from_millis(200));
         let mut answers = peer
             .stream_append(requests(3), option.clone())
@@ -643,7 +622,7 @@ mod tests {
     #[tokio::test]
     async fn append_stream_should_fail_when_an_owed_answer_does_not_come() {
         // The stub answers the first request only; the second is owed forever.
-        let mut peer = stub_peer(1, true).await;
+        let mut peer = stub_peer(1).await;
         let option = RPCOption::new(Duration::from_millis(200));
         let mut answers = peer
             .stream_append(requests(2), option.clone())
@@ -668,7 +647,7 @@ mod tests {
     #[tokio::test]
     async fn append_stream_should_refuse_entries_that_do_not_follow_prev_log_id() {
         use openraft::entry::RaftEntry;
-        let mut peer = stub_peer(8, true).await;
+        let mut peer = stub_peer(8).await;
         let contiguous = AppendEntriesRequest {
             entries: vec![crate::raft::Entry::new_blank(log_id(2))],
             ..append(1)
@@ -710,26 +689,6 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_peer_without_append_stream_should_get_unary_appends_from_the_next_session() {
-        let mut peer = stub_peer(0, false).await;
-        let option = RPCOption::new(Duration::from_millis(200));
-        let refused = peer
-            .stream_append(requests(3), option.clone())
-            .await
-            .map(|_| ());
-        assert!(
-            matches!(refused, Err(RPCError::Network(_))),
-            "the first session fails: {refused:?}"
-        );
-        let mut answers = peer
-            .stream_append(futures::stream::iter((1..=3).map(append)), option)
-            .await
-            .expect("the next session opens");
-        expect_answers(&mut answers, 3).await;
-        assert!(answers.next().await.is_none(), "ends with its input");
-    }
-
     /// A relay to `target` whose first connection stops forwarding, but stays open, once `stall`
     /// is notified (as a TCP connection backing off its retransmissions across a healed link);
     /// later connections are relayed normally. Returns its address and the connections accepted.
@@ -769,7 +728,7 @@ mod tests {
     #[tokio::test]
     async fn a_stalled_peer_connection_should_be_dropped_and_the_peer_dialled_afresh() {
         let stall = Arc::new(tokio::sync::Notify::new());
-        let (relay, accepted) = stalling_relay(stub_server(0, false).await, stall.clone()).await;
+        let (relay, accepted) = stalling_relay(stub_server(0).await, stall.clone()).await;
         let mut peer = peer_at(relay).await;
         let option = RPCOption::new(Duration::from_millis(200));
         peer.append_entries(append(1), option.clone())
@@ -798,7 +757,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_of_cancelled_requests_should_not_close_a_peer_connection() {
-        let addr = stub_server(0, false).await;
+        let addr = stub_server(0).await;
         let tcp = TcpStream::connect(addr).await.expect("connect");
         let (mut h2, connection) = h2::client::handshake(tcp).await.expect("handshake");
         let request = || {
