@@ -6,6 +6,9 @@
 //! `crate::storage` (the crate's modules are flat, not nested by package). Maps are `BTreeMap`s,
 //! so an encoding is the same bytes every time.
 //!
+//! `storage.proto` carries etcd's transaction request in the log, referring to the etcd modules
+//! below by path.
+//!
 //! A third pass compiles etcd's v3 API (`proto/etcd/`, packages `etcdserverpb`, `mvccpb`,
 //! `authpb`), server and client stubs; `lib.rs` nests the three under `etcd` so the generated
 //! `super::mvccpb` / `super::authpb` references resolve.
@@ -20,6 +23,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .btree_map(".")
         .build_client(false)
         .build_server(false)
+        .extern_path(".etcdserverpb", "crate::etcd::etcdserverpb")
+        .extern_path(".mvccpb", "crate::etcd::mvccpb")
+        .extern_path(".authpb", "crate::etcd::authpb")
         .compile_protos(&["../../proto/storage.proto"], &["../../proto"])?;
     tonic_prost_build::configure()
         .bytes(".")

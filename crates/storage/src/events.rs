@@ -40,11 +40,14 @@ pub enum EventKind {
 pub struct Event {
     /// Log index of the entry that made the change (a batch's keys share one index).
     pub index: u64,
+    /// The store revision of the change (every change of one request shares it; see
+    /// [`crate::mvcc`]).
+    pub revision: i64,
     /// The key changed.
     pub key: Bytes,
     /// Put or delete.
     pub kind: EventKind,
-    /// The previous value, where the command read it (puts, deletes, CAS; not batch puts).
+    /// The previous value, if the key existed.
     pub prev: Option<Bytes>,
 }
 
@@ -105,6 +108,9 @@ pub struct EventBus {
     live: broadcast::Sender<Published>,
     /// Flips to `true` at shutdown; open watch streams end with a clean status.
     closed: watch::Sender<bool>,
+    /// The store's revision as of the last applied batch (see [`crate::mvcc`]): the header
+    /// revision of reads, and what etcd watch streams wait on to read history further.
+    revision: watch::Sender<i64>,
 }
 
 /// A live subscription joined to its backlog.
@@ -125,7 +131,9 @@ impl EventBus {
     pub fn new(history: usize, history_bytes: usize, buffer: usize) -> EventBus {
         let (live, _) = broadcast::channel(buffer.max(1));
         let (closed, _) = watch::channel(false);
+        let (revision, _) = watch::channel(0);
         EventBus {
+            revision,
             history: Mutex::new(History {
                 events: VecDeque::with_capacity(history.min(65_536)),
                 bytes: 0,
@@ -137,6 +145,27 @@ impl EventBus {
             live,
             closed,
         }
+    }
+
+    /// Records the store's revision after an applied batch, a start or a snapshot install
+    /// (subscribers of [`EventBus::watch_revision`] wake when it moves).
+    pub fn revision_applied(&self, revision: i64) {
+        self.revision.send_if_modified(|current| {
+            let moved = *current != revision;
+            *current = revision;
+            moved
+        });
+    }
+
+    /// The store's revision as of the last applied batch. Data read after this call is at least
+    /// as new, so it is a safe header revision for such a read.
+    pub fn revision(&self) -> i64 {
+        *self.revision.borrow()
+    }
+
+    /// A receiver that wakes whenever the store's revision moves.
+    pub fn watch_revision(&self) -> watch::Receiver<i64> {
+        self.revision.subscribe()
     }
 
     /// Declares that the state machine jumped to `index` without events for what came before
@@ -285,6 +314,7 @@ mod tests {
     fn put(index: u64, key: &'static str) -> Event {
         Event {
             index,
+            revision: index as i64,
             key: Bytes::from(key),
             kind: EventKind::Put {
                 value: Bytes::from("v"),

@@ -25,6 +25,7 @@ pub mod io_thread;
 pub mod log_store;
 pub mod log_throttle;
 pub mod metrics;
+pub mod mvcc;
 pub mod snapshot;
 pub mod snapshot_inbox;
 pub mod state_machine;

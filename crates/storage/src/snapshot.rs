@@ -1,16 +1,18 @@
 //! The snapshot file: one self-describing file per snapshot, shared by both engines.
 //!
-//! Layout (version 3): the magic `RSKVSNP3` (its last byte is the format version), a `u32` length
+//! Layout (version 4): the magic `RSKVSNP4` (its last byte is the format version), a `u32` length
 //! and the [`SnapshotMeta`] in rskv's format (a `rskv.storage.v1.SnapshotMeta`, see
-//! [`crate::format`]), then two sections, the state machine's two keyspaces ([`Keyspace`]):
-//! client data, then the system keyspace (client sessions). Each section is records of (`u32` key
+//! [`crate::format`]), then one section per keyspace of the state machine, in the order of
+//! [`Keyspace::ALL`]: client data (each key's latest version), the system keyspace (client
+//! sessions, revision counters), the history of changes, leases. Each section is records of (`u32` key
 //! length, key, `u32` value length, value) in key order, then an end marker (`u32::MAX`) and the
 //! section's `u64` record count, which detects truncated files. All integers are little-endian.
 //! Everything is streamed: neither writing, sending nor reading a snapshot holds it in memory.
 //!
-//! Versions 1 (`RSKVSNP1`, data only) and 2 (`RSKVSNP2`) had the same sections but a MessagePack
-//! encoding of openraft's own metadata type as the header; they are refused with a message saying
-//! so, as is a newer version, rather than read as something they are not.
+//! Versions 1 (`RSKVSNP1`, data only) and 2 (`RSKVSNP2`) had a MessagePack encoding of openraft's
+//! own metadata type as the header; version 3 had rskv's header but only the data and system
+//! sections, with plain values (no revisions). All are refused with a message saying so, as is a
+//! newer version, rather than read as something they are not.
 //!
 //! A snapshot travels as [`SnapshotData`]: a file (the memory engine's snapshots, and every
 //! snapshot a follower receives) or a [`SnapshotStream`], the file format produced on demand from
@@ -35,9 +37,9 @@ use crate::state_machine::Record;
 use crate::types::SnapshotMeta;
 
 /// The snapshot file format version written and read now (the last byte of the magic).
-pub const SNAPSHOT_VERSION: u8 = 3;
-/// Magic of the format written now: rskv's own header, data and system sections.
-const MAGIC: &[u8; 8] = b"RSKVSNP3";
+pub const SNAPSHOT_VERSION: u8 = 4;
+/// Magic of the format written now: rskv's own header, a section per keyspace.
+const MAGIC: &[u8; 8] = b"RSKVSNP4";
 /// The magic every format version shares before its version digit.
 const MAGIC_PREFIX: &[u8; 7] = b"RSKVSNP";
 const END: u32 = u32::MAX;
@@ -121,7 +123,7 @@ pub struct SnapshotWriter<W: Write = BufWriter<File>> {
     count: u64,
     /// Records in every section so far.
     total: u64,
-    /// The section being written: data first, then system.
+    /// The section being written, in the order of [`Keyspace::ALL`].
     section: Keyspace,
 }
 
@@ -154,17 +156,19 @@ impl<W: Write> SnapshotWriter<W> {
         })
     }
 
-    /// Appends one record of `space`: every data record first, then the system records.
+    /// Appends one record of `space`: keyspace by keyspace, in the order of [`Keyspace::ALL`].
     ///
     /// # Errors
-    /// On a write failure, or a data record after a system record.
+    /// On a write failure, or a record of a keyspace whose section is already ended.
     pub fn record(&mut self, space: Keyspace, key: &[u8], value: &[u8]) -> io::Result<()> {
-        match (self.section, space) {
-            (Keyspace::Data, Keyspace::System) => self.end_section(Keyspace::System)?,
-            (Keyspace::System, Keyspace::Data) => {
-                return Err(io_err("snapshot data record after the system section"))
-            }
-            _ => {}
+        if space < self.section {
+            return Err(io_err(format!(
+                "snapshot record of {space:?} after the {:?} section",
+                self.section
+            )));
+        }
+        while self.section < space {
+            self.end_section()?;
         }
         write_field(&mut self.out, key)?;
         write_field(&mut self.out, value)?;
@@ -173,12 +177,15 @@ impl<W: Write> SnapshotWriter<W> {
         Ok(())
     }
 
-    /// Ends the current section with its record count and starts `next`.
-    fn end_section(&mut self, next: Keyspace) -> io::Result<()> {
+    /// Ends the current section with its record count and starts the next (after the last, it
+    /// stays on the last).
+    fn end_section(&mut self) -> io::Result<()> {
         self.out.write_all(&END.to_le_bytes())?;
         self.out.write_all(&self.count.to_le_bytes())?;
         self.count = 0;
-        self.section = next;
+        if let Some(next) = Keyspace::ALL.get(self.section.position() + 1) {
+            self.section = *next;
+        }
         Ok(())
     }
 
@@ -187,16 +194,16 @@ impl<W: Write> SnapshotWriter<W> {
         self.out
     }
 
-    /// Ends the sections (an empty system section if none was written) and flushes; returns the
+    /// Ends the sections (empty ones for keyspaces without records) and flushes; returns the
     /// writer.
     ///
     /// # Errors
     /// On a write failure.
     pub fn end(mut self) -> io::Result<W> {
-        if self.section == Keyspace::Data {
-            self.end_section(Keyspace::System)?;
+        let last = Keyspace::ALL.len() - 1;
+        for _ in self.section.position()..=last {
+            self.end_section()?;
         }
-        self.end_section(Keyspace::System)?;
         self.out.flush()?;
         Ok(self.out)
     }
@@ -211,7 +218,7 @@ fn write_field(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
     out.write_all(bytes)
 }
 
-/// Streams the records of a snapshot file: the data section, then the system section.
+/// Streams the records of a snapshot file, section by section.
 pub struct SnapshotReader {
     input: BufReader<PositionalReader>,
     /// The header of the file.
@@ -253,7 +260,11 @@ fn check_magic(magic: &[u8; 8]) -> io::Result<()> {
     else {
         return Err(io_err("not an rskv snapshot file"));
     };
-    let why = if version < u32::from(SNAPSHOT_VERSION) {
+    let why = if version == 3 {
+        "written by an rskv from before its multi-version store (no revisions, no history), which \
+         this rskv has no migration from. Run the rskv that wrote it, or move the data directory \
+         away and start this node empty so it rejoins the cluster and catches up from it"
+    } else if version < u32::from(SNAPSHOT_VERSION) {
         "written by an rskv from before its formats were versioned (a MessagePack header of \
          openraft's types), which this rskv cannot read and has no migration from. Run the rskv \
          that wrote it, or move the data directory away and start this node empty so it rejoins \
@@ -307,10 +318,10 @@ impl SnapshotReader {
                     self.count
                 )));
             }
-            if self.section == Keyspace::System {
-                return Ok(None);
+            match Keyspace::ALL.get(self.section.position() + 1) {
+                Some(next) => self.section = *next,
+                None => return Ok(None),
             }
-            self.section = Keyspace::System;
             self.count = 0;
         }
     }
@@ -509,12 +520,14 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_should_carry_both_keyspaces_in_order() {
+    fn snapshot_should_carry_every_keyspace_in_order() {
         let dir = tempfile::tempdir().expect("tempdir");
         let records = vec![
             record(Keyspace::Data, "a", "1"),
             record(Keyspace::Data, "b", "2"),
             record(Keyspace::System, "sessions/meta", "m"),
+            record(Keyspace::History, "r1", "h"),
+            record(Keyspace::Lease, "l1", "x"),
         ];
         let mut writer = SnapshotWriter::start(Vec::new(), &meta(5)).expect("start");
         for r in &records {
@@ -528,7 +541,7 @@ mod tests {
         let mut writer = SnapshotWriter::start(Vec::new(), &meta(5)).expect("start");
         writer.record(Keyspace::System, b"s", b"1").expect("record");
         assert!(writer.record(Keyspace::Data, b"a", b"1").is_err());
-        // No system records: an empty system section.
+        // No records after the data: empty sections.
         let mut writer = SnapshotWriter::start(Vec::new(), &meta(6)).expect("start");
         writer.record(Keyspace::Data, b"a", b"1").expect("record");
         let file = file_with(dir.path(), &writer.end().expect("end"));
@@ -538,12 +551,12 @@ mod tests {
         );
     }
 
-    /// Versions 1 and 2 (a MessagePack header of openraft's types) are refused, saying so,
-    /// before anything of the file is taken for data.
+    /// Versions 1 and 2 (a MessagePack header of openraft's types) and 3 (no revisions) are
+    /// refused, saying so, before anything of the file is taken for data.
     #[test]
-    fn version_1_and_2_snapshots_should_be_refused_with_a_reason() {
+    fn version_1_2_and_3_snapshots_should_be_refused_with_a_reason() {
         let dir = tempfile::tempdir().expect("tempdir");
-        for old in [b"RSKVSNP1", b"RSKVSNP2"] {
+        for old in [b"RSKVSNP1", b"RSKVSNP2", b"RSKVSNP3"] {
             let mut bytes = SnapshotWriter::start(Vec::new(), &meta(3))
                 .and_then(SnapshotWriter::end)
                 .expect("write");
@@ -552,10 +565,15 @@ mod tests {
                 .read_meta()
                 .expect_err("old version");
             let version = char::from(old[7]);
+            let why = if version == '3' {
+                "before its multi-version store"
+            } else {
+                "before its formats were versioned"
+            };
             assert!(
                 err.to_string().contains(&format!(
-                    "snapshot file format version {version} is not read by this rskv (it reads version 3)"
-                )) && err.to_string().contains("before its formats were versioned"),
+                    "snapshot file format version {version} is not read by this rskv (it reads version 4)"
+                )) && err.to_string().contains(why),
                 "{err}"
             );
         }
@@ -591,20 +609,16 @@ mod tests {
         assert!(err.to_string().contains("not an rskv snapshot"), "{err}");
     }
 
-    /// A system section cut short is detected by its own count.
+    /// The last section cut short is detected by its own count.
     #[test]
-    fn truncated_system_section_should_be_refused() {
+    fn truncated_last_section_should_be_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut writer = SnapshotWriter::start(Vec::new(), &meta(2)).expect("start");
         writer.record(Keyspace::Data, b"a", b"1").expect("record");
-        writer
-            .record(Keyspace::System, b"s1", b"x")
-            .expect("record");
-        writer
-            .record(Keyspace::System, b"s2", b"y")
-            .expect("record");
+        writer.record(Keyspace::Lease, b"s1", b"x").expect("record");
+        writer.record(Keyspace::Lease, b"s2", b"y").expect("record");
         let bytes = writer.end().expect("end");
-        // Drop the last system record but keep a trailer: the count no longer matches.
+        // Drop the last record but keep a trailer: the count no longer matches.
         let record_len = 4 + 2 + 4 + 1;
         let mut cut = bytes[..bytes.len() - 12 - record_len].to_vec();
         cut.extend_from_slice(&bytes[bytes.len() - 12..]);

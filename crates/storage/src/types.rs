@@ -10,6 +10,9 @@
 use std::fmt;
 
 use bytes::Bytes;
+use prost::Message;
+pub use rskv_proto::etcd::etcdserverpb::TxnRequest;
+pub use rskv_proto::etcd::etcdserverpb::TxnResponse;
 
 openraft::declare_raft_types!(
     /// The openraft type configuration of rskv: u64 node ids, [`NodeInfo`] (client and peer
@@ -68,7 +71,7 @@ pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, crate::
 ///
 /// Every variant is deterministic given the state it is applied to, so every replica that
 /// applies the same log reaches the same state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// Set `key` to `value`.
     Put {
@@ -133,6 +136,28 @@ pub enum Command {
     CloseSession {
         /// The session to close.
         id: u64,
+    },
+    /// An etcd transaction: comparisons, then the success or the failure operations, all at one
+    /// revision (see [`crate::mvcc`]). etcd's Put and DeleteRange travel as a transaction of one
+    /// operation and no comparison. Carried as the request etcd's clients send.
+    Txn(Box<TxnRequest>),
+    /// Removes the history before `revision` (etcd's compaction).
+    Compact {
+        /// The new compacted revision.
+        revision: i64,
+    },
+    /// Creates a lease.
+    LeaseGrant {
+        /// The lease id, chosen by the proposer (never 0).
+        id: i64,
+        /// Time-to-live in seconds.
+        ttl: i64,
+    },
+    /// Ends a lease, deleting the keys attached to it at one revision (a client's revoke, or an
+    /// expiry the leader decided).
+    LeaseRevoke {
+        /// The lease id.
+        id: i64,
     },
 }
 
@@ -227,7 +252,16 @@ impl Command {
             Command::Group { commands } => Command::Group {
                 commands: commands.into_iter().map(Command::detached).collect(),
             },
-            c @ (Command::OpenSession { .. } | Command::CloseSession { .. }) => c,
+            Command::Txn(txn) => {
+                // Re-decoded from a buffer of its own, sized to the transaction.
+                let own = Bytes::from(txn.encode_to_vec());
+                Command::Txn(Box::new(TxnRequest::decode(own).unwrap_or(*txn)))
+            }
+            c @ (Command::OpenSession { .. }
+            | Command::CloseSession { .. }
+            | Command::Compact { .. }
+            | Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. }) => c,
         }
     }
 
@@ -247,7 +281,12 @@ impl Command {
                 ..
             } => key.len() + new_value.len() + expected.as_ref().map_or(0, |e| e.len()),
             Command::Group { commands } => commands.iter().map(Command::approx_bytes).sum(),
-            Command::OpenSession { .. } | Command::CloseSession { .. } => 0,
+            Command::Txn(txn) => txn.encoded_len(),
+            Command::OpenSession { .. }
+            | Command::CloseSession { .. }
+            | Command::Compact { .. }
+            | Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. } => 0,
         }
     }
 }
@@ -264,12 +303,22 @@ impl fmt::Display for Command {
             Command::Group { commands } => write!(f, "group({} commands)", commands.len()),
             Command::OpenSession { .. } => write!(f, "open_session"),
             Command::CloseSession { id } => write!(f, "close_session({id})"),
+            Command::Txn(txn) => write!(
+                f,
+                "txn({} compares, {}/{} ops)",
+                txn.compare.len(),
+                txn.success.len(),
+                txn.failure.len()
+            ),
+            Command::Compact { revision } => write!(f, "compact({revision})"),
+            Command::LeaseGrant { id, ttl } => write!(f, "lease_grant({id:x}, {ttl}s)"),
+            Command::LeaseRevoke { id } => write!(f, "lease_revoke({id:x})"),
         }
     }
 }
 
 /// What applying a [`Command`] produced; sent back to the client that proposed it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct CommandResponse {
     /// The value the key held before (put, delete, CAS); `None` for batch puts and absent keys.
     pub prev: Option<Bytes>,
@@ -279,6 +328,61 @@ pub struct CommandResponse {
     pub group: Vec<CommandResponse>,
     /// What the session table made of a session command.
     pub session: SessionOutcome,
+    /// The store's revision after the command: the revision its changes got, or the current
+    /// one when it changed nothing (etcd's header revision). Not kept for a replayed session
+    /// write (0 then).
+    pub revision: i64,
+    /// What an etcd command answered; `None` for rskv's own commands.
+    pub etcd: Option<EtcdReply>,
+}
+
+/// What applying an etcd command answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EtcdReply {
+    /// A transaction's response (its header is left for the service to fill).
+    Txn(Box<TxnResponse>),
+    /// The command took effect (a compaction, a lease revoke).
+    Done,
+    /// A lease was granted.
+    LeaseGranted {
+        /// Its id.
+        id: i64,
+        /// Its time-to-live in seconds.
+        ttl: i64,
+    },
+    /// The command was refused; nothing changed.
+    Refused(MvccError),
+}
+
+/// Why the multi-version store refused an etcd command (the services turn each into etcd's own
+/// status code and message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MvccError {
+    /// A read at a revision that compaction removed.
+    #[error("required revision {requested} has been compacted (compacted up to {compacted})")]
+    Compacted {
+        /// The revision asked for.
+        requested: i64,
+        /// The compacted revision.
+        compacted: i64,
+    },
+    /// A read at (or a compaction of) a revision not written yet.
+    #[error("required revision {requested} is a future revision (current {current})")]
+    FutureRevision {
+        /// The revision asked for.
+        requested: i64,
+        /// The current revision.
+        current: i64,
+    },
+    /// A put naming a lease, or a revoke of one, that does not exist.
+    #[error("requested lease {0:x} not found")]
+    LeaseNotFound(i64),
+    /// A grant of an id that is taken.
+    #[error("lease {0:x} already exists")]
+    LeaseExists(i64),
+    /// A put with `ignore_value` or `ignore_lease` of a key that does not exist.
+    #[error("key not found")]
+    KeyNotFound,
 }
 
 impl CommandResponse {
@@ -287,18 +391,15 @@ impl CommandResponse {
         CommandResponse {
             prev,
             success: true,
-            group: Vec::new(),
-            session: SessionOutcome::Applied,
+            ..CommandResponse::default()
         }
     }
 
     /// The response of a session command that was refused (nothing changed).
     pub fn refused(why: SessionRefusal) -> CommandResponse {
         CommandResponse {
-            prev: None,
-            success: false,
-            group: Vec::new(),
             session: SessionOutcome::Refused(why),
+            ..CommandResponse::default()
         }
     }
 }

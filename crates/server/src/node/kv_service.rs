@@ -753,6 +753,7 @@ mod tests {
     fn put(index: u64, key: String) -> Event {
         Event {
             index,
+            revision: index as i64,
             key: Bytes::from(key),
             kind: EventKind::Put {
                 value: Bytes::from_static(b"v"),

@@ -9,6 +9,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use openraft::type_config::async_runtime::WatchReceiver;
+use rskv_proto::etcd::etcdserverpb::RangeRequest;
+use rskv_proto::etcd::etcdserverpb::RangeResponse;
+use rskv_proto::etcd::mvccpb;
+use rskv_storage::mvcc;
+use rskv_storage::mvcc::Source;
+use rskv_storage::types::MvccError;
 use rskv_storage::KvEngine;
 
 use crate::raft::Raft;
@@ -49,10 +55,11 @@ impl ReadView {
     /// # Errors
     /// On a storage failure.
     pub async fn get(&self, key: Bytes) -> io::Result<Option<Bytes>> {
-        if let Some(value) = self.engine.try_get_now(&key) {
-            return value;
-        }
-        self.blocking(move |e| e.get(&key)).await
+        let stored = match self.engine.try_get_now(&key) {
+            Some(stored) => stored?,
+            None => self.blocking(move |e| e.get(&key)).await?,
+        };
+        stored.map(|v| mvcc::value_of(&v)).transpose()
     }
 
     /// Up to `limit` pairs from `start` (inclusive) to `end` (exclusive; `None`: to the end), in
@@ -66,8 +73,58 @@ impl ReadView {
         end: Option<Bytes>,
         limit: usize,
     ) -> io::Result<Vec<(Bytes, Bytes)>> {
-        self.blocking(move |e| e.scan(&start, end.as_deref(), limit))
+        self.blocking(move |e| {
+            e.scan(&start, end.as_deref(), limit)?
+                .into_iter()
+                .map(|(k, v)| Ok((k, mvcc::value_of(&v)?)))
+                .collect()
+        })
+        .await
+    }
+
+    /// etcd's Range over the multi-version store, with the revision the reply's header reports
+    /// (read before the data, so the data is at least that new).
+    ///
+    /// # Errors
+    /// The outer error on a storage failure; the inner one for a compacted or future revision.
+    pub async fn range(
+        &self,
+        request: RangeRequest,
+    ) -> io::Result<Result<RangeResponse, MvccError>> {
+        self.blocking(move |e| mvcc::read::range(&mvcc::EngineSource::new(e)?, &request))
             .await
+    }
+
+    /// Up to `limit` changes of the store from `from` on, in revision order, each as etcd's
+    /// watch event (with the version it replaced when `prev_kv`), and the store's counters as of
+    /// the read.
+    ///
+    /// # Errors
+    /// On a storage failure.
+    pub async fn changes(
+        &self,
+        from: mvcc::Rev,
+        limit: usize,
+        prev_kv: bool,
+    ) -> io::Result<(Vec<(mvcc::Rev, mvccpb::Event)>, mvcc::MvccMeta)> {
+        self.blocking(move |e| {
+            let source = mvcc::EngineSource::new(e)?;
+            let changes = source.changes(from, limit)?;
+            let events = changes
+                .iter()
+                .map(|(rev, change)| Ok((*rev, mvcc::read::event(&source, *rev, change, prev_kv)?)))
+                .collect::<io::Result<_>>()?;
+            Ok((events, source.meta()))
+        })
+        .await
+    }
+
+    /// Every lease with its attached keys.
+    ///
+    /// # Errors
+    /// On a storage failure.
+    pub async fn leases(&self) -> io::Result<Vec<(mvcc::Lease, Vec<Bytes>)>> {
+        self.blocking(|e| mvcc::writer::Writer::leases(e)).await
     }
 
     /// The engine's name, for status output.

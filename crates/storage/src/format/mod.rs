@@ -370,6 +370,12 @@ fn command_to(command: &Command) -> pb::Command {
             max_sessions: *max_sessions,
         }),
         Command::CloseSession { id } => C::CloseSession(pb::CloseSession { id: *id }),
+        Command::Txn(txn) => C::Txn((**txn).clone()),
+        Command::Compact { revision } => C::Compact(pb::Compact {
+            revision: *revision,
+        }),
+        Command::LeaseGrant { id, ttl } => C::LeaseGrant(pb::LeaseGrant { id: *id, ttl: *ttl }),
+        Command::LeaseRevoke { id } => C::LeaseRevoke(pb::LeaseRevoke { id: *id }),
     };
     pb::Command {
         command: Some(variant),
@@ -416,6 +422,15 @@ fn command_from(m: pb::Command) -> Result<Command, FormatError> {
             max_sessions: o.max_sessions,
         },
         C::CloseSession(c) => Command::CloseSession { id: c.id },
+        C::Txn(txn) => Command::Txn(Box::new(txn)),
+        C::Compact(c) => Command::Compact {
+            revision: c.revision,
+        },
+        C::LeaseGrant(g) => Command::LeaseGrant {
+            id: g.id,
+            ttl: g.ttl,
+        },
+        C::LeaseRevoke(r) => Command::LeaseRevoke { id: r.id },
     })
 }
 
@@ -898,6 +913,13 @@ mod tests {
                 max_sessions: 10_000,
             },
             Command::CloseSession { id: u64::MAX },
+            Command::Txn(Box::new(crate::mvcc::tests::sample_txn())),
+            Command::Compact { revision: 42 },
+            Command::LeaseGrant {
+                id: 0x1234,
+                ttl: 60,
+            },
+            Command::LeaseRevoke { id: 0x1234 },
         ]
     }
 

@@ -50,11 +50,13 @@ pub const LOG_STORE: Store = Store {
     version: 1,
 };
 
-/// The RocksDB state machine (`state_machine/`): data, system keyspace, applied state.
+/// The RocksDB state machine (`state_machine/`): data, system keyspace, history, leases, applied
+/// state. Version 2 is the multi-version store (each key's value carries its revisions; history
+/// and leases have column families of their own); version 1 held plain values, and is refused.
 pub const STATE_MACHINE: Store = Store {
     name: "state machine store",
     meta_cf: "sm_meta",
-    version: 1,
+    version: 2,
 };
 
 /// Why a store was not opened. Nothing in it was changed.
@@ -270,7 +272,7 @@ mod tests {
         (LOG_STORE, &["logs", "meta"], open_log),
         (
             STATE_MACHINE,
-            &["data", "sm_system", "sm_meta"],
+            &["data", "sm_system", "sm_history", "sm_lease", "sm_meta"],
             open_state_machine,
         ),
     ];
@@ -331,7 +333,7 @@ mod tests {
             let expected = VersionError::Unversioned {
                 store: store.name,
                 path: dir.path().to_path_buf(),
-                supported: 1,
+                supported: store.version,
             };
             assert_refused_untouched(dir.path(), open, &expected);
             assert!(
@@ -348,14 +350,15 @@ mod tests {
             let dir = tempfile::tempdir().expect("tempdir");
             open(dir.path()).expect("create");
             let cfs = DB::list_cf(&Options::default(), dir.path()).expect("list");
-            for (value, expected) in [
+            let newer = store.version + 1;
+            let mut cases = vec![
                 (
-                    b"2".to_vec(),
+                    newer.to_string().into_bytes(),
                     VersionError::Newer {
                         store: store.name,
                         path: dir.path().to_path_buf(),
-                        found: 2,
-                        supported: 1,
+                        found: newer,
+                        supported: store.version,
                     },
                 ),
                 (
@@ -364,7 +367,7 @@ mod tests {
                         store: store.name,
                         path: dir.path().to_path_buf(),
                         found: "v1".into(),
-                        supported: 1,
+                        supported: store.version,
                     },
                 ),
                 (
@@ -373,10 +376,23 @@ mod tests {
                         store: store.name,
                         path: dir.path().to_path_buf(),
                         found: "0".into(),
-                        supported: 1,
+                        supported: store.version,
                     },
                 ),
-            ] {
+            ];
+            if store.version > 1 {
+                // An older version with no migration (the state machine before revisions).
+                cases.push((
+                    b"1".to_vec(),
+                    VersionError::Older {
+                        store: store.name,
+                        path: dir.path().to_path_buf(),
+                        found: 1,
+                        supported: store.version,
+                    },
+                ));
+            }
+            for (value, expected) in cases {
                 let names: Vec<&str> = cfs.iter().map(String::as_str).collect();
                 raw(dir.path(), &names, |db| {
                     let meta = db.cf_handle(store.meta_cf).expect("meta");

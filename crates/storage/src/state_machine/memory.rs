@@ -21,10 +21,15 @@ use crate::error::io_err;
 
 #[derive(Clone, Default)]
 struct Inner {
-    map: OrdMap<Bytes, Bytes>,
-    /// The system keyspace.
-    system: OrdMap<Bytes, Bytes>,
+    /// One map per keyspace, at [`Keyspace::position`].
+    spaces: [OrdMap<Bytes, Bytes>; 4],
     state: AppliedState,
+}
+
+impl Inner {
+    fn space(&self, space: Keyspace) -> &OrdMap<Bytes, Bytes> {
+        &self.spaces[space.position()]
+    }
 }
 
 /// Applies `writes` (`None` deletes) to `map`.
@@ -71,13 +76,13 @@ impl KvEngine for MemoryEngine {
         "memory"
     }
 
-    fn get(&self, key: &[u8]) -> io::Result<Option<Bytes>> {
-        Ok(self.read()?.map.get(key).cloned())
+    fn get_in(&self, space: Keyspace, key: &[u8]) -> io::Result<Option<Bytes>> {
+        Ok(self.read()?.space(space).get(key).cloned())
     }
 
     fn try_get_now(&self, key: &[u8]) -> Option<io::Result<Option<Bytes>>> {
         match self.inner.try_read() {
-            Ok(inner) => Some(Ok(inner.map.get(key).cloned())),
+            Ok(inner) => Some(Ok(inner.space(Keyspace::Data).get(key).cloned())),
             Err(std::sync::TryLockError::WouldBlock) => None,
             Err(std::sync::TryLockError::Poisoned(_)) => {
                 Some(Err(io_err("memory engine lock poisoned")))
@@ -85,13 +90,14 @@ impl KvEngine for MemoryEngine {
         }
     }
 
-    fn scan(
+    fn scan_in(
         &self,
+        space: Keyspace,
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
     ) -> io::Result<Vec<(Bytes, Bytes)>> {
-        let map = self.read()?.map.clone();
+        let map = self.read()?.space(space).clone();
         let upper = match end {
             Some(e) => Bound::Excluded(Bytes::copy_from_slice(e)),
             None => Bound::Unbounded,
@@ -108,15 +114,12 @@ impl KvEngine for MemoryEngine {
         Ok(self.read()?.state.clone())
     }
 
-    fn system_records(&self) -> io::Result<Vec<(Bytes, Bytes)>> {
-        let system = self.read()?.system.clone();
-        Ok(system.into_iter().collect())
-    }
-
     fn commit(&self, batch: WriteSet) -> io::Result<()> {
+        let mut batch = batch;
         let mut inner = self.write()?;
-        apply(&mut inner.map, batch.writes);
-        apply(&mut inner.system, batch.system);
+        for (space, writes) in batch.take_spaces() {
+            apply(&mut inner.spaces[space.position()], writes);
+        }
         inner.state = batch.state;
         Ok(())
     }
@@ -124,11 +127,8 @@ impl KvEngine for MemoryEngine {
     fn export(&self, sink: &mut dyn SnapshotSink) -> io::Result<()> {
         let view = self.read()?.clone();
         sink.begin(&view.state)?;
-        for (space, map) in [
-            (Keyspace::Data, &view.map),
-            (Keyspace::System, &view.system),
-        ] {
-            for (k, v) in map.iter() {
+        for space in Keyspace::ALL {
+            for (k, v) in view.space(space).iter() {
                 sink.record(space, k, v)?;
             }
         }
@@ -146,10 +146,7 @@ impl KvEngine for MemoryEngine {
         };
         for record in records {
             let Record { space, key, value } = record?;
-            match space {
-                Keyspace::Data => imported.map.insert(key, value),
-                Keyspace::System => imported.system.insert(key, value),
-            };
+            imported.spaces[space.position()].insert(key, value);
         }
         *self.write()? = imported;
         Ok(())

@@ -24,7 +24,6 @@ pub mod memory;
 pub mod rocks;
 pub mod sessions;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::io::BufWriter;
@@ -47,10 +46,11 @@ use openraft::OptionalSend;
 use openraft::RaftSnapshotBuilder;
 
 use crate::error::io_err;
-use crate::events::Event;
 use crate::events::EventBus;
-use crate::events::EventKind;
 use crate::io_thread::IoThread;
+use crate::mvcc::writer::Writer;
+use crate::mvcc::KeyVersion;
+use crate::mvcc::Source;
 use crate::snapshot::snapshot_stream;
 use crate::snapshot::FirstRead;
 use crate::snapshot::SnapshotData;
@@ -59,7 +59,9 @@ use crate::snapshot::SnapshotWriter;
 use crate::types::Command;
 use crate::types::CommandResponse;
 use crate::types::Entry;
+use crate::types::EtcdReply;
 use crate::types::LogId;
+use crate::types::MvccError;
 use crate::types::SessionOutcome;
 use crate::types::Snapshot;
 use crate::types::SnapshotMeta;
@@ -81,16 +83,37 @@ pub struct AppliedState {
     pub membership: StoredMembership,
 }
 
-/// The two keyspaces of a state machine. Client keys and the state machine's own replicated
-/// bookkeeping (client sessions) are kept apart, so no client scan, watch or write can ever see or
-/// touch the bookkeeping, while both are still committed together, exported together in
-/// snapshots and recovered together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The keyspaces of a state machine. Client keys, their history and the state machine's own
+/// replicated bookkeeping are kept apart, so no client scan, watch or write can ever see or touch
+/// the bookkeeping, while all are still committed together, exported together in snapshots and
+/// recovered together. Snapshots hold them as sections in the order of [`Keyspace::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Keyspace {
-    /// Client data: what Get, Scan and Watch see.
+    /// Client data as of the latest revision: each live key's current version (see
+    /// [`crate::mvcc`]). What Get, Scan and Range at the latest revision read.
     Data,
-    /// The state machine's own records (see [`sessions`]).
+    /// The state machine's own records (see [`sessions`], and the store's revision counters).
     System,
+    /// Every change by revision, until compaction removes it (see [`crate::mvcc`]): what reads
+    /// at an older revision and watches from a revision read.
+    History,
+    /// Leases and the keys attached to each (see [`crate::mvcc`]).
+    Lease,
+}
+
+impl Keyspace {
+    /// Every keyspace, in snapshot section order.
+    pub const ALL: [Keyspace; 4] = [
+        Keyspace::Data,
+        Keyspace::System,
+        Keyspace::History,
+        Keyspace::Lease,
+    ];
+
+    /// The keyspace's position in [`Keyspace::ALL`].
+    pub fn position(self) -> usize {
+        self as usize
+    }
 }
 
 /// One exported record: a key and value of one keyspace.
@@ -111,8 +134,34 @@ pub struct WriteSet {
     pub writes: Vec<(Bytes, Option<Bytes>)>,
     /// The same for the system keyspace.
     pub system: Vec<(Bytes, Option<Bytes>)>,
+    /// The same for the history keyspace.
+    pub history: Vec<(Bytes, Option<Bytes>)>,
+    /// The same for the lease keyspace.
+    pub leases: Vec<(Bytes, Option<Bytes>)>,
     /// The applied state after this batch.
     pub state: AppliedState,
+}
+
+impl WriteSet {
+    /// Each keyspace with its writes.
+    pub fn spaces(&self) -> [(Keyspace, &Vec<(Bytes, Option<Bytes>)>); 4] {
+        [
+            (Keyspace::Data, &self.writes),
+            (Keyspace::System, &self.system),
+            (Keyspace::History, &self.history),
+            (Keyspace::Lease, &self.leases),
+        ]
+    }
+
+    /// Each keyspace with its writes, taken out of the set.
+    pub fn take_spaces(&mut self) -> [(Keyspace, Vec<(Bytes, Option<Bytes>)>); 4] {
+        [
+            (Keyspace::Data, std::mem::take(&mut self.writes)),
+            (Keyspace::System, std::mem::take(&mut self.system)),
+            (Keyspace::History, std::mem::take(&mut self.history)),
+            (Keyspace::Lease, std::mem::take(&mut self.leases)),
+        ]
+    }
 }
 
 /// Receives a consistent export of an engine (used to write snapshot files).
@@ -122,8 +171,8 @@ pub trait SnapshotSink {
     /// # Errors
     /// When the sink cannot start (e.g. the file cannot be created).
     fn begin(&mut self, state: &AppliedState) -> io::Result<()>;
-    /// Called for every key of the data keyspace in ascending order, then for every key of the
-    /// system keyspace in ascending order.
+    /// Called for every key of each keyspace in ascending order, keyspace by keyspace in the
+    /// order of [`Keyspace::ALL`].
     ///
     /// # Errors
     /// On a write failure; the export stops.
@@ -135,22 +184,43 @@ pub trait SnapshotSink {
 pub trait KvEngine: Send + Sync + 'static {
     /// `memory` or `rocksdb`, for status output.
     fn name(&self) -> &'static str;
-    /// The value of `key`, if present.
+    /// The value of `key` in the data keyspace, if present.
     ///
     /// # Errors
     /// On a storage failure.
-    fn get(&self, key: &[u8]) -> io::Result<Option<Bytes>>;
+    fn get(&self, key: &[u8]) -> io::Result<Option<Bytes>> {
+        self.get_in(Keyspace::Data, key)
+    }
+    /// The value of `key` in `space`, if present.
+    ///
+    /// # Errors
+    /// On a storage failure.
+    fn get_in(&self, space: Keyspace, key: &[u8]) -> io::Result<Option<Bytes>>;
     /// [`KvEngine::get`] when it needs no lock wait (no snapshot import or commit in progress),
     /// `None` otherwise. Point reads call it on the async runtime to skip the hop to a blocking
     /// thread, which cost more than the read itself (a memtable, block-cache or map lookup; a
     /// RocksDB cache miss still blocks the worker for one disk read).
     fn try_get_now(&self, key: &[u8]) -> Option<io::Result<Option<Bytes>>>;
-    /// Up to `limit` pairs with `start <= key < end` (no end: unbounded), in key order.
+    /// Up to `limit` pairs of the data keyspace with `start <= key < end` (no end: unbounded),
+    /// in key order.
     ///
     /// # Errors
     /// On a storage failure.
     fn scan(
         &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> io::Result<Vec<(Bytes, Bytes)>> {
+        self.scan_in(Keyspace::Data, start, end, limit)
+    }
+    /// [`KvEngine::scan`] in any keyspace.
+    ///
+    /// # Errors
+    /// On a storage failure.
+    fn scan_in(
+        &self,
+        space: Keyspace,
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
@@ -165,7 +235,9 @@ pub trait KvEngine: Send + Sync + 'static {
     ///
     /// # Errors
     /// On a storage failure.
-    fn system_records(&self) -> io::Result<Vec<(Bytes, Bytes)>>;
+    fn system_records(&self) -> io::Result<Vec<(Bytes, Bytes)>> {
+        self.scan_in(Keyspace::System, b"", None, usize::MAX)
+    }
     /// Applies one batch atomically: readers see all of it or none of it.
     ///
     /// # Errors
@@ -177,7 +249,7 @@ pub trait KvEngine: Send + Sync + 'static {
     /// # Errors
     /// On a storage or sink failure.
     fn export(&self, sink: &mut dyn SnapshotSink) -> io::Result<()>;
-    /// Replaces the whole content of both keyspaces with `records` and sets the applied state.
+    /// Replaces the whole content of every keyspace with `records` and sets the applied state.
     ///
     /// # Errors
     /// On a storage failure or a corrupt record stream.
@@ -207,15 +279,13 @@ pub trait KvEngine: Send + Sync + 'static {
     }
 }
 
-/// Executes one command against the overlay-on-engine view, records its writes, and appends the
-/// apply events it causes (one per changed key) to `events`.
-fn execute(
-    engine: &dyn KvEngine,
-    overlay: &mut HashMap<Bytes, Option<Bytes>>,
+/// Executes one command through the batch's [`Writer`] (which records its writes and the apply
+/// events it causes) and the session table.
+pub(crate) fn execute(
+    writer: &mut Writer<'_>,
     sessions: &mut SessionTable,
     mut command: Command,
     index: u64,
-    events: &mut Vec<Event>,
 ) -> io::Result<CommandResponse> {
     if let Some(stamp) = command.take_session() {
         let admission = sessions.admit(stamp.id, stamp.seq, stamp.first_unacked, stamp.now_ms);
@@ -226,7 +296,7 @@ fn execute(
                     Command::CompareAndSwap { .. } => sessions::Keep::UnlessSuccess,
                     _ => sessions::Keep::All,
                 };
-                let response = execute(engine, overlay, sessions, command, index, events)?;
+                let response = execute(writer, sessions, command, index)?;
                 sessions.record(stamp.id, stamp.seq, index, &response, keep);
                 response
             }
@@ -234,51 +304,26 @@ fn execute(
             Admission::Refuse(why) => CommandResponse::refused(why),
         });
     }
-    let put = |key: &Bytes, value: &Bytes, prev: Option<Bytes>| Event {
-        index,
-        key: key.clone(),
-        kind: EventKind::Put {
-            value: value.clone(),
-        },
-        prev,
-    };
-    let current = |key: &Bytes, overlay: &HashMap<Bytes, Option<Bytes>>| match overlay.get(key) {
-        Some(v) => Ok(v.clone()),
-        None => engine.get(key),
-    };
-    Ok(match command {
+    if !matches!(command, Command::Group { .. }) {
+        writer.begin(index);
+    }
+    let value = |kv: Option<KeyVersion>| kv.map(|kv| kv.value);
+    // The store refuses nothing of rskv's own commands: they name no lease.
+    let refused = |e: MvccError| io_err(format!("native write refused by the store: {e}"));
+    let mut response = match command {
         Command::Put {
             key,
-            value,
+            value: new,
             return_prev,
             ..
         } => {
-            let prev = if return_prev {
-                current(&key, overlay)?
-            } else {
-                None
-            };
-            events.push(put(&key, &value, prev.clone()));
-            overlay.insert(key, Some(value));
-            CommandResponse::done(prev)
+            let prev = writer.put(key, Some(new), Some(0))?.map_err(refused)?;
+            CommandResponse::done(value(prev).filter(|_| return_prev))
         }
-        Command::Delete { key, .. } => {
-            let prev = current(&key, overlay)?;
-            if prev.is_some() {
-                events.push(Event {
-                    index,
-                    key: key.clone(),
-                    kind: EventKind::Delete,
-                    prev: prev.clone(),
-                });
-            }
-            overlay.insert(key, None);
-            CommandResponse::done(prev)
-        }
+        Command::Delete { key, .. } => CommandResponse::done(value(writer.delete(key)?)),
         Command::BatchPut { pairs, .. } => {
-            for (key, value) in pairs {
-                events.push(put(&key, &value, None));
-                overlay.insert(key, Some(value));
+            for (key, new) in pairs {
+                writer.put(key, Some(new), Some(0))?.map_err(refused)?;
             }
             CommandResponse::done(None)
         }
@@ -288,11 +333,12 @@ fn execute(
             new_value,
             ..
         } => {
-            let prev = current(&key, overlay)?;
+            let prev = value(writer.latest(&key)?);
             let success = prev == expected;
             if success {
-                events.push(put(&key, &new_value, prev.clone()));
-                overlay.insert(key, Some(new_value));
+                writer
+                    .put(key, Some(new_value), Some(0))?
+                    .map_err(refused)?;
             }
             CommandResponse {
                 prev,
@@ -304,7 +350,7 @@ fn execute(
             success: true,
             group: commands
                 .into_iter()
-                .map(|c| execute(engine, overlay, sessions, c, index, events))
+                .map(|c| execute(writer, sessions, c, index))
                 .collect::<io::Result<_>>()?,
             ..CommandResponse::default()
         },
@@ -322,7 +368,31 @@ fn execute(
             sessions.close(id);
             CommandResponse::done(None)
         }
-    })
+        Command::Txn(txn) => etcd_reply(writer.txn(&txn)?.map(|r| EtcdReply::Txn(Box::new(r)))),
+        Command::Compact { revision } => {
+            etcd_reply(writer.compact(revision)?.map(|()| EtcdReply::Done))
+        }
+        Command::LeaseGrant { id, ttl } => etcd_reply(
+            writer
+                .lease_grant(id, ttl)?
+                .map(|()| EtcdReply::LeaseGranted { id, ttl }),
+        ),
+        Command::LeaseRevoke { id } => {
+            etcd_reply(writer.lease_revoke(id)?.map(|()| EtcdReply::Done))
+        }
+    };
+    response.revision = writer.revision();
+    Ok(response)
+}
+
+/// The response of an etcd command.
+fn etcd_reply(reply: Result<EtcdReply, MvccError>) -> CommandResponse {
+    let reply = reply.unwrap_or_else(EtcdReply::Refused);
+    CommandResponse {
+        success: !matches!(reply, EtcdReply::Refused(_)),
+        etcd: Some(reply),
+        ..CommandResponse::default()
+    }
 }
 
 /// The responders of one apply batch, each with its command's response.
@@ -331,9 +401,9 @@ type Answers = Vec<(
     CommandResponse,
 )>;
 
-/// Applies one batch of entries: executes each against the engine under an overlay of the
-/// batch's own writes and the session table, commits everything in one atomic engine write with
-/// the new applied state, then publishes the batch's events. Blocking.
+/// Applies one batch of entries: executes each through a [`Writer`] (the batch's writes over the
+/// engine) and the session table, commits everything in one atomic engine write with the new
+/// applied state, then publishes the batch's events. Blocking.
 fn apply_batch(
     engine: &dyn KvEngine,
     bus: &EventBus,
@@ -341,21 +411,15 @@ fn apply_batch(
     batch: Vec<EntryResponder<TypeConfig>>,
 ) -> io::Result<Answers> {
     let mut state = engine.applied_state()?;
-    let mut overlay: HashMap<Bytes, Option<Bytes>> = HashMap::new();
-    let mut events = Vec::new();
+    let mut writer = Writer::new(engine)?;
     let mut responders = Vec::with_capacity(batch.len());
     for (entry, responder) in batch {
         state.last_applied = Some(entry.log_id);
         let response = match entry.payload {
             EntryPayload::Blank => CommandResponse::done(None),
-            EntryPayload::Normal(command) => execute(
-                engine,
-                &mut overlay,
-                sessions,
-                command,
-                entry.log_id.index,
-                &mut events,
-            )?,
+            EntryPayload::Normal(command) => {
+                execute(&mut writer, sessions, command, entry.log_id.index)?
+            }
             EntryPayload::Membership(membership) => {
                 state.membership = StoredMembership::new(Some(entry.log_id), membership);
                 CommandResponse::done(None)
@@ -363,13 +427,18 @@ fn apply_batch(
         };
         responders.push((responder, response));
     }
-    engine.commit(WriteSet {
-        writes: overlay.into_iter().collect(),
+    let events = writer.take_events();
+    let revision = writer.revision();
+    let mut set = WriteSet {
         system: sessions.take_changes(),
         state,
-    })?;
+        ..WriteSet::default()
+    };
+    writer.finish(&mut set);
+    engine.commit(set)?;
     // After the commit: an event is never seen before its change is readable.
     bus.publish(events);
+    bus.revision_applied(revision);
     Ok(responders)
 }
 
@@ -487,13 +556,16 @@ impl StateMachine {
         };
         let engine = sm.engine.clone();
         let path = sm.snapshot_path();
-        let (applied, sessions) = tokio::task::spawn_blocking(move || {
+        let applied = tokio::task::spawn_blocking(move || {
             recover(&*engine, &path)?;
             let sessions = SessionTable::load(engine.system_records()?)?;
-            Ok::<_, io::Error>((engine.applied_state()?, sessions))
+            let revision = crate::mvcc::load_meta(&*engine)?.revision;
+            Ok::<_, io::Error>((engine.applied_state()?, sessions, revision))
         })
         .await
         .map_err(io_err)??;
+        let (applied, sessions, revision) = (applied.0, applied.1, applied.2);
+        sm.events.revision_applied(revision);
         sm.open_sessions.store(sessions.len(), Ordering::Relaxed);
         *sm.lock_sessions()? = sessions;
         // Events up to what is already applied were published by an earlier run (or never):
@@ -857,6 +929,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             // Watchers cannot be given the changes a snapshot skipped over: end them.
             events.reset(state.last_applied.map(|l| l.index).unwrap_or(0));
+            events.revision_applied(crate::mvcc::load_meta(&*engine)?.revision);
             tracing::info!(
                 last_log_id = ?state.last_applied,
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -924,6 +997,7 @@ pub(crate) mod engine_suite {
                 ],
                 system: vec![(b("s2"), Some(b("y"))), (b("s1"), Some(b("x")))],
                 state: state.clone(),
+                ..WriteSet::default()
             })
             .expect("commit");
         assert_eq!(engine.get(b"a").expect("get"), Some(b("1")));
@@ -956,6 +1030,7 @@ pub(crate) mod engine_suite {
                     last_applied: Some(log_id(4)),
                     membership: StoredMembership::default(),
                 },
+                ..WriteSet::default()
             })
             .expect("commit");
         assert_eq!(engine.get(b"a").expect("get"), None);
@@ -996,6 +1071,7 @@ pub(crate) mod engine_suite {
                 writes,
                 system: vec![(b("sys"), Some(b("1")))],
                 state: state.clone(),
+                ..WriteSet::default()
             })
             .expect("commit");
         // The target has stale content that the import must replace entirely.
@@ -1004,6 +1080,7 @@ pub(crate) mod engine_suite {
                 writes: vec![(b("stale"), Some(b("x")))],
                 system: vec![(b("stale-sys"), Some(b("x")))],
                 state: AppliedState::default(),
+                ..WriteSet::default()
             })
             .expect("commit");
         let mut sink = VecSink(None, Vec::new());
@@ -1074,11 +1151,10 @@ mod tests {
                 },
             ],
         };
-        let mut overlay = HashMap::new();
-        let mut events = Vec::new();
+        let mut writer = Writer::new(&engine).expect("writer");
         let mut sessions = SessionTable::default();
-        let resp =
-            execute(&engine, &mut overlay, &mut sessions, group, 7, &mut events).expect("execute");
+        let resp = execute(&mut writer, &mut sessions, group, 7).expect("execute");
+        let events = writer.take_events();
         let summary: Vec<(bool, Option<Bytes>)> = resp
             .group
             .iter()
@@ -1094,14 +1170,29 @@ mod tests {
                 (true, None),
             ]
         );
-        let seen: Vec<(u64, Bytes)> = events.iter().map(|e| (e.index, e.key.clone())).collect();
+        let seen: Vec<(u64, i64, Bytes)> = events
+            .iter()
+            .map(|e| (e.index, e.revision, e.key.clone()))
+            .collect();
         assert_eq!(
             seen,
-            vec![(7, b("k")), (7, b("k")), (7, b("k")), (7, b("j"))],
-            "one event per change, in order, all at the group's index"
+            vec![
+                (7, 2, b("k")),
+                (7, 3, b("k")),
+                (7, 4, b("k")),
+                (7, 5, b("j"))
+            ],
+            "one event per change, in order, all at the group's index, a revision per write"
         );
-        assert_eq!(overlay.get(&b("k")), Some(&None));
-        assert_eq!(overlay.get(&b("j")), Some(&Some(b("5"))));
+        assert_eq!(writer.latest(b"k").expect("read"), None);
+        assert_eq!(
+            writer.latest(b"j").expect("read").map(|kv| kv.value),
+            Some(b("5"))
+        );
+        assert_eq!(
+            resp.revision, 5,
+            "the group's revision after its last write"
+        );
     }
 
     fn rows(n: usize, tag: &str, index: u64) -> WriteSet {
@@ -1119,6 +1210,7 @@ mod tests {
                 last_applied: Some(openraft::testing::log_id::<TypeConfig>(1, 1, index)),
                 membership: StoredMembership::default(),
             },
+            ..WriteSet::default()
         }
     }
 
@@ -1352,8 +1444,9 @@ mod tests {
         let expected = straight.system_records().expect("records");
         assert_eq!(
             expected.len(),
-            3,
-            "the meta record, session 1 and the one opened last: {expected:?}"
+            4,
+            "the revision record, the session meta record, session 1 and the one opened last: \
+             {expected:?}"
         );
         for (name, engine) in [
             ("crash and replay", crashed as Arc<dyn KvEngine>),

@@ -45,9 +45,11 @@ use crate::format::version;
 
 const CF_DATA: &str = "data";
 const CF_SYSTEM: &str = "sm_system";
+const CF_HISTORY: &str = "sm_history";
+const CF_LEASE: &str = "sm_lease";
 const CF_META: &str = "sm_meta";
 /// Every column family, in the order they are flushed and created.
-const CFS: [&str; 3] = [CF_DATA, CF_SYSTEM, CF_META];
+const CFS: [&str; 5] = [CF_DATA, CF_SYSTEM, CF_HISTORY, CF_LEASE, CF_META];
 const KEY_APPLIED: &[u8] = b"applied_state";
 const KEY_IMPORTING: &[u8] = b"importing";
 /// Import writes are grouped into batches of about this many bytes.
@@ -80,9 +82,13 @@ impl RocksEngine {
         // No WAL (see the module doc): a flush must persist `data` and `sm_meta` together.
         opts.set_atomic_flush(true);
         data_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let mut history_opts = Options::default();
+        history_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_DATA, data_opts),
             ColumnFamilyDescriptor::new(CF_SYSTEM, Options::default()),
+            ColumnFamilyDescriptor::new(CF_HISTORY, history_opts),
+            ColumnFamilyDescriptor::new(CF_LEASE, Options::default()),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(io_err)?;
@@ -95,10 +101,10 @@ impl RocksEngine {
         })
     }
 
-    fn get_data(&self, key: &[u8]) -> io::Result<Option<Bytes>> {
+    fn get_raw(&self, space: Keyspace, key: &[u8]) -> io::Result<Option<Bytes>> {
         Ok(self
             .db
-            .get_pinned_cf(self.cf(CF_DATA)?, key)
+            .get_pinned_cf(self.space_cf(space)?, key)
             .map_err(io_err)?
             .map(|v| Bytes::copy_from_slice(&v)))
     }
@@ -135,12 +141,14 @@ impl RocksEngine {
         self.cf(match space {
             Keyspace::Data => CF_DATA,
             Keyspace::System => CF_SYSTEM,
+            Keyspace::History => CF_HISTORY,
+            Keyspace::Lease => CF_LEASE,
         })
     }
 
-    /// Deletes every key of column family `name`.
-    fn clear(&self, name: &str) -> io::Result<()> {
-        let data = self.cf(name)?;
+    /// Deletes every key of `space`.
+    fn clear(&self, space: Keyspace) -> io::Result<()> {
+        let data = self.space_cf(space)?;
         let first = self.db.iterator_cf(data, IteratorMode::Start).next();
         let last = self.db.iterator_cf(data, IteratorMode::End).next();
         if let (Some(first), Some(last)) = (first, last) {
@@ -176,21 +184,22 @@ impl KvEngine for RocksEngine {
         "rocksdb"
     }
 
-    fn get(&self, key: &[u8]) -> io::Result<Option<Bytes>> {
+    fn get_in(&self, space: Keyspace, key: &[u8]) -> io::Result<Option<Bytes>> {
         let _guard = self.read_guard()?;
-        self.get_data(key)
+        self.get_raw(space, key)
     }
 
     fn try_get_now(&self, key: &[u8]) -> Option<io::Result<Option<Bytes>>> {
         match self.import_lock.try_read() {
-            Ok(_guard) => Some(self.get_data(key)),
+            Ok(_guard) => Some(self.get_raw(Keyspace::Data, key)),
             Err(std::sync::TryLockError::WouldBlock) => None,
             Err(std::sync::TryLockError::Poisoned(_)) => Some(Err(io_err("import lock poisoned"))),
         }
     }
 
-    fn scan(
+    fn scan_in(
         &self,
+        space: Keyspace,
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
@@ -201,7 +210,7 @@ impl KvEngine for RocksEngine {
             ro.set_iterate_upper_bound(end.to_vec());
         }
         let iter = self.db.iterator_cf_opt(
-            self.cf(CF_DATA)?,
+            self.space_cf(space)?,
             ro,
             IteratorMode::From(start, Direction::Forward),
         );
@@ -224,23 +233,9 @@ impl KvEngine for RocksEngine {
         }
     }
 
-    fn system_records(&self) -> io::Result<Vec<(Bytes, Bytes)>> {
-        let _guard = self.read_guard()?;
-        self.db
-            .iterator_cf(self.cf(CF_SYSTEM)?, IteratorMode::Start)
-            .map(|item| {
-                let (k, v) = item.map_err(io_err)?;
-                Ok((Bytes::from(k.into_vec()), Bytes::from(v.into_vec())))
-            })
-            .collect()
-    }
-
     fn commit(&self, batch: WriteSet) -> io::Result<()> {
         let mut wb = WriteBatch::default();
-        for (space, writes) in [
-            (Keyspace::Data, &batch.writes),
-            (Keyspace::System, &batch.system),
-        ] {
+        for (space, writes) in batch.spaces() {
             let cf = self.space_cf(space)?;
             for (key, value) in writes {
                 match value {
@@ -270,7 +265,7 @@ impl KvEngine for RocksEngine {
             None => AppliedState::default(),
         };
         sink.begin(&state)?;
-        for space in [Keyspace::Data, Keyspace::System] {
+        for space in Keyspace::ALL {
             for item in snapshot.iterator_cf(self.space_cf(space)?, IteratorMode::Start) {
                 let (k, v) = item.map_err(io_err)?;
                 sink.record(space, &k, &v)?;
@@ -294,8 +289,9 @@ impl KvEngine for RocksEngine {
         self.write(marker)?;
         // The marker is durable before any data is deleted.
         self.sync()?;
-        self.clear(CF_DATA)?;
-        self.clear(CF_SYSTEM)?;
+        for space in Keyspace::ALL {
+            self.clear(space)?;
+        }
         let mut batch = WriteBatch::default();
         for record in records {
             let record = record?;
@@ -362,6 +358,7 @@ mod tests {
                     writes: vec![(Bytes::from_static(b"k"), Some(Bytes::from_static(b"v")))],
                     system: vec![(Bytes::from_static(b"s"), Some(Bytes::from_static(b"1")))],
                     state: AppliedState::default(),
+                    ..WriteSet::default()
                 })
                 .expect("commit");
         }
@@ -411,6 +408,7 @@ mod tests {
                         Some(Bytes::from(index.to_string())),
                     )],
                     state: applied(index),
+                    ..WriteSet::default()
                 })
                 .expect("commit")
         };
@@ -472,6 +470,7 @@ mod tests {
                         writes,
                         system,
                         state,
+                        ..WriteSet::default()
                     })
                     .expect("commit");
             }

@@ -262,7 +262,7 @@ impl Session {
 }
 
 /// What to do with a session write.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Admission {
     /// Apply it, then [`SessionTable::record`] its reply.
     Execute,
@@ -459,8 +459,8 @@ impl SessionTable {
             return Admission::Replay(CommandResponse {
                 prev: reply.prev.clone(),
                 success: reply.success,
-                group: Vec::new(),
                 session: SessionOutcome::Replayed { index: reply.index },
+                ..CommandResponse::default()
             });
         }
         let (replies, bytes) = (session.replies.len() as u64, session.bytes);

@@ -1,0 +1,437 @@
+//! One suite for the multi-version store, run against both engines through the state machine's
+//! own apply path: revisions, history reads, transactions, compaction, leases, and a snapshot
+//! moving all of it to another engine.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rskv_proto::etcd::etcdserverpb as etcd;
+use rskv_proto::etcd::etcdserverpb::compare::CompareResult;
+use rskv_proto::etcd::etcdserverpb::compare::CompareTarget;
+use rskv_proto::etcd::etcdserverpb::compare::TargetUnion;
+use rskv_proto::etcd::etcdserverpb::request_op::Request;
+use rskv_proto::etcd::etcdserverpb::response_op::Response;
+
+use super::read;
+use super::writer::Writer;
+use super::EngineSource;
+use super::Rev;
+use super::Source;
+use crate::memory::MemoryEngine;
+use crate::rocks::RocksEngine;
+use crate::state_machine::execute;
+use crate::state_machine::sessions::SessionTable;
+use crate::state_machine::WriteSet;
+use crate::types::Command;
+use crate::types::CommandResponse;
+use crate::types::EtcdReply;
+use crate::types::MvccError;
+use crate::KvEngine;
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+/// Applies commands one entry each, as the state machine does (one batch per call).
+struct Store {
+    engine: Arc<dyn KvEngine>,
+    index: u64,
+}
+
+impl Store {
+    fn apply(&mut self, commands: Vec<Command>) -> Vec<CommandResponse> {
+        let mut writer = Writer::new(&*self.engine).expect("writer");
+        let mut sessions = SessionTable::default();
+        let mut out = Vec::new();
+        for command in commands {
+            self.index += 1;
+            out.push(execute(&mut writer, &mut sessions, command, self.index).expect("execute"));
+        }
+        let mut set = WriteSet::default();
+        writer.finish(&mut set);
+        self.engine.commit(set).expect("commit");
+        out
+    }
+
+    fn one(&mut self, command: Command) -> CommandResponse {
+        self.apply(vec![command]).remove(0)
+    }
+
+    fn txn(&mut self, txn: etcd::TxnRequest) -> Result<etcd::TxnResponse, MvccError> {
+        match self.one(Command::Txn(Box::new(txn))).etcd {
+            Some(EtcdReply::Txn(r)) => Ok(*r),
+            Some(EtcdReply::Refused(e)) => Err(e),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn source(&self) -> EngineSource<'_> {
+        EngineSource::new(&*self.engine).expect("source")
+    }
+
+    fn range(
+        &self,
+        key: &str,
+        end: &str,
+        revision: i64,
+    ) -> Result<Vec<(String, String, i64, i64, i64)>, MvccError> {
+        let request = etcd::RangeRequest {
+            key: b(key),
+            range_end: b(end),
+            revision,
+            ..Default::default()
+        };
+        read::range(&self.source(), &request)
+            .expect("read")
+            .map(|r| {
+                r.kvs
+                    .into_iter()
+                    .map(|kv| {
+                        (
+                            String::from_utf8_lossy(&kv.key).into_owned(),
+                            String::from_utf8_lossy(&kv.value).into_owned(),
+                            kv.create_revision,
+                            kv.mod_revision,
+                            kv.version,
+                        )
+                    })
+                    .collect()
+            })
+    }
+}
+
+fn put(key: &str, value: &str) -> etcd::RequestOp {
+    put_lease(key, value, 0)
+}
+
+fn put_lease(key: &str, value: &str, lease: i64) -> etcd::RequestOp {
+    etcd::RequestOp {
+        request: Some(Request::RequestPut(etcd::PutRequest {
+            key: b(key),
+            value: b(value),
+            lease,
+            prev_kv: true,
+            ..Default::default()
+        })),
+    }
+}
+
+fn delete(key: &str, end: &str) -> etcd::RequestOp {
+    etcd::RequestOp {
+        request: Some(Request::RequestDeleteRange(etcd::DeleteRangeRequest {
+            key: b(key),
+            range_end: b(end),
+            prev_kv: true,
+        })),
+    }
+}
+
+fn range_op(key: &str, end: &str) -> etcd::RequestOp {
+    etcd::RequestOp {
+        request: Some(Request::RequestRange(etcd::RangeRequest {
+            key: b(key),
+            range_end: b(end),
+            ..Default::default()
+        })),
+    }
+}
+
+fn ops(ops: Vec<etcd::RequestOp>) -> etcd::TxnRequest {
+    etcd::TxnRequest {
+        success: ops,
+        ..Default::default()
+    }
+}
+
+fn compare(
+    key: &str,
+    target: CompareTarget,
+    result: CompareResult,
+    value: TargetUnion,
+) -> etcd::Compare {
+    etcd::Compare {
+        result: result as i32,
+        target: target as i32,
+        key: b(key),
+        target_union: Some(value),
+        range_end: Bytes::new(),
+    }
+}
+
+/// Everything the suite checks, on one engine; returns the store for the snapshot check.
+fn suite(engine: Arc<dyn KvEngine>) -> Store {
+    let mut s = Store { engine, index: 0 };
+    assert_eq!(
+        s.source().meta().revision,
+        1,
+        "an empty store is at revision 1, as etcd's"
+    );
+
+    // Revisions: one per request, shared by its changes; create/mod/version as etcd's.
+    let r = s.txn(ops(vec![put("a", "1"), put("b", "1")])).expect("txn");
+    assert!(r.succeeded);
+    assert_eq!(s.source().meta().revision, 2);
+    s.txn(ops(vec![put("a", "2")])).expect("put");
+    assert_eq!(
+        s.range("a", "", 0).expect("range"),
+        vec![("a".into(), "2".into(), 2, 3, 2)]
+    );
+    // A native write takes a revision too, and answers with it.
+    let native = s.one(Command::Put {
+        key: b("c"),
+        value: b("1"),
+        return_prev: false,
+        session: None,
+    });
+    assert_eq!(native.revision, 4);
+    // Deleting: a tombstone in history; version restarts at the next put.
+    let r = s.txn(ops(vec![delete("a", "")])).expect("delete");
+    let Some(Response::ResponseDeleteRange(d)) = &r.responses[0].response else {
+        panic!("delete response");
+    };
+    assert_eq!((d.deleted, d.prev_kvs[0].version), (1, 2));
+    s.txn(ops(vec![put("a", "3")])).expect("put");
+    assert_eq!(
+        s.range("a", "", 0).expect("range"),
+        vec![("a".into(), "3".into(), 6, 6, 1)]
+    );
+    // Deleting nothing takes no revision.
+    s.txn(ops(vec![delete("zz", "")])).expect("delete nothing");
+    assert_eq!(s.source().meta().revision, 6);
+
+    // Reads at older revisions: every key as it was.
+    let all = |s: &Store, rev| s.range("a", "\0", rev).expect("range");
+    assert_eq!(
+        all(&s, 2),
+        vec![
+            ("a".into(), "1".into(), 2, 2, 1),
+            ("b".into(), "1".into(), 2, 2, 1)
+        ]
+    );
+    assert_eq!(
+        all(&s, 5).iter().map(|kv| kv.0.clone()).collect::<Vec<_>>(),
+        vec!["b", "c"]
+    );
+    assert_eq!(all(&s, 6).len(), 3);
+    assert_eq!(
+        s.range("", "", 7),
+        Err(MvccError::FutureRevision {
+            requested: 7,
+            current: 6
+        })
+    );
+
+    // Transactions: comparisons choose the branch; ranges inside see earlier ops.
+    let cmp = compare(
+        "a",
+        CompareTarget::Value,
+        CompareResult::Equal,
+        TargetUnion::Value(b("3")),
+    );
+    let r = s
+        .txn(etcd::TxnRequest {
+            compare: vec![cmp.clone()],
+            success: vec![put("d", "1"), range_op("a", "e")],
+            failure: vec![put("x", "1")],
+        })
+        .expect("txn");
+    assert!(r.succeeded);
+    let Some(Response::ResponseRange(seen)) = &r.responses[1].response else {
+        panic!("range response");
+    };
+    assert_eq!(seen.count, 4, "a, b, c and the d this txn wrote");
+    let r = s
+        .txn(etcd::TxnRequest {
+            compare: vec![compare(
+                "a",
+                CompareTarget::Mod,
+                CompareResult::Less,
+                TargetUnion::ModRevision(6),
+            )],
+            success: vec![put("x", "1")],
+            failure: vec![etcd::RequestOp {
+                request: Some(Request::RequestTxn(ops(vec![put("e", "1")]))),
+            }],
+        })
+        .expect("txn");
+    assert!(!r.succeeded, "a's mod revision is 6, not less");
+    assert_eq!(s.range("x", "", 0).expect("range"), vec![]);
+    assert_eq!(
+        s.range("e", "", 0).expect("range").len(),
+        1,
+        "the nested txn ran"
+    );
+    // A comparison over a range holds only when every key does; absent keys have version 0.
+    let mut over = compare(
+        "a",
+        CompareTarget::Version,
+        CompareResult::Greater,
+        TargetUnion::Version(0),
+    );
+    over.range_end = b("f");
+    assert!(
+        s.txn(etcd::TxnRequest {
+            compare: vec![over],
+            ..Default::default()
+        })
+        .expect("txn")
+        .succeeded
+    );
+    let absent = compare(
+        "nope",
+        CompareTarget::Create,
+        CompareResult::Equal,
+        TargetUnion::CreateRevision(0),
+    );
+    assert!(
+        s.txn(etcd::TxnRequest {
+            compare: vec![absent],
+            ..Default::default()
+        })
+        .expect("txn")
+        .succeeded
+    );
+
+    // Leases: a put naming an unknown lease is refused whole; a revoke deletes at one revision.
+    let before = s.source().meta().revision;
+    assert_eq!(
+        s.txn(ops(vec![put("l1", "x"), put_lease("l2", "x", 77)])),
+        Err(MvccError::LeaseNotFound(77))
+    );
+    assert_eq!(
+        s.range("l1", "", 0).expect("range"),
+        vec![],
+        "nothing of a refused txn applied"
+    );
+    assert_eq!(s.source().meta().revision, before);
+    assert!(matches!(
+        s.one(Command::LeaseGrant { id: 77, ttl: 10 }).etcd,
+        Some(EtcdReply::LeaseGranted { id: 77, ttl: 10 })
+    ));
+    assert!(matches!(
+        s.one(Command::LeaseGrant { id: 77, ttl: 10 }).etcd,
+        Some(EtcdReply::Refused(MvccError::LeaseExists(77)))
+    ));
+    s.txn(ops(vec![
+        put_lease("l1", "x", 77),
+        put_lease("l2", "x", 77),
+    ]))
+    .expect("attach");
+    s.txn(ops(vec![put("l2", "y")]))
+        .expect("detach l2 by a put without the lease");
+    assert_eq!(
+        Writer::leases(&*s.engine).expect("leases")[0].1,
+        vec![b("l1")]
+    );
+    let before = s.source().meta().revision;
+    assert!(matches!(
+        s.one(Command::LeaseRevoke { id: 77 }).etcd,
+        Some(EtcdReply::Done)
+    ));
+    assert_eq!(s.source().meta().revision, before + 1);
+    assert_eq!(s.range("l1", "", 0).expect("range"), vec![]);
+    assert_eq!(s.range("l2", "", 0).expect("range").len(), 1);
+    assert!(Writer::leases(&*s.engine).expect("leases").is_empty());
+    assert!(matches!(
+        s.one(Command::LeaseRevoke { id: 77 }).etcd,
+        Some(EtcdReply::Refused(MvccError::LeaseNotFound(77)))
+    ));
+
+    // Watch reads: every change from a revision, in order, with the version it replaced.
+    let changes = s.source().changes(Rev::new(5), 100).expect("changes");
+    assert_eq!(changes[0].0, Rev::new(5));
+    let delete_a = read::event(&s.source(), changes[0].0, &changes[0].1, true).expect("event");
+    assert_eq!(delete_a.r#type, 1, "DELETE");
+    assert_eq!(delete_a.kv.as_ref().map(|kv| kv.mod_revision), Some(5));
+    assert_eq!(
+        delete_a.prev_kv.as_ref().map(|kv| kv.value.clone()),
+        Some(b("2"))
+    );
+
+    // Compaction: reads before it fail, reads at it see every key as it was then.
+    let at_6 = all(&s, 6);
+    assert!(matches!(
+        s.one(Command::Compact { revision: 6 }).etcd,
+        Some(EtcdReply::Done)
+    ));
+    assert_eq!(all(&s, 6), at_6);
+    assert_eq!(
+        s.range("a", "", 5),
+        Err(MvccError::Compacted {
+            requested: 5,
+            compacted: 6
+        })
+    );
+    assert!(matches!(
+        s.one(Command::Compact { revision: 6 }).etcd,
+        Some(EtcdReply::Refused(MvccError::Compacted { .. }))
+    ));
+    assert!(matches!(
+        s.one(Command::Compact { revision: 1000 }).etcd,
+        Some(EtcdReply::Refused(MvccError::FutureRevision { .. }))
+    ));
+    let kept: Vec<i64> = s
+        .source()
+        .changes(Rev::new(0), usize::MAX)
+        .expect("changes")
+        .into_iter()
+        .filter(|(rev, _)| rev.main < 6)
+        .map(|(rev, _)| rev.main)
+        .collect();
+    assert_eq!(
+        kept,
+        vec![2, 4],
+        "b@2 and c@4 are current at 6; a@2, a@3 and a's deletion are gone"
+    );
+    s
+}
+
+#[test]
+fn memory_engine_should_pass_the_mvcc_suite() {
+    suite(Arc::new(MemoryEngine::new()));
+}
+
+#[test]
+fn rocks_engine_should_pass_the_mvcc_suite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    suite(Arc::new(RocksEngine::open(dir.path()).expect("open")));
+}
+
+/// Both engines end in the same state, and an export of one imports into the other with every
+/// revision, change and lease.
+#[test]
+fn engines_should_agree_and_move_history_through_a_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let memory = suite(Arc::new(MemoryEngine::new()));
+    let rocks = suite(Arc::new(
+        RocksEngine::open(&dir.path().join("a")).expect("open"),
+    ));
+    for space in crate::state_machine::Keyspace::ALL {
+        assert_eq!(
+            memory
+                .engine
+                .scan_in(space, b"", None, usize::MAX)
+                .expect("scan"),
+            rocks
+                .engine
+                .scan_in(space, b"", None, usize::MAX)
+                .expect("scan"),
+            "{space:?} differs between engines"
+        );
+    }
+    let mut sink = crate::state_machine::engine_suite::VecSink(None, Vec::new());
+    memory.engine.export(&mut sink).expect("export");
+    let target = RocksEngine::open(&dir.path().join("b")).expect("open");
+    target
+        .import(
+            &sink.0.clone().unwrap_or_default(),
+            &mut sink.1.into_iter().map(Ok),
+        )
+        .expect("import");
+    let moved = Store {
+        engine: Arc::new(target),
+        index: 100,
+    };
+    assert_eq!(moved.range("a", "\0", 6), memory.range("a", "\0", 6));
+    assert_eq!(moved.source().meta(), memory.source().meta());
+}
