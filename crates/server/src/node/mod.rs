@@ -49,6 +49,7 @@ use crate::raft::NodeId;
 use crate::raft::NodeInfo;
 use crate::raft::Raft;
 use rskv_proto::etcd::etcdserverpb::cluster_server::ClusterServer as EtcdClusterServer;
+use rskv_proto::etcd::etcdserverpb::kv_server::KvServer as EtcdKvServer;
 use rskv_proto::etcd::etcdserverpb::maintenance_server::MaintenanceServer as EtcdMaintenanceServer;
 use rskv_proto::kv::cluster_server::ClusterServer;
 use rskv_proto::kv::kv_server::KvServer;
@@ -364,11 +365,19 @@ impl Node {
         .max_decoding_message_size(limits.max_message_bytes);
         let etcd_maintenance =
             EtcdMaintenanceServer::new(etcd::maintenance::EtcdMaintenanceService::new(
-                etcd_context,
+                etcd_context.clone(),
                 membership::MembershipAdmin::new(self.clone()),
                 self.data_dir.clone(),
             ))
             .max_decoding_message_size(limits.max_message_bytes);
+        // Until the multi-version store brings etcd's KV: Range over the empty etcd keyspace, so
+        // `etcdctl endpoint health` works (etcd/kv_placeholder.rs).
+        let etcd_kv = EtcdKvServer::new(etcd::kv_placeholder::EtcdKvPlaceholder::new(
+            etcd_context.clone(),
+            self.reads.clone(),
+            Duration::from_millis(limits.request_timeout_ms),
+        ))
+        .max_decoding_message_size(limits.max_message_bytes);
         let incoming = limits::limited_incoming(listeners.client, limits.max_connections);
         let stop = client_stop.clone();
         let max_message_bytes = limits.max_message_bytes;
@@ -382,6 +391,7 @@ impl Node {
             .add_service(cluster)
             .add_service(etcd_cluster)
             .add_service(etcd_maintenance)
+            .add_service(etcd_kv)
             .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
         tasks.spawn(
             async move {

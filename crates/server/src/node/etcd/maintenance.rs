@@ -31,6 +31,7 @@ use super::errors::EtcdError;
 use super::observe;
 use super::EtcdContext;
 use super::ETCD_VERSION;
+use crate::node::membership::ChangeError;
 use crate::node::membership::MembershipAdmin;
 use crate::raft::NodeId;
 use rskv_proto::etcd::etcdserverpb as etcd;
@@ -163,11 +164,15 @@ impl EtcdMaintenanceService {
         if self.admin.require_leader().is_err() {
             return Err(EtcdError::NotLeader.into());
         }
-        let to = self
-            .admin
-            .transfer(Some(req.target_id))
-            .await
-            .map_err(change_status)?;
+        let to = match self.admin.transfer(Some(req.target_id)).await {
+            Ok(to) => to,
+            // etcd answers "bad leader transferee" for a target that is no voting member.
+            Err(ChangeError::Refused(why)) => {
+                tracing::info!(%why, "etcd MoveLeader refused");
+                return Err(EtcdError::BadLeaderTransferee.into());
+            }
+            Err(e) => return Err(change_status(e)),
+        };
         tracing::info!(to, "etcd MoveLeader: leadership moved");
         Ok(etcd::MoveLeaderResponse {
             header: Some(self.ctx.header()),

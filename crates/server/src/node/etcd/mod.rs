@@ -11,6 +11,9 @@
 //!   `Cluster` service.
 //! - [`maintenance`]: etcd's `Maintenance` (status, alarms, defragment, move-leader).
 //! - [`errors`]: etcd's error statuses, with etcd's exact messages.
+//! - [`kv_placeholder`]: etcd's `KV` until the multi-version store brings the real one: `Range`
+//!   over the still-empty etcd keyspace (a linearizable read, what `etcdctl endpoint health`
+//!   checks), writes UNIMPLEMENTED.
 //!
 //! etcd's `KV`, `Watch` and `Lease` need revisions, and come with the multi-version store; they
 //! plug in here: build them from an [`EtcdContext`] (replacing the revision source with
@@ -24,6 +27,7 @@ pub mod cluster;
 pub mod errors;
 pub mod forward;
 pub mod header;
+pub mod kv_placeholder;
 pub mod maintenance;
 
 use std::future::Future;
