@@ -4,9 +4,10 @@
 //! test is handed ([`free_ports`]), waiting on a condition with a deadline ([`poll`],
 //! [`wait_for`]), real `kv_server` processes started from the built binaries ([`bin`],
 //! [`ProcessCluster`]), a client-port proxy a test can break ([`proxy`]), copying and reading data directories
-//! ([`fs`]), and small helpers to read
+//! ([`fs`]), etcd's `etcdctl` run against the nodes ([`etcdctl`]), and small helpers to read
 //! `/metrics` and `/health`. Tests never sleep and hope: they wait on what they need to see.
 
+pub mod etcdctl;
 pub mod fs;
 pub mod proxy;
 
@@ -59,6 +60,18 @@ pub fn client_bin() -> PathBuf {
 /// range is exhausted).
 pub fn loopback_ports(n: usize) -> Vec<u16> {
     free_ports(n).expect("free loopback ports")
+}
+
+/// Three free loopback ports for a node whose peer port is its client port + 1 (rskv's default
+/// layout, which etcd's `MemberAdd` relies on): `[client, peer, metrics]`.
+pub fn adjacent_ports() -> [u16; 3] {
+    for _ in 0..1000 {
+        let p = loopback_ports(3);
+        if p[1] == p[0] + 1 {
+            return [p[0], p[1], p[2]];
+        }
+    }
+    panic!("no two adjacent free loopback ports found")
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
@@ -289,8 +302,14 @@ impl ProcessCluster {
     /// Starts a new, empty node `id` that joins through the current members.
     pub fn add_joining_node(&mut self, id: u64) {
         let p = loopback_ports(3);
+        self.add_joining_node_on(id, [p[0], p[1], p[2]]);
+    }
+
+    /// Starts a new, empty node `id` on the given client, peer and metrics ports that joins
+    /// through the current members (for a member added beforehand with known addresses).
+    pub fn add_joining_node_on(&mut self, id: u64, ports: [u16; 3]) {
         let join = vec!["--join".to_string(), self.endpoints().join(",")];
-        self.spawn_node(id, [p[0], p[1], p[2]], join);
+        self.spawn_node(id, ports, join);
     }
 
     /// Kills node `id` and deletes its data directory (a replaced disk).

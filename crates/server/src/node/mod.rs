@@ -9,10 +9,12 @@
 //! listener on port 0 and a oneshot as the shutdown signal; the binary passes Ctrl-C/SIGTERM.
 
 pub mod cluster_service;
+pub mod etcd;
 pub mod http;
 pub mod kv_service;
 pub mod lease_hold;
 pub mod limits;
+pub mod membership;
 pub mod proposer;
 pub mod raft_service;
 pub mod read_barrier;
@@ -22,6 +24,7 @@ pub mod shutdown;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +48,9 @@ use crate::raft::network::PeerLiveness;
 use crate::raft::NodeId;
 use crate::raft::NodeInfo;
 use crate::raft::Raft;
+use rskv_proto::etcd::etcdserverpb::cluster_server::ClusterServer as EtcdClusterServer;
+use rskv_proto::etcd::etcdserverpb::kv_server::KvServer as EtcdKvServer;
+use rskv_proto::etcd::etcdserverpb::maintenance_server::MaintenanceServer as EtcdMaintenanceServer;
 use rskv_proto::kv::cluster_server::ClusterServer;
 use rskv_proto::kv::kv_server::KvServer;
 use rskv_proto::raft::raft_server::RaftServer;
@@ -124,6 +130,8 @@ pub struct Node {
     leader_contact: Arc<LeaderContact>,
     /// Keeps a restarted node out of elections while a lease it granted may still run.
     lease_hold: Arc<LeaseHold>,
+    /// Where the node keeps its data (etcd's `Status` reports its size as `dbSize`).
+    data_dir: PathBuf,
 }
 
 /// When this node last received replication (or a heartbeat) from a leader. openraft keeps
@@ -279,6 +287,7 @@ impl Node {
                 raft,
                 engine,
                 snapshot_inbox,
+                data_dir: data_dir.to_path_buf(),
             });
             node.bootstrap().await?;
             Ok(node)
@@ -347,6 +356,28 @@ impl Node {
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let cluster = ClusterServer::new(cluster_service::ClusterService::new(self.clone()))
             .max_decoding_message_size(limits.max_message_bytes);
+        // etcd's v3 API on the same port: its own Cluster and Maintenance (etcd/).
+        let etcd_context = etcd::EtcdContext::new(&self);
+        let etcd_cluster = EtcdClusterServer::new(etcd::cluster::EtcdClusterService::new(
+            etcd_context.clone(),
+            membership::MembershipAdmin::new(self.clone()),
+        ))
+        .max_decoding_message_size(limits.max_message_bytes);
+        let etcd_maintenance =
+            EtcdMaintenanceServer::new(etcd::maintenance::EtcdMaintenanceService::new(
+                etcd_context.clone(),
+                membership::MembershipAdmin::new(self.clone()),
+                self.data_dir.clone(),
+            ))
+            .max_decoding_message_size(limits.max_message_bytes);
+        // Until the multi-version store brings etcd's KV: Range over the empty etcd keyspace, so
+        // `etcdctl endpoint health` works (etcd/kv_placeholder.rs).
+        let etcd_kv = EtcdKvServer::new(etcd::kv_placeholder::EtcdKvPlaceholder::new(
+            etcd_context.clone(),
+            self.reads.clone(),
+            Duration::from_millis(limits.request_timeout_ms),
+        ))
+        .max_decoding_message_size(limits.max_message_bytes);
         let incoming = limits::limited_incoming(listeners.client, limits.max_connections);
         let stop = client_stop.clone();
         let max_message_bytes = limits.max_message_bytes;
@@ -358,6 +389,9 @@ impl Node {
             }))
             .add_service(kv)
             .add_service(cluster)
+            .add_service(etcd_cluster)
+            .add_service(etcd_maintenance)
+            .add_service(etcd_kv)
             .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
         tasks.spawn(
             async move {

@@ -1,0 +1,180 @@
+//! Forwarding etcd requests from a follower to the leader.
+//!
+//! rskv's own API answers NOT_LEADER naming the leader and its client follows the hint; etcd's
+//! clients follow no redirect, so every member must answer. A service that needs the leader asks
+//! [`Forwarder::route`] where a request goes: `None` means serve it here (this node leads),
+//! `Some(channel)` is a channel to the leader's client address (its `NodeInfo.addr` in the
+//! membership), cached and re-created when the leader changes. [`Forwarder::forward`] then
+//! makes the call with a deadline, marked as forwarded, so a request that lands on a node that
+//! lost leadership meanwhile is answered "leader changed" (the client retries) rather than
+//! bouncing between nodes.
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::ServerState;
+use tonic::transport::Channel;
+use tonic::Request;
+use tonic::Status;
+
+use super::errors::EtcdError;
+use crate::raft::NodeId;
+use crate::raft::Raft;
+
+/// gRPC metadata key set on a request one member forwarded to the leader.
+pub const FORWARDED_HEADER: &str = "rskv-etcd-forwarded";
+
+/// How long a forwarded request waits for a connection to the leader.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The channel to the leader, cached while that node leads at that address.
+struct Cached {
+    leader: NodeId,
+    addr: String,
+    channel: Channel,
+}
+
+/// Finds the leader for etcd services and forwards requests to it; one per node, shared by
+/// every etcd service (cheap to share: one cached channel).
+pub struct Forwarder {
+    /// This node.
+    id: NodeId,
+    /// Who leads, and at which address (metrics and membership).
+    raft: Raft,
+    /// Deadline of a forwarded call (`limits.request_timeout_ms`).
+    timeout: Duration,
+    /// The current leader's channel; replaced when the leader or its address changes.
+    cached: Mutex<Option<Cached>>,
+}
+
+impl Forwarder {
+    /// A forwarder for node `id`, whose forwarded calls end after `timeout`.
+    pub fn new(id: NodeId, raft: Raft, timeout: Duration) -> Forwarder {
+        Forwarder {
+            id,
+            raft,
+            timeout,
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// The deadline of a forwarded call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Where a request for the leader goes: `None` when this node leads (serve it here), else a
+    /// channel to the leader.
+    ///
+    /// # Errors
+    /// "etcdserver: no leader" (UNAVAILABLE) when no leader is known.
+    pub fn leader_channel(&self) -> Result<Option<Channel>, Status> {
+        let (state, leader, addr) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow_watched();
+            let addr = m.current_leader.and_then(|id| {
+                m.membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|n| n.addr.clone())
+            });
+            (m.state, m.current_leader, addr)
+        };
+        if state == ServerState::Leader {
+            return Ok(None);
+        }
+        let (Some(leader), Some(addr)) = (leader, addr) else {
+            return Err(EtcdError::NoLeader.into());
+        };
+        if leader == self.id {
+            // It was leading a moment ago and is no longer: an election is on.
+            return Err(EtcdError::NoLeader.into());
+        }
+        self.channel_to(leader, &addr).map(Some)
+    }
+
+    /// [`Forwarder::leader_channel`] for `request`, which must not be forwarded twice: a
+    /// forwarded request that reached a node that no longer leads is answered "etcdserver:
+    /// leader changed" (UNAVAILABLE, which etcd clients retry).
+    ///
+    /// # Errors
+    /// As [`Forwarder::leader_channel`], and the refusal above.
+    pub fn route<T>(&self, request: &Request<T>) -> Result<Option<Channel>, Status> {
+        let channel = self.leader_channel()?;
+        if channel.is_some() && is_forwarded(request) {
+            return Err(EtcdError::LeaderChanged.into());
+        }
+        Ok(channel)
+    }
+
+    /// Calls the leader over `channel` with `message`: `call` makes the RPC (e.g.
+    /// `|ch, req| async move { ClusterClient::new(ch).member_list(req).await }`). The request
+    /// carries the deadline and the forwarded mark; the leader's answer is returned as it is.
+    ///
+    /// # Errors
+    /// The leader's status; "etcdserver: request timed out" when no answer came in time.
+    pub async fn forward<Req, Resp, F, Fut>(
+        &self,
+        channel: Channel,
+        message: Req,
+        call: F,
+    ) -> Result<Resp, Status>
+    where
+        F: FnOnce(Channel, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let mut request = Request::new(message);
+        request.set_timeout(self.timeout);
+        request.metadata_mut().insert(
+            FORWARDED_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        match tokio::time::timeout(self.timeout, call(channel, request)).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => {
+                if status.code() == tonic::Code::Unavailable {
+                    // Perhaps the leader is gone: dial afresh next time.
+                    self.forget();
+                }
+                Err(status)
+            }
+            Err(_) => {
+                tracing::debug!(timeout = ?self.timeout, "forwarded etcd request timed out");
+                Err(EtcdError::Timeout.into())
+            }
+        }
+    }
+
+    /// The cached channel to `leader` at `addr`, or a new one replacing it.
+    fn channel_to(&self, leader: NodeId, addr: &str) -> Result<Channel, Status> {
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cached.as_ref() {
+            if c.leader == leader && c.addr == addr {
+                return Ok(c.channel.clone());
+            }
+        }
+        let channel =
+            rskv_client::transport::lazy_channel(addr, CONNECT_TIMEOUT, None).map_err(|why| {
+                tracing::warn!(leader, addr, %why, "cannot dial the leader's client address");
+                Status::from(EtcdError::NoLeader)
+            })?;
+        tracing::debug!(leader, addr, "etcd forwarding: new channel to the leader");
+        *cached = Some(Cached {
+            leader,
+            addr: addr.to_string(),
+            channel: channel.clone(),
+        });
+        Ok(channel)
+    }
+
+    fn forget(&self) {
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Whether another member forwarded `request` here.
+pub fn is_forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED_HEADER)
+}

@@ -1,0 +1,161 @@
+//! # etcd's v3 API on an rskv node
+//!
+//! rskv answers etcd's gRPC API (`etcdserverpb`, compiled into `rskv_proto::etcd`) on the same
+//! client port as its own, so `etcdctl` and etcd's client libraries work unchanged. This module
+//! holds what every etcd service needs and the services that need no multi-version store:
+//!
+//! - [`EtcdContext`]: shared by every etcd service: the response [`header`] (cluster id, member
+//!   id, Raft term and a pluggable revision source) and the [`forward`]er to the leader.
+//! - [`cluster`]: etcd's `Cluster` (member list, add, remove, update, promote) on rskv's
+//!   membership, through the same [`super::membership::MembershipAdmin`] as rskv's own
+//!   `Cluster` service.
+//! - [`maintenance`]: etcd's `Maintenance` (status, alarms, defragment, move-leader).
+//! - [`errors`]: etcd's error statuses, with etcd's exact messages.
+//! - [`kv_placeholder`]: etcd's `KV` until the multi-version store brings the real one: `Range`
+//!   over the still-empty etcd keyspace (a linearizable read, what `etcdctl endpoint health`
+//!   checks), writes UNIMPLEMENTED.
+//!
+//! etcd's `KV`, `Watch` and `Lease` need revisions, and come with the multi-version store; they
+//! plug in here: build them from an [`EtcdContext`] (replacing the revision source with
+//! [`EtcdContext::with_revision_source`]), answer headers with [`EtcdContext::header_at`], and
+//! send what only the leader can do through [`EtcdContext::forwarder`].
+//!
+//! The layering is the node's: these services use Raft (metrics, membership) and the node's
+//! membership administration, never the storage's internals.
+
+pub mod cluster;
+pub mod errors;
+pub mod forward;
+pub mod header;
+pub mod kv_placeholder;
+pub mod maintenance;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::type_config::async_runtime::WatchReceiver;
+use tonic::Response;
+use tonic::Status;
+
+pub use errors::EtcdError;
+pub use forward::Forwarder;
+pub use header::HeaderSource;
+pub use header::RevisionSource;
+
+use super::Node;
+use crate::raft::NodeId;
+use crate::raft::Raft;
+use rskv_proto::etcd::etcdserverpb::ResponseHeader;
+
+/// The etcd server version reported by `Status`: etcdctl and the client libraries check it
+/// against the API they speak, and the 3.5 API is what `proto/etcd/` carries.
+pub const ETCD_VERSION: &str = "3.5.0";
+
+/// What every etcd service of a node shares: how to build response headers and how to reach the
+/// leader. Cheap to clone.
+#[derive(Clone)]
+pub struct EtcdContext {
+    /// Builds response headers.
+    header: HeaderSource,
+    /// Reaches the leader for requests only it can serve.
+    forwarder: Arc<Forwarder>,
+    /// Raft metrics (term, leader, indexes) for status replies.
+    raft: Raft,
+}
+
+impl EtcdContext {
+    /// The context of `node`: its cluster id (see [`header::cluster_id`]), its id as member id,
+    /// the applied index as revision until a multi-version store plugs its own in.
+    pub fn new(node: &Node) -> EtcdContext {
+        let cluster_id = cluster_id_of(&node.config);
+        let timeout = Duration::from_millis(node.config.limits.request_timeout_ms);
+        EtcdContext {
+            header: HeaderSource::new(
+                cluster_id,
+                node.id,
+                node.raft.clone(),
+                header::applied_index_revision(node.raft.clone()),
+            ),
+            forwarder: Arc::new(Forwarder::new(node.id, node.raft.clone(), timeout)),
+            raft: node.raft.clone(),
+        }
+    }
+
+    /// The same context with revisions from `revision` (the multi-version store's current
+    /// revision).
+    pub fn with_revision_source(mut self, revision: RevisionSource) -> EtcdContext {
+        self.header = self.header.with_revision_source(revision);
+        self
+    }
+
+    /// This member's id.
+    pub fn member_id(&self) -> NodeId {
+        self.header.member_id()
+    }
+
+    /// The cluster's id.
+    pub fn cluster_id(&self) -> u64 {
+        self.header.cluster_id()
+    }
+
+    /// The current revision.
+    pub fn revision(&self) -> i64 {
+        self.header.revision()
+    }
+
+    /// A header at the current revision.
+    pub fn header(&self) -> ResponseHeader {
+        self.header.header()
+    }
+
+    /// A header at `revision`.
+    pub fn header_at(&self, revision: i64) -> ResponseHeader {
+        self.header.header_at(revision)
+    }
+
+    /// The way to the leader.
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.forwarder
+    }
+
+    /// A copy of this node's Raft metrics.
+    pub fn raft_metrics(&self) -> openraft::RaftMetrics<crate::raft::TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+}
+
+/// The cluster id from `config`: the hash of the bootstrap members' ids (`cluster.initial_members`,
+/// or this node alone for a single-node cluster). A node started with `cluster.join` and without
+/// `cluster.initial_members` does not know them and reports 0 ("unknown", as etcd's clients read
+/// it); give it the cluster's `initial_members` too and it reports the cluster's id.
+fn cluster_id_of(config: &crate::config::Config) -> u64 {
+    let joining_blind =
+        !config.cluster.join.is_empty() && config.cluster.initial_members.is_empty();
+    if joining_blind {
+        return 0;
+    }
+    match config.bootstrap_members() {
+        Ok(members) => header::cluster_id(members.into_keys()),
+        Err(e) => {
+            // validate() already refused a config like this; keep serving rather than panic.
+            tracing::warn!(error = %e, "cannot derive the etcd cluster id; reporting 0");
+            0
+        }
+    }
+}
+
+/// Runs one etcd request and records its method, status code and latency like rskv's own.
+pub(crate) async fn observe<T>(
+    method: &'static str,
+    request: impl Future<Output = Result<T, Status>>,
+) -> Result<Response<T>, Status> {
+    let started = std::time::Instant::now();
+    let result = request.await;
+    let code = match &result {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+    crate::metrics::request_done(method, code, started.elapsed());
+    result.map(Response::new)
+}

@@ -1,0 +1,286 @@
+//! etcd's own `etcdctl` (v3 API, Debian's etcd-client) against a real rskv cluster: member list,
+//! endpoint status and health, alarms, defragment, move-leader, member add and remove. Every
+//! endpoint answers, followers included (they forward what only the leader can do).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::etcdctl::etcdctl;
+use common::ProcessCluster;
+use serde_json::Value;
+
+const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
+/// etcdctl's command timeout; generous for a loaded 2-core machine.
+const COMMAND: Duration = Duration::from_secs(10);
+
+/// Members by id from `member list -w json` output: (name, peerURLs, clientURLs, isLearner).
+fn members(list: &Value) -> BTreeMap<u64, (String, Vec<String>, Vec<String>, bool)> {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    list["members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no members in {list}"))
+        .iter()
+        .map(|m| {
+            (
+                m["ID"].as_u64().expect("member ID"),
+                (
+                    m["name"].as_str().unwrap_or_default().to_string(),
+                    strings(&m["peerURLs"]),
+                    strings(&m["clientURLs"]),
+                    m["isLearner"].as_bool().unwrap_or(false),
+                ),
+            )
+        })
+        .collect()
+}
+
+async fn member_list(endpoints: &[String]) -> Value {
+    etcdctl(endpoints, &["member", "list", "-w", "json"], COMMAND)
+        .await
+        .expect_ok("member list")
+        .json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_sees_members_status_health_alarms_and_defrag() {
+    let cluster = ProcessCluster::start(3, "rocksdb", &[]);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let follower = cluster.follower_of(leader);
+    let all = cluster.endpoints();
+
+    // member list, through every endpoint, followers included: the same three members.
+    let rskv_members = cluster
+        .client()
+        .leader_status()
+        .await
+        .expect("status")
+        .members;
+    for id in [leader, follower] {
+        let list = member_list(&[cluster.node(id).addr.clone()]).await;
+        assert_eq!(list["header"]["member_id"].as_u64(), Some(id), "{list}");
+        assert!(
+            list["header"]["cluster_id"].as_u64().unwrap_or(0) != 0,
+            "{list}"
+        );
+        let got = members(&list);
+        assert_eq!(got.len(), 3, "{list}");
+        for m in &rskv_members {
+            let (name, peers, clients, learner) = &got[&m.id];
+            assert_eq!(name, &format!("node-{}", m.id));
+            assert_eq!(peers, &[format!("http://{}", m.peer_addr)]);
+            assert_eq!(clients, &[format!("http://{}", cluster.node(m.id).addr)]);
+            assert!(!learner, "{list}");
+        }
+    }
+    let ids: Vec<u64> = rskv_members.iter().map(|m| m.id).collect();
+    assert_eq!(ids, [1, 2, 3]);
+
+    // endpoint status of all three: each reports itself, the same leader, no learner, one
+    // cluster id.
+    let status = etcdctl(&all, &["endpoint", "status", "-w", "json"], COMMAND)
+        .await
+        .expect_ok("endpoint status")
+        .json();
+    let rows = status.as_array().unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(rows.len(), 3, "{status}");
+    let mut cluster_ids = Vec::new();
+    let mut seen = Vec::new();
+    for row in rows {
+        let s = &row["Status"];
+        let me = s["header"]["member_id"].as_u64().expect("member_id");
+        let endpoint = row["Endpoint"].as_str().unwrap_or_default();
+        assert_eq!(endpoint, cluster.node(me).addr, "{row}");
+        assert_eq!(s["leader"].as_u64(), Some(leader), "{row}");
+        assert_eq!(s["version"].as_str(), Some("3.5.0"), "{row}");
+        assert!(!s["isLearner"].as_bool().unwrap_or(false), "{row}");
+        assert!(s["raftTerm"].as_u64().unwrap_or(0) >= 1, "{row}");
+        assert!(s["raftAppliedIndex"].as_u64().unwrap_or(0) >= 1, "{row}");
+        assert!(s["dbSize"].as_i64().unwrap_or(0) > 0, "{row}");
+        cluster_ids.push(s["header"]["cluster_id"].as_u64());
+        seen.push(me);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, [1, 2, 3]);
+    cluster_ids.dedup();
+    assert_eq!(cluster_ids.len(), 1, "one cluster id: {status}");
+
+    // endpoint health of all three (a linearizable read through each, forwarded by followers).
+    let health = etcdctl(&all, &["endpoint", "health", "-w", "json"], COMMAND)
+        .await
+        .expect_ok("endpoint health")
+        .json();
+    let rows = health.as_array().unwrap_or_else(|| panic!("{health}"));
+    assert_eq!(rows.len(), 3, "{health}");
+    for row in rows {
+        assert_eq!(row["health"].as_bool(), Some(true), "{row}");
+    }
+
+    // No alarms; defragment succeeds on every member.
+    let alarms = etcdctl(&all, &["alarm", "list", "-w", "json"], COMMAND)
+        .await
+        .expect_ok("alarm list")
+        .json();
+    assert!(
+        alarms["alarms"].as_array().is_none_or(|a| a.is_empty()),
+        "{alarms}"
+    );
+    let defrag = etcdctl(&all, &["defrag"], COMMAND)
+        .await
+        .expect_ok("defrag");
+    assert_eq!(
+        defrag
+            .stdout
+            .matches("Finished defragmenting etcd member")
+            .count(),
+        3,
+        "{defrag:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_move_leader_hands_leadership_to_a_follower() {
+    let cluster = ProcessCluster::start(3, "memory", &[]);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let target = cluster.follower_of(leader);
+    let all = cluster.endpoints();
+    let moved = etcdctl(&all, &["move-leader", &format!("{target:x}")], COMMAND)
+        .await
+        .expect_ok("move-leader");
+    assert!(moved.stdout.contains("Leadership transferred"), "{moved:?}");
+    assert_eq!(cluster.wait_for_leader(LEADER_TIMEOUT).await, target);
+
+    // Asked of a follower directly, MoveLeader is refused as etcd refuses it.
+    let follower = cluster.follower_of(target);
+    let refused = etcdctl(
+        &[cluster.node(follower).addr.clone()],
+        &["move-leader", &format!("{leader:x}")],
+        COMMAND,
+    )
+    .await;
+    assert!(!refused.success, "{refused:?}");
+    assert!(
+        refused.stderr.contains("no leader endpoint given"),
+        "{refused:?}"
+    );
+
+    // A target that is not a member: etcd's "bad leader transferee".
+    let bad = etcdctl(&all, &["move-leader", "2a"], COMMAND).await;
+    assert!(!bad.success, "{bad:?}");
+    assert!(
+        bad.stderr.contains("etcdserver: bad leader transferee"),
+        "{bad:?}"
+    );
+    assert_eq!(cluster.wait_for_leader(LEADER_TIMEOUT).await, target);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_member_add_join_list_and_remove() {
+    let mut cluster = ProcessCluster::start(3, "memory", &[]);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let follower = cluster.follower_of(leader);
+    let ports = common::adjacent_ports();
+    let peer_url = format!("http://127.0.0.1:{}", ports[1]);
+
+    // Added through a follower, which forwards it to the leader.
+    let added = etcdctl(
+        &[cluster.node(follower).addr.clone()],
+        &[
+            "member",
+            "add",
+            "node-4",
+            &format!("--peer-urls={peer_url}"),
+            "-w",
+            "json",
+        ],
+        COMMAND,
+    )
+    .await
+    .expect_ok("member add")
+    .json();
+    let id = added["member"]["ID"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{added}"));
+    assert_eq!(id, 4, "the next free id: {added}");
+    assert_eq!(
+        added["member"]["peerURLs"][0].as_str(),
+        Some(peer_url.as_str())
+    );
+    assert_eq!(members(&added).len(), 4, "{added}");
+
+    // The same peer URL again: etcd's refusal.
+    let again = etcdctl(
+        &cluster.endpoints(),
+        &["member", "add", "again", &format!("--peer-urls={peer_url}")],
+        COMMAND,
+    )
+    .await;
+    assert!(!again.success, "{again:?}");
+    assert!(
+        again
+            .stderr
+            .contains("etcdserver: Peer URLs already exists"),
+        "{again:?}"
+    );
+
+    // The node starts with that id, its client port just below the peer port, and --join: it
+    // catches up and is promoted.
+    cluster.add_joining_node_on(id, ports);
+    let endpoints = cluster.endpoints();
+    cluster
+        .wait(
+            "node 4 to be a voting member in etcdctl's member list",
+            Duration::from_secs(40),
+            || {
+                let endpoints = endpoints.clone();
+                async move {
+                    let out = etcdctl(&endpoints, &["member", "list", "-w", "json"], COMMAND).await;
+                    if !out.success {
+                        return None;
+                    }
+                    let got = members(&out.json());
+                    (got.len() == 4 && got.get(&id).is_some_and(|m| !m.3)).then_some(())
+                }
+            },
+        )
+        .await;
+    let list = member_list(&[cluster.node(id).addr.clone()]).await;
+    assert_eq!(
+        list["header"]["member_id"].as_u64(),
+        Some(id),
+        "node 4 answers: {list}"
+    );
+
+    // Remove it again (hex id, as etcdctl takes it), and an unknown id is etcd's "not found".
+    etcdctl(
+        &endpoints,
+        &["member", "remove", &format!("{id:x}")],
+        COMMAND,
+    )
+    .await
+    .expect_ok("member remove");
+    let list = member_list(&cluster.endpoints()[..3]).await;
+    assert_eq!(members(&list).len(), 3, "{list}");
+    assert!(!members(&list).contains_key(&id), "{list}");
+    let unknown = etcdctl(
+        &cluster.endpoints()[..3],
+        &["member", "remove", "2a"],
+        COMMAND,
+    )
+    .await;
+    assert!(!unknown.success, "{unknown:?}");
+    assert!(
+        unknown.stderr.contains("etcdserver: member not found"),
+        "{unknown:?}"
+    );
+    cluster.kill(id);
+}
