@@ -50,6 +50,8 @@ use crate::raft::NodeInfo;
 use crate::raft::Raft;
 use rskv_proto::etcd::etcdserverpb::cluster_server::ClusterServer as EtcdClusterServer;
 use rskv_proto::etcd::etcdserverpb::kv_server::KvServer as EtcdKvServer;
+use rskv_proto::etcd::etcdserverpb::lease_server::LeaseServer as EtcdLeaseServer;
+use rskv_proto::etcd::etcdserverpb::watch_server::WatchServer as EtcdWatchServer;
 use rskv_proto::etcd::etcdserverpb::maintenance_server::MaintenanceServer as EtcdMaintenanceServer;
 use rskv_proto::kv::cluster_server::ClusterServer;
 use rskv_proto::kv::kv_server::KvServer;
@@ -357,7 +359,9 @@ impl Node {
         let cluster = ClusterServer::new(cluster_service::ClusterService::new(self.clone()))
             .max_decoding_message_size(limits.max_message_bytes);
         // etcd's v3 API on the same port: its own Cluster and Maintenance (etcd/).
-        let etcd_context = etcd::EtcdContext::new(&self);
+        let events = self.events.clone();
+        let etcd_context = etcd::EtcdContext::new(&self)
+            .with_revision_source(Arc::new(move || events.revision()));
         let etcd_cluster = EtcdClusterServer::new(etcd::cluster::EtcdClusterService::new(
             etcd_context.clone(),
             membership::MembershipAdmin::new(self.clone()),
@@ -370,12 +374,28 @@ impl Node {
                 self.data_dir.clone(),
             ))
             .max_decoding_message_size(limits.max_message_bytes);
-        // Until the multi-version store brings etcd's KV: Range over the empty etcd keyspace, so
-        // `etcdctl endpoint health` works (etcd/kv_placeholder.rs).
-        let etcd_kv = EtcdKvServer::new(etcd::kv_placeholder::EtcdKvPlaceholder::new(
+        let view = read_view::ReadView::new(self.engine.clone(), &self.raft);
+        let etcd_kv = EtcdKvServer::new(etcd::kv::EtcdKv::new(
             etcd_context.clone(),
+            self.proposer.clone(),
             self.reads.clone(),
-            Duration::from_millis(limits.request_timeout_ms),
+            view.clone(),
+            self.events.clone(),
+        ))
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let etcd_watch = EtcdWatchServer::new(etcd::watch::EtcdWatch::new(
+            etcd_context.clone(),
+            view.clone(),
+            self.events.clone(),
+        ))
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let etcd_lease = EtcdLeaseServer::new(etcd::lease::EtcdLease::new(
+            etcd_context.clone(),
+            self.raft.clone(),
+            self.proposer.clone(),
+            view,
         ))
         .max_decoding_message_size(limits.max_message_bytes);
         let incoming = limits::limited_incoming(listeners.client, limits.max_connections);
@@ -392,6 +412,8 @@ impl Node {
             .add_service(etcd_cluster)
             .add_service(etcd_maintenance)
             .add_service(etcd_kv)
+            .add_service(etcd_watch)
+            .add_service(etcd_lease)
             .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
         tasks.spawn(
             async move {

@@ -2,7 +2,7 @@
 //!
 //! rskv answers etcd's gRPC API (`etcdserverpb`, compiled into `rskv_proto::etcd`) on the same
 //! client port as its own, so `etcdctl` and etcd's client libraries work unchanged. This module
-//! holds what every etcd service needs and the services that need no multi-version store:
+//! holds what every etcd service needs, and the services:
 //!
 //! - [`EtcdContext`]: shared by every etcd service: the response [`header`] (cluster id, member
 //!   id, Raft term and a pluggable revision source) and the [`forward`]er to the leader.
@@ -11,14 +11,13 @@
 //!   `Cluster` service.
 //! - [`maintenance`]: etcd's `Maintenance` (status, alarms, defragment, move-leader).
 //! - [`errors`]: etcd's error statuses, with etcd's exact messages.
-//! - [`kv_placeholder`]: etcd's `KV` until the multi-version store brings the real one: `Range`
-//!   over the still-empty etcd keyspace (a linearizable read, what `etcdctl endpoint health`
-//!   checks), writes UNIMPLEMENTED.
+//! - [`kv`], [`watch`], [`lease`]: etcd's `KV`, `Watch` and `Lease` over the multi-version
+//!   store (`rskv_storage::mvcc`): writes replicated as its commands, watches read from its
+//!   history, lease expiry kept by the leader's [`lease::Lessor`].
 //!
-//! etcd's `KV`, `Watch` and `Lease` need revisions, and come with the multi-version store; they
-//! plug in here: build them from an [`EtcdContext`] (replacing the revision source with
-//! [`EtcdContext::with_revision_source`]), answer headers with [`EtcdContext::header_at`], and
-//! send what only the leader can do through [`EtcdContext::forwarder`].
+//! Every service is built from an [`EtcdContext`] (whose revision source is the store's revision,
+//! [`EtcdContext::with_revision_source`]), answers headers with [`EtcdContext::header_at`], and
+//! sends what only the leader can do through [`EtcdContext::forwarder`].
 //!
 //! The layering is the node's: these services use Raft (metrics, membership) and the node's
 //! membership administration, never the storage's internals.
@@ -27,7 +26,9 @@ pub mod cluster;
 pub mod errors;
 pub mod forward;
 pub mod header;
-pub mod kv_placeholder;
+pub mod kv;
+pub mod lease;
+pub mod watch;
 pub mod maintenance;
 
 use std::future::Future;

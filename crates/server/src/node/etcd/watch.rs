@@ -1,0 +1,325 @@
+//! etcd's `Watch` service, served from the multi-version store's history on any member.
+//!
+//! Each watcher keeps a cursor in history: it reads the changes from its start revision on, sends
+//! those in its key range, and when it has caught up waits for the store's revision to move
+//! ([`EventBus::watch_revision`]) and reads on. Because every event comes from history, a watch
+//! can start at any revision not compacted, resume after a restart of the node serving it (the
+//! client asks again from the revision after the last one it saw), and never has a gap or a
+//! duplicate, whoever leads.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use prost::Message;
+use rskv_proto::etcd::etcdserverpb as etcd;
+use rskv_proto::etcd::etcdserverpb::watch_request::RequestUnion;
+use rskv_proto::etcd::etcdserverpb::watch_server::Watch;
+use rskv_proto::etcd::mvccpb;
+use rskv_storage::events::EventBus;
+use rskv_storage::mvcc::read::in_range;
+use rskv_storage::mvcc::Rev;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+use tonic::Streaming;
+
+use super::kv::MAX_REQUEST_BYTES;
+use super::EtcdContext;
+use crate::node::read_view::ReadView;
+
+/// Changes read from history per step.
+const STEP: usize = 1000;
+/// How often a watcher that asked for progress notifications gets one when idle (etcd's
+/// default).
+const PROGRESS_EVERY: Duration = Duration::from_secs(600);
+/// Responses a stream may hold unsent before its watchers wait.
+const STREAM_BUFFER: usize = 64;
+
+type Outbound = mpsc::Sender<Result<etcd::WatchResponse, Status>>;
+
+/// Implements etcd's `Watch` over the store's history.
+pub struct EtcdWatch {
+    ctx: EtcdContext,
+    view: ReadView,
+    events: Arc<EventBus>,
+}
+
+impl EtcdWatch {
+    /// The service, reading history through `view` and woken by `events`.
+    pub fn new(ctx: EtcdContext, view: ReadView, events: Arc<EventBus>) -> EtcdWatch {
+        EtcdWatch { ctx, view, events }
+    }
+}
+
+/// One watch stream: its watchers, by id.
+struct StreamState {
+    ctx: EtcdContext,
+    view: ReadView,
+    events: Arc<EventBus>,
+    out: Outbound,
+    watchers: HashMap<i64, JoinHandle<()>>,
+    next_id: i64,
+}
+
+impl StreamState {
+    async fn handle(&mut self, request: etcd::WatchRequest) -> bool {
+        match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                // etcd answers a cancel of an unknown watch with nothing.
+                if let Some(watcher) = self.watchers.remove(&cancel.watch_id) {
+                    watcher.abort();
+                    let response = etcd::WatchResponse {
+                        header: Some(self.ctx.header_at(self.events.revision())),
+                        watch_id: cancel.watch_id,
+                        canceled: true,
+                        ..Default::default()
+                    };
+                    return self.out.send(Ok(response)).await.is_ok();
+                }
+                true
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                let response = etcd::WatchResponse {
+                    header: Some(self.ctx.header_at(self.events.revision())),
+                    watch_id: -1,
+                    ..Default::default()
+                };
+                self.out.send(Ok(response)).await.is_ok()
+            }
+            None => true,
+        }
+    }
+
+    async fn create(&mut self, create: etcd::WatchCreateRequest) -> bool {
+        self.watchers.retain(|_, w| !w.is_finished());
+        let refuse = |reason: &str| etcd::WatchResponse {
+            header: Some(self.ctx.header_at(self.events.revision())),
+            watch_id: create.watch_id,
+            created: true,
+            canceled: true,
+            cancel_reason: reason.to_string(),
+            ..Default::default()
+        };
+        if create.key.is_empty() {
+            let response = refuse("etcdserver: key is not provided");
+            return self.out.send(Ok(response)).await.is_ok();
+        }
+        let id = if create.watch_id != 0 {
+            if self.watchers.contains_key(&create.watch_id) {
+                let response = refuse("etcdserver: duplicate watch ID");
+                return self.out.send(Ok(response)).await.is_ok();
+            }
+            create.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id
+        };
+        let current = self.events.revision();
+        let created = etcd::WatchResponse {
+            header: Some(self.ctx.header_at(current)),
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        };
+        if self.out.send(Ok(created)).await.is_err() {
+            return false;
+        }
+        let watcher = Watcher {
+            id,
+            cursor: Rev::new(if create.start_revision > 0 {
+                create.start_revision
+            } else {
+                current + 1
+            }),
+            create,
+            ctx: self.ctx.clone(),
+            view: self.view.clone(),
+            events: self.events.clone(),
+            out: self.out.clone(),
+        };
+        self.watchers.insert(id, tokio::spawn(watcher.run()));
+        true
+    }
+}
+
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        for watcher in self.watchers.values() {
+            watcher.abort();
+        }
+    }
+}
+
+/// One watcher: a key range, filters, and its cursor in history.
+struct Watcher {
+    id: i64,
+    create: etcd::WatchCreateRequest,
+    cursor: Rev,
+    ctx: EtcdContext,
+    view: ReadView,
+    events: Arc<EventBus>,
+    out: Outbound,
+}
+
+impl Watcher {
+    fn wants(&self, event: &mvccpb::Event) -> bool {
+        let Some(kv) = &event.kv else {
+            return false;
+        };
+        if !in_range(&kv.key, &self.create.key, &self.create.range_end) {
+            return false;
+        }
+        let filtered = |f: etcd::watch_create_request::FilterType| {
+            self.create.filters.contains(&(f as i32))
+        };
+        if event.r#type == mvccpb::event::EventType::Put as i32 {
+            !filtered(etcd::watch_create_request::FilterType::Noput)
+        } else {
+            !filtered(etcd::watch_create_request::FilterType::Nodelete)
+        }
+    }
+
+    async fn run(mut self) {
+        if let Err(status) = self.serve().await {
+            let _ = self.out.send(Err(status)).await;
+        }
+    }
+
+    async fn serve(&mut self) -> Result<(), Status> {
+        let mut moved = self.events.watch_revision();
+        let mut progress = tokio::time::interval(PROGRESS_EVERY);
+        progress.tick().await;
+        loop {
+            let (changes, meta) = self
+                .view
+                .changes(self.cursor, STEP, self.create.prev_kv)
+                .await
+                .map_err(|e| Status::internal(format!("reading history: {e}")))?;
+            if self.cursor.main < meta.compact_revision {
+                let response = etcd::WatchResponse {
+                    header: Some(self.ctx.header_at(meta.revision)),
+                    watch_id: self.id,
+                    canceled: true,
+                    compact_revision: meta.compact_revision,
+                    cancel_reason: "etcdserver: mvcc: required revision has been compacted".into(),
+                    ..Default::default()
+                };
+                let _ = self.out.send(Ok(response)).await;
+                return Ok(());
+            }
+            let caught_up = changes.len() < STEP;
+            if let Some((last, _)) = changes.last() {
+                self.cursor = Rev {
+                    main: last.main,
+                    sub: last.sub + 1,
+                };
+            }
+            let wanted: Vec<mvccpb::Event> = changes
+                .into_iter()
+                .map(|(_, event)| event)
+                .filter(|event| self.wants(event))
+                .collect();
+            if !wanted.is_empty() {
+                self.send(wanted, meta.revision).await?;
+            }
+            if caught_up {
+                tokio::select! {
+                    changed = moved.changed() => {
+                        if changed.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    _ = progress.tick(), if self.create.progress_notify => {
+                        let response = etcd::WatchResponse {
+                            header: Some(self.ctx.header_at(self.events.revision())),
+                            watch_id: self.id,
+                            ..Default::default()
+                        };
+                        self.out.send(Ok(response)).await.map_err(|_| Status::cancelled("stream closed"))?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `events`, split into fragments of at most the request size limit when the watch
+    /// asked for fragments (etcd's `fragment`), else whole.
+    async fn send(&self, events: Vec<mvccpb::Event>, revision: i64) -> Result<(), Status> {
+        let header = self.ctx.header_at(revision);
+        let mut pieces: Vec<Vec<mvccpb::Event>> = vec![Vec::new()];
+        let mut bytes = 0;
+        for event in events {
+            let size = event.encoded_len() + 8;
+            let last = pieces.last().map_or(0, Vec::len);
+            if self.create.fragment && last > 0 && bytes + size > MAX_REQUEST_BYTES {
+                pieces.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += size;
+            if let Some(piece) = pieces.last_mut() {
+                piece.push(event);
+            }
+        }
+        let count = pieces.len();
+        for (i, events) in pieces.into_iter().enumerate() {
+            let response = etcd::WatchResponse {
+                header: Some(header.clone()),
+                watch_id: self.id,
+                fragment: i + 1 < count,
+                events,
+                ..Default::default()
+            };
+            self.out
+                .send(Ok(response))
+                .await
+                .map_err(|_| Status::cancelled("stream closed"))?;
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Watch for EtcdWatch {
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<etcd::WatchResponse, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<etcd::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (out, rx) = mpsc::channel(STREAM_BUFFER);
+        let mut state = StreamState {
+            ctx: self.ctx.clone(),
+            view: self.view.clone(),
+            events: self.events.clone(),
+            out,
+            watchers: HashMap::new(),
+            next_id: 0,
+        };
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    message = inbound.message() => match message {
+                        Ok(Some(request)) => {
+                            if !state.handle(request).await {
+                                break;
+                            }
+                        }
+                        Ok(None) | Err(_) => break,
+                    },
+                    _ = state.out.closed() => break,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
