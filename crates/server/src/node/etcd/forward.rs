@@ -147,6 +147,30 @@ impl Forwarder {
         }
     }
 
+    /// Serves `request` here when this node leads ([`Routed::Here`] hands the message back),
+    /// else forwards it to the leader with `call` ([`Forwarder::forward`]) and hands back the
+    /// leader's answer: the one call an etcd service makes before doing what only a leader can.
+    ///
+    /// # Errors
+    /// As [`Forwarder::route`] and [`Forwarder::forward`].
+    pub async fn to_leader<Req, Resp, F, Fut>(
+        &self,
+        request: Request<Req>,
+        call: F,
+    ) -> Result<Routed<Req, Resp>, Status>
+    where
+        F: FnOnce(Channel, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        match self.route(&request)? {
+            None => Ok(Routed::Here(request.into_inner())),
+            Some(channel) => self
+                .forward(channel, request.into_inner(), call)
+                .await
+                .map(Routed::Forwarded),
+        }
+    }
+
     /// The cached channel to `leader` at `addr`, or a new one replacing it.
     fn channel_to(&self, leader: NodeId, addr: &str) -> Result<Channel, Status> {
         let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
@@ -172,6 +196,15 @@ impl Forwarder {
     fn forget(&self) {
         *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
+}
+
+/// Where [`Forwarder::to_leader`] sent a request.
+#[derive(Debug)]
+pub enum Routed<Req, Resp> {
+    /// This node leads: serve the message here.
+    Here(Req),
+    /// The leader answered this.
+    Forwarded(Resp),
 }
 
 /// Whether another member forwarded `request` here.

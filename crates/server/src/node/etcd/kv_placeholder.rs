@@ -21,12 +21,13 @@ use tonic::Status;
 
 use super::errors::status_of;
 use super::errors::EtcdError;
+use super::forward::Routed;
 use super::observe;
 use super::EtcdContext;
 use crate::error::Error;
 use crate::node::read_barrier::ReadBarrier;
 use rskv_proto::etcd::etcdserverpb as etcd;
-use rskv_proto::etcd::etcdserverpb::kv_client::KvClient;
+use rskv_proto::etcd::etcdserverpb::kv_client::KvClient as Client;
 use rskv_proto::etcd::etcdserverpb::kv_server::Kv;
 
 /// etcd's `KV` with `Range` over the (still empty) etcd keyspace; see the module documentation.
@@ -56,17 +57,9 @@ impl EtcdKvPlaceholder {
             return Err(Status::invalid_argument("etcdserver: key is not provided"));
         }
         if !request.get_ref().serializable {
-            if let Some(ch) = self.ctx.forwarder().route(&request)? {
-                let req = request.into_inner();
-                return self
-                    .ctx
-                    .forwarder()
-                    .forward(
-                        ch,
-                        req,
-                        |ch, r| async move { KvClient::new(ch).range(r).await },
-                    )
-                    .await;
+            let call = |ch, r| async move { Client::new(ch).range(r).await };
+            if let Routed::Forwarded(resp) = self.ctx.forwarder().to_leader(request, call).await? {
+                return Ok(resp);
             }
             tokio::time::timeout(self.timeout, self.reads.wait())
                 .await
