@@ -3,7 +3,9 @@
 # (RocksDB's bindings are generated with bindgen), plus sccache to cache the slow C++ build.
 # rskv's own protos are compiled with a vendored protoc; the system protoc (protobuf-compiler) is
 # for the etcd-client crate, which rskv-proto's etcd wire tests (and kv_bench --target etcd)
-# build, and which reads protoc from the PATH. Idempotent; quiet when all is present.
+# build, and which reads protoc from the PATH. etcdctl (Debian's etcd-client) is etcd's own client,
+# which the integration tests run against rskv's etcd API (crates/server/tests/etcdctl.rs).
+# Idempotent; quiet when all is present.
 set -euo pipefail
 
 missing=()
@@ -17,6 +19,7 @@ fi
 command -v sccache >/dev/null 2>&1 || missing+=(sccache)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 
 if ((${#missing[@]})); then
     echo "prereqs: installing ${missing[*]}" >&2

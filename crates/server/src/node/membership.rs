@@ -109,6 +109,14 @@ impl From<ChangeError> for Error {
     }
 }
 
+/// What openraft answers a committed membership entry.
+type ClientWriteResponse = openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>;
+/// How openraft refuses or fails a membership entry.
+type ClientWriteFailure = openraft::error::RaftError<
+    crate::raft::TypeConfig,
+    openraft::error::ClientWriteError<crate::raft::TypeConfig>,
+>;
+
 /// What a membership operation answers: `None` when there was nothing to change (already a
 /// member with these addresses, already a voter).
 pub type Changed = Option<u64>;
@@ -148,19 +156,30 @@ impl MembershipAdmin {
     }
 
     async fn change(&self, change: ChangeMembers<NodeId, NodeInfo>) -> Result<u64, ChangeError> {
-        let resp = tokio::time::timeout(
-            self.timeout(),
+        self.commit(
+            "membership change not committed in time",
             self.node.raft.change_membership(change, false),
         )
         .await
-        .map_err(|_| Error::Timeout("membership change not committed in time".into()))?
-        .map_err(|e| {
-            write_error(
-                &self.node.raft,
-                self.node.config.raft.election_timeout_max_ms,
-                e,
-            )
-        })?;
+    }
+
+    /// Waits (bounded) for a membership entry openraft proposes; answers its log index. `late`
+    /// says what did not happen in time.
+    async fn commit(
+        &self,
+        late: &str,
+        proposal: impl std::future::Future<Output = Result<ClientWriteResponse, ClientWriteFailure>>,
+    ) -> Result<u64, ChangeError> {
+        let resp = tokio::time::timeout(self.timeout(), proposal)
+            .await
+            .map_err(|_| Error::Timeout(late.into()))?
+            .map_err(|e| {
+                write_error(
+                    &self.node.raft,
+                    self.node.config.raft.election_timeout_max_ms,
+                    e,
+                )
+            })?;
         Ok(resp.log_id.index)
     }
 
@@ -223,18 +242,12 @@ impl MembershipAdmin {
             }
         }
         tracing::info!(id, node = %info, "adding learner");
-        let resp =
-            tokio::time::timeout(self.timeout(), self.node.raft.add_learner(id, info, false))
-                .await
-                .map_err(|_| Error::Timeout("adding the learner did not commit in time".into()))?
-                .map_err(|e| {
-                    write_error(
-                        &self.node.raft,
-                        self.node.config.raft.election_timeout_max_ms,
-                        e,
-                    )
-                })?;
-        Ok(Some(resp.log_id.index))
+        self.commit(
+            "adding the learner did not commit in time",
+            self.node.raft.add_learner(id, info, false),
+        )
+        .await
+        .map(Some)
     }
 
     /// Promotes learner `id` to voter once it has caught up; `None` if it is a voter already.

@@ -21,6 +21,7 @@ use tonic::Status;
 
 use super::errors::status_of;
 use super::errors::EtcdError;
+use super::forward::Routed;
 use super::observe;
 use super::EtcdContext;
 use crate::error::Error;
@@ -132,15 +133,9 @@ impl EtcdClusterService {
     ) -> Result<etcd::MemberListResponse, Status> {
         // A linearizable list is the leader's; a plain one is this member's view, as etcd's.
         if request.get_ref().linearizable {
-            if let Some(ch) = self.ctx.forwarder().route(&request)? {
-                let req = request.into_inner();
-                return self
-                    .ctx
-                    .forwarder()
-                    .forward(ch, req, |ch, r| async move {
-                        Client::new(ch).member_list(r).await
-                    })
-                    .await;
+            let call = |ch, r| async move { Client::new(ch).member_list(r).await };
+            if let Routed::Forwarded(resp) = self.ctx.forwarder().to_leader(request, call).await? {
+                return Ok(resp);
             }
         }
         Ok(etcd::MemberListResponse {
@@ -153,17 +148,11 @@ impl EtcdClusterService {
         &self,
         request: Request<etcd::MemberAddRequest>,
     ) -> Result<etcd::MemberAddResponse, Status> {
-        if let Some(ch) = self.ctx.forwarder().route(&request)? {
-            let req = request.into_inner();
-            return self
-                .ctx
-                .forwarder()
-                .forward(ch, req, |ch, r| async move {
-                    Client::new(ch).member_add(r).await
-                })
-                .await;
-        }
-        let req = request.into_inner();
+        let call = |ch, r| async move { Client::new(ch).member_add(r).await };
+        let req = match self.ctx.forwarder().to_leader(request, call).await? {
+            Routed::Here(req) => req,
+            Routed::Forwarded(resp) => return Ok(resp),
+        };
         let (addr, peer_addr) = addrs_from_peer_urls(&req.peer_ur_ls).map_err(|e| {
             tracing::info!(urls = ?req.peer_ur_ls, "etcd MemberAdd: expected one http://host:port peer URL with a port above 1");
             Status::from(e)
@@ -198,17 +187,11 @@ impl EtcdClusterService {
         request: Request<etcd::MemberRemoveRequest>,
     ) -> Result<etcd::MemberRemoveResponse, Status> {
         let forwarded = super::forward::is_forwarded(&request);
-        if let Some(ch) = self.ctx.forwarder().route(&request)? {
-            let req = request.into_inner();
-            return self
-                .ctx
-                .forwarder()
-                .forward(ch, req, |ch, r| async move {
-                    Client::new(ch).member_remove(r).await
-                })
-                .await;
-        }
-        let req = request.into_inner();
+        let call = |ch, r| async move { Client::new(ch).member_remove(r).await };
+        let req = match self.ctx.forwarder().to_leader(request, call).await? {
+            Routed::Here(req) => req,
+            Routed::Forwarded(resp) => return Ok(resp),
+        };
         match self.admin.remove(req.id).await {
             Ok(_) => Ok(etcd::MemberRemoveResponse {
                 header: Some(self.ctx.header()),
@@ -261,17 +244,11 @@ impl EtcdClusterService {
         &self,
         request: Request<etcd::MemberPromoteRequest>,
     ) -> Result<etcd::MemberPromoteResponse, Status> {
-        if let Some(ch) = self.ctx.forwarder().route(&request)? {
-            let req = request.into_inner();
-            return self
-                .ctx
-                .forwarder()
-                .forward(ch, req, |ch, r| async move {
-                    Client::new(ch).member_promote(r).await
-                })
-                .await;
-        }
-        let req = request.into_inner();
+        let call = |ch, r| async move { Client::new(ch).member_promote(r).await };
+        let req = match self.ctx.forwarder().to_leader(request, call).await? {
+            Routed::Here(req) => req,
+            Routed::Forwarded(resp) => return Ok(resp),
+        };
         match self.admin.promote(req.id).await {
             Ok(Some(_)) => Ok(etcd::MemberPromoteResponse {
                 header: Some(self.ctx.header()),
