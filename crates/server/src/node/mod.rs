@@ -51,8 +51,8 @@ use crate::raft::Raft;
 use rskv_proto::etcd::etcdserverpb::cluster_server::ClusterServer as EtcdClusterServer;
 use rskv_proto::etcd::etcdserverpb::kv_server::KvServer as EtcdKvServer;
 use rskv_proto::etcd::etcdserverpb::lease_server::LeaseServer as EtcdLeaseServer;
-use rskv_proto::etcd::etcdserverpb::watch_server::WatchServer as EtcdWatchServer;
 use rskv_proto::etcd::etcdserverpb::maintenance_server::MaintenanceServer as EtcdMaintenanceServer;
+use rskv_proto::etcd::etcdserverpb::watch_server::WatchServer as EtcdWatchServer;
 use rskv_proto::kv::cluster_server::ClusterServer;
 use rskv_proto::kv::kv_server::KvServer;
 use rskv_proto::raft::raft_server::RaftServer;
@@ -360,8 +360,8 @@ impl Node {
             .max_decoding_message_size(limits.max_message_bytes);
         // etcd's v3 API on the same port: its own Cluster and Maintenance (etcd/).
         let events = self.events.clone();
-        let etcd_context = etcd::EtcdContext::new(&self)
-            .with_revision_source(Arc::new(move || events.revision()));
+        let etcd_context =
+            etcd::EtcdContext::new(&self).with_revision_source(Arc::new(move || events.revision()));
         let etcd_cluster = EtcdClusterServer::new(etcd::cluster::EtcdClusterService::new(
             etcd_context.clone(),
             membership::MembershipAdmin::new(self.clone()),

@@ -124,7 +124,7 @@ impl ReadView {
     /// # Errors
     /// On a storage failure.
     pub async fn leases(&self) -> io::Result<Vec<(mvcc::Lease, Vec<Bytes>)>> {
-        self.blocking(|e| mvcc::writer::Writer::leases(e)).await
+        self.blocking(mvcc::writer::Writer::leases).await
     }
 
     /// The engine's name, for status output.

@@ -32,6 +32,9 @@ fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
 
+/// A key as read: key, value, create revision, mod revision, version.
+type Row = (String, String, i64, i64, i64);
+
 /// Applies commands one entry each, as the state machine does (one batch per call).
 struct Store {
     engine: Arc<dyn KvEngine>,
@@ -69,12 +72,7 @@ impl Store {
         EngineSource::new(&*self.engine).expect("source")
     }
 
-    fn range(
-        &self,
-        key: &str,
-        end: &str,
-        revision: i64,
-    ) -> Result<Vec<(String, String, i64, i64, i64)>, MvccError> {
+    fn range(&self, key: &str, end: &str, revision: i64) -> Result<Vec<Row>, MvccError> {
         let request = etcd::RangeRequest {
             key: b(key),
             range_end: b(end),

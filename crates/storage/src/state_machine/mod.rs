@@ -127,6 +127,9 @@ pub struct Record {
     pub value: Bytes,
 }
 
+/// Writes to one keyspace: key → new value (`None` deletes).
+pub type Writes = Vec<(Bytes, Option<Bytes>)>;
+
 /// One applied batch, committed atomically by an engine.
 #[derive(Debug, Default)]
 pub struct WriteSet {
@@ -144,7 +147,7 @@ pub struct WriteSet {
 
 impl WriteSet {
     /// Each keyspace with its writes.
-    pub fn spaces(&self) -> [(Keyspace, &Vec<(Bytes, Option<Bytes>)>); 4] {
+    pub fn spaces(&self) -> [(Keyspace, &Writes); 4] {
         [
             (Keyspace::Data, &self.writes),
             (Keyspace::System, &self.system),
@@ -154,7 +157,7 @@ impl WriteSet {
     }
 
     /// Each keyspace with its writes, taken out of the set.
-    pub fn take_spaces(&mut self) -> [(Keyspace, Vec<(Bytes, Option<Bytes>)>); 4] {
+    pub fn take_spaces(&mut self) -> [(Keyspace, Writes); 4] {
         [
             (Keyspace::Data, std::mem::take(&mut self.writes)),
             (Keyspace::System, std::mem::take(&mut self.system)),

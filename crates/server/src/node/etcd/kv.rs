@@ -40,12 +40,12 @@ pub const MAX_RANGE_REPLY_BYTES: usize = 32 * 1024 * 1024;
 /// etcd's status for a refusal of the multi-version store.
 pub fn mvcc_status(e: &MvccError) -> Status {
     match e {
-        MvccError::Compacted { .. } => Status::out_of_range(
-            "etcdserver: mvcc: required revision has been compacted",
-        ),
-        MvccError::FutureRevision { .. } => Status::out_of_range(
-            "etcdserver: mvcc: required revision is a future revision",
-        ),
+        MvccError::Compacted { .. } => {
+            Status::out_of_range("etcdserver: mvcc: required revision has been compacted")
+        }
+        MvccError::FutureRevision { .. } => {
+            Status::out_of_range("etcdserver: mvcc: required revision is a future revision")
+        }
         MvccError::LeaseNotFound(_) => Status::not_found("etcdserver: requested lease not found"),
         MvccError::LeaseExists(_) => {
             Status::failed_precondition("etcdserver: lease already exists")
@@ -236,7 +236,9 @@ impl Kv for EtcdKv {
             match self
                 .ctx
                 .forwarder()
-                .to_leader(request, |ch, req| async move { KvClient::new(ch).range(req).await })
+                .to_leader(request, |ch, req| async move {
+                    KvClient::new(ch).range(req).await
+                })
                 .await?
             {
                 Routed::Here(request) => self.range_here(request).await,
@@ -256,7 +258,9 @@ impl Kv for EtcdKv {
             let put = match self
                 .ctx
                 .forwarder()
-                .to_leader(request, |ch, req| async move { KvClient::new(ch).put(req).await })
+                .to_leader(request, |ch, req| async move {
+                    KvClient::new(ch).put(req).await
+                })
                 .await?
             {
                 Routed::Here(put) => put,
@@ -320,7 +324,9 @@ impl Kv for EtcdKv {
             let txn = match self
                 .ctx
                 .forwarder()
-                .to_leader(request, |ch, req| async move { KvClient::new(ch).txn(req).await })
+                .to_leader(request, |ch, req| async move {
+                    KvClient::new(ch).txn(req).await
+                })
                 .await?
             {
                 Routed::Here(txn) => txn,
@@ -342,7 +348,9 @@ impl Kv for EtcdKv {
             let compact = match self
                 .ctx
                 .forwarder()
-                .to_leader(request, |ch, req| async move { KvClient::new(ch).compact(req).await })
+                .to_leader(request, |ch, req| async move {
+                    KvClient::new(ch).compact(req).await
+                })
                 .await?
             {
                 Routed::Here(compact) => compact,
@@ -371,12 +379,12 @@ impl Kv for EtcdKv {
 
 /// Sets the header of every response inside a transaction's, as etcd does.
 fn fill_headers(txn: &mut etcd::TxnResponse, header: &etcd::ResponseHeader) {
-    txn.header = Some(header.clone());
+    txn.header = Some(*header);
     for op in &mut txn.responses {
         match &mut op.response {
-            Some(OpResponse::ResponseRange(r)) => r.header = Some(header.clone()),
-            Some(OpResponse::ResponsePut(r)) => r.header = Some(header.clone()),
-            Some(OpResponse::ResponseDeleteRange(r)) => r.header = Some(header.clone()),
+            Some(OpResponse::ResponseRange(r)) => r.header = Some(*header),
+            Some(OpResponse::ResponsePut(r)) => r.header = Some(*header),
+            Some(OpResponse::ResponseDeleteRange(r)) => r.header = Some(*header),
             Some(OpResponse::ResponseTxn(r)) => fill_headers(r, header),
             None => {}
         }

@@ -100,7 +100,11 @@ impl Lessor {
             if leader_now && !leading {
                 // Wait until everything committed before this term is applied, so the leases
                 // read are all of them.
-                if raft.ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex).await.is_err() {
+                if raft
+                    .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex)
+                    .await
+                    .is_err()
+                {
                     continue;
                 }
                 match view.leases().await {
@@ -111,7 +115,10 @@ impl Lessor {
                         for (lease, _) in leases {
                             expiries.insert(
                                 lease.id,
-                                (now + Duration::from_secs(lease.ttl.max(0) as u64), lease.ttl),
+                                (
+                                    now + Duration::from_secs(lease.ttl.max(0) as u64),
+                                    lease.ttl,
+                                ),
                             );
                         }
                         tracing::info!(leases = expiries.len(), "leading: lease clocks started");
@@ -134,7 +141,9 @@ impl Lessor {
                         tracing::debug!(lease = id, "lease expired; revoked");
                         self.forget(id);
                     }
-                    Err(e) => tracing::debug!(lease = id, error = %e, "revoking an expired lease failed; will retry"),
+                    Err(e) => {
+                        tracing::debug!(lease = id, error = %e, "revoking an expired lease failed; will retry")
+                    }
                 }
             }
         }
@@ -237,7 +246,9 @@ impl Lease for EtcdLease {
                     })
                 }
                 Some(EtcdReply::Refused(e)) => Err(mvcc_status(&e)),
-                other => Err(Status::internal(format!("a grant was answered with {other:?}"))),
+                other => Err(Status::internal(format!(
+                    "a grant was answered with {other:?}"
+                ))),
             }
         })
         .await
@@ -272,7 +283,9 @@ impl Lease for EtcdLease {
                     })
                 }
                 Some(EtcdReply::Refused(e)) => Err(mvcc_status(&e)),
-                other => Err(Status::internal(format!("a revoke was answered with {other:?}"))),
+                other => Err(Status::internal(format!(
+                    "a revoke was answered with {other:?}"
+                ))),
             }
         })
         .await
@@ -310,9 +323,9 @@ impl Lease for EtcdLease {
                     view: self.view.clone(),
                     lessor,
                 };
-                let replies = request.into_inner().map(move |r| {
-                    r.map(|keep| service.keep_alive_here(keep.id))
-                });
+                let replies = request
+                    .into_inner()
+                    .map(move |r| r.map(|keep| service.keep_alive_here(keep.id)));
                 Ok(Response::new(Box::pin(replies) as KeepAliveStream))
             }
         }

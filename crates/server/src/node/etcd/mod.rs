@@ -28,8 +28,8 @@ pub mod forward;
 pub mod header;
 pub mod kv;
 pub mod lease;
-pub mod watch;
 pub mod maintenance;
+pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;

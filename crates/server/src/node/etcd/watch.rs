@@ -178,9 +178,8 @@ impl Watcher {
         if !in_range(&kv.key, &self.create.key, &self.create.range_end) {
             return false;
         }
-        let filtered = |f: etcd::watch_create_request::FilterType| {
-            self.create.filters.contains(&(f as i32))
-        };
+        let filtered =
+            |f: etcd::watch_create_request::FilterType| self.create.filters.contains(&(f as i32));
         if event.r#type == mvccpb::event::EventType::Put as i32 {
             !filtered(etcd::watch_create_request::FilterType::Noput)
         } else {
@@ -272,7 +271,7 @@ impl Watcher {
         let count = pieces.len();
         for (i, events) in pieces.into_iter().enumerate() {
             let response = etcd::WatchResponse {
-                header: Some(header.clone()),
+                header: Some(header),
                 watch_id: self.id,
                 fragment: i + 1 < count,
                 events,
