@@ -149,12 +149,19 @@ pub enum MemberAddr {
 pub struct StorageConfig {
     /// `memory` or `rocksdb`.
     pub engine: Engine,
+    /// A backup (`etcdctl snapshot save`, or etcd's `Snapshot` RPC of an rskv node) to load into
+    /// this node's empty state machine at its first start, for a new cluster made from a backup:
+    /// every member of the new cluster starts with the same file. Ignored once the node holds
+    /// data. RocksDB engine only.
+    #[serde(default)]
+    pub restore_backup: Option<PathBuf>,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             engine: Engine::Rocksdb,
+            restore_backup: None,
         }
     }
 }
@@ -342,6 +349,9 @@ pub struct Overrides {
     /// storage.engine
     #[arg(long, value_enum)]
     pub engine: Option<Engine>,
+    /// storage.restore_backup: a backup to load at the first start (RocksDB engine)
+    #[arg(long)]
+    pub restore_backup: Option<PathBuf>,
     /// cluster.initial_members, as `ID=ADDR[/PEER_ADDR],...`
     #[arg(long, value_parser = parse_members)]
     pub initial_members: Option<BTreeMap<String, MemberAddr>>,
@@ -545,6 +555,9 @@ impl Config {
         set(&mut self.sessions.ttl_ms, &o.session_ttl_ms);
         set(&mut self.sessions.max_sessions, &o.max_sessions);
         set(&mut self.storage.engine, &o.engine);
+        if o.restore_backup.is_some() {
+            self.storage.restore_backup = o.restore_backup.clone();
+        }
         set(&mut self.cluster.initial_members, &o.initial_members);
         set(&mut self.cluster.join, &o.join);
         set(

@@ -14,6 +14,10 @@
 //! sections, with plain values (no revisions). All are refused with a message saying so, as is a
 //! newer version, rather than read as something they are not.
 //!
+//! A **backup** (what etcd's `Snapshot` RPC streams and `etcdctl snapshot save` writes) is a
+//! snapshot file framed as etcd frames its own: zero bytes up to a multiple of 512, then the
+//! SHA-256 of everything before it ([`BackupReader`]; [`verify_backup`] checks it).
+//!
 //! A snapshot travels as [`SnapshotData`]: a file (the memory engine's snapshots, and every
 //! snapshot a follower receives) or a [`SnapshotStream`], the file format produced on demand from
 //! a point-in-time view of a durable engine (see [`crate::StateMachine`]).
@@ -207,6 +211,84 @@ impl<W: Write> SnapshotWriter<W> {
         self.out.flush()?;
         Ok(self.out)
     }
+}
+
+/// A backup's body is padded to a multiple of this, as etcd's database files are.
+const BACKUP_ALIGN: u64 = 512;
+
+/// Reads a snapshot as a backup: the snapshot's bytes, the padding, then the checksum (see the
+/// module doc).
+pub struct BackupReader<R: Read> {
+    inner: Option<R>,
+    hasher: sha2::Sha256,
+    len: u64,
+    /// Padding and checksum, once the snapshot's bytes are done.
+    tail: Bytes,
+}
+
+impl<R: Read> BackupReader<R> {
+    /// A backup of the snapshot `inner` produces.
+    pub fn new(inner: R) -> BackupReader<R> {
+        BackupReader {
+            inner: Some(inner),
+            hasher: sha2::Sha256::default(),
+            len: 0,
+            tail: Bytes::new(),
+        }
+    }
+}
+
+impl<R: Read> Read for BackupReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use sha2::Digest;
+        if let Some(inner) = &mut self.inner {
+            let n = inner.read(buf)?;
+            if n > 0 {
+                self.hasher.update(&buf[..n]);
+                self.len += n as u64;
+                return Ok(n);
+            }
+            self.inner = None;
+            let pad = (BACKUP_ALIGN - self.len % BACKUP_ALIGN) % BACKUP_ALIGN;
+            let padding = vec![0u8; pad as usize];
+            self.hasher.update(&padding);
+            let mut tail = padding;
+            tail.extend_from_slice(&std::mem::take(&mut self.hasher).finalize());
+            self.tail = Bytes::from(tail);
+        }
+        let n = buf.len().min(self.tail.len());
+        buf[..n].copy_from_slice(&self.tail[..n]);
+        self.tail.advance(n);
+        Ok(n)
+    }
+}
+
+/// Checks a backup file's framing and checksum (see the module doc).
+///
+/// # Errors
+/// When the file has no checksum where a backup has one, or the checksum does not match.
+pub fn verify_backup(path: &Path) -> io::Result<()> {
+    use sha2::Digest;
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    if len % BACKUP_ALIGN != 32 {
+        return Err(io_err(format!(
+            "{} is not a backup: its length ({len} bytes) leaves no room for the checksum a \
+             backup ends with",
+            path.display()
+        )));
+    }
+    let mut hasher = sha2::Sha256::default();
+    std::io::copy(&mut (&mut file).take(len - 32), &mut hasher)?;
+    let mut stored = [0u8; 32];
+    file.read_exact(&mut stored)?;
+    if hasher.finalize().as_slice() != stored {
+        return Err(io_err(format!(
+            "{} is damaged: its SHA-256 checksum does not match its content",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 fn write_field(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {

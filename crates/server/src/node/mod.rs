@@ -171,6 +171,34 @@ impl LeaderContact {
     }
 }
 
+/// Loads `backup` into the state machine of a node that holds nothing yet (see
+/// `storage.restore_backup`); does nothing, saying so, for a node that already holds data.
+async fn restore_backup(
+    engine: &dyn KvEngine,
+    log_store: &mut LogStore,
+    kind: Engine,
+    backup: &Path,
+) -> Result<()> {
+    if kind != Engine::Rocksdb {
+        return Err(Error::config(
+            "`storage.restore_backup` needs the RocksDB engine (the memory engine keeps nothing \
+             across a restart)",
+        ));
+    }
+    let log_state = log_store
+        .get_log_state()
+        .await
+        .map_err(|e| Error::storage("reading the raft log state", e))?;
+    if log_state.last_log_id.is_some() || engine.applied_state()?.last_applied.is_some() {
+        tracing::info!(backup = %backup.display(), "the node already holds data: backup not restored");
+        return Ok(());
+    }
+    let meta = rskv_storage::state_machine::restore_backup(engine, backup)
+        .map_err(|e| Error::storage(format!("restoring backup {}", backup.display()), e))?;
+    tracing::info!(backup = %backup.display(), taken_at = ?meta.last_log_id, "state machine restored from a backup");
+    Ok(())
+}
+
 impl Node {
     /// Opens storage under `data_dir`, starts Raft, and initializes the cluster if this node has
     /// never been part of one.
@@ -200,6 +228,9 @@ impl Node {
                     })?)
                 }
             };
+            if let Some(backup) = &config.storage.restore_backup {
+                restore_backup(&*engine, &mut log_store, config.storage.engine, backup).await?;
+            }
             let events = Arc::new(EventBus::new(
                 config.events.history,
                 config.events.history_bytes,
@@ -370,6 +401,7 @@ impl Node {
         let etcd_maintenance =
             EtcdMaintenanceServer::new(etcd::maintenance::EtcdMaintenanceService::new(
                 etcd_context.clone(),
+                read_view::ReadView::new(self.engine.clone(), &self.raft),
                 membership::MembershipAdmin::new(self.clone()),
                 self.data_dir.clone(),
             ))

@@ -119,6 +119,62 @@ impl ReadView {
         .await
     }
 
+    /// A consistent backup of the whole state machine (a snapshot framed as a backup, see
+    /// `rskv_storage::snapshot`), produced as it is read (for etcd's `Snapshot`).
+    ///
+    /// # Errors
+    /// On a storage failure.
+    pub async fn backup(&self) -> io::Result<Box<dyn io::Read + Send>> {
+        let engine = self.engine.clone();
+        let snapshot = rskv_storage::io_thread::blocking(move || {
+            rskv_storage::state_machine::stream_snapshot(engine)
+        })
+        .await?;
+        use rskv_storage::snapshot::BackupReader;
+        Ok(match snapshot.snapshot {
+            rskv_storage::SnapshotData::File(file) => {
+                Box::new(BackupReader::new(file.read_from(0)?))
+            }
+            rskv_storage::SnapshotData::Stream(stream) => Box::new(BackupReader::new(stream)),
+        })
+    }
+
+    /// A CRC-32 of every record of the state machine, from a consistent export (etcd's `Hash`).
+    ///
+    /// # Errors
+    /// On a storage failure.
+    pub async fn hash(&self) -> io::Result<u32> {
+        self.blocking(|e| {
+            struct Crc(u32);
+            impl rskv_storage::state_machine::SnapshotSink for Crc {
+                fn begin(&mut self, _: &rskv_storage::AppliedState) -> io::Result<()> {
+                    Ok(())
+                }
+                fn record(
+                    &mut self,
+                    _: rskv_storage::state_machine::Keyspace,
+                    key: &[u8],
+                    value: &[u8],
+                ) -> io::Result<()> {
+                    self.0 = mvcc::crc32(mvcc::crc32(self.0, key), value);
+                    Ok(())
+                }
+            }
+            let mut crc = Crc(0);
+            e.export(&mut crc)?;
+            Ok(crc.0)
+        })
+        .await
+    }
+
+    /// etcd's `HashKV` of the store's history up to `revision` (see [`mvcc::hash_kv`]).
+    ///
+    /// # Errors
+    /// The outer error on a storage failure; the inner one for a compacted or future revision.
+    pub async fn hash_kv(&self, revision: i64) -> io::Result<Result<(u32, i64, i64), MvccError>> {
+        self.blocking(move |e| mvcc::hash_kv(e, revision)).await
+    }
+
     /// Every lease with its attached keys.
     ///
     /// # Errors

@@ -594,6 +594,37 @@ impl StateMachine {
     }
 }
 
+/// Loads a backup (a snapshot file, e.g. from `etcdctl snapshot save`) into an engine that holds
+/// nothing yet, for a node of a new cluster: every keyspace's records as they were, with no
+/// applied log entry and no membership, so the new cluster's own log starts afresh on top of the
+/// data (its revisions continue from the backup's). Every member of the new cluster restores the
+/// same backup, as with etcd. Blocking.
+///
+/// # Errors
+/// When the engine already holds data, or the file is not a snapshot this rskv reads.
+pub fn restore_backup(engine: &dyn KvEngine, backup: &Path) -> io::Result<SnapshotMeta> {
+    let state = engine.applied_state()?;
+    let empty = Keyspace::ALL.iter().try_fold(true, |empty, space| {
+        Ok::<_, io::Error>(empty && engine.scan_in(*space, b"", None, 1)?.is_empty())
+    })?;
+    if state.last_applied.is_some() || !empty {
+        return Err(io_err(
+            "the state machine already holds data: a backup is restored only into a new node's \
+             empty data directory",
+        ));
+    }
+    crate::snapshot::verify_backup(backup)?;
+    let file = SnapshotFile::open(backup)
+        .map_err(|e| io_err(format!("opening backup {}: {e}", backup.display())))?;
+    // Read it through first: a damaged or cut backup is refused before anything is written.
+    let records = file.reader()?.try_fold(0u64, |n, r| r.map(|_| n + 1))?;
+    let meta = file.read_meta()?;
+    engine.import(&AppliedState::default(), &mut file.reader()?)?;
+    engine.sync()?;
+    tracing::info!(records, backup = %backup.display(), "backup restored");
+    Ok(meta)
+}
+
 /// Brings the engine up to the stored snapshot when it is behind it.
 fn recover(engine: &dyn KvEngine, snapshot_path: &Path) -> io::Result<()> {
     if !snapshot_path.exists() {
@@ -683,7 +714,7 @@ impl<W: Write> SnapshotSink for EncoderSink<W> {
 /// The engine is synced after the export's point-in-time view is taken, so everything the
 /// snapshot claims is durable and the log before it may be purged. Dropping the data unread ends
 /// the export before it reads a record. Blocking.
-fn stream_snapshot(engine: Arc<dyn KvEngine>) -> io::Result<Snapshot> {
+pub fn stream_snapshot(engine: Arc<dyn KvEngine>) -> io::Result<Snapshot> {
     let (out, stream, first_read) = snapshot_stream();
     let (meta_tx, meta_rx) = std::sync::mpsc::sync_channel(1);
     let exporter = engine.clone();

@@ -11,8 +11,12 @@
 //! - `Defragment` succeeds and does nothing: RocksDB compacts in the background, and the engine
 //!   offers no manual compaction yet.
 //! - `MoveLeader` is rskv's leader transfer; like etcd, only the leader takes it.
-//! - `Hash`, `HashKV` and `Snapshot` answer UNIMPLEMENTED until the multi-version store provides
-//!   them; `Downgrade` is UNIMPLEMENTED (rskv has no cluster versions to downgrade).
+//! - `Hash` is a CRC-32 of every record of the state machine (a consistent export), `HashKV` one
+//!   of the store's history up to a revision: members that applied the same log agree on both.
+//! - `Snapshot` streams a consistent backup of the state machine in rskv's snapshot file format
+//!   (what `etcdctl snapshot save` writes to a file); `kv_server --restore-backup` loads it into
+//!   the members of a new cluster.
+//! - `Downgrade` is UNIMPLEMENTED (rskv has no cluster versions to downgrade).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -33,16 +37,22 @@ use super::EtcdContext;
 use super::ETCD_VERSION;
 use crate::node::membership::ChangeError;
 use crate::node::membership::MembershipAdmin;
+use crate::node::read_view::ReadView;
 use crate::raft::NodeId;
 use rskv_proto::etcd::etcdserverpb as etcd;
 use rskv_proto::etcd::etcdserverpb::alarm_request::AlarmAction;
 use rskv_proto::etcd::etcdserverpb::maintenance_server::Maintenance;
 use rskv_proto::etcd::etcdserverpb::AlarmType;
 
+/// Bytes per `Snapshot` message.
+const SNAPSHOT_CHUNK: usize = 64 * 1024;
+
 /// Implements `etcdserverpb.Maintenance` with the shared etcd context, the node's membership
-/// administration (leader transfer), and its data directory (for `dbSize`).
+/// administration (leader transfer), its data directory (for `dbSize`) and a read view of the
+/// state machine (hashes and backups).
 pub struct EtcdMaintenanceService {
     ctx: EtcdContext,
+    view: ReadView,
     admin: MembershipAdmin,
     /// Measured for `dbSize`.
     data_dir: PathBuf,
@@ -54,11 +64,13 @@ impl EtcdMaintenanceService {
     /// The service of one node, whose data lives in `data_dir`.
     pub fn new(
         ctx: EtcdContext,
+        view: ReadView,
         admin: MembershipAdmin,
         data_dir: PathBuf,
     ) -> EtcdMaintenanceService {
         EtcdMaintenanceService {
             ctx,
+            view,
             admin,
             data_dir,
             alarms: Mutex::new(BTreeSet::new()),
@@ -205,11 +217,8 @@ fn disk_usage(dir: &Path) -> u64 {
         .sum()
 }
 
-/// What an RPC the multi-version store will provide answers until then.
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} is not implemented by rskv yet: it comes with etcd's multi-version store"
-    ))
+fn storage_status(e: std::io::Error) -> Status {
+    Status::internal(format!("reading the state machine: {e}"))
 }
 
 #[tonic::async_trait]
@@ -248,14 +257,37 @@ impl Maintenance for EtcdMaintenanceService {
         &self,
         _request: Request<etcd::HashRequest>,
     ) -> Result<Response<etcd::HashResponse>, Status> {
-        observe("etcd_hash", async { Err(not_yet("Hash")) }).await
+        observe("etcd_hash", async {
+            let revision = self.ctx.revision();
+            let hash = self.view.hash().await.map_err(storage_status)?;
+            Ok(etcd::HashResponse {
+                header: Some(self.ctx.header_at(revision)),
+                hash,
+            })
+        })
+        .await
     }
 
     async fn hash_kv(
         &self,
-        _request: Request<etcd::HashKvRequest>,
+        request: Request<etcd::HashKvRequest>,
     ) -> Result<Response<etcd::HashKvResponse>, Status> {
-        observe("etcd_hash_kv", async { Err(not_yet("HashKV")) }).await
+        observe("etcd_hash_kv", async {
+            let revision = self.ctx.revision();
+            let (hash, hash_revision, compact_revision) = self
+                .view
+                .hash_kv(request.get_ref().revision)
+                .await
+                .map_err(storage_status)?
+                .map_err(|e| super::kv::mvcc_status(&e))?;
+            Ok(etcd::HashKvResponse {
+                header: Some(self.ctx.header_at(revision)),
+                hash,
+                compact_revision,
+                hash_revision,
+            })
+        })
+        .await
     }
 
     type SnapshotStream =
@@ -265,7 +297,46 @@ impl Maintenance for EtcdMaintenanceService {
         &self,
         _request: Request<etcd::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        observe("etcd_snapshot", async { Err(not_yet("Snapshot")) }).await
+        observe("etcd_snapshot", async {
+            let header = self.ctx.header();
+            let mut backup = self.view.backup().await.map_err(storage_status)?;
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            // Read on a blocking thread: the export produces the bytes as they are read.
+            tokio::task::spawn_blocking(move || {
+                let mut sent = 0u64;
+                loop {
+                    let mut blob = vec![0u8; SNAPSHOT_CHUNK];
+                    let mut filled = 0;
+                    while filled < blob.len() {
+                        match std::io::Read::read(&mut backup, &mut blob[filled..]) {
+                            Ok(0) => break,
+                            Ok(n) => filled += n,
+                            Err(e) => {
+                                let _ = tx.blocking_send(Err(Status::internal(format!(
+                                    "backup failed after {sent} bytes: {e}"
+                                ))));
+                                return;
+                            }
+                        }
+                    }
+                    blob.truncate(filled);
+                    sent += filled as u64;
+                    let last = filled < SNAPSHOT_CHUNK;
+                    let response = etcd::SnapshotResponse {
+                        header: Some(header),
+                        remaining_bytes: u64::from(!last),
+                        blob: blob.into(),
+                        version: String::new(),
+                    };
+                    if tx.blocking_send(Ok(response)).is_err() || last {
+                        tracing::debug!(bytes = sent, "etcd Snapshot streamed");
+                        return;
+                    }
+                }
+            });
+            Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as Self::SnapshotStream)
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.ctx.member_id()))]
