@@ -121,6 +121,102 @@ pub struct Config {
     /// Client sessions (exactly-once writes).
     #[serde(default)]
     pub sessions: SessionsConfig,
+    /// Automatic compaction of the store's history (etcd's `--auto-compaction-*`).
+    #[serde(default)]
+    pub compaction: CompactionConfig,
+}
+
+/// How the leader compacts the store's history on its own (etcd's `--auto-compaction-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CompactionMode {
+    /// Never: history grows until a client compacts it (etcd's default).
+    None,
+    /// Keep the history of the last `retention` (a duration: `90s`, `30m`, `1h`; a bare number
+    /// is hours, as etcd reads it).
+    Periodic,
+    /// Keep the last `retention` revisions (a number).
+    Revision,
+}
+
+/// `[compaction]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompactionConfig {
+    /// See [`CompactionMode`].
+    #[serde(default = "default_compaction_mode")]
+    pub mode: CompactionMode,
+    /// A duration for `periodic`, a revision count for `revision`.
+    #[serde(default = "default_compaction_retention")]
+    pub retention: String,
+}
+
+/// History is bounded by default (etcd keeps all of it unless told otherwise): a node left
+/// running under writes must not grow without limit, in memory with the memory engine. Set
+/// `mode = "none"` for etcd's behaviour.
+fn default_compaction_mode() -> CompactionMode {
+    CompactionMode::Revision
+}
+
+fn default_compaction_retention() -> String {
+    "100000".into()
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            mode: default_compaction_mode(),
+            retention: default_compaction_retention(),
+        }
+    }
+}
+
+/// What [`CompactionConfig`] asks for, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compaction {
+    /// No automatic compaction.
+    Off,
+    /// Keep this much time of history.
+    Periodic(std::time::Duration),
+    /// Keep this many revisions.
+    Revision(i64),
+}
+
+impl CompactionConfig {
+    /// The checked setting.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a retention that is not what its mode takes.
+    pub fn parse(&self) -> Result<Compaction> {
+        let bad = |why: &str| {
+            Err(Error::config(format!(
+                "`compaction.retention` {:?}: {why}",
+                self.retention
+            )))
+        };
+        let r = self.retention.trim();
+        match self.mode {
+            CompactionMode::None => Ok(Compaction::Off),
+            CompactionMode::Revision => match r.parse::<i64>() {
+                Ok(n) if n > 0 => Ok(Compaction::Revision(n)),
+                _ => bad("revision mode keeps a number of revisions, at least 1"),
+            },
+            CompactionMode::Periodic => {
+                let (digits, unit) =
+                    r.split_at(r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len()));
+                let secs = match (digits.parse::<u64>(), unit) {
+                    (Ok(n), "" | "h") => n * 3600,
+                    (Ok(n), "m") => n * 60,
+                    (Ok(n), "s") => n,
+                    _ => return bad("periodic mode keeps a duration: `90s`, `30m`, `1h` or hours"),
+                };
+                if secs == 0 {
+                    return bad("the duration must be positive");
+                }
+                Ok(Compaction::Periodic(std::time::Duration::from_secs(secs)))
+            }
+        }
+    }
 }
 
 fn default_shutdown_timeout_ms() -> u64 {
@@ -349,6 +445,12 @@ pub struct Overrides {
     /// storage.engine
     #[arg(long, value_enum)]
     pub engine: Option<Engine>,
+    /// compaction.mode: none, periodic or revision
+    #[arg(long, value_enum)]
+    pub auto_compaction_mode: Option<CompactionMode>,
+    /// compaction.retention: a duration (periodic) or a revision count (revision)
+    #[arg(long)]
+    pub auto_compaction_retention: Option<String>,
     /// storage.restore_backup: a backup to load at the first start (RocksDB engine)
     #[arg(long)]
     pub restore_backup: Option<PathBuf>,
@@ -555,6 +657,10 @@ impl Config {
         set(&mut self.sessions.ttl_ms, &o.session_ttl_ms);
         set(&mut self.sessions.max_sessions, &o.max_sessions);
         set(&mut self.storage.engine, &o.engine);
+        set(&mut self.compaction.mode, &o.auto_compaction_mode);
+        if let Some(retention) = &o.auto_compaction_retention {
+            self.compaction.retention = retention.clone();
+        }
         if o.restore_backup.is_some() {
             self.storage.restore_backup = o.restore_backup.clone();
         }
@@ -588,6 +694,7 @@ impl Config {
     /// [`Error::Config`] naming the key at fault.
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, why: String| Err(Error::config(format!("`{key}`: {why}")));
+        self.compaction.parse()?;
         if self.node_id == 0 {
             return bad("node_id", "must be at least 1".into());
         }
@@ -816,6 +923,45 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn compaction_retention_should_be_read_as_etcd_reads_it() {
+        let c = |mode, retention: &str| CompactionConfig {
+            mode,
+            retention: retention.into(),
+        };
+        use std::time::Duration;
+        assert_eq!(
+            c(CompactionMode::Periodic, "1").parse().ok(),
+            Some(Compaction::Periodic(Duration::from_secs(3600))),
+            "a bare number is hours"
+        );
+        assert_eq!(
+            c(CompactionMode::Periodic, "30m").parse().ok(),
+            Some(Compaction::Periodic(Duration::from_secs(1800)))
+        );
+        assert_eq!(
+            c(CompactionMode::Revision, "1000").parse().ok(),
+            Some(Compaction::Revision(1000))
+        );
+        assert_eq!(
+            c(CompactionMode::None, "x").parse().ok(),
+            Some(Compaction::Off)
+        );
+        for (mode, bad) in [
+            (CompactionMode::Revision, "0"),
+            (CompactionMode::Revision, "1h"),
+            (CompactionMode::Periodic, "5x"),
+            (CompactionMode::Periodic, "0s"),
+        ] {
+            let err = c(mode, bad).parse().expect_err(bad).to_string();
+            assert!(err.contains("compaction.retention"), "{err}");
+        }
+        assert_eq!(
+            CompactionConfig::default().parse().ok(),
+            Some(Compaction::Revision(100_000))
+        );
+    }
+
     use super::*;
 
     #[test]

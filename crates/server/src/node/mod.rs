@@ -9,6 +9,7 @@
 //! listener on port 0 and a oneshot as the shutdown signal; the binary passes Ctrl-C/SIGTERM.
 
 pub mod cluster_service;
+pub mod compactor;
 pub mod etcd;
 pub mod http;
 pub mod kv_service;
@@ -423,12 +424,25 @@ impl Node {
         ))
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let etcd_lease = EtcdLeaseServer::new(etcd::lease::EtcdLease::new(
-            etcd_context.clone(),
-            self.raft.clone(),
-            self.proposer.clone(),
-            view,
-        ))
+        tokio::spawn(
+            compactor::run(
+                self.raft.clone(),
+                self.proposer.clone(),
+                self.events.clone(),
+                view.clone(),
+                self.config.compaction.parse()?,
+            )
+            .instrument(span.clone()),
+        );
+        // In the node's span: the lease service starts the leader's lease clock task.
+        let etcd_lease = EtcdLeaseServer::new(span.in_scope(|| {
+            etcd::lease::EtcdLease::new(
+                etcd_context.clone(),
+                self.raft.clone(),
+                self.proposer.clone(),
+                view,
+            )
+        }))
         .max_decoding_message_size(limits.max_message_bytes);
         let incoming = limits::limited_incoming(listeners.client, limits.max_connections);
         let stop = client_stop.clone();

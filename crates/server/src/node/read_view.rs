@@ -175,6 +175,15 @@ impl ReadView {
         self.blocking(move |e| mvcc::hash_kv(e, revision)).await
     }
 
+    /// The store's compacted revision (reads before it fail).
+    ///
+    /// # Errors
+    /// On a storage failure.
+    pub async fn compacted(&self) -> io::Result<i64> {
+        self.blocking(|e| Ok(mvcc::load_meta(e)?.compact_revision))
+            .await
+    }
+
     /// Every lease with its attached keys.
     ///
     /// # Errors

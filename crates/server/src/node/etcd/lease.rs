@@ -25,6 +25,7 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 use tonic::Streaming;
+use tracing::Instrument;
 
 use super::errors::status_of;
 use super::forward::Routed;
@@ -164,7 +165,12 @@ impl EtcdLease {
         let lessor = Arc::new(Lessor {
             expiries: Mutex::new(HashMap::new()),
         });
-        tokio::spawn(lessor.clone().run(raft, proposer.clone(), view.clone()));
+        tokio::spawn(
+            lessor
+                .clone()
+                .run(raft, proposer.clone(), view.clone())
+                .in_current_span(),
+        );
         EtcdLease {
             ctx,
             proposer,
