@@ -1065,6 +1065,7 @@ impl Client {
             key: key.into(),
             prefix,
             start_index,
+            start_revision: 0,
         };
         self.call(Route::AnyNode, |_, ch| {
             let req = req.clone();

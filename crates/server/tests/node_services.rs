@@ -452,3 +452,118 @@ async fn rolling_restart_should_lose_no_acknowledged_write() {
         stored.len()
     );
 }
+
+/// Reads events from a raw watch stream until `until` revision has been seen (deadline-bounded),
+/// as (key, value, revision).
+async fn events_through(
+    stream: &mut tonic::Streaming<WatchResponse>,
+    until: i64,
+) -> Vec<(String, String, i64)> {
+    let mut out: Vec<(String, String, i64)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while out.last().is_none_or(|e| e.2 < until) {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let msg = tokio::time::timeout(remaining, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("revision {until} did not arrive; got {out:?}"))
+            .expect("watch stream failed")
+            .expect("watch stream ended early");
+        for e in msg.events {
+            out.push((
+                String::from_utf8_lossy(&e.key).into_owned(),
+                String::from_utf8_lossy(&e.value).into_owned(),
+                e.revision,
+            ));
+        }
+    }
+    out
+}
+
+/// Native writes answer with their store revision, and a watch from a revision is served from the
+/// store's history: on a follower, from any past revision, and again after that follower
+/// restarts, with every change once, in revision order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_from_a_revision_should_resume_across_a_restart_of_its_node() {
+    let mut cluster = ProcessCluster::start(3, "rocksdb", &[]);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let follower = cluster.follower_of(leader);
+    let mut kv = common::raw_kv(&cluster.node(leader).addr);
+    let mut revisions = Vec::new();
+    for i in 0..6 {
+        let put = kv
+            .put(rskv_proto::kv::PutRequest {
+                key: format!("r/{i}").into(),
+                value: format!("v{i}").into(),
+                ..Default::default()
+            })
+            .await
+            .expect("put")
+            .into_inner();
+        revisions.push(put.revision);
+    }
+    assert!(
+        revisions.windows(2).all(|w| w[1] == w[0] + 1),
+        "one revision per write: {revisions:?}"
+    );
+    let deleted = kv
+        .delete(rskv_proto::kv::DeleteRequest {
+            key: "r/0".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete")
+        .into_inner();
+    assert_eq!(deleted.revision, revisions[5] + 1);
+
+    let follower_addr = cluster.node(follower).addr.clone();
+    let watch_from = |start_revision| {
+        let addr = follower_addr.clone();
+        async move {
+            common::raw_kv(&addr)
+                .watch(rskv_proto::kv::WatchRequest {
+                    key: "r/".into(),
+                    prefix: true,
+                    start_revision,
+                    ..Default::default()
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let mut stream = watch_from(revisions[2]).await.expect("watch");
+    let seen = events_through(&mut stream, deleted.revision).await;
+    let expected: Vec<(String, String, i64)> = (2..6)
+        .map(|i| (format!("r/{i}"), format!("v{i}"), revisions[i]))
+        .chain([("r/0".to_string(), String::new(), deleted.revision)])
+        .collect();
+    assert_eq!(seen, expected);
+
+    // The follower restarts; the watcher resumes after the last revision it saw.
+    drop(stream);
+    cluster.kill(follower);
+    cluster.restart(follower);
+    let put = kv
+        .put(rskv_proto::kv::PutRequest {
+            key: "r/after".into(),
+            value: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("put")
+        .into_inner();
+    // Until the restarted node listens, the call fails: retried until it answers.
+    let mut resumed = common::wait_for(
+        "the restarted follower to serve the watch",
+        Duration::from_secs(30),
+        || {
+            let watch = watch_from(deleted.revision + 1);
+            async move { watch.await.ok() }
+        },
+    )
+    .await;
+    let seen = events_through(&mut resumed, put.revision).await;
+    assert_eq!(
+        seen,
+        vec![("r/after".to_string(), "x".to_string(), put.revision)]
+    );
+}

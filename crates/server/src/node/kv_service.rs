@@ -21,6 +21,8 @@ use tonic::Status;
 
 use super::handle;
 use super::handle_many;
+use super::history_feed::Feed;
+use super::history_feed::HistoryFeed;
 use super::limits::RequestLimiter;
 use super::proposer::Proposer;
 use super::read_barrier::ReadBarrier;
@@ -37,6 +39,7 @@ use crate::raft::NodeId;
 use crate::raft::SessionOutcome;
 use crate::raft::SessionRefusal;
 use crate::raft::SessionStamp;
+use rskv_proto::etcd::mvccpb;
 use rskv_proto::kv as pb;
 use rskv_proto::kv::kv_server::Kv;
 use rskv_storage::events::Event;
@@ -191,6 +194,7 @@ impl KvService {
         Ok(pb::PutResponse {
             index,
             prev_value: if req.return_prev { resp.prev } else { None },
+            revision: resp.revision,
         })
     }
 
@@ -208,6 +212,7 @@ impl KvService {
         Ok(pb::DeleteResponse {
             index,
             existed: resp.prev.is_some(),
+            revision: resp.revision,
         })
     }
 
@@ -240,6 +245,7 @@ impl KvService {
             } else {
                 resp.prev
             },
+            revision: resp.revision,
         })
     }
 
@@ -398,7 +404,73 @@ fn to_pb(event: &Event) -> pb::WatchEvent {
         value,
         prev_value: event.prev.clone(),
         index: event.index,
+        revision: event.revision,
     }
+}
+
+/// rskv's watch event for etcd's event of a change read from history.
+fn history_event(event: mvccpb::Event) -> pb::WatchEvent {
+    let kv = event.kv.unwrap_or_default();
+    let delete = event.r#type == mvccpb::event::EventType::Delete as i32;
+    pb::WatchEvent {
+        kind: if delete {
+            pb::watch_event::Kind::Delete
+        } else {
+            pb::watch_event::Kind::Put
+        } as i32,
+        key: kv.key,
+        value: kv.value,
+        prev_value: event.prev_kv.map(|p| p.value),
+        index: 0,
+        revision: kv.mod_revision,
+    }
+}
+
+/// A watch served from the store's history from `start` (see `start_revision`).
+fn history_watch(
+    view: ReadView,
+    events: &Arc<EventBus>,
+    filter: KeyFilter,
+    start: i64,
+) -> WatchStream {
+    let feed = HistoryFeed::new(view, events, start, true);
+    let stream = futures::stream::unfold(Some(feed), move |feed| {
+        let filter = filter.clone();
+        async move {
+            let mut feed = feed?;
+            loop {
+                match feed.next().await {
+                    Ok(Feed::Changes { events, .. }) => {
+                        let events: Vec<pb::WatchEvent> = events
+                            .into_iter()
+                            .filter(|(_, e)| {
+                                e.kv.as_ref().is_some_and(|kv| filter.matches(&kv.key))
+                            })
+                            .map(|(_, e)| history_event(e))
+                            .collect();
+                        if !events.is_empty() {
+                            return Some((Ok(pb::WatchResponse { events }), Some(feed)));
+                        }
+                    }
+                    Ok(Feed::Compacted {
+                        compact_revision, ..
+                    }) => {
+                        let e = Error::Compacted(format!(
+                            "revision {start} is compacted (history starts at {compact_revision}); \
+                             watch from a later revision"
+                        ));
+                        return Some((Err(Status::from(e)), None));
+                    }
+                    Ok(Feed::Closed) => return None,
+                    Err(e) => {
+                        let e = Error::storage("reading the store's history", e);
+                        return Some((Err(Status::from(e)), None));
+                    }
+                }
+            }
+        }
+    });
+    Box::pin(stream)
 }
 
 impl WatchState {
@@ -546,6 +618,14 @@ impl Kv for KvService {
             } else {
                 KeyFilter::Key(req.key)
             };
+            if req.start_revision > 0 {
+                return Ok(history_watch(
+                    self.view.clone(),
+                    &self.events,
+                    filter,
+                    req.start_revision,
+                ));
+            }
             let sub = self.events.subscribe(req.start_index)?;
             let state = WatchState::new(sub, filter, req.start_index, self.watch_buffer);
             let stream = futures::stream::unfold(state, |mut state| async move {
@@ -657,8 +737,11 @@ impl Kv for KvService {
                 pairs,
                 session: None,
             };
-            let (index, _) = self.write(req.session, command).await?;
-            Ok(pb::BatchPutResponse { index })
+            let (index, resp) = self.write(req.session, command).await?;
+            Ok(pb::BatchPutResponse {
+                index,
+                revision: resp.revision,
+            })
         })
         .await
     }

@@ -11,6 +11,7 @@
 pub mod cluster_service;
 pub mod compactor;
 pub mod etcd;
+pub mod history_feed;
 pub mod http;
 pub mod kv_service;
 pub mod lease_hold;

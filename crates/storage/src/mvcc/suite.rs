@@ -334,6 +334,20 @@ fn suite(engine: Arc<dyn KvEngine>) -> Store {
         s.one(Command::LeaseRevoke { id: 77 }).etcd,
         Some(EtcdReply::Refused(MvccError::LeaseNotFound(77)))
     ));
+    // Ids whose bytes sort last and around the sign change: each revokes only its own keys.
+    for id in [-1, i64::MAX, i64::MIN] {
+        s.one(Command::LeaseGrant { id, ttl: 10 });
+        s.txn(ops(vec![put_lease(&format!("edge{id}"), "x", id)]))
+            .expect("attach");
+    }
+    for id in [-1, i64::MAX, i64::MIN] {
+        assert!(matches!(
+            s.one(Command::LeaseRevoke { id }).etcd,
+            Some(EtcdReply::Done)
+        ));
+        assert_eq!(s.range(&format!("edge{id}"), "", 0).expect("range"), vec![]);
+    }
+    assert!(Writer::leases(&*s.engine).expect("leases").is_empty());
 
     // Watch reads: every change from a revision, in order, with the version it replaced.
     let changes = s.source().changes(Rev::new(5), 100).expect("changes");

@@ -509,9 +509,10 @@ impl<'a> Writer<'a> {
         if !self.lease_exists(id)? {
             return Ok(Err(MvccError::LeaseNotFound(id)));
         }
+        // Lease keys sort as their big-endian bytes: the records of `id` end where the next id's
+        // bytes begin, except for the largest bytes (-1: all 0xff), whose records run to the end.
         let prefix = lease_key(id);
-        let end = lease_key(id.wrapping_add(1));
-        let end = (id != i64::MAX).then_some(end);
+        let end = (id != -1).then(|| lease_key(id.wrapping_add(1)));
         let attached = merged(
             self.engine,
             Keyspace::Lease,

@@ -1,8 +1,7 @@
 //! etcd's `Watch` service, served from the multi-version store's history on any member.
 //!
-//! Each watcher keeps a cursor in history: it reads the changes from its start revision on, sends
-//! those in its key range, and when it has caught up waits for the store's revision to move
-//! ([`EventBus::watch_revision`]) and reads on. Because every event comes from history, a watch
+//! Each watcher reads history through a [`HistoryFeed`] from its start revision on and sends the
+//! changes in its key range. Because every event comes from history, a watch
 //! can start at any revision not compacted, resume after a restart of the node serving it (the
 //! client asks again from the revision after the last one it saw), and never has a gap or a
 //! duplicate, whoever leads.
@@ -20,7 +19,6 @@ use rskv_proto::etcd::etcdserverpb::watch_server::Watch;
 use rskv_proto::etcd::mvccpb;
 use rskv_storage::events::EventBus;
 use rskv_storage::mvcc::read::in_range;
-use rskv_storage::mvcc::Rev;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,10 +29,10 @@ use tonic::Streaming;
 
 use super::kv::MAX_REQUEST_BYTES;
 use super::EtcdContext;
+use crate::node::history_feed::Feed;
+use crate::node::history_feed::HistoryFeed;
 use crate::node::read_view::ReadView;
 
-/// Changes read from history per step.
-const STEP: usize = 1000;
 /// How often a watcher that asked for progress notifications gets one when idle (etcd's
 /// default).
 const PROGRESS_EVERY: Duration = Duration::from_secs(600);
@@ -135,11 +133,11 @@ impl StreamState {
         }
         let watcher = Watcher {
             id,
-            cursor: Rev::new(if create.start_revision > 0 {
+            start: if create.start_revision > 0 {
                 create.start_revision
             } else {
                 current + 1
-            }),
+            },
             create,
             ctx: self.ctx.clone(),
             view: self.view.clone(),
@@ -163,7 +161,8 @@ impl Drop for StreamState {
 struct Watcher {
     id: i64,
     create: etcd::WatchCreateRequest,
-    cursor: Rev,
+    /// The first revision it reports.
+    start: i64,
     ctx: EtcdContext,
     view: ReadView,
     events: Arc<EventBus>,
@@ -194,58 +193,55 @@ impl Watcher {
     }
 
     async fn serve(&mut self) -> Result<(), Status> {
-        let mut moved = self.events.watch_revision();
+        let mut feed = HistoryFeed::new(
+            self.view.clone(),
+            &self.events,
+            self.start,
+            self.create.prev_kv,
+        );
         let mut progress = tokio::time::interval(PROGRESS_EVERY);
         progress.tick().await;
         loop {
-            let (changes, meta) = self
-                .view
-                .changes(self.cursor, STEP, self.create.prev_kv)
-                .await
-                .map_err(|e| Status::internal(format!("reading history: {e}")))?;
-            if self.cursor.main < meta.compact_revision {
-                let response = etcd::WatchResponse {
-                    header: Some(self.ctx.header_at(meta.revision)),
-                    watch_id: self.id,
-                    canceled: true,
-                    compact_revision: meta.compact_revision,
-                    cancel_reason: "etcdserver: mvcc: required revision has been compacted".into(),
-                    ..Default::default()
-                };
-                let _ = self.out.send(Ok(response)).await;
-                return Ok(());
-            }
-            let caught_up = changes.len() < STEP;
-            if let Some((last, _)) = changes.last() {
-                self.cursor = Rev {
-                    main: last.main,
-                    sub: last.sub + 1,
-                };
-            }
-            let wanted: Vec<mvccpb::Event> = changes
-                .into_iter()
-                .map(|(_, event)| event)
-                .filter(|event| self.wants(event))
-                .collect();
-            if !wanted.is_empty() {
-                self.send(wanted, meta.revision).await?;
-            }
-            if caught_up {
-                tokio::select! {
-                    changed = moved.changed() => {
-                        if changed.is_err() {
-                            return Ok(());
-                        }
-                    }
-                    _ = progress.tick(), if self.create.progress_notify => {
-                        let response = etcd::WatchResponse {
-                            header: Some(self.ctx.header_at(self.events.revision())),
-                            watch_id: self.id,
-                            ..Default::default()
-                        };
-                        self.out.send(Ok(response)).await.map_err(|_| Status::cancelled("stream closed"))?;
+            let next = tokio::select! {
+                next = feed.next() => next.map_err(|e| Status::internal(format!("reading history: {e}")))?,
+                _ = progress.tick(), if self.create.progress_notify => {
+                    let response = etcd::WatchResponse {
+                        header: Some(self.ctx.header_at(self.events.revision())),
+                        watch_id: self.id,
+                        ..Default::default()
+                    };
+                    self.out.send(Ok(response)).await.map_err(|_| Status::cancelled("stream closed"))?;
+                    continue;
+                }
+            };
+            match next {
+                Feed::Changes { events, revision } => {
+                    let wanted: Vec<mvccpb::Event> = events
+                        .into_iter()
+                        .map(|(_, event)| event)
+                        .filter(|event| self.wants(event))
+                        .collect();
+                    if !wanted.is_empty() {
+                        self.send(wanted, revision).await?;
                     }
                 }
+                Feed::Compacted {
+                    compact_revision,
+                    revision,
+                } => {
+                    let response = etcd::WatchResponse {
+                        header: Some(self.ctx.header_at(revision)),
+                        watch_id: self.id,
+                        canceled: true,
+                        compact_revision,
+                        cancel_reason: "etcdserver: mvcc: required revision has been compacted"
+                            .into(),
+                        ..Default::default()
+                    };
+                    let _ = self.out.send(Ok(response)).await;
+                    return Ok(());
+                }
+                Feed::Closed => return Ok(()),
             }
         }
     }
