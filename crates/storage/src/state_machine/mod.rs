@@ -127,24 +127,27 @@ pub struct Record {
     pub value: Bytes,
 }
 
+/// One keyspace's writes in a [`WriteSet`]: key → new value (`None` deletes).
+pub type Writes = Vec<(Bytes, Option<Bytes>)>;
+
 /// One applied batch, committed atomically by an engine.
 #[derive(Debug, Default)]
 pub struct WriteSet {
     /// Key → new value (`None` deletes), in no particular order; each key appears once.
-    pub writes: Vec<(Bytes, Option<Bytes>)>,
+    pub writes: Writes,
     /// The same for the system keyspace.
-    pub system: Vec<(Bytes, Option<Bytes>)>,
+    pub system: Writes,
     /// The same for the history keyspace.
-    pub history: Vec<(Bytes, Option<Bytes>)>,
+    pub history: Writes,
     /// The same for the lease keyspace.
-    pub leases: Vec<(Bytes, Option<Bytes>)>,
+    pub leases: Writes,
     /// The applied state after this batch.
     pub state: AppliedState,
 }
 
 impl WriteSet {
     /// Each keyspace with its writes.
-    pub fn spaces(&self) -> [(Keyspace, &Vec<(Bytes, Option<Bytes>)>); 4] {
+    pub fn spaces(&self) -> [(Keyspace, &Writes); 4] {
         [
             (Keyspace::Data, &self.writes),
             (Keyspace::System, &self.system),
@@ -154,7 +157,7 @@ impl WriteSet {
     }
 
     /// Each keyspace with its writes, taken out of the set.
-    pub fn take_spaces(&mut self) -> [(Keyspace, Vec<(Bytes, Option<Bytes>)>); 4] {
+    pub fn take_spaces(&mut self) -> [(Keyspace, Writes); 4] {
         [
             (Keyspace::Data, std::mem::take(&mut self.writes)),
             (Keyspace::System, std::mem::take(&mut self.system)),
