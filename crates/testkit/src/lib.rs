@@ -4,9 +4,11 @@
 //! test is handed ([`free_ports`]), waiting on a condition with a deadline ([`poll`],
 //! [`wait_for`]), real `kv_server` processes started from the built binaries ([`bin`],
 //! [`ProcessCluster`]), a client-port proxy a test can break ([`proxy`]), copying and reading data directories
-//! ([`fs`]), etcd's `etcdctl` run against the nodes ([`etcdctl`]), and small helpers to read
-//! `/metrics` and `/health`. Tests never sleep and hope: they wait on what they need to see.
+//! ([`fs`]), building etcd requests ([`etcd`]), etcd's `etcdctl` run against the nodes
+//! ([`etcdctl`]), and small helpers to read `/metrics` and `/health`. Tests never sleep and hope:
+//! they wait on what they need to see.
 
+pub mod etcd;
 pub mod etcdctl;
 pub mod fs;
 pub mod proxy;

@@ -11,6 +11,7 @@ use rskv_proto::etcd::etcdserverpb::compare::CompareTarget;
 use rskv_proto::etcd::etcdserverpb::compare::TargetUnion;
 use rskv_proto::etcd::etcdserverpb::request_op::Request;
 use rskv_proto::etcd::etcdserverpb::response_op::Response;
+use rskv_testkit::etcd::compare;
 
 use super::read;
 use super::writer::Writer;
@@ -31,9 +32,6 @@ use crate::KvEngine;
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
-
-/// A key as read: key, value, create revision, mod revision, version.
-type Row = (String, String, i64, i64, i64);
 
 /// Applies commands one entry each, as the state machine does (one batch per call).
 struct Store {
@@ -72,7 +70,7 @@ impl Store {
         EngineSource::new(&*self.engine).expect("source")
     }
 
-    fn range(&self, key: &str, end: &str, revision: i64) -> Result<Vec<Row>, MvccError> {
+    fn range(&self, key: &str, end: &str, revision: i64) -> Result<Vec<Listed>, MvccError> {
         let request = etcd::RangeRequest {
             key: b(key),
             range_end: b(end),
@@ -141,20 +139,8 @@ fn ops(ops: Vec<etcd::RequestOp>) -> etcd::TxnRequest {
     }
 }
 
-fn compare(
-    key: &str,
-    target: CompareTarget,
-    result: CompareResult,
-    value: TargetUnion,
-) -> etcd::Compare {
-    etcd::Compare {
-        result: result as i32,
-        target: target as i32,
-        key: b(key),
-        target_union: Some(value),
-        range_end: Bytes::new(),
-    }
-}
+/// A key as a range lists it: key, value, create revision, mod revision, version.
+type Listed = (String, String, i64, i64, i64);
 
 /// Everything the suite checks, on one engine; returns the store for the snapshot check.
 fn suite(engine: Arc<dyn KvEngine>) -> Store {

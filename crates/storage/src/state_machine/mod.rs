@@ -127,20 +127,20 @@ pub struct Record {
     pub value: Bytes,
 }
 
-/// Writes to one keyspace: key → new value (`None` deletes).
+/// One keyspace's writes in a [`WriteSet`]: key → new value (`None` deletes).
 pub type Writes = Vec<(Bytes, Option<Bytes>)>;
 
 /// One applied batch, committed atomically by an engine.
 #[derive(Debug, Default)]
 pub struct WriteSet {
     /// Key → new value (`None` deletes), in no particular order; each key appears once.
-    pub writes: Vec<(Bytes, Option<Bytes>)>,
+    pub writes: Writes,
     /// The same for the system keyspace.
-    pub system: Vec<(Bytes, Option<Bytes>)>,
+    pub system: Writes,
     /// The same for the history keyspace.
-    pub history: Vec<(Bytes, Option<Bytes>)>,
+    pub history: Writes,
     /// The same for the lease keyspace.
-    pub leases: Vec<(Bytes, Option<Bytes>)>,
+    pub leases: Writes,
     /// The applied state after this batch.
     pub state: AppliedState,
 }
