@@ -184,6 +184,22 @@ impl ReadView {
             .await
     }
 
+    /// Lease `id`, if it exists.
+    ///
+    /// # Errors
+    /// On a storage failure.
+    pub async fn lease(&self, id: i64) -> io::Result<Option<mvcc::Lease>> {
+        self.blocking(move |e| {
+            e.get_in(
+                rskv_storage::state_machine::Keyspace::Lease,
+                &mvcc::lease_key(id),
+            )?
+            .map(|v| mvcc::decode(&v, "lease"))
+            .transpose()
+        })
+        .await
+    }
+
     /// Every lease with its attached keys.
     ///
     /// # Errors

@@ -180,19 +180,37 @@ impl EtcdLease {
     }
 
     /// Renews `id` here (the leader): its granted TTL, or 0 when it is gone.
-    fn keep_alive_here(&self, id: i64) -> etcd::LeaseKeepAliveResponse {
-        let ttl = match self.lessor.remaining(id) {
+    async fn keep_alive_here(&self, id: i64) -> Result<etcd::LeaseKeepAliveResponse, Status> {
+        let ttl = match self.clock(id).await? {
             Some((_, ttl)) => {
                 self.lessor.renew(id, ttl);
                 ttl
             }
             None => 0,
         };
-        etcd::LeaseKeepAliveResponse {
+        Ok(etcd::LeaseKeepAliveResponse {
             header: Some(self.ctx.header()),
             id,
             ttl,
+        })
+    }
+
+    /// The remaining and granted TTL of lease `id` on this leader's clock. A lease the clock does
+    /// not know yet (this node took office a moment ago and is still loading them, or the grant
+    /// was applied after the load) but the store holds starts its full TTL now.
+    async fn clock(&self, id: i64) -> Result<Option<(i64, i64)>, Status> {
+        if let Some(known) = self.lessor.remaining(id) {
+            return Ok(Some(known));
         }
+        let stored = self
+            .view
+            .lease(id)
+            .await
+            .map_err(|e| Status::internal(format!("reading lease {id:x}: {e}")))?;
+        Ok(stored.map(|lease| {
+            self.lessor.renew(id, lease.ttl);
+            (lease.ttl, lease.ttl)
+        }))
     }
 }
 
@@ -329,9 +347,16 @@ impl Lease for EtcdLease {
                     view: self.view.clone(),
                     lessor,
                 };
-                let replies = request
-                    .into_inner()
-                    .map(move |r| r.map(|keep| service.keep_alive_here(keep.id)));
+                let service = Arc::new(service);
+                let replies = request.into_inner().then(move |r| {
+                    let service = service.clone();
+                    async move {
+                        match r {
+                            Ok(keep) => service.keep_alive_here(keep.id).await,
+                            Err(status) => Err(status),
+                        }
+                    }
+                });
                 Ok(Response::new(Box::pin(replies) as KeepAliveStream))
             }
         }
@@ -354,7 +379,7 @@ impl Lease for EtcdLease {
                 Routed::Forwarded(response) => return Ok(response),
             };
             let header = Some(self.ctx.header());
-            let Some((remaining, granted)) = self.lessor.remaining(ask.id) else {
+            let Some((remaining, granted)) = self.clock(ask.id).await? else {
                 return Ok(etcd::LeaseTimeToLiveResponse {
                     header,
                     id: ask.id,
