@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Footprint of a 3-node rskv cluster (release build) holding KEYS keys of VAL-byte values, for each
-# state machine engine: resident memory of every node, disk bytes written per put (Raft log WAL
+# Footprint of a 3-node rskv cluster (release build) holding KEYS keys of VAL-byte values, each
+# written VERSIONS times with every version kept (no compaction), for each state machine engine:
+# resident memory of every node, the state machine's bytes on disk, disk bytes written per put (Raft log WAL
 # and its SST files, state machine; from /proc/PID/io), the Raft log's on-disk bytes per put, and
 # restart-to-serving times (one follower after SIGKILL; the whole cluster after SIGKILL).
 #
-#   scripts/footprint.sh                  # 1,000,000 keys x 256 bytes, both engines
+#   scripts/footprint.sh                  # 1,000,000 keys x 256 bytes x 3 versions, both engines
 #   KEYS=100000 ENGINES=memory scripts/footprint.sh
 #   EXTRA="--snapshot-every 100000000" scripts/footprint.sh   # log bytes without snapshots
 set -euo pipefail
@@ -14,6 +15,7 @@ source "$ROOT/scripts/env.sh"
 KEYS="${KEYS:-1000000}"
 VAL="${VAL:-256}"
 PUTS="${PUTS:-100000}"
+VERSIONS="${VERSIONS:-3}"
 ENGINES="${ENGINES:-rocksdb memory}"
 read -r -a EXTRA_ARGS <<<"${EXTRA:-}"
 OUT="${OUT:-$ROOT/results/footprint-$(date +%Y%m%d-%H%M%S)}"
@@ -30,7 +32,8 @@ printf 'node_id = 1\nlisten_addr = "127.0.0.1:1"\n' >"$OUT/base.toml"
 start() { # engine node
     RUST_LOG=warn "$BIN/kv_server" --config "$OUT/base.toml" --node-id "$2" \
         --listen-addr "127.0.0.1:754$2" --peer-listen-addr "127.0.0.1:755$2" --metrics-addr "127.0.0.1:756$2" \
-        --data-dir "$OUT/$1/n$2" --engine "$1" --initial-members "$MEMBERS" "${EXTRA_ARGS[@]}" >>"$OUT/$1-n$2.log" 2>&1 &
+        --data-dir "$OUT/$1/n$2" --engine "$1" --initial-members "$MEMBERS" \
+        --auto-compaction-mode none "${EXTRA_ARGS[@]}" >>"$OUT/$1-n$2.log" 2>&1 &
     PID[$2]=$!
 }
 now_ms() { date +%s%3N; }
@@ -54,10 +57,13 @@ printf '%-8s %-28s %s\n' engine measure value | tee "$OUT/summary.txt"
 for engine in $ENGINES; do
     for n in 1 2 3; do start "$engine" $n; done
     until "$BIN/kv_bench" put --endpoints "$EPS" --total 1 >/dev/null 2>&1; do sleep 0.5; done
-    "$BIN/kv_bench" load --endpoints "$EPS" --key-space "$KEYS" --val-size "$VAL" --key-size 8 --clients 16 >"$OUT/$engine-load.txt"
+    for v in $(seq "$VERSIONS"); do
+        "$BIN/kv_bench" load --endpoints "$EPS" --key-space "$KEYS" --val-size "$VAL" --key-size 8 --clients 16 >"$OUT/$engine-load-$v.txt"
+    done
     last="$(printf '%08d' $((KEYS - 1)))"
     for n in 1 2 3; do wait_serving $n "$last" "$(now_ms)" >/dev/null; done
     rss="$(for n in 1 2 3; do printf '%s ' "$(rss_mib "${PID[$n]}")"; done)"
+    sm_mib="$(du -sm "$OUT/$engine/n2" --exclude raft_log | cut -f1)"
     # Disk bytes per single put (not batched), everything the node writes, and the log's share.
     declare -A before
     for n in 1 2 3; do before[$n]="$(wbytes "${PID[$n]}")"; done
@@ -67,6 +73,7 @@ for engine in $ENGINES; do
     per_put="$(for n in 1 2 3; do printf '%s ' $(( ($(wbytes "${PID[$n]}") - before[$n]) / PUTS )); done)"
     log_after="$(du -sb "$OUT/$engine/n2/raft_log" | cut -f1)"
     printf '%-8s %-28s %s\n' "$engine" "RSS MiB (nodes 1 2 3)" "$rss" | tee -a "$OUT/summary.txt"
+    printf '%-8s %-28s %s\n' "$engine" "state machine disk MiB (n2)" "$sm_mib" | tee -a "$OUT/summary.txt"
     printf '%-8s %-28s %s\n' "$engine" "disk B written/put (1 2 3)" "$per_put" | tee -a "$OUT/summary.txt"
     printf '%-8s %-28s %s\n' "$engine" "raft_log growth B/put (n2)" "$(( (log_after - log_before) / PUTS ))" | tee -a "$OUT/summary.txt"
     # A follower killed and restarted: time from its start until it serves its own copy.
