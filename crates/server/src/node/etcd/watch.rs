@@ -95,7 +95,11 @@ impl StreamState {
         }
     }
 
-    async fn create(&mut self, create: etcd::WatchCreateRequest) -> bool {
+    async fn create(&mut self, mut create: etcd::WatchCreateRequest) -> bool {
+        // As etcd: an empty key is the smallest key, "\0".
+        if create.key.is_empty() {
+            create.key = bytes::Bytes::from_static(b"\0");
+        }
         self.watchers.retain(|_, w| !w.is_finished());
         let refuse = |reason: &str| etcd::WatchResponse {
             header: Some(self.ctx.header_at(self.events.revision())),
@@ -105,10 +109,6 @@ impl StreamState {
             cancel_reason: reason.to_string(),
             ..Default::default()
         };
-        if create.key.is_empty() {
-            let response = refuse("etcdserver: key is not provided");
-            return self.out.send(Ok(response)).await.is_ok();
-        }
         let id = if create.watch_id != 0 {
             if self.watchers.contains_key(&create.watch_id) {
                 let response = refuse("etcdserver: duplicate watch ID");
