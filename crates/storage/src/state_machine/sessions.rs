@@ -97,6 +97,8 @@ struct StoredReply {
     seq: u64,
     /// Log index the write was applied at.
     index: u64,
+    /// The store revision after the write (its answer's `revision`).
+    revision: i64,
     /// The command's `success` (a compare-and-swap's outcome).
     success: bool,
     /// The command's `prev` (a delete keeps only whether there was one).
@@ -125,8 +127,9 @@ struct Session {
     bytes: u64,
 }
 
-/// Version of a session record's encoding (its first byte).
-const RECORD_VERSION: u8 = 1;
+/// Version of a session record's encoding (its first byte). Version 2 added each reply's
+/// revision; version 1 came before the multi-version store, whose format refuses older stores.
+const RECORD_VERSION: u8 = 2;
 
 impl Session {
     fn new(ttl_ms: u64, last_active_ms: u64) -> Session {
@@ -187,7 +190,8 @@ impl Session {
     /// first unacknowledged sequence, number of replies, and per reply its sequence and index as
     /// differences from the previous one's (replies are in sequence order; the first sequence
     /// from `first_unacked`, the first index from 0, zigzag-coded as indexes need not grow),
-    /// a flags byte (1: success, 2: a previous value follows) and the previous value with its
+    /// its revision likewise as a zigzag difference from the previous one's (from 0), a flags
+    /// byte (1: success, 2: a previous value follows) and the previous value with its
     /// length. A plain put's reply takes three or four bytes.
     fn encode(&self) -> Bytes {
         let mut out = Vec::with_capacity(16 + self.replies.len() * 4);
@@ -200,12 +204,13 @@ impl Session {
         ] {
             prost::encoding::encode_varint(v, &mut out);
         }
-        let (mut seq, mut index) = (self.first_unacked, 0u64);
+        let (mut seq, mut index, mut revision) = (self.first_unacked, 0u64, 0i64);
+        let zigzag = |delta: i64| ((delta << 1) ^ (delta >> 63)) as u64;
         for r in &self.replies {
             prost::encoding::encode_varint(r.seq - seq, &mut out);
-            let delta = r.index.wrapping_sub(index) as i64;
-            prost::encoding::encode_varint(((delta << 1) ^ (delta >> 63)) as u64, &mut out);
-            (seq, index) = (r.seq, r.index);
+            prost::encoding::encode_varint(zigzag(r.index.wrapping_sub(index) as i64), &mut out);
+            prost::encoding::encode_varint(zigzag(r.revision.wrapping_sub(revision)), &mut out);
+            (seq, index, revision) = (r.seq, r.index, r.revision);
             out.put_u8(u8::from(r.success) | if r.prev.is_some() { 2 } else { 0 });
             if let Some(prev) = &r.prev {
                 prost::encoding::encode_varint(prev.len() as u64, &mut out);
@@ -226,14 +231,14 @@ impl Session {
         let mut session = Session::new(ttl_ms, varint(&mut data)?);
         session.first_unacked = varint(&mut data)?;
         let count = varint(&mut data)?;
-        let (mut seq, mut index) = (session.first_unacked, 0u64);
+        let (mut seq, mut index, mut revision) = (session.first_unacked, 0u64, 0i64);
+        let unzigzag = |z: u64| ((z >> 1) as i64) ^ -((z & 1) as i64);
         for _ in 0..count {
             seq = seq
                 .checked_add(varint(&mut data)?)
                 .ok_or_else(|| bad("sequence overflow"))?;
-            let zigzag = varint(&mut data)?;
-            let delta = ((zigzag >> 1) as i64) ^ -((zigzag & 1) as i64);
-            index = index.wrapping_add(delta as u64);
+            index = index.wrapping_add(unzigzag(varint(&mut data)?) as u64);
+            revision = revision.wrapping_add(unzigzag(varint(&mut data)?));
             if data.is_empty() {
                 return Err(bad("truncated reply"));
             }
@@ -250,6 +255,7 @@ impl Session {
             session.insert(StoredReply {
                 seq,
                 index,
+                revision,
                 success: flags & 1 != 0,
                 prev,
             });
@@ -460,6 +466,7 @@ impl SessionTable {
                 prev: reply.prev.clone(),
                 success: reply.success,
                 session: SessionOutcome::Replayed { index: reply.index },
+                revision: reply.revision,
                 ..CommandResponse::default()
             });
         }
@@ -497,6 +504,7 @@ impl SessionTable {
         let (added, freed) = session.insert(StoredReply {
             seq,
             index,
+            revision: response.revision,
             success: response.success,
             prev,
         });
@@ -648,6 +656,7 @@ mod tests {
             session.insert(StoredReply {
                 seq,
                 index,
+                revision: index as i64 * 2 - 900,
                 success,
                 prev: prev.map(|p: &str| Bytes::copy_from_slice(p.as_bytes())),
             });
@@ -656,18 +665,19 @@ mod tests {
         assert_eq!(seqs, vec![40, 41, 42, 44], "kept in sequence order");
         let record = session.encode();
         assert_eq!(Session::decode(record.clone()).expect("decode"), session);
-        // A plain put's reply: sequence and index deltas and the flags, 3-4 bytes each.
+        // A plain put's reply: sequence, index and revision deltas and the flags, 4-5 bytes each.
         let mut plain = Session::new(60_000, 0);
         for seq in 1..=100 {
             plain.insert(StoredReply {
                 seq,
                 index: 10_000 + seq / 10,
+                revision: 20_000 + seq as i64 * 3,
                 success: true,
                 prev: None,
             });
         }
         let bytes = plain.encode().len();
-        assert!(bytes < 20 + 100 * 4, "{bytes} bytes for 100 replies");
+        assert!(bytes < 20 + 100 * 5, "{bytes} bytes for 100 replies");
         for cut in [1, record.len() / 2, record.len() - 1] {
             assert!(
                 Session::decode(record.slice(..cut)).is_err(),
@@ -677,7 +687,7 @@ mod tests {
         let mut newer = record.to_vec();
         newer[0] = RECORD_VERSION + 1;
         let err = Session::decode(Bytes::from(newer)).expect_err("newer version");
-        assert!(err.to_string().contains("version 2"), "{err}");
+        assert!(err.to_string().contains("version 3"), "{err}");
     }
 
     #[test]
