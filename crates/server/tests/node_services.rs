@@ -16,33 +16,44 @@ use common::ProcessCluster;
 use rskv_client::Client;
 use rskv_client::ClientOptions;
 use rskv_client::Consistency;
+use rskv_proto::kv::WatchEvent;
 use rskv_proto::kv::WatchResponse;
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Reads events from a watch stream (deadline-bounded) until `done` holds of what was read.
+async fn read_events(
+    stream: &mut tonic::Streaming<WatchResponse>,
+    done: impl Fn(&[WatchEvent]) -> bool,
+) -> Vec<WatchEvent> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done(&out) {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let msg = tokio::time::timeout(remaining, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("timed out after {} events: {out:?}", out.len()))
+            .expect("watch stream failed")
+            .expect("watch stream ended early");
+        out.extend(msg.events);
+    }
+    out
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
 
 /// Reads `count` events from a watch stream (deadline-bounded) as (key, value, index).
 async fn collect_events(
     stream: &mut tonic::Streaming<WatchResponse>,
     count: usize,
 ) -> Vec<(String, String, u64)> {
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while out.len() < count {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let msg = tokio::time::timeout(remaining, stream.message())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {count} events arrived", out.len()))
-            .expect("watch stream failed")
-            .expect("watch stream ended early");
-        for e in msg.events {
-            out.push((
-                String::from_utf8_lossy(&e.key).into_owned(),
-                String::from_utf8_lossy(&e.value).into_owned(),
-                e.index,
-            ));
-        }
-    }
-    out
+    read_events(stream, |seen| seen.len() >= count)
+        .await
+        .into_iter()
+        .map(|e| (text(&e.key), text(&e.value), e.index))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -453,30 +464,19 @@ async fn rolling_restart_should_lose_no_acknowledged_write() {
     );
 }
 
-/// Reads events from a raw watch stream until `until` revision has been seen (deadline-bounded),
-/// as (key, value, revision).
+/// Reads events from a raw watch stream until revision `until` has been seen, as (key, value,
+/// revision).
 async fn events_through(
     stream: &mut tonic::Streaming<WatchResponse>,
     until: i64,
 ) -> Vec<(String, String, i64)> {
-    let mut out: Vec<(String, String, i64)> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while out.last().is_none_or(|e| e.2 < until) {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let msg = tokio::time::timeout(remaining, stream.message())
-            .await
-            .unwrap_or_else(|_| panic!("revision {until} did not arrive; got {out:?}"))
-            .expect("watch stream failed")
-            .expect("watch stream ended early");
-        for e in msg.events {
-            out.push((
-                String::from_utf8_lossy(&e.key).into_owned(),
-                String::from_utf8_lossy(&e.value).into_owned(),
-                e.revision,
-            ));
-        }
-    }
-    out
+    read_events(stream, |seen| {
+        seen.last().is_some_and(|e| e.revision >= until)
+    })
+    .await
+    .into_iter()
+    .map(|e| (text(&e.key), text(&e.value), e.revision))
+    .collect()
 }
 
 /// Native writes answer with their store revision, and a watch from a revision is served from the

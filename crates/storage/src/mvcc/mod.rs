@@ -206,6 +206,22 @@ pub fn load_meta(engine: &dyn KvEngine) -> io::Result<MvccMeta> {
     })
 }
 
+/// The current version of `key` as committed.
+fn stored_version(engine: &dyn KvEngine, key: &[u8]) -> io::Result<Option<KeyVersion>> {
+    engine
+        .get(key)?
+        .map(|v| decode(&v, "key version"))
+        .transpose()
+}
+
+/// The change at `rev` as committed.
+fn stored_change(engine: &dyn KvEngine, rev: Rev) -> io::Result<Option<Change>> {
+    engine
+        .get_in(Keyspace::History, &history_key(rev))?
+        .map(|v| decode(&v, "change"))
+        .transpose()
+}
+
 /// Decodes data-keyspace pairs.
 fn versions(pairs: Vec<(Bytes, Bytes)>) -> io::Result<Vec<(Bytes, KeyVersion)>> {
     pairs
@@ -220,10 +236,7 @@ impl Source for EngineSource<'_> {
     }
 
     fn latest(&self, key: &[u8]) -> io::Result<Option<KeyVersion>> {
-        self.engine
-            .get(key)?
-            .map(|v| decode(&v, "key version"))
-            .transpose()
+        stored_version(self.engine, key)
     }
 
     fn latest_range(
@@ -236,10 +249,7 @@ impl Source for EngineSource<'_> {
     }
 
     fn change(&self, rev: Rev) -> io::Result<Option<Change>> {
-        self.engine
-            .get_in(Keyspace::History, &history_key(rev))?
-            .map(|v| decode(&v, "change"))
-            .transpose()
+        stored_change(self.engine, rev)
     }
 
     fn changes(&self, from: Rev, limit: usize) -> io::Result<Vec<(Rev, Change)>> {

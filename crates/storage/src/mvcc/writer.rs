@@ -559,11 +559,7 @@ impl Source for Writer<'_> {
     fn latest(&self, key: &[u8]) -> io::Result<Option<KeyVersion>> {
         match self.data.get(key) {
             Some(pending) => Ok(pending.clone()),
-            None => self
-                .engine
-                .get(key)?
-                .map(|v| decode(&v, "key version"))
-                .transpose(),
+            None => super::stored_version(self.engine, key),
         }
     }
 
@@ -585,14 +581,9 @@ impl Source for Writer<'_> {
     }
 
     fn change(&self, rev: Rev) -> io::Result<Option<Change>> {
-        let key = history_key(rev);
-        match self.history.get(&key) {
+        match self.history.get(&history_key(rev)) {
             Some(pending) => Ok(pending.clone()),
-            None => self
-                .engine
-                .get_in(Keyspace::History, &key)?
-                .map(|v| decode(&v, "change"))
-                .transpose(),
+            None => super::stored_change(self.engine, rev),
         }
     }
 
