@@ -175,6 +175,15 @@ impl ReadView {
         self.blocking(move |e| mvcc::hash_kv(e, revision)).await
     }
 
+    /// Rewrites the engine's files without what deletions and compaction left behind (etcd's
+    /// `Defragment`): it changes no data, only how it is stored.
+    ///
+    /// # Errors
+    /// On a storage failure.
+    pub async fn defragment(&self) -> io::Result<()> {
+        self.blocking(|e| e.defragment()).await
+    }
+
     /// The store's compacted revision (reads before it fail).
     ///
     /// # Errors

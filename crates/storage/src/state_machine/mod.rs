@@ -273,6 +273,14 @@ pub trait KvEngine: Send + Sync + 'static {
     fn durable(&self) -> bool {
         false
     }
+    /// Rewrites the stored data to drop what deletions and compaction left behind (etcd's
+    /// defragment); nothing to do for an engine that holds no garbage.
+    ///
+    /// # Errors
+    /// On a storage failure.
+    fn defragment(&self) -> io::Result<()> {
+        Ok(())
+    }
     /// Whether a previous import was interrupted (the content is then not trustworthy).
     ///
     /// # Errors

@@ -320,6 +320,15 @@ impl KvEngine for RocksEngine {
         true
     }
 
+    fn defragment(&self) -> io::Result<()> {
+        let _guard = self.read_guard()?;
+        for space in Keyspace::ALL {
+            self.db
+                .compact_range_cf(self.space_cf(space)?, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+
     fn import_interrupted(&self) -> io::Result<bool> {
         Ok(self
             .db
