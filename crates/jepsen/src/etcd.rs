@@ -255,22 +255,52 @@ impl Recorded {
     }
 }
 
-/// A register client: at `rate` per second, a linearizable Range of a random key, then in 7
-/// of 10 operations a Txn writing a unique value if the key's `mod_revision` is still the one
-/// read. A process has at most one operation pending: after an unknown outcome the client goes
-/// on as a new process.
-#[allow(clippy::too_many_arguments)]
-async fn run_register_client(
-    index: u64,
-    clients: u64,
-    endpoint: String,
+/// What the etcd workload is asked to do.
+#[derive(Debug, Clone)]
+pub struct EtcdSpec {
+    /// Registers.
+    pub keys: usize,
+    /// Register clients.
+    pub clients: usize,
+    /// Register operations per second, all clients together.
+    pub rate: f64,
+    /// Seed of the random choices.
+    pub seed: u64,
+    /// Serializable (member-local, possibly stale) Ranges instead of linearizable ones: a run
+    /// with partitions should then fail, showing that the checks can.
+    pub serializable: bool,
+}
+
+/// What the register clients share.
+struct Registers {
     keys: Arc<Vec<String>>,
+    clients: u64,
     rate: f64,
+    serializable: bool,
     epoch: Instant,
     rec: Arc<Recorded>,
+}
+
+/// A register client: at its rate, a linearizable Range of a random key, then in 7 of 10
+/// operations a Txn writing a unique value if the key's `mod_revision` is still the one read. A
+/// process has at most one operation pending: after an unknown outcome the client goes on as a
+/// new process.
+async fn run_register_client(
+    index: u64,
+    endpoint: String,
+    regs: Arc<Registers>,
     seed: u64,
     stop: watch::Receiver<bool>,
 ) {
+    let Registers {
+        keys,
+        clients,
+        rate,
+        serializable,
+        epoch,
+        rec,
+    } = &*regs;
+    let (clients, rate, epoch) = (*clients, *rate, *epoch);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut process = PROCESS_BASE + index;
     let mut pace = Pace::new(rate, stop);
@@ -284,7 +314,8 @@ async fn run_register_client(
         let key = &keys[rng.random_range(0..keys.len())];
         n += 1;
         let invoke = since(epoch);
-        let read = within(c.get(key.as_str(), None)).await;
+        let options = serializable.then(|| ec::GetOptions::new().with_serializable());
+        let read = within(c.get(key.as_str(), options)).await;
         let complete = since(epoch);
         let (value, outcome, seen) = match read {
             Ok(r) => {
@@ -706,7 +737,8 @@ async fn acquire(
     Acquire::Held(held)
 }
 
-/// A lock worker: with a lease kept alive, acquire the lock, hold it 50-250 ms, release it by
+/// A lock worker: with a lease kept alive, acquire the lock, hold it 50-250 ms (sometimes
+/// 1.5-3.5 s, sometimes 3-5 s without renewing the lease), release it by
 /// deleting the key, pause up to 100 ms, again; any error or a lost lease starts a new session.
 async fn run_lock_worker(
     worker: u64,
@@ -755,7 +787,18 @@ async fn run_lock_worker(
                 continue;
             }
         };
-        let hold = Duration::from_millis(rng.random_range(50..250));
+        // One hold in eight outlasts the lease's TTL, so a fault on the worker's node can let
+        // the lease expire under it; one in sixteen stops renewing the lease, as a stalled
+        // client would, and holds past its expiry: the next holder takes over meanwhile.
+        let hold = if rng.random_range(0..16) == 0 {
+            s.keeper.abort();
+            s.alive.store(false, Ordering::Relaxed);
+            Duration::from_millis(rng.random_range(3000..5000))
+        } else if rng.random_range(0..8) == 0 {
+            Duration::from_millis(rng.random_range(1500..3500))
+        } else {
+            Duration::from_millis(rng.random_range(50..250))
+        };
         tokio::time::sleep(hold).await;
         held.release_invoke = since(epoch);
         match within(c.delete(held.key.as_str(), None)).await {
@@ -885,14 +928,7 @@ impl EtcdReport {
 impl EtcdRun {
     /// Starts watchers on every node and the register and lock clients, client `i` on node
     /// `i mod n`.
-    pub fn start(
-        nodes: &[(u64, String)],
-        keys: usize,
-        clients: usize,
-        rate: f64,
-        epoch: Instant,
-        seed: u64,
-    ) -> EtcdRun {
+    pub fn start(nodes: &[(u64, String)], spec: &EtcdSpec, epoch: Instant) -> EtcdRun {
         let endpoints: Vec<String> = nodes.iter().map(|(_, a)| a.clone()).collect();
         let rec = Arc::new(Recorded::default());
         let (watch_stop, watch_rx) = watch::channel(false);
@@ -918,22 +954,27 @@ impl EtcdRun {
             )));
         }
         let keys: Arc<Vec<String>> = Arc::new(
-            (0..keys.max(1))
+            (0..spec.keys.max(1))
                 .map(|k| format!("{REGISTER_PREFIX}{k}"))
                 .collect(),
         );
         let n = endpoints.len().max(1);
-        let clients = clients.max(1) as u64;
+        let clients = spec.clients.max(1) as u64;
+        let seed = spec.seed;
+        let regs = Arc::new(Registers {
+            keys: keys.clone(),
+            clients,
+            rate: spec.rate / clients as f64,
+            serializable: spec.serializable,
+            epoch,
+            rec: rec.clone(),
+        });
         let mut workers = Vec::new();
         for i in 0..clients {
             workers.push(tokio::spawn(run_register_client(
                 i,
-                clients,
                 endpoints[i as usize % n].clone(),
-                keys.clone(),
-                rate / clients as f64,
-                epoch,
-                rec.clone(),
+                regs.clone(),
                 seed.wrapping_add(1000 + i),
                 client_rx.clone(),
             )));

@@ -107,8 +107,9 @@ pub struct Options {
     pub check_budget: u64,
     /// Extra flags for every node.
     pub server_args: Vec<String>,
-    /// Workload reads served locally by any node (stale): not linearizable by design, so a
-    /// run with faults should fail; shows that the checks can fail.
+    /// Workload reads served locally by any node (stale; serializable Ranges in the etcd
+    /// workload): not linearizable by design, so a run with faults should fail; shows that the
+    /// checks can fail.
     pub stale_reads: bool,
     /// Which workloads run.
     pub workloads: Workloads,
@@ -541,7 +542,14 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
             .iter()
             .map(|n| (n.id, n.addrs.client.to_string()))
             .collect();
-        etcd::EtcdRun::start(&nodes, opts.keys, opts.clients, opts.rate, epoch, opts.seed)
+        let spec = etcd::EtcdSpec {
+            keys: opts.keys,
+            clients: opts.clients,
+            rate: opts.rate,
+            seed: opts.seed,
+            serializable: opts.stale_reads,
+        };
+        etcd::EtcdRun::start(&nodes, &spec, epoch)
     });
 
     // Faults.

@@ -75,8 +75,9 @@ struct RunArgs {
     /// Checker search budget per key.
     #[arg(long, default_value_t = 20_000_000)]
     budget: u64,
-    /// Read with STALE consistency in the workload (not linearizable by design): a run with
-    /// partitions should then fail, showing the checker catches stale reads.
+    /// Read with STALE consistency in the workload (serializable Ranges in the etcd workload;
+    /// not linearizable by design): a run with partitions should then fail, showing the checker
+    /// catches stale reads.
     #[arg(long)]
     stale_reads: bool,
     /// Workloads: register (rskv's client: registers, counter, watchers), etcd (etcd's API
