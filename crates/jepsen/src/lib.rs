@@ -11,6 +11,10 @@
 //! counter holds exactly the acknowledged increments (plus at most the unknown ones), all nodes
 //! hold the same data, and every watcher saw one common event sequence without gaps. The summary
 //! counts the writes whose outcome stayed unknown. Everything lands in one results folder.
+//!
+//! With `--workload etcd` (or `all`) the [`etcd`] workload drives etcd's v3 API through the
+//! `etcd-client` crate instead (or as well): registers updated by Txn, watches from revision 1
+//! on every node, and a lease-held lock, each checked on what etcd promises.
 
 // Library code never unwraps: a panic on a server path is a bug report, not an error message.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
