@@ -11,11 +11,16 @@
 //! counter holds exactly the acknowledged increments (plus at most the unknown ones), all nodes
 //! hold the same data, and every watcher saw one common event sequence without gaps. The summary
 //! counts the writes whose outcome stayed unknown. Everything lands in one results folder.
+//!
+//! With `--workload etcd` (or `all`) the [`etcd`] workload drives etcd's v3 API through the
+//! `etcd-client` crate instead (or as well): registers updated by Txn, watches from revision 1
+//! on every node, and a lease-held lock, each checked on what etcd promises.
 
 // Library code never unwraps: a panic on a server path is a bug report, not an error message.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod checker;
+pub mod etcd;
 pub mod nemesis;
 pub mod net;
 pub mod nodes;
@@ -106,9 +111,67 @@ pub struct Options {
     pub check_budget: u64,
     /// Extra flags for every node.
     pub server_args: Vec<String>,
-    /// Workload reads served locally by any node (stale): not linearizable by design, so a
-    /// run with faults should fail; shows that the checks can fail.
+    /// Workload reads served locally by any node (stale; serializable Ranges in the etcd
+    /// workload): not linearizable by design, so a run with faults should fail; shows that the
+    /// checks can fail.
     pub stale_reads: bool,
+    /// Which workloads run.
+    pub workloads: Workloads,
+}
+
+/// The workloads of a run (any together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Workloads {
+    /// The register workload, the counter and the watchers, through rskv's own client.
+    pub register: bool,
+    /// The etcd workload ([`etcd`]): registers by Txn, watches from revision 1 and a lease-held
+    /// lock, through the `etcd-client` crate.
+    pub etcd: bool,
+}
+
+impl Default for Workloads {
+    fn default() -> Workloads {
+        Workloads {
+            register: true,
+            etcd: false,
+        }
+    }
+}
+
+impl std::fmt::Display for Workloads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.register, self.etcd) {
+            (true, true) => write!(f, "register,etcd"),
+            (false, true) => write!(f, "etcd"),
+            _ => write!(f, "register"),
+        }
+    }
+}
+
+impl std::str::FromStr for Workloads {
+    type Err = String;
+    /// `register`, `etcd`, or both (`register,etcd` or `all`).
+    fn from_str(s: &str) -> Result<Workloads, String> {
+        let mut w = Workloads {
+            register: false,
+            etcd: false,
+        };
+        for name in s.split(',').map(str::trim) {
+            match name {
+                "register" => w.register = true,
+                "etcd" => w.etcd = true,
+                "all" => {
+                    w.register = true;
+                    w.etcd = true;
+                }
+                other => return Err(format!("unknown workload '{other}' (register, etcd, all)")),
+            }
+        }
+        if !(w.register || w.etcd) {
+            return Err("no workload given".into());
+        }
+        Ok(w)
+    }
 }
 
 /// Counts of one operation kind.
@@ -171,6 +234,8 @@ pub struct Report {
     pub unknown_writes: UnknownWrites,
     /// The counter workload.
     pub counter: CounterReport,
+    /// The etcd workload, when it ran.
+    pub etcd: Option<etcd::EtcdReport>,
     /// Every anomaly found; a run passes when this is empty.
     pub anomalies: Vec<String>,
     /// Where the history, logs and summary are.
@@ -181,6 +246,34 @@ impl Report {
     /// Whether every check passed.
     pub fn passed(&self) -> bool {
         self.anomalies.is_empty()
+    }
+
+    /// The register workload's lines: linearizability, counter, unknown writes, watch.
+    fn register_summary(&self, s: &mut String) {
+        let _ = writeln!(s, "\nlinearizability: {}", self.verdict);
+        let c = &self.counter;
+        let _ = writeln!(
+            s,
+            "counter: {} acknowledged increments, {} unknown, {} failed; final value {}",
+            c.acked,
+            c.unknown,
+            c.failed,
+            c.final_value
+                .map_or_else(|| "not read".to_string(), |v| v.to_string())
+        );
+        let u = &self.unknown_writes;
+        let _ = writeln!(
+            s,
+            "unknown-outcome writes: {} ({} past the deadline, {} across an expired session)",
+            u.ambiguous + u.session_expired,
+            u.ambiguous,
+            u.session_expired
+        );
+        let _ = writeln!(
+            s,
+            "watch: {} segments, {} events received, {} distinct",
+            self.watch.segments, self.watch.events, self.watch.distinct
+        );
     }
 
     /// The summary table printed at the end of a run.
@@ -234,30 +327,14 @@ impl Report {
                 .map(|r| format!("{r:.0} ms"))
                 .unwrap_or_else(|| "no write succeeded in 60 s".into())
         );
-        let _ = writeln!(s, "\nlinearizability: {}", self.verdict);
-        let c = &self.counter;
-        let _ = writeln!(
-            s,
-            "counter: {} acknowledged increments, {} unknown, {} failed; final value {}",
-            c.acked,
-            c.unknown,
-            c.failed,
-            c.final_value
-                .map_or_else(|| "not read".to_string(), |v| v.to_string())
-        );
-        let u = &self.unknown_writes;
-        let _ = writeln!(
-            s,
-            "unknown-outcome writes: {} ({} past the deadline, {} across an expired session)",
-            u.ambiguous + u.session_expired,
-            u.ambiguous,
-            u.session_expired
-        );
-        let _ = writeln!(
-            s,
-            "watch: {} segments, {} events received, {} distinct",
-            self.watch.segments, self.watch.events, self.watch.distinct
-        );
+        // Without the register workload (an etcd-only run) its lines would only say "nothing".
+        let register = !(self.ops.is_empty() && self.etcd.is_some());
+        if register {
+            self.register_summary(&mut s);
+        }
+        if let Some(e) = &self.etcd {
+            s.push_str(&e.summary());
+        }
         if self.anomalies.is_empty() {
             let _ = writeln!(s, "anomalies: none");
         } else {
@@ -378,7 +455,7 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
     let segments: watch::Segments = Arc::new(Mutex::new(Vec::new()));
     let mut progress = Vec::new();
     let mut watchers = Vec::new();
-    for node in &cluster.nodes {
+    for node in cluster.nodes.iter().filter(|_| opts.workloads.register) {
         let p = Arc::new(AtomicU64::new(0));
         progress.push(p.clone());
         watchers.push(tokio::spawn(watch::run_watcher(
@@ -392,18 +469,27 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
     }
 
     // Clients.
+    let register_keys = if opts.workloads.register {
+        opts.keys.max(1)
+    } else {
+        0
+    };
     let keys: Arc<Vec<String>> = Arc::new(
-        (0..opts.keys.max(1))
+        (0..register_keys)
             .map(|k| format!("{KEY_PREFIX}{k}"))
             .collect(),
     );
-    let clients = opts.clients.max(1) as u64;
+    let clients = if opts.workloads.register {
+        opts.clients.max(1) as u64
+    } else {
+        0
+    };
     let (client_stop, client_rx) = signal::channel(false);
     let unknowns = Arc::new(workload::Unknowns::default());
     let workload = workload::Workload {
         keys: keys.clone(),
         clients,
-        rate: opts.rate / clients as f64,
+        rate: opts.rate / clients.max(1) as f64,
         reads: if opts.stale_reads {
             Consistency::Stale
         } else {
@@ -435,10 +521,15 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
     // has its own, so increments race each other and the registers' writes.
     let tally = Arc::new(workload::CounterTally::default());
     let counter_rate = (opts.rate / 20.0).clamp(1.0, 20.0);
-    for client in [
-        shared.clone(),
-        Arc::new(workload::suite_client(endpoints.clone())?),
-    ] {
+    let counters = if opts.workloads.register {
+        vec![
+            shared.clone(),
+            Arc::new(workload::suite_client(endpoints.clone())?),
+        ]
+    } else {
+        Vec::new()
+    };
+    for client in counters {
         workers.push(tokio::spawn(workload::run_counter(
             client,
             counter_rate,
@@ -447,6 +538,23 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
             client_rx.clone(),
         )));
     }
+
+    // The etcd workload, through etcd's own client.
+    let mut etcd_run = opts.workloads.etcd.then(|| {
+        let nodes: Vec<(u64, String)> = cluster
+            .nodes
+            .iter()
+            .map(|n| (n.id, n.addrs.client.to_string()))
+            .collect();
+        let spec = etcd::EtcdSpec {
+            keys: opts.keys,
+            clients: opts.clients,
+            rate: opts.rate,
+            seed: opts.seed,
+            serializable: opts.stale_reads,
+        };
+        etcd::EtcdRun::start(&nodes, &spec, epoch)
+    });
 
     // Faults.
     let probe_client = workload::suite_client(endpoints.clone())?;
@@ -477,6 +585,9 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
     let _ = client_stop.send(true);
     for w in workers {
         let _ = w.await;
+    }
+    if let Some(run) = etcd_run.as_mut() {
+        run.stop_clients().await;
     }
     let seconds = epoch.elapsed().as_secs_f64();
     let mut anomalies = Vec::new();
@@ -522,6 +633,7 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
         }),
     };
     match counter.final_value {
+        _ if !opts.workloads.register => {}
         None => anomalies.push("final read of the counter did not succeed in 30 s".into()),
         Some(v) if v < counter.acked || v > counter.acked + counter.unknown => {
             anomalies.push(format!(
@@ -573,6 +685,15 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
             }
         }
     }
+    // The etcd workload's final reads and checks, while every node still runs.
+    let etcd_report = match etcd_run {
+        Some(run) => {
+            let r = run.finish(&opts.results, opts.check_budget).await?;
+            anomalies.extend(r.anomalies.iter().map(|a| format!("etcd: {a}")));
+            Some(r)
+        }
+        None => None,
+    };
     // Watchers catch up with the newest event any of them saw, then stop.
     let target = progress
         .iter()
@@ -659,6 +780,7 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
             session_expired: unknowns.session_expired.load(Ordering::Relaxed),
         },
         counter,
+        etcd: etcd_report,
         anomalies,
         results: opts.results.clone(),
     })

@@ -193,13 +193,13 @@ async fn cas(
 
 /// A client's pace: one operation every `1 / rate` seconds (falling behind, it goes on at that
 /// pace rather than catching up in a burst), until told to stop.
-struct Pace {
+pub(crate) struct Pace {
     ticker: tokio::time::Interval,
     stop: watch::Receiver<bool>,
 }
 
 impl Pace {
-    fn new(rate: f64, stop: watch::Receiver<bool>) -> Pace {
+    pub(crate) fn new(rate: f64, stop: watch::Receiver<bool>) -> Pace {
         let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -207,7 +207,7 @@ impl Pace {
     }
 
     /// Waits for the next operation's turn; `false` once the run is told to stop.
-    async fn next(&mut self) -> bool {
+    pub(crate) async fn next(&mut self) -> bool {
         tokio::select! {
             _ = self.ticker.tick() => {}
             _ = self.stop.changed() => return false,

@@ -40,6 +40,7 @@ fn history_under_kills_pauses_and_partitions_should_pass_every_check() {
             "lease".into(),
         ],
         stale_reads: false,
+        workloads: jepsen::Workloads::default(),
     };
     let report = jepsen::run(&opts).expect("fault run set up");
     eprintln!("{}", report.summary());

@@ -75,10 +75,16 @@ struct RunArgs {
     /// Checker search budget per key.
     #[arg(long, default_value_t = 20_000_000)]
     budget: u64,
-    /// Read with STALE consistency in the workload (not linearizable by design): a run with
-    /// partitions should then fail, showing the checker catches stale reads.
+    /// Read with STALE consistency in the workload (serializable Ranges in the etcd workload;
+    /// not linearizable by design): a run with partitions should then fail, showing the checker
+    /// catches stale reads.
     #[arg(long)]
     stale_reads: bool,
+    /// Workloads: register (rskv's client: registers, counter, watchers), etcd (etcd's API
+    /// through the etcd-client crate: registers by Txn, watches from revision 1, a lease-held
+    /// lock), or all.
+    #[arg(long, default_value = "register")]
+    workload: jepsen::Workloads,
     /// Extra kv_server flags, e.g. --server-arg=--snapshot-every=500.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
@@ -137,11 +143,13 @@ fn run(args: RunArgs) -> Result<bool, String> {
         check_budget: args.budget,
         server_args: args.server_args,
         stale_reads: args.stale_reads,
+        workloads: args.workload,
     };
     eprintln!(
-        "kv_jepsen: {} nodes, {} s, nemesis {:?}, {} ops/s, seed {seed}, results in {}",
+        "kv_jepsen: {} nodes, {} s, workload {}, nemesis {:?}, {} ops/s, seed {seed}, results in {}",
         opts.nodes,
         args.time,
+        opts.workloads,
         opts.nemeses.iter().map(|k| k.name()).collect::<Vec<_>>(),
         opts.rate,
         opts.results.display()
