@@ -31,6 +31,9 @@ if [[ "$(id -u)" == 0 ]]; then
     echo "== fault suite: 5 nodes, 90 s of partitions, kills and pauses (fails on any anomaly)"
     scripts/jepsen.sh --nodes 5 --time 90 --interval 4 --nemesis partition,kill,pause --rate 200 \
         --results "${TMPDIR:-/tmp}/rskv-ci-jepsen-$$"
+    echo "== fault suite, etcd's API (etcd-client: Txn registers, watches from revision 1, a lease-held lock): 60 s"
+    scripts/jepsen.sh --workload etcd --nodes 5 --time 60 --interval 4 --nemesis partition,kill,pause \
+        --results "${TMPDIR:-/tmp}/rskv-ci-jepsen-etcd-$$"
 else
     echo "== fault suite skipped: network namespaces need root (cargo test ran the loopback scenario)"
 fi
