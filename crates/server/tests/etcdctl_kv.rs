@@ -659,6 +659,57 @@ async fn etcdctl_leases_keep_alive_revoke_and_expiry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_lease_keep_alive_outlives_a_leader_change() {
+    let Setup {
+        cluster,
+        leader,
+        follower,
+        f,
+        ..
+    } = start().await;
+    let all = cluster.endpoints();
+    let id = granted(&ok(&f, &["lease", "grant", "4"]).await);
+    ok(&f, &["put", "--lease", &id, "/lc/k", "kept"]).await;
+    // Streams through the follower to the leader, which is then moved to the third node.
+    let mut keeper = EtcdctlProcess::spawn(&f, &["lease", "keep-alive", &id], COMMAND);
+    keeper.wait_for_line("keepalived with TTL(4)", SETTLE).await;
+    let third = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|n| *n != leader && *n != follower)
+        .expect("a third node");
+    ok(&all, &["move-leader", &format!("{third:x}")]).await;
+    assert_eq!(cluster.wait_for_leader(LEADER_TIMEOUT).await, third);
+    let moved = Instant::now();
+    let before = keeper.lines().len();
+    let lost = |l: &String| l.contains("expired or revoked");
+    keeper
+        .wait_until(
+            "keep-alives for 12 s after the move",
+            Duration::from_secs(60),
+            |lines| {
+                lines.iter().any(lost)
+                    || (moved.elapsed() >= Duration::from_secs(12)
+                        && lines[before..]
+                            .iter()
+                            .filter(|l| l.contains("keepalived with TTL(4)"))
+                            .count()
+                            >= 3)
+            },
+        )
+        .await;
+    assert!(
+        !keeper.lines().iter().any(lost),
+        "the keep-alive lost its lease at the leader change: {:?}\nstderr: {}",
+        keeper.lines(),
+        keeper.stderr()
+    );
+    let alive = json(&all, &["get", "/lc/k"]).await;
+    assert_eq!(count(&alive), 1, "{alive}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_lock_and_elect_with_two_contenders() {
     let Setup { cluster, l, f, .. } = start().await;
 

@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -27,6 +29,7 @@ use tonic::Status;
 use tonic::Streaming;
 
 use super::errors::status_of;
+use super::errors::EtcdError;
 use super::forward::Routed;
 use super::kv::mvcc_status;
 use super::EtcdContext;
@@ -46,9 +49,24 @@ const EXPIRY_CHECK: Duration = Duration::from_millis(250);
 /// The leader's expiry times of leases; empty on a follower.
 pub struct Lessor {
     expiries: Mutex<HashMap<i64, (Instant, i64)>>,
+    /// Whether the expiry times are those of this node's current leadership (loaded when it
+    /// took office); false on a follower and while a new leader is still loading them.
+    loaded: AtomicBool,
 }
 
 impl Lessor {
+    fn new() -> Lessor {
+        Lessor {
+            expiries: Mutex::new(HashMap::new()),
+            loaded: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether this node's clock can answer for leases: it leads and has loaded them.
+    fn ready(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, (Instant, i64)>> {
         self.expiries.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -121,6 +139,7 @@ impl Lessor {
                                 ),
                             );
                         }
+                        self.loaded.store(true, Ordering::Release);
                         tracing::info!(leases = expiries.len(), "leading: lease clocks started");
                     }
                     Err(e) => {
@@ -129,6 +148,7 @@ impl Lessor {
                     }
                 }
             } else if !leader_now && leading {
+                self.loaded.store(false, Ordering::Release);
                 self.lock().clear();
             }
             leading = leader_now;
@@ -161,9 +181,7 @@ pub struct EtcdLease {
 impl EtcdLease {
     /// The service; starts the lease clock task, which ends when `raft` shuts down.
     pub fn new(ctx: EtcdContext, raft: Raft, proposer: Arc<Proposer>, view: ReadView) -> EtcdLease {
-        let lessor = Arc::new(Lessor {
-            expiries: Mutex::new(HashMap::new()),
-        });
+        let lessor = Arc::new(Lessor::new());
         tokio::spawn(lessor.clone().run(raft, proposer.clone(), view.clone()));
         EtcdLease {
             ctx,
@@ -174,7 +192,13 @@ impl EtcdLease {
     }
 
     /// Renews `id` here (the leader): its granted TTL, or 0 when it is gone.
-    fn keep_alive_here(&self, id: i64) -> etcd::LeaseKeepAliveResponse {
+    ///
+    /// # Errors
+    /// "etcdserver: leader changed" when this node no longer leads, or leads but has not loaded
+    /// the lease clocks yet: its answer would say the lease is gone when it is not. The client
+    /// opens its keep-alive stream again, which then reaches the current leader.
+    fn keep_alive_here(&self, id: i64) -> Result<etcd::LeaseKeepAliveResponse, Status> {
+        self.check_leading()?;
         let ttl = match self.lessor.remaining(id) {
             Some((_, ttl)) => {
                 self.lessor.renew(id, ttl);
@@ -182,10 +206,20 @@ impl EtcdLease {
             }
             None => 0,
         };
-        etcd::LeaseKeepAliveResponse {
+        Ok(etcd::LeaseKeepAliveResponse {
             header: Some(self.ctx.header()),
             id,
             ttl,
+        })
+    }
+
+    /// Refuses with "etcdserver: leader changed" unless this node leads with its lease clocks
+    /// loaded ([`Lessor::ready`]).
+    fn check_leading(&self) -> Result<(), Status> {
+        if self.lessor.ready() && matches!(self.ctx.forwarder().leader_channel(), Ok(None)) {
+            Ok(())
+        } else {
+            Err(EtcdError::LeaderChanged.into())
         }
     }
 }
@@ -325,7 +359,7 @@ impl Lease for EtcdLease {
                 };
                 let replies = request
                     .into_inner()
-                    .map(move |r| r.map(|keep| service.keep_alive_here(keep.id)));
+                    .map(move |r| r.and_then(|keep| service.keep_alive_here(keep.id)));
                 Ok(Response::new(Box::pin(replies) as KeepAliveStream))
             }
         }
@@ -347,6 +381,7 @@ impl Lease for EtcdLease {
                 Routed::Here(ask) => ask,
                 Routed::Forwarded(response) => return Ok(response),
             };
+            self.check_leading()?;
             let header = Some(self.ctx.header());
             let Some((remaining, granted)) = self.lessor.remaining(ask.id) else {
                 return Ok(etcd::LeaseTimeToLiveResponse {
