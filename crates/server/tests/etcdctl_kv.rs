@@ -292,6 +292,9 @@ async fn etcdctl_put_get_del_txn_compact_and_refusals() {
     let by_value = sorted(&f, "/", "VALUE", "ASCEND", "--limit=2").await;
     assert_eq!(keys(&by_value), ["/a/1", "/a/2"], "v1b < v2 < v3 < x");
     assert_eq!(count(&by_value), 4);
+    // The empty prefix: every key.
+    let every = json(&f, &["get", "--prefix", "", "--keys-only"]).await;
+    assert_eq!(keys(&every), ["/a/1", "/a/2", "/a/3", "/b/1"]);
 
     // --from-key: every key from /a/3 on.
     let from = json(&f, &["get", "--from-key", "/a/3"]).await;
@@ -405,6 +408,13 @@ async fn etcdctl_put_get_del_txn_compact_and_refusals() {
     let at_c2 = json(&f, &["get", "c", &format!("--rev={c2}")]).await;
     assert_eq!(decoded_kvs(&at_c2["kvs"]), [("c".into(), "two".into())]);
     fails(&f, &["compact", &c1.to_string()], compacted).await;
+    // A watch from below the compaction is cancelled with the same message.
+    fails(
+        &f,
+        &["watch", "c", &format!("--rev={c1}")],
+        &format!("watch was canceled ({compacted})"),
+    )
+    .await;
     let future = "etcdserver: mvcc: required revision is a future revision";
     let current = revision(&json(&f, &["get", "c"]).await);
     fails(&f, &["compact", &(current + 1000).to_string()], future).await;
@@ -429,6 +439,18 @@ async fn etcdctl_put_get_del_txn_compact_and_refusals() {
         "etcdserver: requested lease not found",
     )
     .await;
+    for unknown in [
+        &["lease", "revoke", "1234abcd"][..],
+        &["lease", "keep-alive", "--once", "1234abcd"],
+    ] {
+        fails(&f, unknown, "etcdserver: requested lease not found").await;
+    }
+    fails(
+        &f,
+        &["put", "missing", "--ignore-value"],
+        "etcdserver: key not found",
+    )
+    .await;
     let twice = etcdctl_with_input(&f, &["txn"], Some("\nput d 1\nput d 2\n\n\n"), COMMAND).await;
     twice.expect_error("etcdserver: duplicate key given in txn request");
     let none = json(&l, &["get", "d"]).await;
@@ -439,7 +461,7 @@ async fn etcdctl_put_get_del_txn_compact_and_refusals() {
 async fn etcdctl_watch_past_live_and_across_a_restart() {
     let Setup {
         mut cluster,
-        follower,
+        leader,
         l,
         f,
         ..
@@ -505,28 +527,47 @@ async fn etcdctl_watch_past_live_and_across_a_restart() {
         ]
     );
 
-    // A watch of one node across that node's crash and restart: etcdctl reconnects and resumes
-    // after the last revision it received; every event arrives exactly once, in order.
-    let watched = follower;
+    // A watch of one node (the leader) across that node's clean stop (SIGTERM: it hands
+    // leadership over and exits) and restart, then its crash (SIGKILL) and restart: etcdctl
+    // reconnects and resumes after the last revision it received; every event arrives exactly
+    // once, in order.
+    let watched = leader;
     let others = cluster.endpoints_except(watched);
     let first = put(&l, "/r/00", "0").await;
     let mut resumed = spawn_watch(
         &at(&cluster, watched),
         &["--prefix", "/r/", &format!("--rev={first}")],
     );
-    for i in 1..5 {
-        put(&others, &format!("/r/{i:02}"), &i.to_string()).await;
-    }
+    let write = |range: std::ops::Range<usize>| {
+        let others = others.clone();
+        async move {
+            for i in range {
+                put(&others, &format!("/r/{i:02}"), &i.to_string()).await;
+            }
+        }
+    };
+    write(1..5).await;
     wait_events(&mut resumed, 5).await;
-    cluster.kill(watched);
-    for i in 5..10 {
-        put(&others, &format!("/r/{i:02}"), &i.to_string()).await;
-    }
+    let stopped = Instant::now();
+    let status = cluster.node_mut(watched).terminate(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "a node serving an etcd watch should exit cleanly and promptly on SIGTERM: {status:?} \
+         after {:?}\n{}",
+        stopped.elapsed(),
+        cluster.log_tails(20)
+    );
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    write(5..10).await;
     cluster.restart(watched);
-    for i in 10..15 {
-        put(&others, &format!("/r/{i:02}"), &i.to_string()).await;
-    }
+    write(10..15).await;
     wait_events(&mut resumed, 15).await;
+    cluster.kill(watched);
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    write(15..20).await;
+    cluster.restart(watched);
+    write(20..25).await;
+    wait_events(&mut resumed, 25).await;
     // A last write: any duplicate of an earlier event would have come before it.
     put(&others, "/r/99", "end").await;
     resumed
@@ -536,7 +577,7 @@ async fn etcdctl_watch_past_live_and_across_a_restart() {
         .await;
     let got = events(&resumed.lines());
     let keys: Vec<String> = got.iter().map(|e| e.key.clone()).collect();
-    let mut expected: Vec<String> = (0..15).map(|i| format!("/r/{i:02}")).collect();
+    let mut expected: Vec<String> = (0..25).map(|i| format!("/r/{i:02}")).collect();
     expected.push("/r/99".into());
     assert_eq!(keys, expected, "{got:?}\nstderr: {}", resumed.stderr());
     assert!(
@@ -709,29 +750,42 @@ async fn etcdctl_lease_keep_alive_outlives_a_leader_change() {
     assert_eq!(count(&alive), 1, "{alive}");
 }
 
+/// `etcdctl lock mylock` at `first` (session TTL `ttl` seconds), which takes the lock, then at `second`,
+/// whose key is queued behind it (waited for) and which has printed nothing.
+async fn contend(
+    cluster: &ProcessCluster,
+    first: &[String],
+    second: &[String],
+    ttl: u64,
+) -> (EtcdctlProcess, EtcdctlProcess) {
+    let ttl = format!("--ttl={ttl}");
+    let mut holder = EtcdctlProcess::spawn(first, &["lock", &ttl, "mylock"], COMMAND);
+    holder.wait_for_line("mylock/", SETTLE).await;
+    let mut waiter = EtcdctlProcess::spawn(second, &["lock", "mylock"], COMMAND);
+    eventually(
+        cluster,
+        "the second contender to queue",
+        first,
+        &["get", "--prefix", "mylock/"],
+        |v| count(v) == 2,
+    )
+    .await;
+    assert_eq!(
+        waiter.drain(),
+        0,
+        "acquired while held: {:?}",
+        waiter.lines()
+    );
+    (holder, waiter)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_lock_and_elect_with_two_contenders() {
     let Setup { cluster, l, f, .. } = start().await;
 
     // lock: the first holder prints its lock key; the second waits (its own key is queued
     // behind) and prints nothing until the first lets go.
-    let mut first = EtcdctlProcess::spawn(&f, &["lock", "mylock"], COMMAND);
-    first.wait_for_line("mylock/", SETTLE).await;
-    let mut second = EtcdctlProcess::spawn(&l, &["lock", "mylock"], COMMAND);
-    eventually(
-        &cluster,
-        "the second contender to queue",
-        &f,
-        &["get", "--prefix", "mylock/"],
-        |v| count(v) == 2,
-    )
-    .await;
-    assert_eq!(
-        second.drain(),
-        0,
-        "acquired while held: {:?}",
-        second.lines()
-    );
+    let (mut first, mut second) = contend(&cluster, &f, &l, 60).await;
     let released_at = Instant::now();
     assert!(first.stop("INT", COMMAND).await, "{}", first.stderr());
     let acquired_at = second.wait_for_line("mylock/", SETTLE).await;
@@ -745,6 +799,18 @@ async fn etcdctl_lock_and_elect_with_two_contenders() {
     assert!(second.stop("INT", COMMAND).await, "{}", second.stderr());
     let free = json(&f, &["get", "--prefix", "mylock/"]).await;
     assert_eq!(count(&free), 0, "{free}");
+
+    // A holder that crashes (SIGKILL: no unlock) lets go when its session's lease expires.
+    let (mut crashed, mut heir) = contend(&cluster, &f, &l, 3).await;
+    let killed_at = Instant::now();
+    crashed.stop("KILL", COMMAND).await;
+    let inherited_at = heir.wait_for_line("mylock/", SETTLE).await;
+    assert!(
+        inherited_at - killed_at >= Duration::from_secs(1),
+        "acquired {:?} after the holder's crash, before its lease could expire",
+        inherited_at - killed_at
+    );
+    heir.stop("INT", COMMAND).await;
 
     // elect: the first candidate leads and prints its proposal; an observer (`elect -l`) sees it;
     // the second leads only once the first resigns, and the observer sees that too.
