@@ -344,7 +344,10 @@ async fn etcdctl_put_get_del_txn_compact_and_refusals() {
     );
 
     // txn from stdin: comparisons, blank line, success ops, blank line, failure ops.
-    put(&f, "k", "v").await;
+    // put --prev-kv prints the value it replaced.
+    put(&f, "k", "v0").await;
+    let out = ok(&f, &["put", "k", "v", "--prev-kv"]).await;
+    assert_eq!(out.stdout, "OK\nk\nv0\n", "{out:?}");
     let txn = "mod(\"k\") > \"0\"\nval(\"k\") = \"v\"\n\nput k v2\nget k\n\nput k failed\n\n";
     let out = etcdctl_with_input(&f, &["txn", "-w", "json"], Some(txn), COMMAND)
         .await
@@ -421,6 +424,11 @@ async fn etcdctl_put_get_del_txn_compact_and_refusals() {
 
     // Bad input, with etcd's messages.
     fails(&f, &["put", "", "v"], "etcdserver: key is not provided").await;
+    // A value over etcd's 1.5 MiB request limit (and under the client's own 2 MiB), from stdin.
+    let big = "x".repeat(1600 * 1024);
+    etcdctl_with_input(&f, &["put", "big"], Some(&big), COMMAND)
+        .await
+        .expect_error("etcdserver: request is too large");
     fails(
         &f,
         &["get", "k", &format!("--rev={}", current + 1000)],
