@@ -535,6 +535,15 @@ async fn etcdctl_watch_past_live_and_across_a_restart() {
         ]
     );
 
+    // A watch from a future revision sees nothing before it.
+    let next = revision(&json(&f, &["get", "/w/c"]).await) + 2;
+    let mut future = spawn_watch(&f, &["/w/f", &format!("--rev={next}")]);
+    put(&f, "/w/f", "early").await;
+    let late = put(&f, "/w/f", "late").await;
+    assert_eq!(late, next);
+    let got = wait_events(&mut future, 1).await;
+    assert_eq!(got, [event("PUT", "/w/f", "late", late, None)]);
+
     // A watch of one node (the leader) across that node's clean stop (SIGTERM: it hands
     // leadership over and exits) and restart, then its crash (SIGKILL) and restart: etcdctl
     // reconnects and resumes after the last revision it received; every event arrives exactly
@@ -636,15 +645,23 @@ async fn etcdctl_leases_keep_alive_revoke_and_expiry() {
         out.stdout.trim(),
         format!("lease {id} keepalived with TTL(60)")
     );
+    // A keep-alive running when its lease is revoked says so and ends.
+    let mut orphan = EtcdctlProcess::spawn(&f, &["lease", "keep-alive", &id], COMMAND);
+    orphan
+        .wait_for_line("keepalived with TTL(60)", SETTLE)
+        .await;
     let out = ok(&f, &["lease", "revoke", &id]).await;
     assert_eq!(out.stdout.trim(), format!("lease {id} revoked"));
+    orphan
+        .wait_for_line(&format!("lease {id} expired or revoked."), SETTLE)
+        .await;
     let gone = json(&f, &["get", "--prefix", "/l/"]).await;
     assert_eq!(count(&gone), 0, "revoking deletes the lease's keys: {gone}");
     let out = ok(&f, &["lease", "timetolive", &id]).await;
     assert_eq!(out.stdout.trim(), format!("lease {id} already expired"));
 
     // A short lease with no keep-alive expires: its key is deleted, and a watch sees it.
-    let mut watch = spawn_watch(&f, &["--prefix", "/exp/", "--rev=1"]);
+    let mut watch = spawn_watch(&f, &["--prefix", "/exp/", "--rev=1", "--prev-kv"]);
     let started = Instant::now();
     let short = granted(&ok(&f, &["lease", "grant", "3"]).await);
     let created = revision(&json(&f, &["put", "--lease", &short, "/exp/k", "soon gone"]).await);
@@ -661,6 +678,7 @@ async fn etcdctl_leases_keep_alive_revoke_and_expiry() {
         "{got:?}"
     );
     assert!(got[1].mod_revision > created, "{got:?}");
+    assert_eq!(got[1].prev.as_deref(), Some("soon gone"), "{got:?}");
     assert!(
         expired_at - started >= Duration::from_secs(3),
         "expired after {:?}, before its TTL",
