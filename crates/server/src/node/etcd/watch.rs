@@ -197,6 +197,8 @@ impl Watcher {
         let mut moved = self.events.watch_revision();
         let mut progress = tokio::time::interval(PROGRESS_EVERY);
         progress.tick().await;
+        // Changes read but not sent yet: the start of a revision whose end is still to be read.
+        let mut held: Vec<(Rev, mvccpb::Event)> = Vec::new();
         loop {
             let (changes, meta) = self
                 .view
@@ -222,7 +224,8 @@ impl Watcher {
                     sub: last.sub + 1,
                 };
             }
-            let wanted: Vec<mvccpb::Event> = changes
+            held.extend(changes);
+            let wanted: Vec<mvccpb::Event> = whole_revisions(&mut held, caught_up)
                 .into_iter()
                 .map(|(_, event)| event)
                 .filter(|event| self.wants(event))
@@ -286,6 +289,21 @@ impl Watcher {
     }
 }
 
+/// Takes the changes of `held` that make whole revisions, leaving the rest: all of them when the
+/// reader has `caught_up` with history, else all but those of the last revision read, which may
+/// go on in the next step. A watch sends whole revisions only, as etcd's does: etcd's client
+/// resumes a broken watch after the last revision it received, so a revision cut in two would
+/// lose its rest.
+fn whole_revisions<T>(held: &mut Vec<(Rev, T)>, caught_up: bool) -> Vec<(Rev, T)> {
+    if caught_up {
+        return std::mem::take(held);
+    }
+    let last = held.last().map_or(0, |(rev, _)| rev.main);
+    let cut = held.partition_point(|(rev, _)| rev.main < last);
+    let rest = held.split_off(cut);
+    std::mem::replace(held, rest)
+}
+
 #[tonic::async_trait]
 impl Watch for EtcdWatch {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<etcd::WatchResponse, Status>> + Send>>;
@@ -320,5 +338,42 @@ impl Watch for EtcdWatch {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn revs(items: &[(i64, u32)]) -> Vec<(Rev, ())> {
+        items
+            .iter()
+            .map(|(main, sub)| {
+                (
+                    Rev {
+                        main: *main,
+                        sub: *sub,
+                    },
+                    (),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_watch_should_send_whole_revisions_only() {
+        // Mid-history: revision 5 may go on, so it waits.
+        let mut held = revs(&[(3, 0), (4, 0), (4, 1), (5, 0), (5, 1)]);
+        let sent = whole_revisions(&mut held, false);
+        assert_eq!(sent, revs(&[(3, 0), (4, 0), (4, 1)]));
+        assert_eq!(held, revs(&[(5, 0), (5, 1)]));
+        // One revision larger than a step: nothing to send yet, all of it held.
+        held.extend(revs(&[(5, 2)]));
+        assert!(whole_revisions(&mut held, false).is_empty());
+        assert_eq!(held.len(), 3);
+        // Caught up: history holds no more of revision 5, so all of it goes.
+        let sent = whole_revisions(&mut held, true);
+        assert_eq!(sent, revs(&[(5, 0), (5, 1), (5, 2)]));
+        assert!(held.is_empty());
     }
 }
