@@ -916,7 +916,20 @@ async fn etcdctl_lock_and_elect_with_two_contenders() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_check_perf_runs_against_rskv() {
-    let cluster = ProcessCluster::start(3, "rocksdb", &[]);
+    // Election timeouts of a real deployment rather than the harness's quick ones (300-600 ms):
+    // 50 clients writing on a shared 2-core machine can starve heartbeats for longer.
+    let cluster = ProcessCluster::start(
+        3,
+        "rocksdb",
+        &[
+            "--heartbeat-interval-ms",
+            "100",
+            "--election-timeout-min-ms",
+            "1000",
+            "--election-timeout-max-ms",
+            "2000",
+        ],
+    );
     cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let all = cluster.endpoints();
     // The small load: 50 clients, 150 puts a second for 60 s, then a delete of its prefix, a
@@ -933,28 +946,36 @@ async fn etcdctl_check_perf_runs_against_rskv() {
         Duration::from_secs(180),
     )
     .await;
-    // Its figures, without the progress bar.
+    // What it concluded, without the progress bar.
     let figures: Vec<&str> = out
         .stdout
         .lines()
         .filter(|l| {
-            ["PASS", "FAIL", "Compacted", "Defragmented"]
+            ["PASS", "FAIL", "Slowest", "Compacted", "Defragmented"]
                 .iter()
                 .any(|p| l.starts_with(p))
         })
         .collect();
-    eprintln!("check perf: {figures:?}\nstderr: {}", out.stderr);
-    for figure in ["Throughput is", "Slowest request took", "Stddev is"] {
-        assert!(out.stdout.contains(figure), "no `{figure}`: {out:?}");
-    }
+    eprintln!("check perf: {figures:#?}\nstderr: {}", out.stderr);
     assert!(!out.stderr.contains("Error"), "{out:?}");
-    // PASS needs 135 writes/s with no request over 500 ms: on a loaded machine it may FAIL on
-    // those figures, which is etcdctl judging the machine, not an error.
     let passed = figures.contains(&"PASS");
     assert!(passed || figures.contains(&"FAIL"), "no verdict: {out:?}");
     assert_eq!(out.success, passed, "{out:?}");
     assert!(out.stdout.contains("Compacted with revision"), "{out:?}");
     assert_eq!(out.stdout.matches("Defragmented").count(), 3, "{out:?}");
+    // PASS needs 135 writes/s, no request over 500 ms and few errors. On a loaded machine it may
+    // FAIL on those figures, or on errors while an election runs: that is etcdctl judging the
+    // machine. Either way every error it met is one of etcd's own, which its client knows.
+    if out.stdout.contains("too many errors") {
+        for error in figures.iter().filter(|l| l.starts_with("FAIL: ERROR(")) {
+            assert!(error.contains("etcdserver: "), "not an etcd error: {error}");
+        }
+    } else {
+        // "PASS: Throughput is 149 writes/s" or "FAIL: Throughput too low: 132 writes/s", ...
+        for figure in ["Throughput", "Slowest request", "Stddev"] {
+            assert!(out.stdout.contains(figure), "no `{figure}`: {out:?}");
+        }
+    }
     let left = json(
         &all,
         &["get", "--prefix", "/etcdctl-check-perf/", "--keys-only"],
