@@ -324,12 +324,7 @@ impl ProcessCluster {
 
     /// Restarts node `id` as an empty node joining through the other members.
     pub fn rejoin(&mut self, id: u64) {
-        let others: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|n| n.id != id)
-            .map(|n| n.addr.clone())
-            .collect();
+        let others = self.endpoints_except(id);
         let node = self.node_mut(id);
         node.kill();
         if let Some(pos) = node.args.iter().position(|a| a == "--initial-members") {
@@ -348,6 +343,15 @@ impl ProcessCluster {
     /// The nodes' client addresses (the real ports, not a proxy's).
     pub fn endpoints(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    /// The client addresses of every node but `id`.
+    pub fn endpoints_except(&self, id: u64) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.id != id)
+            .map(|n| n.addr.clone())
+            .collect()
     }
 
     /// A library client of every node, with a deadline long enough for an election.

@@ -38,12 +38,26 @@ pub enum Feed {
     Closed,
 }
 
+/// Takes the whole revisions of `held` (all of it once history has no more to give; else all but
+/// the last revision, which may go on in the next read).
+fn whole_revisions<T>(held: &mut Vec<(Rev, T)>, caught_up: bool) -> Vec<(Rev, T)> {
+    if caught_up {
+        return std::mem::take(held);
+    }
+    let last = held.last().map_or(0, |(rev, _)| rev.main);
+    let cut = held.partition_point(|(rev, _)| rev.main < last);
+    let rest = held.split_off(cut);
+    std::mem::replace(held, rest)
+}
+
 /// A position in history, reading forward (see the module doc).
 pub struct HistoryFeed {
     view: ReadView,
     moved: watch::Receiver<i64>,
     cursor: Rev,
     prev_kv: bool,
+    /// Changes read but not yielded yet: the start of a revision whose end is still to be read.
+    held: Vec<(Rev, mvccpb::Event)>,
 }
 
 impl HistoryFeed {
@@ -55,6 +69,7 @@ impl HistoryFeed {
             moved: events.watch_revision(),
             cursor: Rev::new(start.max(1)),
             prev_kv,
+            held: Vec::new(),
         }
     }
 
@@ -75,19 +90,67 @@ impl HistoryFeed {
                     revision: meta.revision,
                 });
             }
+            let caught_up = events.len() < STEP;
             if let Some((last, _)) = events.last() {
                 self.cursor = Rev {
                     main: last.main,
                     sub: last.sub + 1,
                 };
+            }
+            self.held.extend(events);
+            // Only whole revisions go out: a client resumes from the revision after the last one
+            // it received, so a revision cut across two answers would lose its second part.
+            let events = whole_revisions(&mut self.held, caught_up);
+            if !events.is_empty() {
                 return Ok(Feed::Changes {
                     events,
                     revision: meta.revision,
                 });
             }
+            if !caught_up {
+                // One revision larger than a step: read on.
+                continue;
+            }
             if self.moved.changed().await.is_err() {
                 return Ok(Feed::Closed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn revs(items: &[(i64, u32)]) -> Vec<(Rev, ())> {
+        items
+            .iter()
+            .map(|(main, sub)| {
+                (
+                    Rev {
+                        main: *main,
+                        sub: *sub,
+                    },
+                    (),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_feed_should_yield_whole_revisions_only() {
+        // Mid-history: revision 5 may go on, so it waits.
+        let mut held = revs(&[(3, 0), (4, 0), (4, 1), (5, 0), (5, 1)]);
+        let sent = whole_revisions(&mut held, false);
+        assert_eq!(sent, revs(&[(3, 0), (4, 0), (4, 1)]));
+        assert_eq!(held, revs(&[(5, 0), (5, 1)]));
+        // One revision larger than a step: nothing to send yet, all of it held.
+        held.extend(revs(&[(5, 2)]));
+        assert!(whole_revisions(&mut held, false).is_empty());
+        assert_eq!(held.len(), 3);
+        // Caught up: history holds no more of revision 5, so all of it goes.
+        let sent = whole_revisions(&mut held, true);
+        assert_eq!(sent, revs(&[(5, 0), (5, 1), (5, 2)]));
+        assert!(held.is_empty());
     }
 }

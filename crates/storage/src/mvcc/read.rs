@@ -221,16 +221,16 @@ pub fn range(
 
 /// Whether every key etcd's comparison names satisfies it (a comparison on a range holds when it
 /// holds for every key in the range; an absent key compares as version, create and mod revision
-/// 0, lease 0, and fails any value comparison).
+/// 0, lease 0, and fails any value comparison). A range with no key in it compares as one absent
+/// key, as etcd's `applyCompare` does, rather than holding for want of a key that fails.
 ///
 /// # Errors
 /// On a storage failure.
 pub fn compare_holds(source: &dyn Source, compare: &Compare) -> io::Result<bool> {
     let current = source.meta().revision;
     let versions = versions_at(source, &compare.key, &compare.range_end, current, 0)?;
-    if compare.range_end.is_empty() {
-        let kv = versions.into_iter().next().map(|(_, kv)| kv);
-        return Ok(compare_one(compare, kv.as_ref()));
+    if versions.is_empty() {
+        return Ok(compare_one(compare, None));
     }
     Ok(versions
         .iter()

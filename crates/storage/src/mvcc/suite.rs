@@ -275,6 +275,42 @@ fn suite(engine: Arc<dyn KvEngine>) -> Store {
         .expect("txn")
         .succeeded
     );
+    // A range with no key in it compares as one absent key, as etcd's does: a value comparison
+    // fails, revisions, versions and lease are 0 (not: every key of none holds).
+    let holds = |s: &mut Store, target, result, value| {
+        let mut c = compare("q/", target, result, value);
+        c.range_end = b("q0");
+        s.txn(etcd::TxnRequest {
+            compare: vec![c],
+            ..Default::default()
+        })
+        .expect("txn")
+        .succeeded
+    };
+    assert!(!holds(
+        &mut s,
+        CompareTarget::Value,
+        CompareResult::NotEqual,
+        TargetUnion::Value(b("x"))
+    ));
+    assert!(!holds(
+        &mut s,
+        CompareTarget::Mod,
+        CompareResult::Greater,
+        TargetUnion::ModRevision(0)
+    ));
+    assert!(holds(
+        &mut s,
+        CompareTarget::Create,
+        CompareResult::Equal,
+        TargetUnion::CreateRevision(0)
+    ));
+    assert!(holds(
+        &mut s,
+        CompareTarget::Version,
+        CompareResult::Less,
+        TargetUnion::Version(1)
+    ));
 
     // Leases: a put naming an unknown lease is refused whole; a revoke deletes at one revision.
     let before = s.source().meta().revision;

@@ -93,10 +93,12 @@ impl From<EtcdError> for Status {
 
 /// The etcd status for a node error: the etcd error a client knows how to handle where there is
 /// one (no leader, leader changed, timed out, stopped), rskv's own status (with its reason
-/// metadata and message) otherwise.
+/// metadata and message) otherwise. A leader that no quorum has acknowledged lately refuses
+/// before proposing anything: to an etcd client that is "no leader" (etcd's leader steps down
+/// when it loses its quorum), not a message it does not know.
 pub fn status_of(e: Error) -> Status {
     let etcd = match &e {
-        Error::NotLeader { leader: None } => Some(EtcdError::NoLeader),
+        Error::NotLeader { leader: None } | Error::NoQuorum(_) => Some(EtcdError::NoLeader),
         Error::NotLeader { leader: Some(_) } => Some(EtcdError::LeaderChanged),
         Error::Timeout(_) => Some(EtcdError::Timeout),
         _ => None,
@@ -133,6 +135,11 @@ mod tests {
         assert_eq!(
             status_of(Error::Timeout("x".into())).message(),
             "etcdserver: request timed out"
+        );
+        let no_quorum = status_of(Error::NoQuorum("2 of 3 voters silent".into()));
+        assert_eq!(
+            (no_quorum.code(), no_quorum.message()),
+            (Code::Unavailable, "etcdserver: no leader")
         );
         let other = status_of(Error::InvalidArgument("bad".into()));
         assert_eq!(other.code(), Code::InvalidArgument);

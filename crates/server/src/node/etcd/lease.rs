@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -28,6 +30,7 @@ use tonic::Streaming;
 use tracing::Instrument;
 
 use super::errors::status_of;
+use super::errors::EtcdError;
 use super::forward::Routed;
 use super::kv::mvcc_status;
 use super::EtcdContext;
@@ -47,9 +50,24 @@ const EXPIRY_CHECK: Duration = Duration::from_millis(250);
 /// The leader's expiry times of leases; empty on a follower.
 pub struct Lessor {
     expiries: Mutex<HashMap<i64, (Instant, i64)>>,
+    /// Whether the expiry times are those of this node's current leadership (loaded when it
+    /// took office); false on a follower and while a new leader is still loading them.
+    loaded: AtomicBool,
 }
 
 impl Lessor {
+    fn new() -> Lessor {
+        Lessor {
+            expiries: Mutex::new(HashMap::new()),
+            loaded: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether this node's clock can answer for leases: it leads and has loaded them.
+    fn ready(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, (Instant, i64)>> {
         self.expiries.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -122,6 +140,7 @@ impl Lessor {
                                 ),
                             );
                         }
+                        self.loaded.store(true, Ordering::Release);
                         tracing::info!(leases = expiries.len(), "leading: lease clocks started");
                     }
                     Err(e) => {
@@ -130,6 +149,7 @@ impl Lessor {
                     }
                 }
             } else if !leader_now && leading {
+                self.loaded.store(false, Ordering::Release);
                 self.lock().clear();
             }
             leading = leader_now;
@@ -162,9 +182,7 @@ pub struct EtcdLease {
 impl EtcdLease {
     /// The service; starts the lease clock task, which ends when `raft` shuts down.
     pub fn new(ctx: EtcdContext, raft: Raft, proposer: Arc<Proposer>, view: ReadView) -> EtcdLease {
-        let lessor = Arc::new(Lessor {
-            expiries: Mutex::new(HashMap::new()),
-        });
+        let lessor = Arc::new(Lessor::new());
         tokio::spawn(
             lessor
                 .clone()
@@ -180,7 +198,13 @@ impl EtcdLease {
     }
 
     /// Renews `id` here (the leader): its granted TTL, or 0 when it is gone.
+    ///
+    /// # Errors
+    /// "etcdserver: leader changed" when this node no longer leads, or leads but has not loaded
+    /// the lease clocks yet: its answer would say the lease is gone when it is not. The client
+    /// opens its keep-alive stream again, which then reaches the current leader.
     async fn keep_alive_here(&self, id: i64) -> Result<etcd::LeaseKeepAliveResponse, Status> {
+        self.check_leading()?;
         let ttl = match self.clock(id).await? {
             Some((_, ttl)) => {
                 self.lessor.renew(id, ttl);
@@ -195,9 +219,19 @@ impl EtcdLease {
         })
     }
 
+    /// Refuses with "etcdserver: leader changed" unless this node leads with its lease clocks
+    /// loaded ([`Lessor::ready`]).
+    fn check_leading(&self) -> Result<(), Status> {
+        if self.lessor.ready() && matches!(self.ctx.forwarder().leader_channel(), Ok(None)) {
+            Ok(())
+        } else {
+            Err(EtcdError::LeaderChanged.into())
+        }
+    }
+
     /// The remaining and granted TTL of lease `id` on this leader's clock. A lease the clock does
-    /// not know yet (this node took office a moment ago and is still loading them, or the grant
-    /// was applied after the load) but the store holds starts its full TTL now.
+    /// not know (its grant was applied after the clocks were loaded, and answered elsewhere) but
+    /// the store holds starts its full TTL now.
     async fn clock(&self, id: i64) -> Result<Option<(i64, i64)>, Status> {
         if let Some(known) = self.lessor.remaining(id) {
             return Ok(Some(known));
@@ -378,6 +412,7 @@ impl Lease for EtcdLease {
                 Routed::Here(ask) => ask,
                 Routed::Forwarded(response) => return Ok(response),
             };
+            self.check_leading()?;
             let header = Some(self.ctx.header());
             let Some((remaining, granted)) = self.clock(ask.id).await? else {
                 return Ok(etcd::LeaseTimeToLiveResponse {
