@@ -17,6 +17,10 @@
 #                                         # an interleaved A/B of a server-side change: the
 #                                         # second system is a second 3-node rskv cluster running
 #                                         # that binary (no etcd); ratio this build / baseline
+#   ETCD_API=1 scripts/bench.sh           # rskv through its etcd API: both systems driven by
+#                                         # kv_bench --target etcd (the etcd-client crate) at
+#                                         # their leader; rows put, get-linearizable,
+#                                         # get-serializable, txn-put at 1, 64, 256 clients
 #
 # As root it installs what is missing (protobuf-compiler to build the etcd client, etcd-server and
 # etcd-client from Debian). Without etcd it benchmarks rskv alone.
@@ -25,8 +29,17 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/prereqs.sh"
 source "$ROOT/scripts/env.sh"
 DURATION="${DURATION:-10}"
-CLIENTS="${CLIENTS:-1 16 64 256}"
-WORKLOADS="${WORKLOADS:-put put-1conn get-linearizable get-stale get-lease}"
+ETCD_API="${ETCD_API:-}"
+if [[ -n "$ETCD_API" ]]; then
+    CLIENTS="${CLIENTS:-1 64 256}"
+    WORKLOADS="${WORKLOADS:-put get-linearizable get-serializable txn-put}"
+    # rskv is loaded through its etcd API, with the client etcd is loaded with.
+    RSKV_TARGET=etcd
+else
+    CLIENTS="${CLIENTS:-1 16 64 256}"
+    WORKLOADS="${WORKLOADS:-put put-1conn get-linearizable get-stale get-lease}"
+    RSKV_TARGET=rskv
+fi
 ROUNDS="${ROUNDS:-1}"
 KEYS="${KEYS:-100000}"
 OUT="${OUT:-$ROOT/results/bench-$(date +%Y%m%d-%H%M%S)}"
@@ -34,6 +47,14 @@ AB="${AB:-}"
 BASELINE="${BASELINE:-}"
 if [[ -n "$BASELINE" && -n "$AB" ]]; then
     echo "bench: AB and BASELINE are separate experiments; give one" >&2
+    exit 1
+fi
+if [[ -n "$ETCD_API" && -n "$AB$BASELINE" ]]; then
+    echo "bench: ETCD_API compares rskv's etcd API with etcd; it does not combine with AB or BASELINE" >&2
+    exit 1
+fi
+if [[ -z "$ETCD_API" && " $WORKLOADS " == *" txn-put "* ]]; then
+    echo "bench: txn-put is an etcd API workload; run it with ETCD_API=1" >&2
     exit 1
 fi
 if [[ -n "$BASELINE" && ! -x "$BASELINE" ]]; then
@@ -137,18 +158,38 @@ wait_ready() { # target endpoints
     echo "bench: $1 did not become ready" >&2
     exit 1
 }
+# The leader's client address among the comma-separated host:port endpoints, as etcdctl's
+# endpoint status reports it (etcd, or rskv's etcd API); empty if none says it leads.
+etcd_leader() { # endpoints
+    ETCDCTL_API=3 etcdctl --endpoints="$1" endpoint status 2>/dev/null \
+        | awk -F', ' '$5 == "true" {print $1}' | head -n1
+}
+# In ETCD_API mode the rskv endpoint is its leader's client address (etcd's client follows no
+# redirect; a follower would forward every request), found again after every restart.
+pick_rskv_leader() {
+    [[ -n "$ETCD_API" ]] || return 0
+    wait_ready etcd "$RSKV_ALL"
+    local deadline=$((SECONDS + 30)) leader=""
+    while ((SECONDS < deadline)) && [[ -z "$leader" ]]; do
+        leader="$(etcd_leader "$RSKV_ALL")"
+        [[ -n "$leader" ]] || sleep 0.5
+    done
+    RSKV="${leader:-$RSKV_ALL}"
+    echo "rskv leader (etcd API): $RSKV" >&2
+}
+RSKV_ALL="$RSKV"
 wait_ready rskv "$RSKV"
+pick_rskv_leader
 [[ -n "$BASELINE" ]] && wait_ready rskv "$BASE_RSKV"
 if [[ -z "$AB$BASELINE" && -n "$(command -v etcd || true)" ]]; then
     wait_ready etcd "$(ports $ETCD_CLIENT http://127.0.0.1:%s)"
     # Puts go to etcd's leader, as they go to rskv's (its client follows redirects).
-    ETCD="$(ETCDCTL_API=3 etcdctl --endpoints="$(ports $ETCD_CLIENT 127.0.0.1:%s)" endpoint status 2>/dev/null \
-        | awk -F', ' '$5 == "true" {print "http://" $1}' | head -n1)"
-    ETCD="${ETCD:-http://127.0.0.1:${ETCD_CLIENT}1}"
+    ETCD="$(etcd_leader "$(ports $ETCD_CLIENT 127.0.0.1:%s)")"
+    ETCD="http://${ETCD:-127.0.0.1:${ETCD_CLIENT}1}"
 fi
 
-# Same key space preloaded in both systems.
-"$BIN/kv_bench" put --endpoints "$RSKV" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" >/dev/null
+# Same key space preloaded in both systems (in ETCD_API mode, in rskv's etcd keyspace).
+"$BIN/kv_bench" put --target "$RSKV_TARGET" --endpoints "$RSKV" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" >/dev/null
 [[ -n "$BASELINE" ]] && "$BIN/kv_bench" put --endpoints "$BASE_RSKV" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" >/dev/null
 [[ -n "$ETCD" ]] && "$BIN/kv_bench" put --target etcd --endpoints "$ETCD" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" >/dev/null
 
@@ -161,6 +202,11 @@ run() { # target endpoints workload clients [args...]
 }
 
 B_NAME=etcd B_COL="etcd op/s"
+A_NAME=rskv
+if [[ -n "$ETCD_API" ]]; then
+    A_NAME="rskv-etcd-api"
+    echo "A: rskv through its etcd API, B: etcd; both driven by kv_bench --target etcd (etcd-client crate) at their leader" | tee "$OUT/table.txt"
+fi
 if [[ -n "$AB" ]]; then
     B_NAME="rskv $AB" B_COL="B op/s"
     echo "B: rskv driven with kv_bench $AB" | tee "$OUT/table.txt"
@@ -173,8 +219,11 @@ printf '%-16s %7s | %10s %8s %8s | %10s %8s %8s | %6s\n' workload clients "rskv 
 # one etcd client; etcd's own benchmark defaults to --conns 1), where rskv's client coalesces
 # requests into Multi RPCs. get-lease: the same linearizable gets with rskv restarted under
 # raft.read_policy = "lease" (etcd has no lease reads; its row is its linearizable get again).
+# get-serializable: get-stale under etcd's name (serializable ranges, served by the member asked);
+# txn-put: one-put transactions without comparisons (ETCD_API only).
 for spec in "put put" "put-1conn put" "get-linearizable get --consistency linearizable" \
-    "get-stale get --consistency stale" "get-lease get --consistency linearizable"; do
+    "get-stale get --consistency stale" "get-serializable get --consistency stale" \
+    "txn-put txn-put" "get-lease get --consistency linearizable"; do
     set -- $spec
     name=$1; shift
     [[ " $WORKLOADS " == *" $name "* ]] || continue
@@ -183,7 +232,8 @@ for spec in "put put" "put-1conn put" "get-linearizable get --consistency linear
     if [[ "$name" == get-lease ]]; then
         stop_rskv
         start_rskv lease
-        wait_ready rskv "$RSKV"
+        wait_ready rskv "$RSKV_ALL"
+        pick_rskv_leader
         [[ -n "$BASELINE" ]] && wait_ready rskv "$BASE_RSKV"
     fi
     for c in $CLIENTS; do
@@ -191,8 +241,8 @@ for spec in "put put" "put-1conn put" "get-linearizable get --consistency linear
         [[ "$name" == put-1conn && "$c" == 1 ]] && continue
         rs="" es=""
         for round in $(seq "$ROUNDS"); do
-            r="$(run rskv "$RSKV" "$1" "$c" "${@:2}")"
-            echo "{\"system\":\"rskv\",\"cell\":\"$name\",\"round\":$round,\"result\":$r}" >>"$OUT/results.jsonl"
+            r="$(run "$RSKV_TARGET" "$RSKV" "$1" "$c" "${@:2}")"
+            echo "{\"system\":\"$A_NAME\",\"cell\":\"$name\",\"round\":$round,\"result\":$r}" >>"$OUT/results.jsonl"
             rs="$rs$r"$'\n'
             if [[ -n "$AB" ]]; then
                 # shellcheck disable=SC2086 # AB is a list of flags

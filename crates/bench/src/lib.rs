@@ -44,6 +44,9 @@ pub enum Workload {
     Cas,
     /// Fills the key space with batch puts (100 keys each), e.g. to preload data.
     Load,
+    /// etcd target only: a transaction with no comparison whose success branch puts one random
+    /// key (etcd's `benchmark txn-put` with one op).
+    TxnPut,
 }
 
 /// How keys are drawn from the key space.
@@ -60,7 +63,10 @@ pub enum KeyDistribution {
 pub enum Target {
     /// rskv, through the library client (leader redirect included).
     Rskv,
-    /// etcd v3 (feature `etcd`): puts to the leader, linearizable or serializable ranges.
+    /// etcd's v3 API (feature `etcd`), through the `etcd-client` crate: puts, linearizable or
+    /// serializable ranges, one-put transactions. etcd itself, or rskv's etcd API on its client
+    /// port. Requests go to the endpoints given (pass the leader: etcd's client follows no
+    /// redirect, and an rskv follower forwards).
     Etcd,
 }
 
@@ -235,6 +241,27 @@ impl Conn {
         }
     }
 
+    /// A transaction with no comparison putting `key` (etcd only).
+    async fn txn_put(&self, key: Bytes, value: Bytes) -> Result<(), ClientError> {
+        match self {
+            Conn::Rskv(_) => {
+                let _ = (key, value);
+                Err(ClientError::Config(
+                    "txn-put is only implemented for the etcd target".into(),
+                ))
+            }
+            #[cfg(feature = "etcd")]
+            Conn::Etcd(c) => {
+                let txn = etcd_client::Txn::new().and_then(vec![etcd_client::TxnOp::put(
+                    key.to_vec(),
+                    value.to_vec(),
+                    None,
+                )]);
+                c.clone().txn(txn).await.map(|_| ()).map_err(etcd_error)
+            }
+        }
+    }
+
     fn rskv(&self) -> Result<&Client, ClientError> {
         match self {
             Conn::Rskv(c) => Ok(c),
@@ -250,7 +277,7 @@ impl Conn {
 fn etcd_error(e: etcd_client::Error) -> ClientError {
     match e {
         etcd_client::Error::GRpcStatus(s) => ClientError::Status(s),
-        other => ClientError::Unavailable(other.to_string()),
+        other => ClientError::Unavailable(other.to_string().into()),
     }
 }
 
@@ -269,7 +296,7 @@ async fn connect(opts: &BenchOptions) -> Result<Conn, ClientError> {
         Target::Etcd => {
             let client = etcd_client::Client::connect(&opts.endpoints, None)
                 .await
-                .map_err(|e| ClientError::Unavailable(e.to_string()))?;
+                .map_err(|e| ClientError::Unavailable(e.to_string().into()))?;
             Ok(Conn::Etcd(Box::new(client.kv_client())))
         }
         #[cfg(not(feature = "etcd"))]
@@ -293,6 +320,11 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, ClientError> {
     if opts.target == Target::Etcd && matches!(opts.workload, Workload::Cas | Workload::Load) {
         return Err(ClientError::Config(
             "cas and load are only implemented for rskv".into(),
+        ));
+    }
+    if opts.target == Target::Rskv && opts.workload == Workload::TxnPut {
+        return Err(ClientError::Config(
+            "txn-put is only implemented for the etcd target".into(),
         ));
     }
     let issued = Arc::new(AtomicU64::new(0));
@@ -333,6 +365,11 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, ClientError> {
                     }
                     Workload::Get(c) => {
                         client.get(key(keys.next(&mut rng), opts.key_size), c).await
+                    }
+                    Workload::TxnPut => {
+                        client
+                            .txn_put(key(keys.next(&mut rng), opts.key_size), value.clone())
+                            .await
                     }
                     Workload::Mixed {
                         read_ratio,

@@ -9,12 +9,18 @@ use std::time::Duration;
 use common::expect_failure;
 use common::ProcessCluster;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kv_bench_should_report_throughput_and_latency() {
+/// A one-node RocksDB cluster with its leader elected, and its endpoint list.
+async fn one_node() -> (ProcessCluster, String) {
     let cluster = ProcessCluster::start(1, "rocksdb", &[]);
     cluster.wait_for_leader(Duration::from_secs(20)).await;
-    let bench = env!("CARGO_BIN_EXE_kv_bench");
     let endpoints = cluster.endpoints().join(",");
+    (cluster, endpoints)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_bench_should_report_throughput_and_latency() {
+    let (cluster, endpoints) = one_node().await;
+    let bench = env!("CARGO_BIN_EXE_kv_bench");
     for workload in [
         vec!["load", "--key-space", "2000"],
         vec!["put", "--total", "300", "--clients", "8"],
@@ -65,4 +71,37 @@ async fn kv_bench_should_report_throughput_and_latency() {
         .output()
         .expect("run kv_bench");
     expect_failure(&out, 2, "--threads");
+}
+
+/// `--target etcd` against rskv's own etcd API (on its client port): the workloads
+/// `scripts/bench.sh` runs with `ETCD_API=1` all complete without errors.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_bench_should_drive_rskvs_etcd_api() {
+    let (_cluster, endpoints) = one_node().await;
+    let bench = env!("CARGO_BIN_EXE_kv_bench");
+    for workload in [
+        vec!["put", "--total", "200", "--clients", "8", "--conns", "2"],
+        vec!["get", "--total", "200", "--clients", "8"],
+        vec!["get", "--total", "200", "--consistency", "stale"],
+        vec!["txn-put", "--total", "200", "--clients", "8"],
+    ] {
+        let out = Command::new(bench)
+            .args(&workload)
+            .args(["--target", "etcd", "--key-space", "100"])
+            .args(["--endpoints", &endpoints, "--json"])
+            .output()
+            .expect("run kv_bench");
+        assert!(out.status.success(), "{workload:?}: {out:?}");
+        let v: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("JSON");
+        assert_eq!(v["ok"].as_u64(), Some(200), "{workload:?}: {v}");
+        assert_eq!(v["errors"], serde_json::json!({}), "{workload:?}: {v}");
+    }
+    // txn-put is an etcd workload.
+    let out = Command::new(bench)
+        .args(["txn-put", "--total", "1", "--endpoints", &endpoints])
+        .output()
+        .expect("run kv_bench");
+    expect_failure(&out, 1, "txn-put is only implemented for the etcd target");
 }

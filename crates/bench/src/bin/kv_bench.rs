@@ -25,6 +25,8 @@ enum Kind {
     Cas,
     /// Fill the whole key space with batch puts (preloading).
     Load,
+    /// etcd target only: one-put transactions with no comparison (etcd's `txn-put`).
+    TxnPut,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -156,6 +158,7 @@ fn main() -> ExitCode {
             },
             Kind::Cas => Workload::Cas,
             Kind::Load => Workload::Load,
+            Kind::TxnPut => Workload::TxnPut,
         },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -7,7 +7,9 @@
 //! membership), cached and re-created when the leader changes. [`Forwarder::forward`] then
 //! makes the call with a deadline, marked as forwarded, so a request that lands on a node that
 //! lost leadership meanwhile is answered "leader changed" (the client retries) rather than
-//! bouncing between nodes.
+//! bouncing between nodes. The leader's answer goes back with this member's id in its header
+//! ([`Answered`]): in etcd a header names the member that answered the client, whichever member
+//! did the work.
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -22,6 +24,58 @@ use tonic::Status;
 use super::errors::EtcdError;
 use crate::raft::NodeId;
 use crate::raft::Raft;
+use rskv_proto::etcd::etcdserverpb as etcd;
+
+/// An etcd response with a header naming the member that answered.
+pub trait Answered {
+    /// Makes the header (and those of nested responses) name member `id`.
+    fn answered_by(&mut self, id: NodeId);
+}
+
+macro_rules! answered {
+    ($($response:ty),* $(,)?) => {
+        $(impl Answered for $response {
+            fn answered_by(&mut self, id: NodeId) {
+                if let Some(header) = self.header.as_mut() {
+                    header.member_id = id;
+                }
+            }
+        })*
+    };
+}
+
+answered!(
+    etcd::RangeResponse,
+    etcd::PutResponse,
+    etcd::DeleteRangeResponse,
+    etcd::CompactionResponse,
+    etcd::LeaseGrantResponse,
+    etcd::LeaseRevokeResponse,
+    etcd::LeaseKeepAliveResponse,
+    etcd::LeaseTimeToLiveResponse,
+    etcd::MemberListResponse,
+    etcd::MemberAddResponse,
+    etcd::MemberRemoveResponse,
+    etcd::MemberPromoteResponse,
+);
+
+impl Answered for etcd::TxnResponse {
+    fn answered_by(&mut self, id: NodeId) {
+        use etcd::response_op::Response;
+        if let Some(header) = self.header.as_mut() {
+            header.member_id = id;
+        }
+        for op in &mut self.responses {
+            match &mut op.response {
+                Some(Response::ResponseRange(r)) => r.answered_by(id),
+                Some(Response::ResponsePut(r)) => r.answered_by(id),
+                Some(Response::ResponseDeleteRange(r)) => r.answered_by(id),
+                Some(Response::ResponseTxn(r)) => r.answered_by(id),
+                None => {}
+            }
+        }
+    }
+}
 
 /// gRPC metadata key set on a request one member forwarded to the leader.
 pub const FORWARDED_HEADER: &str = "rskv-etcd-forwarded";
@@ -111,7 +165,8 @@ impl Forwarder {
 
     /// Calls the leader over `channel` with `message`: `call` makes the RPC (e.g.
     /// `|ch, req| async move { ClusterClient::new(ch).member_list(req).await }`). The request
-    /// carries the deadline and the forwarded mark; the leader's answer is returned as it is.
+    /// carries the deadline and the forwarded mark; the leader's answer is returned with this
+    /// member's id in its header.
     ///
     /// # Errors
     /// The leader's status; "etcdserver: request timed out" when no answer came in time.
@@ -124,6 +179,7 @@ impl Forwarder {
     where
         F: FnOnce(Channel, Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+        Resp: Answered,
     {
         let mut request = Request::new(message);
         request.set_timeout(self.timeout);
@@ -132,7 +188,11 @@ impl Forwarder {
             tonic::metadata::MetadataValue::from_static("1"),
         );
         match tokio::time::timeout(self.timeout, call(channel, request)).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Ok(response)) => {
+                let mut response = response.into_inner();
+                response.answered_by(self.id);
+                Ok(response)
+            }
             Ok(Err(status)) => {
                 if status.code() == tonic::Code::Unavailable {
                     // Perhaps the leader is gone: dial afresh next time.
@@ -161,6 +221,7 @@ impl Forwarder {
     where
         F: FnOnce(Channel, Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+        Resp: Answered,
     {
         match self.route(&request)? {
             None => Ok(Routed::Here(request.into_inner())),

@@ -366,10 +366,17 @@ impl Lease for EtcdLease {
                     super::forward::FORWARDED_HEADER,
                     tonic::metadata::MetadataValue::from_static("1"),
                 );
+                let me = self.ctx.member_id();
                 let replies = LeaseClient::new(channel)
                     .lease_keep_alive(outbound)
                     .await?
-                    .into_inner();
+                    .into_inner()
+                    .map(move |reply| {
+                        reply.map(|mut reply| {
+                            super::forward::Answered::answered_by(&mut reply, me);
+                            reply
+                        })
+                    });
                 Ok(Response::new(Box::pin(replies) as KeepAliveStream))
             }
             None => {

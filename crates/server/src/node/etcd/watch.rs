@@ -116,10 +116,13 @@ impl StreamState {
             }
             create.watch_id
         } else {
+            // As etcd: ids handed out go up, so a canceled watcher's id is not handed out again
+            // while a response of it may still be on its way to the client.
             while self.watchers.contains_key(&self.next_id) {
                 self.next_id += 1;
             }
-            self.next_id
+            self.next_id += 1;
+            self.next_id - 1
         };
         let current = self.events.revision();
         let created = etcd::WatchResponse {

@@ -1,0 +1,938 @@
+//! The `etcd-client` crate (etcd's v3 API from Rust, written by people who never saw rskv)
+//! against real 3-node rskv clusters, connected to a follower as well as to the leader: KV with
+//! its options and headers, transactions, compaction, watches, leases and keep-alives, and
+//! etcd's errors for bad input. What passes here is what an etcd user's Rust program gets.
+//!
+//! Nothing sleeps as proof: every wait is on a condition, with a deadline.
+
+mod common;
+
+use std::time::Duration;
+use std::time::Instant;
+
+use common::ProcessCluster;
+use etcd_client::Client;
+use etcd_client::Compare;
+use etcd_client::CompareOp;
+use etcd_client::ConnectOptions;
+use etcd_client::DeleteOptions;
+use etcd_client::EventType;
+use etcd_client::GetOptions;
+use etcd_client::LeaseGrantOptions;
+use etcd_client::LeaseTimeToLiveOptions;
+use etcd_client::LockOptions;
+use etcd_client::PutOptions;
+use etcd_client::ResponseHeader;
+use etcd_client::SortOrder;
+use etcd_client::SortTarget;
+use etcd_client::Txn;
+use etcd_client::TxnOp;
+use etcd_client::TxnOpResponse;
+use etcd_client::WatchFilterType;
+use etcd_client::WatchOptions;
+use etcd_client::WatchResponse;
+use etcd_client::WatchStream;
+use tonic::Code;
+
+const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
+/// Deadline of one wait for a condition (a loaded 2-core machine runs several clusters).
+const WAIT: Duration = Duration::from_secs(20);
+/// Deadline of one watch message.
+const MESSAGE: Duration = Duration::from_secs(10);
+
+const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
+const FUTURE: &str = "etcdserver: mvcc: required revision is a future revision";
+const NO_KEY: &str = "etcdserver: key is not provided";
+const NO_LEASE: &str = "etcdserver: requested lease not found";
+
+/// An etcd client connected to node `id` only.
+async fn connect(cluster: &ProcessCluster, id: u64) -> Client {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(15));
+    Client::connect([cluster.node(id).addr.as_str()], Some(options))
+        .await
+        .unwrap_or_else(|e| panic!("connect to node {id}: {e}"))
+}
+
+/// A 3-node cluster of `engine` with a leader: the cluster, the leader's and a follower's ids, and
+/// an etcd client connected to that follower only and one connected to the leader only.
+async fn start(engine: &str) -> (ProcessCluster, u64, u64, Client, Client) {
+    let cluster = ProcessCluster::start(3, engine, &[]);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let follower = cluster.follower_of(leader);
+    let f = connect(&cluster, follower).await;
+    let l = connect(&cluster, leader).await;
+    (cluster, leader, follower, f, l)
+}
+
+/// Get options for every key with the given key as prefix.
+fn prefix() -> GetOptions {
+    GetOptions::new().with_prefix()
+}
+
+/// The gRPC status of a failed call; panics on success or on a client-side error.
+fn status<T: std::fmt::Debug>(result: Result<T, etcd_client::Error>) -> tonic::Status {
+    match result {
+        Err(etcd_client::Error::GRpcStatus(s)) => s,
+        other => panic!("expected a gRPC status, got {other:?}"),
+    }
+}
+
+/// Asserts `result` failed with etcd's `code` and exact `message`.
+fn assert_etcd_error<T: std::fmt::Debug>(
+    result: Result<T, etcd_client::Error>,
+    code: Code,
+    message: &str,
+) {
+    let s = status(result);
+    assert_eq!((s.code(), s.message()), (code, message), "{s:?}");
+}
+
+/// A header from member `member` of a real cluster.
+fn check_header(header: Option<&ResponseHeader>, member: u64) -> i64 {
+    let h = header.expect("a response header");
+    assert_eq!(h.member_id(), member, "the member asked answers: {h:?}");
+    assert!(h.raft_term() > 0, "{h:?}");
+    assert!(h.cluster_id() != 0, "{h:?}");
+    assert!(h.revision() > 0, "{h:?}");
+    h.revision()
+}
+
+fn keys(kvs: &[etcd_client::KeyValue]) -> Vec<String> {
+    kvs.iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .collect()
+}
+
+fn values(kvs: &[etcd_client::KeyValue]) -> Vec<String> {
+    kvs.iter()
+        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+        .collect()
+}
+
+/// The next message of a watch stream, within [`MESSAGE`].
+async fn next(stream: &mut WatchStream) -> WatchResponse {
+    tokio::time::timeout(MESSAGE, stream.message())
+        .await
+        .expect("a watch message in time")
+        .expect("the watch stream works")
+        .expect("the watch stream is open")
+}
+
+/// One watch event, comparable across members: type, key, value, create and mod revision,
+/// version, and the previous value if sent.
+type Seen = (bool, String, String, i64, i64, i64, Option<String>);
+
+fn seen(event: &etcd_client::Event) -> Seen {
+    let kv = event.kv().expect("an event has its key-value");
+    (
+        event.event_type() == EventType::Put,
+        String::from_utf8_lossy(kv.key()).into_owned(),
+        String::from_utf8_lossy(kv.value()).into_owned(),
+        kv.create_revision(),
+        kv.mod_revision(),
+        kv.version(),
+        event
+            .prev_kv()
+            .map(|p| String::from_utf8_lossy(p.value()).into_owned()),
+    )
+}
+
+/// Reads `stream` until watcher `id` has received events up to revision `until`; returns them.
+async fn events_until(stream: &mut WatchStream, id: i64, until: i64) -> Vec<Seen> {
+    let mut out: Vec<Seen> = Vec::new();
+    while out.last().is_none_or(|e| e.4 < until) {
+        let response = next(stream).await;
+        assert!(!response.canceled(), "{response:?}");
+        if response.watch_id() == id {
+            out.extend(response.events().iter().map(seen));
+        }
+    }
+    out
+}
+
+/// Waits until a serializable read of `key` through `client` (the member it is connected to,
+/// as it is, without the leader) finds `value`, or finds no key for `None`.
+async fn wait_serializable(
+    cluster: &ProcessCluster,
+    client: &Client,
+    key: &str,
+    value: Option<&str>,
+) {
+    cluster
+        .wait(
+            &format!("a serializable read of {key} to find {value:?}"),
+            WAIT,
+            || {
+                let mut c = client.clone();
+                async move {
+                    let options = GetOptions::new().with_serializable();
+                    let got = c.get(key, Some(options)).await.ok()?;
+                    let found = got.kvs().first().map(|kv| kv.value().to_vec());
+                    (found.as_deref() == value.map(str::as_bytes)).then_some(())
+                }
+            },
+        )
+        .await;
+}
+
+/// Waits until `count` keys start with `prefix` (contenders queued for a lock or an election).
+async fn wait_for_keys(cluster: &ProcessCluster, client: &Client, prefix: &str, count: i64) {
+    cluster
+        .wait(&format!("{count} keys under {prefix}"), WAIT, || {
+            let mut c = client.clone();
+            async move {
+                let options = GetOptions::new().with_prefix().with_count_only();
+                let got = c.get(prefix, Some(options)).await.ok()?;
+                (got.count() == count).then_some(())
+            }
+        })
+        .await;
+}
+
+/// Opens a watch with `options` and returns the stream and the watch id from its created
+/// response.
+async fn watch(client: &mut Client, key: &str, options: WatchOptions) -> (WatchStream, i64) {
+    let mut stream = client.watch(key, Some(options)).await.expect("watch");
+    let created = next(&mut stream).await;
+    assert!(created.created(), "{created:?}");
+    assert!(!created.canceled(), "{created:?}");
+    (stream, created.watch_id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_options_headers_prev_kv_and_compaction() {
+    let (cluster, leader, follower, mut f, mut l) = start("rocksdb").await;
+
+    // Puts through the follower: each at a higher revision, every header the follower's.
+    let mut revs = Vec::new();
+    for (k, v) in [
+        ("kv/a", "5"),
+        ("kv/b", "3"),
+        ("kv/c", "4"),
+        ("kv/d", "1"),
+        ("kv/e", "2"),
+    ] {
+        let put = f.put(k, v, None).await.expect("put");
+        assert!(put.prev_key().is_none());
+        revs.push(check_header(put.header(), follower));
+    }
+    assert!(revs.windows(2).all(|w| w[0] < w[1]), "{revs:?}");
+
+    // A single key through the leader: its versions and revisions.
+    let got = l.get("kv/c", None).await.expect("get");
+    assert!(check_header(got.header(), leader) >= revs[4]);
+    let kv = &got.kvs()[0];
+    assert_eq!((kv.key(), kv.value()), (&b"kv/c"[..], &b"4"[..]));
+    assert_eq!(
+        (
+            kv.create_revision(),
+            kv.mod_revision(),
+            kv.version(),
+            kv.lease()
+        ),
+        (revs[2], revs[2], 1, 0)
+    );
+    assert_eq!(got.count(), 1);
+
+    // A put through the leader, read linearizably through the follower at once.
+    let put = l.put("kv/f", "0", None).await.expect("put");
+    let rev_f = check_header(put.header(), leader);
+    assert!(rev_f > revs[4]);
+    let got = f.get("kv/f", None).await.expect("linearizable get");
+    assert_eq!(values(got.kvs()), ["0"]);
+    assert!(check_header(got.header(), follower) >= rev_f);
+
+    // Prefix, range, limit, keys-only, count-only, sort.
+    let all = ["kv/a", "kv/b", "kv/c", "kv/d", "kv/e", "kv/f"];
+    let got = f.get("kv/", Some(prefix())).await.expect("prefix");
+    assert_eq!(keys(got.kvs()), all);
+    assert_eq!((got.count(), got.more()), (6, false));
+    let got = f
+        .get("kv/b", Some(GetOptions::new().with_range("kv/d")))
+        .await
+        .expect("range");
+    assert_eq!(keys(got.kvs()), ["kv/b", "kv/c"]);
+    let got = l
+        .get("kv/", Some(prefix().with_limit(2)))
+        .await
+        .expect("limit");
+    assert_eq!(keys(got.kvs()), ["kv/a", "kv/b"]);
+    assert_eq!((got.count(), got.more()), (6, true));
+    let got = f
+        .get("kv/", Some(prefix().with_keys_only()))
+        .await
+        .expect("keys only");
+    assert_eq!(keys(got.kvs()), all);
+    assert!(got.kvs().iter().all(|kv| kv.value().is_empty()));
+    let got = f
+        .get("kv/", Some(prefix().with_count_only()))
+        .await
+        .expect("count only");
+    assert!(got.kvs().is_empty());
+    assert_eq!(got.count(), 6);
+    let got = f
+        .get(
+            "kv/",
+            Some(prefix().with_sort(SortTarget::Value, SortOrder::Descend)),
+        )
+        .await
+        .expect("sort by value");
+    assert_eq!(values(got.kvs()), ["5", "4", "3", "2", "1", "0"]);
+    let got = l
+        .get(
+            "kv/",
+            Some(
+                prefix()
+                    .with_sort(SortTarget::Create, SortOrder::Descend)
+                    .with_limit(3),
+            ),
+        )
+        .await
+        .expect("sort by create revision, limited");
+    assert_eq!(keys(got.kvs()), ["kv/f", "kv/e", "kv/d"]);
+    assert_eq!(got.count(), 6);
+
+    // An overwrite with prev_kv; the old value stays readable at its revision.
+    let put = f
+        .put("kv/a", "6", Some(PutOptions::new().with_prev_key()))
+        .await
+        .expect("overwrite");
+    let rev_a2 = check_header(put.header(), follower);
+    let prev = put.prev_key().expect("prev_kv");
+    assert_eq!((prev.value(), prev.mod_revision()), (&b"5"[..], revs[0]));
+    let got = l.get("kv/a", None).await.expect("get");
+    let kv = &got.kvs()[0];
+    assert_eq!(
+        (
+            kv.value(),
+            kv.create_revision(),
+            kv.mod_revision(),
+            kv.version()
+        ),
+        (&b"6"[..], revs[0], rev_a2, 2)
+    );
+    let got = f
+        .get("kv/", Some(prefix().with_revision(revs[1])))
+        .await
+        .expect("get at a past revision");
+    assert_eq!(keys(got.kvs()), ["kv/a", "kv/b"]);
+    assert_eq!(values(got.kvs()), ["5", "3"]);
+
+    // A serializable read through the follower catches up with the overwrite.
+    let mut serial = f.clone();
+    wait_serializable(&cluster, &serial, "kv/a", Some("6")).await;
+    let got = serial
+        .get("kv/a", Some(GetOptions::new().with_serializable()))
+        .await
+        .expect("serializable");
+    check_header(got.header(), follower);
+
+    // Deletes with prev_kv: one key, then a range of two; deleting nothing takes no revision.
+    let deleted = f
+        .delete("kv/b", Some(DeleteOptions::new().with_prev_key()))
+        .await
+        .expect("delete");
+    let rev_del = check_header(deleted.header(), follower);
+    assert!(rev_del > rev_a2);
+    assert_eq!(deleted.deleted(), 1);
+    assert_eq!(values(deleted.prev_kvs()), ["3"]);
+    let deleted = l
+        .delete(
+            "kv/c",
+            Some(DeleteOptions::new().with_range("kv/e").with_prev_key()),
+        )
+        .await
+        .expect("delete range");
+    let rev_del2 = check_header(deleted.header(), leader);
+    assert_eq!(deleted.deleted(), 2);
+    assert_eq!(keys(deleted.prev_kvs()), ["kv/c", "kv/d"]);
+    let nothing = f.delete("kv/none", None).await.expect("delete nothing");
+    assert_eq!(nothing.deleted(), 0);
+    assert_eq!(check_header(nothing.header(), follower), rev_del2);
+    let got = f.get("kv/", Some(prefix())).await.expect("after deletes");
+    assert_eq!(keys(got.kvs()), ["kv/a", "kv/e", "kv/f"]);
+
+    // Compaction (through the follower) at revs[2]: older revisions are gone, that one and
+    // later stay readable, future ones are refused; compacting again below it is refused.
+    let compacted = f.compact(revs[2], None).await.expect("compact");
+    check_header(compacted.header(), follower);
+    for client in [&mut f, &mut l] {
+        assert_etcd_error(
+            client
+                .get("kv/a", Some(GetOptions::new().with_revision(revs[0])))
+                .await,
+            Code::OutOfRange,
+            COMPACTED,
+        );
+        let got = client
+            .get("kv/", Some(prefix().with_revision(revs[2])))
+            .await
+            .expect("read at the compaction revision");
+        assert_eq!(keys(got.kvs()), ["kv/a", "kv/b", "kv/c"]);
+        assert_eq!(values(got.kvs()), ["5", "3", "4"]);
+        assert_etcd_error(
+            client
+                .get(
+                    "kv/a",
+                    Some(GetOptions::new().with_revision(rev_del2 + 1000)),
+                )
+                .await,
+            Code::OutOfRange,
+            FUTURE,
+        );
+    }
+    assert_etcd_error(
+        l.get(
+            "kv/a",
+            Some(GetOptions::new().with_revision(revs[1]).with_serializable()),
+        )
+        .await,
+        Code::OutOfRange,
+        COMPACTED,
+    );
+    assert_etcd_error(f.compact(revs[1], None).await, Code::OutOfRange, COMPACTED);
+    assert_etcd_error(
+        l.compact(rev_del2 + 1000, None).await,
+        Code::OutOfRange,
+        FUTURE,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txn_compares_branches_nesting_and_bad_input() {
+    let (_cluster, leader, follower, mut f, mut l) = start("rocksdb").await;
+
+    let lease = l.lease_grant(60, None).await.expect("grant").id();
+    let rx = check_header(l.put("t/x", "1", None).await.expect("put").header(), leader);
+    l.put("t/l", "v", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .expect("put with lease");
+
+    // Every kind of comparison holding: the success branch runs, its get sees its put.
+    let compares = || {
+        vec![
+            Compare::value("t/x", CompareOp::Equal, "1"),
+            Compare::version("t/x", CompareOp::Equal, 1),
+            Compare::create_revision("t/x", CompareOp::Equal, rx),
+            Compare::mod_revision("t/x", CompareOp::Equal, rx),
+            Compare::lease("t/l", CompareOp::Equal, lease),
+            Compare::version("t/x", CompareOp::Greater, 0),
+            Compare::mod_revision("t/x", CompareOp::Less, rx + 1),
+            Compare::value("t/x", CompareOp::NotEqual, "2"),
+            // An absent key's create revision is 0: etcd's "key does not exist".
+            Compare::create_revision("t/absent", CompareOp::Equal, 0),
+        ]
+    };
+    let txn = || {
+        Txn::new()
+            .when(compares())
+            .and_then(vec![
+                TxnOp::put("t/x", "2", Some(PutOptions::new().with_prev_key())),
+                TxnOp::get("t/x", None),
+            ])
+            .or_else(vec![
+                TxnOp::put("t/failed", "yes", None),
+                TxnOp::get("t/x", None),
+            ])
+    };
+    let done = f.txn(txn()).await.expect("txn");
+    let rev_txn = check_header(done.header(), follower);
+    assert!(done.succeeded());
+    let responses = done.op_responses();
+    assert_eq!(responses.len(), 2);
+    match &responses[0] {
+        TxnOpResponse::Put(put) => {
+            assert_eq!(put.prev_key().map(|kv| kv.value()), Some(&b"1"[..]))
+        }
+        other => panic!("{other:?}"),
+    }
+    match &responses[1] {
+        TxnOpResponse::Get(get) => {
+            assert_eq!(values(get.kvs()), ["2"]);
+            assert_eq!(get.kvs()[0].mod_revision(), rev_txn);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // The same transaction again: the value moved, so the failure branch runs.
+    let done = l.txn(txn()).await.expect("txn");
+    check_header(done.header(), leader);
+    assert!(!done.succeeded());
+    match &done.op_responses()[1] {
+        TxnOpResponse::Get(get) => assert_eq!(values(get.kvs()), ["2"]),
+        other => panic!("{other:?}"),
+    }
+    let got = f.get("t/failed", None).await.expect("get");
+    assert_eq!(values(got.kvs()), ["yes"]);
+
+    // Each comparison alone, failing: the lease, the create and mod revisions, the version.
+    for compare in [
+        Compare::lease("t/l", CompareOp::NotEqual, lease),
+        Compare::create_revision("t/x", CompareOp::Greater, rx),
+        Compare::mod_revision("t/x", CompareOp::Equal, rx),
+        Compare::version("t/x", CompareOp::Less, 2),
+        Compare::value("t/absent", CompareOp::Equal, ""),
+    ] {
+        let done = f
+            .txn(Txn::new().when(vec![compare.clone()]))
+            .await
+            .expect("txn");
+        assert!(!done.succeeded(), "{compare:?}");
+    }
+
+    // A nested transaction: its own comparison picks its branch.
+    let nested = Txn::new()
+        .when(vec![Compare::value("t/x", CompareOp::Equal, "2")])
+        .and_then(vec![
+            TxnOp::put("t/nested", "yes", None),
+            TxnOp::delete("t/failed", Some(DeleteOptions::new().with_prev_key())),
+        ])
+        .or_else(vec![TxnOp::put("t/nested", "no", None)]);
+    let done = f
+        .txn(Txn::new().and_then(vec![TxnOp::txn(nested), TxnOp::get("t/nested", None)]))
+        .await
+        .expect("nested txn");
+    assert!(done.succeeded());
+    let responses = done.op_responses();
+    match &responses[0] {
+        TxnOpResponse::Txn(inner) => {
+            assert!(inner.succeeded());
+            match &inner.op_responses()[1] {
+                TxnOpResponse::Delete(d) => {
+                    assert_eq!(d.deleted(), 1);
+                    assert_eq!(values(d.prev_kvs()), ["yes"]);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    match &responses[1] {
+        TxnOpResponse::Get(get) => assert_eq!(values(get.kvs()), ["yes"]),
+        other => panic!("{other:?}"),
+    }
+
+    // Bad input, through both members: etcd's codes and messages.
+    for client in [&mut f, &mut l] {
+        assert_etcd_error(
+            client.put("", "v", None).await,
+            Code::InvalidArgument,
+            NO_KEY,
+        );
+        assert_etcd_error(client.get("", None).await, Code::InvalidArgument, NO_KEY);
+        assert_etcd_error(client.delete("", None).await, Code::InvalidArgument, NO_KEY);
+        assert_etcd_error(
+            client
+                .put("t/y", "v", Some(PutOptions::new().with_lease(0x7e57)))
+                .await,
+            Code::NotFound,
+            NO_LEASE,
+        );
+        assert_etcd_error(
+            client
+                .txn(Txn::new().and_then(vec![
+                    TxnOp::put("t/twice", "1", None),
+                    TxnOp::put("t/twice", "2", None),
+                ]))
+                .await,
+            Code::InvalidArgument,
+            "etcdserver: duplicate key given in txn request",
+        );
+        assert_etcd_error(
+            client
+                .txn(Txn::new().or_else(vec![
+                    TxnOp::put("t/in", "1", None),
+                    TxnOp::delete("t/", Some(DeleteOptions::new().with_prefix())),
+                ]))
+                .await,
+            Code::InvalidArgument,
+            "etcdserver: duplicate key given in txn request",
+        );
+        assert_etcd_error(
+            client
+                .txn(Txn::new().and_then(vec![TxnOp::put(
+                    "t/y",
+                    "v",
+                    Some(PutOptions::new().with_lease(0x7e57)),
+                )]))
+                .await,
+            Code::NotFound,
+            NO_LEASE,
+        );
+        assert_etcd_error(
+            client
+                .put("t/never", "", Some(PutOptions::new().with_ignore_value()))
+                .await,
+            Code::InvalidArgument,
+            "etcdserver: key not found",
+        );
+        assert_etcd_error(client.lease_revoke(0x7e57).await, Code::NotFound, NO_LEASE);
+    }
+    // None of the refused requests wrote anything.
+    let got = l
+        .get("t/", Some(prefix().with_keys_only()))
+        .await
+        .expect("get");
+    assert_eq!(keys(got.kvs()), ["t/l", "t/nested", "t/x"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_history_live_events_filters_progress_cancel_and_compaction() {
+    let (cluster, leader, follower, mut f, mut l) = start("rocksdb").await;
+
+    let r1 = check_header(l.put("w/a", "1", None).await.expect("put").header(), leader);
+    let r2 = check_header(l.put("w/b", "1", None).await.expect("put").header(), leader);
+    let r3 = check_header(l.put("w/a", "2", None).await.expect("put").header(), leader);
+    let r4 = check_header(
+        l.delete("w/b", None).await.expect("delete").header(),
+        leader,
+    );
+    l.put("other", "x", None)
+        .await
+        .expect("put outside the prefix");
+
+    // From a past revision, with prev_kv, through the follower: history, then live events.
+    let (mut stream, id) = watch(
+        &mut f,
+        "w/",
+        WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(r1)
+            .with_prev_key(),
+    )
+    .await;
+    let history = events_until(&mut stream, id, r4).await;
+    let s = |v: &str| v.to_string();
+    assert_eq!(
+        history,
+        vec![
+            (true, s("w/a"), s("1"), r1, r1, 1, None),
+            (true, s("w/b"), s("1"), r2, r2, 1, None),
+            (true, s("w/a"), s("2"), r1, r3, 2, Some(s("1"))),
+            (false, s("w/b"), s(""), 0, r4, 0, Some(s("1"))),
+        ]
+    );
+    let r5 = check_header(
+        f.put("w/c", "3", None).await.expect("put").header(),
+        follower,
+    );
+    let live = events_until(&mut stream, id, r5).await;
+    assert_eq!(live, vec![(true, s("w/c"), s("3"), r5, r5, 1, None)]);
+
+    // A progress request: a response carrying the current revision and no events.
+    stream.request_progress().await.expect("progress request");
+    let progress = loop {
+        let response = next(&mut stream).await;
+        if response.events().is_empty() && !response.created() && !response.canceled() {
+            break response;
+        }
+    };
+    assert!(check_header(progress.header(), follower) >= r5);
+
+    // A second watcher on the same stream, filtering puts out: a new id, only deletes.
+    stream
+        .watch(
+            "w/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_filters([WatchFilterType::NoPut]),
+            ),
+        )
+        .await
+        .expect("second watch");
+    let created = next(&mut stream).await;
+    assert!(created.created(), "{created:?}");
+    let no_put = created.watch_id();
+    assert_ne!(no_put, id, "a new watch id on the stream");
+    l.put("w/d", "4", None).await.expect("put");
+    let r7 = check_header(
+        l.delete("w/c", None).await.expect("delete").header(),
+        leader,
+    );
+    let mut all = Vec::new();
+    let mut deletes = Vec::new();
+    while all.len() < 2 || deletes.is_empty() {
+        let response = next(&mut stream).await;
+        let events = response.events().iter().map(seen);
+        if response.watch_id() == id {
+            all.extend(events);
+        } else if response.watch_id() == no_put {
+            deletes.extend(events);
+        }
+    }
+    assert_eq!(all.iter().map(|e| e.0).collect::<Vec<_>>(), [true, false]);
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert_eq!((deletes[0].0, deletes[0].4), (false, r7));
+
+    // Cancel the first watcher: a canceled response, then nothing more for it.
+    stream.cancel(id).await.expect("cancel");
+    loop {
+        let response = next(&mut stream).await;
+        if response.watch_id() == id && response.canceled() {
+            break;
+        }
+        assert!(response.events().is_empty(), "{response:?}");
+    }
+    let r8 = check_header(
+        l.delete("w/d", None).await.expect("delete").header(),
+        leader,
+    );
+    let later = events_until(&mut stream, no_put, r8).await;
+    assert_eq!(later.len(), 1, "{later:?}");
+    // A watcher created after a cancel gets an id of its own, never the canceled one's (a
+    // response of the old watcher still on its way must not be taken for the new one's).
+    let (mut fresh, first) = watch(&mut f, "w/", WatchOptions::new().with_prefix()).await;
+    fresh.cancel(first).await.expect("cancel");
+    assert!(next(&mut fresh).await.canceled());
+    fresh
+        .watch("w/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .expect("watch again");
+    let created = next(&mut fresh).await;
+    assert!(created.created(), "{created:?}");
+    assert_ne!(created.watch_id(), first, "a canceled watch id reused");
+
+    // A NODELETE watch on another member sees the puts only.
+    let other = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|id| *id != leader && *id != follower)
+        .expect("a third member");
+    let mut third = connect(&cluster, other).await;
+    let (mut puts_only, pid) = watch(
+        &mut third,
+        "w/",
+        WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(r1)
+            .with_filters([WatchFilterType::NoDelete]),
+    )
+    .await;
+    let mut puts = events_until(&mut puts_only, pid, r5).await;
+    puts.retain(|e| e.4 <= r5);
+    assert!(puts.iter().all(|e| e.0), "{puts:?}");
+    assert_eq!(puts.len(), 4, "{puts:?}");
+
+    // Every member's watch from revision 1 sees the same events.
+    let last = check_header(
+        l.put("w/z", "end", None).await.expect("put").header(),
+        leader,
+    );
+    let mut per_node = Vec::new();
+    for node in &cluster.nodes {
+        let mut c = connect(&cluster, node.id).await;
+        let (mut s, wid) = watch(
+            &mut c,
+            "",
+            WatchOptions::new().with_all_keys().with_start_revision(1),
+        )
+        .await;
+        per_node.push((node.id, events_until(&mut s, wid, last).await));
+    }
+    assert!(per_node[0].1.len() >= 10, "{per_node:?}");
+    for (id, events) in &per_node[1..] {
+        assert_eq!(
+            events, &per_node[0].1,
+            "member {id} against {}",
+            per_node[0].0
+        );
+    }
+
+    // Compaction: a watch from before it is canceled with the compaction revision.
+    f.compact(r3, None).await.expect("compact");
+    let mut stream = f
+        .watch(
+            "w/",
+            Some(WatchOptions::new().with_prefix().with_start_revision(r1)),
+        )
+        .await
+        .expect("watch");
+    let canceled = loop {
+        let response = next(&mut stream).await;
+        if response.canceled() {
+            break response;
+        }
+        assert!(response.events().is_empty(), "{response:?}");
+    };
+    assert_eq!(canceled.compact_revision(), r3, "{canceled:?}");
+    // From the compaction revision itself: allowed, and it starts there.
+    let (mut stream, id) = watch(
+        &mut l,
+        "w/",
+        WatchOptions::new().with_prefix().with_start_revision(r3),
+    )
+    .await;
+    let from_r3 = events_until(&mut stream, id, r4).await;
+    assert_eq!(from_r3[0].4, r3, "{from_r3:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_grant_keep_alive_through_a_follower_ttl_revoke_and_expiry() {
+    let (cluster, _, follower, mut f, mut l) = start("memory").await;
+
+    // Grants: a TTL (random id), an explicit id, and that id again (refused).
+    let granted = f.lease_grant(60, None).await.expect("grant");
+    check_header(granted.header(), follower);
+    let (a, ttl) = (granted.id(), granted.ttl());
+    assert!(a > 0);
+    assert_eq!(ttl, 60);
+    let explicit = l
+        .lease_grant(60, Some(LeaseGrantOptions::new().with_id(0x1234)))
+        .await
+        .expect("grant with id");
+    assert_eq!(explicit.id(), 0x1234);
+    for client in [&mut f, &mut l] {
+        assert_etcd_error(
+            client
+                .lease_grant(30, Some(LeaseGrantOptions::new().with_id(0x1234)))
+                .await,
+            Code::FailedPrecondition,
+            "etcdserver: lease already exists",
+        );
+    }
+
+    f.put("l/a", "1", Some(PutOptions::new().with_lease(a)))
+        .await
+        .expect("put");
+    l.put("l/b", "1", Some(PutOptions::new().with_lease(a)))
+        .await
+        .expect("put");
+    f.put("l/c", "1", Some(PutOptions::new().with_lease(0x1234)))
+        .await
+        .expect("put");
+    let got = f.get("l/a", None).await.expect("get");
+    assert_eq!(got.kvs()[0].lease(), a);
+
+    // Time to live with keys, through either member; the list has both leases.
+    for client in [&mut f, &mut l] {
+        let ttl = client
+            .lease_time_to_live(a, Some(LeaseTimeToLiveOptions::new().with_keys()))
+            .await
+            .expect("time to live");
+        assert_eq!(ttl.id(), a);
+        assert_eq!(ttl.granted_ttl(), 60);
+        assert!(ttl.ttl() > 0 && ttl.ttl() <= 60, "{ttl:?}");
+        let mut attached: Vec<&[u8]> = ttl.keys().iter().map(Vec::as_slice).collect();
+        attached.sort();
+        assert_eq!(attached, [&b"l/a"[..], &b"l/b"[..]]);
+        let list = client.leases().await.expect("leases");
+        let mut ids: Vec<i64> = list.leases().iter().map(|s| s.id()).collect();
+        ids.sort();
+        let mut want = vec![a, 0x1234];
+        want.sort();
+        assert_eq!(ids, want);
+    }
+
+    // Revoke through the follower: the attached keys go, the other lease's stay.
+    f.lease_revoke(a).await.expect("revoke");
+    let got = l.get("l/", Some(prefix())).await.expect("get");
+    assert_eq!(keys(got.kvs()), ["l/c"]);
+    let gone = f.lease_time_to_live(a, None).await.expect("time to live");
+    assert_eq!(gone.ttl(), -1);
+    assert_etcd_error(f.lease_revoke(a).await, Code::NotFound, NO_LEASE);
+
+    // A short lease kept alive through the follower well past its TTL.
+    let short = f.lease_grant(2, None).await.expect("grant");
+    let (s, s_ttl) = (short.id(), short.ttl());
+    assert!((2..=3).contains(&s_ttl), "{short:?}");
+    f.put("l/kept", "1", Some(PutOptions::new().with_lease(s)))
+        .await
+        .expect("put");
+    let (mut keeper, mut replies) = f.lease_keep_alive(s).await.expect("keep alive");
+    let kept_for = Duration::from_secs(3 * s_ttl as u64);
+    let started = Instant::now();
+    let mut renewals = 0;
+    while started.elapsed() < kept_for {
+        keeper.keep_alive().await.expect("send keep-alive");
+        let reply = tokio::time::timeout(MESSAGE, replies.message())
+            .await
+            .expect("a keep-alive reply in time")
+            .expect("keep-alive stream")
+            .expect("keep-alive stream open");
+        assert_eq!((reply.id(), reply.ttl()), (s, s_ttl), "{reply:?}");
+        renewals += 1;
+        // Renew about three times per TTL, as etcd's client does.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(renewals >= 3);
+    let got = l.get("l/kept", None).await.expect("get");
+    assert_eq!(got.kvs().len(), 1, "kept alive past its TTL");
+    let ttl = l.lease_time_to_live(s, None).await.expect("time to live");
+    assert!(ttl.ttl() > 0, "{ttl:?}");
+
+    // Stop renewing: the lease expires and its key is deleted on every member.
+    drop(keeper);
+    drop(replies);
+    for node in &cluster.nodes {
+        let c = connect(&cluster, node.id).await;
+        wait_serializable(&cluster, &c, "l/kept", None).await;
+    }
+    let gone = l.lease_time_to_live(s, None).await.expect("time to live");
+    assert_eq!(gone.ttl(), -1);
+    let list = f.leases().await.expect("leases");
+    assert_eq!(
+        list.leases().iter().map(|s| s.id()).collect::<Vec<_>>(),
+        [0x1234]
+    );
+
+    // A keep-alive of an unknown lease: the crate reports it not found (a TTL of 0).
+    match f.lease_keep_alive(s).await {
+        Err(etcd_client::Error::LeaseKeepAliveError(e)) => assert!(e.contains("not found")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "rskv does not serve etcd's Lock and Election services (v3lockpb, v3electionpb): UNIMPLEMENTED"]
+async fn lock_and_election_with_two_contenders() {
+    let (cluster, _, _, mut f, mut l) = start("rocksdb").await;
+    let lease_f = f.lease_grant(30, None).await.expect("grant").id();
+    let lease_l = l.lease_grant(30, None).await.expect("grant").id();
+
+    // Lock: the first holds it, the second waits (its key is there) until it is released.
+    let held = f
+        .lock("lk", Some(LockOptions::new().with_lease(lease_f)))
+        .await
+        .expect("lock");
+    let mut second = l.clone();
+    let waiting = tokio::spawn(async move {
+        second
+            .lock("lk", Some(LockOptions::new().with_lease(lease_l)))
+            .await
+    });
+    let mut probe = f.clone();
+    wait_for_keys(&cluster, &probe, "lk", 2).await;
+    assert!(!waiting.is_finished(), "the second contender must wait");
+    f.unlock(held.key()).await.expect("unlock");
+    let second = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("the second contender gets the lock")
+        .expect("task")
+        .expect("lock");
+    assert_ne!(second.key(), held.key());
+    l.unlock(second.key()).await.expect("unlock");
+
+    // Election: the first campaigner leads, the second waits until the first resigns.
+    let won = f.campaign("el", "one", lease_f).await.expect("campaign");
+    let first = won.leader().expect("leader key").clone();
+    let mut other = l.clone();
+    let campaigning = tokio::spawn(async move { other.campaign("el", "two", lease_l).await });
+    wait_for_keys(&cluster, &probe, "el", 2).await;
+    let now = probe.leader("el").await.expect("leader");
+    assert_eq!(now.kv().map(|kv| kv.value()), Some(&b"one"[..]));
+    assert!(!campaigning.is_finished());
+    f.resign(Some(etcd_client::ResignOptions::new().with_leader(first)))
+        .await
+        .expect("resign");
+    tokio::time::timeout(WAIT, campaigning)
+        .await
+        .expect("the second campaigner wins")
+        .expect("task")
+        .expect("campaign");
+    let now = probe.leader("el").await.expect("leader");
+    assert_eq!(now.kv().map(|kv| kv.value()), Some(&b"two"[..]));
+}
