@@ -13,6 +13,8 @@
 #                                         # an interleaved A/B of a client-side change: the
 #                                         # second system is the same rskv cluster, driven by
 #                                         # kv_bench with these extra flags (no etcd); ratio A/B
+#   SERVER_ARGS="--auto-compaction-mode none" ...   # extra kv_server flags for this build's
+#                                         # nodes (not the baseline's or etcd's)
 #   BASELINE=/path/to/old/kv_server ROUNDS=3 WORKLOADS=put CLIENTS="1 64 256" scripts/bench.sh
 #                                         # an interleaved A/B of a server-side change: the
 #                                         # second system is a second 3-node rskv cluster running
@@ -107,22 +109,24 @@ BIN="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | sed -n 's/.*"
 
 printf 'node_id = 1\nlisten_addr = "127.0.0.1:1"\n' >"$OUT/base.toml"
 RSKV_PIDS=()
-start_cluster() { # server name client-base peer-base metrics-base read-policy
+read -r -a SERVER_EXTRA <<<"${SERVER_ARGS:-}"
+start_cluster() { # server name client-base peer-base metrics-base read-policy [extra flags...]
     local server=$1 name=$2 client=$3 peer=$4 metrics=$5 policy=$6 members="" n
+    local extra=("${@:7}")
     for n in 1 2 3; do members+="${members:+,}$n=127.0.0.1:$client$n/127.0.0.1:$peer$n"; done
     for n in 1 2 3; do
         RUST_LOG=warn "$server" --config "$OUT/base.toml" --node-id $n \
             --listen-addr 127.0.0.1:$client$n --peer-listen-addr 127.0.0.1:$peer$n \
             --metrics-addr 127.0.0.1:$metrics$n \
             --data-dir "$OUT/$name/n$n" --engine rocksdb --initial-members "$members" --read-policy "$policy" \
-            >>"$OUT/$name-n$n.log" 2>&1 &
+            "${extra[@]}" >>"$OUT/$name-n$n.log" 2>&1 &
         PIDS+=($!)
         RSKV_PIDS+=($!)
     done
 }
 start_rskv() { # read policy
     RSKV_PIDS=()
-    start_cluster "$BIN/kv_server" rskv $RSKV_CLIENT $RSKV_PEER $RSKV_METRICS "$1"
+    start_cluster "$BIN/kv_server" rskv $RSKV_CLIENT $RSKV_PEER $RSKV_METRICS "$1" "${SERVER_EXTRA[@]}"
     if [[ -n "$BASELINE" ]]; then
         start_cluster "$BASELINE" baseline $BASE_CLIENT $BASE_PEER $BASE_METRICS "$1"
     fi
