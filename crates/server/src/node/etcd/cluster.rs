@@ -138,9 +138,15 @@ impl EtcdClusterService {
                 return Ok(resp);
             }
         }
+        let members = self.members();
+        if members.is_empty() {
+            // A node started to join that has not heard from the cluster yet knows no member,
+            // itself included: an empty list would be an answer about no cluster at all.
+            return Err(EtcdError::NoLeader.into());
+        }
         Ok(etcd::MemberListResponse {
             header: Some(self.ctx.header()),
-            members: self.members(),
+            members,
         })
     }
 
