@@ -195,7 +195,7 @@ impl<'a> Writer<'a> {
         lease: Option<i64>,
     ) -> io::Result<Result<Option<KeyVersion>, MvccError>> {
         let prev = self.latest(&key)?;
-        if let Err(e) = self.check_put(prev.as_ref(), value.is_none(), lease)? {
+        if let Err(e) = self.check_put(prev.is_some(), value.is_none(), lease)? {
             return Ok(Err(e));
         }
         let value =
@@ -244,11 +244,11 @@ impl<'a> Writer<'a> {
     /// Whether a put may go ahead: `ignore_value` needs the key, a lease must exist.
     fn check_put(
         &self,
-        prev: Option<&KeyVersion>,
+        exists: bool,
         ignore_value: bool,
         lease: Option<i64>,
     ) -> io::Result<Result<(), MvccError>> {
-        if prev.is_none() && (ignore_value || lease.is_none()) {
+        if !exists && (ignore_value || lease.is_none()) {
             return Ok(Err(MvccError::KeyNotFound));
         }
         if let Some(id) = lease.filter(|id| *id != 0) {
@@ -399,22 +399,11 @@ impl<'a> Writer<'a> {
                 )
                 .map(drop),
                 Some(Request::RequestPut(put)) => {
-                    let prev = if put.ignore_value || put.ignore_lease {
-                        self.latest(&put.key)?
-                    } else {
-                        None
-                    };
+                    // Only a put that keeps the value or the lease needs the key to exist.
+                    let needs_key = put.ignore_value || put.ignore_lease;
+                    let exists = !needs_key || self.latest(&put.key)?.is_some();
                     let lease = (!put.ignore_lease).then_some(put.lease);
-                    if prev.is_none() && (put.ignore_value || put.ignore_lease) {
-                        Err(MvccError::KeyNotFound)
-                    } else {
-                        match lease.filter(|id| *id != 0) {
-                            Some(id) if !self.lease_exists(id)? => {
-                                Err(MvccError::LeaseNotFound(id))
-                            }
-                            _ => Ok(()),
-                        }
-                    }
+                    self.check_put(exists, put.ignore_value, lease)?
                 }
                 Some(Request::RequestTxn(nested)) => {
                     let branch = if self.compares_hold(&nested.compare)? {
