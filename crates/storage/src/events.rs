@@ -47,7 +47,8 @@ pub struct Event {
     pub key: Bytes,
     /// Put or delete.
     pub kind: EventKind,
-    /// The previous value, if the key existed.
+    /// The previous value, when the request read it (a delete, a compare-and-swap, a put that
+    /// asked for it): a plain put learns what it replaces from the index and skips reading it.
     pub prev: Option<Bytes>,
 }
 

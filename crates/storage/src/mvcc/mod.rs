@@ -15,10 +15,12 @@
 //! - [`Keyspace::Lease`]: leases and the keys attached to each.
 //!
 //! [`Compact`](crate::types::Command::Compact) removes history before a revision, keeping the
-//! version of every key as of it. The apply side lives in [`writer`]; reads (for the services and
-//! for the reads inside a transaction) in [`read`], over a [`Source`] that is either the engine
-//! or the engine under a batch's pending writes.
+//! version of every key as of it. The apply side lives in [`writer`], which learns what a write
+//! replaces from the in-memory [`index`] of every live key's metadata instead of reading the
+//! engine; reads (for the services and for the reads inside a transaction) in [`read`], over a
+//! [`Source`] that is either the engine or the engine under a batch's pending writes.
 
+pub mod index;
 pub mod read;
 pub mod writer;
 

@@ -13,6 +13,7 @@ use rskv_proto::etcd::etcdserverpb::request_op::Request;
 use rskv_proto::etcd::etcdserverpb::response_op::Response;
 use rskv_testkit::etcd::compare;
 
+use super::index::KeyIndex;
 use super::read;
 use super::writer::Writer;
 use super::EngineSource;
@@ -33,15 +34,17 @@ fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
 
-/// Applies commands one entry each, as the state machine does (one batch per call).
+/// Applies commands one entry each, as the state machine does (one batch per call), keeping the
+/// key index as the state machine does.
 struct Store {
     engine: Arc<dyn KvEngine>,
+    keys: KeyIndex,
     index: u64,
 }
 
 impl Store {
     fn apply(&mut self, commands: Vec<Command>) -> Vec<CommandResponse> {
-        let mut writer = Writer::new(&*self.engine).expect("writer");
+        let mut writer = Writer::new(&*self.engine, &self.keys);
         let mut sessions = SessionTable::default();
         let mut out = Vec::new();
         for command in commands {
@@ -49,8 +52,14 @@ impl Store {
             out.push(execute(&mut writer, &mut sessions, command, self.index).expect("execute"));
         }
         let mut set = WriteSet::default();
-        writer.finish(&mut set);
+        let update = writer.finish(&mut set);
         self.engine.commit(set).expect("commit");
+        self.keys.apply(update);
+        assert_eq!(
+            self.keys,
+            KeyIndex::load(&*self.engine).expect("load"),
+            "the index kept by apply describes what the engine holds"
+        );
         out
     }
 
@@ -144,7 +153,11 @@ type Listed = (String, String, i64, i64, i64);
 
 /// Everything the suite checks, on one engine; returns the store for the snapshot check.
 fn suite(engine: Arc<dyn KvEngine>) -> Store {
-    let mut s = Store { engine, index: 0 };
+    let mut s = Store {
+        keys: KeyIndex::load(&*engine).expect("index"),
+        engine,
+        index: 0,
+    };
     assert_eq!(
         s.source().meta().revision,
         1,
@@ -463,9 +476,14 @@ fn engines_should_agree_and_move_history_through_a_snapshot() {
         )
         .expect("import");
     let moved = Store {
+        keys: KeyIndex::load(&target).expect("index"),
         engine: Arc::new(target),
         index: 100,
     };
+    assert_eq!(
+        moved.keys, memory.keys,
+        "an import's index is the exporter's"
+    );
     assert_eq!(moved.range("a", "\0", 6), memory.range("a", "\0", 6));
     assert_eq!(moved.source().meta(), memory.source().meta());
 }

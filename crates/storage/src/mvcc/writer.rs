@@ -17,6 +17,9 @@ use rskv_proto::etcd::etcdserverpb::response_op::Response;
 
 use super::decode;
 use super::history_key;
+use super::index::IndexUpdate;
+use super::index::KeyIndex;
+use super::index::KeyMeta;
 use super::lease_key;
 use super::lease_key_of;
 use super::mod_rev;
@@ -44,6 +47,8 @@ type Pending<V> = BTreeMap<Bytes, Option<V>>;
 /// Executes one apply batch's changes (see the module doc).
 pub struct Writer<'a> {
     engine: &'a dyn KvEngine,
+    /// What the engine holds, as of the batch's start.
+    keys: &'a KeyIndex,
     meta: MvccMeta,
     meta_dirty: bool,
     data: Pending<KeyVersion>,
@@ -101,14 +106,12 @@ fn merged<V: Clone>(
 }
 
 impl<'a> Writer<'a> {
-    /// A writer over `engine`, starting from its committed counters.
-    ///
-    /// # Errors
-    /// On a storage failure or a damaged record.
-    pub fn new(engine: &'a dyn KvEngine) -> io::Result<Writer<'a>> {
-        Ok(Writer {
+    /// A writer over `engine`, whose contents `index` describes.
+    pub fn new(engine: &'a dyn KvEngine, keys: &'a KeyIndex) -> Writer<'a> {
+        Writer {
             engine,
-            meta: super::load_meta(engine)?,
+            keys,
+            meta: keys.meta(),
             meta_dirty: false,
             data: Pending::new(),
             history: Pending::new(),
@@ -116,7 +119,7 @@ impl<'a> Writer<'a> {
             open: None,
             index: 0,
             events: Vec::new(),
-        })
+        }
     }
 
     /// Starts a request (everything it changes shares one revision), from the entry at `index`.
@@ -135,8 +138,17 @@ impl<'a> Writer<'a> {
         std::mem::take(&mut self.events)
     }
 
-    /// Moves the batch's writes into `set`.
-    pub fn finish(self, set: &mut WriteSet) {
+    /// Moves the batch's writes into `set`; returns what the index must take in once the engine
+    /// has committed them.
+    pub fn finish(self, set: &mut WriteSet) -> IndexUpdate {
+        let update = IndexUpdate {
+            keys: self
+                .data
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_ref().map(KeyMeta::of)))
+                .collect(),
+            meta: self.meta,
+        };
         set.writes.extend(
             self.data
                 .into_iter()
@@ -154,6 +166,7 @@ impl<'a> Writer<'a> {
                 Some(Bytes::from(self.meta.encode_to_vec())),
             ));
         }
+        update
     }
 
     /// The next change position of the request: a new revision for its first change.
@@ -183,7 +196,9 @@ impl<'a> Writer<'a> {
 
     /// Sets `key` (etcd's put): `value` `None` keeps the current value and `lease` `None` the
     /// current lease (etcd's `ignore_value` / `ignore_lease`, which need the key to exist).
-    /// Returns the version it replaced.
+    /// Returns the version it replaced when `read_prev` asks for it: reading it costs an engine
+    /// lookup, which a plain put skips (the index says what it replaces), so its event carries
+    /// no previous value either.
     ///
     /// # Errors
     /// The outer error on a storage failure; the inner one when the put is refused (nothing
@@ -193,24 +208,38 @@ impl<'a> Writer<'a> {
         key: Bytes,
         value: Option<Bytes>,
         lease: Option<i64>,
+        read_prev: bool,
     ) -> io::Result<Result<Option<KeyVersion>, MvccError>> {
-        let prev = self.latest(&key)?;
+        let prev_version = if read_prev || value.is_none() {
+            self.latest(&key)?
+        } else {
+            None
+        };
+        let prev = match &prev_version {
+            Some(kv) => Some(KeyMeta::of(kv)),
+            None => self.latest_meta(&key),
+        };
         if let Err(e) = self.check_put(prev.is_some(), value.is_none(), lease)? {
             return Ok(Err(e));
         }
-        let value =
-            value.unwrap_or_else(|| prev.as_ref().map(|p| p.value.clone()).unwrap_or_default());
-        let lease = lease.unwrap_or_else(|| prev.as_ref().map_or(0, |p| p.lease));
+        let value = value.unwrap_or_else(|| {
+            prev_version
+                .as_ref()
+                .map(|p| p.value.clone())
+                .unwrap_or_default()
+        });
+        let old_lease = prev.map_or(0, |p| p.lease);
+        let lease = lease.unwrap_or(old_lease);
         let rev = self.next_rev();
         let version = KeyVersion {
-            create_revision: prev.as_ref().map_or(rev.main, |p| p.create_revision),
+            create_revision: prev.map_or(rev.main, |p| p.create_revision),
             mod_revision: rev.main,
             mod_sub: rev.sub,
-            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            version: prev.map_or(1, |p| p.version + 1),
             lease,
             value: value.clone(),
         };
-        let prev_rev = prev.as_ref().map(mod_rev).unwrap_or_default();
+        let prev_rev = prev.map(|p| p.modified).unwrap_or_default();
         let change = Change {
             key: key.clone(),
             tombstone: false,
@@ -221,7 +250,6 @@ impl<'a> Writer<'a> {
             prev_revision: prev_rev.main,
             prev_sub: prev_rev.sub,
         };
-        let old_lease = prev.as_ref().map_or(0, |p| p.lease);
         if old_lease != 0 && old_lease != lease {
             self.leases.insert(lease_key_of(old_lease, &key), None);
         }
@@ -234,11 +262,11 @@ impl<'a> Writer<'a> {
             revision: rev.main,
             key: key.clone(),
             kind: EventKind::Put { value },
-            prev: prev.as_ref().map(|p| p.value.clone()),
+            prev: prev_version.as_ref().map(|p| p.value.clone()),
         });
         self.history.insert(history_key(rev), Some(change));
         self.data.insert(key, Some(version));
-        Ok(Ok(prev))
+        Ok(Ok(prev_version.filter(|_| read_prev)))
     }
 
     /// Whether a put may go ahead: `ignore_value` needs the key, a lease must exist.
@@ -268,8 +296,14 @@ impl<'a> Writer<'a> {
         let Some(prev) = self.latest(&key)? else {
             return Ok(None);
         };
+        self.delete_version(key, &prev);
+        Ok(Some(prev))
+    }
+
+    /// Deletes `key`, whose current version is `prev`.
+    fn delete_version(&mut self, key: Bytes, prev: &KeyVersion) {
         let rev = self.next_rev();
-        let prev_rev = mod_rev(&prev);
+        let prev_rev = mod_rev(prev);
         let change = Change {
             key: key.clone(),
             tombstone: true,
@@ -289,7 +323,6 @@ impl<'a> Writer<'a> {
         });
         self.history.insert(history_key(rev), Some(change));
         self.data.insert(key, None);
-        Ok(Some(prev))
     }
 
     /// etcd's DeleteRange: deletes every key in the range; returns the versions deleted.
@@ -303,8 +336,8 @@ impl<'a> Writer<'a> {
     ) -> io::Result<Vec<(Bytes, KeyVersion)>> {
         let current = self.meta.revision;
         let victims = read::versions_at(self, key, range_end, current, 0)?;
-        for (key, _) in &victims {
-            self.delete(key.clone())?;
+        for (key, prev) in &victims {
+            self.delete_version(key.clone(), prev);
         }
         Ok(victims)
     }
@@ -339,15 +372,13 @@ impl<'a> Writer<'a> {
                 Some(Request::RequestPut(put)) => {
                     let value = (!put.ignore_value).then(|| put.value.clone());
                     let lease = (!put.ignore_lease).then_some(put.lease);
-                    let prev = match self.put(put.key.clone(), value, lease)? {
+                    let prev = match self.put(put.key.clone(), value, lease, put.prev_kv)? {
                         Ok(prev) => prev,
                         Err(e) => return Ok(Err(e)),
                     };
                     Some(Response::ResponsePut(etcd::PutResponse {
                         header: None,
-                        prev_kv: prev
-                            .filter(|_| put.prev_kv)
-                            .map(|p| to_etcd(put.key.clone(), &p)),
+                        prev_kv: prev.map(|p| to_etcd(put.key.clone(), &p)),
                     }))
                 }
                 Some(Request::RequestDeleteRange(delete)) => {
@@ -401,7 +432,7 @@ impl<'a> Writer<'a> {
                 Some(Request::RequestPut(put)) => {
                     // Only a put that keeps the value or the lease needs the key to exist.
                     let needs_key = put.ignore_value || put.ignore_lease;
-                    let exists = !needs_key || self.latest(&put.key)?.is_some();
+                    let exists = !needs_key || self.latest_meta(&put.key).is_some();
                     let lease = (!put.ignore_lease).then_some(put.lease);
                     self.check_put(exists, put.ignore_value, lease)?
                 }
@@ -540,6 +571,17 @@ impl<'a> Writer<'a> {
     }
 }
 
+impl Writer<'_> {
+    /// The metadata of `key`'s current version, from the batch's writes or the index: no
+    /// engine read.
+    fn latest_meta(&self, key: &[u8]) -> Option<KeyMeta> {
+        match self.data.get(key) {
+            Some(pending) => pending.as_ref().map(KeyMeta::of),
+            None => self.keys.get(key),
+        }
+    }
+}
+
 impl Source for Writer<'_> {
     fn meta(&self) -> MvccMeta {
         self.meta
@@ -548,6 +590,8 @@ impl Source for Writer<'_> {
     fn latest(&self, key: &[u8]) -> io::Result<Option<KeyVersion>> {
         match self.data.get(key) {
             Some(pending) => Ok(pending.clone()),
+            // A key the index does not know is not in the engine either.
+            None if self.keys.get(key).is_none() => Ok(None),
             None => super::stored_version(self.engine, key),
         }
     }

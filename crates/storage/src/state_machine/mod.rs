@@ -48,6 +48,7 @@ use openraft::RaftSnapshotBuilder;
 use crate::error::io_err;
 use crate::events::EventBus;
 use crate::io_thread::IoThread;
+use crate::mvcc::index::KeyIndex;
 use crate::mvcc::writer::Writer;
 use crate::mvcc::KeyVersion;
 use crate::mvcc::Source;
@@ -328,13 +329,17 @@ pub(crate) fn execute(
             return_prev,
             ..
         } => {
-            let prev = writer.put(key, Some(new), Some(0))?.map_err(refused)?;
-            CommandResponse::done(value(prev).filter(|_| return_prev))
+            let prev = writer
+                .put(key, Some(new), Some(0), return_prev)?
+                .map_err(refused)?;
+            CommandResponse::done(value(prev))
         }
         Command::Delete { key, .. } => CommandResponse::done(value(writer.delete(key)?)),
         Command::BatchPut { pairs, .. } => {
             for (key, new) in pairs {
-                writer.put(key, Some(new), Some(0))?.map_err(refused)?;
+                writer
+                    .put(key, Some(new), Some(0), false)?
+                    .map_err(refused)?;
             }
             CommandResponse::done(None)
         }
@@ -347,8 +352,9 @@ pub(crate) fn execute(
             let prev = value(writer.latest(&key)?);
             let success = prev == expected;
             if success {
+                // Read again (the event carries the value replaced): only a CAS that succeeds.
                 writer
-                    .put(key, Some(new_value), Some(0))?
+                    .put(key, Some(new_value), Some(0), true)?
                     .map_err(refused)?;
             }
             CommandResponse {
@@ -406,6 +412,10 @@ fn etcd_reply(reply: Result<EtcdReply, MvccError>) -> CommandResponse {
     }
 }
 
+fn lock_index(keys: &Mutex<KeyIndex>) -> io::Result<std::sync::MutexGuard<'_, KeyIndex>> {
+    keys.lock().map_err(|_| io_err("key index lock poisoned"))
+}
+
 /// The responders of one apply batch, each with its command's response.
 type Answers = Vec<(
     Option<openraft::storage::ApplyResponder<TypeConfig>>,
@@ -419,10 +429,11 @@ fn apply_batch(
     engine: &dyn KvEngine,
     bus: &EventBus,
     sessions: &mut SessionTable,
+    keys: &mut KeyIndex,
     batch: Vec<EntryResponder<TypeConfig>>,
 ) -> io::Result<Answers> {
     let mut state = engine.applied_state()?;
-    let mut writer = Writer::new(engine)?;
+    let mut writer = Writer::new(engine, keys);
     let mut responders = Vec::with_capacity(batch.len());
     for (entry, responder) in batch {
         state.last_applied = Some(entry.log_id);
@@ -445,8 +456,9 @@ fn apply_batch(
         state,
         ..WriteSet::default()
     };
-    writer.finish(&mut set);
+    let update = writer.finish(&mut set);
     engine.commit(set)?;
+    keys.apply(update);
     // After the commit: an event is never seen before its change is readable.
     bus.publish(events);
     bus.revision_applied(revision);
@@ -535,6 +547,10 @@ pub struct StateMachine {
     /// How many sessions it holds, for status and metrics: read without the table's lock, which
     /// a snapshot install holds for as long as the import takes.
     open_sessions: Arc<AtomicUsize>,
+    /// Every live key's metadata, as of the last applied entry: what apply's writes replace,
+    /// without an engine read. Only apply and snapshot installs change it, each holding the
+    /// session table's lock first.
+    keys: Arc<Mutex<KeyIndex>>,
     /// Where committed entries are applied to the engine: a thread of its own, so a slow engine
     /// write never holds an async worker.
     apply_thread: Arc<IoThread>,
@@ -563,20 +579,21 @@ impl StateMachine {
             snapshot_lock: Arc::new(Mutex::new(())),
             sessions: Arc::new(Mutex::new(SessionTable::default())),
             open_sessions: Arc::new(AtomicUsize::new(0)),
+            keys: Arc::new(Mutex::new(KeyIndex::default())),
             apply_thread: Arc::new(IoThread::spawn("rskv-apply")?),
         };
         let engine = sm.engine.clone();
         let path = sm.snapshot_path();
-        let applied = tokio::task::spawn_blocking(move || {
+        let (applied, sessions, keys) = tokio::task::spawn_blocking(move || {
             recover(&*engine, &path)?;
             let sessions = SessionTable::load(engine.system_records()?)?;
-            let revision = crate::mvcc::load_meta(&*engine)?.revision;
-            Ok::<_, io::Error>((engine.applied_state()?, sessions, revision))
+            let keys = KeyIndex::load(&*engine)?;
+            Ok::<_, io::Error>((engine.applied_state()?, sessions, keys))
         })
         .await
         .map_err(io_err)??;
-        let (applied, sessions, revision) = (applied.0, applied.1, applied.2);
-        sm.events.revision_applied(revision);
+        sm.events.revision_applied(keys.meta().revision);
+        *sm.lock_keys()? = keys;
         sm.open_sessions.store(sessions.len(), Ordering::Relaxed);
         *sm.lock_sessions()? = sessions;
         // Events up to what is already applied were published by an earlier run (or never):
@@ -594,6 +611,10 @@ impl StateMachine {
         self.sessions
             .lock()
             .map_err(|_| io_err("session table lock poisoned"))
+    }
+
+    fn lock_keys(&self) -> io::Result<std::sync::MutexGuard<'_, KeyIndex>> {
+        lock_index(&self.keys)
     }
 
     /// Open client sessions, as of the last apply or snapshot install.
@@ -876,12 +897,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let bus = self.events.clone();
         let sessions = self.sessions.clone();
         let open_sessions = self.open_sessions.clone();
+        let keys = self.keys.clone();
         let writes: u64 = batch.iter().map(|(entry, _)| writes_in(entry)).sum();
         let work = move || {
             let mut sessions = sessions
                 .lock()
                 .map_err(|_| io_err("session table lock poisoned"))?;
-            let applied = apply_batch(&*engine, &bus, &mut sessions, batch);
+            let mut keys = lock_index(&keys)?;
+            let applied = apply_batch(&*engine, &bus, &mut sessions, &mut keys, batch);
             if applied.is_err() {
                 // The table may have moved ahead of what the engine holds: take the engine's.
                 if let Ok(stored) = engine.system_records().and_then(SessionTable::load) {
@@ -925,6 +948,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let events = self.events.clone();
         let sessions = self.sessions.clone();
         let open_sessions = self.open_sessions.clone();
+        let keys = self.keys.clone();
         self.trigger.snapshot_started();
         tokio::task::spawn_blocking(move || {
             let _guard = lock.lock().map_err(|_| io_err("snapshot lock poisoned"))?;
@@ -958,9 +982,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut table = sessions
                 .lock()
                 .map_err(|_| io_err("session table lock poisoned"))?;
+            let mut index = lock_index(&keys)?;
             engine.import(&state, &mut file.reader()?)?;
             *table = SessionTable::load(engine.system_records()?)?;
+            *index = KeyIndex::load(&*engine)?;
             open_sessions.store(table.len(), Ordering::Relaxed);
+            let revision = index.meta().revision;
+            drop(index);
             drop(table);
             if engine.durable() {
                 // Imported and synced: the engine now holds the data, and the file (a whole copy
@@ -971,7 +999,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             // Watchers cannot be given the changes a snapshot skipped over: end them.
             events.reset(state.last_applied.map(|l| l.index).unwrap_or(0));
-            events.revision_applied(crate::mvcc::load_meta(&*engine)?.revision);
+            events.revision_applied(revision);
             tracing::info!(
                 last_log_id = ?state.last_applied,
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -1157,6 +1185,7 @@ pub(crate) mod engine_suite {
 mod tests {
     use super::*;
     use crate::memory::MemoryEngine;
+    use prost::Message;
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
@@ -1193,7 +1222,8 @@ mod tests {
                 },
             ],
         };
-        let mut writer = Writer::new(&engine).expect("writer");
+        let keys = KeyIndex::load(&engine).expect("index");
+        let mut writer = Writer::new(&engine, &keys);
         let mut sessions = SessionTable::default();
         let resp = execute(&mut writer, &mut sessions, group, 7).expect("execute");
         let events = writer.take_events();
@@ -1237,14 +1267,22 @@ mod tests {
         );
     }
 
+    /// `n` keys, each a 300-byte value starting with `tag`, as applied at `index`.
     fn rows(n: usize, tag: &str, index: u64) -> WriteSet {
+        let version = |i: usize| KeyVersion {
+            create_revision: 2,
+            mod_revision: 2,
+            version: 1,
+            value: b(&format!("{tag}{:0>300}", i)),
+            ..KeyVersion::default()
+        };
         WriteSet {
             system: Vec::new(),
             writes: (0..n)
                 .map(|i| {
                     (
                         b(&format!("key{i:05}")),
-                        Some(b(&format!("{tag}{:0>300}", i))),
+                        Some(Bytes::from(version(i).encode_to_vec())),
                     )
                 })
                 .collect(),
@@ -1325,7 +1363,10 @@ mod tests {
         let all = target.scan(b"", None, usize::MAX).expect("scan");
         assert_eq!(all.len(), 5000);
         assert!(
-            all.iter().all(|(_, v)| v.starts_with(b"old")),
+            all.iter().all(|(_, v)| KeyVersion::decode(&v[..])
+                .expect("version")
+                .value
+                .starts_with(b"old")),
             "the stream holds the state at its metadata, not later commits"
         );
         // The next snapshot is taken anew and sees the later commit.
