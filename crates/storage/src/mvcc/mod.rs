@@ -153,6 +153,14 @@ pub trait Source {
     /// # Errors
     /// On a storage failure or a damaged record.
     fn latest(&self, key: &[u8]) -> io::Result<Option<KeyVersion>>;
+    /// The metadata of `key`'s current version: a source with the apply side's [`index`]
+    /// answers it without reading the engine.
+    ///
+    /// # Errors
+    /// On a storage failure or a damaged record.
+    fn latest_meta(&self, key: &[u8]) -> io::Result<Option<index::KeyMeta>> {
+        Ok(self.latest(key)?.as_ref().map(index::KeyMeta::of))
+    }
     /// Up to `limit` current versions with `start <= key < end` (no end: unbounded), in key order.
     ///
     /// # Errors

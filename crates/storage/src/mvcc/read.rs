@@ -227,6 +227,19 @@ pub fn range(
 /// # Errors
 /// On a storage failure.
 pub fn compare_holds(source: &dyn Source, compare: &Compare) -> io::Result<bool> {
+    if compare.range_end.is_empty() && compare.target != CompareTarget::Value as i32 {
+        // One key, on its metadata: no value to read.
+        let meta = source.latest_meta(&compare.key)?;
+        let kv = meta.map(|m| KeyVersion {
+            create_revision: m.create_revision,
+            mod_revision: m.modified.main,
+            mod_sub: m.modified.sub,
+            version: m.version,
+            lease: m.lease,
+            value: Bytes::new(),
+        });
+        return Ok(compare_one(compare, kv.as_ref()));
+    }
     let current = source.meta().revision;
     let versions = versions_at(source, &compare.key, &compare.range_end, current, 0)?;
     if versions.is_empty() {

@@ -217,7 +217,7 @@ impl<'a> Writer<'a> {
         };
         let prev = match &prev_version {
             Some(kv) => Some(KeyMeta::of(kv)),
-            None => self.latest_meta(&key),
+            None => self.latest_meta(&key)?,
         };
         if let Err(e) = self.check_put(prev.is_some(), value.is_none(), lease)? {
             return Ok(Err(e));
@@ -432,7 +432,7 @@ impl<'a> Writer<'a> {
                 Some(Request::RequestPut(put)) => {
                     // Only a put that keeps the value or the lease needs the key to exist.
                     let needs_key = put.ignore_value || put.ignore_lease;
-                    let exists = !needs_key || self.latest_meta(&put.key).is_some();
+                    let exists = !needs_key || self.latest_meta(&put.key)?.is_some();
                     let lease = (!put.ignore_lease).then_some(put.lease);
                     self.check_put(exists, put.ignore_value, lease)?
                 }
@@ -571,20 +571,17 @@ impl<'a> Writer<'a> {
     }
 }
 
-impl Writer<'_> {
-    /// The metadata of `key`'s current version, from the batch's writes or the index: no
-    /// engine read.
-    fn latest_meta(&self, key: &[u8]) -> Option<KeyMeta> {
-        match self.data.get(key) {
-            Some(pending) => pending.as_ref().map(KeyMeta::of),
-            None => self.keys.get(key),
-        }
-    }
-}
-
 impl Source for Writer<'_> {
     fn meta(&self) -> MvccMeta {
         self.meta
+    }
+
+    /// From the batch's writes or the index: no engine read.
+    fn latest_meta(&self, key: &[u8]) -> io::Result<Option<KeyMeta>> {
+        Ok(match self.data.get(key) {
+            Some(pending) => pending.as_ref().map(KeyMeta::of),
+            None => self.keys.get(key),
+        })
     }
 
     fn latest(&self, key: &[u8]) -> io::Result<Option<KeyVersion>> {
