@@ -57,7 +57,7 @@ pub mod storage {
 /// etcd's v3 API (`proto/etcd/`), compiled from rskv's own copy of etcd's schema: package, message
 /// and field names and field numbers are etcd's, so these types encode to the bytes etcd's do
 /// (`tests/etcd_wire.rs` checks that against the `etcd-client` crate's own generated types).
-/// Server and client stubs are generated; nothing serves them yet.
+/// Server and client stubs are generated; `rskv-server` serves them.
 pub mod etcd {
     /// etcd's gRPC services and their messages (`etcdserverpb`): KV, Watch, Lease, Cluster,
     /// Maintenance, Auth.
@@ -94,6 +94,32 @@ pub mod etcd {
     )]
     pub mod authpb {
         tonic::include_proto!("authpb");
+    }
+
+    /// etcd's lock service (`v3lockpb`): `Lock` and `Unlock`, etcd's mutex recipe run by the
+    /// server for clients that would rather not run it themselves.
+    #[allow(
+        missing_docs,
+        clippy::all,
+        clippy::pedantic,
+        clippy::unwrap_used,
+        clippy::expect_used
+    )]
+    pub mod v3lockpb {
+        tonic::include_proto!("v3lockpb");
+    }
+
+    /// etcd's election service (`v3electionpb`): `Campaign`, `Proclaim`, `Leader`, `Observe`,
+    /// `Resign`, etcd's election recipe run by the server.
+    #[allow(
+        missing_docs,
+        clippy::all,
+        clippy::pedantic,
+        clippy::unwrap_used,
+        clippy::expect_used
+    )]
+    pub mod v3electionpb {
+        tonic::include_proto!("v3electionpb");
     }
 }
 
