@@ -948,7 +948,7 @@ fn contender_key(name: &str, lease: i64) -> String {
     format!("{name}/{lease:x}")
 }
 
-/// Waits until `prefix` holds exactly the keys `keys`.
+/// Waits until `prefix` holds exactly the keys `keys` (in any order).
 async fn wait_for_exact_keys(
     cluster: &ProcessCluster,
     client: &Client,
@@ -971,7 +971,9 @@ async fn wait_for_exact_keys(
                     .iter()
                     .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
                     .collect();
-                (found == keys).then_some(())
+                let mut wanted = keys.to_vec();
+                wanted.sort();
+                (found == wanted).then_some(())
             }
         })
         .await;

@@ -249,11 +249,36 @@ impl Recipes {
 
     /// Puts `key` with `value` and `lease` unless it exists, in one transaction with `also`
     /// (which runs either way): the contender joins the queue, or finds its place in it from
-    /// before (etcd's `tryAcquire` and the first step of `Campaign`).
+    /// before (etcd's `tryAcquire` and the first step of `Campaign`). Answers with the [`Undo`]
+    /// that takes the contender out again (made by `undo` from where it was queued), armed.
+    ///
+    /// The transaction runs as a task of its own: a client that cancels while it is on its way
+    /// would otherwise leave a key queued that nobody knows of (its client never learned it), so
+    /// the task finishes it and, with nobody left to take the answer, undoes it at once.
     ///
     /// # Errors
     /// What `Txn` answers: "etcdserver: requested lease not found" for an unknown lease.
     pub async fn enqueue(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        lease: i64,
+        also: Vec<etcd::RequestOp>,
+        undo: impl FnOnce(&Queued) -> etcd::TxnRequest + Send + 'static,
+    ) -> Result<(Queued, Undo), Status> {
+        let recipes = self.clone();
+        let queueing = self.tasks.spawn(async move {
+            let queued = recipes.put_in_queue(key, value, lease, also).await?;
+            let undo = recipes.undo(undo(&queued));
+            Ok((queued, undo))
+        });
+        queueing
+            .await
+            .map_err(|e| Status::internal(format!("queueing a contender: {e}")))?
+    }
+
+    /// The transaction of [`Recipes::enqueue`].
+    async fn put_in_queue(
         &self,
         key: Bytes,
         value: Bytes,
@@ -346,7 +371,7 @@ impl Recipes {
     }
 
     /// An [`Undo`] that runs `txn` unless disarmed.
-    pub fn undo(&self, txn: etcd::TxnRequest) -> Undo {
+    fn undo(&self, txn: etcd::TxnRequest) -> Undo {
         Undo {
             recipes: Some(self.clone()),
             txn,
@@ -382,8 +407,8 @@ impl Changes {
 
 /// What a canceled request must undo: a transaction (delete the queued key) run when the
 /// `Undo` is dropped armed, which is what happens to a handler's future when its client cancels
-/// or its deadline passes. etcd's server does the same on a canceled context: the lock deletes
-/// its key, the candidate resigns.
+/// or its deadline passes. etcd's server does the same on a canceled wait: the lock deletes its
+/// key, the candidate resigns (rskv also when the cancel came while the key was being queued).
 pub struct Undo {
     /// `None` once disarmed or run.
     recipes: Option<Recipes>,
@@ -396,10 +421,15 @@ impl Undo {
         self.recipes = None;
     }
 
-    /// Undoes now (the request failed; its error goes back to the client after this).
+    /// Undoes now (the request failed; its error goes back to the client after this). The undo
+    /// runs as a task of its own, so a client that cancels meanwhile does not cut it short.
     pub async fn now(mut self) {
         if let Some(recipes) = self.recipes.take() {
-            run_undo(recipes, std::mem::take(&mut self.txn)).await;
+            let tasks = recipes.tasks.clone();
+            let undo = tasks.spawn(run_undo(recipes, std::mem::take(&mut self.txn)));
+            if let Err(e) = undo.await {
+                tracing::warn!(error = %e, "the undo of a failed lock or campaign did not finish");
+            }
         }
     }
 }

@@ -46,12 +46,12 @@ fn missing_leader_key() -> Status {
     Status::unknown("\"leader\" field must be provided")
 }
 
-/// The transaction that gives up `leader`: delete its key if it is still the one created at its
-/// revision (etcd's `Resign`).
-fn resignation(leader: &v3electionpb::LeaderKey) -> etcd::TxnRequest {
+/// The transaction that gives up a leadership: delete its `key` if it is still the one created
+/// at `revision` (etcd's `Resign`).
+fn resignation(key: &Bytes, revision: i64) -> etcd::TxnRequest {
     etcd::TxnRequest {
-        compare: vec![created_at(leader.key.clone(), leader.rev)],
-        success: vec![delete_op(leader.key.clone())],
+        compare: vec![created_at(key.clone(), revision)],
+        success: vec![delete_op(key.clone())],
         failure: Vec::new(),
     }
 }
@@ -77,9 +77,17 @@ impl EtcdElection {
         let lease = self.recipes.session_lease(request.lease).await?;
         let prefix = prefix_of(&request.name);
         let key = contender_key(&prefix, lease);
-        let queued = self
+        // A client that gives up while this waits resigns (etcd resigns on a canceled context).
+        let resign_key = key.clone();
+        let (queued, resign) = self
             .recipes
-            .enqueue(key.clone(), request.value.clone(), lease, Vec::new())
+            .enqueue(
+                key.clone(),
+                request.value.clone(),
+                lease,
+                Vec::new(),
+                move |queued| resignation(&resign_key, queued.revision),
+            )
             .await?;
         let leader = v3electionpb::LeaderKey {
             name: request.name,
@@ -87,8 +95,6 @@ impl EtcdElection {
             rev: queued.revision,
             lease,
         };
-        // A client that gives up while this waits resigns (etcd resigns on a canceled context).
-        let resign = self.recipes.undo(resignation(&leader));
         if let Some(existing) = &queued.existing {
             if existing.value != request.value {
                 if let Err(status) = self.proclaim_as(&leader, request.value).await {
@@ -272,7 +278,10 @@ impl Election for EtcdElection {
     ) -> Result<Response<v3electionpb::ResignResponse>, Status> {
         super::observe("etcd.resign", async {
             let leader = request.into_inner().leader.ok_or_else(missing_leader_key)?;
-            let response = self.recipes.txn(resignation(&leader)).await?;
+            let response = self
+                .recipes
+                .txn(resignation(&leader.key, leader.rev))
+                .await?;
             Ok(v3electionpb::ResignResponse {
                 header: response.header,
             })

@@ -47,23 +47,24 @@ impl EtcdLock {
         let holder = etcd::RequestOp {
             request: Some(Op::RequestRange(oldest_under(&prefix))),
         };
-        let queued = self
+        // Until the lock is held, the key is deleted if the wait fails or the client gives up.
+        let unlock = etcd::TxnRequest {
+            success: vec![delete_op(key.clone())],
+            ..Default::default()
+        };
+        let (queued, undo) = self
             .recipes
-            .enqueue(key.clone(), Bytes::new(), lease, vec![holder])
+            .enqueue(key.clone(), Bytes::new(), lease, vec![holder], |_| unlock)
             .await?;
         let held =
             range_kv(&queued.response, 1).is_none_or(|h| h.create_revision == queued.revision);
         if held {
+            undo.disarm();
             return Ok(v3lockpb::LockResponse {
                 header: queued.response.header,
                 key,
             });
         }
-        // From here on the key is deleted if the wait fails or the client gives up.
-        let undo = self.recipes.undo(etcd::TxnRequest {
-            success: vec![delete_op(key.clone())],
-            ..Default::default()
-        });
         if let Err(status) = self
             .recipes
             .wait_deletes(&prefix, queued.revision - 1)
