@@ -10,8 +10,9 @@
 //! below by path.
 //!
 //! A third pass compiles etcd's v3 API (`proto/etcd/`, packages `etcdserverpb`, `mvccpb`,
-//! `authpb`), server and client stubs; `lib.rs` nests the three under `etcd` so the generated
-//! `super::mvccpb` / `super::authpb` references resolve.
+//! `authpb`, and the lock and election services `v3lockpb`, `v3electionpb`), server and client
+//! stubs; `lib.rs` nests them under `etcd` so the generated `super::mvccpb` /
+//! `super::etcdserverpb` references resolve.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
@@ -40,6 +41,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "../../proto/etcd/rpc.proto",
             "../../proto/etcd/kv.proto",
             "../../proto/etcd/auth.proto",
+            "../../proto/etcd/v3lock.proto",
+            "../../proto/etcd/v3election.proto",
         ],
         &["../../proto"],
     )?;

@@ -14,86 +14,76 @@
 // Library code never unwraps: a panic on a server path is a bug report, not an error message.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+/// Declares module `$name` holding the code generated for protobuf package `$package`: generated
+/// code is exempt from the lints and doc requirements the crate's own code meets.
+macro_rules! generated {
+    ($(#[$doc:meta])* $name:ident = $package:literal) => {
+        $(#[$doc])*
+        #[allow(
+            missing_docs,
+            clippy::all,
+            clippy::pedantic,
+            clippy::unwrap_used,
+            clippy::expect_used
+        )]
+        pub mod $name {
+            tonic::include_proto!($package);
+        }
+    };
+}
+
 pub mod status;
 
-/// Client API: key-value operations (`rskv.v1.Kv`) and introspection (`rskv.v1.Cluster`).
-#[allow(
-    missing_docs,
-    clippy::all,
-    clippy::pedantic,
-    clippy::unwrap_used,
-    clippy::expect_used
-)]
-pub mod kv {
-    tonic::include_proto!("rskv.v1");
+generated! {
+    /// Client API: key-value operations (`rskv.v1.Kv`) and introspection (`rskv.v1.Cluster`).
+    kv = "rskv.v1"
 }
 
-/// Node-to-node Raft transport (`rskv.raft.v2.Raft`): typed messages built of [`storage`]'s.
-#[allow(
-    missing_docs,
-    clippy::all,
-    clippy::pedantic,
-    clippy::unwrap_used,
-    clippy::expect_used
-)]
-pub mod raft {
-    tonic::include_proto!("rskv.raft.v2");
+generated! {
+    /// Node-to-node Raft transport (`rskv.raft.v2.Raft`): typed messages built of
+    /// [`storage`]'s.
+    raft = "rskv.raft.v2"
 }
 
-/// rskv's durable formats (`rskv.storage.v1`, `proto/storage.proto`): log entries, votes, log ids,
-/// memberships, snapshot metadata, the applied state. Their schema is rskv's, so a new openraft
-/// cannot change what is on disk without rskv changing it deliberately.
-#[allow(
-    missing_docs,
-    clippy::all,
-    clippy::pedantic,
-    clippy::unwrap_used,
-    clippy::expect_used
-)]
-pub mod storage {
-    tonic::include_proto!("rskv.storage.v1");
+generated! {
+    /// rskv's durable formats (`rskv.storage.v1`, `proto/storage.proto`): log entries, votes, log
+    /// ids, memberships, snapshot metadata, the applied state. Their schema is rskv's, so a new
+    /// openraft cannot change what is on disk without rskv changing it deliberately.
+    storage = "rskv.storage.v1"
 }
 
 /// etcd's v3 API (`proto/etcd/`), compiled from rskv's own copy of etcd's schema: package, message
 /// and field names and field numbers are etcd's, so these types encode to the bytes etcd's do
 /// (`tests/etcd_wire.rs` checks that against the `etcd-client` crate's own generated types).
-/// Server and client stubs are generated; nothing serves them yet.
+/// Server and client stubs are generated; `rskv-server` serves them.
 pub mod etcd {
-    /// etcd's gRPC services and their messages (`etcdserverpb`): KV, Watch, Lease, Cluster,
-    /// Maintenance, Auth.
-    #[allow(
-        missing_docs,
-        clippy::all,
-        clippy::pedantic,
-        clippy::unwrap_used,
-        clippy::expect_used
-    )]
-    pub mod etcdserverpb {
-        tonic::include_proto!("etcdserverpb");
+    generated! {
+        /// etcd's gRPC services and their messages (`etcdserverpb`): KV, Watch, Lease, Cluster,
+        /// Maintenance, Auth.
+        etcdserverpb = "etcdserverpb"
     }
 
-    /// etcd's MVCC types (`mvccpb`): `KeyValue` and the watch `Event`.
-    #[allow(
-        missing_docs,
-        clippy::all,
-        clippy::pedantic,
-        clippy::unwrap_used,
-        clippy::expect_used
-    )]
-    pub mod mvccpb {
-        tonic::include_proto!("mvccpb");
+    generated! {
+        /// etcd's MVCC types (`mvccpb`): `KeyValue` and the watch `Event`.
+        mvccpb = "mvccpb"
     }
 
-    /// etcd's authentication types (`authpb`): `User`, `Role`, `Permission`, `UserAddOptions`.
-    #[allow(
-        missing_docs,
-        clippy::all,
-        clippy::pedantic,
-        clippy::unwrap_used,
-        clippy::expect_used
-    )]
-    pub mod authpb {
-        tonic::include_proto!("authpb");
+    generated! {
+        /// etcd's authentication types (`authpb`): `User`, `Role`, `Permission`,
+        /// `UserAddOptions`.
+        authpb = "authpb"
+    }
+
+    generated! {
+        /// etcd's lock service (`v3lockpb`): `Lock` and `Unlock`, etcd's mutex recipe run by the
+        /// server for clients that would rather not run it themselves.
+        v3lockpb = "v3lockpb"
+    }
+
+    generated! {
+        /// etcd's election service (`v3electionpb`): `Campaign`, `Proclaim`, `Leader`, `Observe`,
+        /// `Resign`, etcd's election recipe run by the server.
+        v3electionpb = "v3electionpb"
     }
 }
 

@@ -836,3 +836,150 @@ fn service_names_are_etcds() {
         <theirs::PbAuthServer<()> as NamedService>::NAME
     );
 }
+
+fn leader_key() -> rskv_proto::etcd::v3electionpb::LeaderKey {
+    rskv_proto::etcd::v3electionpb::LeaderKey {
+        name: b("el"),
+        key: b("el/694d"),
+        rev: 1 << 33,
+        lease: -0x694d,
+    }
+}
+
+fn their_leader_key() -> theirs::PbLeaderKey {
+    theirs::PbLeaderKey {
+        name: b"el".to_vec(),
+        key: b"el/694d".to_vec(),
+        rev: 1 << 33,
+        lease: -0x694d,
+    }
+}
+
+/// A length-delimited field `number` holding `bytes`, encoded by hand: the requests below have no
+/// public type in `etcd-client`, so their expected bytes are written out from etcd's schema.
+fn field(number: u32, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    prost::encoding::encode_key(number, prost::encoding::WireType::LengthDelimited, &mut out);
+    prost::encoding::encode_varint(bytes.len() as u64, &mut out);
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// A varint field `number` holding the int64 `value`, encoded by hand.
+fn varint(number: u32, value: i64) -> Vec<u8> {
+    let mut out = Vec::new();
+    prost::encoding::encode_key(number, prost::encoding::WireType::Varint, &mut out);
+    prost::encoding::encode_varint(value as u64, &mut out);
+    out
+}
+
+#[test]
+fn lock_messages() {
+    use rskv_proto::etcd::v3lockpb as lock;
+    identical(
+        &lock::LockResponse {
+            header: Some(header()),
+            key: b("lk/694d"),
+        },
+        &theirs::PbLockResponse {
+            header: Some(their_header()),
+            key: b"lk/694d".to_vec(),
+        },
+    );
+    identical(
+        &lock::UnlockResponse {
+            header: Some(header()),
+        },
+        &theirs::PbUnlockResponse {
+            header: Some(their_header()),
+        },
+    );
+    let request = lock::LockRequest {
+        name: b("lk"),
+        lease: -7,
+    };
+    assert_eq!(
+        request.encode_to_vec(),
+        [field(1, b"lk"), varint(2, -7)].concat()
+    );
+    let unlock = lock::UnlockRequest { key: b("lk/694d") };
+    assert_eq!(unlock.encode_to_vec(), field(1, b"lk/694d"));
+}
+
+#[test]
+fn election_messages() {
+    use rskv_proto::etcd::v3electionpb as election;
+    identical(&leader_key(), &their_leader_key());
+    identical(
+        &election::CampaignResponse {
+            header: Some(header()),
+            leader: Some(leader_key()),
+        },
+        &theirs::PbCampaignResponse {
+            header: Some(their_header()),
+            leader: Some(their_leader_key()),
+        },
+    );
+    identical(
+        &election::LeaderResponse {
+            header: Some(header()),
+            kv: Some(kv("el/694d", "v", 9)),
+        },
+        &theirs::PbLeaderResponse {
+            header: Some(their_header()),
+            kv: Some(their_kv("el/694d", "v", 9)),
+        },
+    );
+    identical(
+        &election::ProclaimResponse {
+            header: Some(header()),
+        },
+        &theirs::PbProclaimResponse {
+            header: Some(their_header()),
+        },
+    );
+    identical(
+        &election::ResignResponse {
+            header: Some(header()),
+        },
+        &theirs::PbResignResponse {
+            header: Some(their_header()),
+        },
+    );
+    let their_key = their_leader_key().encode_to_vec();
+    let campaign = election::CampaignRequest {
+        name: b("el"),
+        lease: -7,
+        value: b("v"),
+    };
+    assert_eq!(
+        campaign.encode_to_vec(),
+        [field(1, b"el"), varint(2, -7), field(3, b"v")].concat()
+    );
+    let proclaim = election::ProclaimRequest {
+        leader: Some(leader_key()),
+        value: b("v"),
+    };
+    assert_eq!(
+        proclaim.encode_to_vec(),
+        [field(1, &their_key), field(2, b"v")].concat()
+    );
+    let resign = election::ResignRequest {
+        leader: Some(leader_key()),
+    };
+    assert_eq!(resign.encode_to_vec(), field(1, &their_key));
+    let leader = election::LeaderRequest { name: b("el") };
+    assert_eq!(leader.encode_to_vec(), field(1, b"el"));
+}
+
+#[test]
+fn lock_and_election_service_names_are_etcds() {
+    assert_eq!(
+        rskv_proto::etcd::v3lockpb::lock_server::SERVICE_NAME,
+        "v3lockpb.Lock"
+    );
+    assert_eq!(
+        rskv_proto::etcd::v3electionpb::election_server::SERVICE_NAME,
+        "v3electionpb.Election"
+    );
+}

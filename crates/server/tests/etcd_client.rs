@@ -3,6 +3,9 @@
 //! its options and headers, transactions, compaction, watches, leases and keep-alives, and
 //! etcd's errors for bad input. What passes here is what an etcd user's Rust program gets.
 //!
+//! etcd's Lock and Election services too: contenders queue, wait and take over as etcd's recipes
+//! make them, a canceled waiter leaves no key, and errors are etcd's.
+//!
 //! Nothing sleeps as proof: every wait is on a condition, with a deadline.
 
 mod common;
@@ -21,7 +24,9 @@ use etcd_client::GetOptions;
 use etcd_client::LeaseGrantOptions;
 use etcd_client::LeaseTimeToLiveOptions;
 use etcd_client::LockOptions;
+use etcd_client::ProclaimOptions;
 use etcd_client::PutOptions;
+use etcd_client::ResignOptions;
 use etcd_client::ResponseHeader;
 use etcd_client::SortOrder;
 use etcd_client::SortTarget;
@@ -44,6 +49,8 @@ const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted"
 const FUTURE: &str = "etcdserver: mvcc: required revision is a future revision";
 const NO_KEY: &str = "etcdserver: key is not provided";
 const NO_LEASE: &str = "etcdserver: requested lease not found";
+const NO_ELECTION_LEADER: &str = "election: no leader";
+const NOT_ELECTION_LEADER: &str = "election: not leader";
 
 /// An etcd client connected to node `id` only.
 async fn connect(cluster: &ProcessCluster, id: u64) -> Client {
@@ -887,7 +894,6 @@ async fn leases_grant_keep_alive_through_a_follower_ttl_revoke_and_expiry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "rskv does not serve etcd's Lock and Election services (v3lockpb, v3electionpb): UNIMPLEMENTED"]
 async fn lock_and_election_with_two_contenders() {
     let (cluster, _, _, mut f, mut l) = start("rocksdb").await;
     let lease_f = f.lease_grant(30, None).await.expect("grant").id();
@@ -935,4 +941,212 @@ async fn lock_and_election_with_two_contenders() {
         .expect("campaign");
     let now = probe.leader("el").await.expect("leader");
     assert_eq!(now.kv().map(|kv| kv.value()), Some(&b"two"[..]));
+}
+
+/// A contender's key, as etcd names it: the prefix and the lease id in hex.
+fn contender_key(name: &str, lease: i64) -> String {
+    format!("{name}/{lease:x}")
+}
+
+/// Waits until `prefix` holds exactly the keys `keys` (in any order).
+async fn wait_for_exact_keys(
+    cluster: &ProcessCluster,
+    client: &Client,
+    prefix: &str,
+    keys: &[String],
+) {
+    cluster
+        .wait(&format!("keys under {prefix} to be {keys:?}"), WAIT, || {
+            let mut c = client.clone();
+            async move {
+                let got = c
+                    .get(
+                        prefix,
+                        Some(GetOptions::new().with_prefix().with_keys_only()),
+                    )
+                    .await
+                    .ok()?;
+                let found: Vec<String> = got
+                    .kvs()
+                    .iter()
+                    .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                    .collect();
+                let mut wanted = keys.to_vec();
+                wanted.sort();
+                (found == wanted).then_some(())
+            }
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_waiters_take_over_from_a_revoked_holder_and_cancel_cleanly() {
+    let (cluster, _, _, mut f, l) = start("memory").await;
+    let holder = f.lease_grant(30, None).await.expect("grant").id();
+    let waiter = f.lease_grant(30, None).await.expect("grant").id();
+    let quitter = f.lease_grant(30, None).await.expect("grant").id();
+
+    // Through the follower: the holder's key is `name/<lease hex>`, answered at once.
+    let held = f
+        .lock("rv", Some(LockOptions::new().with_lease(holder)))
+        .await
+        .expect("lock");
+    assert_eq!(held.key(), contender_key("rv", holder).as_bytes());
+    assert!(held.header().is_some_and(|h| h.revision() > 0));
+
+    // The holder's lease is revoked (as when it expires): the waiter gets the lock.
+    let mut second = l.clone();
+    let waiting = tokio::spawn(async move {
+        second
+            .lock("rv", Some(LockOptions::new().with_lease(waiter)))
+            .await
+    });
+    wait_for_keys(&cluster, &f, "rv", 2).await;
+    assert!(
+        !waiting.is_finished(),
+        "the waiter must wait for the holder"
+    );
+    f.lease_revoke(holder).await.expect("revoke");
+    let got = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("the waiter gets the lock once the holder's lease is revoked")
+        .expect("task")
+        .expect("lock");
+    assert_eq!(got.key(), contender_key("rv", waiter).as_bytes());
+
+    // A waiter whose client gives up leaves no key behind (etcd deletes it on cancel).
+    let mut third = f.clone();
+    let quitting = tokio::spawn(async move {
+        third
+            .lock("rv", Some(LockOptions::new().with_lease(quitter)))
+            .await
+    });
+    wait_for_keys(&cluster, &f, "rv", 2).await;
+    quitting.abort();
+    wait_for_exact_keys(&cluster, &f, "rv", &[contender_key("rv", waiter)]).await;
+
+    // An unknown lease is etcd's error; no lease at all gets a session lease of etcd's 60 s.
+    let unknown = f
+        .lock("rv", Some(LockOptions::new().with_lease(0x7777)))
+        .await;
+    let s = status(unknown);
+    assert_eq!((s.code(), s.message()), (Code::NotFound, NO_LEASE));
+    let mut free = f.clone();
+    let own = free.lock("own", None).await.expect("lock without a lease");
+    let kv = f.get(own.key(), None).await.expect("get");
+    let lease = kv.kvs()[0].lease();
+    assert_ne!(lease, 0);
+    assert_eq!(own.key(), contender_key("own", lease).as_bytes());
+    let ttl = f
+        .lease_time_to_live(lease, None)
+        .await
+        .expect("time to live");
+    assert_eq!(ttl.granted_ttl(), 60);
+    f.unlock(own.key()).await.expect("unlock");
+    let gone = f.get(own.key(), None).await.expect("get");
+    assert!(gone.kvs().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn election_leader_observe_proclaim_and_resign() {
+    let (cluster, _, _, mut f, mut l) = start("memory").await;
+    let a = l.lease_grant(30, None).await.expect("grant").id();
+    let b = l.lease_grant(30, None).await.expect("grant").id();
+    let c = l.lease_grant(30, None).await.expect("grant").id();
+
+    // No candidate: etcd's error, code UNKNOWN as etcd's server answers it.
+    let s = status(f.leader("ev").await);
+    assert_eq!((s.code(), s.message()), (Code::Unknown, NO_ELECTION_LEADER));
+
+    // An observer on the follower, before anyone campaigns, sees the first leader.
+    let mut observer = f.observe("ev").await.expect("observe");
+    let won = l.campaign("ev", "a1", a).await.expect("campaign");
+    let a_key = won.leader().expect("leader key").clone();
+    assert_eq!(a_key.key(), contender_key("ev", a).as_bytes());
+    assert_eq!(a_key.name(), b"ev");
+    assert_eq!(a_key.lease(), a);
+    assert!(a_key.rev() > 0);
+    let seen = observe_next(&mut observer).await;
+    assert_eq!(seen, (contender_key("ev", a), "a1".to_string()));
+
+    // Proclaim changes the leader's value; Leader and Observe see it.
+    l.proclaim(
+        "a2",
+        Some(ProclaimOptions::new().with_leader(a_key.clone())),
+    )
+    .await
+    .expect("proclaim");
+    assert_eq!(observe_next(&mut observer).await.1, "a2");
+    let now = f.leader("ev").await.expect("leader");
+    assert_eq!(now.kv().map(|kv| kv.value()), Some(&b"a2"[..]));
+
+    // A second candidate waits; a third gives up while waiting and leaves no key.
+    let mut second = f.clone();
+    let campaigning = tokio::spawn(async move { second.campaign("ev", "b1", b).await });
+    let mut third = f.clone();
+    let quitting = tokio::spawn(async move { third.campaign("ev", "c1", c).await });
+    wait_for_keys(&cluster, &f, "ev", 3).await;
+    quitting.abort();
+    wait_for_exact_keys(
+        &cluster,
+        &f,
+        "ev",
+        &[contender_key("ev", a), contender_key("ev", b)],
+    )
+    .await;
+    assert!(!campaigning.is_finished());
+
+    // The leader resigns: the second candidate leads, and the observer sees the change.
+    l.resign(Some(ResignOptions::new().with_leader(a_key.clone())))
+        .await
+        .expect("resign");
+    let b_won = tokio::time::timeout(WAIT, campaigning)
+        .await
+        .expect("the second candidate wins")
+        .expect("task")
+        .expect("campaign");
+    assert_eq!(
+        b_won.leader().map(|k| k.key().to_vec()),
+        Some(contender_key("ev", b).into_bytes())
+    );
+    assert_eq!(
+        observe_next(&mut observer).await,
+        (contender_key("ev", b), "b1".to_string())
+    );
+
+    // The resigned leader can no longer proclaim; resigning again changes nothing.
+    let s = status(
+        l.proclaim(
+            "a3",
+            Some(ProclaimOptions::new().with_leader(a_key.clone())),
+        )
+        .await,
+    );
+    assert_eq!(
+        (s.code(), s.message()),
+        (Code::Unknown, NOT_ELECTION_LEADER)
+    );
+    l.resign(Some(ResignOptions::new().with_leader(a_key)))
+        .await
+        .expect("a second resign is harmless");
+    let now = l.leader("ev").await.expect("leader");
+    assert_eq!(now.kv().map(|kv| kv.value()), Some(&b"b1"[..]));
+
+    // A campaign with an unknown lease: etcd's error.
+    let s = status(l.campaign("ev", "x", 0x7777).await);
+    assert_eq!((s.code(), s.message()), (Code::NotFound, NO_LEASE));
+}
+
+/// The next leader an Observe stream reports: its key and value.
+async fn observe_next(stream: &mut etcd_client::ObserveStream) -> (String, String) {
+    let response = tokio::time::timeout(MESSAGE, stream.message())
+        .await
+        .expect("an observe message in time")
+        .expect("observe stream")
+        .expect("the stream goes on");
+    let kv = response.kv().expect("the leader's key-value");
+    (
+        String::from_utf8_lossy(kv.key()).into_owned(),
+        String::from_utf8_lossy(kv.value()).into_owned(),
+    )
 }

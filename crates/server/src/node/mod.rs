@@ -55,6 +55,8 @@ use rskv_proto::etcd::etcdserverpb::kv_server::KvServer as EtcdKvServer;
 use rskv_proto::etcd::etcdserverpb::lease_server::LeaseServer as EtcdLeaseServer;
 use rskv_proto::etcd::etcdserverpb::maintenance_server::MaintenanceServer as EtcdMaintenanceServer;
 use rskv_proto::etcd::etcdserverpb::watch_server::WatchServer as EtcdWatchServer;
+use rskv_proto::etcd::v3electionpb::election_server::ElectionServer as EtcdElectionServer;
+use rskv_proto::etcd::v3lockpb::lock_server::LockServer as EtcdLockServer;
 use rskv_proto::kv::cluster_server::ClusterServer;
 use rskv_proto::kv::kv_server::KvServer;
 use rskv_proto::raft::raft_server::RaftServer;
@@ -409,15 +411,17 @@ impl Node {
             ))
             .max_decoding_message_size(limits.max_message_bytes);
         let view = read_view::ReadView::new(self.engine.clone(), &self.raft);
-        let etcd_kv = EtcdKvServer::new(etcd::kv::EtcdKv::new(
+        // Shared with the lock and election services, which run their recipes through it.
+        let etcd_kv_service = Arc::new(etcd::kv::EtcdKv::new(
             etcd_context.clone(),
             self.proposer.clone(),
             self.reads.clone(),
             view.clone(),
             self.events.clone(),
-        ))
-        .max_decoding_message_size(limits.max_message_bytes)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        ));
+        let etcd_kv = EtcdKvServer::from_arc(etcd_kv_service.clone())
+            .max_decoding_message_size(limits.max_message_bytes)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let etcd_watch = EtcdWatchServer::new(etcd::watch::EtcdWatch::new(
             etcd_context.clone(),
             view.clone(),
@@ -436,14 +440,32 @@ impl Node {
             .instrument(span.clone()),
         );
         // In the node's span: the lease service starts the leader's lease clock task.
-        let etcd_lease = EtcdLeaseServer::new(span.in_scope(|| {
+        let etcd_lease_service = Arc::new(span.in_scope(|| {
             etcd::lease::EtcdLease::new(
                 etcd_context.clone(),
                 self.raft.clone(),
                 self.proposer.clone(),
-                view,
+                view.clone(),
             )
-        }))
+        }));
+        let etcd_lease = EtcdLeaseServer::from_arc(etcd_lease_service.clone())
+            .max_decoding_message_size(limits.max_message_bytes);
+        // etcd's Lock and Election: its concurrency recipes over the services above. Their tasks
+        // (undoing canceled requests, serving Observe streams) are waited for at shutdown.
+        let recipe_tasks = tokio_util::task::TaskTracker::new();
+        let recipes = etcd::concurrency::Recipes::new(
+            etcd_kv_service,
+            etcd_lease_service,
+            view,
+            self.events.clone(),
+            recipe_tasks.clone(),
+        );
+        let etcd_lock = EtcdLockServer::new(etcd::lock::EtcdLock::new(recipes.clone()))
+            .max_decoding_message_size(limits.max_message_bytes);
+        let etcd_election = EtcdElectionServer::new(etcd::election::EtcdElection::new(
+            etcd_context.clone(),
+            recipes,
+        ))
         .max_decoding_message_size(limits.max_message_bytes);
         let incoming = limits::limited_incoming(listeners.client, limits.max_connections);
         let stop = client_stop.clone();
@@ -461,6 +483,8 @@ impl Node {
             .add_service(etcd_kv)
             .add_service(etcd_watch)
             .add_service(etcd_lease)
+            .add_service(etcd_lock)
+            .add_service(etcd_election)
             .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
         tasks.spawn(
             async move {
@@ -575,6 +599,15 @@ impl Node {
         .await;
         if drained.is_err() {
             tracing::warn!(parent: &span, in_flight = self.limiter.in_flight(), "drain timed out; closing remaining requests");
+        }
+        // Requests the drain ended may have left keys to delete (a waiting lock or campaign):
+        // let that happen while Raft still runs.
+        recipe_tasks.close();
+        if tokio::time::timeout_at(deadline, recipe_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(parent: &span, left = recipe_tasks.len(), "lock and election tasks still running at shutdown");
         }
         peer_stop.cancel();
         follow.abort();

@@ -14,6 +14,9 @@
 //! - [`kv`], [`watch`], [`lease`]: etcd's `KV`, `Watch` and `Lease` over the multi-version
 //!   store (`rskv_storage::mvcc`): writes replicated as its commands, watches read from its
 //!   history, lease expiry kept by the leader's [`lease::Lessor`].
+//! - [`lock`], [`election`]: etcd's `Lock` and `Election`, etcd's concurrency recipes run by the
+//!   member as etcd's server runs them, built of [`concurrency`]'s steps over the member's own
+//!   `KV`, `Lease` and history.
 //!
 //! Every service is built from an [`EtcdContext`] (whose revision source is the store's revision,
 //! [`EtcdContext::with_revision_source`]), answers headers with [`EtcdContext::header_at`], and
@@ -23,11 +26,14 @@
 //! membership administration, never the storage's internals.
 
 pub mod cluster;
+pub mod concurrency;
+pub mod election;
 pub mod errors;
 pub mod forward;
 pub mod header;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod watch;
 
