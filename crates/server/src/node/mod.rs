@@ -417,7 +417,6 @@ impl Node {
             self.proposer.clone(),
             self.reads.clone(),
             view.clone(),
-            self.events.clone(),
         ));
         let etcd_kv = EtcdKvServer::from_arc(etcd_kv_service.clone())
             .max_decoding_message_size(limits.max_message_bytes)

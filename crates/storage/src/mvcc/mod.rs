@@ -148,6 +148,12 @@ pub fn prev_of(change: &Change) -> Option<Rev> {
 pub trait Source {
     /// The store's counters.
     fn meta(&self) -> MvccMeta;
+    /// The store's revision now, which [`Source::meta`] took when the source was made: reads
+    /// compare them to notice a commit that landed while they read.
+    ///
+    /// # Errors
+    /// On a storage failure or a damaged record.
+    fn revision_now(&self) -> io::Result<i64>;
     /// The current version of `key`.
     ///
     /// # Errors
@@ -243,6 +249,10 @@ fn versions(pairs: Vec<(Bytes, Bytes)>) -> io::Result<Vec<(Bytes, KeyVersion)>> 
 impl Source for EngineSource<'_> {
     fn meta(&self) -> MvccMeta {
         self.meta
+    }
+
+    fn revision_now(&self) -> io::Result<i64> {
+        Ok(load_meta(self.engine)?.revision)
     }
 
     fn latest(&self, key: &[u8]) -> io::Result<Option<KeyVersion>> {

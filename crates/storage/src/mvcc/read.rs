@@ -16,6 +16,7 @@ use rskv_proto::etcd::etcdserverpb::range_request::SortTarget;
 use rskv_proto::etcd::etcdserverpb::Compare;
 use rskv_proto::etcd::etcdserverpb::RangeRequest;
 use rskv_proto::etcd::etcdserverpb::RangeResponse;
+use rskv_proto::etcd::etcdserverpb::ResponseHeader;
 use rskv_proto::etcd::mvccpb;
 
 use super::prev_of;
@@ -76,6 +77,12 @@ pub fn readable(revision: i64, current: i64, compacted: i64) -> Result<i64, Mvcc
 /// an older one not compacted), in key order, at most `limit` of them (0: all) when `at` is
 /// current.
 ///
+/// The engine's keyspaces are read one after another, not from one snapshot, while apply goes
+/// on: a read at the current revision checks the revision did not move while it read (else it
+/// would return versions newer than the revision it answers for) and, if it did, reads as of
+/// that revision through history instead, which is exact whatever commits land meanwhile (a
+/// key's first change after `at` names its version at `at`).
+///
 /// # Errors
 /// On a storage failure.
 pub fn versions_at(
@@ -87,20 +94,23 @@ pub fn versions_at(
 ) -> io::Result<Vec<(Bytes, KeyVersion)>> {
     let limit = if limit == 0 { usize::MAX } else { limit };
     let current = source.meta().revision;
-    let latest = match key_range(range_end) {
-        None => source
-            .latest(key)?
-            .map(|kv| vec![(Bytes::copy_from_slice(key), kv)])
-            .unwrap_or_default(),
-        Some(end) => source.latest_range(
-            key,
-            end.as_deref(),
-            if at >= current { limit } else { usize::MAX },
-        )?,
+    let latest_in = |limit: usize| -> io::Result<Vec<(Bytes, KeyVersion)>> {
+        Ok(match key_range(range_end) {
+            None => source
+                .latest(key)?
+                .map(|kv| vec![(Bytes::copy_from_slice(key), kv)])
+                .unwrap_or_default(),
+            Some(end) => source.latest_range(key, end.as_deref(), limit)?,
+        })
     };
     if at >= current {
-        return Ok(latest);
+        let latest = latest_in(limit)?;
+        if source.revision_now()? == current {
+            return Ok(latest);
+        }
     }
+    let at = at.min(current);
+    let latest = latest_in(usize::MAX)?;
     // Undo the changes made after `at`: a key's first change after it names the version the key
     // had at `at` (or none).
     let mut result: BTreeMap<Bytes, KeyVersion> = latest.into_iter().collect();
@@ -138,7 +148,7 @@ pub fn versions_at(
 }
 
 /// etcd's Range: the versions at the requested revision, filtered, sorted and limited as etcd
-/// does. The header is left for the caller.
+/// does. The header carries only the revision read at; the rest is the caller's.
 ///
 /// # Errors
 /// [`MvccError`] for a compacted or future revision; an `io::Error` inside `Ok(Err)` is not used:
@@ -212,7 +222,11 @@ pub fn range(
             .collect()
     };
     Ok(Ok(RangeResponse {
-        header: None,
+        // The revision it read at; the services fill in the rest.
+        header: Some(ResponseHeader {
+            revision: at,
+            ..ResponseHeader::default()
+        }),
         kvs,
         more,
         count,

@@ -487,3 +487,100 @@ fn engines_should_agree_and_move_history_through_a_snapshot() {
     assert_eq!(moved.range("a", "\0", 6), memory.range("a", "\0", 6));
     assert_eq!(moved.source().meta(), memory.source().meta());
 }
+
+/// A source whose engine gets a commit after its counters were taken and before its first read
+/// of current versions, as apply can commit between the lookups of a read on another thread.
+struct Racing<'a> {
+    inner: EngineSource<'a>,
+    commit: std::cell::RefCell<Option<Box<dyn FnOnce() + 'a>>>,
+}
+
+impl Racing<'_> {
+    fn fire(&self) {
+        if let Some(commit) = self.commit.borrow_mut().take() {
+            commit();
+        }
+    }
+}
+
+impl Source for Racing<'_> {
+    fn meta(&self) -> super::MvccMeta {
+        self.inner.meta()
+    }
+
+    fn revision_now(&self) -> std::io::Result<i64> {
+        self.inner.revision_now()
+    }
+
+    fn latest(&self, key: &[u8]) -> std::io::Result<Option<super::KeyVersion>> {
+        self.fire();
+        self.inner.latest(key)
+    }
+
+    fn latest_range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> std::io::Result<Vec<(Bytes, super::KeyVersion)>> {
+        self.fire();
+        self.inner.latest_range(start, end, limit)
+    }
+
+    fn change(&self, rev: Rev) -> std::io::Result<Option<super::Change>> {
+        self.inner.change(rev)
+    }
+
+    fn changes(&self, from: Rev, limit: usize) -> std::io::Result<Vec<(Rev, super::Change)>> {
+        self.inner.changes(from, limit)
+    }
+}
+
+#[test]
+fn a_read_racing_a_commit_should_answer_for_the_revision_it_names() {
+    for (single, end) in [(true, ""), (false, "\0")] {
+        let engine: Arc<dyn KvEngine> = Arc::new(MemoryEngine::new());
+        let mut s = Store {
+            keys: KeyIndex::load(&*engine).expect("index"),
+            engine: engine.clone(),
+            index: 0,
+        };
+        s.txn(ops(vec![put("a", "1"), put("b", "1")])).expect("txn");
+        let mut racer = Store {
+            keys: KeyIndex::load(&*engine).expect("index"),
+            engine: engine.clone(),
+            index: 10,
+        };
+        let source = Racing {
+            inner: EngineSource::new(&*engine).expect("source"),
+            commit: std::cell::RefCell::new(Some(Box::new(move || {
+                racer
+                    .txn(ops(vec![put("a", "2"), delete("b", "")]))
+                    .expect("racing txn");
+            }))),
+        };
+        let request = etcd::RangeRequest {
+            key: b("a"),
+            range_end: b(end),
+            ..Default::default()
+        };
+        let read = read::range(&source, &request)
+            .expect("read")
+            .expect("range");
+        let listed: Vec<(Bytes, Bytes, i64)> = read
+            .kvs
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone(), kv.mod_revision))
+            .collect();
+        let mut expected = vec![(b("a"), b("1"), 2)];
+        if !single {
+            expected.push((b("b"), b("1"), 2));
+        }
+        assert_eq!(
+            listed, expected,
+            "the versions as of the revision read at, not the racing commit's (single key: {single})"
+        );
+        assert_eq!(read.header.map(|h| h.revision), Some(2));
+        assert_eq!(s.source().meta().revision, 3, "the racing commit landed");
+    }
+}

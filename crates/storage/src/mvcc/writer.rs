@@ -576,6 +576,11 @@ impl Source for Writer<'_> {
         self.meta
     }
 
+    /// Apply is the only writer: nothing moves under it.
+    fn revision_now(&self) -> io::Result<i64> {
+        Ok(self.meta.revision)
+    }
+
     /// From the batch's writes or the index: no engine read.
     fn latest_meta(&self, key: &[u8]) -> io::Result<Option<KeyMeta>> {
         Ok(match self.data.get(key) {

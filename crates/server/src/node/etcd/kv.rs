@@ -26,7 +26,6 @@ use crate::node::proposer::Proposer;
 use crate::node::read_barrier::ReadBarrier;
 use crate::node::read_view::ReadView;
 use crate::raft::Command;
-use rskv_storage::events::EventBus;
 use rskv_storage::types::EtcdReply;
 use rskv_storage::types::MvccError;
 
@@ -147,7 +146,6 @@ pub struct EtcdKv {
     proposer: Arc<Proposer>,
     reads: Arc<ReadBarrier>,
     view: ReadView,
-    events: Arc<EventBus>,
 }
 
 impl EtcdKv {
@@ -157,14 +155,12 @@ impl EtcdKv {
         proposer: Arc<Proposer>,
         reads: Arc<ReadBarrier>,
         view: ReadView,
-        events: Arc<EventBus>,
     ) -> EtcdKv {
         EtcdKv {
             ctx,
             proposer,
             reads,
             view,
-            events,
         }
     }
 
@@ -189,7 +185,6 @@ impl EtcdKv {
         if !request.serializable {
             self.reads.wait().await.map_err(status_of)?;
         }
-        let revision = self.events.revision();
         let mut response = self
             .view
             .range(request)
@@ -197,6 +192,9 @@ impl EtcdKv {
             .map_err(|e| Status::internal(format!("reading the store: {e}")))?
             .map_err(|e| mvcc_status(&e))?;
         cap_reply(&mut response);
+        // The revision the store read at: a client watching from the next one (etcd's
+        // recipes do) gets exactly the changes after what it read.
+        let revision = response.header.map_or(0, |h| h.revision);
         response.header = Some(self.ctx.header_at(revision));
         Ok(response)
     }
