@@ -21,6 +21,8 @@ use tonic::Status;
 
 use super::errors::status_of;
 use super::forward::Routed;
+use super::propose;
+use super::unexpected;
 use super::EtcdContext;
 use crate::node::proposer::Proposer;
 use crate::node::read_barrier::ReadBarrier;
@@ -166,17 +168,9 @@ impl EtcdKv {
 
     /// Replicates `txn` and answers with its response and the revision after it.
     async fn apply_txn(&self, txn: etcd::TxnRequest) -> Result<(etcd::TxnResponse, i64), Status> {
-        let (_, response) = self
-            .proposer
-            .write(Command::Txn(Box::new(txn)))
-            .await
-            .map_err(status_of)?;
-        match response.etcd {
-            Some(EtcdReply::Txn(reply)) => Ok((*reply, response.revision)),
-            Some(EtcdReply::Refused(e)) => Err(mvcc_status(&e)),
-            other => Err(Status::internal(format!(
-                "a transaction was answered with {other:?}"
-            ))),
+        match propose(&self.proposer, Command::Txn(Box::new(txn)), "a transaction").await? {
+            (EtcdReply::Txn(reply), revision) => Ok((*reply, revision)),
+            (other, _) => Err(unexpected("a transaction", &other)),
         }
     }
 
@@ -354,21 +348,14 @@ impl Kv for EtcdKv {
                 Routed::Here(compact) => compact,
                 Routed::Forwarded(response) => return Ok(response),
             };
-            let (_, response) = self
-                .proposer
-                .write(Command::Compact {
-                    revision: compact.revision,
-                })
-                .await
-                .map_err(status_of)?;
-            match response.etcd {
-                Some(EtcdReply::Done) => Ok(etcd::CompactionResponse {
-                    header: Some(self.ctx.header_at(response.revision)),
+            let command = Command::Compact {
+                revision: compact.revision,
+            };
+            match propose(&self.proposer, command, "a compaction").await? {
+                (EtcdReply::Done, revision) => Ok(etcd::CompactionResponse {
+                    header: Some(self.ctx.header_at(revision)),
                 }),
-                Some(EtcdReply::Refused(e)) => Err(mvcc_status(&e)),
-                other => Err(Status::internal(format!(
-                    "a compaction was answered with {other:?}"
-                ))),
+                (other, _) => Err(unexpected("a compaction", &other)),
             }
         })
         .await

@@ -29,10 +29,10 @@ use tonic::Status;
 use tonic::Streaming;
 use tracing::Instrument;
 
-use super::errors::status_of;
 use super::errors::EtcdError;
 use super::forward::Routed;
-use super::kv::mvcc_status;
+use super::propose;
+use super::unexpected;
 use super::EtcdContext;
 use crate::node::proposer::Proposer;
 use crate::node::read_view::ReadView;
@@ -171,7 +171,8 @@ impl Lessor {
     }
 }
 
-/// Implements etcd's `Lease`.
+/// Implements etcd's `Lease`. Cheap to clone (a keep-alive stream takes a clone).
+#[derive(Clone)]
 pub struct EtcdLease {
     ctx: EtcdContext,
     proposer: Arc<Proposer>,
@@ -288,25 +289,18 @@ impl Lease for EtcdLease {
                 new_lease_id()
             };
             let ttl = grant.ttl.max(MIN_TTL);
-            let (_, response) = self
-                .proposer
-                .write(Command::LeaseGrant { id, ttl })
-                .await
-                .map_err(status_of)?;
-            match response.etcd {
-                Some(EtcdReply::LeaseGranted { id, ttl }) => {
+            let command = Command::LeaseGrant { id, ttl };
+            match propose(&self.proposer, command, "a grant").await? {
+                (EtcdReply::LeaseGranted { id, ttl }, revision) => {
                     self.lessor.renew(id, ttl);
                     Ok(etcd::LeaseGrantResponse {
-                        header: Some(self.ctx.header_at(response.revision)),
+                        header: Some(self.ctx.header_at(revision)),
                         id,
                         ttl,
                         error: String::new(),
                     })
                 }
-                Some(EtcdReply::Refused(e)) => Err(mvcc_status(&e)),
-                other => Err(Status::internal(format!(
-                    "a grant was answered with {other:?}"
-                ))),
+                (other, _) => Err(unexpected("a grant", &other)),
             }
         })
         .await
@@ -328,22 +322,15 @@ impl Lease for EtcdLease {
                 Routed::Here(revoke) => revoke,
                 Routed::Forwarded(response) => return Ok(response),
             };
-            let (_, response) = self
-                .proposer
-                .write(Command::LeaseRevoke { id: revoke.id })
-                .await
-                .map_err(status_of)?;
-            match response.etcd {
-                Some(EtcdReply::Done) => {
+            let command = Command::LeaseRevoke { id: revoke.id };
+            match propose(&self.proposer, command, "a revoke").await? {
+                (EtcdReply::Done, revision) => {
                     self.lessor.forget(revoke.id);
                     Ok(etcd::LeaseRevokeResponse {
-                        header: Some(self.ctx.header_at(response.revision)),
+                        header: Some(self.ctx.header_at(revision)),
                     })
                 }
-                Some(EtcdReply::Refused(e)) => Err(mvcc_status(&e)),
-                other => Err(Status::internal(format!(
-                    "a revoke was answered with {other:?}"
-                ))),
+                (other, _) => Err(unexpected("a revoke", &other)),
             }
         })
         .await
@@ -380,14 +367,7 @@ impl Lease for EtcdLease {
                 Ok(Response::new(Box::pin(replies) as KeepAliveStream))
             }
             None => {
-                let lessor = self.lessor.clone();
-                let ctx = self.ctx.clone();
-                let service = EtcdLease {
-                    ctx,
-                    proposer: self.proposer.clone(),
-                    view: self.view.clone(),
-                    lessor,
-                };
+                let service = self.clone();
                 let service = Arc::new(service);
                 let replies = request.into_inner().then(move |r| {
                     let service = service.clone();

@@ -50,10 +50,14 @@ pub use forward::Forwarder;
 pub use header::HeaderSource;
 pub use header::RevisionSource;
 
+use super::proposer::Proposer;
 use super::Node;
+use crate::raft::Command;
 use crate::raft::NodeId;
 use crate::raft::Raft;
+use errors::status_of;
 use rskv_proto::etcd::etcdserverpb::ResponseHeader;
+use rskv_storage::types::EtcdReply;
 
 /// The etcd server version reported by `Status`: etcdctl and the client libraries check it
 /// against the API they speak, and the 3.5 API is what `proto/etcd/` carries.
@@ -150,6 +154,30 @@ fn cluster_id_of(config: &crate::config::Config) -> u64 {
             0
         }
     }
+}
+
+/// Replicates an etcd `command` and waits for it to be applied: its reply and the store's
+/// revision after it, or etcd's status when the store refused it (or the node could not
+/// propose). `what` names the request in the internal error of a reply without an etcd part,
+/// which only a bug can produce.
+pub(crate) async fn propose(
+    proposer: &Proposer,
+    command: Command,
+    what: &str,
+) -> Result<(EtcdReply, i64), Status> {
+    let (_, response) = proposer.write(command).await.map_err(status_of)?;
+    match response.etcd {
+        Some(EtcdReply::Refused(e)) => Err(kv::mvcc_status(&e)),
+        Some(reply) => Ok((reply, response.revision)),
+        None => Err(Status::internal(format!(
+            "{what} was answered without its etcd reply"
+        ))),
+    }
+}
+
+/// The status of an etcd command's reply of the wrong kind (a bug): `what` names the request.
+pub(crate) fn unexpected(what: &str, reply: &EtcdReply) -> Status {
+    Status::internal(format!("{what} was answered with {reply:?}"))
 }
 
 /// Runs one etcd request and records its method, status code and latency like rskv's own.
