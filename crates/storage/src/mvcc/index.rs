@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::io;
 
 use bytes::Bytes;
+use rskv_proto::storage::KeyVersionMeta;
 
 use super::decode;
 use super::load_meta;
@@ -52,6 +53,20 @@ impl KeyMeta {
     }
 }
 
+impl From<KeyVersionMeta> for KeyMeta {
+    fn from(kv: KeyVersionMeta) -> KeyMeta {
+        KeyMeta {
+            create_revision: kv.create_revision,
+            modified: Rev {
+                main: kv.mod_revision,
+                sub: kv.mod_sub,
+            },
+            version: kv.version,
+            lease: kv.lease,
+        }
+    }
+}
+
 /// What one apply batch changed, handed to [`KeyIndex::apply`] once the engine holds it.
 #[derive(Debug, Default)]
 pub struct IndexUpdate {
@@ -68,9 +83,6 @@ pub struct KeyIndex {
     meta: MvccMeta,
 }
 
-/// Data-keyspace pairs read per step while loading.
-const LOAD_STEP: usize = 4096;
-
 impl KeyIndex {
     /// The index of what `engine` holds now.
     ///
@@ -78,21 +90,11 @@ impl KeyIndex {
     /// On a storage failure or a damaged record.
     pub fn load(engine: &dyn KvEngine) -> io::Result<KeyIndex> {
         let mut keys = HashMap::new();
-        let mut from = Vec::new();
-        loop {
-            let step = engine.scan_in(Keyspace::Data, &from, None, LOAD_STEP)?;
-            let full = step.len() == LOAD_STEP;
-            for (key, value) in step {
-                let kv: KeyVersion = decode(&value, "key version")?;
-                from.clear();
-                from.extend_from_slice(&key);
-                from.push(0);
-                keys.insert(key, KeyMeta::of(&kv));
-            }
-            if !full {
-                break;
-            }
-        }
+        engine.visit_in(Keyspace::Data, &mut |key, value| {
+            let kv: KeyVersionMeta = decode(value, "key version")?;
+            keys.insert(Bytes::copy_from_slice(key), KeyMeta::from(kv));
+            Ok(())
+        })?;
         Ok(KeyIndex {
             keys,
             meta: load_meta(engine)?,
@@ -132,5 +134,26 @@ impl KeyIndex {
             }
         }
         self.meta = update.meta;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn a_stored_version_should_decode_to_the_same_metadata_without_its_value() {
+        let kv = KeyVersion {
+            create_revision: 3,
+            mod_revision: 9,
+            mod_sub: 2,
+            version: 4,
+            lease: -7,
+            value: Bytes::from(vec![0xab; 300]),
+        };
+        let meta: KeyVersionMeta = decode(&kv.encode_to_vec(), "key version").expect("decode");
+        assert_eq!(KeyMeta::from(meta), KeyMeta::of(&kv));
     }
 }

@@ -229,6 +229,30 @@ pub trait KvEngine: Send + Sync + 'static {
         end: Option<&[u8]>,
         limit: usize,
     ) -> io::Result<Vec<(Bytes, Bytes)>>;
+    /// Hands every pair of `space` to `visit`, in key order, without copying them where the
+    /// engine can (loading the key index at open reads the whole data keyspace this way).
+    ///
+    /// # Errors
+    /// On a storage failure, or the first error `visit` returns.
+    fn visit_in(&self, space: Keyspace, visit: &mut Visitor<'_>) -> io::Result<()> {
+        const STEP: usize = 4096;
+        let mut from = Vec::new();
+        loop {
+            let step = self.scan_in(space, &from, None, STEP)?;
+            let full = step.len() == STEP;
+            for (key, value) in &step {
+                visit(key, value)?;
+            }
+            match step.last() {
+                Some((last, _)) if full => {
+                    from.clear();
+                    from.extend_from_slice(last);
+                    from.push(0);
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
     /// The applied state as of the last commit.
     ///
     /// # Errors
@@ -415,6 +439,9 @@ fn etcd_reply(reply: Result<EtcdReply, MvccError>) -> CommandResponse {
 fn lock_index(keys: &Mutex<KeyIndex>) -> io::Result<std::sync::MutexGuard<'_, KeyIndex>> {
     keys.lock().map_err(|_| io_err("key index lock poisoned"))
 }
+
+/// What [`KvEngine::visit_in`] hands each pair to.
+pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> io::Result<()> + 'a;
 
 /// The responders of one apply batch, each with its command's response.
 type Answers = Vec<(

@@ -38,6 +38,7 @@ use super::Keyspace;
 use super::KvEngine;
 use super::Record;
 use super::SnapshotSink;
+use super::Visitor;
 use super::WriteSet;
 use crate::error::io_err;
 use crate::format;
@@ -220,6 +221,17 @@ impl KvEngine for RocksEngine {
             out.push((Bytes::from(k.into_vec()), Bytes::from(v.into_vec())));
         }
         Ok(out)
+    }
+
+    fn visit_in(&self, space: Keyspace, visit: &mut Visitor<'_>) -> io::Result<()> {
+        let _guard = self.read_guard()?;
+        let mut iter = self.db.raw_iterator_cf(self.space_cf(space)?);
+        iter.seek_to_first();
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            visit(key, value)?;
+            iter.next();
+        }
+        iter.status().map_err(io_err)
     }
 
     fn applied_state(&self) -> io::Result<AppliedState> {
