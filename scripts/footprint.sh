@@ -8,6 +8,8 @@
 #   scripts/footprint.sh                  # 1,000,000 keys x 256 bytes x 3 versions, both engines
 #   KEYS=100000 ENGINES=memory scripts/footprint.sh
 #   EXTRA="--snapshot-every 100000000" scripts/footprint.sh   # log bytes without snapshots
+#   NODE_LOG=info scripts/footprint.sh    # the nodes' log level (default warn), e.g. to see how
+#                                         # long loading the key index took at each restart
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/prereqs.sh"
@@ -30,7 +32,7 @@ EPS="127.0.0.1:7541,127.0.0.1:7542,127.0.0.1:7543"
 printf 'node_id = 1\nlisten_addr = "127.0.0.1:1"\n' >"$OUT/base.toml"
 
 start() { # engine node
-    RUST_LOG=warn "$BIN/kv_server" --config "$OUT/base.toml" --node-id "$2" \
+    RUST_LOG="${NODE_LOG:-warn}" "$BIN/kv_server" --config "$OUT/base.toml" --node-id "$2" \
         --listen-addr "127.0.0.1:754$2" --peer-listen-addr "127.0.0.1:755$2" --metrics-addr "127.0.0.1:756$2" \
         --data-dir "$OUT/$1/n$2" --engine "$1" --initial-members "$MEMBERS" \
         --auto-compaction-mode none "${EXTRA_ARGS[@]}" >>"$OUT/$1-n$2.log" 2>&1 &

@@ -614,7 +614,13 @@ impl StateMachine {
         let (applied, sessions, keys) = tokio::task::spawn_blocking(move || {
             recover(&*engine, &path)?;
             let sessions = SessionTable::load(engine.system_records()?)?;
+            let started = std::time::Instant::now();
             let keys = KeyIndex::load(&*engine)?;
+            tracing::info!(
+                keys = keys.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "key index loaded"
+            );
             Ok::<_, io::Error>((engine.applied_state()?, sessions, keys))
         })
         .await
