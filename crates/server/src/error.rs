@@ -258,16 +258,6 @@ pub fn op_error(e: Error) -> rskv_proto::kv::OpError {
     rskv_proto::status::op_error(&Status::from(e))
 }
 
-impl From<rskv_storage::error::SubscribeError> for Error {
-    fn from(e: rskv_storage::error::SubscribeError) -> Error {
-        use rskv_storage::error::SubscribeError;
-        match e {
-            SubscribeError::Compacted { .. } => Error::Compacted(e.to_string()),
-            SubscribeError::Poisoned => Error::storage("subscribing to apply events", e),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use rskv_proto::status::op_error_status;
