@@ -95,7 +95,10 @@ async fn a_batch_put_larger_than_the_watch_buffer_should_reach_a_caught_up_watch
     assert_eq!(batch, expected, "every pair of the batch, once, in order");
     // One request, one revision: the batch's, then the next write's.
     let revision = seen[0].1;
-    assert!(seen[..MAX_OPS].iter().all(|(_, r)| *r == revision), "{seen:?}");
+    assert!(
+        seen[..MAX_OPS].iter().all(|(_, r)| *r == revision),
+        "{seen:?}"
+    );
     assert_eq!(seen[MAX_OPS].1, revision + 1);
     assert_eq!(seen.len(), MAX_OPS + 1, "then the next write, nothing else");
 }
