@@ -85,11 +85,11 @@ pub enum Error {
         source: Source,
     },
 
-    /// Asked for history that is no longer retained (a watch from a compacted index).
+    /// Asked for history that compaction removed (a watch from a compacted revision).
     #[error("compacted: {0}")]
     Compacted(String),
 
-    /// The node is at a limit (connections, in-flight requests, a lagging watcher).
+    /// The node is at a limit (connections, in-flight requests, a session's replies).
     #[error("resource exhausted: {0}")]
     ResourceExhausted(String),
 
