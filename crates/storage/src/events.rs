@@ -183,7 +183,8 @@ impl EventBus {
         HookHandle { task }
     }
 
-    /// Ends every watch stream (node shutdown).
+    /// Tells watch streams the node is shutting down (see [`EventBus::watch_closed`]), so they
+    /// end rather than hold up the drain.
     pub fn close(&self) {
         self.closed.send_replace(true);
     }
