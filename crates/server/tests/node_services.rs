@@ -124,9 +124,10 @@ async fn numbered_put(client: &Client, prefix: &str, i: usize) -> (String, Strin
     (key, value, put.revision)
 }
 
-/// The store's history outlives the process: after a clean stop, and after a crash (the RocksDB
-/// engine writes no WAL, so openraft re-applies the entries after its last flush), a watch from
-/// an early revision gets every change once, in order; re-applied entries add nothing to it.
+/// The store's history outlives the process: after a clean stop (which ends an open watch saying
+/// where to resume), and after a crash (the RocksDB engine writes no WAL, so openraft re-applies
+/// the entries after its last flush), a watch from an early revision gets every change once, in
+/// order; re-applied entries add nothing to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_should_see_history_from_before_restarts_once() {
     let mut cluster = ProcessCluster::start(1, "rocksdb", &[]);
@@ -134,13 +135,32 @@ async fn a_watch_should_see_history_from_before_restarts_once() {
     let client = cluster.client();
     let put = |i: usize| numbered_put(&client, "k", i);
     let mut written = Vec::new();
+    // A live watch open across the clean stop: it sees the writes, and then the stop ends it
+    // (promptly: it does not hold up the drain) naming the revision to resume from.
+    let mut live = client.watch("k", true, 0).await.expect("live watch");
     for i in 0..10 {
         written.push(put(i).await);
     }
+    assert_eq!(collect_events(&mut live, 10).await, written);
+    let started = Instant::now();
     assert!(cluster
         .node_mut(1)
         .terminate(Duration::from_secs(30))
         .is_some_and(|s| s.success()));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "an open watch held up the stop: {:?}",
+        started.elapsed()
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(10), live.message())
+        .await
+        .expect("the stream ended in time")
+        .expect_err("the stream ends with a status");
+    let resume = format!("start_revision {}", written[9].2 + 1);
+    assert!(
+        ended.code() == tonic::Code::Unavailable && ended.message().contains(&resume),
+        "{ended:?}"
+    );
     cluster.restart(1);
     cluster.wait_for_leader(LEADER_TIMEOUT).await;
     for i in 10..13 {
