@@ -102,7 +102,7 @@ enum Command {
         #[arg(long)]
         prefix: Option<String>,
         /// Start from this store revision (every change since, then live ones; to resume, the
-        /// revision after the last one printed); default 0: changes from now on.
+        /// revision after the last one printed); 0: changes from now on.
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
         rev: i64,
     },
