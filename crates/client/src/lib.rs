@@ -234,6 +234,9 @@ pub struct CasOutcome {
     pub success: bool,
     /// Log index at which the CAS was applied (also when it failed: it was still ordered).
     pub index: u64,
+    /// The store revision of the swap, when it happened (where a watch sees it; a failed swap
+    /// changed nothing and has the store's revision as of it).
+    pub revision: i64,
     /// The key's value after the operation.
     pub current: Option<Bytes>,
 }
@@ -994,6 +997,7 @@ impl Client {
         Ok(CasOutcome {
             success: resp.success,
             index: resp.index,
+            revision: resp.revision,
             current: resp.current,
         })
     }
@@ -1046,26 +1050,27 @@ impl Client {
         }
     }
 
-    /// Opens a watch on `key` (or on every key starting with it, when `prefix`), from
-    /// `start_index` (0: live events only). Any node can serve a watch; the first reachable
-    /// endpoint is used. The stream ends with a status when the node shuts down or the watcher
-    /// falls too far behind; resume from the last index received (writes sharing an index may have
-    /// been cut, so events at that index may repeat).
+    /// Opens a watch on `key` (or on every key starting with it, when `prefix`): every change
+    /// from store revision `start_revision` on (0: changes made from now on), then live ones.
+    /// Any node can serve a watch, from the store's history; the first reachable endpoint is
+    /// used. Each response holds whole revisions. The stream ends with a status when the node
+    /// shuts down; to go on, watch again (on any node) from the revision after the last one
+    /// received: nothing is missed and nothing repeats, across restarts and leader changes.
     ///
     /// # Errors
-    /// See [`ClientError`]; `OUT_OF_RANGE` (as [`ClientError::Status`]) when `start_index` is no
-    /// longer retained.
+    /// See [`ClientError`]; `OUT_OF_RANGE` (as [`ClientError::Status`]) when `start_revision` is
+    /// compacted away.
     pub async fn watch(
         &self,
         key: impl Into<Bytes>,
         prefix: bool,
-        start_index: u64,
+        start_revision: i64,
     ) -> ClientResult<tonic::Streaming<pb::WatchResponse>> {
         let req = pb::WatchRequest {
             key: key.into(),
             prefix,
-            start_index,
-            start_revision: 0,
+            start_index: 0,
+            start_revision,
         };
         self.call(Route::AnyNode, |_, ch| {
             let req = req.clone();

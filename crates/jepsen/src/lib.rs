@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicI64;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -456,7 +457,7 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
     let mut progress = Vec::new();
     let mut watchers = Vec::new();
     for node in cluster.nodes.iter().filter(|_| opts.workloads.register) {
-        let p = Arc::new(AtomicU64::new(0));
+        let p = Arc::new(AtomicI64::new(0));
         progress.push(p.clone());
         watchers.push(tokio::spawn(watch::run_watcher(
             node.id,

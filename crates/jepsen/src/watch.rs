@@ -1,9 +1,11 @@
-//! The watch workload: one watcher per node records the apply events it is sent; afterwards every
+//! The watch workload: one watcher per node records the changes it is sent; afterwards every
 //! watcher's stream must be a gap-free, duplicate-free, in-order slice of one common sequence, and
-//! every acknowledged write must be in it.
+//! every acknowledged write must be in it. Watches are served from the store's history, so a
+//! watcher resumes on its node, across that node's restarts, from the revision after the last one
+//! it received.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicI64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -23,8 +25,8 @@ use rskv_proto::kv::watch_event::Kind;
 /// One event as a watcher received it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Seen {
-    /// Log index of the write.
-    pub index: u64,
+    /// Store revision of the change (every change of one request shares it).
+    pub revision: i64,
     /// Key.
     pub key: String,
     /// New value (`None`: a delete).
@@ -39,23 +41,23 @@ pub struct Segment {
     pub node: u64,
     /// Events in arrival order.
     pub events: Vec<Seen>,
-    /// Why it ended (the node could not resume from the next index, or the run ended).
+    /// Why it ended (the node could not resume from the next revision, or the run ended).
     pub ended: String,
 }
 
 /// What one watcher recorded.
 pub type Segments = Arc<Mutex<Vec<Segment>>>;
 
-/// Watches `prefix` on node `node` (only that node) until `stop`, keeping the newest index
-/// received in `progress`, resuming after each interruption from the index of the last event
-/// (skipping what it already has); a node that can no longer serve that index (restarted, wiped,
-/// installed a snapshot) starts a new segment from live events.
+/// Watches `prefix` on node `node` (only that node) until `stop`, keeping the newest revision
+/// received in `progress`, resuming after each interruption from the revision after the last one
+/// received (a response holds whole revisions, so nothing repeats); a node that can no longer
+/// serve that revision (compacted away) starts a new segment from live changes.
 pub async fn run_watcher(
     node: u64,
     addr: String,
     prefix: String,
     out: Segments,
-    progress: Arc<AtomicU64>,
+    progress: Arc<AtomicI64>,
     mut stop: watch::Receiver<bool>,
 ) {
     let Ok(client) = Client::with_options(
@@ -72,19 +74,12 @@ pub async fn run_watcher(
         node,
         ..Segment::default()
     };
-    // Resume at the last index seen, not after it: writes grouped in one entry share an index
-    // and a stream may have stopped inside such a group. `skip` drops the repeats.
-    let mut next = 0u64;
+    // The first revision not received yet; 0 (live) until something is.
+    let mut next = 0i64;
     loop {
         if *stop.borrow() {
             break;
         }
-        let mut skip = current
-            .events
-            .iter()
-            .rev()
-            .take_while(|e| next > 0 && e.index == next)
-            .count();
         let stream = tokio::select! {
             s = client.watch(prefix.clone(), true, next) => s,
             _ = stop.changed() => break,
@@ -113,15 +108,10 @@ pub async fn run_watcher(
             match msg {
                 Ok(Some(resp)) => {
                     for e in resp.events {
-                        if skip > 0 && e.index == next {
-                            skip -= 1;
-                            continue;
-                        }
-                        skip = 0;
-                        next = e.index;
-                        progress.fetch_max(e.index, Ordering::Relaxed);
+                        next = e.revision + 1;
+                        progress.fetch_max(e.revision, Ordering::Relaxed);
                         current.events.push(Seen {
-                            index: e.index,
+                            revision: e.revision,
                             key: String::from_utf8_lossy(&e.key).into_owned(),
                             value: (e.kind() == Kind::Put)
                                 .then(|| String::from_utf8_lossy(&e.value).into_owned()),
@@ -169,17 +159,17 @@ pub struct WatchReport {
     pub anomalies: Vec<String>,
 }
 
-/// Events of one log index, in apply order (several when writes shared an entry).
+/// Events of one revision, in order (several when one request changed several keys).
 type Run = Vec<(String, Option<String>)>;
 
-/// A segment's events split into runs of one index each, in arrival order.
-fn runs(seg: &Segment) -> Vec<(u64, Run)> {
-    let mut out: Vec<(u64, Run)> = Vec::new();
+/// A segment's events split into runs of one revision each, in arrival order.
+fn runs(seg: &Segment) -> Vec<(i64, Run)> {
+    let mut out: Vec<(i64, Run)> = Vec::new();
     for e in &seg.events {
         let event = (e.key.clone(), e.value.clone());
         match out.last_mut() {
-            Some((index, run)) if *index == e.index => run.push(event),
-            _ => out.push((e.index, vec![event])),
+            Some((revision, run)) if *revision == e.revision => run.push(event),
+            _ => out.push((e.revision, vec![event])),
         }
     }
     out
@@ -192,23 +182,23 @@ fn describe(run: &Run) -> String {
 
 /// Checks the segments against each other and against the acknowledged writes of `history`.
 ///
-/// The common sequence is, per log index, the events of that index in apply order. A segment's
-/// first and last index may be cut (it started or ended inside a group of events sharing an
-/// index), so they need only be a suffix or a prefix of the common events there; every index in
-/// between must match exactly, and every index of the common sequence between a segment's first
-/// and last must be in it.
+/// The common sequence is, per revision, the events of that revision in order. The server sends
+/// whole revisions only, but a segment's first and last revision are still allowed to be cut (a
+/// suffix or a prefix of the common events there), so the check does not depend on it; every
+/// revision in between must match exactly, and every revision of the common sequence between a
+/// segment's first and last must be in it.
 pub fn check(segments: &[Segment], history: &[Op]) -> WatchReport {
     let mut report = WatchReport {
         segments: segments.len(),
         ..WatchReport::default()
     };
-    let split: Vec<Vec<(u64, Run)>> = segments.iter().map(runs).collect();
-    // The longest run seen for each index stands for it; the others are checked against it.
-    let mut common: BTreeMap<u64, Run> = BTreeMap::new();
+    let split: Vec<Vec<(i64, Run)>> = segments.iter().map(runs).collect();
+    // The longest run seen for each revision stands for it; the others are checked against it.
+    let mut common: BTreeMap<i64, Run> = BTreeMap::new();
     for (seg, seg_runs) in segments.iter().zip(&split) {
         report.events += seg.events.len();
-        for (index, run) in seg_runs {
-            let entry = common.entry(*index).or_default();
+        for (revision, run) in seg_runs {
+            let entry = common.entry(*revision).or_default();
             if run.len() > entry.len() {
                 *entry = run.clone();
             }
@@ -217,15 +207,16 @@ pub fn check(segments: &[Segment], history: &[Op]) -> WatchReport {
     report.distinct = common.values().map(Vec::len).sum();
     for (seg, seg_runs) in segments.iter().zip(&split) {
         let last = seg_runs.len().saturating_sub(1);
-        for (pos, (index, run)) in seg_runs.iter().enumerate() {
-            if pos > 0 && *index <= seg_runs[pos - 1].0 {
+        for (pos, (revision, run)) in seg_runs.iter().enumerate() {
+            if pos > 0 && *revision <= seg_runs[pos - 1].0 {
                 report.anomalies.push(format!(
-                    "node {}: events at index {index} after index {} (reordered or duplicated)",
+                    "node {}: events at revision {revision} after revision {} (reordered or \
+                     duplicated)",
                     seg.node,
                     seg_runs[pos - 1].0
                 ));
             }
-            let Some(full) = common.get(index) else {
+            let Some(full) = common.get(revision) else {
                 continue;
             };
             let fits = run == full
@@ -233,14 +224,14 @@ pub fn check(segments: &[Segment], history: &[Op]) -> WatchReport {
                 || (pos == last && full.starts_with(run));
             if !fits {
                 report.anomalies.push(format!(
-                    "node {} saw [{}] at index {index}, another watcher saw [{}]",
+                    "node {} saw [{}] at revision {revision}, another watcher saw [{}]",
                     seg.node,
                     describe(run),
                     describe(full)
                 ));
             }
         }
-        // No gaps: every index of the common sequence between its first and last.
+        // No gaps: every revision of the common sequence between its first and last.
         // (Bounds by value: a reordered segment, reported above, may end below its start.)
         let (Some(first), Some(end)) = (
             seg_runs.iter().map(|(i, _)| *i).min(),
@@ -248,15 +239,15 @@ pub fn check(segments: &[Segment], history: &[Op]) -> WatchReport {
         ) else {
             continue;
         };
-        let have: std::collections::HashSet<u64> = seg_runs.iter().map(|(i, _)| *i).collect();
-        let missing: Vec<u64> = common
+        let have: std::collections::HashSet<i64> = seg_runs.iter().map(|(i, _)| *i).collect();
+        let missing: Vec<i64> = common
             .range(first..=end)
             .map(|(i, _)| *i)
             .filter(|i| !have.contains(i))
             .collect();
         if let Some(m) = missing.first() {
             report.anomalies.push(format!(
-                "node {}: gap of {} indexes inside one segment, first {}",
+                "node {}: gap of {} revisions inside one segment, first {}",
                 seg.node,
                 missing.len(),
                 m
@@ -292,8 +283,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grouped_writes_at_one_index_should_be_checked_as_an_ordered_run() {
-        // Index 3 carries three writes (a group), two of them to the same key.
+    fn changes_of_one_revision_should_be_checked_as_an_ordered_run() {
+        // Revision 3 carries three changes (one request), two of them to the same key.
         let all = [
             (2, "a", "1"),
             (3, "b", "2"),
@@ -327,18 +318,18 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("node 5 saw [b=Some(\"2\")] at index 3"),
+            text.contains("node 5 saw [b=Some(\"2\")] at revision 3"),
             "{text}"
         );
     }
 
-    fn seg(node: u64, events: &[(u64, &str, &str)]) -> Segment {
+    fn seg(node: u64, events: &[(i64, &str, &str)]) -> Segment {
         Segment {
             node,
             events: events
                 .iter()
                 .map(|(i, k, v)| Seen {
-                    index: *i,
+                    revision: *i,
                     key: k.to_string(),
                     value: Some(v.to_string()),
                 })
@@ -370,9 +361,9 @@ mod tests {
         let history = vec![ok_write("c", "never-delivered")];
         let r = check(&[seg(1, &all), gap, reordered, conflict], &history);
         let text = r.anomalies.join("\n");
-        assert!(text.contains("node 2: gap of 1 indexes"), "{text}");
+        assert!(text.contains("node 2: gap of 1 revisions"), "{text}");
         assert!(
-            text.contains("node 3: events at index 2 after index 3"),
+            text.contains("node 3: events at revision 2 after revision 3"),
             "{text}"
         );
         assert!(text.contains("node 4 saw [b=Some(\"9\")]"), "{text}");

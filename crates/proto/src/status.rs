@@ -48,7 +48,7 @@ pub enum Reason {
     Config,
     /// A storage failure.
     Storage,
-    /// The history asked for is no longer retained.
+    /// The history asked for was compacted away.
     Compacted,
     /// A limit was reached before the request was admitted; nothing was done.
     ResourceExhausted,

@@ -115,7 +115,7 @@ pub struct Config {
     /// Request size limits.
     #[serde(default)]
     pub limits: LimitsConfig,
-    /// Apply events and watches.
+    /// Apply events, for in-process hooks.
     #[serde(default)]
     pub events: EventsConfig,
     /// Client sessions (exactly-once writes).
@@ -351,25 +351,46 @@ pub use rskv_proto::DEFAULT_MAX_OPS_PER_REQUEST;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventsConfig {
-    /// Events kept in memory so a watch can start from a past index.
-    pub history: usize,
-    /// Bound on the memory those retained events (keys and values) may use.
-    pub history_bytes: usize,
-    /// Applied batches a watcher (or hook) may fall behind before it is dropped with an error. A
-    /// batch is what the state machine applies at once — one write or many, a BatchPut of any
-    /// size included — so a watcher that has read everything is never dropped for one large
-    /// write; memory held for a lagging watcher is up to this many batches.
+    /// Applied batches an in-process event hook may fall behind before it misses them (logged
+    /// and counted). A batch is what the state machine applies at once — one write or many, a
+    /// BatchPut of any size included — so a hook that has read everything never misses one large
+    /// write; memory held for a lagging hook is up to this many batches. Watch streams read the
+    /// store's history instead and are not bounded by it.
     pub watch_buffer: usize,
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
         Self {
-            history: 10_000,
-            history_bytes: 64 * 1024 * 1024,
             watch_buffer: 4_096,
         }
     }
+}
+
+/// Why `events.history` and `events.history_bytes` are gone.
+const EVENT_RETENTION_REMOVED: &str = "watches no longer start from a log index out of events \
+     kept in memory: they read the store's history from a revision (how much history is kept is \
+     `[compaction]`); delete the key";
+
+/// Keys earlier versions read and this one refuses, with why and what to do instead: a config
+/// that still sets one fails with that, not serde's bare "unknown field", and never silently
+/// means something else (the same rule as any unknown key).
+const REMOVED_KEYS: &[(&str, &str, &str)] = &[
+    ("events", "history", EVENT_RETENTION_REMOVED),
+    ("events", "history_bytes", EVENT_RETENTION_REMOVED),
+];
+
+/// The first key of [`REMOVED_KEYS`] that `text` sets, as a config error; `None` when it sets
+/// none of them, or is not TOML at all (the typed parse then says what is wrong).
+fn removed_key(text: &str) -> Option<Error> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    REMOVED_KEYS.iter().find_map(|(section, key, why)| {
+        table
+            .get(*section)
+            .and_then(toml::Value::as_table)
+            .is_some_and(|t| t.contains_key(*key))
+            .then(|| Error::config(format!("`{section}.{key}` was removed: {why}")))
+    })
 }
 
 /// `[sessions]`: client sessions, which make retried writes apply exactly once. Both values are
@@ -505,9 +526,6 @@ pub struct Overrides {
     /// limits.max_ops_per_request
     #[arg(long)]
     pub max_ops_per_request: Option<usize>,
-    /// events.history
-    #[arg(long)]
-    pub events_history: Option<usize>,
     /// events.watch_buffer
     #[arg(long)]
     pub watch_buffer: Option<usize>,
@@ -572,6 +590,9 @@ impl Config {
     /// # Errors
     /// [`Error::Config`] naming the offending key (unknown key, wrong type, missing `node_id`).
     pub fn from_toml(text: &str) -> Result<Config> {
+        if let Some(removed) = removed_key(text) {
+            return Err(removed);
+        }
         // The parser's text is the whole story (key, line, column): it is the message.
         toml::from_str(text).map_err(|e| Error::config(e.to_string().trim_end()))
     }
@@ -652,7 +673,6 @@ impl Config {
         );
         set(&mut self.limits.max_message_bytes, &o.max_message_bytes);
         set(&mut self.limits.max_ops_per_request, &o.max_ops_per_request);
-        set(&mut self.events.history, &o.events_history);
         set(&mut self.events.watch_buffer, &o.watch_buffer);
         set(&mut self.sessions.ttl_ms, &o.session_ttl_ms);
         set(&mut self.sessions.max_sessions, &o.max_sessions);
@@ -1006,6 +1026,27 @@ mod tests {
         let err = Config::from_toml("node_id = 1\nlisten_addr = \"127.0.0.1:1\"\nbogus = 3\n")
             .expect_err("must fail");
         assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn a_removed_key_should_be_refused_saying_why() {
+        for key in ["history = 10000", "history_bytes = 67108864"] {
+            let text = format!("node_id = 1\nlisten_addr = \"127.0.0.1:1\"\n[events]\n{key}\n");
+            let err = Config::from_toml(&text).expect_err("must fail");
+            let name = key.split(' ').next().unwrap_or_default();
+            assert!(
+                err.to_string()
+                    .contains(&format!("`events.{name}` was removed"))
+                    && err.to_string().contains("revision"),
+                "{err}"
+            );
+        }
+        // The key that stays is still read.
+        let c = Config::from_toml(
+            "node_id = 1\nlisten_addr = \"127.0.0.1:1\"\n[events]\nwatch_buffer = 8\n",
+        )
+        .expect("parse");
+        assert_eq!(c.events.watch_buffer, 8);
     }
 
     #[test]

@@ -85,11 +85,11 @@ pub enum Error {
         source: Source,
     },
 
-    /// Asked for history that is no longer retained (a watch from a compacted index).
+    /// Asked for history that compaction removed (a watch from a compacted revision).
     #[error("compacted: {0}")]
     Compacted(String),
 
-    /// The node is at a limit (connections, in-flight requests, a lagging watcher).
+    /// The node is at a limit (connections, in-flight requests, a session's replies).
     #[error("resource exhausted: {0}")]
     ResourceExhausted(String),
 
@@ -256,16 +256,6 @@ impl From<Error> for Status {
 /// would carry (one mapping, through `From<Error> for Status`).
 pub fn op_error(e: Error) -> rskv_proto::kv::OpError {
     rskv_proto::status::op_error(&Status::from(e))
-}
-
-impl From<rskv_storage::error::SubscribeError> for Error {
-    fn from(e: rskv_storage::error::SubscribeError) -> Error {
-        use rskv_storage::error::SubscribeError;
-        match e {
-            SubscribeError::Compacted { .. } => Error::Compacted(e.to_string()),
-            SubscribeError::Poisoned => Error::storage("subscribing to apply events", e),
-        }
-    }
 }
 
 #[cfg(test)]

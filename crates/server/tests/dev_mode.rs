@@ -195,6 +195,56 @@ async fn seed_cli_commands_should_work() {
     let status = cli(&node.addr, &["status"]);
     assert!(status.status.success(), "{status:?}");
     assert!(stdout(&status).contains("leader"), "{}", stdout(&status));
+
+    // `watch --rev 1`: the key's history from the first revision (one put), then live changes.
+    let mut watch = Command::new(client_bin())
+        .args(["--endpoints", &node.addr, "--json"])
+        .args(["watch", "--key", "age", "--rev", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run kv_client watch");
+    let lines = watch_lines(&mut watch);
+    let past = next_json_line(&lines);
+    assert_eq!(
+        (&past["type"], &past["key"], &past["value"]),
+        (&"put".into(), &"age".into(), &"18".into()),
+        "{past}"
+    );
+    let set = cli(&node.addr, &["set", "--key", "age", "--value", "19"]);
+    assert!(set.status.success(), "{set:?}");
+    let live = next_json_line(&lines);
+    assert_eq!(live["value"], "19", "{live}");
+    assert_eq!(live["prev_value"], "18", "{live}");
+    assert!(
+        live["revision"].as_i64() > past["revision"].as_i64(),
+        "{past} then {live}"
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
+
+/// The lines a running `kv_client watch` prints, read on a thread of their own.
+fn watch_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The next line of `lines` as JSON, within a deadline.
+fn next_json_line(lines: &std::sync::mpsc::Receiver<String>) -> serde_json::Value {
+    let line = lines
+        .recv_timeout(Duration::from_secs(20))
+        .expect("kv_client watch printed a line in time");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,6 +309,17 @@ fn cli_usage_errors_should_exit_2() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2), "missing --key");
+    // Watches start from a revision; the log-index flag is gone, and revisions are not negative.
+    for (args, why) in [
+        (
+            &["watch", "--key", "k", "--from-index", "3"][..],
+            "--from-index",
+        ),
+        (&["watch", "--key", "k", "--rev=-1"][..], "--rev"),
+    ] {
+        let out = Command::new(client_bin()).args(args).output().expect("run");
+        expect_failure(&out, 2, why);
+    }
     for (endpoint, why) in [
         ("https://127.0.0.1:7379", "no TLS"),
         ("127.0.0.1", "expected host:port"),

@@ -70,7 +70,7 @@ async fn a_batch_put_larger_than_the_watch_buffer_should_reach_a_caught_up_watch
     let (cluster, _) = small_limits_node().await;
     let client = cluster.client();
     let mut stream = client.watch("w/", true, 0).await.expect("watch");
-    let index = client
+    client
         .batch_put(pairs(MAX_OPS, "w/", 8))
         .await
         .expect("batch put");
@@ -78,14 +78,14 @@ async fn a_batch_put_larger_than_the_watch_buffer_should_reach_a_caught_up_watch
 
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while seen.last().map(|(k, _): &(Bytes, u64)| &k[..]) != Some(b"w/after") {
+    while seen.last().map(|(k, _): &(Bytes, i64)| &k[..]) != Some(b"w/after") {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let message = tokio::time::timeout(remaining, stream.message())
             .await
             .unwrap_or_else(|_| panic!("only {} events arrived", seen.len()))
             .unwrap_or_else(|status| panic!("watcher ended after {} events: {status}", seen.len()))
             .expect("watch stream ended early");
-        seen.extend(message.events.into_iter().map(|e| (e.key, e.index)));
+        seen.extend(message.events.into_iter().map(|e| (e.key, e.revision)));
     }
     let batch: Vec<Bytes> = seen[..MAX_OPS].iter().map(|(k, _)| k.clone()).collect();
     let expected: Vec<Bytes> = pairs(MAX_OPS, "w/", 0)
@@ -93,7 +93,13 @@ async fn a_batch_put_larger_than_the_watch_buffer_should_reach_a_caught_up_watch
         .map(|(k, _)| k)
         .collect();
     assert_eq!(batch, expected, "every pair of the batch, once, in order");
-    assert!(seen[..MAX_OPS].iter().all(|(_, i)| *i == index));
+    // One request, one revision: the batch's, then the next write's.
+    let revision = seen[0].1;
+    assert!(
+        seen[..MAX_OPS].iter().all(|(_, r)| *r == revision),
+        "{seen:?}"
+    );
+    assert_eq!(seen[MAX_OPS].1, revision + 1);
     assert_eq!(seen.len(), MAX_OPS + 1, "then the next write, nothing else");
 }
 

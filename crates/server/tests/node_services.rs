@@ -1,5 +1,6 @@
-//! Per-node services, observed from outside the process: apply events and Watch, connection
-//! limits, Prometheus metrics and health, graceful shutdown with leader hand-off.
+//! Per-node services, observed from outside the process: Watch (live, from a revision, across
+//! restarts; served from the store's history), connection limits, Prometheus metrics and health,
+//! graceful shutdown with leader hand-off.
 
 mod common;
 
@@ -44,15 +45,15 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Reads `count` events from a watch stream (deadline-bounded) as (key, value, index).
+/// Reads `count` events from a watch stream (deadline-bounded) as (key, value, revision).
 async fn collect_events(
     stream: &mut tonic::Streaming<WatchResponse>,
     count: usize,
-) -> Vec<(String, String, u64)> {
+) -> Vec<(String, String, i64)> {
     read_events(stream, |seen| seen.len() >= count)
         .await
         .into_iter()
-        .map(|e| (text(&e.key), text(&e.value), e.index))
+        .map(|e| (text(&e.key), text(&e.value), e.revision))
         .collect()
 }
 
@@ -90,101 +91,93 @@ async fn watchers_on_every_node_should_see_the_same_ordered_writes() {
     }
     let first = &sequences[0];
     assert_eq!(first.len(), 100);
-    // Concurrent writes may share a log entry (the server groups them), hence its index.
+    // Every put is a revision of its own.
     assert!(
-        first.windows(2).all(|w| w[0].2 <= w[1].2),
-        "indexes never go back"
+        first.windows(2).all(|w| w[0].2 < w[1].2),
+        "revisions go up: {first:?}"
     );
     assert!(first.iter().all(|(k, _, _)| k.starts_with("w/")));
     for (i, seq) in sequences.iter().enumerate() {
         assert_eq!(seq, first, "node {} saw a different sequence", i + 1);
     }
 
-    // A watch from a past index replays the retained history, then continues live, no gap.
-    // It starts at the first event of that index.
+    // A watch from a past revision replays the history from there, then continues live, no gap.
     let start = first[50].2;
-    let from = first
-        .iter()
-        .position(|e| e.2 == start)
-        .expect("index present");
     let mut replay = cluster
         .client_for(2)
         .watch("w/", true, start)
         .await
-        .expect("watch from index");
+        .expect("watch from a revision");
     cluster.client().put("w/late", "1").await.expect("put");
-    let replayed = collect_events(&mut replay, 100 - from + 1).await;
-    assert_eq!(&replayed[..100 - from], &first[from..]);
-    assert_eq!(replayed[100 - from].0, "w/late");
+    let replayed = collect_events(&mut replay, 51).await;
+    assert_eq!(&replayed[..50], &first[50..]);
+    assert_eq!(replayed[50].0, "w/late");
 }
 
+/// Puts `{prefix}{i:02}` = `v{i}`; returns (key, value, revision) as a watch reports it.
+async fn numbered_put(client: &Client, prefix: &str, i: usize) -> (String, String, i64) {
+    let (key, value) = (format!("{prefix}{i:02}"), format!("v{i}"));
+    let put = client
+        .put_with(key.clone(), value.clone(), false)
+        .await
+        .expect("put");
+    (key, value, put.revision)
+}
+
+/// The store's history outlives the process: after a clean stop (which ends an open watch saying
+/// where to resume), and after a crash (the RocksDB engine writes no WAL, so openraft re-applies
+/// the entries after its last flush), a watch from an early revision gets every change once, in
+/// order; re-applied entries add nothing to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compacted_watch_start_should_be_refused() {
-    let cluster = ProcessCluster::start(1, "rocksdb", &["--events-history", "5"]);
+async fn a_watch_should_see_history_from_before_restarts_once() {
+    let mut cluster = ProcessCluster::start(1, "rocksdb", &[]);
     cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let client = cluster.client();
+    let put = |i: usize| numbered_put(&client, "k", i);
+    let mut written = Vec::new();
+    // A live watch open across the clean stop: it sees the writes, and then the stop ends it
+    // (promptly: it does not hold up the drain) naming the revision to resume from.
+    let mut live = client.watch("k", true, 0).await.expect("live watch");
     for i in 0..10 {
-        client.put(format!("k{i}"), "v").await.expect("put");
+        written.push(put(i).await);
     }
-    let err = client
-        .watch("k", true, 1)
-        .await
-        .expect_err("index 1 is compacted");
-    match err {
-        rskv_client::ClientError::Status(s) => {
-            assert_eq!(s.code(), tonic::Code::OutOfRange, "{s:?}");
-            assert!(
-                s.message().contains("no longer retained"),
-                "{}",
-                s.message()
-            );
-        }
-        other => panic!("unexpected {other:?}"),
-    }
-    // A clean stop flushes the RocksDB engine, so the restarted node resumes from its applied
-    // index without replaying: history from before the restart is gone, refused, not silently
-    // empty. (The memory engine replays the log after its snapshot, and republishes those events.)
-    let mut cluster = cluster;
+    assert_eq!(collect_events(&mut live, 10).await, written);
+    let started = Instant::now();
     assert!(cluster
         .node_mut(1)
         .terminate(Duration::from_secs(30))
         .is_some_and(|s| s.success()));
-    cluster.restart(1);
-    cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    match client.watch("k", true, 8).await {
-        Err(rskv_client::ClientError::Status(s)) => {
-            assert_eq!(s.code(), tonic::Code::OutOfRange, "{s:?}")
-        }
-        other => panic!("a watch from before the restart must be refused: {other:?}"),
-    }
-    // After a crash the engine (which writes no WAL) resumes from its last flush, the clean stop,
-    // and openraft re-applies the entries after it: their events are published again, the same
-    // events at the same indexes.
-    let mut indexes = Vec::new();
-    for i in 10..13 {
-        indexes.push(
-            client
-                .put(format!("k{i}"), format!("v{i}"))
-                .await
-                .expect("put"),
-        );
-    }
-    cluster.restart(1);
-    cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    for i in 10..13 {
-        let value = client.get(format!("k{i}")).await.expect("get");
-        assert_eq!(value.as_deref(), Some(format!("v{i}").as_bytes()));
-    }
-    let mut replay = client
-        .watch("k", true, indexes[0])
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "an open watch held up the stop: {:?}",
+        started.elapsed()
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(10), live.message())
         .await
-        .expect("the replayed entries' events are retained again");
-    let replayed = collect_events(&mut replay, 3).await;
-    let expected: Vec<_> = (10..13)
-        .zip(&indexes)
-        .map(|(i, index)| (format!("k{i}"), format!("v{i}"), *index))
-        .collect();
-    assert_eq!(replayed, expected);
+        .expect("the stream ended in time")
+        .expect_err("the stream ends with a status");
+    let resume = format!("start_revision {}", written[9].2 + 1);
+    assert!(
+        ended.code() == tonic::Code::Unavailable && ended.message().contains(&resume),
+        "{ended:?}"
+    );
+    cluster.restart(1);
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    for i in 10..13 {
+        written.push(put(i).await);
+    }
+    // A crash: the entries after the clean stop's flush are applied again at start.
+    cluster.restart(1);
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let mut stream = client
+        .watch("k", true, written[0].2)
+        .await
+        .expect("watch from the first revision");
+    let seen = collect_events(&mut stream, written.len()).await;
+    assert_eq!(seen, written);
+    // Nothing more of it: the next event is the next write.
+    let next = put(13).await;
+    assert_eq!(collect_events(&mut stream, 1).await, vec![next]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,26 +472,36 @@ async fn events_through(
     .collect()
 }
 
-/// Native writes answer with their store revision, and a watch from a revision is served from the
-/// store's history: on a follower, from any past revision, and again after that follower
-/// restarts, with every change once, in revision order.
+/// A plain put through the raw gRPC client (no session), answered with its revision.
+async fn raw_put(
+    kv: &mut rskv_proto::kv::kv_client::KvClient<tonic::transport::Channel>,
+    key: &str,
+    value: &str,
+) -> rskv_proto::kv::PutResponse {
+    kv.put(rskv_proto::kv::PutRequest {
+        key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+        value: bytes::Bytes::copy_from_slice(value.as_bytes()),
+        ..Default::default()
+    })
+    .await
+    .expect("put")
+    .into_inner()
+}
+
+/// Native writes answer with their store revision, and a watch is served from the store's
+/// history: on a follower, from any past revision, or live (start 0: what is written after it
+/// started, nothing before), and again after that follower restarts from the revision after the
+/// last one seen, with every change once, in revision order. A watch from a log index (the
+/// retired `start_index`) is refused saying what to use instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watch_from_a_revision_should_resume_across_a_restart_of_its_node() {
+async fn a_watch_should_resume_across_a_restart_of_its_node() {
     let mut cluster = ProcessCluster::start(3, "rocksdb", &[]);
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let follower = cluster.follower_of(leader);
     let mut kv = common::raw_kv(&cluster.node(leader).addr);
     let mut revisions = Vec::new();
     for i in 0..6 {
-        let put = kv
-            .put(rskv_proto::kv::PutRequest {
-                key: format!("r/{i}").into(),
-                value: format!("v{i}").into(),
-                ..Default::default()
-            })
-            .await
-            .expect("put")
-            .into_inner();
+        let put = raw_put(&mut kv, &format!("r/{i}"), &format!("v{i}")).await;
         revisions.push(put.revision);
     }
     assert!(
@@ -537,26 +540,62 @@ async fn a_watch_from_a_revision_should_resume_across_a_restart_of_its_node() {
         .chain([("r/0".to_string(), String::new(), deleted.revision)])
         .collect();
     assert_eq!(seen, expected);
+    drop(stream);
+
+    // The retired start_index: refused, naming what to use, whatever else the request says.
+    for start_revision in [0, revisions[2]] {
+        let refused = common::raw_kv(&follower_addr)
+            .watch(rskv_proto::kv::WatchRequest {
+                key: "r/".into(),
+                prefix: true,
+                start_index: 3,
+                start_revision,
+            })
+            .await
+            .expect_err("a watch from a log index is refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused
+                .message()
+                .contains("start_index 3 is no longer served")
+                && refused.message().contains("start_revision"),
+            "{refused:?}"
+        );
+    }
+
+    // A live watch (start 0) on the follower, once it has applied everything above: it gets
+    // the next write and nothing before it.
+    let probe = cluster.client();
+    cluster
+        .wait(
+            "the follower to apply the delete",
+            Duration::from_secs(10),
+            || async {
+                let s = probe.status_of(&follower_addr).await.ok()?;
+                (s.applied >= deleted.index).then_some(())
+            },
+        )
+        .await;
+    let mut live = watch_from(0).await.expect("live watch");
+    let put = raw_put(&mut kv, "r/live", "l").await;
+    let seen = events_through(&mut live, put.revision).await;
+    assert_eq!(
+        seen,
+        vec![("r/live".to_string(), "l".to_string(), put.revision)]
+    );
+    let last_seen = put.revision;
 
     // The follower restarts; the watcher resumes after the last revision it saw.
-    drop(stream);
+    drop(live);
     cluster.kill(follower);
     cluster.restart(follower);
-    let put = kv
-        .put(rskv_proto::kv::PutRequest {
-            key: "r/after".into(),
-            value: "x".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("put")
-        .into_inner();
+    let put = raw_put(&mut kv, "r/after", "x").await;
     // Until the restarted node listens, the call fails: retried until it answers.
     let mut resumed = common::wait_for(
         "the restarted follower to serve the watch",
         Duration::from_secs(30),
         || {
-            let watch = watch_from(deleted.revision + 1);
+            let watch = watch_from(last_seen + 1);
             async move { watch.await.ok() }
         },
     )

@@ -34,22 +34,23 @@ fn session_client(endpoints: Vec<String>) -> Client {
     .expect("client")
 }
 
-/// The events on `key` a watch from `start_index` delivers, up to and including index `until`.
+/// The events on `key` a watch from revision `start` delivers, up to and including revision
+/// `until`.
 async fn events_until(
     cluster: &ProcessCluster,
     key: &str,
-    start_index: u64,
-    until: u64,
+    start: i64,
+    until: i64,
 ) -> Vec<pb::WatchEvent> {
     let client = cluster.client();
     let mut stream = client
-        .watch(key.to_string(), false, start_index)
+        .watch(key.to_string(), false, start)
         .await
         .expect("watch");
     let mut events = Vec::new();
     while events
         .last()
-        .is_none_or(|e: &pb::WatchEvent| e.index < until)
+        .is_none_or(|e: &pb::WatchEvent| e.revision < until)
     {
         let batch = tokio::time::timeout(Duration::from_secs(10), stream.message())
             .await
@@ -67,7 +68,11 @@ async fn a_write_whose_reply_was_lost_should_be_applied_once() {
     cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let client = session_client(endpoints);
     // Opens the session (and the connections) before anything is swallowed.
-    let start = client.put("warmup", "1").await.expect("warm-up put");
+    let start = client
+        .put_with("warmup", "1", false)
+        .await
+        .expect("warm-up put")
+        .revision;
     assert!(client.session_id().is_some(), "a write opens a session");
 
     // The node serves the compare-and-swap; its reply is lost with the connection.
@@ -104,14 +109,18 @@ async fn a_write_whose_reply_was_lost_should_be_applied_once() {
         .await
         .expect("cas");
     assert!(bump.success);
-    // One event for the swallowed-and-retried write, at the index its reply named.
-    let events = events_until(&cluster, "counter", start, bump.index).await;
-    let seen: Vec<(u64, Bytes)> = events.iter().map(|e| (e.index, e.value.clone())).collect();
+    // One change for the swallowed-and-retried write, at the revision its reply named: the
+    // history holds every change of the key from before it up to the bump, and no second one.
+    let events = events_until(&cluster, "counter", start, bump.revision).await;
+    let seen: Vec<(i64, Bytes)> = events
+        .iter()
+        .map(|e| (e.revision, e.value.clone()))
+        .collect();
     assert_eq!(
         seen,
         vec![
-            (cas.index, Bytes::from_static(b"1")),
-            (bump.index, Bytes::from_static(b"2"))
+            (cas.revision, Bytes::from_static(b"1")),
+            (bump.revision, Bytes::from_static(b"2"))
         ]
     );
 }

@@ -13,19 +13,3 @@ where
 {
     std::io::Error::other(e)
 }
-
-/// Why a subscription to apply events was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SubscribeError {
-    /// The events asked for are no longer retained in memory.
-    #[error("events before index {oldest} are no longer retained (asked for {requested})")]
-    Compacted {
-        /// The first index asked for.
-        requested: u64,
-        /// The oldest index still retained.
-        oldest: u64,
-    },
-    /// A thread panicked while holding the event history.
-    #[error("event history lock poisoned")]
-    Poisoned,
-}

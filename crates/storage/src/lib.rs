@@ -71,7 +71,7 @@ mod openraft_suite {
             } else {
                 Arc::new(memory::MemoryEngine::new())
             };
-            let events = Arc::new(crate::events::EventBus::new(16, 1 << 20, 16));
+            let events = Arc::new(crate::events::EventBus::new(16));
             let trigger = state_machine::SnapshotTrigger::new(0);
             let sm = StateMachine::open(engine, &dir.path().join("snapshots"), events, trigger)
                 .await

@@ -8,7 +8,8 @@ pub const SNAPSHOTS_BUILT: &str = "rskv_snapshots_built_total";
 pub const SNAPSHOTS_INSTALLED: &str = "rskv_snapshots_installed_total";
 /// Apply events published.
 pub const EVENTS_PUBLISHED: &str = "rskv_events_published_total";
-/// Watchers (and hooks) that fell behind the buffer.
+/// Event hooks that fell behind the buffer (the name is older than watches served from history,
+/// which never fall behind: they read the store at their own pace).
 pub const WATCHERS_DROPPED: &str = "rskv_watchers_dropped_total";
 
 /// Gives the storage metrics their help text; called once the recorder is installed.
@@ -17,7 +18,10 @@ pub fn describe() {
     describe_counter!(SNAPSHOTS_BUILT, "Snapshots built");
     describe_counter!(SNAPSHOTS_INSTALLED, "Snapshots installed from the leader");
     describe_counter!(EVENTS_PUBLISHED, "Apply events published");
-    describe_counter!(WATCHERS_DROPPED, "Watchers dropped for lagging");
+    describe_counter!(
+        WATCHERS_DROPPED,
+        "Times an event hook fell behind events.watch_buffer and missed batches"
+    );
 }
 
 pub(crate) fn snapshot_built() {
@@ -32,7 +36,7 @@ pub(crate) fn events_published(n: u64) {
     metrics::counter!(EVENTS_PUBLISHED).increment(n);
 }
 
-/// Counts a watcher dropped for falling behind (by the event bus, or by the Watch service).
-pub fn watcher_dropped() {
+/// Counts an event hook falling behind (it misses the batches it lagged by).
+pub(crate) fn watcher_dropped() {
     metrics::counter!(WATCHERS_DROPPED).increment(1);
 }

@@ -551,7 +551,7 @@ async fn append(store: &mut LogStore, entries: Vec<Entry>) {
 }
 
 async fn state_machine(engine: Arc<dyn KvEngine>, snapshots: &Path) -> io::Result<StateMachine> {
-    let events = Arc::new(EventBus::new(16, 1 << 20, 16));
+    let events = Arc::new(EventBus::new(16));
     StateMachine::open(engine, snapshots, events, SnapshotTrigger::new(0)).await
 }
 

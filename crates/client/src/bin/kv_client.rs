@@ -87,7 +87,8 @@ enum Command {
         #[arg(long, short)]
         value: String,
     },
-    /// Print apply events for a key or prefix as they happen, until Ctrl-C.
+    /// Print the changes of a key or prefix, with their revisions, until Ctrl-C: from a past
+    /// revision (`--rev`, read from the store's history), or those made from now on.
     Watch {
         /// Watch exactly this key.
         #[arg(
@@ -100,9 +101,10 @@ enum Command {
         /// Watch every key starting with this prefix ("" for all keys).
         #[arg(long)]
         prefix: Option<String>,
-        /// Start from this log index (retained history first); default: live events only.
-        #[arg(long, default_value_t = 0)]
-        from_index: u64,
+        /// Start from this store revision (every change since, then live ones; to resume, the
+        /// revision after the last one printed); 0: changes from now on.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+        rev: i64,
     },
     /// Show every endpoint's Raft status in a table.
     Status,
@@ -309,17 +311,13 @@ async fn run(args: Args, client: &Client) -> Result<(), ClientError> {
                 );
             }
         }
-        Command::Watch {
-            key,
-            prefix,
-            from_index,
-        } => {
+        Command::Watch { key, prefix, rev } => {
             let (target, is_prefix) = match (key, prefix) {
                 (Some(k), _) => (k, false),
                 (None, Some(p)) => (p, true),
                 (None, None) => (String::new(), true),
             };
-            watch(client, target, is_prefix, from_index, json).await?;
+            watch(client, target, is_prefix, rev, json).await?;
         }
     }
     Ok(())
@@ -329,10 +327,10 @@ async fn watch(
     client: &Client,
     target: String,
     prefix: bool,
-    from_index: u64,
+    rev: i64,
     json: bool,
 ) -> Result<(), ClientError> {
-    let mut stream = client.watch(target, prefix, from_index).await?;
+    let mut stream = client.watch(target, prefix, rev).await?;
     loop {
         let message = tokio::select! {
             m = stream.message() => m,
@@ -353,18 +351,18 @@ async fn watch(
                         "key": text(&e.key),
                         "value": is_put.then(|| text(&e.value)),
                         "prev_value": e.prev_value.as_deref().map(text),
-                        "index": e.index,
+                        "revision": e.revision,
                     })
                 );
             } else if is_put {
                 println!(
-                    "PUT {} = {} (index {})",
+                    "PUT {} = {} (revision {})",
                     text(&e.key),
                     text(&e.value),
-                    e.index
+                    e.revision
                 );
             } else {
-                println!("DELETE {} (index {})", text(&e.key), e.index);
+                println!("DELETE {} (revision {})", text(&e.key), e.revision);
             }
         }
     }

@@ -1,5 +1,5 @@
-//! A cursor in the store's history that waits for more: what every watch served from history
-//! (etcd's `Watch`, and rskv's own `Watch` from a revision) reads.
+//! A cursor in the store's history that waits for more: what every watch reads (etcd's `Watch`,
+//! and rskv's own `Watch`, live or from a revision; there is no other watch path).
 //!
 //! It reads the changes from its position on, in revision order, and once it has caught up waits
 //! until the store's revision moves. Everything it yields comes from the committed history, so a

@@ -5,15 +5,19 @@
 //! openraft (the leader confirms its leadership with a quorum, then waits until its state machine
 //! has applied up to the confirmed commit index) — or `STALE`, served from the local state machine
 //! of any node. A follower answers writes and linearizable reads with NOT_LEADER naming the leader.
+//!
+//! `Watch` is served on any node from the store's history through a [`HistoryFeed`], from a
+//! revision (`start_revision`) or, live, from the revision after the current one: the same path
+//! either way, so a watcher resumes after a restart, a snapshot install or a move to another node
+//! by asking again from the revision after the last one it received, and sees no gap and no
+//! duplicate. (`start_index`, the in-memory event retention's log index, is refused.)
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
-use tokio::sync::broadcast;
 use tokio::sync::watch;
 use tonic::Request;
 use tonic::Response;
@@ -42,12 +46,8 @@ use crate::raft::SessionStamp;
 use rskv_proto::etcd::mvccpb;
 use rskv_proto::kv as pb;
 use rskv_proto::kv::kv_server::Kv;
-use rskv_storage::events::Event;
 use rskv_storage::events::EventBus;
-use rskv_storage::events::EventKind;
 use rskv_storage::events::KeyFilter;
-use rskv_storage::events::Published;
-use rskv_storage::events::Subscription;
 use rskv_storage::state_machine::sessions;
 
 /// Scan page size when the request gives no limit.
@@ -56,14 +56,12 @@ pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
 
 /// Implements `rskv.v1.Kv` with the handles it needs, not the whole node: it can propose
-/// commands, wait for a read barrier, read the applied state, subscribe to apply events, and
-/// count itself against the request limit.
+/// commands, wait for a read barrier, read the applied state and its history, wait for the
+/// store's revision to move, and count itself against the request limit.
 pub struct KvService {
     id: NodeId,
     limits: LimitsConfig,
     sessions: SessionsConfig,
-    /// `events.watch_buffer`.
-    watch_buffer: usize,
     proposer: Arc<Proposer>,
     reads: Arc<ReadBarrier>,
     view: ReadView,
@@ -78,7 +76,6 @@ impl KvService {
             id: node.id,
             limits: node.config.limits.clone(),
             sessions: node.config.sessions.clone(),
-            watch_buffer: node.config.events.watch_buffer,
             proposer: node.proposer.clone(),
             reads: node.reads.clone(),
             view: ReadView::new(node.engine.clone(), &node.raft),
@@ -339,34 +336,7 @@ fn refusal_error(why: &SessionRefusal) -> Error {
     }
 }
 
-/// A running watch stream: backlog first, then live batches, ending with a status.
-struct WatchState {
-    /// Events received but not yet sent: the backlog at first, then live batches as they come.
-    queue: VecDeque<Arc<Event>>,
-    live: broadcast::Receiver<Published>,
-    closed: watch::Receiver<bool>,
-    filter: KeyFilter,
-    /// Live events below this index were already covered (a resumed watch on a lagging node).
-    start_index: u64,
-    /// Index of the last event seen, to tell a dropped watcher where to resume.
-    last_index: u64,
-    /// `events.watch_buffer`, named when a lagging watcher is dropped.
-    buffer: usize,
-    done: bool,
-    /// Why the stream ends once `queue` is sent (a snapshot install or lag seen while batching).
-    pending_end: Option<PendingEnd>,
-    /// Keeps the active-watcher gauge right for as long as the stream exists.
-    _guard: WatcherGuard,
-}
-
-/// How a stream ends after the events queued before it are sent.
-enum PendingEnd {
-    /// The node installed a snapshot up to this index.
-    Reset(u64),
-    /// The watcher missed this many batches.
-    Lagged(u64),
-}
-
+/// Keeps the active-watcher gauge right for as long as a watch stream exists.
 struct WatcherGuard;
 
 impl WatcherGuard {
@@ -379,32 +349,6 @@ impl WatcherGuard {
 impl Drop for WatcherGuard {
     fn drop(&mut self) {
         metrics::watcher_closed();
-    }
-}
-
-fn reset_status(index: u64) -> Status {
-    Status::out_of_range(format!(
-        "this node caught up to index {index} by installing a snapshot, so the changes before it \
-         cannot be streamed; read the current values, then watch with start_index {}",
-        index + 1
-    ))
-}
-
-/// Most events sent in one `WatchResponse`.
-const WATCH_BATCH: usize = 256;
-
-fn to_pb(event: &Event) -> pb::WatchEvent {
-    let (kind, value) = match &event.kind {
-        EventKind::Put { value } => (pb::watch_event::Kind::Put, value.clone()),
-        EventKind::Delete => (pb::watch_event::Kind::Delete, Bytes::new()),
-    };
-    pb::WatchEvent {
-        kind: kind as i32,
-        key: event.key.clone(),
-        value,
-        prev_value: event.prev.clone(),
-        index: event.index,
-        revision: event.revision,
     }
 }
 
@@ -426,169 +370,116 @@ fn history_event(event: mvccpb::Event) -> pb::WatchEvent {
     }
 }
 
-/// A watch served from the store's history from `start` (see `start_revision`).
-fn history_watch(
-    view: ReadView,
-    events: &Arc<EventBus>,
-    filter: KeyFilter,
-    start: i64,
-) -> WatchStream {
-    let feed = HistoryFeed::new(view, events, start, true);
-    let stream = futures::stream::unfold(Some(feed), move |feed| {
-        let filter = filter.clone();
-        async move {
-            let mut feed = feed?;
-            loop {
-                match feed.next().await {
-                    Ok(Feed::Changes { events, .. }) => {
-                        let events: Vec<pb::WatchEvent> = events
-                            .into_iter()
-                            .filter(|(_, e)| {
-                                e.kv.as_ref().is_some_and(|kv| filter.matches(&kv.key))
-                            })
-                            .map(|(_, e)| history_event(e))
-                            .collect();
-                        if !events.is_empty() {
-                            return Some((Ok(pb::WatchResponse { events }), Some(feed)));
-                        }
-                    }
-                    Ok(Feed::Compacted {
-                        compact_revision, ..
-                    }) => {
-                        let e = Error::Compacted(format!(
-                            "revision {start} is compacted (history starts at {compact_revision}); \
-                             watch from a later revision"
-                        ));
-                        return Some((Err(Status::from(e)), None));
-                    }
-                    Ok(Feed::Closed) => return None,
-                    Err(e) => {
-                        let e = Error::storage("reading the store's history", e);
-                        return Some((Err(Status::from(e)), None));
-                    }
-                }
-            }
-        }
-    });
-    Box::pin(stream)
+/// The first revision a watch reports: `start_revision`, or the revision after the store's
+/// `current` one for a live watch (both starts 0).
+///
+/// # Errors
+/// INVALID_ARGUMENT for a `start_index` (no longer served: events are no longer kept in memory
+/// by log index) or a negative `start_revision`.
+fn watch_start(req: &pb::WatchRequest, current: i64) -> Result<i64> {
+    if req.start_index > 0 {
+        return Err(Error::InvalidArgument(format!(
+            "start_index {} is no longer served: watches read the store's history, which is kept \
+             by revision, not by log index; watch with start_revision instead (the revision \
+             after the last one you received; 0 for changes from now on)",
+            req.start_index
+        )));
+    }
+    match req.start_revision {
+        0 => Ok(current + 1),
+        start if start > 0 => Ok(start),
+        start => Err(Error::InvalidArgument(format!(
+            "start_revision {start} is negative; revisions start at 1 (0: changes from now on)"
+        ))),
+    }
 }
 
-impl WatchState {
-    fn new(sub: Subscription, filter: KeyFilter, start_index: u64, buffer: usize) -> WatchState {
-        WatchState {
-            queue: sub.backlog.into(),
-            live: sub.live,
-            closed: sub.closed,
+/// A running watch stream, read from the store's history (see [`HistoryFeed`]): every change of
+/// a key the filter passes, from its start revision on, whole revisions per response, until the
+/// client goes away or the stream ends with a status saying where to resume.
+struct HistoryWatch {
+    feed: HistoryFeed,
+    filter: KeyFilter,
+    /// Becomes `true` when the node shuts down: the feed would otherwise wait for changes
+    /// forever and hold up the drain.
+    closed: watch::Receiver<bool>,
+    /// The first revision not sent yet (every change before it was, or was filtered out): where
+    /// a client re-watches after this stream ends.
+    next_revision: i64,
+    done: bool,
+    _guard: WatcherGuard,
+}
+
+impl HistoryWatch {
+    fn new(view: ReadView, events: &Arc<EventBus>, filter: KeyFilter, start: i64) -> HistoryWatch {
+        HistoryWatch {
+            feed: HistoryFeed::new(view, events, start, true),
             filter,
-            start_index,
-            last_index: if start_index > 0 {
-                start_index - 1
-            } else {
-                sub.last_index
-            },
-            buffer,
+            closed: events.watch_closed(),
+            next_revision: start,
             done: false,
-            pending_end: None,
             _guard: WatcherGuard::new(),
         }
     }
 
-    fn take(&mut self, event: &Arc<Event>, out: &mut Vec<pb::WatchEvent>) {
-        if event.index < self.start_index {
-            return;
-        }
-        self.last_index = event.index;
-        if self.filter.matches(&event.key) {
-            out.push(to_pb(event));
-        }
-    }
-
-    /// Up to [`WATCH_BATCH`] matching events from the front of the queue.
-    fn drain_queue(&mut self) -> Vec<pb::WatchEvent> {
-        let mut out = Vec::new();
-        while out.len() < WATCH_BATCH {
-            let Some(event) = self.queue.pop_front() else {
-                break;
-            };
-            self.take(&event, &mut out);
-        }
-        out
-    }
-
-    /// Where a re-watch should start. Inclusive of the last index seen: the keys of one batch
-    /// share an index, and the stream may have stopped between them (so those may repeat).
-    fn resume_hint(&self) -> String {
-        format!(
-            "re-watch with start_index {} (events at that index may repeat)",
-            self.last_index.max(1)
-        )
-    }
-
-    fn end(&mut self, status: Status) -> Option<Result<pb::WatchResponse, Status>> {
+    fn end(&mut self, status: Status) -> Option<std::result::Result<pb::WatchResponse, Status>> {
         self.done = true;
         Some(Err(status))
     }
 
-    fn lagged(&mut self, missed: u64) -> Option<Result<pb::WatchResponse, Status>> {
-        rskv_storage::metrics::watcher_dropped();
-        let hint = self.resume_hint();
-        let buffer = self.buffer;
-        self.end(Status::resource_exhausted(format!(
-            "watcher fell more than {buffer} applied batches behind (events.watch_buffer) and \
-             missed {missed}; {hint}"
+    fn shutting_down(&mut self) -> Option<std::result::Result<pb::WatchResponse, Status>> {
+        let next = self.next_revision;
+        self.end(Status::unavailable(format!(
+            "node shutting down; re-watch from start_revision {next} on another node (nothing \
+             before it is missed, nothing repeats)"
         )))
     }
 
-    async fn next(&mut self) -> Option<Result<pb::WatchResponse, Status>> {
+    /// The next response, or the status the stream ends with (then `None`).
+    async fn next(&mut self) -> Option<std::result::Result<pb::WatchResponse, Status>> {
         if self.done {
             return None;
         }
         loop {
-            let out = self.drain_queue();
-            if !out.is_empty() {
-                return Some(Ok(pb::WatchResponse { events: out }));
-            }
-            match self.pending_end.take() {
-                Some(PendingEnd::Reset(index)) => return self.end(reset_status(index)),
-                Some(PendingEnd::Lagged(missed)) => return self.lagged(missed),
-                None => {}
-            }
-            let received = tokio::select! {
-                r = self.live.recv() => Some(r),
+            // The feed is cancel-safe: losing this race to shutdown loses nothing it would have
+            // sent.
+            let read = tokio::select! {
+                read = self.feed.next() => Some(read),
                 _ = self.closed.wait_for(|closed| *closed) => None,
             };
-            let Some(received) = received else {
-                let hint = self.resume_hint();
-                return self.end(Status::unavailable(format!(
-                    "node shutting down; {hint} on another node"
-                )));
+            let Some(read) = read else {
+                return self.shutting_down();
             };
-            match received {
-                Ok(Published::Batch(events)) => {
-                    self.queue.extend(events.iter().cloned());
-                    // Batch whatever else is already queued, up to a reset or lag: those end
-                    // the stream once what came before them is sent.
-                    while self.queue.len() < WATCH_BATCH {
-                        match self.live.try_recv() {
-                            Ok(Published::Batch(events)) => {
-                                self.queue.extend(events.iter().cloned())
-                            }
-                            Ok(Published::Reset(index)) => {
-                                self.pending_end = Some(PendingEnd::Reset(index));
-                                break;
-                            }
-                            Err(broadcast::error::TryRecvError::Lagged(missed)) => {
-                                self.pending_end = Some(PendingEnd::Lagged(missed));
-                                break;
-                            }
-                            Err(_) => break,
-                        }
+            match read {
+                Ok(Feed::Changes { events, .. }) => {
+                    if let Some((last, _)) = events.last() {
+                        self.next_revision = last.main + 1;
+                    }
+                    let events: Vec<pb::WatchEvent> = events
+                        .into_iter()
+                        .filter(|(_, e)| {
+                            e.kv.as_ref().is_some_and(|kv| self.filter.matches(&kv.key))
+                        })
+                        .map(|(_, e)| history_event(e))
+                        .collect();
+                    if !events.is_empty() {
+                        return Some(Ok(pb::WatchResponse { events }));
                     }
                 }
-                Ok(Published::Reset(index)) => return self.end(reset_status(index)),
-                Err(broadcast::error::RecvError::Lagged(missed)) => return self.lagged(missed),
-                Err(broadcast::error::RecvError::Closed) => {
-                    return self.end(Status::unavailable("node shutting down"));
+                Ok(Feed::Compacted {
+                    compact_revision, ..
+                }) => {
+                    let e = Error::Compacted(format!(
+                        "revision {} is compacted (history starts at {compact_revision}); read \
+                         the current values, then watch from a later revision",
+                        self.next_revision
+                    ));
+                    return self.end(Status::from(e));
+                }
+                Ok(Feed::Closed) => return self.shutting_down(),
+                Err(e) => {
+                    let e = Error::storage("reading the store's history", e);
+                    return self.end(Status::from(e));
                 }
             }
         }
@@ -613,21 +504,13 @@ impl Kv for KvService {
             if !req.prefix {
                 self.check_key(&req.key)?;
             }
+            let start = watch_start(&req, self.events.revision())?;
             let filter = if req.prefix {
                 KeyFilter::Prefix(req.key)
             } else {
                 KeyFilter::Key(req.key)
             };
-            if req.start_revision > 0 {
-                return Ok(history_watch(
-                    self.view.clone(),
-                    &self.events,
-                    filter,
-                    req.start_revision,
-                ));
-            }
-            let sub = self.events.subscribe(req.start_index)?;
-            let state = WatchState::new(sub, filter, req.start_index, self.watch_buffer);
+            let state = HistoryWatch::new(self.view.clone(), &self.events, filter, start);
             let stream = futures::stream::unfold(state, |mut state| async move {
                 state.next().await.map(|item| (item, state))
             });
@@ -828,77 +711,49 @@ impl Kv for KvService {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
-    use rskv_storage::events::EventBus;
 
-    fn put(index: u64, key: String) -> Event {
-        Event {
-            index,
-            revision: index as i64,
-            key: Bytes::from(key),
-            kind: EventKind::Put {
-                value: Bytes::from_static(b"v"),
-            },
-            prev: None,
+    fn request(start_index: u64, start_revision: i64) -> pb::WatchRequest {
+        pb::WatchRequest {
+            key: Bytes::from_static(b"k"),
+            prefix: false,
+            start_index,
+            start_revision,
         }
     }
 
-    async fn next_events(state: &mut WatchState) -> Vec<pb::WatchEvent> {
-        match state.next().await {
-            Some(Ok(response)) => response.events,
-            other => panic!("expected events, got {other:?}"),
-        }
+    #[test]
+    fn a_live_watch_should_start_after_the_current_revision() {
+        assert_eq!(watch_start(&request(0, 0), 41).expect("live"), 42);
+        assert_eq!(watch_start(&request(0, 0), 0).expect("empty store"), 1);
     }
 
-    #[tokio::test]
-    async fn a_batch_larger_than_the_buffer_should_reach_a_caught_up_watcher_whole() {
-        let bus = EventBus::new(100, 1 << 20, 4);
-        let sub = bus.subscribe(0).expect("subscribe");
-        let mut state = WatchState::new(sub, KeyFilter::Prefix(Bytes::new()), 0, 4);
-        bus.publish((0..1000).map(|i| put(7, format!("k{i:04}"))).collect());
-        let mut keys = Vec::new();
-        while keys.len() < 1000 {
-            let events = next_events(&mut state).await;
+    #[test]
+    fn a_watch_from_a_revision_should_start_there() {
+        assert_eq!(watch_start(&request(0, 7), 41).expect("past"), 7);
+        assert_eq!(watch_start(&request(0, 99), 41).expect("future"), 99);
+    }
+
+    #[test]
+    fn a_start_index_should_be_refused_naming_start_revision() {
+        // Also beside a start_revision: an index is never quietly ignored.
+        for req in [request(5, 0), request(5, 7)] {
+            let status = Status::from(watch_start(&req, 41).expect_err("refused"));
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
             assert!(
-                events.len() <= WATCH_BATCH,
-                "{} in one response",
-                events.len()
+                status
+                    .message()
+                    .contains("start_index 5 is no longer served")
+                    && status.message().contains("start_revision"),
+                "{status:?}"
             );
-            keys.extend(events.into_iter().map(|e| e.key));
         }
-        let expected: Vec<Bytes> = (0..1000).map(|i| Bytes::from(format!("k{i:04}"))).collect();
-        assert_eq!(keys, expected, "every key, once, in order");
-        // Still open: the next write arrives too.
-        bus.publish(vec![put(8, "after".into())]);
-        let events = next_events(&mut state).await;
-        assert_eq!((events.len(), events[0].index), (1, 8));
     }
 
-    #[tokio::test]
-    async fn a_watcher_behind_more_batches_than_the_buffer_should_be_told_where_to_resume() {
-        let bus = EventBus::new(100, 1 << 20, 4);
-        let sub = bus.subscribe(0).expect("subscribe");
-        let mut state = WatchState::new(sub, KeyFilter::Prefix(Bytes::new()), 0, 4);
-        bus.publish(vec![put(1, "a".into())]);
-        assert_eq!(next_events(&mut state).await.len(), 1);
-        for index in 2..=7 {
-            bus.publish(vec![put(index, "a".into())]);
-        }
-        let status = match state.next().await {
-            Some(Err(status)) => status,
-            other => panic!("expected the watcher dropped, got {other:?}"),
-        };
-        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
-        assert!(
-            status.message().contains("events.watch_buffer")
-                && status.message().contains("start_index 1"),
-            "{status:?}"
-        );
-        assert!(
-            state.next().await.is_none(),
-            "the stream ends after the status"
-        );
+    #[test]
+    fn a_negative_start_revision_should_be_refused() {
+        let status = Status::from(watch_start(&request(0, -3), 41).expect_err("refused"));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("-3"), "{status:?}");
     }
 }

@@ -292,7 +292,8 @@ mod tests {
             "retrying elsewhere would not help"
         );
         // Our own OUT_OF_RANGE (a compacted watch start) and successes pass untouched.
-        let compacted = tonic::Status::out_of_range("events before index 5 are no longer retained");
+        let compacted =
+            tonic::Status::out_of_range("revision 5 is compacted (history starts at 9)");
         let response = name_message_limit(compacted.into_http::<()>(), 100);
         let status = tonic::Status::from_header_map(response.headers()).expect("a status");
         assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");

@@ -119,7 +119,8 @@ pub struct Node {
     engine: Arc<dyn KvEngine>,
     /// Where snapshots sent by a leader arrive.
     snapshot_inbox: Arc<SnapshotInbox>,
-    /// Apply events: hooks and watch streams subscribe here.
+    /// Apply events and the store's revision: hooks subscribe to the events, watch streams wait
+    /// on the revision (and on shutdown) to read history further.
     events: Arc<EventBus>,
     /// In-flight client request limit; also refuses new requests while draining.
     limiter: Arc<limits::RequestLimiter>,
@@ -235,11 +236,7 @@ impl Node {
             if let Some(backup) = &config.storage.restore_backup {
                 restore_backup(&*engine, &mut log_store, config.storage.engine, backup).await?;
             }
-            let events = Arc::new(EventBus::new(
-                config.events.history,
-                config.events.history_bytes,
-                config.events.watch_buffer,
-            ));
+            let events = Arc::new(EventBus::new(config.events.watch_buffer));
             let snapshots = SnapshotTrigger::new(config.raft.snapshot_every);
             let state_machine = StateMachine::open(
                 engine.clone(),

@@ -611,7 +611,7 @@ impl StateMachine {
         };
         let engine = sm.engine.clone();
         let path = sm.snapshot_path();
-        let (applied, sessions, keys) = tokio::task::spawn_blocking(move || {
+        let (sessions, keys) = tokio::task::spawn_blocking(move || {
             recover(&*engine, &path)?;
             let sessions = SessionTable::load(engine.system_records()?)?;
             let started = std::time::Instant::now();
@@ -621,7 +621,7 @@ impl StateMachine {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "key index loaded"
             );
-            Ok::<_, io::Error>((engine.applied_state()?, sessions, keys))
+            Ok::<_, io::Error>((sessions, keys))
         })
         .await
         .map_err(io_err)??;
@@ -629,10 +629,6 @@ impl StateMachine {
         *sm.lock_keys()? = keys;
         sm.open_sessions.store(sessions.len(), Ordering::Relaxed);
         *sm.lock_sessions()? = sessions;
-        // Events up to what is already applied were published by an earlier run (or never):
-        // a watch cannot start before this point.
-        sm.events
-            .reset(applied.last_applied.map(|l| l.index).unwrap_or(0));
         Ok(sm)
     }
 
@@ -1030,7 +1026,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 std::fs::remove_file(&final_path)?;
                 sync_dir(&dir)?;
             }
-            // Watchers cannot be given the changes a snapshot skipped over: end them.
+            // Hooks cannot be given the changes a snapshot skipped over: tell them. (Watch
+            // streams read history, which the snapshot carries: they go on.)
             events.reset(state.last_applied.map(|l| l.index).unwrap_or(0));
             events.revision_applied(revision);
             tracing::info!(
@@ -1328,7 +1325,7 @@ mod tests {
     }
 
     async fn state_machine(engine: Arc<dyn KvEngine>, dir: &Path) -> StateMachine {
-        let events = Arc::new(EventBus::new(16, 1 << 20, 16));
+        let events = Arc::new(EventBus::new(16));
         StateMachine::open(engine, dir, events, SnapshotTrigger::new(0))
             .await
             .expect("open state machine")
