@@ -137,14 +137,9 @@ pub fn version_of(rev: Rev, change: &Change) -> Option<KeyVersion> {
 
 /// Where the version a change replaced is in history, if the key existed.
 pub fn prev_of(change: &Change) -> Option<Rev> {
-    prev_at(change.prev_revision, change.prev_sub)
-}
-
-/// The position a change's `prev_revision` and `prev_sub` name (none: the key did not exist).
-pub fn prev_at(prev_revision: i64, prev_sub: u32) -> Option<Rev> {
-    (prev_revision > 0).then_some(Rev {
-        main: prev_revision,
-        sub: prev_sub,
+    (change.prev_revision > 0).then_some(Rev {
+        main: change.prev_revision,
+        sub: change.prev_sub,
     })
 }
 

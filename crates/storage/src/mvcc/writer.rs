@@ -14,7 +14,6 @@ use prost::Message;
 use rskv_proto::etcd::etcdserverpb as etcd;
 use rskv_proto::etcd::etcdserverpb::request_op::Request;
 use rskv_proto::etcd::etcdserverpb::response_op::Response;
-use rskv_proto::storage::ChangeLink;
 
 use super::decode;
 use super::history_key;
@@ -476,32 +475,28 @@ impl<'a> Writer<'a> {
         // removes itself too. What stays before `revision` is each live key's version as of it.
         // From the last compaction on, inclusive: a deletion at exactly that revision was kept
         // then (a watch from it must see it) and goes now.
-        let start = history_key(Rev::new(self.meta.compact_revision.max(1)));
-        let end = history_key(Rev::new(revision + 1));
+        let mut from = Rev::new(self.meta.compact_revision.max(1));
         let mut removed = Vec::new();
-        let mut note = |rev: Rev, tombstone: bool, prev: Option<Rev>| {
-            removed.extend(prev);
-            if tombstone && rev.main < revision {
-                removed.push(rev);
-            }
-        };
-        // The history as committed, read in place (only each change's links are decoded),
-        // under the batch's own changes.
-        let pending = &self.history;
-        self.engine
-            .visit_in(Keyspace::History, &start, Some(&end), &mut |key, value| {
-                if !pending.contains_key(key) {
-                    let link: ChangeLink = decode(value, "change")?;
-                    let prev = super::prev_at(link.prev_revision, link.prev_sub);
-                    note(parse_history_key(key)?, link.tombstone, prev);
+        'scan: loop {
+            let step = self.changes(from, 4096)?;
+            let full = step.len() == 4096;
+            for (rev, change) in step {
+                if rev.main > revision {
+                    break 'scan;
                 }
-                Ok(())
-            })?;
-        for (key, change) in
-            pending.range::<[u8], _>((Bound::Included(&start[..]), Bound::Excluded(&end[..])))
-        {
-            if let Some(change) = change {
-                note(parse_history_key(key)?, change.tombstone, prev_of(change));
+                if let Some(prev) = prev_of(&change) {
+                    removed.push(prev);
+                }
+                if change.tombstone && rev.main < revision {
+                    removed.push(rev);
+                }
+                from = Rev {
+                    main: rev.main,
+                    sub: rev.sub + 1,
+                };
+            }
+            if !full {
+                break;
             }
         }
         for rev in removed {

@@ -229,23 +229,16 @@ pub trait KvEngine: Send + Sync + 'static {
         end: Option<&[u8]>,
         limit: usize,
     ) -> io::Result<Vec<(Bytes, Bytes)>>;
-    /// Hands every pair of `space` with `start <= key < end` (no end: unbounded) to `visit`, in
-    /// key order, without copying them where the engine can: loading the key index at open reads
-    /// the whole data keyspace this way, and compaction the history it compacts.
+    /// Hands every pair of `space` to `visit`, in key order, without copying them where the
+    /// engine can (loading the key index at open reads the whole data keyspace this way).
     ///
     /// # Errors
     /// On a storage failure, or the first error `visit` returns.
-    fn visit_in(
-        &self,
-        space: Keyspace,
-        start: &[u8],
-        end: Option<&[u8]>,
-        visit: &mut Visitor<'_>,
-    ) -> io::Result<()> {
+    fn visit_in(&self, space: Keyspace, visit: &mut Visitor<'_>) -> io::Result<()> {
         const STEP: usize = 4096;
-        let mut from = start.to_vec();
+        let mut from = Vec::new();
         loop {
-            let step = self.scan_in(space, &from, end, STEP)?;
+            let step = self.scan_in(space, &from, None, STEP)?;
             let full = step.len() == STEP;
             for (key, value) in &step {
                 visit(key, value)?;

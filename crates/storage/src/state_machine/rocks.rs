@@ -223,20 +223,10 @@ impl KvEngine for RocksEngine {
         Ok(out)
     }
 
-    fn visit_in(
-        &self,
-        space: Keyspace,
-        start: &[u8],
-        end: Option<&[u8]>,
-        visit: &mut Visitor<'_>,
-    ) -> io::Result<()> {
+    fn visit_in(&self, space: Keyspace, visit: &mut Visitor<'_>) -> io::Result<()> {
         let _guard = self.read_guard()?;
-        let mut ro = ReadOptions::default();
-        if let Some(end) = end {
-            ro.set_iterate_upper_bound(end.to_vec());
-        }
-        let mut iter = self.db.raw_iterator_cf_opt(self.space_cf(space)?, ro);
-        iter.seek(start);
+        let mut iter = self.db.raw_iterator_cf(self.space_cf(space)?);
+        iter.seek_to_first();
         while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
             visit(key, value)?;
             iter.next();
