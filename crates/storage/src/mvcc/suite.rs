@@ -430,6 +430,30 @@ fn suite(engine: Arc<dyn KvEngine>) -> Store {
         vec![2, 4],
         "b@2 and c@4 are current at 6; a@2, a@3 and a's deletion are gone"
     );
+    // A compaction in the batch that wrote what it compacts sees those writes (the batch's own
+    // history over the engine's).
+    let before = s.source().meta().revision;
+    let out = s.apply(vec![
+        Command::Txn(Box::new(ops(vec![put("p", "1")]))),
+        Command::Txn(Box::new(ops(vec![put("p", "2")]))),
+        Command::Compact {
+            revision: before + 2,
+        },
+    ]);
+    assert!(matches!(out[2].etcd, Some(EtcdReply::Done)));
+    let p_kept: Vec<i64> = s
+        .source()
+        .changes(Rev::new(before + 1), usize::MAX)
+        .expect("changes")
+        .into_iter()
+        .filter(|(_, change)| change.key == b("p"))
+        .map(|(rev, _)| rev.main)
+        .collect();
+    assert_eq!(
+        p_kept,
+        vec![before + 2],
+        "p's first version, superseded at the compacted revision, is gone"
+    );
     s
 }
 
