@@ -177,6 +177,13 @@ pub trait Source {
         end: Option<&[u8]>,
         limit: usize,
     ) -> io::Result<Vec<(Bytes, KeyVersion)>>;
+    /// How many current versions have `start <= key < end` (no end: unbounded).
+    ///
+    /// # Errors
+    /// On a storage failure or a damaged record.
+    fn latest_count(&self, start: &[u8], end: Option<&[u8]>) -> io::Result<usize> {
+        Ok(self.latest_range(start, end, usize::MAX)?.len())
+    }
     /// The change at `rev`, unless compacted away.
     ///
     /// # Errors
@@ -266,6 +273,10 @@ impl Source for EngineSource<'_> {
         limit: usize,
     ) -> io::Result<Vec<(Bytes, KeyVersion)>> {
         versions(self.engine.scan(start, end, limit)?)
+    }
+
+    fn latest_count(&self, start: &[u8], end: Option<&[u8]>) -> io::Result<usize> {
+        self.engine.count_in(Keyspace::Data, start, end)
     }
 
     fn change(&self, rev: Rev) -> io::Result<Option<Change>> {

@@ -168,8 +168,25 @@ pub fn range(
         || request.max_create_revision != 0;
     let sort_order = SortOrder::try_from(request.sort_order).unwrap_or(SortOrder::None);
     let sort_target = SortTarget::try_from(request.sort_target).unwrap_or(SortTarget::Key);
-    let mut versions = versions_at(source, &request.key, &request.range_end, at, 0)?;
-    let count = versions.len() as i64;
+    // Versions come in ascending key order: sorting is needed for any other order.
+    let order = match (sort_target, sort_order) {
+        (SortTarget::Key, SortOrder::Ascend) => SortOrder::None,
+        (target, SortOrder::None) if target != SortTarget::Key => SortOrder::Ascend,
+        (_, order) => order,
+    };
+    let page = if at >= meta.revision && !filtered && order == SortOrder::None {
+        latest_page(source, request, meta.revision)?
+    } else {
+        None
+    };
+    let (mut versions, count) = match page {
+        Some(page) => page,
+        None => {
+            let versions = versions_at(source, &request.key, &request.range_end, at, 0)?;
+            let count = versions.len();
+            (versions, count)
+        }
+    };
     if filtered {
         versions.retain(|(_, kv)| {
             (request.min_mod_revision == 0 || kv.mod_revision >= request.min_mod_revision)
@@ -180,12 +197,6 @@ pub fn range(
                     || kv.create_revision <= request.max_create_revision)
         });
     }
-    // Versions come in ascending key order: sorting is needed for any other order.
-    let order = match (sort_target, sort_order) {
-        (SortTarget::Key, SortOrder::Ascend) => SortOrder::None,
-        (target, SortOrder::None) if target != SortTarget::Key => SortOrder::Ascend,
-        (_, order) => order,
-    };
     if order != SortOrder::None {
         versions.sort_by(|(ka, a), (kb, b)| {
             let ord = match sort_target {
@@ -203,24 +214,23 @@ pub fn range(
         });
     }
     let mut more = false;
-    if request.limit > 0 && versions.len() as i64 > request.limit {
+    if request.count_only {
+        // etcd counts without reading any version, so a count is never "more".
+        versions.clear();
+    } else if request.limit > 0 && versions.len() as i64 > request.limit {
         versions.truncate(request.limit as usize);
         more = true;
     }
-    let kvs = if request.count_only {
-        Vec::new()
-    } else {
-        versions
-            .into_iter()
-            .map(|(key, kv)| {
-                let mut kv = to_etcd(key, &kv);
-                if request.keys_only {
-                    kv.value = Bytes::new();
-                }
-                kv
-            })
-            .collect()
-    };
+    let kvs = versions
+        .into_iter()
+        .map(|(key, kv)| {
+            let mut kv = to_etcd(key, &kv);
+            if request.keys_only {
+                kv.value = Bytes::new();
+            }
+            kv
+        })
+        .collect();
     Ok(Ok(RangeResponse {
         // The revision it read at; the services fill in the rest.
         header: Some(ResponseHeader {
@@ -229,8 +239,37 @@ pub fn range(
         }),
         kvs,
         more,
-        count,
+        count: count as i64,
     }))
+}
+
+/// Part of a range's versions, and how many the whole range holds.
+type Page = (Vec<(Bytes, KeyVersion)>, usize);
+
+/// A range at the current revision in key order that returns only part of what it counts
+/// (`limit`, or `count_only`): the first `limit + 1` versions (none for a count) and the count of
+/// the whole range, without reading every version in it. `None` when this shortcut does not
+/// apply (a single key or no limit) or a commit landed while it read (the caller reads through
+/// history instead).
+fn latest_page(
+    source: &dyn Source,
+    request: &RangeRequest,
+    current: i64,
+) -> io::Result<Option<Page>> {
+    let Some(end) = key_range(&request.range_end) else {
+        return Ok(None);
+    };
+    if request.limit <= 0 && !request.count_only {
+        return Ok(None);
+    }
+    let versions = if request.count_only {
+        Vec::new()
+    } else {
+        let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
+        source.latest_range(&request.key, end.as_deref(), limit.saturating_add(1))?
+    };
+    let count = source.latest_count(&request.key, end.as_deref())?;
+    Ok((source.revision_now()? == current).then_some((versions, count)))
 }
 
 /// Whether every key etcd's comparison names satisfies it (a comparison on a range holds when it

@@ -218,6 +218,41 @@ fn suite(engine: Arc<dyn KvEngine>) -> Store {
         })
     );
 
+    // Pages: a limit returns the first keys and counts the whole range; a count alone is never
+    // "more"; the same at the current revision (read without every version) and through history.
+    let page = |s: &Store, rev, limit, count_only| {
+        let request = etcd::RangeRequest {
+            key: b("a"),
+            range_end: b("\0"),
+            revision: rev,
+            limit,
+            count_only,
+            ..Default::default()
+        };
+        let r = read::range(&s.source(), &request)
+            .expect("read")
+            .expect("range");
+        let keys: Vec<String> = r
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect();
+        (keys, r.count, r.more)
+    };
+    for rev in [0, 6] {
+        assert_eq!(
+            page(&s, rev, 2, false),
+            (vec!["a".into(), "b".into()], 3, true)
+        );
+        assert_eq!(
+            page(&s, rev, 3, false),
+            (vec!["a".into(), "b".into(), "c".into()], 3, false)
+        );
+        assert_eq!(page(&s, rev, 1, true), (vec![], 3, false));
+        assert_eq!(page(&s, rev, 0, true), (vec![], 3, false));
+    }
+    assert_eq!(page(&s, 5, 1, false), (vec!["b".into()], 2, true));
+
     // Transactions: comparisons choose the branch; ranges inside see earlier ops.
     let cmp = compare(
         "a",
@@ -237,6 +272,28 @@ fn suite(engine: Arc<dyn KvEngine>) -> Store {
         panic!("range response");
     };
     assert_eq!(seen.count, 4, "a, b, c and the d this txn wrote");
+    let r = s
+        .txn(ops(vec![
+            put("d2", "1"),
+            etcd::RequestOp {
+                request: Some(Request::RequestRange(etcd::RangeRequest {
+                    key: b("d"),
+                    range_end: b("e"),
+                    limit: 1,
+                    ..Default::default()
+                })),
+            },
+        ]))
+        .expect("txn");
+    let Some(Response::ResponseRange(seen)) = &r.responses[1].response else {
+        panic!("range response");
+    };
+    assert_eq!(
+        (seen.kvs.len(), seen.count, seen.more),
+        (1, 2, true),
+        "a page inside a txn counts the keys the txn wrote"
+    );
+    s.txn(ops(vec![delete("d2", "")])).expect("delete d2");
     let r = s
         .txn(etcd::TxnRequest {
             compare: vec![compare(
@@ -562,7 +619,7 @@ impl Source for Racing<'_> {
 
 #[test]
 fn a_read_racing_a_commit_should_answer_for_the_revision_it_names() {
-    for (single, end) in [(true, ""), (false, "\0")] {
+    for (single, end, limit) in [(true, "", 0), (false, "\0", 0), (false, "\0", 1)] {
         let engine: Arc<dyn KvEngine> = Arc::new(MemoryEngine::new());
         let mut s = Store {
             keys: KeyIndex::load(&*engine).expect("index"),
@@ -586,6 +643,7 @@ fn a_read_racing_a_commit_should_answer_for_the_revision_it_names() {
         let request = etcd::RangeRequest {
             key: b("a"),
             range_end: b(end),
+            limit,
             ..Default::default()
         };
         let read = read::range(&source, &request)
@@ -597,12 +655,18 @@ fn a_read_racing_a_commit_should_answer_for_the_revision_it_names() {
             .map(|kv| (kv.key.clone(), kv.value.clone(), kv.mod_revision))
             .collect();
         let mut expected = vec![(b("a"), b("1"), 2)];
-        if !single {
+        if !single && limit == 0 {
             expected.push((b("b"), b("1"), 2));
         }
         assert_eq!(
             listed, expected,
-            "the versions as of the revision read at, not the racing commit's (single key: {single})"
+            "the versions as of the revision read at, not the racing commit's (single key: \
+             {single}, limit {limit})"
+        );
+        assert_eq!(
+            (read.count, read.more),
+            (if single { 1 } else { 2 }, limit > 0),
+            "the count as of the revision read at"
         );
         assert_eq!(read.header.map(|h| h.revision), Some(2));
         assert_eq!(s.source().meta().revision, 3, "the racing commit landed");

@@ -229,6 +229,29 @@ pub trait KvEngine: Send + Sync + 'static {
         end: Option<&[u8]>,
         limit: usize,
     ) -> io::Result<Vec<(Bytes, Bytes)>>;
+    /// How many keys of `space` have `start <= key < end` (no end: unbounded): etcd's Range
+    /// answers the count of a whole range even when it returns only `limit` keys of it, and
+    /// counting must not copy every value out of the engine to do so.
+    ///
+    /// # Errors
+    /// On a storage failure.
+    fn count_in(&self, space: Keyspace, start: &[u8], end: Option<&[u8]>) -> io::Result<usize> {
+        const STEP: usize = 4096;
+        let mut from = start.to_vec();
+        let mut count = 0;
+        loop {
+            let step = self.scan_in(space, &from, end, STEP)?;
+            count += step.len();
+            match step.last() {
+                Some((last, _)) if step.len() == STEP => {
+                    from.clear();
+                    from.extend_from_slice(last);
+                    from.push(0);
+                }
+                _ => return Ok(count),
+            }
+        }
+    }
     /// Hands every pair of `space` to `visit`, in key order, without copying them where the
     /// engine can (loading the key index at open reads the whole data keyspace this way).
     ///

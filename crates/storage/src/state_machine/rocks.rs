@@ -223,6 +223,23 @@ impl KvEngine for RocksEngine {
         Ok(out)
     }
 
+    fn count_in(&self, space: Keyspace, start: &[u8], end: Option<&[u8]>) -> io::Result<usize> {
+        let _guard = self.read_guard()?;
+        let mut ro = ReadOptions::default();
+        if let Some(end) = end {
+            ro.set_iterate_upper_bound(end.to_vec());
+        }
+        let mut iter = self.db.raw_iterator_cf_opt(self.space_cf(space)?, ro);
+        iter.seek(start);
+        let mut count = 0;
+        while iter.valid() {
+            count += 1;
+            iter.next();
+        }
+        iter.status().map_err(io_err)?;
+        Ok(count)
+    }
+
     fn visit_in(&self, space: Keyspace, visit: &mut Visitor<'_>) -> io::Result<()> {
         let _guard = self.read_guard()?;
         let mut iter = self.db.raw_iterator_cf(self.space_cf(space)?);
