@@ -9,12 +9,18 @@
 //! does not exist never touches the engine.
 //!
 //! The index is rebuilt from the engine's data keyspace when the state machine opens and after a
-//! snapshot is installed; in between only apply changes it, after the engine has committed the
-//! batch ([`KeyIndex::apply`]), so it always describes exactly what the engine holds. It costs
-//! about 100 bytes per live key plus the key.
+//! snapshot is installed; in between only apply changes it, through the batch's
+//! [`Writer`](super::writer::Writer), which updates a key's entry as it writes the key (while
+//! the entry is still in cache from the lookup of what it replaces: a second lookup after the
+//! commit cost as much as the first). Between batches it describes exactly what the engine
+//! holds; during one it runs ahead by the batch's writes, which the writer's pending writes
+//! shadow anyway, and a batch the engine fails to commit has the state machine reload it. It
+//! costs about 100 bytes per live key plus the key.
 
 use std::collections::HashMap;
 use std::io;
+
+use foldhash::fast::RandomState;
 
 use bytes::Bytes;
 use rskv_proto::storage::KeyVersionMeta;
@@ -67,19 +73,10 @@ impl From<KeyVersionMeta> for KeyMeta {
     }
 }
 
-/// What one apply batch changed, handed to [`KeyIndex::apply`] once the engine holds it.
-#[derive(Debug, Default)]
-pub struct IndexUpdate {
-    /// Key → its new metadata (`None`: deleted).
-    pub(crate) keys: Vec<(Bytes, Option<KeyMeta>)>,
-    /// The store's counters after the batch.
-    pub(crate) meta: MvccMeta,
-}
-
 /// Every live key's metadata and the store's counters (see the module doc).
 #[derive(Debug, Default, PartialEq)]
 pub struct KeyIndex {
-    keys: HashMap<Bytes, KeyMeta>,
+    keys: HashMap<Bytes, KeyMeta, RandomState>,
     meta: MvccMeta,
 }
 
@@ -89,7 +86,7 @@ impl KeyIndex {
     /// # Errors
     /// On a storage failure or a damaged record.
     pub fn load(engine: &dyn KvEngine) -> io::Result<KeyIndex> {
-        let mut keys = HashMap::new();
+        let mut keys = HashMap::default();
         engine.visit_in(Keyspace::Data, &mut |key, value| {
             let kv: KeyVersionMeta = decode(value, "key version")?;
             keys.insert(Bytes::copy_from_slice(key), KeyMeta::from(kv));
@@ -121,19 +118,21 @@ impl KeyIndex {
         self.keys.is_empty()
     }
 
-    /// Takes in a batch the engine has committed.
-    pub fn apply(&mut self, update: IndexUpdate) {
-        for (key, meta) in update.keys {
-            match meta {
-                Some(meta) => {
-                    self.keys.insert(key, meta);
-                }
-                None => {
-                    self.keys.remove(&key);
-                }
+    /// Records `key`'s new current version (`None`: deleted), as the writer writes it.
+    pub(crate) fn set(&mut self, key: Bytes, meta: Option<KeyMeta>) {
+        match meta {
+            Some(meta) => {
+                self.keys.insert(key, meta);
+            }
+            None => {
+                self.keys.remove(&key);
             }
         }
-        self.meta = update.meta;
+    }
+
+    /// Records the store's counters after a batch.
+    pub(crate) fn set_meta(&mut self, meta: MvccMeta) {
+        self.meta = meta;
     }
 }
 

@@ -44,7 +44,7 @@ struct Store {
 
 impl Store {
     fn apply(&mut self, commands: Vec<Command>) -> Vec<CommandResponse> {
-        let mut writer = Writer::new(&*self.engine, &self.keys);
+        let mut writer = Writer::new(&*self.engine, &mut self.keys);
         let mut sessions = SessionTable::default();
         let mut out = Vec::new();
         for command in commands {
@@ -52,9 +52,8 @@ impl Store {
             out.push(execute(&mut writer, &mut sessions, command, self.index).expect("execute"));
         }
         let mut set = WriteSet::default();
-        let update = writer.finish(&mut set);
+        writer.finish(&mut set);
         self.engine.commit(set).expect("commit");
-        self.keys.apply(update);
         assert_eq!(
             self.keys,
             KeyIndex::load(&*self.engine).expect("load"),

@@ -17,7 +17,6 @@ use rskv_proto::etcd::etcdserverpb::response_op::Response;
 
 use super::decode;
 use super::history_key;
-use super::index::IndexUpdate;
 use super::index::KeyIndex;
 use super::index::KeyMeta;
 use super::lease_key;
@@ -47,8 +46,9 @@ type Pending<V> = BTreeMap<Bytes, Option<V>>;
 /// Executes one apply batch's changes (see the module doc).
 pub struct Writer<'a> {
     engine: &'a dyn KvEngine,
-    /// What the engine holds, as of the batch's start.
-    keys: &'a KeyIndex,
+    /// What the engine holds, plus the batch's writes so far (see [`super::index`]); every
+    /// read of it checks the pending writes first.
+    keys: &'a mut KeyIndex,
     meta: MvccMeta,
     meta_dirty: bool,
     data: Pending<KeyVersion>,
@@ -106,12 +106,14 @@ fn merged<V: Clone>(
 }
 
 impl<'a> Writer<'a> {
-    /// A writer over `engine`, whose contents `index` describes.
-    pub fn new(engine: &'a dyn KvEngine, keys: &'a KeyIndex) -> Writer<'a> {
+    /// A writer over `engine`, whose contents `keys` describes; it updates `keys` as it writes,
+    /// so a batch the engine then fails to commit leaves `keys` ahead of the engine (reload it).
+    pub fn new(engine: &'a dyn KvEngine, keys: &'a mut KeyIndex) -> Writer<'a> {
+        let meta = keys.meta();
         Writer {
             engine,
             keys,
-            meta: keys.meta(),
+            meta,
             meta_dirty: false,
             data: Pending::new(),
             history: Pending::new(),
@@ -138,17 +140,9 @@ impl<'a> Writer<'a> {
         std::mem::take(&mut self.events)
     }
 
-    /// Moves the batch's writes into `set`; returns what the index must take in once the engine
-    /// has committed them.
-    pub fn finish(self, set: &mut WriteSet) -> IndexUpdate {
-        let update = IndexUpdate {
-            keys: self
-                .data
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_ref().map(KeyMeta::of)))
-                .collect(),
-            meta: self.meta,
-        };
+    /// Moves the batch's writes into `set` (the index already has them, and now the counters).
+    pub fn finish(self, set: &mut WriteSet) {
+        self.keys.set_meta(self.meta);
         set.writes.extend(
             self.data
                 .into_iter()
@@ -166,7 +160,6 @@ impl<'a> Writer<'a> {
                 Some(Bytes::from(self.meta.encode_to_vec())),
             ));
         }
-        update
     }
 
     /// The next change position of the request: a new revision for its first change.
@@ -265,6 +258,7 @@ impl<'a> Writer<'a> {
             prev: prev_version.as_ref().map(|p| p.value.clone()),
         });
         self.history.insert(history_key(rev), Some(change));
+        self.keys.set(key.clone(), Some(KeyMeta::of(&version)));
         self.data.insert(key, Some(version));
         Ok(Ok(prev_version.filter(|_| read_prev)))
     }
@@ -322,6 +316,7 @@ impl<'a> Writer<'a> {
             prev: Some(prev.value.clone()),
         });
         self.history.insert(history_key(rev), Some(change));
+        self.keys.set(key.clone(), None);
         self.data.insert(key, None);
     }
 

@@ -506,9 +506,8 @@ fn apply_batch(
         state,
         ..WriteSet::default()
     };
-    let update = writer.finish(&mut set);
+    writer.finish(&mut set);
     engine.commit(set)?;
-    keys.apply(update);
     // After the commit: an event is never seen before its change is readable.
     bus.publish(events);
     bus.revision_applied(revision);
@@ -958,9 +957,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut keys = lock_index(&keys)?;
             let applied = apply_batch(&*engine, &bus, &mut sessions, &mut keys, batch);
             if applied.is_err() {
-                // The table may have moved ahead of what the engine holds: take the engine's.
+                // The table and the index may have moved ahead of what the engine holds: take
+                // the engine's.
                 if let Ok(stored) = engine.system_records().and_then(SessionTable::load) {
                     *sessions = stored;
+                }
+                if let Ok(stored) = KeyIndex::load(&*engine) {
+                    *keys = stored;
                 }
             }
             open_sessions.store(sessions.len(), Ordering::Relaxed);
@@ -1275,8 +1278,8 @@ mod tests {
                 },
             ],
         };
-        let keys = KeyIndex::load(&engine).expect("index");
-        let mut writer = Writer::new(&engine, &keys);
+        let mut keys = KeyIndex::load(&engine).expect("index");
+        let mut writer = Writer::new(&engine, &mut keys);
         let mut sessions = SessionTable::default();
         let resp = execute(&mut writer, &mut sessions, group, 7).expect("execute");
         let events = writer.take_events();
