@@ -314,6 +314,33 @@ fn suite(engine: Arc<dyn KvEngine>) -> Store {
         1,
         "the nested txn ran"
     );
+    // Every comparison, nested ones included, is evaluated before the transaction runs, as
+    // etcd's: the nested one sees `n` absent although the put before it wrote `n`, so its success
+    // branch runs, and its failure branch (a put on an unknown lease, never checked) is not taken.
+    let nested = etcd::TxnRequest {
+        compare: vec![compare(
+            "n",
+            CompareTarget::Version,
+            CompareResult::Equal,
+            TargetUnion::Version(0),
+        )],
+        success: vec![put("n2", "1")],
+        failure: vec![put_lease("n3", "1", 4242)],
+    };
+    let r = s
+        .txn(ops(vec![
+            put("n", "1"),
+            etcd::RequestOp {
+                request: Some(Request::RequestTxn(nested)),
+            },
+        ]))
+        .expect("the nested txn takes the branch chosen before anything ran");
+    let Some(Response::ResponseTxn(inner)) = &r.responses[1].response else {
+        panic!("nested txn response");
+    };
+    assert!(inner.succeeded);
+    assert_eq!(s.range("n2", "", 0).expect("range").len(), 1);
+    s.txn(ops(vec![delete("n", "n3")])).expect("delete n, n2");
     // A comparison over a range holds only when every key does; absent keys have version 0.
     let mut over = compare(
         "a",

@@ -338,8 +338,10 @@ impl<'a> Writer<'a> {
     }
 
     /// Executes etcd's transaction: the comparisons, then the branch they choose, all at one
-    /// revision. Every operation of the branch is checked before any runs, so a refused
-    /// transaction changes nothing.
+    /// revision. As etcd's, every comparison, nested transactions' included, is evaluated first,
+    /// against the store as it was before the transaction (so a nested comparison does not see
+    /// the writes of the operations before it), and every operation on the chosen branches is
+    /// checked before any runs, so a refused transaction changes nothing.
     ///
     /// # Errors
     /// The outer error on a storage failure; the inner one when the transaction is refused.
@@ -347,15 +349,36 @@ impl<'a> Writer<'a> {
         &mut self,
         txn: &etcd::TxnRequest,
     ) -> io::Result<Result<etcd::TxnResponse, MvccError>> {
-        let succeeded = self.compares_hold(&txn.compare)?;
-        let ops = if succeeded {
-            &txn.success
-        } else {
-            &txn.failure
-        };
-        if let Err(e) = self.check_ops(ops)? {
+        let mut path = Vec::new();
+        self.choose(txn, &mut path)?;
+        if let Err(e) = self.check_ops(txn, &path, &mut 0)? {
             return Ok(Err(e));
         }
+        self.run_txn(txn, &path, &mut 0)
+    }
+
+    /// Appends which branch `txn` and each nested transaction on its chosen branch take, in the
+    /// order they run (etcd's `compareToPath`).
+    fn choose(&self, txn: &etcd::TxnRequest, path: &mut Vec<bool>) -> io::Result<()> {
+        let succeeded = self.compares_hold(&txn.compare)?;
+        path.push(succeeded);
+        for op in branch(txn, succeeded) {
+            if let Some(Request::RequestTxn(nested)) = &op.request {
+                self.choose(nested, path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `txn` along `path` from `at` (see [`Writer::choose`]).
+    fn run_txn(
+        &mut self,
+        txn: &etcd::TxnRequest,
+        path: &[bool],
+        at: &mut usize,
+    ) -> io::Result<Result<etcd::TxnResponse, MvccError>> {
+        let succeeded = taken(path, at)?;
+        let ops = branch(txn, succeeded);
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             let response = match &op.request {
@@ -388,7 +411,7 @@ impl<'a> Writer<'a> {
                         },
                     }))
                 }
-                Some(Request::RequestTxn(nested)) => match self.txn(nested)? {
+                Some(Request::RequestTxn(nested)) => match self.run_txn(nested, path, at)? {
                     Ok(r) => Some(Response::ResponseTxn(r)),
                     Err(e) => return Ok(Err(e)),
                 },
@@ -411,11 +434,16 @@ impl<'a> Writer<'a> {
         Ok(true)
     }
 
-    /// etcd's checks before a transaction branch runs: readable revisions, existing leases,
-    /// existing keys for `ignore_value` / `ignore_lease` puts (nested transactions checked on
-    /// the branch their comparisons choose now).
-    fn check_ops(&self, ops: &[etcd::RequestOp]) -> io::Result<Result<(), MvccError>> {
-        for op in ops {
+    /// etcd's checks before a transaction runs, on the branches `path` chooses from `at`:
+    /// readable revisions, existing leases, existing keys for `ignore_value` / `ignore_lease`
+    /// puts.
+    fn check_ops(
+        &self,
+        txn: &etcd::TxnRequest,
+        path: &[bool],
+        at: &mut usize,
+    ) -> io::Result<Result<(), MvccError>> {
+        for op in branch(txn, taken(path, at)?) {
             let checked = match &op.request {
                 None | Some(Request::RequestDeleteRange(_)) => Ok(()),
                 Some(Request::RequestRange(range)) => read::readable(
@@ -431,14 +459,7 @@ impl<'a> Writer<'a> {
                     let lease = (!put.ignore_lease).then_some(put.lease);
                     self.check_put(exists, put.ignore_value, lease)?
                 }
-                Some(Request::RequestTxn(nested)) => {
-                    let branch = if self.compares_hold(&nested.compare)? {
-                        &nested.success
-                    } else {
-                        &nested.failure
-                    };
-                    self.check_ops(branch)?
-                }
+                Some(Request::RequestTxn(nested)) => self.check_ops(nested, path, at)?,
             };
             if checked.is_err() {
                 return Ok(checked);
@@ -564,6 +585,25 @@ impl<'a> Writer<'a> {
         }
         Ok(out)
     }
+}
+
+/// The operations of the branch a transaction takes.
+fn branch(txn: &etcd::TxnRequest, succeeded: bool) -> &[etcd::RequestOp] {
+    if succeeded {
+        &txn.success
+    } else {
+        &txn.failure
+    }
+}
+
+/// The next branch on a transaction's path (see [`Writer::choose`]).
+fn taken(path: &[bool], at: &mut usize) -> io::Result<bool> {
+    let succeeded = path
+        .get(*at)
+        .copied()
+        .ok_or_else(|| io::Error::other("transaction path shorter than its transactions"))?;
+    *at += 1;
+    Ok(succeeded)
 }
 
 impl Source for Writer<'_> {
