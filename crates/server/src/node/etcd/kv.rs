@@ -24,6 +24,7 @@ use super::forward::Routed;
 use super::propose;
 use super::unexpected;
 use super::EtcdContext;
+use crate::node::compactor;
 use crate::node::proposer::Proposer;
 use crate::node::read_barrier::ReadBarrier;
 use crate::node::read_view::ReadView;
@@ -348,10 +349,20 @@ impl Kv for EtcdKv {
                 Routed::Here(compact) => compact,
                 Routed::Forwarded(response) => return Ok(response),
             };
-            let command = Command::Compact {
-                revision: compact.revision,
-            };
-            match propose(&self.proposer, command, "a compaction").await? {
+            // A long history in steps (see compactor::MAX_STEP); the reply is the last step's,
+            // the compaction at the revision asked.
+            let compacted = self.view.compacted().await.map_err(|e| {
+                Status::internal(format!("reading the compacted revision failed: {e}"))
+            })?;
+            let (_, response) = compactor::compact_to(
+                &self.proposer,
+                compacted,
+                self.ctx.revision(),
+                compact.revision,
+            )
+            .await
+            .map_err(status_of)?;
+            match super::etcd_reply(response, "a compaction")? {
                 (EtcdReply::Done, revision) => Ok(etcd::CompactionResponse {
                     header: Some(self.ctx.header_at(revision)),
                 }),

@@ -166,6 +166,15 @@ pub(crate) async fn propose(
     what: &str,
 ) -> Result<(EtcdReply, i64), Status> {
     let (_, response) = proposer.write(command).await.map_err(status_of)?;
+    etcd_reply(response, what)
+}
+
+/// An applied etcd command's reply and the revision after it, or etcd's status when the store
+/// refused it (see [`propose`]).
+pub(crate) fn etcd_reply(
+    response: crate::raft::CommandResponse,
+    what: &str,
+) -> Result<(EtcdReply, i64), Status> {
     match response.etcd {
         Some(EtcdReply::Refused(e)) => Err(kv::mvcc_status(&e)),
         Some(reply) => Ok((reply, response.revision)),
