@@ -87,7 +87,7 @@ impl KeyIndex {
     /// On a storage failure or a damaged record.
     pub fn load(engine: &dyn KvEngine) -> io::Result<KeyIndex> {
         let mut keys = HashMap::default();
-        engine.visit_in(Keyspace::Data, &mut |key, value| {
+        engine.visit_in(Keyspace::Data, b"", None, &mut |key, value| {
             let kv: KeyVersionMeta = decode(value, "key version")?;
             keys.insert(Bytes::copy_from_slice(key), KeyMeta::from(kv));
             Ok(())

@@ -338,23 +338,10 @@ pub fn hash_kv(
     };
     let end = history_key(Rev::new(at + 1));
     let mut hash = 0;
-    let mut from = Bytes::new();
-    loop {
-        let step = engine.scan_in(Keyspace::History, &from, Some(&end), 4096)?;
-        let Some((last, _)) = step.last() else {
-            break;
-        };
-        let mut next = last.to_vec();
-        next.push(0);
-        let full = step.len() == 4096;
-        for (key, value) in &step {
-            hash = crc32(crc32(hash, key), value);
-        }
-        if !full {
-            break;
-        }
-        from = Bytes::from(next);
-    }
+    engine.visit_in(Keyspace::History, b"", Some(&end), &mut |key, value| {
+        hash = crc32(crc32(hash, key), value);
+        Ok(())
+    })?;
     Ok(Ok((hash, at, meta.compact_revision)))
 }
 

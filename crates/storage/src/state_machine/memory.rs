@@ -46,15 +46,6 @@ fn apply(map: &mut OrdMap<Bytes, Bytes>, writes: Vec<(Bytes, Option<Bytes>)>) {
     }
 }
 
-/// The map bounds of `start <= key < end` (no end: unbounded).
-fn bounds(start: &[u8], end: Option<&[u8]>) -> (Bound<Bytes>, Bound<Bytes>) {
-    let upper = match end {
-        Some(e) => Bound::Excluded(Bytes::copy_from_slice(e)),
-        None => Bound::Unbounded,
-    };
-    (Bound::Included(Bytes::copy_from_slice(start)), upper)
-}
-
 /// Ordered in-memory engine.
 #[derive(Default)]
 pub struct MemoryEngine {
@@ -107,16 +98,16 @@ impl KvEngine for MemoryEngine {
         limit: usize,
     ) -> io::Result<Vec<(Bytes, Bytes)>> {
         let map = self.read()?.space(space).clone();
+        let upper = match end {
+            Some(e) => Bound::Excluded(Bytes::copy_from_slice(e)),
+            None => Bound::Unbounded,
+        };
+        let range = (Bound::Included(Bytes::copy_from_slice(start)), upper);
         Ok(map
-            .range(bounds(start, end))
+            .range(range)
             .take(limit)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
-    }
-
-    fn count_in(&self, space: Keyspace, start: &[u8], end: Option<&[u8]>) -> io::Result<usize> {
-        let map = self.read()?.space(space).clone();
-        Ok(map.range(bounds(start, end)).count())
     }
 
     fn applied_state(&self) -> io::Result<AppliedState> {

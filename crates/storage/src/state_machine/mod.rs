@@ -236,38 +236,35 @@ pub trait KvEngine: Send + Sync + 'static {
     /// # Errors
     /// On a storage failure.
     fn count_in(&self, space: Keyspace, start: &[u8], end: Option<&[u8]>) -> io::Result<usize> {
-        const STEP: usize = 4096;
-        let mut from = start.to_vec();
         let mut count = 0;
-        loop {
-            let step = self.scan_in(space, &from, end, STEP)?;
-            count += step.len();
-            match step.last() {
-                Some((last, _)) if step.len() == STEP => {
-                    from.clear();
-                    from.extend_from_slice(last);
-                    from.push(0);
-                }
-                _ => return Ok(count),
-            }
-        }
+        self.visit_in(space, start, end, &mut |_, _| {
+            count += 1;
+            Ok(())
+        })?;
+        Ok(count)
     }
-    /// Hands every pair of `space` to `visit`, in key order, without copying them where the
-    /// engine can (loading the key index at open reads the whole data keyspace this way).
+    /// Hands every pair of `space` with `start <= key < end` (no end: unbounded) to `visit`, in
+    /// key order, without copying them where the engine can (loading the key index at open reads
+    /// the whole data keyspace this way, HashKV the history).
     ///
     /// # Errors
     /// On a storage failure, or the first error `visit` returns.
-    fn visit_in(&self, space: Keyspace, visit: &mut Visitor<'_>) -> io::Result<()> {
+    fn visit_in(
+        &self,
+        space: Keyspace,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> io::Result<()> {
         const STEP: usize = 4096;
-        let mut from = Vec::new();
+        let mut from = start.to_vec();
         loop {
-            let step = self.scan_in(space, &from, None, STEP)?;
-            let full = step.len() == STEP;
+            let step = self.scan_in(space, &from, end, STEP)?;
             for (key, value) in &step {
                 visit(key, value)?;
             }
             match step.last() {
-                Some((last, _)) if full => {
+                Some((last, _)) if step.len() == STEP => {
                     from.clear();
                     from.extend_from_slice(last);
                     from.push(0);

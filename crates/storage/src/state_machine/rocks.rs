@@ -223,7 +223,13 @@ impl KvEngine for RocksEngine {
         Ok(out)
     }
 
-    fn count_in(&self, space: Keyspace, start: &[u8], end: Option<&[u8]>) -> io::Result<usize> {
+    fn visit_in(
+        &self,
+        space: Keyspace,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> io::Result<()> {
         let _guard = self.read_guard()?;
         let mut ro = ReadOptions::default();
         if let Some(end) = end {
@@ -231,19 +237,6 @@ impl KvEngine for RocksEngine {
         }
         let mut iter = self.db.raw_iterator_cf_opt(self.space_cf(space)?, ro);
         iter.seek(start);
-        let mut count = 0;
-        while iter.valid() {
-            count += 1;
-            iter.next();
-        }
-        iter.status().map_err(io_err)?;
-        Ok(count)
-    }
-
-    fn visit_in(&self, space: Keyspace, visit: &mut Visitor<'_>) -> io::Result<()> {
-        let _guard = self.read_guard()?;
-        let mut iter = self.db.raw_iterator_cf(self.space_cf(space)?);
-        iter.seek_to_first();
         while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
             visit(key, value)?;
             iter.next();
