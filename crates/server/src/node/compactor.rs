@@ -60,9 +60,8 @@ pub async fn compact_to(
     } else {
         vec![target]
     };
-    let Some((last, before)) = plan.split_last() else {
-        return proposer.write(Command::Compact { revision: target }).await;
-    };
+    // `steps` always ends at `target`.
+    let (last, before) = plan.split_last().unwrap_or((&target, &[]));
     for revision in before {
         proposer
             .write(Command::Compact {
