@@ -9,7 +9,9 @@
 #   cluster/cluster.sh rolling-restart   restart 1, 2, 3 in turn, each once the previous caught up
 #
 # Data and logs live under $RSKV_CLUSTER_DIR (default: cluster/run). Set ENGINE=memory to use the
-# memory state machine, PROFILE=release for an optimized build.
+# memory state machine, PROFILE=release for an optimized build. TLS=1 start makes a throwaway CA
+# and certificates under $RSKV_CLUSTER_DIR/tls (kv_certs) and runs every port in mutual TLS; a
+# cluster dir holding tls/ stays in TLS for later commands (TLS=0 forces plaintext).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,6 +21,20 @@ PROFILE="${PROFILE:-debug}"
 ENGINE="${ENGINE:-rocksdb}"
 ENDPOINTS="127.0.0.1:7411,127.0.0.1:7412,127.0.0.1:7413"
 NODES=(1 2 3)
+TLS_DIR="$RUN/tls"
+if [[ -z "${TLS:-}" ]]; then
+    if [[ -f "$TLS_DIR/rskv-ca.pem" ]]; then TLS=1; else TLS=0; fi
+fi
+TLS_FLAGS=()
+if [[ "$TLS" == 1 ]]; then
+    TLS_FLAGS=(--cert-file "$TLS_DIR/node.pem" --key-file "$TLS_DIR/node-key.pem"
+        --trusted-ca-file "$TLS_DIR/rskv-ca.pem" --client-cert-auth
+        --peer-cert-file "$TLS_DIR/node.pem" --peer-key-file "$TLS_DIR/node-key.pem"
+        --peer-trusted-ca-file "$TLS_DIR/rskv-ca.pem")
+    # kv_client reads these.
+    export RSKV_CACERT="$TLS_DIR/rskv-ca.pem" RSKV_CERT="$TLS_DIR/client.pem" \
+        RSKV_CERT_KEY="$TLS_DIR/client-key.pem"
+fi
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
@@ -30,9 +46,13 @@ target_dir() {
 build() {
     local flags=()
     [[ "$PROFILE" == "release" ]] && flags+=(--release)
-    (cd "$ROOT" && cargo build --quiet "${flags[@]}" --bin kv_server --bin kv_client)
+    (cd "$ROOT" && cargo build --quiet "${flags[@]}" --bin kv_server --bin kv_client --bin kv_certs)
     BIN="$(target_dir)/$PROFILE"
     [[ -x "$BIN/kv_server" ]] || die "kv_server not found in $BIN"
+    if [[ "$TLS" == 1 && ! -f "$TLS_DIR/rskv-ca.pem" ]]; then
+        "$BIN/kv_certs" "$TLS_DIR" >/dev/null
+        echo "TLS: made a throwaway CA and certificates in $TLS_DIR"
+    fi
 }
 
 pid_of() {
@@ -60,6 +80,7 @@ start_node() {
         --config "$ROOT/cluster/node$n.toml" \
         --data-dir "$RUN/node$n/data" \
         --engine "$ENGINE" \
+        "${TLS_FLAGS[@]}" \
         >>"$RUN/node$n/node.log" 2>&1 </dev/null &
     echo $! >"$RUN/node$n.pid"
     echo "node $n started (pid $!, log $RUN/node$n/node.log)"
@@ -127,6 +148,10 @@ case "$cmd" in
         "$BIN/kv_client" --endpoints "$ENDPOINTS" status
         echo
         echo "endpoints: $ENDPOINTS"
+        if [[ "$TLS" == 1 ]]; then
+            echo "TLS: export RSKV_CACERT=$RSKV_CACERT RSKV_CERT=$RSKV_CERT RSKV_CERT_KEY=$RSKV_CERT_KEY"
+            echo "     etcdctl --cacert $RSKV_CACERT --cert $RSKV_CERT --key $RSKV_CERT_KEY --endpoints $ENDPOINTS ..."
+        fi
         echo "try: $BIN/kv_client --endpoints $ENDPOINTS set --key name --value 999999"
         ;;
     stop)
@@ -161,7 +186,7 @@ case "$cmd" in
         "$BIN/kv_client" --endpoints "$ENDPOINTS" status
         ;;
     *)
-        sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         [[ -z "$cmd" ]] && exit 2
         die "unknown command '$cmd'"
         ;;

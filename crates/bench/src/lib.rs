@@ -77,6 +77,8 @@ pub struct BenchOptions {
     pub target: Target,
     /// Node addresses.
     pub endpoints: Vec<String>,
+    /// rskv: TLS to every node; `None`: plaintext (the etcd target speaks plaintext only).
+    pub tls: Option<rskv_client::tls::TlsDialer>,
     /// gRPC connections per node.
     pub conns: usize,
     /// rskv: Multi RPCs in flight per node before requests are batched
@@ -289,6 +291,7 @@ async fn connect(opts: &BenchOptions) -> Result<Conn, ClientError> {
                 batch_inflight: opts.batch_inflight,
                 connections: opts.conns,
                 sessions: opts.sessions,
+                tls: opts.tls.clone(),
                 ..ClientOptions::default()
             },
         )?))),
@@ -316,6 +319,11 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, ClientError> {
         for _ in 1..opts.conns {
             conns.push(connect(opts).await?);
         }
+    }
+    if opts.target == Target::Etcd && opts.tls.is_some() {
+        return Err(ClientError::Config(
+            "TLS is only implemented for the rskv target".into(),
+        ));
     }
     if opts.target == Target::Etcd && matches!(opts.workload, Workload::Cas | Workload::Load) {
         return Err(ClientError::Config(

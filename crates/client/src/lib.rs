@@ -62,6 +62,7 @@ use tonic::Status;
 
 pub mod batch;
 pub mod gathered;
+pub mod tls;
 pub mod transport;
 
 use rskv_proto::kv as pb;
@@ -210,6 +211,9 @@ pub struct ClientOptions {
     /// Writes go through a client session, so an ambiguous one is retried and applied exactly
     /// once (see the module doc). Off, an ambiguous write is reported as such, never retried.
     pub sessions: bool,
+    /// TLS to every node (the CA that signs their certificates, and for mutual TLS this
+    /// client's own certificate); `None`: plaintext.
+    pub tls: Option<crate::tls::TlsDialer>,
 }
 
 impl Default for ClientOptions {
@@ -223,6 +227,7 @@ impl Default for ClientOptions {
             batch_inflight: 4,
             connections: 1,
             sessions: true,
+            tls: None,
         }
     }
 }
@@ -404,7 +409,7 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError::Config`] when no endpoint is given, or one is not `host:port` (or an
-    /// `http://` URI; TLS is not supported).
+    /// `http://` or `https://` URI agreeing with [`ClientOptions::tls`]).
     pub fn with_options<I, S>(endpoints: I, options: ClientOptions) -> ClientResult<Client>
     where
         I: IntoIterator<Item = S>,
@@ -421,6 +426,7 @@ impl Client {
         }
         for addr in &endpoints {
             crate::transport::endpoint_uri(addr)
+                .and_then(|_| crate::transport::check_scheme(addr, options.tls.is_some()))
                 .map_err(|e| ClientError::Config(format!("bad endpoint {addr}: {e}")))?;
         }
         Ok(Client {
@@ -445,7 +451,7 @@ impl Client {
             return Ok(n.clone());
         }
         let channels = (0..self.options.connections.max(1))
-            .map(|_| lazy_channel(addr, self.options.connect_timeout, None))
+            .map(|_| lazy_channel(addr, self.options.connect_timeout, self.options.tls.clone()))
             .collect::<Result<Arc<[Channel]>, _>>()
             .map_err(|e| ClientError::Config(format!("bad endpoint {addr}: {e}")))?;
         let node = Arc::new(Rotation {

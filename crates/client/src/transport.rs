@@ -1,8 +1,9 @@
 //! How the client (and the server's Raft transport, which builds on this) reaches a node: the
-//! address rules ([`endpoint_uri`]), lazily connected tonic channels with HTTP/2 keep-alive
-//! ([`lazy_channel`], [`channel`]), and our own TCP connector, whose writes are gathered per
-//! HTTP/2 flush and whose failures are a type ([`ConnectError`]) a caller can find in an error's
-//! source chain: a request whose connection was never made never left this process.
+//! address rules ([`endpoint_uri`], [`check_scheme`]), lazily connected tonic channels with
+//! HTTP/2 keep-alive ([`lazy_channel`], [`channel`]), and our own connector: TCP whose writes
+//! are gathered per HTTP/2 flush, in TLS when the channel has a [`TlsDialer`], and whose
+//! failures are a type ([`ConnectError`]) a caller can find in an error's source chain: a request
+//! whose connection was never made never left this process.
 
 use std::io;
 use std::net::IpAddr;
@@ -17,27 +18,46 @@ use tonic::transport::Endpoint;
 use tonic::transport::Uri;
 
 use crate::gathered::Gathered;
+use crate::tls::MaybeTls;
+use crate::tls::TlsDialer;
 
-/// The `http://` URI a node address (`host:port`, or a full `http://` URI) is dialled at.
+/// The URI a node address (`host:port`, or a full `http://` or `https://` URI) is dialled at.
 ///
-/// rskv speaks plaintext gRPC only, so `https://` (or any other scheme) is refused here with a
-/// message that says so, rather than spoken as plaintext at a port that expects TLS.
+/// The URI keeps the `http` scheme whatever the address said: whether a connection speaks TLS is
+/// decided by the channel's [`TlsDialer`], not by hyper (see [`check_scheme`] for the agreement
+/// of the two).
 ///
 /// # Errors
-/// A message naming the problem: a scheme other than `http`, or not a valid URI authority.
+/// A message naming the problem: a scheme other than `http` or `https`, or not a valid URI
+/// authority.
 pub fn endpoint_uri(addr: &str) -> Result<Uri, String> {
     let uri = match addr.split_once("://") {
         None => format!("http://{addr}"),
-        Some(("http", _)) => addr.to_string(),
-        Some(("https", _)) => {
-            return Err("https:// is not supported: rskv serves plaintext gRPC (no TLS)".into())
-        }
+        Some(("http" | "https", rest)) => format!("http://{rest}"),
         Some((scheme, _)) => return Err(format!("unknown scheme {scheme}://; use host:port")),
     };
     let uri: Uri = uri.parse().map_err(|e| format!("not host:port ({e})"))?;
     match (uri.host(), uri.port_u16()) {
         (Some(host), Some(_)) if !host.is_empty() => Ok(uri),
         _ => Err("expected host:port".into()),
+    }
+}
+
+/// Refuses an address whose scheme contradicts the TLS settings: `https://` without TLS settings
+/// (it would be spoken as plaintext to a port that expects TLS), `http://` with them. A bare
+/// `host:port` follows the settings.
+///
+/// # Errors
+/// A message saying which setting is missing.
+pub fn check_scheme(addr: &str, tls: bool) -> Result<(), String> {
+    match (addr.split_once("://").map(|(scheme, _)| scheme), tls) {
+        (Some("https"), false) => {
+            Err("https:// needs TLS settings: a CA bundle to trust (kv_client --cacert)".into())
+        }
+        (Some("http"), true) => {
+            Err("http:// is plaintext, but TLS is configured: use https:// or host:port".into())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -54,33 +74,49 @@ pub fn endpoint_uri(addr: &str) -> Result<Uri, String> {
 pub fn lazy_channel(
     addr: &str,
     connect_timeout: Duration,
-    source_ip: Option<IpAddr>,
+    tls: Option<TlsDialer>,
 ) -> Result<Channel, String> {
     channel(
         addr,
         connect_timeout,
         (Duration::from_secs(10), Duration::from_secs(20)),
-        source_ip,
+        Dial {
+            source_ip: None,
+            tls,
+        },
     )
+}
+
+/// How a channel's connections are made beyond the address: from which source IP, and whether
+/// in TLS.
+#[derive(Debug, Clone, Default)]
+pub struct Dial {
+    /// Source IP of the connections; unset lets the kernel choose.
+    pub source_ip: Option<IpAddr>,
+    /// TLS over the connections; unset: plaintext.
+    pub tls: Option<TlsDialer>,
 }
 
 /// A lazily-connecting channel whose connections are PINGed once nothing was read from them for
 /// `ping.0` (idle or not) and dropped when a PING is not answered within `ping.1`.
 ///
 /// # Errors
-/// When [`endpoint_uri`] refuses `addr`.
+/// When [`endpoint_uri`] or [`check_scheme`] refuses `addr`.
 pub fn channel(
     addr: &str,
     connect_timeout: Duration,
     ping: (Duration, Duration),
-    source_ip: Option<IpAddr>,
+    dial: Dial,
 ) -> Result<Channel, String> {
+    check_scheme(addr, dial.tls.is_some())?;
     Ok(Endpoint::from(endpoint_uri(addr)?)
         .connect_timeout(connect_timeout)
         .http2_keep_alive_interval(ping.0)
         .keep_alive_timeout(ping.1)
         .keep_alive_while_idle(true)
-        .connect_with_connector_lazy(tower::service_fn(move |uri: Uri| connect(uri, source_ip))))
+        .connect_with_connector_lazy(tower::service_fn(move |uri: Uri| {
+            connect(uri, dial.clone())
+        })))
 }
 
 /// Why a channel's TCP connection could not be made: the request that needed it never left this
@@ -96,12 +132,16 @@ pub struct ConnectError {
     source: io::Error,
 }
 
-/// Opens a channel's TCP connection: to each address `uri`'s host resolves to in turn, from
-/// `source_ip` when set, with Nagle's algorithm off (small requests must not wait for ACKs).
-async fn connect(
-    uri: Uri,
-    source_ip: Option<IpAddr>,
-) -> Result<TokioIo<Gathered<TcpStream>>, ConnectError> {
+/// A channel's connection: plaintext, or TLS over the same gathered TCP stream.
+pub type Stream =
+    MaybeTls<Gathered<TcpStream>, tokio_rustls::client::TlsStream<Gathered<TcpStream>>>;
+
+/// Opens a channel's connection: TCP to each address `uri`'s host resolves to in turn, from
+/// `dial.source_ip` when set, with Nagle's algorithm off (small requests must not wait for
+/// ACKs), then the TLS handshake when `dial.tls` is set. A failed handshake is a
+/// [`ConnectError`] too: no request was sent.
+async fn connect(uri: Uri, dial: Dial) -> Result<TokioIo<Stream>, ConnectError> {
+    let source_ip = dial.source_ip;
     let failed = |source: io::Error| ConnectError {
         addr: uri.authority().map(|a| a.to_string()).unwrap_or_default(),
         source,
@@ -139,6 +179,12 @@ async fn connect(
                 } else {
                     Gathered::new(stream)
                 };
+                let stream = match &dial.tls {
+                    None => Stream::Plain(stream),
+                    Some(tls) => {
+                        Stream::Tls(Box::new(tls.handshake(host, stream).await.map_err(failed)?))
+                    }
+                };
                 return Ok(TokioIo::new(stream));
             }
             Err(e) => last_error = Some(e),
@@ -161,6 +207,7 @@ mod tests {
         for ok in [
             "127.0.0.1:7379",
             "http://127.0.0.1:7379",
+            "https://127.0.0.1:7379",
             "localhost:1",
             "[::1]:7379",
         ] {
@@ -168,7 +215,6 @@ mod tests {
             assert_eq!(uri.scheme_str(), Some("http"), "{ok}");
         }
         for (bad, why) in [
-            ("https://127.0.0.1:7379", "no TLS"),
             ("grpc://127.0.0.1:7379", "unknown scheme grpc://"),
             ("127.0.0.1", "host:port"),
             ("http://", "host:port"),
@@ -180,14 +226,18 @@ mod tests {
     }
 
     #[test]
-    fn a_client_should_refuse_a_tls_endpoint_when_built() {
+    fn a_client_should_refuse_a_tls_endpoint_without_tls_settings_when_built() {
         let refused = crate::Client::new(["127.0.0.1:7379", "https://127.0.0.1:7380"])
             .map(|_| ())
             .expect_err("https is refused");
         let text = refused.to_string();
         assert!(
-            text.contains("https://127.0.0.1:7380") && text.contains("no TLS"),
+            text.contains("https://127.0.0.1:7380") && text.contains("--cacert"),
             "{text}"
         );
+        assert!(check_scheme("http://127.0.0.1:1", true).is_err());
+        assert!(check_scheme("https://127.0.0.1:1", true).is_ok());
+        assert!(check_scheme("127.0.0.1:1", true).is_ok());
+        assert!(check_scheme("127.0.0.1:1", false).is_ok());
     }
 }

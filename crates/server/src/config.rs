@@ -124,6 +124,96 @@ pub struct Config {
     /// Automatic compaction of the store's history (etcd's `--auto-compaction-*`).
     #[serde(default)]
     pub compaction: CompactionConfig,
+    /// TLS for the client API, the metrics endpoint and the Raft transport (etcd's flags).
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: certificates, as etcd names them. The client set serves the client API (native and
+/// etcd) and `/metrics` and `/health`; the `peer_*` set the Raft transport, both ways (a node
+/// dials its peers with its peer certificate). PEM files, re-read when they change or on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The client port's certificate chain (etcd `--cert-file`); set with `key_file` to serve TLS.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (etcd `--key-file`).
+    pub key_file: Option<PathBuf>,
+    /// CA bundle client certificates must chain to (etcd `--trusted-ca-file`); the node also
+    /// uses it to trust the leader's client port when it forwards an etcd request.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by `trusted_ca_file` (etcd `--client-cert-auth`).
+    pub client_cert_auth: bool,
+    /// The peer port's certificate, also presented when dialling peers (etcd
+    /// `--peer-cert-file`).
+    pub peer_cert_file: Option<PathBuf>,
+    /// Its private key (etcd `--peer-key-file`).
+    pub peer_key_file: Option<PathBuf>,
+    /// CA bundle peers' certificates must chain to (etcd `--peer-trusted-ca-file`); required
+    /// with peer TLS.
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Require dialling peers to present a certificate (etcd `--peer-client-cert-auth`). On by
+    /// default, unlike etcd: without it anyone who reaches the peer port can append to the log.
+    pub peer_client_cert_auth: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert_file: None,
+            key_file: None,
+            trusted_ca_file: None,
+            client_cert_auth: false,
+            peer_cert_file: None,
+            peer_key_file: None,
+            peer_trusted_ca_file: None,
+            peer_client_cert_auth: true,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Whether the client port (and metrics) serve TLS.
+    pub fn client_tls(&self) -> bool {
+        self.cert_file.is_some()
+    }
+
+    /// Whether the peer port serves, and peers are dialled in, TLS.
+    pub fn peer_tls(&self) -> bool {
+        self.peer_cert_file.is_some()
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |key: &str, why: &str| Err(Error::config(format!("`tls.{key}`: {why}")));
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return bad("cert_file", "cert_file and key_file go together");
+        }
+        if self.client_cert_auth && self.trusted_ca_file.is_none() {
+            return bad(
+                "client_cert_auth",
+                "needs trusted_ca_file, the CA client certificates must chain to",
+            );
+        }
+        if self.trusted_ca_file.is_some() != self.client_tls() {
+            return bad(
+                "trusted_ca_file",
+                "client TLS needs cert_file, key_file and trusted_ca_file together (members \
+                 verify each other's client port with it when they forward etcd requests)",
+            );
+        }
+        let peer = [
+            &self.peer_cert_file,
+            &self.peer_key_file,
+            &self.peer_trusted_ca_file,
+        ];
+        if peer.iter().any(|f| f.is_some()) && !peer.iter().all(|f| f.is_some()) {
+            return bad(
+                "peer_cert_file",
+                "peer TLS needs peer_cert_file, peer_key_file and peer_trusted_ca_file together",
+            );
+        }
+        Ok(())
+    }
 }
 
 /// How the leader compacts the store's history on its own (etcd's `--auto-compaction-mode`).
@@ -535,6 +625,30 @@ pub struct Overrides {
     /// sessions.max_sessions
     #[arg(long)]
     pub max_sessions: Option<u64>,
+    /// tls.cert_file
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    /// tls.key_file
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// tls.trusted_ca_file
+    #[arg(long)]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// tls.client_cert_auth (`--client-cert-auth` alone means true)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub client_cert_auth: Option<bool>,
+    /// tls.peer_cert_file
+    #[arg(long)]
+    pub peer_cert_file: Option<PathBuf>,
+    /// tls.peer_key_file
+    #[arg(long)]
+    pub peer_key_file: Option<PathBuf>,
+    /// tls.peer_trusted_ca_file
+    #[arg(long)]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// tls.peer_client_cert_auth (`--peer-client-cert-auth` alone means true)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub peer_client_cert_auth: Option<bool>,
 }
 
 fn parse_members(s: &str) -> std::result::Result<BTreeMap<String, MemberAddr>, String> {
@@ -706,6 +820,21 @@ impl Config {
         set(&mut self.limits.max_key_size, &o.max_key_size);
         set(&mut self.limits.max_value_size, &o.max_value_size);
         set(&mut self.limits.request_timeout_ms, &o.request_timeout_ms);
+        let tls = &mut self.tls;
+        for (dst, src) in [
+            (&mut tls.cert_file, &o.cert_file),
+            (&mut tls.key_file, &o.key_file),
+            (&mut tls.trusted_ca_file, &o.trusted_ca_file),
+            (&mut tls.peer_cert_file, &o.peer_cert_file),
+            (&mut tls.peer_key_file, &o.peer_key_file),
+            (&mut tls.peer_trusted_ca_file, &o.peer_trusted_ca_file),
+        ] {
+            if src.is_some() {
+                dst.clone_from(src);
+            }
+        }
+        set(&mut tls.client_cert_auth, &o.client_cert_auth);
+        set(&mut tls.peer_client_cert_auth, &o.peer_client_cert_auth);
     }
 
     /// Checks cross-field rules that TOML types cannot express.
@@ -715,6 +844,7 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, why: String| Err(Error::config(format!("`{key}`: {why}")));
         self.compaction.parse()?;
+        self.tls.validate()?;
         if self.node_id == 0 {
             return bad("node_id", "must be at least 1".into());
         }
@@ -1019,6 +1149,44 @@ mod tests {
             err.to_string().contains("limits.max_ops_per_request"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn tls_files_should_come_in_complete_sets() {
+        let base = "node_id = 1\nlisten_addr = \"127.0.0.1:1\"\n[tls]\n";
+        let full = "cert_file = \"c\"\nkey_file = \"k\"\ntrusted_ca_file = \"ca\"\n";
+        let peer = "peer_cert_file = \"c\"\npeer_key_file = \"k\"\npeer_trusted_ca_file = \"ca\"\n";
+        for good in [
+            full,
+            peer,
+            &format!("{full}client_cert_auth = true\n{peer}"),
+        ] {
+            let c = Config::from_toml(&format!("{base}{good}")).expect("parse");
+            c.validate().unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        let c = Config::from_toml(&format!("{base}{peer}")).expect("parse");
+        assert!(
+            c.tls.peer_client_cert_auth,
+            "peers require certificates by default"
+        );
+        for (bad, key) in [
+            ("cert_file = \"c\"\n", "tls.cert_file"),
+            (
+                "cert_file = \"c\"\nkey_file = \"k\"\n",
+                "tls.trusted_ca_file",
+            ),
+            ("client_cert_auth = true\n", "tls.client_cert_auth"),
+            (
+                "peer_cert_file = \"c\"\npeer_key_file = \"k\"\n",
+                "tls.peer_cert_file",
+            ),
+        ] {
+            let err = Config::from_toml(&format!("{base}{bad}"))
+                .expect("parse")
+                .validate()
+                .expect_err(bad);
+            assert!(err.to_string().contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -5,12 +5,13 @@
 //! [`wait_for`]), real `kv_server` processes started from the built binaries ([`bin`],
 //! [`ProcessCluster`]), a client-port proxy a test can break ([`proxy`]), copying and reading data directories
 //! ([`fs`]), building etcd requests ([`etcd`]), etcd's `etcdctl` run against the nodes
-//! ([`etcdctl`]), and small helpers to read `/metrics` and `/health`. Tests never sleep and hope:
+//! ([`etcdctl`]), throwaway certificate authorities ([`pki`]), and small helpers to read `/metrics` and `/health`. Tests never sleep and hope:
 //! they wait on what they need to see.
 
 pub mod etcd;
 pub mod etcdctl;
 pub mod fs;
+pub mod pki;
 pub mod proxy;
 
 use std::path::PathBuf;
@@ -185,12 +186,43 @@ pub struct ProcessCluster {
     config: PathBuf,
     engine: String,
     extra: Vec<String>,
+    /// How the harness's clients dial the nodes (TLS clusters).
+    tls: Option<rskv_client::tls::TlsDialer>,
 }
 
 impl ProcessCluster {
     /// Starts `n` nodes with the given engine (`memory` or `rocksdb`) and extra flags.
     pub fn start(n: usize, engine: &str, extra: &[&str]) -> ProcessCluster {
         Self::start_advertising(n, engine, extra, None)
+    }
+
+    /// As [`ProcessCluster::start`], every node serving its client and peer ports in mutual TLS
+    /// with `identity` (issued by `ca`, see [`pki`]), requiring client certificates; the
+    /// harness's clients present `identity` too.
+    pub fn start_tls(
+        n: usize,
+        engine: &str,
+        extra: &[&str],
+        ca: &pki::TestCa,
+        identity: &pki::Identity,
+    ) -> ProcessCluster {
+        let mut flags = pki::node_flags(&ca.ca_file, identity);
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let mut cluster = Self::start(n, engine, &flags);
+        cluster.tls = Some(
+            rskv_client::tls::TlsDialer::from_files(
+                &ca.ca_file,
+                Some((identity.cert.as_path(), identity.key.as_path())),
+            )
+            .expect("client TLS"),
+        );
+        cluster
+    }
+
+    /// How the harness's clients dial the nodes (`None`: plaintext).
+    pub fn tls(&self) -> Option<rskv_client::tls::TlsDialer> {
+        self.tls.clone()
     }
 
     /// As [`ProcessCluster::start`], with a [`proxy`] in front of every node's client port: the
@@ -254,6 +286,7 @@ impl ProcessCluster {
             config,
             engine: engine.to_string(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls: None,
         };
         for i in 0..n {
             let node_ports = [ports[3 * i], ports[3 * i + 1], ports[3 * i + 2]];
@@ -360,6 +393,7 @@ impl ProcessCluster {
             self.endpoints(),
             ClientOptions {
                 deadline: Duration::from_secs(15),
+                tls: self.tls.clone(),
                 ..ClientOptions::default()
             },
         )
@@ -372,6 +406,7 @@ impl ProcessCluster {
             vec![self.node(id).addr.clone()],
             ClientOptions {
                 deadline: Duration::from_secs(15),
+                tls: self.tls.clone(),
                 ..ClientOptions::default()
             },
         )
@@ -547,13 +582,34 @@ pub fn raw_kv(addr: &str) -> rskv_proto::kv::kv_client::KvClient<tonic::transpor
 
 /// Fetches `http://addr/path` with a plain HTTP/1.0 request; returns (status code, body).
 pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    http_get_over(stream, addr, path).await
+}
+
+/// As [`http_get`], over TLS (`https://addr/path`) dialled by `tls`; `None` also when the
+/// handshake fails.
+pub async fn https_get(
+    addr: &str,
+    path: &str,
+    tls: &rskv_client::tls::TlsDialer,
+) -> Option<(u16, String)> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let stream = tls.handshake_for(host, stream, b"http/1.1").await.ok()?;
+    http_get_over(stream, addr, path).await
+}
+
+async fn http_get_over<S>(mut stream: S, addr: &str, path: &str) -> Option<(u16, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use tokio::io::AsyncReadExt;
     use tokio::io::AsyncWriteExt;
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
+    // A TLS peer may close without close_notify; what was read is the response.
+    let _ = stream.read_to_string(&mut response).await;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
     let body = response
         .split_once("\r\n\r\n")

@@ -60,6 +60,9 @@ struct Args {
     /// Comma-separated node addresses.
     #[arg(long, value_delimiter = ',', default_value = DEV_ADDR)]
     endpoints: Vec<String>,
+    /// rskv: TLS to every node.
+    #[command(flatten)]
+    tls: rskv_client::tls::TlsArgs,
     /// gRPC connections per node (rskv: all in one client; etcd: one client each).
     #[arg(long, default_value_t = 1)]
     conns: usize,
@@ -127,12 +130,20 @@ fn main() -> ExitCode {
         Read::Linearizable => Consistency::Linearizable,
         Read::Stale => Consistency::Stale,
     };
+    let tls = match args.tls.dialer() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("kv_bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let opts = BenchOptions {
         target: match args.target {
             TargetArg::Rskv => rskv_bench::Target::Rskv,
             TargetArg::Etcd => rskv_bench::Target::Etcd,
         },
         endpoints: args.endpoints.clone(),
+        tls,
         conns: args.conns,
         batch_inflight: args.batch_inflight,
         sessions: !args.no_sessions,

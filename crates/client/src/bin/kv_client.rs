@@ -20,7 +20,7 @@ use serde_json::json;
 #[derive(Debug, Parser)]
 #[command(name = "kv_client", version, about)]
 struct Args {
-    /// Comma-separated node addresses (host:port).
+    /// Comma-separated node addresses (host:port, or https://host:port with --cacert).
     #[arg(long, global = true, value_delimiter = ',', default_value = DEV_ADDR, env = "RSKV_ENDPOINTS")]
     endpoints: Vec<String>,
     /// Print machine-readable JSON instead of text.
@@ -29,6 +29,8 @@ struct Args {
     /// Give up after this many seconds (retries and redirects included).
     #[arg(long, global = true, default_value_t = 5.0)]
     timeout: f64,
+    #[command(flatten)]
+    tls: rskv_client::tls::TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -157,9 +159,17 @@ fn main() -> ExitCode {
     };
     // A bad endpoint list is bad usage (exit 2), told apart from an operation that failed.
     let deadline = Duration::from_secs_f64(args.timeout);
+    let tls = match args.tls.dialer() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let options = ClientOptions {
         deadline,
         attempt_timeout: deadline.min(Duration::from_secs(3)),
+        tls,
         ..ClientOptions::default()
     };
     let client = match Client::with_options(args.endpoints.clone(), options) {

@@ -1,16 +1,27 @@
-//! The node's HTTP endpoint: `GET /metrics` (Prometheus text) and `GET /health`, and the task
-//! that mirrors openraft's metrics into the Raft gauges.
+//! The node's HTTP endpoint: `GET /metrics` (Prometheus text) and `GET /health` (HTTPS with the
+//! client port's certificates when it serves TLS, as etcd's), and the task that mirrors
+//! openraft's metrics into the Raft gauges.
 
 use std::future::Future;
 use std::sync::Arc;
+
+use std::pin::Pin;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
+use futures::Stream;
+use futures::StreamExt;
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::ServerState;
+use rskv_storage::log_throttle::LogThrottle;
+use tokio::net::TcpStream;
+use tokio_stream::wrappers::TcpListenerStream;
 
+use super::tls::tls_incoming;
+use super::tls::Conn;
+use super::tls::ServerTls;
 use super::Node;
 use crate::metrics::install;
 use crate::metrics::RAFT_APPLIED;
@@ -92,15 +103,54 @@ pub fn health(node: &Node) -> Result<String, String> {
     ))
 }
 
-/// Serves `/metrics` and `/health` on `listener` until `shutdown` completes.
+/// The HTTP listener: accepted connections, in TLS when the client port serves TLS.
+struct HttpListener {
+    local: std::net::SocketAddr,
+    incoming: Pin<Box<dyn Stream<Item = std::io::Result<Conn<TcpStream>>> + Send>>,
+}
+
+impl axum::serve::Listener for HttpListener {
+    type Io = Conn<TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        static ACCEPT_FAILED: LogThrottle = LogThrottle::every_interval();
+        loop {
+            match self.incoming.next().await {
+                Some(Ok(io)) => return (io, self.local),
+                Some(Err(e)) => {
+                    rskv_storage::warn_throttled!(ACCEPT_FAILED, 0, error = %e, "metrics endpoint: accept failed");
+                    // Out of descriptors, typically: give the node a moment to close some.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// Serves `/metrics` and `/health` on `listener` (in TLS with `tls`) until `shutdown` completes.
 ///
 /// # Errors
 /// When the HTTP server fails.
 pub async fn serve_http(
     node: Arc<Node>,
     listener: tokio::net::TcpListener,
+    tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let listener = HttpListener {
+        local: listener.local_addr()?,
+        incoming: Box::pin(tls_incoming(
+            TcpListenerStream::new(listener),
+            tls,
+            "metrics",
+        )),
+    };
     let handle = install();
     let app = Router::new()
         .route(

@@ -59,6 +59,16 @@ impl Connected for LimitedConnection {
     }
 }
 
+impl super::tls::Accepted for LimitedConnection {
+    fn remote(&self) -> Option<std::net::SocketAddr> {
+        self.stream.get_ref().remote()
+    }
+
+    async fn first_byte(&self) -> Option<u8> {
+        self.stream.get_ref().first_byte().await
+    }
+}
+
 impl AsyncRead for LimitedConnection {
     fn poll_read(
         mut self: Pin<&mut Self>,

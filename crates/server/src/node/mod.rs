@@ -22,6 +22,7 @@ pub mod raft_service;
 pub mod read_barrier;
 pub mod read_view;
 pub mod shutdown;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -139,6 +140,8 @@ pub struct Node {
     lease_hold: Arc<LeaseHold>,
     /// Where the node keeps its data (etcd's `Status` reports its size as `dbSize`).
     data_dir: PathBuf,
+    /// TLS of the listeners and of the node's own connections (`[tls]`).
+    tls: tls::NodeTls,
 }
 
 /// When this node last received replication (or a heartbeat) from a leader. openraft keeps
@@ -245,9 +248,13 @@ impl Node {
                 snapshots.clone(),
             )
             .await?;
+            let tls = tls::NodeTls::load(&config.tls)?;
             let network = NetworkFactory::new(
                 config.raft.snapshot_chunk_bytes as usize,
-                config.peer_source_ip,
+                rskv_client::transport::Dial {
+                    source_ip: config.peer_source_ip,
+                    tls: tls.peer_dialer(),
+                },
                 config.peer_liveness(),
             );
             // A node that had acknowledged a leader stays out of elections for a lease after
@@ -322,6 +329,7 @@ impl Node {
                 engine,
                 snapshot_inbox,
                 data_dir: data_dir.to_path_buf(),
+                tls,
             });
             node.bootstrap().await?;
             Ok(node)
@@ -463,7 +471,11 @@ impl Node {
             recipes,
         ))
         .max_decoding_message_size(limits.max_message_bytes);
-        let incoming = limits::limited_incoming(listeners.client, limits.max_connections);
+        let incoming = tls::tls_incoming(
+            limits::limited_incoming(listeners.client, limits.max_connections),
+            self.tls.client(),
+            "client API",
+        );
         let stop = client_stop.clone();
         let max_message_bytes = limits.max_message_bytes;
         // Nagle is disabled per accepted connection (limits.rs, peer_incoming): the builder's
@@ -499,9 +511,14 @@ impl Node {
         let stop = peer_stop.clone();
         let peer_server = peer_server(self.config.peer_liveness())
             .add_service(raft)
-            .serve_with_incoming_shutdown(peer_incoming(listeners.peer), async move {
-                stop.cancelled().await
-            });
+            .serve_with_incoming_shutdown(
+                tls::tls_incoming(
+                    peer_incoming(listeners.peer),
+                    self.tls.peer(),
+                    "raft transport",
+                ),
+                async move { stop.cancelled().await },
+            );
         tasks.spawn(
             async move {
                 let r = peer_server.await;
@@ -516,11 +533,17 @@ impl Node {
         if let Some(listener) = listeners.metrics {
             let stop = peer_stop.clone();
             let node = self.clone();
+            let tls = self.tls.metrics();
             tasks.spawn(
                 async move {
-                    let r = http::serve_http(node, listener, async move { stop.cancelled().await })
-                        .await
-                        .map_err(|e| Error::unavailable_by("metrics server", e));
+                    let r = http::serve_http(
+                        node,
+                        listener,
+                        tls,
+                        async move { stop.cancelled().await },
+                    )
+                    .await
+                    .map_err(|e| Error::unavailable_by("metrics server", e));
                     ("metrics", r)
                 }
                 .instrument(span.clone()),
@@ -550,6 +573,13 @@ impl Node {
         }
         let follow =
             tasks.spawn(http::follow_raft(self.clone()).map(|()| ("raft metrics", Ok(()))));
+        // Ends with the peer listener: peers dial with rotated certificates until then.
+        tokio::spawn(
+            self.tls
+                .clone()
+                .watch(self.config.tls.clone(), peer_stop.clone())
+                .instrument(span.clone()),
+        );
 
         // Run until asked to stop, or until a server fails (the join task may end normally).
         let mut failure = None;
@@ -786,7 +816,12 @@ async fn join_cluster(node: Arc<Node>) {
             return;
         }
     };
-    let client = match rskv_client::Client::new(node.config.cluster.join.clone()) {
+    let options = rskv_client::ClientOptions {
+        tls: node.tls.client_dialer(),
+        ..rskv_client::ClientOptions::default()
+    };
+    let client = match rskv_client::Client::with_options(node.config.cluster.join.clone(), options)
+    {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot join: invalid join endpoints");

@@ -7,7 +7,6 @@
 
 use std::future::Future;
 use std::io::Read;
-use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -43,6 +42,7 @@ use crate::raft::Snapshot;
 use crate::raft::TypeConfig;
 use crate::raft::Vote;
 use rskv_client::transport::channel;
+use rskv_client::transport::Dial;
 use rskv_proto::raft::raft_client::RaftClient;
 use rskv_proto::raft::SnapshotChunk;
 use rskv_storage::format::Wire;
@@ -81,12 +81,12 @@ impl PeerLiveness {
     }
 
     /// A lazily-connecting channel to peer `addr`, as [`lazy_channel`] but with these timeouts.
-    fn channel(&self, addr: &str, source_ip: Option<IpAddr>) -> Result<Channel, String> {
+    fn channel(&self, addr: &str, dial: Dial) -> Result<Channel, String> {
         channel(
             addr,
             self.connect_timeout,
             (self.ping_after, self.ping_timeout),
-            source_ip,
+            dial,
         )
     }
 }
@@ -99,24 +99,20 @@ pub struct NetworkFactory {
     channels: Arc<DashMap<String, Channel>>,
     /// Size of the data chunks a snapshot is streamed in.
     snapshot_chunk_bytes: usize,
-    /// Source IP of outgoing connections (`peer_source_ip` in the config).
-    source_ip: Option<std::net::IpAddr>,
+    /// Source IP (`peer_source_ip` in the config) and TLS of outgoing connections.
+    dial: Dial,
     /// When a peer connection counts as dead.
     liveness: PeerLiveness,
 }
 
 impl NetworkFactory {
-    /// A factory streaming snapshots in chunks of `snapshot_chunk_bytes`, connecting from
-    /// `source_ip` when set, dropping connections that fail `liveness`.
-    pub fn new(
-        snapshot_chunk_bytes: usize,
-        source_ip: Option<std::net::IpAddr>,
-        liveness: PeerLiveness,
-    ) -> NetworkFactory {
+    /// A factory streaming snapshots in chunks of `snapshot_chunk_bytes`, connecting as `dial`
+    /// says, dropping connections that fail `liveness`.
+    pub fn new(snapshot_chunk_bytes: usize, dial: Dial, liveness: PeerLiveness) -> NetworkFactory {
         NetworkFactory {
             channels: Arc::new(DashMap::new()),
             snapshot_chunk_bytes,
-            source_ip,
+            dial,
             liveness,
         }
     }
@@ -127,7 +123,7 @@ impl NetworkFactory {
         }
         let channel = self
             .liveness
-            .channel(addr, self.source_ip)
+            .channel(addr, self.dial.clone())
             .map_err(|e| format!("bad address {addr}: {e}"))?;
         self.channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
@@ -565,7 +561,7 @@ mod tests {
     /// The transport's connection to the peer at `addr`.
     async fn peer_at(addr: SocketAddr) -> PeerConnection {
         let addr = addr.to_string();
-        NetworkFactory::new(1024, None, liveness())
+        NetworkFactory::new(1024, Dial::default(), liveness())
             .new_client(2, &NodeInfo::new(addr.clone(), addr))
             .await
     }

@@ -101,16 +101,25 @@ pub struct Forwarder {
     timeout: Duration,
     /// The current leader's channel; replaced when the leader or its address changes.
     cached: Mutex<Option<Cached>>,
+    /// TLS to the leader's client port (`[tls]`), when members serve it.
+    tls: Option<rskv_client::tls::TlsDialer>,
 }
 
 impl Forwarder {
-    /// A forwarder for node `id`, whose forwarded calls end after `timeout`.
-    pub fn new(id: NodeId, raft: Raft, timeout: Duration) -> Forwarder {
+    /// A forwarder for node `id`, whose forwarded calls end after `timeout`, dialling the
+    /// leader in TLS when `tls` is set.
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        timeout: Duration,
+        tls: Option<rskv_client::tls::TlsDialer>,
+    ) -> Forwarder {
         Forwarder {
             id,
             raft,
             timeout,
             cached: Mutex::new(None),
+            tls,
         }
     }
 
@@ -240,8 +249,8 @@ impl Forwarder {
                 return Ok(c.channel.clone());
             }
         }
-        let channel =
-            rskv_client::transport::lazy_channel(addr, CONNECT_TIMEOUT, None).map_err(|why| {
+        let channel = rskv_client::transport::lazy_channel(addr, CONNECT_TIMEOUT, self.tls.clone())
+            .map_err(|why| {
                 tracing::warn!(leader, addr, %why, "cannot dial the leader's client address");
                 Status::from(EtcdError::NoLeader)
             })?;

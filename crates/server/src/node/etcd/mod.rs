@@ -88,7 +88,12 @@ impl EtcdContext {
                 node.raft.clone(),
                 header::applied_index_revision(node.raft.clone()),
             ),
-            forwarder: Arc::new(Forwarder::new(node.id, node.raft.clone(), timeout)),
+            forwarder: Arc::new(Forwarder::new(
+                node.id,
+                node.raft.clone(),
+                timeout,
+                node.tls.client_dialer(),
+            )),
             raft: node.raft.clone(),
         }
     }

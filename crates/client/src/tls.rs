@@ -1,0 +1,410 @@
+//! TLS material and the client side of TLS: PEM files read into rustls types ([`read_certs`],
+//! [`read_key`], [`read_roots`], [`certified_key`]), a configuration that can be swapped while
+//! connections use it ([`Current`]), the dialer a channel wraps its TCP connections with
+//! ([`TlsDialer`]), and a connection that is TLS or not ([`MaybeTls`]).
+//!
+//! rustls with the ring provider, chosen explicitly (never the process-wide default), so nothing
+//! depends on which other crate installed a provider first. The server's acceptor
+//! (`rskv-server`'s `node::tls`) builds on the same readers; its Raft transport dials peers with a
+//! [`TlsDialer`] whose configuration it swaps when certificates are rotated.
+
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::RwLock;
+use std::task::Context;
+use std::task::Poll;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::PrivateKeyDer;
+use rustls::pki_types::ServerName;
+use rustls::pki_types::UnixTime;
+use rustls::sign::CertifiedKey;
+use rustls::ClientConfig;
+use rustls::RootCertStore;
+use tokio::io::AsyncRead;
+use tokio::io::AsyncWrite;
+use tokio::io::ReadBuf;
+use tonic::transport::server::Connected;
+
+/// The crypto provider every rskv TLS configuration is built with: ring, which builds with the
+/// C compiler RocksDB already needs (aws-lc-rs, rustls' default, wants its own larger C build).
+/// rustls deprecates it for lacking post-quantum key exchange; classical ECDHE is what etcd and
+/// TiKV negotiate too.
+pub fn provider() -> Arc<CryptoProvider> {
+    #[allow(deprecated)]
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificates in a PEM file, in order (a leaf first, then its intermediates).
+///
+/// # Errors
+/// A message naming the file: unreadable, not PEM, or holding no certificate.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
+///
+/// # Errors
+/// A message naming the file: unreadable or holding no private key.
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| format!("cannot read a private key from {}: {e}", path.display()))
+}
+
+/// The trust anchors of a CA bundle.
+///
+/// # Errors
+/// A message naming the file when it holds no usable CA certificate.
+pub fn read_roots(path: &Path) -> Result<Arc<RootCertStore>, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// A certificate chain and its private key, checked to belong together and, when `roots` is
+/// given, to be within their validity period.
+///
+/// `roots` is the CA bundle of the same listener; a certificate issued by another CA is accepted
+/// (a server may be trusted by clients through a CA it does not itself trust), an expired one or
+/// one not yet valid is not: a node must not start, or rotate, onto a certificate every peer will
+/// refuse.
+///
+/// # Errors
+/// A message naming the files: unreadable, key and certificate mismatched, expired.
+pub fn certified_key(
+    cert_file: &Path,
+    key_file: &Path,
+    roots: Option<&RootCertStore>,
+) -> Result<Arc<CertifiedKey>, String> {
+    let chain = read_certs(cert_file)?;
+    let key = read_key(key_file)?;
+    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
+        format!(
+            "{} and {} do not make a usable certificate: {e}",
+            cert_file.display(),
+            key_file.display()
+        )
+    })?;
+    if let Some(roots) = roots {
+        check_validity(&certified.cert, roots)
+            .map_err(|why| format!("{}: {why}", cert_file.display()))?;
+    }
+    Ok(Arc::new(certified))
+}
+
+/// Refuses a chain whose leaf is expired or not yet valid. Other verification failures (another
+/// issuer, a usage restriction) are left to the peers, who judge with their own trust anchors.
+fn check_validity(chain: &[CertificateDer<'static>], roots: &RootCertStore) -> Result<(), String> {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Err("empty certificate chain".into());
+    };
+    let leaf =
+        webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("bad certificate: {e}"))?;
+    let algorithms = provider().signature_verification_algorithms;
+    match leaf.verify_for_usage(
+        algorithms.all,
+        &roots.roots,
+        intermediates,
+        UnixTime::now(),
+        webpki::KeyUsage::server_auth(),
+        None,
+        None,
+    ) {
+        Err(e @ (webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. })) => {
+            Err(format!("certificate not valid now: {e:?}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A configuration in use by new connections and replaceable at any time; connections already
+/// made keep the configuration they were made with (as etcd's certificate reload does).
+#[derive(Debug)]
+pub struct Current<T>(Arc<RwLock<Arc<T>>>);
+
+impl<T> Clone for Current<T> {
+    fn clone(&self) -> Self {
+        Current(self.0.clone())
+    }
+}
+
+impl<T> Current<T> {
+    /// Starts with `value`.
+    pub fn new(value: T) -> Current<T> {
+        Current(Arc::new(RwLock::new(Arc::new(value))))
+    }
+
+    /// What new connections use now.
+    pub fn get(&self) -> Arc<T> {
+        match self.0.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Makes new connections use `value`.
+    pub fn set(&self, value: T) {
+        let value = Arc::new(value);
+        match self.0.write() {
+            Ok(mut current) => *current = value,
+            Err(poisoned) => *poisoned.into_inner() = value,
+        }
+    }
+}
+
+/// A client TLS configuration: who we trust (a CA bundle; there is no system trust store) and,
+/// for mutual TLS, who we are.
+///
+/// # Errors
+/// A message naming the file that could not be used.
+pub fn client_config(
+    trusted_ca_file: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<ClientConfig, String> {
+    let roots = read_roots(trusted_ca_file)?;
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots.clone());
+    let mut config = match identity {
+        Some((cert, key)) => {
+            let certified = certified_key(cert, key, Some(&roots))?;
+            builder
+                .with_client_auth_cert(certified.cert.clone(), read_key(key)?)
+                .map_err(|e| format!("{}: {e}", cert.display()))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// Wraps a channel's TCP connections in TLS: the server's certificate must chain to the
+/// configured CA and name the host dialled (a DNS name or an IP address in its SANs).
+#[derive(Debug, Clone)]
+pub struct TlsDialer {
+    config: Current<ClientConfig>,
+}
+
+impl TlsDialer {
+    /// Dials with `config`.
+    pub fn new(config: ClientConfig) -> TlsDialer {
+        TlsDialer {
+            config: Current::new(config),
+        }
+    }
+
+    /// Reads the CA bundle and, for mutual TLS, a certificate and key (PEM files, as etcdctl's
+    /// `--cacert`, `--cert` and `--key`).
+    ///
+    /// # Errors
+    /// A message naming the file that could not be used.
+    pub fn from_files(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<TlsDialer, String> {
+        Ok(TlsDialer::new(client_config(ca, identity)?))
+    }
+
+    /// Makes connections from now on use `config` (a rotated certificate or CA bundle).
+    pub fn replace(&self, config: ClientConfig) {
+        self.config.set(config);
+    }
+
+    /// Runs the TLS handshake over `stream` for `host`.
+    ///
+    /// # Errors
+    /// An invalid host name, or the handshake failing (an untrusted or expired certificate, a
+    /// plaintext server).
+    pub async fn handshake<IO>(
+        &self,
+        host: &str,
+        stream: IO,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.connect(host, stream, self.config.get()).await
+    }
+
+    /// As [`TlsDialer::handshake`], offering application protocol `alpn` instead of HTTP/2
+    /// (`b"http/1.1"` for a node's `/metrics` and `/health`).
+    ///
+    /// # Errors
+    /// As [`TlsDialer::handshake`].
+    pub async fn handshake_for<IO>(
+        &self,
+        host: &str,
+        stream: IO,
+        alpn: &[u8],
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut config = (*self.config.get()).clone();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        self.connect(host, stream, Arc::new(config)).await
+    }
+
+    async fn connect<IO>(
+        &self,
+        host: &str,
+        stream: IO,
+        config: Arc<ClientConfig>,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let name = ServerName::try_from(host.to_string()).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{host}: not a TLS server name: {e}"),
+            )
+        })?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("TLS handshake failed: {e}")))
+    }
+}
+
+/// A connection in TLS or not, either side: a channel's (`transport::Stream`) or one a node
+/// accepted (`rskv-server`'s `node::tls`, which is why the server's connection info is
+/// implemented here).
+pub enum MaybeTls<P, T> {
+    /// Plaintext.
+    Plain(P),
+    /// After a completed handshake (boxed: a TLS session is much larger than a socket).
+    Tls(Box<T>),
+}
+
+impl<P, T> std::fmt::Debug for MaybeTls<P, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MaybeTls::Plain(_) => "MaybeTls::Plain",
+            MaybeTls::Tls(_) => "MaybeTls::Tls",
+        })
+    }
+}
+
+impl<IO: Connected> Connected for MaybeTls<IO, tokio_rustls::server::TlsStream<IO>> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        match self {
+            MaybeTls::Plain(io) => io.connect_info(),
+            MaybeTls::Tls(tls) => tls.get_ref().0.connect_info(),
+        }
+    }
+}
+
+macro_rules! each_side {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            MaybeTls::Plain($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            MaybeTls::Tls($s) => {
+                let $s = Pin::new($s.as_mut());
+                $e
+            }
+        }
+    };
+}
+
+impl<P, T> AsyncRead for MaybeTls<P, T>
+where
+    P: AsyncRead + Unpin,
+    T: AsyncRead + Unpin,
+{
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each_side!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl<P, T> AsyncWrite for MaybeTls<P, T>
+where
+    P: AsyncWrite + Unpin,
+    T: AsyncWrite + Unpin,
+{
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        each_side!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        each_side!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            MaybeTls::Plain(s) => s.is_write_vectored(),
+            MaybeTls::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each_side!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each_side!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+/// The TLS flags of rskv's command-line tools, named as etcdctl's except `--cert-key` (etcdctl's
+/// `--key`, which names the data key in `kv_client`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// Trust servers whose certificates chain to this CA bundle (PEM); turns TLS on.
+    #[arg(long, global = true, env = "RSKV_CACERT")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// This client's certificate (PEM), for servers that require one.
+    #[arg(long, global = true, env = "RSKV_CERT", requires = "cert_key")]
+    pub cert: Option<std::path::PathBuf>,
+    /// The private key of `--cert` (PEM).
+    #[arg(long, global = true, env = "RSKV_CERT_KEY", requires = "cert")]
+    pub cert_key: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The dialer these flags ask for; `None`: plaintext.
+    ///
+    /// # Errors
+    /// A file that cannot be used, or `--cert` without `--cacert`.
+    pub fn dialer(&self) -> Result<Option<TlsDialer>, String> {
+        let identity = self.cert.as_deref().zip(self.cert_key.as_deref());
+        match &self.cacert {
+            Some(ca) => TlsDialer::from_files(ca, identity).map(Some),
+            None if identity.is_some() => {
+                Err("--cert needs --cacert, the CA that signs the servers' certificates".into())
+            }
+            None => Ok(None),
+        }
+    }
+}
