@@ -28,12 +28,13 @@ echo "== doc tests"
 # --all-targets leaves doc examples out; they are few and quick.
 cargo test --doc --workspace --locked
 if [[ "$(id -u)" == 0 ]]; then
-    echo "== fault suite: 5 nodes, 90 s of partitions, kills and pauses (fails on any anomaly)"
+    # Both in mutual TLS on every port (plaintext under faults: the loopback scenario above).
+    echo "== fault suite over TLS: 5 nodes, 90 s of partitions, kills and pauses (fails on any anomaly)"
     scripts/jepsen.sh --nodes 5 --time 90 --interval 4 --nemesis partition,kill,pause --rate 200 \
-        --results "${TMPDIR:-/tmp}/rskv-ci-jepsen-$$"
-    echo "== fault suite, etcd's API (etcd-client: Txn registers, watches from revision 1, a lease-held lock): 60 s"
+        --tls --results "${TMPDIR:-/tmp}/rskv-ci-jepsen-$$"
+    echo "== fault suite over TLS, etcd's API (etcd-client: Txn registers, watches from revision 1, a lease-held lock): 60 s"
     scripts/jepsen.sh --workload etcd --nodes 5 --time 60 --interval 4 --nemesis partition,kill,pause \
-        --results "${TMPDIR:-/tmp}/rskv-ci-jepsen-etcd-$$"
+        --tls --results "${TMPDIR:-/tmp}/rskv-ci-jepsen-etcd-$$"
 else
     echo "== fault suite skipped: network namespaces need root (cargo test ran the loopback scenario)"
 fi

@@ -112,15 +112,29 @@ fn outcome_of(e: &CallError) -> Outcome {
     }
 }
 
+/// One member's client address, and how the etcd client reaches it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `host:port`.
+    pub addr: String,
+    /// TLS (`None`: plaintext).
+    pub tls: Option<ec::TlsOptions>,
+}
+
 /// A client of one node, with the suite's timeouts.
-async fn connect(endpoint: &str) -> Option<ec::Client> {
-    let options = ec::ConnectOptions::new()
+async fn connect(endpoint: &Endpoint) -> Option<ec::Client> {
+    let mut options = ec::ConnectOptions::new()
         .with_connect_timeout(Duration::from_millis(500))
         .with_timeout(CALL_TIMEOUT)
         .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2));
-    within(ec::Client::connect([endpoint], Some(options)))
-        .await
-        .ok()
+    let url = match &endpoint.tls {
+        Some(tls) => {
+            options = options.with_tls(tls.clone());
+            format!("https://{}", endpoint.addr)
+        }
+        None => endpoint.addr.clone(),
+    };
+    within(ec::Client::connect([url], Some(options))).await.ok()
 }
 
 fn text(b: &[u8]) -> String {
@@ -269,6 +283,8 @@ pub struct EtcdSpec {
     /// Serializable (member-local, possibly stale) Ranges instead of linearizable ones: a run
     /// with partitions should then fail, showing that the checks can.
     pub serializable: bool,
+    /// TLS to every member (`None`: plaintext).
+    pub tls: Option<ec::TlsOptions>,
 }
 
 /// What the register clients share.
@@ -287,7 +303,7 @@ struct Registers {
 /// new process.
 async fn run_register_client(
     index: u64,
-    endpoint: String,
+    endpoint: Endpoint,
     regs: Arc<Registers>,
     seed: u64,
     stop: watch::Receiver<bool>,
@@ -433,7 +449,7 @@ async fn run_register_client(
 /// unless asked to fragment, so nothing is skipped). `progress` holds the newest revision
 /// received; while it is below `target` a stream silent for 5 s is reopened.
 async fn run_watcher(
-    endpoint: String,
+    endpoint: Endpoint,
     log: Arc<Mutex<WatchLog>>,
     progress: Arc<AtomicI64>,
     target: Arc<AtomicI64>,
@@ -532,7 +548,7 @@ impl Drop for Session {
 
 /// Keeps `lease` alive every 500 ms until told it is gone (TTL 0) or aborted; a broken
 /// keep-alive stream is reopened.
-async fn keep_alive(endpoint: String, lease: i64, alive: Arc<AtomicBool>) {
+async fn keep_alive(endpoint: Endpoint, lease: i64, alive: Arc<AtomicBool>) {
     while alive.load(Ordering::Relaxed) {
         let Some(mut client) = connect(&endpoint).await else {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -742,7 +758,7 @@ async fn acquire(
 /// deleting the key, pause up to 100 ms, again; any error or a lost lease starts a new session.
 async fn run_lock_worker(
     worker: u64,
-    endpoint: String,
+    endpoint: Endpoint,
     epoch: Instant,
     rec: Arc<Recorded>,
     seed: u64,
@@ -846,7 +862,7 @@ fn take<T>(list: &Mutex<Vec<T>>) -> Vec<T> {
 
 /// A running etcd workload.
 pub struct EtcdRun {
-    endpoints: Vec<String>,
+    endpoints: Vec<Endpoint>,
     keys: Arc<Vec<String>>,
     epoch: Instant,
     rec: Arc<Recorded>,
@@ -929,7 +945,13 @@ impl EtcdRun {
     /// Starts watchers on every node and the register and lock clients, client `i` on node
     /// `i mod n`.
     pub fn start(nodes: &[(u64, String)], spec: &EtcdSpec, epoch: Instant) -> EtcdRun {
-        let endpoints: Vec<String> = nodes.iter().map(|(_, a)| a.clone()).collect();
+        let endpoints: Vec<Endpoint> = nodes
+            .iter()
+            .map(|(_, addr)| Endpoint {
+                addr: addr.clone(),
+                tls: spec.tls.clone(),
+            })
+            .collect();
         let rec = Arc::new(Recorded::default());
         let (watch_stop, watch_rx) = watch::channel(false);
         let (client_stop, client_rx) = watch::channel(false);
@@ -937,7 +959,7 @@ impl EtcdRun {
         let mut logs = Vec::new();
         let mut progress = Vec::new();
         let mut watchers = Vec::new();
-        for (id, addr) in nodes {
+        for ((id, _), endpoint) in nodes.iter().zip(&endpoints) {
             let log = Arc::new(Mutex::new(WatchLog {
                 node: *id,
                 ..WatchLog::default()
@@ -946,7 +968,7 @@ impl EtcdRun {
             logs.push(log.clone());
             progress.push(p.clone());
             watchers.push(tokio::spawn(run_watcher(
-                addr.clone(),
+                endpoint.clone(),
                 log,
                 p,
                 target.clone(),

@@ -24,6 +24,7 @@ pub mod etcd;
 pub mod nemesis;
 pub mod net;
 pub mod nodes;
+pub mod tls;
 pub mod watch;
 pub mod workload;
 
@@ -118,6 +119,8 @@ pub struct Options {
     pub stale_reads: bool,
     /// Which workloads run.
     pub workloads: Workloads,
+    /// Mutual TLS on every node's client and peer ports, every client with a certificate.
+    pub tls: bool,
 }
 
 /// The workloads of a run (any together).
@@ -430,11 +433,21 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
             None => kinds.push(*k),
         }
     }
+    let tls = match opts.tls {
+        true => Some(tls::setup(&opts.results.join("tls"), &net.nodes)?),
+        false => None,
+    };
+    let dialer = tls.as_ref().map(|t| t.dialer.clone());
+    let mut extra_args = opts.server_args.clone();
+    if let Some(tls) = &tls {
+        extra_args.extend(tls.server_args.iter().cloned());
+    }
     let spec = ClusterSpec {
         engine: opts.engine.clone(),
         server_bin: opts.server_bin.clone(),
         dir: opts.results.join("nodes"),
-        extra_args: opts.server_args.clone(),
+        extra_args,
+        tls: dialer.clone(),
     };
     let mut cluster = Cluster::start(&spec, &net.nodes)?;
     if cluster
@@ -462,6 +475,7 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
         watchers.push(tokio::spawn(watch::run_watcher(
             node.id,
             node.addrs.client.to_string(),
+            dialer.clone(),
             KEY_PREFIX.to_string(),
             segments.clone(),
             p,
@@ -503,12 +517,12 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
     let mut workers = Vec::new();
     // Even-numbered clients share one Client, as threads of one application would: their
     // concurrent requests travel together in Multi RPCs. The others have a connection each.
-    let shared = Arc::new(workload::suite_client(endpoints.clone())?);
+    let shared = Arc::new(workload::suite_client(endpoints.clone(), dialer.clone())?);
     for i in 0..clients {
         let client = if i % 2 == 0 {
             shared.clone()
         } else {
-            Arc::new(workload::suite_client(endpoints.clone())?)
+            Arc::new(workload::suite_client(endpoints.clone(), dialer.clone())?)
         };
         workers.push(tokio::spawn(workload::run_client(
             i,
@@ -525,7 +539,7 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
     let counters = if opts.workloads.register {
         vec![
             shared.clone(),
-            Arc::new(workload::suite_client(endpoints.clone())?),
+            Arc::new(workload::suite_client(endpoints.clone(), dialer.clone())?),
         ]
     } else {
         Vec::new()
@@ -553,12 +567,13 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
             rate: opts.rate,
             seed: opts.seed,
             serializable: opts.stale_reads,
+            tls: tls.as_ref().map(|t| t.etcd.clone()),
         };
         etcd::EtcdRun::start(&nodes, &spec, epoch)
     });
 
     // Faults.
-    let probe_client = workload::suite_client(endpoints.clone())?;
+    let probe_client = workload::suite_client(endpoints.clone(), dialer.clone())?;
     let probe_n = AtomicU64::new(0);
     let probe = || async {
         let start = Instant::now();
@@ -602,7 +617,7 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
         anomalies.push("the cluster did not become healthy within 60 s of the final heal".into());
     }
     // Final linearizable reads of every key, part of the history.
-    let reader = workload::suite_client(endpoints.clone())?;
+    let reader = workload::suite_client(endpoints.clone(), dialer.clone())?;
     let mut finals: BTreeMap<String, Option<String>> = BTreeMap::new();
     for (k, key) in keys.iter().enumerate() {
         match final_read(&reader, u64::MAX - k as u64, key, epoch).await {
@@ -668,7 +683,7 @@ async fn drive(opts: &Options, net: &Net) -> anyhow::Result<Report> {
             ));
             continue;
         }
-        let local = workload::suite_client(vec![addr])?;
+        let local = workload::suite_client(vec![addr], dialer.clone())?;
         for (key, want) in &finals {
             match local.get_with(key.clone(), Consistency::Stale).await {
                 Ok(r) => {

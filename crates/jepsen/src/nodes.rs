@@ -194,6 +194,8 @@ pub struct ClusterSpec {
     pub dir: PathBuf,
     /// Extra flags for every node.
     pub extra_args: Vec<String>,
+    /// How the harness's clients dial the nodes (`None`: plaintext).
+    pub tls: Option<rskv_client::tls::TlsDialer>,
 }
 
 impl Cluster {
@@ -253,6 +255,7 @@ impl Cluster {
                 ClientOptions {
                     deadline: Duration::from_secs(deadline),
                     attempt_timeout: Duration::from_secs(attempt),
+                    tls: spec.tls.clone(),
                     ..ClientOptions::default()
                 },
             )

@@ -55,6 +55,7 @@ pub type Segments = Arc<Mutex<Vec<Segment>>>;
 pub async fn run_watcher(
     node: u64,
     addr: String,
+    tls: Option<rskv_client::tls::TlsDialer>,
     prefix: String,
     out: Segments,
     progress: Arc<AtomicI64>,
@@ -65,6 +66,7 @@ pub async fn run_watcher(
         ClientOptions {
             deadline: Duration::from_secs(2),
             attempt_timeout: Duration::from_secs(1),
+            tls,
             ..ClientOptions::default()
         },
     ) else {

@@ -76,17 +76,21 @@ pub fn since(epoch: Instant) -> u64 {
 }
 
 /// A client with the suite's timeouts: short enough that faults produce `info` ops rather than
-/// stalls, long enough for an election.
+/// stalls, long enough for an election; in TLS with `tls`.
 ///
 /// # Errors
 /// When no endpoint is given.
-pub fn suite_client(endpoints: Vec<String>) -> Result<Client, ClientError> {
+pub fn suite_client(
+    endpoints: Vec<String>,
+    tls: Option<rskv_client::tls::TlsDialer>,
+) -> Result<Client, ClientError> {
     Client::with_options(
         endpoints,
         ClientOptions {
             deadline: Duration::from_secs(3),
             attempt_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_millis(500),
+            tls,
             ..ClientOptions::default()
         },
     )

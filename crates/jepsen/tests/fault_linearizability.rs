@@ -41,6 +41,7 @@ fn history_under_kills_pauses_and_partitions_should_pass_every_check() {
         ],
         stale_reads: false,
         workloads: jepsen::Workloads::default(),
+        tls: false,
     };
     let report = jepsen::run(&opts).expect("fault run set up");
     eprintln!("{}", report.summary());

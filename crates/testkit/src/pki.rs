@@ -76,11 +76,21 @@ impl TestCa {
     /// # Errors
     /// When a key cannot be made or a file written.
     pub fn issue(&self, name: &str, validity: Validity) -> anyhow::Result<Identity> {
-        let mut params = CertificateParams::new(vec![
-            "127.0.0.1".to_string(),
-            "::1".to_string(),
-            "localhost".to_string(),
-        ])?;
+        let loopback = ["127.0.0.1", "::1", "localhost"].map(String::from);
+        self.issue_for(name, &loopback, validity)
+    }
+
+    /// As [`TestCa::issue`], for the IP addresses and DNS names in `names`.
+    ///
+    /// # Errors
+    /// When a key cannot be made or a file written.
+    pub fn issue_for(
+        &self,
+        name: &str,
+        names: &[String],
+        validity: Validity,
+    ) -> anyhow::Result<Identity> {
+        let mut params = CertificateParams::new(names.to_vec())?;
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,

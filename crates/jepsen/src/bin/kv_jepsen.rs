@@ -85,6 +85,10 @@ struct RunArgs {
     /// lock), or all.
     #[arg(long, default_value = "register")]
     workload: jepsen::Workloads,
+    /// Mutual TLS on every node's client and peer ports (a throwaway CA in the results folder),
+    /// every client of the run presenting a certificate.
+    #[arg(long)]
+    tls: bool,
     /// Extra kv_server flags, e.g. --server-arg=--snapshot-every=500.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
@@ -144,12 +148,14 @@ fn run(args: RunArgs) -> Result<bool, String> {
         server_args: args.server_args,
         stale_reads: args.stale_reads,
         workloads: args.workload,
+        tls: args.tls,
     };
     eprintln!(
-        "kv_jepsen: {} nodes, {} s, workload {}, nemesis {:?}, {} ops/s, seed {seed}, results in {}",
+        "kv_jepsen: {} nodes, {} s, workload {}{}, nemesis {:?}, {} ops/s, seed {seed}, results in {}",
         opts.nodes,
         args.time,
         opts.workloads,
+        if opts.tls { " over TLS" } else { "" },
         opts.nemeses.iter().map(|k| k.name()).collect::<Vec<_>>(),
         opts.rate,
         opts.results.display()

@@ -45,6 +45,7 @@ pub async fn start_fault_cluster(
         server_bin: server_bin(),
         dir: dir.to_path_buf(),
         extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        tls: None,
     };
     let cluster = rskv_jepsen::nodes::Cluster::start(&spec, &net.nodes).expect("start cluster");
     if cluster
