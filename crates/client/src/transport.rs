@@ -43,6 +43,22 @@ pub fn endpoint_uri(addr: &str) -> Result<Uri, String> {
     }
 }
 
+/// Checks an address that goes into a membership record (a node's client or peer address): a
+/// bare `host:port` (an `http://` prefix is tolerated). Whether a member speaks TLS is the
+/// cluster's `[tls]` setting, which every member dials with, so an `https://` prefix is refused
+/// rather than recorded for some members and not others.
+///
+/// # Errors
+/// A message naming the problem.
+pub fn member_address(addr: &str) -> Result<Uri, String> {
+    if addr.starts_with("https://") {
+        return Err(
+            "a member address is host:port: TLS is the nodes' [tls] setting, not a scheme".into(),
+        );
+    }
+    endpoint_uri(addr)
+}
+
 /// Refuses an address whose scheme contradicts the TLS settings: `https://` without TLS settings
 /// (it would be spoken as plaintext to a port that expects TLS), `http://` with them. A bare
 /// `host:port` follows the settings.

@@ -18,7 +18,9 @@ use crate::error::Result;
 use crate::raft::network::PeerLiveness;
 use crate::raft::NodeId;
 use crate::raft::NodeInfo;
+use rskv_client::transport::check_scheme;
 use rskv_client::transport::endpoint_uri;
+use rskv_client::transport::member_address;
 
 /// The address dev mode listens on, and the address `kv_client` talks to by default.
 pub use rskv_client::DEV_ADDR;
@@ -929,10 +931,12 @@ impl Config {
             ("advertise_addr", &info.addr),
             ("peer_advertise_addr", &info.peer_addr),
         ] {
-            endpoint_uri(addr).map_err(|why| Error::config(format!("`{key}`: `{addr}`: {why}")))?;
+            member_address(addr)
+                .map_err(|why| Error::config(format!("`{key}`: `{addr}`: {why}")))?;
         }
         for addr in &self.cluster.join {
             endpoint_uri(addr)
+                .and_then(|_| check_scheme(addr, self.tls.client_tls()))
                 .map_err(|why| Error::config(format!("`cluster.join`: `{addr}`: {why}")))?;
         }
         Ok(())

@@ -321,7 +321,7 @@ fn cli_usage_errors_should_exit_2() {
         expect_failure(&out, 2, why);
     }
     for (endpoint, why) in [
-        ("https://127.0.0.1:7379", "no TLS"),
+        ("https://127.0.0.1:7379", "--cacert"),
         ("127.0.0.1", "expected host:port"),
     ] {
         let out = Command::new(client_bin())
@@ -376,7 +376,7 @@ fn bad_config_should_exit_2_naming_the_key() {
         ),
         (
             "node_id = 1\nlisten_addr = \"127.0.0.1:1\"\ndata_dir = \"/tmp/x\"\n[cluster]\njoin = [\"https://127.0.0.1:7379\"]\n",
-            "no TLS",
+            "needs TLS settings",
         ),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {

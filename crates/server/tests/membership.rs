@@ -179,7 +179,7 @@ async fn leader_transfer_to_named_voter_and_refusals() {
         .add_learner(9, "https://127.0.0.1:1", "127.0.0.1:2")
         .await
     {
-        Err(ClientError::InvalidArgument(msg)) => assert!(msg.contains("no TLS"), "{msg}"),
+        Err(ClientError::InvalidArgument(msg)) => assert!(msg.contains("not a scheme"), "{msg}"),
         other => panic!("unexpected {other:?}"),
     }
     assert!(!voters(&admin).await.contains_key(&9), "nothing was added");

@@ -12,14 +12,14 @@ pub use rskv_storage::types::*;
 pub type Raft = openraft::Raft<TypeConfig, rskv_storage::StateMachine>;
 
 /// Checks that both addresses of a membership record can be dialled (see
-/// [`rskv_client::transport::endpoint_uri`]), so a record nobody can reach is refused before it
-/// enters a membership.
+/// [`rskv_client::transport::member_address`]), so a record nobody can reach is refused before
+/// it enters a membership.
 ///
 /// # Errors
 /// Which address is wrong, and why.
 pub fn check_dialable(info: &NodeInfo) -> Result<(), String> {
     for (what, addr) in [("client", &info.addr), ("peer", &info.peer_addr)] {
-        rskv_client::transport::endpoint_uri(addr)
+        rskv_client::transport::member_address(addr)
             .map_err(|e| format!("{what} address `{addr}`: {e}"))?;
     }
     Ok(())
