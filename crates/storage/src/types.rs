@@ -159,6 +159,8 @@ pub enum Command {
         /// The lease id.
         id: i64,
     },
+    /// A change of the auth store (etcd's Auth API, see [`crate::state_machine::auth`]).
+    Auth(rskv_proto::storage::AuthChange),
 }
 
 /// What makes a write part of a client session (see
@@ -261,7 +263,8 @@ impl Command {
             | Command::CloseSession { .. }
             | Command::Compact { .. }
             | Command::LeaseGrant { .. }
-            | Command::LeaseRevoke { .. }) => c,
+            | Command::LeaseRevoke { .. }
+            | Command::Auth(_)) => c,
         }
     }
 
@@ -282,6 +285,7 @@ impl Command {
             } => key.len() + new_value.len() + expected.as_ref().map_or(0, |e| e.len()),
             Command::Group { commands } => commands.iter().map(Command::approx_bytes).sum(),
             Command::Txn(txn) => txn.encoded_len(),
+            Command::Auth(change) => change.encoded_len(),
             Command::OpenSession { .. }
             | Command::CloseSession { .. }
             | Command::Compact { .. }
@@ -313,6 +317,14 @@ impl fmt::Display for Command {
             Command::Compact { revision } => write!(f, "compact({revision})"),
             Command::LeaseGrant { id, ttl } => write!(f, "lease_grant({id:x}, {ttl}s)"),
             Command::LeaseRevoke { id } => write!(f, "lease_revoke({id:x})"),
+            // Never the hash or the token.
+            Command::Auth(change) => write!(
+                f,
+                "auth({:?} {:?} {:?})",
+                change.op(),
+                change.user,
+                change.role
+            ),
         }
     }
 }
@@ -352,6 +364,8 @@ pub enum EtcdReply {
     },
     /// The command was refused; nothing changed.
     Refused(MvccError),
+    /// The auth store refused the change; nothing changed.
+    AuthRefused(crate::state_machine::auth::AuthError),
 }
 
 /// Why the multi-version store refused an etcd command (the services turn each into etcd's own

@@ -376,6 +376,7 @@ fn command_to(command: &Command) -> pb::Command {
         }),
         Command::LeaseGrant { id, ttl } => C::LeaseGrant(pb::LeaseGrant { id: *id, ttl: *ttl }),
         Command::LeaseRevoke { id } => C::LeaseRevoke(pb::LeaseRevoke { id: *id }),
+        Command::Auth(change) => C::Auth(change.clone()),
     };
     pb::Command {
         command: Some(variant),
@@ -431,6 +432,7 @@ fn command_from(m: pb::Command) -> Result<Command, FormatError> {
             ttl: g.ttl,
         },
         C::LeaseRevoke(r) => Command::LeaseRevoke { id: r.id },
+        C::Auth(change) => Command::Auth(change),
     })
 }
 
@@ -920,6 +922,12 @@ mod tests {
                 ttl: 60,
             },
             Command::LeaseRevoke { id: 0x1234 },
+            Command::Auth(rskv_proto::storage::AuthChange {
+                op: rskv_proto::storage::auth_change::Op::UserAdd as i32,
+                user: "alice".into(),
+                password_hash: "$2b$04$x".into(),
+                ..Default::default()
+            }),
         ]
     }
 

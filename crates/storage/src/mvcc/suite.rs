@@ -46,10 +46,13 @@ impl Store {
     fn apply(&mut self, commands: Vec<Command>) -> Vec<CommandResponse> {
         let mut writer = Writer::new(&*self.engine, &mut self.keys);
         let mut sessions = SessionTable::default();
+        let auth = crate::state_machine::auth::AuthStore::default();
         let mut out = Vec::new();
         for command in commands {
             self.index += 1;
-            out.push(execute(&mut writer, &mut sessions, command, self.index).expect("execute"));
+            out.push(
+                execute(&mut writer, &mut sessions, &auth, command, self.index).expect("execute"),
+            );
         }
         let mut set = WriteSet::default();
         writer.finish(&mut set);

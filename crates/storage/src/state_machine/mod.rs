@@ -20,6 +20,7 @@
 //! atomic step together with the new applied log id and membership. Responses go back to clients
 //! only after that commit, so an acknowledged write is visible to every later read.
 
+pub mod auth;
 pub mod memory;
 pub mod rocks;
 pub mod sessions;
@@ -68,6 +69,7 @@ use crate::types::Snapshot;
 use crate::types::SnapshotMeta;
 use crate::types::StoredMembership;
 use crate::types::TypeConfig;
+use auth::AuthStore;
 use sessions::Admission;
 use sessions::SessionTable;
 
@@ -340,6 +342,7 @@ pub trait KvEngine: Send + Sync + 'static {
 pub(crate) fn execute(
     writer: &mut Writer<'_>,
     sessions: &mut SessionTable,
+    auth: &AuthStore,
     mut command: Command,
     index: u64,
 ) -> io::Result<CommandResponse> {
@@ -352,7 +355,7 @@ pub(crate) fn execute(
                     Command::CompareAndSwap { .. } => sessions::Keep::UnlessSuccess,
                     _ => sessions::Keep::All,
                 };
-                let response = execute(writer, sessions, command, index)?;
+                let response = execute(writer, sessions, auth, command, index)?;
                 sessions.record(stamp.id, stamp.seq, index, &response, keep);
                 response
             }
@@ -411,7 +414,7 @@ pub(crate) fn execute(
             success: true,
             group: commands
                 .into_iter()
-                .map(|c| execute(writer, sessions, c, index))
+                .map(|c| execute(writer, sessions, auth, c, index))
                 .collect::<io::Result<_>>()?,
             ..CommandResponse::default()
         },
@@ -440,6 +443,17 @@ pub(crate) fn execute(
         ),
         Command::LeaseRevoke { id } => {
             etcd_reply(writer.lease_revoke(id)?.map(|()| EtcdReply::Done))
+        }
+        Command::Auth(change) => {
+            let reply = match auth.apply(&change) {
+                Ok(()) => EtcdReply::Done,
+                Err(e) => EtcdReply::AuthRefused(e),
+            };
+            CommandResponse {
+                success: reply == EtcdReply::Done,
+                etcd: Some(reply),
+                ..CommandResponse::default()
+            }
         }
     };
     response.revision = writer.revision();
@@ -476,6 +490,7 @@ fn apply_batch(
     engine: &dyn KvEngine,
     bus: &EventBus,
     sessions: &mut SessionTable,
+    auth: &AuthStore,
     keys: &mut KeyIndex,
     batch: Vec<EntryResponder<TypeConfig>>,
 ) -> io::Result<Answers> {
@@ -487,7 +502,7 @@ fn apply_batch(
         let response = match entry.payload {
             EntryPayload::Blank => CommandResponse::done(None),
             EntryPayload::Normal(command) => {
-                execute(&mut writer, sessions, command, entry.log_id.index)?
+                execute(&mut writer, sessions, auth, command, entry.log_id.index)?
             }
             EntryPayload::Membership(membership) => {
                 state.membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -498,8 +513,10 @@ fn apply_batch(
     }
     let events = writer.take_events();
     let revision = writer.revision();
+    let mut system = sessions.take_changes();
+    system.extend(auth.take_changes());
     let mut set = WriteSet {
-        system: sessions.take_changes(),
+        system,
         state,
         ..WriteSet::default()
     };
@@ -597,6 +614,9 @@ pub struct StateMachine {
     /// without an engine read. Only apply and snapshot installs change it, each holding the
     /// session table's lock first.
     keys: Arc<Mutex<KeyIndex>>,
+    /// Users, roles, permissions and tokens (etcd's auth), as of the last applied entry
+    /// (mirrored in the system keyspace). Only apply and snapshot installs change it.
+    auth: Arc<AuthStore>,
     /// Where committed entries are applied to the engine: a thread of its own, so a slow engine
     /// write never holds an async worker.
     apply_thread: Arc<IoThread>,
@@ -626,13 +646,17 @@ impl StateMachine {
             sessions: Arc::new(Mutex::new(SessionTable::default())),
             open_sessions: Arc::new(AtomicUsize::new(0)),
             keys: Arc::new(Mutex::new(KeyIndex::default())),
+            auth: Arc::new(AuthStore::default()),
             apply_thread: Arc::new(IoThread::spawn("rskv-apply")?),
         };
         let engine = sm.engine.clone();
         let path = sm.snapshot_path();
+        let auth = sm.auth.clone();
         let (sessions, keys) = tokio::task::spawn_blocking(move || {
             recover(&*engine, &path)?;
-            let sessions = SessionTable::load(engine.system_records()?)?;
+            let system = engine.system_records()?;
+            auth.load(&system)?;
+            let sessions = SessionTable::load(system)?;
             let started = std::time::Instant::now();
             let keys = KeyIndex::load(&*engine)?;
             tracing::info!(
@@ -668,6 +692,11 @@ impl StateMachine {
     /// Open client sessions, as of the last apply or snapshot install.
     pub fn open_sessions(&self) -> usize {
         self.open_sessions.load(Ordering::Relaxed)
+    }
+
+    /// The auth store, for the services' checks (only apply changes it).
+    pub fn auth(&self) -> Arc<AuthStore> {
+        self.auth.clone()
     }
 }
 
@@ -946,18 +975,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let sessions = self.sessions.clone();
         let open_sessions = self.open_sessions.clone();
         let keys = self.keys.clone();
+        let auth = self.auth.clone();
         let writes: u64 = batch.iter().map(|(entry, _)| writes_in(entry)).sum();
         let work = move || {
             let mut sessions = sessions
                 .lock()
                 .map_err(|_| io_err("session table lock poisoned"))?;
             let mut keys = lock_index(&keys)?;
-            let applied = apply_batch(&*engine, &bus, &mut sessions, &mut keys, batch);
+            let applied = apply_batch(&*engine, &bus, &mut sessions, &auth, &mut keys, batch);
             if applied.is_err() {
-                // The table and the index may have moved ahead of what the engine holds: take
+                // The tables and the index may have moved ahead of what the engine holds: take
                 // the engine's.
-                if let Ok(stored) = engine.system_records().and_then(SessionTable::load) {
-                    *sessions = stored;
+                if let Ok(system) = engine.system_records() {
+                    let _ = auth.load(&system);
+                    if let Ok(stored) = SessionTable::load(system) {
+                        *sessions = stored;
+                    }
                 }
                 if let Ok(stored) = KeyIndex::load(&*engine) {
                     *keys = stored;
@@ -1001,6 +1034,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let sessions = self.sessions.clone();
         let open_sessions = self.open_sessions.clone();
         let keys = self.keys.clone();
+        let auth = self.auth.clone();
         self.trigger.snapshot_started();
         tokio::task::spawn_blocking(move || {
             let _guard = lock.lock().map_err(|_| io_err("snapshot lock poisoned"))?;
@@ -1036,7 +1070,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|_| io_err("session table lock poisoned"))?;
             let mut index = lock_index(&keys)?;
             engine.import(&state, &mut file.reader()?)?;
-            *table = SessionTable::load(engine.system_records()?)?;
+            let system = engine.system_records()?;
+            auth.load(&system)?;
+            *table = SessionTable::load(system)?;
             *index = KeyIndex::load(&*engine)?;
             open_sessions.store(table.len(), Ordering::Relaxed);
             let revision = index.meta().revision;
@@ -1278,7 +1314,8 @@ mod tests {
         let mut keys = KeyIndex::load(&engine).expect("index");
         let mut writer = Writer::new(&engine, &mut keys);
         let mut sessions = SessionTable::default();
-        let resp = execute(&mut writer, &mut sessions, group, 7).expect("execute");
+        let resp =
+            execute(&mut writer, &mut sessions, &AuthStore::default(), group, 7).expect("execute");
         let events = writer.take_events();
         let summary: Vec<(bool, Option<Bytes>)> = resp
             .group
