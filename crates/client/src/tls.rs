@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::RwLock;
 use std::task::Context;
 use std::task::Poll;
+use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -239,6 +240,50 @@ impl TlsDialer {
         self.connect(host, stream, self.config.get()).await
     }
 
+    /// The handshake for a gRPC channel: as [`TlsDialer::handshake`], and when this client
+    /// presents a certificate, a wait (at most [`ACCEPTANCE_WAIT`]) for the server's first bytes
+    /// too. Under TLS 1.3 a server judges the client's certificate after the client's side of
+    /// the handshake is done, so a refused certificate would otherwise surface as a request's
+    /// "connection closed"; this way the connection fails with the server's alert
+    /// (`CertificateRequired`, `UnknownCA`, `CertificateExpired`). What the server sent first
+    /// (its HTTP/2 settings) is handed on unread.
+    ///
+    /// # Errors
+    /// As [`TlsDialer::handshake`], and the server's refusal of this client's certificate.
+    pub async fn handshake_accepted<IO>(
+        &self,
+        host: &str,
+        stream: IO,
+    ) -> std::io::Result<Prefixed<tokio_rustls::client::TlsStream<IO>>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        use tokio::io::AsyncReadExt;
+        let config = self.config.get();
+        let presents = config.client_auth_cert_resolver.has_certs();
+        let mut tls = self.connect(host, stream, config).await?;
+        if !presents {
+            return Ok(Prefixed::new(tls, Vec::new()));
+        }
+        let mut first = vec![0u8; 4096];
+        match tokio::time::timeout(ACCEPTANCE_WAIT, tls.read(&mut first)).await {
+            Ok(Ok(0)) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection after the TLS handshake (client certificate refused?)",
+            )),
+            Ok(Ok(n)) => {
+                first.truncate(n);
+                Ok(Prefixed::new(tls, first))
+            }
+            Ok(Err(e)) => Err(io::Error::new(
+                e.kind(),
+                format!("the server refused this client's certificate: {e}"),
+            )),
+            // A slow server: go on; a refusal then surfaces on the first request.
+            Err(_) => Ok(Prefixed::new(tls, Vec::new())),
+        }
+    }
+
     /// As [`TlsDialer::handshake`], offering application protocol `alpn` instead of HTTP/2
     /// (`b"http/1.1"` for a node's `/metrics` and `/health`).
     ///
@@ -278,6 +323,83 @@ impl TlsDialer {
             .connect(name, stream)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("TLS handshake failed: {e}")))
+    }
+}
+
+/// Longest [`TlsDialer::handshake_accepted`] waits for the server's first bytes.
+pub const ACCEPTANCE_WAIT: Duration = Duration::from_secs(2);
+
+/// A stream whose first bytes were read already: they are read again first.
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    /// `inner`, with `prefix` to be read before it.
+    pub fn new(inner: S, prefix: Vec<u8>) -> Prefixed<S> {
+        Prefixed {
+            prefix,
+            at: 0,
+            inner,
+        }
+    }
+
+    /// The stream beneath.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.prefix.len() {
+            let n = (this.prefix.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

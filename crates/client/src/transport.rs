@@ -19,6 +19,7 @@ use tonic::transport::Uri;
 
 use crate::gathered::Gathered;
 use crate::tls::MaybeTls;
+use crate::tls::Prefixed;
 use crate::tls::TlsDialer;
 
 /// The URI a node address (`host:port`, or a full `http://` or `https://` URI) is dialled at.
@@ -150,7 +151,7 @@ pub struct ConnectError {
 
 /// A channel's connection: plaintext, or TLS over the same gathered TCP stream.
 pub type Stream =
-    MaybeTls<Gathered<TcpStream>, tokio_rustls::client::TlsStream<Gathered<TcpStream>>>;
+    MaybeTls<Gathered<TcpStream>, Prefixed<tokio_rustls::client::TlsStream<Gathered<TcpStream>>>>;
 
 /// Opens a channel's connection: TCP to each address `uri`'s host resolves to in turn, from
 /// `dial.source_ip` when set, with Nagle's algorithm off (small requests must not wait for
@@ -197,9 +198,9 @@ async fn connect(uri: Uri, dial: Dial) -> Result<TokioIo<Stream>, ConnectError> 
                 };
                 let stream = match &dial.tls {
                     None => Stream::Plain(stream),
-                    Some(tls) => {
-                        Stream::Tls(Box::new(tls.handshake(host, stream).await.map_err(failed)?))
-                    }
+                    Some(tls) => Stream::Tls(Box::new(
+                        tls.handshake_accepted(host, stream).await.map_err(failed)?,
+                    )),
                 };
                 return Ok(TokioIo::new(stream));
             }
