@@ -129,6 +129,30 @@ pub struct Config {
     /// TLS for the client API, the metrics endpoint and the Raft transport (etcd's flags).
     #[serde(default)]
     pub tls: TlsConfig,
+    /// etcd's authentication: token lifetime and password hashing.
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: how this member handles etcd's authentication (users, roles and whether auth is on
+/// are replicated state, changed through etcd's Auth API, not configured).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// A simple token lapses after this many seconds without use (etcd `--auth-token-ttl`).
+    pub token_ttl_secs: u64,
+    /// bcrypt cost of the password hashes this member makes (etcd `--bcrypt-cost`): 10 takes
+    /// about 60-70 ms per hash or check on the project's 2-core machine.
+    pub bcrypt_cost: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            token_ttl_secs: 300,
+            bcrypt_cost: 10,
+        }
+    }
 }
 
 /// `[tls]`: certificates, as etcd names them. The client set serves the client API (native and
@@ -627,6 +651,12 @@ pub struct Overrides {
     /// sessions.max_sessions
     #[arg(long)]
     pub max_sessions: Option<u64>,
+    /// auth.token_ttl_secs
+    #[arg(long)]
+    pub auth_token_ttl: Option<u64>,
+    /// auth.bcrypt_cost
+    #[arg(long)]
+    pub bcrypt_cost: Option<u32>,
     /// tls.cert_file
     #[arg(long)]
     pub cert_file: Option<PathBuf>,
@@ -822,6 +852,8 @@ impl Config {
         set(&mut self.limits.max_key_size, &o.max_key_size);
         set(&mut self.limits.max_value_size, &o.max_value_size);
         set(&mut self.limits.request_timeout_ms, &o.request_timeout_ms);
+        set(&mut self.auth.token_ttl_secs, &o.auth_token_ttl);
+        set(&mut self.auth.bcrypt_cost, &o.bcrypt_cost);
         let tls = &mut self.tls;
         for (dst, src) in [
             (&mut tls.cert_file, &o.cert_file),
@@ -847,6 +879,15 @@ impl Config {
         let bad = |key: &str, why: String| Err(Error::config(format!("`{key}`: {why}")));
         self.compaction.parse()?;
         self.tls.validate()?;
+        if !(4..=31).contains(&self.auth.bcrypt_cost) {
+            return bad(
+                "auth.bcrypt_cost",
+                "must be 4 to 31 (bcrypt's range)".into(),
+            );
+        }
+        if self.auth.token_ttl_secs == 0 {
+            return bad("auth.token_ttl_secs", "must be positive".into());
+        }
         if self.node_id == 0 {
             return bad("node_id", "must be at least 1".into());
         }

@@ -1212,3 +1212,72 @@ async fn a_compaction_of_a_long_history_goes_in_steps_and_answers_as_one() {
     assert_eq!(listed(after.kvs()), listed(before.kvs()));
     assert_etcd_error(f.compact(target, None).await, Code::OutOfRange, COMPACTED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_a_user_should_be_held_to_its_roles_through_a_follower() {
+    let (cluster, leader, follower, f, _l) = start("memory").await;
+    // Root enables auth through the crate's Auth client.
+    let mut admin = f.auth_client();
+    admin.user_add("root", "rootpw", None).await.expect("root");
+    admin
+        .user_grant_role("root", "root")
+        .await
+        .expect("root role");
+    admin.role_add("writer").await.expect("role");
+    admin
+        .role_grant_permission(
+            "writer",
+            etcd_client::Permission::read_write("w/").with_prefix(),
+        )
+        .await
+        .expect("grant");
+    admin.user_add("bob", "bobpw", None).await.expect("bob");
+    admin
+        .user_grant_role("bob", "writer")
+        .await
+        .expect("bob's role");
+    admin.auth_enable().await.expect("enable");
+
+    // Without a user the crate's client is refused; with one it authenticates (Authenticate,
+    // then the token on every call) and is held to its role, through a follower and the leader.
+    let mut anonymous = connect(&cluster, follower).await;
+    assert_etcd_error(
+        anonymous.put("w/1", "x", None).await,
+        Code::InvalidArgument,
+        "etcdserver: user name is empty",
+    );
+    for id in [follower, leader] {
+        let options = ConnectOptions::new()
+            .with_user("bob", "bobpw")
+            .with_timeout(Duration::from_secs(15));
+        let mut bob = Client::connect([cluster.node(id).addr.as_str()], Some(options))
+            .await
+            .expect("bob authenticates");
+        let put = bob
+            .put("w/1", format!("from {id}"), None)
+            .await
+            .expect("put");
+        check_header(put.header(), id);
+        let got = bob.get("w/1", None).await.expect("get");
+        assert_eq!(got.kvs()[0].value(), format!("from {id}").as_bytes());
+        assert_etcd_error(
+            bob.get("other", None).await,
+            Code::PermissionDenied,
+            "etcdserver: permission denied",
+        );
+        assert_etcd_error(
+            bob.compact(1, None).await,
+            Code::PermissionDenied,
+            "etcdserver: permission denied",
+        );
+    }
+    let refused = Client::connect(
+        [cluster.node(follower).addr.as_str()],
+        Some(ConnectOptions::new().with_user("bob", "wrong")),
+    )
+    .await;
+    assert!(
+        refused.is_err_and(|e| e.to_string().contains("authentication failed")),
+        "a wrong password is refused"
+    );
+}

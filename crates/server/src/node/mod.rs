@@ -8,6 +8,7 @@
 //! shuts openraft down. Tests call both with a pre-bound loopback
 //! listener on port 0 and a oneshot as the shutdown signal; the binary passes Ctrl-C/SIGTERM.
 
+pub mod auth;
 pub mod cluster_service;
 pub mod compactor;
 pub mod etcd;
@@ -51,6 +52,7 @@ use crate::raft::network::PeerLiveness;
 use crate::raft::NodeId;
 use crate::raft::NodeInfo;
 use crate::raft::Raft;
+use rskv_proto::etcd::etcdserverpb::auth_server::AuthServer as EtcdAuthServer;
 use rskv_proto::etcd::etcdserverpb::cluster_server::ClusterServer as EtcdClusterServer;
 use rskv_proto::etcd::etcdserverpb::kv_server::KvServer as EtcdKvServer;
 use rskv_proto::etcd::etcdserverpb::lease_server::LeaseServer as EtcdLeaseServer;
@@ -248,6 +250,9 @@ impl Node {
                 snapshots.clone(),
             )
             .await?;
+            state_machine
+                .auth()
+                .set_token_ttl(Duration::from_secs(config.auth.token_ttl_secs));
             let tls = tls::NodeTls::load(&config.tls)?;
             let network = NetworkFactory::new(
                 config.raft.snapshot_chunk_bytes as usize,
@@ -464,6 +469,12 @@ impl Node {
             self.events.clone(),
             recipe_tasks.clone(),
         );
+        let etcd_auth = EtcdAuthServer::new(etcd::auth::EtcdAuth::new(
+            etcd_context.clone(),
+            self.proposer.clone(),
+            self.config.auth.bcrypt_cost,
+        ))
+        .max_decoding_message_size(limits.max_message_bytes);
         let etcd_lock = EtcdLockServer::new(etcd::lock::EtcdLock::new(recipes.clone()))
             .max_decoding_message_size(limits.max_message_bytes);
         let etcd_election = EtcdElectionServer::new(etcd::election::EtcdElection::new(
@@ -491,6 +502,7 @@ impl Node {
             .add_service(etcd_kv)
             .add_service(etcd_watch)
             .add_service(etcd_lease)
+            .add_service(etcd_auth)
             .add_service(etcd_lock)
             .add_service(etcd_election)
             .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });

@@ -193,6 +193,7 @@ impl EtcdClusterService {
         request: Request<etcd::MemberRemoveRequest>,
     ) -> Result<etcd::MemberRemoveResponse, Status> {
         let forwarded = super::forward::is_forwarded(&request);
+        let token = crate::node::auth::token_of(request.metadata());
         let call = |ch, r| async move { Client::new(ch).member_remove(r).await };
         let req = match self.ctx.forwarder().to_leader(request, call).await? {
             Routed::Here(req) => req,
@@ -212,7 +213,7 @@ impl EtcdClusterService {
                     .ok_or_else(|| Status::from(EtcdError::LeaderChanged))?;
                 self.ctx
                     .forwarder()
-                    .forward(ch, req, |ch, r| async move {
+                    .forward(ch, req, token, |ch, r| async move {
                         Client::new(ch).member_remove(r).await
                     })
                     .await
@@ -273,7 +274,11 @@ impl Cluster for EtcdClusterService {
         &self,
         request: Request<etcd::MemberAddRequest>,
     ) -> Result<Response<etcd::MemberAddResponse>, Status> {
-        observe("etcd_member_add", self.add(request)).await
+        observe("etcd_member_add", async {
+            self.ctx.auth().require_root(request.metadata())?;
+            self.add(request).await
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.ctx.member_id()))]
@@ -281,7 +286,11 @@ impl Cluster for EtcdClusterService {
         &self,
         request: Request<etcd::MemberRemoveRequest>,
     ) -> Result<Response<etcd::MemberRemoveResponse>, Status> {
-        observe("etcd_member_remove", self.remove(request)).await
+        observe("etcd_member_remove", async {
+            self.ctx.auth().require_root(request.metadata())?;
+            self.remove(request).await
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.ctx.member_id()))]
@@ -289,7 +298,11 @@ impl Cluster for EtcdClusterService {
         &self,
         request: Request<etcd::MemberUpdateRequest>,
     ) -> Result<Response<etcd::MemberUpdateResponse>, Status> {
-        observe("etcd_member_update", self.update(request)).await
+        observe("etcd_member_update", async {
+            self.ctx.auth().require_root(request.metadata())?;
+            self.update(request).await
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.ctx.member_id()))]
@@ -305,7 +318,11 @@ impl Cluster for EtcdClusterService {
         &self,
         request: Request<etcd::MemberPromoteRequest>,
     ) -> Result<Response<etcd::MemberPromoteResponse>, Status> {
-        observe("etcd_member_promote", self.promote(request)).await
+        observe("etcd_member_promote", async {
+            self.ctx.auth().require_root(request.metadata())?;
+            self.promote(request).await
+        })
+        .await
     }
 }
 

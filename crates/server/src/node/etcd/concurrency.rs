@@ -169,6 +169,35 @@ pub struct Recipes {
 }
 
 impl Recipes {
+    /// Whether the request may use lock or election `name` (`perm` on every key under
+    /// `name/`), as etcd's recipes are checked through the KV requests they make.
+    ///
+    /// # Errors
+    /// etcd's auth status.
+    pub fn check_name(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        name: &[u8],
+        perm: rskv_storage::state_machine::auth::Perm,
+    ) -> Result<(), Status> {
+        let prefix = prefix_of(name);
+        let end = prefix_end(&prefix);
+        self.kv.ctx().auth().check(metadata, &prefix, &end, perm)
+    }
+
+    /// Whether the request may `perm` the single `key`.
+    ///
+    /// # Errors
+    /// etcd's auth status.
+    pub fn check_key(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        key: &[u8],
+        perm: rskv_storage::state_machine::auth::Perm,
+    ) -> Result<(), Status> {
+        self.kv.ctx().auth().check(metadata, key, b"", perm)
+    }
+
     /// Recipes over these services of the member, whose tasks go to `tasks`.
     pub fn new(
         kv: Arc<EtcdKv>,

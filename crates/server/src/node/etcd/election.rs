@@ -14,6 +14,7 @@ use rskv_proto::etcd::mvccpb;
 use rskv_proto::etcd::mvccpb::event::EventType;
 use rskv_proto::etcd::v3electionpb;
 use rskv_proto::etcd::v3electionpb::election_server::Election;
+use rskv_storage::state_machine::auth::Perm;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Request;
@@ -211,7 +212,12 @@ impl Election for EtcdElection {
         &self,
         request: Request<v3electionpb::CampaignRequest>,
     ) -> Result<Response<v3electionpb::CampaignResponse>, Status> {
-        super::observe("etcd.campaign", self.run_campaign(request.into_inner())).await
+        super::observe("etcd.campaign", async {
+            self.recipes
+                .check_name(request.metadata(), &request.get_ref().name, Perm::Write)?;
+            self.run_campaign(request.into_inner()).await
+        })
+        .await
     }
 
     async fn proclaim(
@@ -219,6 +225,10 @@ impl Election for EtcdElection {
         request: Request<v3electionpb::ProclaimRequest>,
     ) -> Result<Response<v3electionpb::ProclaimResponse>, Status> {
         super::observe("etcd.proclaim", async {
+            if let Some(leader) = &request.get_ref().leader {
+                self.recipes
+                    .check_key(request.metadata(), &leader.key, Perm::Write)?;
+            }
             let request = request.into_inner();
             let mut leader = request.leader.ok_or_else(missing_leader_key)?;
             leader.lease = self.recipes.session_lease(leader.lease).await?;
@@ -235,6 +245,8 @@ impl Election for EtcdElection {
         request: Request<v3electionpb::LeaderRequest>,
     ) -> Result<Response<v3electionpb::LeaderResponse>, Status> {
         super::observe("etcd.leader", async {
+            self.recipes
+                .check_name(request.metadata(), &request.get_ref().name, Perm::Read)?;
             let prefix = prefix_of(&request.into_inner().name);
             let found = self.recipes.range(oldest_under(&prefix)).await?;
             let kv = found.kvs.into_iter().next().ok_or_else(no_leader)?;
@@ -253,6 +265,8 @@ impl Election for EtcdElection {
         request: Request<v3electionpb::LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
         super::observe("etcd.observe", async {
+            self.recipes
+                .check_name(request.metadata(), &request.get_ref().name, Perm::Read)?;
             let prefix = prefix_of(&request.into_inner().name);
             let (out, rx) = mpsc::channel(OBSERVE_BUFFER);
             let (ctx, recipes) = (self.ctx.clone(), self.recipes.clone());
@@ -277,6 +291,10 @@ impl Election for EtcdElection {
         request: Request<v3electionpb::ResignRequest>,
     ) -> Result<Response<v3electionpb::ResignResponse>, Status> {
         super::observe("etcd.resign", async {
+            if let Some(leader) = &request.get_ref().leader {
+                self.recipes
+                    .check_key(request.metadata(), &leader.key, Perm::Write)?;
+            }
             let leader = request.into_inner().leader.ok_or_else(missing_leader_key)?;
             let response = self
                 .recipes

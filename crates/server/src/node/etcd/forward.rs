@@ -22,9 +22,12 @@ use tonic::Request;
 use tonic::Status;
 
 use super::errors::EtcdError;
+use crate::node::auth::token_of;
+use crate::node::auth::TOKEN_METADATA;
 use crate::raft::NodeId;
 use crate::raft::Raft;
 use rskv_proto::etcd::etcdserverpb as etcd;
+use tonic::metadata::AsciiMetadataValue;
 
 /// An etcd response with a header naming the member that answered.
 pub trait Answered {
@@ -45,6 +48,18 @@ macro_rules! answered {
 }
 
 answered!(
+    etcd::AuthEnableResponse,
+    etcd::AuthDisableResponse,
+    etcd::AuthenticateResponse,
+    etcd::AuthUserAddResponse,
+    etcd::AuthUserDeleteResponse,
+    etcd::AuthUserChangePasswordResponse,
+    etcd::AuthUserGrantRoleResponse,
+    etcd::AuthUserRevokeRoleResponse,
+    etcd::AuthRoleAddResponse,
+    etcd::AuthRoleDeleteResponse,
+    etcd::AuthRoleGrantPermissionResponse,
+    etcd::AuthRoleRevokePermissionResponse,
     etcd::RangeResponse,
     etcd::PutResponse,
     etcd::DeleteRangeResponse,
@@ -174,8 +189,8 @@ impl Forwarder {
 
     /// Calls the leader over `channel` with `message`: `call` makes the RPC (e.g.
     /// `|ch, req| async move { ClusterClient::new(ch).member_list(req).await }`). The request
-    /// carries the deadline and the forwarded mark; the leader's answer is returned with this
-    /// member's id in its header.
+    /// carries the deadline, the forwarded mark and the client's auth `token` (the leader checks
+    /// it again); the leader's answer is returned with this member's id in its header.
     ///
     /// # Errors
     /// The leader's status; "etcdserver: request timed out" when no answer came in time.
@@ -183,6 +198,7 @@ impl Forwarder {
         &self,
         channel: Channel,
         message: Req,
+        token: Option<AsciiMetadataValue>,
         call: F,
     ) -> Result<Resp, Status>
     where
@@ -196,6 +212,9 @@ impl Forwarder {
             FORWARDED_HEADER,
             tonic::metadata::MetadataValue::from_static("1"),
         );
+        if let Some(token) = token {
+            request.metadata_mut().insert(TOKEN_METADATA, token);
+        }
         match tokio::time::timeout(self.timeout, call(channel, request)).await {
             Ok(Ok(response)) => {
                 let mut response = response.into_inner();
@@ -234,10 +253,12 @@ impl Forwarder {
     {
         match self.route(&request)? {
             None => Ok(Routed::Here(request.into_inner())),
-            Some(channel) => self
-                .forward(channel, request.into_inner(), call)
-                .await
-                .map(Routed::Forwarded),
+            Some(channel) => {
+                let token = token_of(request.metadata());
+                self.forward(channel, request.into_inner(), token, call)
+                    .await
+                    .map(Routed::Forwarded)
+            }
         }
     }
 

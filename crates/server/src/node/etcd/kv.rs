@@ -29,6 +29,7 @@ use crate::node::proposer::Proposer;
 use crate::node::read_barrier::ReadBarrier;
 use crate::node::read_view::ReadView;
 use crate::raft::Command;
+use rskv_storage::state_machine::auth::Perm;
 use rskv_storage::types::EtcdReply;
 use rskv_storage::types::MvccError;
 
@@ -152,6 +153,11 @@ pub struct EtcdKv {
 }
 
 impl EtcdKv {
+    /// The member's shared etcd context (its auth checks, for the recipes built on this).
+    pub fn ctx(&self) -> &EtcdContext {
+        &self.ctx
+    }
+
     /// The service, proposing through `proposer` and reading through `view`.
     pub fn new(
         ctx: EtcdContext,
@@ -223,6 +229,10 @@ impl Kv for EtcdKv {
             if request.get_ref().key.is_empty() {
                 return Err(no_key());
             }
+            let r = request.get_ref();
+            self.ctx
+                .auth()
+                .check(request.metadata(), &r.key, &r.range_end, Perm::Read)?;
             if request.get_ref().serializable {
                 return self.range_here(request.into_inner()).await;
             }
@@ -248,6 +258,11 @@ impl Kv for EtcdKv {
         super::observe("etcd.put", async {
             check_size(request.get_ref())?;
             check_put(request.get_ref())?;
+            let (auth, p) = (self.ctx.auth(), request.get_ref());
+            auth.check(request.metadata(), &p.key, b"", Perm::Write)?;
+            if p.prev_kv {
+                auth.check(request.metadata(), &p.key, b"", Perm::Read)?;
+            }
             let put = match self
                 .ctx
                 .forwarder()
@@ -279,6 +294,11 @@ impl Kv for EtcdKv {
             check_size(request.get_ref())?;
             if request.get_ref().key.is_empty() {
                 return Err(no_key());
+            }
+            let (auth, d) = (self.ctx.auth(), request.get_ref());
+            auth.check(request.metadata(), &d.key, &d.range_end, Perm::Write)?;
+            if d.prev_kv {
+                auth.check(request.metadata(), &d.key, &d.range_end, Perm::Read)?;
             }
             let delete = match self
                 .ctx
@@ -314,6 +334,9 @@ impl Kv for EtcdKv {
         super::observe("etcd.txn", async {
             check_size(request.get_ref())?;
             check_txn(request.get_ref(), MAX_TXN_OPS)?;
+            self.ctx
+                .auth()
+                .check_txn(request.metadata(), request.get_ref())?;
             let txn = match self
                 .ctx
                 .forwarder()
@@ -338,6 +361,7 @@ impl Kv for EtcdKv {
         request: Request<etcd::CompactionRequest>,
     ) -> Result<Response<etcd::CompactionResponse>, Status> {
         super::observe("etcd.compact", async {
+            self.ctx.auth().require_root(request.metadata())?;
             let compact = match self
                 .ctx
                 .forwarder()

@@ -22,6 +22,7 @@ use openraft::ServerState;
 use rskv_proto::etcd::etcdserverpb as etcd;
 use rskv_proto::etcd::etcdserverpb::lease_client::LeaseClient;
 use rskv_proto::etcd::etcdserverpb::lease_server::Lease;
+use rskv_storage::state_machine::auth::Perm;
 use rskv_storage::types::EtcdReply;
 use tonic::Request;
 use tonic::Response;
@@ -269,6 +270,7 @@ impl Lease for EtcdLease {
         request: Request<etcd::LeaseGrantRequest>,
     ) -> Result<Response<etcd::LeaseGrantResponse>, Status> {
         super::observe("etcd.lease_grant", async {
+            self.ctx.auth().require_user(request.metadata())?;
             if request.get_ref().ttl > MAX_TTL {
                 return Err(Status::out_of_range("etcdserver: lease TTL is too large"));
             }
@@ -311,6 +313,24 @@ impl Lease for EtcdLease {
         request: Request<etcd::LeaseRevokeRequest>,
     ) -> Result<Response<etcd::LeaseRevokeResponse>, Status> {
         super::observe("etcd.lease_revoke", async {
+            // As etcd: revoking deletes the lease's keys, so its user must be able to write
+            // every one of them.
+            let auth = self.ctx.auth();
+            auth.require_user(request.metadata())?;
+            if auth.store().enabled() {
+                let keys = self
+                    .view
+                    .leases()
+                    .await
+                    .map_err(|e| Status::internal(format!("reading leases: {e}")))?
+                    .into_iter()
+                    .find(|(lease, _)| lease.id == request.get_ref().id)
+                    .map(|(_, keys)| keys)
+                    .unwrap_or_default();
+                for key in keys {
+                    auth.check(request.metadata(), &key, b"", Perm::Write)?;
+                }
+            }
             let revoke = match self
                 .ctx
                 .forwarder()
@@ -342,9 +362,11 @@ impl Lease for EtcdLease {
         &self,
         request: Request<Streaming<etcd::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.ctx.auth().require_user(request.metadata())?;
         match self.ctx.forwarder().route(&request)? {
             Some(channel) => {
                 // A follower pipes the stream to the leader, whose clock it is.
+                let token = crate::node::auth::token_of(request.metadata());
                 let inbound = request
                     .into_inner()
                     .filter_map(|r| futures::future::ready(r.ok()));
@@ -353,6 +375,11 @@ impl Lease for EtcdLease {
                     super::forward::FORWARDED_HEADER,
                     tonic::metadata::MetadataValue::from_static("1"),
                 );
+                if let Some(token) = token {
+                    outbound
+                        .metadata_mut()
+                        .insert(crate::node::auth::TOKEN_METADATA, token);
+                }
                 let me = self.ctx.member_id();
                 let replies = LeaseClient::new(channel)
                     .lease_keep_alive(outbound)
@@ -388,6 +415,7 @@ impl Lease for EtcdLease {
         request: Request<etcd::LeaseTimeToLiveRequest>,
     ) -> Result<Response<etcd::LeaseTimeToLiveResponse>, Status> {
         super::observe("etcd.lease_time_to_live", async {
+            self.ctx.auth().require_user(request.metadata())?;
             let ask = match self
                 .ctx
                 .forwarder()
@@ -435,9 +463,10 @@ impl Lease for EtcdLease {
 
     async fn lease_leases(
         &self,
-        _request: Request<etcd::LeaseLeasesRequest>,
+        request: Request<etcd::LeaseLeasesRequest>,
     ) -> Result<Response<etcd::LeaseLeasesResponse>, Status> {
         super::observe("etcd.lease_leases", async {
+            self.ctx.auth().require_user(request.metadata())?;
             let leases = self
                 .view
                 .leases()

@@ -10,6 +10,7 @@ use rskv_proto::etcd::etcdserverpb as etcd;
 use rskv_proto::etcd::etcdserverpb::request_op::Request as Op;
 use rskv_proto::etcd::v3lockpb;
 use rskv_proto::etcd::v3lockpb::lock_server::Lock;
+use rskv_storage::state_machine::auth::Perm;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
@@ -101,7 +102,12 @@ impl Lock for EtcdLock {
         &self,
         request: Request<v3lockpb::LockRequest>,
     ) -> Result<Response<v3lockpb::LockResponse>, Status> {
-        super::observe("etcd.lock", self.acquire(request.into_inner())).await
+        super::observe("etcd.lock", async {
+            self.recipes
+                .check_name(request.metadata(), &request.get_ref().name, Perm::Write)?;
+            self.acquire(request.into_inner()).await
+        })
+        .await
     }
 
     async fn unlock(
@@ -109,6 +115,8 @@ impl Lock for EtcdLock {
         request: Request<v3lockpb::UnlockRequest>,
     ) -> Result<Response<v3lockpb::UnlockResponse>, Status> {
         super::observe("etcd.unlock", async {
+            self.recipes
+                .check_key(request.metadata(), &request.get_ref().key, Perm::Write)?;
             let deleted = self.recipes.delete(request.into_inner().key).await?;
             Ok(v3lockpb::UnlockResponse {
                 header: deleted.header,

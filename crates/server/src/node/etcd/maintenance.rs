@@ -229,7 +229,14 @@ impl Maintenance for EtcdMaintenanceService {
         &self,
         request: Request<etcd::AlarmRequest>,
     ) -> Result<Response<etcd::AlarmResponse>, Status> {
-        observe("etcd_alarm", async { self.alarm_now(request.into_inner()) }).await
+        observe("etcd_alarm", async {
+            // Listing alarms is open to everyone, as etcd's; changing them is administration.
+            if request.get_ref().action != etcd::alarm_request::AlarmAction::Get as i32 {
+                self.ctx.auth().require_root(request.metadata())?;
+            }
+            self.alarm_now(request.into_inner())
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.ctx.member_id()))]
@@ -243,9 +250,10 @@ impl Maintenance for EtcdMaintenanceService {
     #[tracing::instrument(skip_all, fields(node_id = self.ctx.member_id()))]
     async fn defragment(
         &self,
-        _request: Request<etcd::DefragmentRequest>,
+        request: Request<etcd::DefragmentRequest>,
     ) -> Result<Response<etcd::DefragmentResponse>, Status> {
         observe("etcd_defragment", async {
+            self.ctx.auth().require_root(request.metadata())?;
             let started = std::time::Instant::now();
             self.view.defragment().await.map_err(storage_status)?;
             tracing::info!(
@@ -261,9 +269,10 @@ impl Maintenance for EtcdMaintenanceService {
 
     async fn hash(
         &self,
-        _request: Request<etcd::HashRequest>,
+        request: Request<etcd::HashRequest>,
     ) -> Result<Response<etcd::HashResponse>, Status> {
         observe("etcd_hash", async {
+            self.ctx.auth().require_root(request.metadata())?;
             let revision = self.ctx.revision();
             let hash = self.view.hash().await.map_err(storage_status)?;
             Ok(etcd::HashResponse {
@@ -279,6 +288,7 @@ impl Maintenance for EtcdMaintenanceService {
         request: Request<etcd::HashKvRequest>,
     ) -> Result<Response<etcd::HashKvResponse>, Status> {
         observe("etcd_hash_kv", async {
+            self.ctx.auth().require_root(request.metadata())?;
             let revision = self.ctx.revision();
             let (hash, hash_revision, compact_revision) = self
                 .view
@@ -301,9 +311,10 @@ impl Maintenance for EtcdMaintenanceService {
 
     async fn snapshot(
         &self,
-        _request: Request<etcd::SnapshotRequest>,
+        request: Request<etcd::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         observe("etcd_snapshot", async {
+            self.ctx.auth().require_root(request.metadata())?;
             let header = self.ctx.header();
             let mut backup = self.view.backup().await.map_err(storage_status)?;
             let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -350,10 +361,10 @@ impl Maintenance for EtcdMaintenanceService {
         &self,
         request: Request<etcd::MoveLeaderRequest>,
     ) -> Result<Response<etcd::MoveLeaderResponse>, Status> {
-        observe(
-            "etcd_move_leader",
-            self.move_leader_now(request.into_inner()),
-        )
+        observe("etcd_move_leader", async {
+            self.ctx.auth().require_root(request.metadata())?;
+            self.move_leader_now(request.into_inner()).await
+        })
         .await
     }
 

@@ -25,6 +25,7 @@
 //! The layering is the node's: these services use Raft (metrics, membership) and the node's
 //! membership administration, never the storage's internals.
 
+pub mod auth;
 pub mod cluster;
 pub mod concurrency;
 pub mod election;
@@ -73,6 +74,8 @@ pub struct EtcdContext {
     forwarder: Arc<Forwarder>,
     /// Raft metrics (term, leader, indexes) for status replies.
     raft: Raft,
+    /// Who a request comes from and what it may do.
+    auth: crate::node::auth::Authorizer,
 }
 
 impl EtcdContext {
@@ -95,6 +98,7 @@ impl EtcdContext {
                 node.tls.client_dialer(),
             )),
             raft: node.raft.clone(),
+            auth: crate::node::auth::Authorizer::new(node.state_machine.auth()),
         }
     }
 
@@ -133,6 +137,11 @@ impl EtcdContext {
     /// The way to the leader.
     pub fn forwarder(&self) -> &Forwarder {
         &self.forwarder
+    }
+
+    /// The auth checks of this member.
+    pub fn auth(&self) -> &crate::node::auth::Authorizer {
+        &self.auth
     }
 
     /// A copy of this node's Raft metrics.
@@ -182,6 +191,7 @@ pub(crate) fn etcd_reply(
 ) -> Result<(EtcdReply, i64), Status> {
     match response.etcd {
         Some(EtcdReply::Refused(e)) => Err(kv::mvcc_status(&e)),
+        Some(EtcdReply::AuthRefused(e)) => Err(crate::node::auth::auth_status(e)),
         Some(reply) => Ok((reply, response.revision)),
         None => Err(Status::internal(format!(
             "{what} was answered without its etcd reply"

@@ -63,6 +63,8 @@ struct StreamState {
     out: Outbound,
     watchers: HashMap<i64, JoinHandle<()>>,
     next_id: i64,
+    /// The stream's metadata (its auth token): each watch created is checked against it.
+    metadata: tonic::metadata::MetadataMap,
 }
 
 impl StreamState {
@@ -109,6 +111,16 @@ impl StreamState {
             cancel_reason: reason.to_string(),
             ..Default::default()
         };
+        // As etcd: a watch its user may not read is created canceled, saying why.
+        if let Err(status) = self.ctx.auth().check(
+            &self.metadata,
+            &create.key,
+            &create.range_end,
+            rskv_storage::state_machine::auth::Perm::Read,
+        ) {
+            let response = refuse(status.message());
+            return self.out.send(Ok(response)).await.is_ok();
+        }
         let id = if create.watch_id != 0 {
             if self.watchers.contains_key(&create.watch_id) {
                 let response = refuse("etcdserver: duplicate watch ID");
@@ -293,6 +305,7 @@ impl Watch for EtcdWatch {
         &self,
         request: Request<Streaming<etcd::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let metadata = request.metadata().clone();
         let mut inbound = request.into_inner();
         let (out, rx) = mpsc::channel(STREAM_BUFFER);
         let mut state = StreamState {
@@ -302,6 +315,7 @@ impl Watch for EtcdWatch {
             out,
             watchers: HashMap::new(),
             next_id: 0,
+            metadata,
         };
         tokio::spawn(async move {
             loop {
