@@ -19,6 +19,12 @@
 #                                         # an interleaved A/B of a server-side change: the
 #                                         # second system is a second 3-node rskv cluster running
 #                                         # that binary (no etcd); ratio this build / baseline
+#   SECURE=1 ROUNDS=3 WORKLOADS="put get-linearizable" CLIENTS="1 64 256" scripts/bench.sh
+#                                         # what TLS and auth cost: the second system is a second
+#                                         # 3-node cluster of this build with mutual TLS on both
+#                                         # ports (a kv_certs CA) and etcd's auth enabled, loaded
+#                                         # by a user whose role grants readwrite on the bench
+#                                         # keys; ratio plain / TLS+auth
 #   ETCD_API=1 scripts/bench.sh           # rskv through its etcd API: both systems driven by
 #                                         # kv_bench --target etcd (the etcd-client crate) at
 #                                         # their leader; rows put, get-linearizable,
@@ -47,6 +53,11 @@ KEYS="${KEYS:-100000}"
 OUT="${OUT:-$ROOT/results/bench-$(date +%Y%m%d-%H%M%S)}"
 AB="${AB:-}"
 BASELINE="${BASELINE:-}"
+SECURE="${SECURE:-}"
+if [[ -n "$SECURE" && -n "$AB$BASELINE$ETCD_API" ]]; then
+    echo "bench: SECURE compares this build with itself under TLS and auth; it does not combine with AB, BASELINE or ETCD_API" >&2
+    exit 1
+fi
 if [[ -n "$BASELINE" && -n "$AB" ]]; then
     echo "bench: AB and BASELINE are separate experiments; give one" >&2
     exit 1
@@ -89,7 +100,7 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]:-}"; do [[ -n "$p" ]] && kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$OUT/rskv" "$OUT/etcd" "$OUT/baseline"
+    rm -rf "$OUT/rskv" "$OUT/etcd" "$OUT/baseline" "$OUT/tls"
 }
 trap cleanup EXIT
 
@@ -104,8 +115,21 @@ apt_install() {
 command -v protoc >/dev/null || apt_install protobuf-compiler
 if [[ -z "$AB$BASELINE" ]] && ! command -v etcd >/dev/null; then apt_install etcd-server etcd-client || true; fi
 
-(cd "$ROOT" && cargo build --release --quiet --features rskv-bench/etcd --bin kv_server --bin kv_bench)
+(cd "$ROOT" && cargo build --release --quiet --features rskv-bench/etcd --bin kv_server --bin kv_bench --bin kv_certs)
 BIN="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release"
+# SECURE: the baseline cluster is this build in TLS and auth (its flags, and its clients').
+BASE_SERVER_EXTRA=()
+BASE_BENCH_TLS=()
+if [[ -n "$SECURE" ]]; then
+    BASELINE="$BIN/kv_server"
+    "$BIN/kv_certs" "$OUT/tls" >/dev/null
+    T="$OUT/tls"
+    BASE_SERVER_EXTRA=(--cert-file "$T/node.pem" --key-file "$T/node-key.pem" --trusted-ca-file "$T/rskv-ca.pem"
+        --client-cert-auth --peer-cert-file "$T/node.pem" --peer-key-file "$T/node-key.pem"
+        --peer-trusted-ca-file "$T/rskv-ca.pem")
+    BASE_BENCH_TLS=(--cacert "$T/rskv-ca.pem" --cert "$T/client.pem" --cert-key "$T/client-key.pem")
+fi
+BASE_BENCH=("${BASE_BENCH_TLS[@]}")
 
 printf 'node_id = 1\nlisten_addr = "127.0.0.1:1"\n' >"$OUT/base.toml"
 RSKV_PIDS=()
@@ -128,7 +152,7 @@ start_rskv() { # read policy
     RSKV_PIDS=()
     start_cluster "$BIN/kv_server" rskv $RSKV_CLIENT $RSKV_PEER $RSKV_METRICS "$1" "${SERVER_EXTRA[@]}"
     if [[ -n "$BASELINE" ]]; then
-        start_cluster "$BASELINE" baseline $BASE_CLIENT $BASE_PEER $BASE_METRICS "$1"
+        start_cluster "$BASELINE" baseline $BASE_CLIENT $BASE_PEER $BASE_METRICS "$1" "${BASE_SERVER_EXTRA[@]}"
     fi
 }
 stop_rskv() { # graceful: SIGTERM, wait for exit
@@ -153,10 +177,10 @@ if [[ -z "$AB$BASELINE" ]] && command -v etcd >/dev/null; then
     done
 fi
 
-wait_ready() { # target endpoints
+wait_ready() { # target endpoints [kv_bench flags...]
     local deadline=$((SECONDS + 60))
     while ((SECONDS < deadline)); do
-        if "$BIN/kv_bench" put --target "$1" --endpoints "$2" --total 1 >/dev/null 2>&1; then return 0; fi
+        if "$BIN/kv_bench" put --target "$1" --endpoints "$2" --total 1 "${@:3}" >/dev/null 2>&1; then return 0; fi
         sleep 0.5
     done
     echo "bench: $1 did not become ready" >&2
@@ -184,7 +208,19 @@ pick_rskv_leader() {
 RSKV_ALL="$RSKV"
 wait_ready rskv "$RSKV"
 pick_rskv_leader
-[[ -n "$BASELINE" ]] && wait_ready rskv "$BASE_RSKV"
+[[ -n "$BASELINE" ]] && wait_ready rskv "$BASE_RSKV" "${BASE_BENCH[@]}"
+if [[ -n "$SECURE" ]]; then
+    # etcd's auth on the secure cluster: a user whose role grants readwrite on the bench keys
+    # (zero-padded numbers), so every request takes the permission check, not root's shortcut.
+    E=(env ETCDCTL_API=3 etcdctl --endpoints "$BASE_RSKV" --cacert "$T/rskv-ca.pem" --cert "$T/client.pem" --key "$T/client-key.pem")
+    "${E[@]}" user add root:rootpw >/dev/null
+    "${E[@]}" auth enable >/dev/null
+    "${E[@]}" --user root:rootpw user add bench:benchpw >/dev/null
+    "${E[@]}" --user root:rootpw role add bench >/dev/null
+    "${E[@]}" --user root:rootpw role grant-permission bench readwrite 0 --prefix=true >/dev/null
+    "${E[@]}" --user root:rootpw user grant-role bench bench >/dev/null
+    BASE_BENCH+=(--user bench:benchpw)
+fi
 if [[ -z "$AB$BASELINE" && -n "$(command -v etcd || true)" ]]; then
     wait_ready etcd "$(ports $ETCD_CLIENT http://127.0.0.1:%s)"
     # Puts go to etcd's leader, as they go to rskv's (its client follows redirects).
@@ -194,7 +230,7 @@ fi
 
 # Same key space preloaded in both systems (in ETCD_API mode, in rskv's etcd keyspace).
 "$BIN/kv_bench" put --target "$RSKV_TARGET" --endpoints "$RSKV" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" >/dev/null
-[[ -n "$BASELINE" ]] && "$BIN/kv_bench" put --endpoints "$BASE_RSKV" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" >/dev/null
+[[ -n "$BASELINE" ]] && "$BIN/kv_bench" put --endpoints "$BASE_RSKV" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" "${BASE_BENCH[@]}" >/dev/null
 [[ -n "$ETCD" ]] && "$BIN/kv_bench" put --target etcd --endpoints "$ETCD" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" >/dev/null
 
 run() { # target endpoints workload clients [args...]
@@ -214,6 +250,9 @@ fi
 if [[ -n "$AB" ]]; then
     B_NAME="rskv $AB" B_COL="B op/s"
     echo "B: rskv driven with kv_bench $AB" | tee "$OUT/table.txt"
+elif [[ -n "$SECURE" ]]; then
+    B_NAME="rskv tls+auth" B_COL="secure op/s"
+    echo "B: a second cluster of this build in mutual TLS with etcd's auth enabled (ratio: plain / TLS+auth)" | tee "$OUT/table.txt"
 elif [[ -n "$BASELINE" ]]; then
     B_NAME="rskv baseline" B_COL="base op/s"
     echo "B: a second rskv cluster running $BASELINE" | tee "$OUT/table.txt"
@@ -238,7 +277,7 @@ for spec in "put put" "put-1conn put" "get-linearizable get --consistency linear
         start_rskv lease
         wait_ready rskv "$RSKV_ALL"
         pick_rskv_leader
-        [[ -n "$BASELINE" ]] && wait_ready rskv "$BASE_RSKV"
+        [[ -n "$BASELINE" ]] && wait_ready rskv "$BASE_RSKV" "${BASE_BENCH[@]}"
     fi
     for c in $CLIENTS; do
         # One client has one connection anyway: its row would repeat the put row.
@@ -252,7 +291,7 @@ for spec in "put put" "put-1conn put" "get-linearizable get --consistency linear
                 # shellcheck disable=SC2086 # AB is a list of flags
                 e="$(run rskv "$RSKV" "$1" "$c" "${@:2}" $AB)"
             elif [[ -n "$BASELINE" ]]; then
-                e="$(run rskv "$BASE_RSKV" "$1" "$c" "${@:2}")"
+                e="$(run rskv "$BASE_RSKV" "$1" "$c" "${@:2}" "${BASE_BENCH[@]}")"
             elif [[ -n "$ETCD" ]]; then
                 e="$(run etcd "$ETCD" "$1" "$c" "${@:2}")"
             else

@@ -79,6 +79,8 @@ pub struct BenchOptions {
     pub endpoints: Vec<String>,
     /// rskv: TLS to every node; `None`: plaintext (the etcd target speaks plaintext only).
     pub tls: Option<rskv_client::tls::TlsDialer>,
+    /// rskv: the user to authenticate as (etcd's auth enabled on the cluster).
+    pub credentials: Option<rskv_client::auth::Credentials>,
     /// gRPC connections per node.
     pub conns: usize,
     /// rskv: Multi RPCs in flight per node before requests are batched
@@ -292,6 +294,7 @@ async fn connect(opts: &BenchOptions) -> Result<Conn, ClientError> {
                 connections: opts.conns,
                 sessions: opts.sessions,
                 tls: opts.tls.clone(),
+                credentials: opts.credentials.clone(),
                 ..ClientOptions::default()
             },
         )?))),
@@ -320,9 +323,9 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, ClientError> {
             conns.push(connect(opts).await?);
         }
     }
-    if opts.target == Target::Etcd && opts.tls.is_some() {
+    if opts.target == Target::Etcd && (opts.tls.is_some() || opts.credentials.is_some()) {
         return Err(ClientError::Config(
-            "TLS is only implemented for the rskv target".into(),
+            "TLS and --user are only implemented for the rskv target".into(),
         ));
     }
     if opts.target == Target::Etcd && matches!(opts.workload, Workload::Cas | Workload::Load) {

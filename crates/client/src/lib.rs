@@ -54,12 +54,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
+use crate::auth::Channel;
 use bytes::Bytes;
 use dashmap::DashMap;
-use tonic::transport::Channel;
 use tonic::Code;
 use tonic::Status;
 
+pub mod auth;
 pub mod batch;
 pub mod gathered;
 pub mod tls;
@@ -214,6 +215,8 @@ pub struct ClientOptions {
     /// TLS to every node (the CA that signs their certificates, and for mutual TLS this
     /// client's own certificate); `None`: plaintext.
     pub tls: Option<crate::tls::TlsDialer>,
+    /// The user to authenticate as, where the cluster has etcd's auth enabled.
+    pub credentials: Option<crate::auth::Credentials>,
 }
 
 impl Default for ClientOptions {
@@ -228,6 +231,7 @@ impl Default for ClientOptions {
             connections: 1,
             sessions: true,
             tls: None,
+            credentials: None,
         }
     }
 }
@@ -364,6 +368,8 @@ pub struct Client {
     /// The cluster answered OpenSession UNIMPLEMENTED (a version before sessions): writes go
     /// without one, as they did then.
     sessionless: std::sync::atomic::AtomicBool,
+    /// The auth token every request carries ([`ClientOptions::credentials`]).
+    token: crate::auth::TokenInterceptor,
 }
 
 /// What one op of a Multi answered: its result, or the status it would have failed with alone.
@@ -438,6 +444,7 @@ impl Client {
             session: Mutex::new(None),
             opening: tokio::sync::Mutex::new(()),
             sessionless: std::sync::atomic::AtomicBool::new(false),
+            token: crate::auth::TokenInterceptor::default(),
         })
     }
 
@@ -451,7 +458,10 @@ impl Client {
             return Ok(n.clone());
         }
         let channels = (0..self.options.connections.max(1))
-            .map(|_| lazy_channel(addr, self.options.connect_timeout, self.options.tls.clone()))
+            .map(|_| {
+                lazy_channel(addr, self.options.connect_timeout, self.options.tls.clone())
+                    .map(|ch| Channel::new(ch, self.token.clone()))
+            })
             .collect::<Result<Arc<[Channel]>, _>>()
             .map_err(|e| ClientError::Config(format!("bad endpoint {addr}: {e}")))?;
         let node = Arc::new(Rotation {
@@ -739,6 +749,7 @@ impl Client {
         // peers keep naming a paused or cut-off leader until they elect another, so a redirect to
         // one of them is not followed: the next node is asked instead, after a backoff.
         let mut silent: Vec<String> = Vec::new();
+        let mut reauthenticated = false;
         loop {
             let next_endpoint = |rotation: usize| {
                 let n = self.endpoints.len();
@@ -762,6 +773,24 @@ impl Client {
             attempts += 1;
             let attempt_timeout = self.options.attempt_timeout.min(remaining);
             let channel = self.channel(&target).map_err(CallError::Failed)?;
+            if let Some(credentials) = &self.options.credentials {
+                if !self.token.has_token() {
+                    let login = self.token.authenticate(channel.clone(), credentials);
+                    match tokio::time::timeout(attempt_timeout, login).await {
+                        Ok(Ok(())) => {}
+                        // A wrong password or auth disabled: final, whoever answers.
+                        Ok(Err(status))
+                            if matches!(
+                                status.code(),
+                                Code::InvalidArgument | Code::FailedPrecondition
+                            ) =>
+                        {
+                            return Err(CallError::Failed(ClientError::Status(status)));
+                        }
+                        Ok(Err(_)) | Err(_) => {}
+                    }
+                }
+            }
             let outcome = match tokio::time::timeout(attempt_timeout, op(&target, channel)).await {
                 Ok(result) => result,
                 Err(_) => {
@@ -783,6 +812,15 @@ impl Client {
             };
             last_error = Cause::answered(&target, status.clone());
             tracing::debug!(attempt = attempts, error = %last_error, "attempt failed");
+            // A token that lapsed (or a node restarted and forgot it): authenticate again.
+            if status.code() == Code::Unauthenticated
+                && self.options.credentials.is_some()
+                && !reauthenticated
+            {
+                reauthenticated = true;
+                self.token.clear();
+                continue;
+            }
             if never_sent(&status) {
                 silent.push(target.clone());
             }
@@ -1408,7 +1446,10 @@ mod tests {
     /// What a put to `addr` fails with, through the same channel the client uses.
     async fn put_status(addr: &str) -> Status {
         let channel = lazy_channel(addr, Duration::from_secs(2), None).expect("channel");
-        let mut kv = Client::kv(channel);
+        let mut kv = Client::kv(Channel::new(
+            channel,
+            crate::auth::TokenInterceptor::default(),
+        ));
         let call = kv.put(put());
         match tokio::time::timeout(Duration::from_secs(10), call).await {
             Ok(Ok(_)) => panic!("the put to {addr} should fail"),

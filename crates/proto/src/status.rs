@@ -61,11 +61,14 @@ pub enum Reason {
     SessionExpired,
     /// A session write whose reply the client had already acknowledged; not applied again.
     SequenceAcknowledged,
+    /// Auth refused it (no token, a token no member issued, or a user whose roles do not
+    /// allow it: the status code and etcd's message say which); nothing was done.
+    Denied,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::InvalidArgument,
         Reason::NotLeader,
         Reason::FailedPrecondition,
@@ -81,6 +84,7 @@ impl Reason {
         Reason::Raft,
         Reason::SessionExpired,
         Reason::SequenceAcknowledged,
+        Reason::Denied,
     ];
 
     /// The name sent on the wire.
@@ -101,6 +105,7 @@ impl Reason {
             Reason::Raft => "RAFT",
             Reason::SessionExpired => "SESSION_EXPIRED",
             Reason::SequenceAcknowledged => "SEQUENCE_ACKNOWLEDGED",
+            Reason::Denied => "DENIED",
         }
     }
 

@@ -64,6 +64,14 @@ pub enum Error {
     /// The outcome is unknown: the request may or may not have been applied.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// Auth refused the request (etcd's message; `code` is etcd's status code for it).
+    #[error("{message}")]
+    Denied {
+        /// PERMISSION_DENIED, UNAUTHENTICATED (an invalid token) or INVALID_ARGUMENT (no user).
+        code: tonic::Code,
+        /// etcd's message.
+        message: String,
+    },
 
     /// Invalid configuration; the message names the offending key or file.
     #[error("config: {context}")]
@@ -198,6 +206,7 @@ impl Error {
             Error::Raft { .. } => Reason::Raft,
             Error::SessionExpired(_) => Reason::SessionExpired,
             Error::SequenceAcknowledged(_) => Reason::SequenceAcknowledged,
+            Error::Denied { .. } => Reason::Denied,
         }
     }
 }
@@ -247,6 +256,7 @@ impl From<Error> for Status {
             Error::Compacted(_) => Code::OutOfRange,
             Error::ResourceExhausted(_) | Error::TooLarge(_) => Code::ResourceExhausted,
             Error::Storage { .. } | Error::Raft { .. } => Code::Internal,
+            Error::Denied { code, .. } => *code,
         };
         rskv_proto::status::status(code, e.reason(), e.report())
     }

@@ -215,6 +215,46 @@ async fn users_roles_and_permissions_should_be_enforced_as_etcd_does() {
     }
     drop(watch_a);
 
+    // rskv's own API is held to the same users and roles (kv_client --user, through a follower:
+    // its client follows the leader redirect with the same token).
+    let node = cluster.node(follower).addr.clone();
+    let kv = |args: &[&str]| {
+        std::process::Command::new(common::client_bin())
+            .args(["--endpoints", node.as_str(), "--timeout", "5"])
+            .args(args)
+            .output()
+            .expect("run kv_client")
+    };
+    let refused = |out: std::process::Output, why: &str| {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success() && err.contains(why),
+            "should fail with {why}: {out:?}"
+        );
+    };
+    refused(kv(&["get", "--key", "a/x"]), "user name is empty");
+    let out = kv(&["--user", ALICE, "get", "--key", "a/x"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    refused(
+        kv(&["--user", ALICE, "set", "--key", "a/x", "--value", "9"]),
+        "permission denied",
+    );
+    refused(
+        kv(&["--user", ALICE, "get", "--key", "b/x"]),
+        "permission denied",
+    );
+    refused(
+        kv(&["--user", ALICE, "scan", "--start", "a", "--end", "c"]),
+        "permission denied",
+    );
+    refused(
+        kv(&["--user", "alice:bad", "get", "--key", "a/x"]),
+        "authentication failed",
+    );
+    let out = kv(&["--user", ROOT, "set", "--key", "b/y", "--value", "r"]);
+    assert!(out.status.success(), "{out:?}");
+
     // A changed password ends the old one; a revoked permission takes the read away.
     common::etcdctl::etcdctl_with_input(
         &f,

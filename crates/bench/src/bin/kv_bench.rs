@@ -63,6 +63,9 @@ struct Args {
     /// rskv: TLS to every node.
     #[command(flatten)]
     tls: rskv_client::tls::TlsArgs,
+    /// rskv: authenticate as `name:password` (a cluster with etcd's auth enabled).
+    #[arg(long)]
+    user: Option<String>,
     /// gRPC connections per node (rskv: all in one client; etcd: one client each).
     #[arg(long, default_value_t = 1)]
     conns: usize,
@@ -137,6 +140,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let credentials = match args
+        .user
+        .as_deref()
+        .map(rskv_client::auth::Credentials::parse)
+    {
+        Some(Err(e)) => {
+            eprintln!("kv_bench: {e}");
+            return ExitCode::from(2);
+        }
+        Some(Ok(c)) => Some(c),
+        None => None,
+    };
     let opts = BenchOptions {
         target: match args.target {
             TargetArg::Rskv => rskv_bench::Target::Rskv,
@@ -144,6 +159,7 @@ fn main() -> ExitCode {
         },
         endpoints: args.endpoints.clone(),
         tls,
+        credentials,
         conns: args.conns,
         batch_inflight: args.batch_inflight,
         sessions: !args.no_sessions,

@@ -31,6 +31,10 @@ struct Args {
     timeout: f64,
     #[command(flatten)]
     tls: rskv_client::tls::TlsArgs,
+    /// Authenticate as this user (`name:password`, as etcdctl's `--user`) where the cluster has
+    /// etcd's auth enabled.
+    #[arg(long, global = true, env = "RSKV_USER")]
+    user: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -166,10 +170,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let credentials = match args
+        .user
+        .as_deref()
+        .map(rskv_client::auth::Credentials::parse)
+    {
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+        Some(Ok(c)) => Some(c),
+        None => None,
+    };
     let options = ClientOptions {
         deadline,
         attempt_timeout: deadline.min(Duration::from_secs(3)),
         tls,
+        credentials,
         ..ClientOptions::default()
     };
     let client = match Client::with_options(args.endpoints.clone(), options) {

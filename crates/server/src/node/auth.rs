@@ -51,6 +51,14 @@ pub fn auth_status(e: AuthError) -> Status {
     Status::new(code, format!("etcdserver: {e}"))
 }
 
+/// rskv's own error for an auth refusal (the native API's statuses carry a reason).
+pub fn denied(status: Status) -> crate::error::Error {
+    crate::error::Error::Denied {
+        code: status.code(),
+        message: status.message().to_string(),
+    }
+}
+
 /// The token a request carries, to forward along with it.
 pub fn token_of(metadata: &MetadataMap) -> Option<AsciiMetadataValue> {
     metadata.get(TOKEN_METADATA).cloned()

@@ -40,6 +40,15 @@ impl ClusterService {
     }
 }
 
+impl ClusterService {
+    /// Membership changes are administration: with etcd's auth enabled, the `root` role.
+    fn root<T>(&self, request: &Request<T>) -> Result<()> {
+        super::auth::Authorizer::new(self.node.state_machine.auth())
+            .require_root(request.metadata())
+            .map_err(super::auth::denied)
+    }
+}
+
 /// The role names used in status output.
 pub fn role_name(state: ServerState) -> &'static str {
     match state {
@@ -137,7 +146,11 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        handle("add_learner", None, self.add_learner(request.into_inner())).await
+        handle("add_learner", None, async {
+            self.root(&request)?;
+            self.add_learner(request.into_inner()).await
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
@@ -145,7 +158,11 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        handle("promote", None, self.promote(request.into_inner())).await
+        handle("promote", None, async {
+            self.root(&request)?;
+            self.promote(request.into_inner()).await
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
@@ -153,7 +170,11 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        handle("remove_member", None, self.remove(request.into_inner())).await
+        handle("remove_member", None, async {
+            self.root(&request)?;
+            self.remove(request.into_inner()).await
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.node.id))]
@@ -161,6 +182,10 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
-        handle("transfer_leader", None, self.transfer(request.into_inner())).await
+        handle("transfer_leader", None, async {
+            self.root(&request)?;
+            self.transfer(request.into_inner()).await
+        })
+        .await
     }
 }

@@ -12,6 +12,11 @@
 //! by asking again from the revision after the last one it received, and sees no gap and no
 //! duplicate. (`start_index`, the in-memory event retention's log index, is refused.)
 
+use rskv_storage::state_machine::auth::Perm;
+use tonic::metadata::MetadataMap;
+
+use super::auth::denied;
+use super::auth::Authorizer;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +72,8 @@ pub struct KvService {
     view: ReadView,
     events: Arc<EventBus>,
     limiter: Arc<RequestLimiter>,
+    /// etcd's auth, applied to rskv's API too: the same users, roles and tokens.
+    auth: Authorizer,
 }
 
 impl KvService {
@@ -81,6 +88,32 @@ impl KvService {
             view: ReadView::new(node.engine.clone(), &node.raft),
             events: node.events.clone(),
             limiter: node.limiter.clone(),
+            auth: Authorizer::new(node.state_machine.auth()),
+        }
+    }
+
+    /// Whether the request's user may do `perm` on `key`..`range_end` (etcd's conventions).
+    fn allow(&self, md: &MetadataMap, key: &[u8], range_end: &[u8], perm: Perm) -> Result<()> {
+        self.auth.check(md, key, range_end, perm).map_err(denied)
+    }
+
+    /// What one operation needs of the request's user.
+    fn allow_op(&self, md: &MetadataMap, op: &pb::op::Op) -> Result<()> {
+        use pb::op::Op;
+        match op {
+            Op::Get(r) => self.allow(md, &r.key, b"", Perm::Read),
+            Op::Put(r) => {
+                self.allow(md, &r.key, b"", Perm::Write)?;
+                if r.return_prev {
+                    self.allow(md, &r.key, b"", Perm::Read)?;
+                }
+                Ok(())
+            }
+            Op::Delete(r) => self.allow(md, &r.key, b"", Perm::Write),
+            Op::CompareAndSwap(r) => {
+                self.allow(md, &r.key, b"", Perm::Read)?;
+                self.allow(md, &r.key, b"", Perm::Write)
+            }
         }
     }
 
@@ -247,10 +280,15 @@ impl KvService {
     }
 
     /// One op of a Multi, answered (and counted in the metrics) as if it had come alone.
-    async fn run_op(&self, op: pb::Op) -> pb::OpResult {
+    async fn run_op(&self, md: &MetadataMap, op: pb::Op) -> pb::OpResult {
         use pb::op::Op;
         use pb::op_result::Result as R;
         let started = std::time::Instant::now();
+        if let Some(Err(e)) = op.op.as_ref().map(|o| self.allow_op(md, o)) {
+            return pb::OpResult {
+                result: Some(R::Error(crate::error::op_error(e))),
+            };
+        }
         let (method, result) = match op.op {
             Some(Op::Get(r)) => ("get", self.do_get(r).await.map(R::Get)),
             Some(Op::Put(r)) => ("put", self.do_put(r).await.map(R::Put)),
@@ -499,10 +537,16 @@ impl Kv for KvService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let md = request.metadata().clone();
         let req = request.into_inner();
         handle("watch", None, async {
             if !req.prefix {
                 self.check_key(&req.key)?;
+                self.allow(&md, &req.key, b"", Perm::Read)?;
+            } else {
+                let end = super::etcd::concurrency::prefix_end(&req.key);
+                let end = if end.is_empty() { &b"\0"[..] } else { &end[..] };
+                self.allow(&md, &req.key, end, Perm::Read)?;
             }
             let start = watch_start(&req, self.events.revision())?;
             let filter = if req.prefix {
@@ -524,8 +568,13 @@ impl Kv for KvService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
+        let md = request.metadata().clone();
         let req = request.into_inner();
-        handle("get", Some(&self.limiter), self.do_get(req)).await
+        handle("get", Some(&self.limiter), async {
+            self.allow_op(&md, &pb::op::Op::Get(req.clone()))?;
+            self.do_get(req).await
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.id))]
@@ -533,8 +582,13 @@ impl Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        let md = request.metadata().clone();
         let req = request.into_inner();
-        handle("put", Some(&self.limiter), self.do_put(req)).await
+        handle("put", Some(&self.limiter), async {
+            self.allow_op(&md, &pb::op::Op::Put(req.clone()))?;
+            self.do_put(req).await
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.id))]
@@ -542,8 +596,13 @@ impl Kv for KvService {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let md = request.metadata().clone();
         let req = request.into_inner();
-        handle("delete", Some(&self.limiter), self.do_delete(req)).await
+        handle("delete", Some(&self.limiter), async {
+            self.allow_op(&md, &pb::op::Op::Delete(req.clone()))?;
+            self.do_delete(req).await
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.id))]
@@ -551,8 +610,15 @@ impl Kv for KvService {
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
+        let md = request.metadata().clone();
         let req = request.into_inner();
         handle("scan", Some(&self.limiter), async {
+            let end = if req.end.is_empty() {
+                &b"\0"[..]
+            } else {
+                &req.end[..]
+            };
+            self.allow(&md, &req.start, end, Perm::Read)?;
             if !req.end.is_empty() && req.start > req.end {
                 return Err(Error::InvalidArgument(format!(
                     "scan start {:?} is after end {:?}",
@@ -602,6 +668,7 @@ impl Kv for KvService {
         &self,
         request: Request<pb::BatchPutRequest>,
     ) -> Result<Response<pb::BatchPutResponse>, Status> {
+        let md = request.metadata().clone();
         let req = request.into_inner();
         handle("batch_put", Some(&self.limiter), async {
             if req.pairs.is_empty() {
@@ -613,6 +680,7 @@ impl Kv for KvService {
             let mut pairs: Vec<(Bytes, Bytes)> = Vec::with_capacity(req.pairs.len());
             for kv in req.pairs {
                 self.check_key(&kv.key)?;
+                self.allow(&md, &kv.key, b"", Perm::Write)?;
                 self.check_value(&kv.value)?;
                 pairs.push((kv.key, kv.value));
             }
@@ -634,21 +702,23 @@ impl Kv for KvService {
         &self,
         request: Request<pb::CompareAndSwapRequest>,
     ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
+        let md = request.metadata().clone();
         let req = request.into_inner();
-        handle(
-            "compare_and_swap",
-            Some(&self.limiter),
-            self.do_compare_and_swap(req),
-        )
+        handle("compare_and_swap", Some(&self.limiter), async {
+            self.allow_op(&md, &pb::op::Op::CompareAndSwap(req.clone()))?;
+            self.do_compare_and_swap(req).await
+        })
         .await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.id))]
     async fn open_session(
         &self,
-        _request: Request<pb::OpenSessionRequest>,
+        request: Request<pb::OpenSessionRequest>,
     ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let md = request.metadata().clone();
         handle("open_session", Some(&self.limiter), async {
+            self.auth.require_user(&md).map_err(denied)?;
             let sessions = &self.sessions;
             let (index, resp) = self
                 .write(
@@ -679,8 +749,10 @@ impl Kv for KvService {
         &self,
         request: Request<pb::CloseSessionRequest>,
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        let md = request.metadata().clone();
         let req = request.into_inner();
         handle("close_session", Some(&self.limiter), async {
+            self.auth.require_user(&md).map_err(denied)?;
             let (index, _) = self
                 .write(None, Command::CloseSession { id: req.id })
                 .await?;
@@ -694,13 +766,16 @@ impl Kv for KvService {
         &self,
         request: Request<pb::MultiRequest>,
     ) -> Result<Response<pb::MultiResponse>, Status> {
+        let md = request.metadata().clone();
         let req = request.into_inner();
         tracing::Span::current().record("ops", req.ops.len());
         let max = self.limits.max_ops_per_request;
         let count = req.ops.len().min(max).max(1);
         handle_many("multi", Some(&self.limiter), count, async {
             self.check_op_count(req.ops.len(), "ops")?;
-            let results = futures::future::join_all(req.ops.into_iter().map(|op| self.run_op(op)));
+            let md = &md;
+            let results =
+                futures::future::join_all(req.ops.into_iter().map(|op| self.run_op(md, op)));
             Ok(pb::MultiResponse {
                 results: results.await,
             })

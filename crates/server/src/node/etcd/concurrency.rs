@@ -71,7 +71,7 @@ pub fn contender_key(prefix: &[u8], lease: i64) -> Bytes {
 }
 
 /// The end of the range of every key starting with `prefix` (etcd's `GetPrefixRangeEnd`).
-fn prefix_end(prefix: &[u8]) -> Bytes {
+pub fn prefix_end(prefix: &[u8]) -> Bytes {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
