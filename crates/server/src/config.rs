@@ -139,6 +139,10 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
+    /// Which tokens `Authenticate` hands out, etcd's `--auth-token`: `simple` (replicated
+    /// through the log) or `jwt,priv-key=PATH,sign-method=ES256|RS256[,ttl=5m]` (signed; every
+    /// member needs the same key).
+    pub token: String,
     /// A simple token lapses after this many seconds without use (etcd `--auth-token-ttl`).
     pub token_ttl_secs: u64,
     /// bcrypt cost of the password hashes this member makes (etcd `--bcrypt-cost`): 10 takes
@@ -149,6 +153,7 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
+            token: "simple".into(),
             token_ttl_secs: 300,
             bcrypt_cost: 10,
         }
@@ -651,6 +656,9 @@ pub struct Overrides {
     /// sessions.max_sessions
     #[arg(long)]
     pub max_sessions: Option<u64>,
+    /// auth.token
+    #[arg(long)]
+    pub auth_token: Option<String>,
     /// auth.token_ttl_secs
     #[arg(long)]
     pub auth_token_ttl: Option<u64>,
@@ -852,6 +860,7 @@ impl Config {
         set(&mut self.limits.max_key_size, &o.max_key_size);
         set(&mut self.limits.max_value_size, &o.max_value_size);
         set(&mut self.limits.request_timeout_ms, &o.request_timeout_ms);
+        set(&mut self.auth.token, &o.auth_token);
         set(&mut self.auth.token_ttl_secs, &o.auth_token_ttl);
         set(&mut self.auth.bcrypt_cost, &o.bcrypt_cost);
         let tls = &mut self.tls;
@@ -884,6 +893,9 @@ impl Config {
                 "auth.bcrypt_cost",
                 "must be 4 to 31 (bcrypt's range)".into(),
             );
+        }
+        if let Err(why) = crate::node::jwt::TokenSpec::parse(&self.auth.token) {
+            return bad("auth.token", why);
         }
         if self.auth.token_ttl_secs == 0 {
             return bad("auth.token_ttl_secs", "must be positive".into());

@@ -300,3 +300,65 @@ async fn users_roles_and_permissions_should_be_enforced_as_etcd_does() {
     let got = ok(&all, None, &["get", "b/x", "--print-value-only"]).await;
     assert_eq!(got.trim(), "2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_tokens_should_be_checked_by_every_member_with_the_shared_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("jwt.pem");
+    std::fs::write(
+        &key,
+        rcgen::KeyPair::generate().expect("key").serialize_pem(),
+    )
+    .expect("write key");
+    let spec = format!("jwt,priv-key={},sign-method=ES256,ttl=5m", key.display());
+    let cluster = ProcessCluster::start(3, "memory", &["--auth-token", &spec]);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let follower = cluster.follower_of(leader);
+    let f = vec![cluster.node(follower).addr.clone()];
+    ok(&f, None, &["user", "add", "root:rootpw"]).await;
+    ok(&f, None, &["auth", "enable"]).await;
+    ok(&f, Some(ROOT), &["user", "add", "alice:alicepw"]).await;
+    ok(&f, Some(ROOT), &["role", "add", "reader"]).await;
+    ok(
+        &f,
+        Some(ROOT),
+        &[
+            "role",
+            "grant-permission",
+            "reader",
+            "readwrite",
+            "a/",
+            "--prefix=true",
+        ],
+    )
+    .await;
+    ok(&f, Some(ROOT), &["user", "grant-role", "alice", "reader"]).await;
+    // The follower signs alice's token and forwards her put to the leader, which checks the
+    // signature with its copy of the key.
+    ok(&f, Some(ALICE), &["put", "a/1", "signed"]).await;
+    let got = ok(&f, Some(ALICE), &["get", "a/1", "--print-value-only"]).await;
+    assert_eq!(got.trim(), "signed");
+    fails(&f, Some(ALICE), &["get", "b/1"], "permission denied").await;
+
+    // A token that is not this key's is refused as etcd refuses an unknown one.
+    let mut kv = rskv_proto::etcd::etcdserverpb::kv_client::KvClient::new(
+        rskv_client::transport::lazy_channel(&cluster.node(leader).addr, COMMAND, None)
+            .expect("channel"),
+    );
+    let forged = format!(
+        "{}.{}.{}",
+        "eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCJ9",
+        "eyJ1c2VybmFtZSI6InJvb3QiLCJyZXZpc2lvbiI6MSwiZXhwIjo0MTAyNDQ0ODAwfQ",
+        "c2lnbmF0dXJl"
+    );
+    let mut request = tonic::Request::new(rskv_proto::etcd::etcdserverpb::RangeRequest {
+        key: "a/1".into(),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("token", forged.parse().expect("ascii"));
+    let refused = kv.range(request).await.expect_err("a forged token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert_eq!(refused.message(), "etcdserver: invalid auth token");
+}

@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use super::jwt::JwtKeys;
 use rskv_proto::etcd::etcdserverpb as etcd;
 use rskv_proto::etcd::etcdserverpb::request_op::Request as Op;
 use rskv_storage::state_machine::auth::AuthError;
@@ -68,17 +69,37 @@ pub fn token_of(metadata: &MetadataMap) -> Option<AsciiMetadataValue> {
 #[derive(Clone, Debug)]
 pub struct Authorizer {
     store: Arc<AuthStore>,
+    /// Signed tokens (`auth.token = "jwt,..."`); `None`: simple tokens.
+    jwt: Option<Arc<JwtKeys>>,
 }
 
 impl Authorizer {
-    /// Checks against `store`.
-    pub fn new(store: Arc<AuthStore>) -> Authorizer {
-        Authorizer { store }
+    /// Checks against `store`, reading signed tokens with `jwt` when set.
+    pub fn new(store: Arc<AuthStore>, jwt: Option<Arc<JwtKeys>>) -> Authorizer {
+        Authorizer { store, jwt }
     }
 
     /// The store (for the Auth service's reads).
     pub fn store(&self) -> &AuthStore {
         &self.store
+    }
+
+    /// The signing keys when tokens are signed.
+    pub fn jwt(&self) -> Option<&JwtKeys> {
+        self.jwt.as_deref()
+    }
+
+    /// The user a token names: a signed token of this cluster's key, naming a user that
+    /// exists, or a simple token some member issued.
+    fn token_user(&self, token: &str) -> Option<String> {
+        if let Some(jwt) = &self.jwt {
+            if token.contains('.') {
+                return jwt
+                    .verify(token)
+                    .filter(|user| self.store.user(user).is_some());
+            }
+        }
+        self.store.token_user(token)
     }
 
     /// The user a request comes as: `None` when auth is disabled, `Some("")` without a token.
@@ -95,7 +116,7 @@ impl Authorizer {
         token
             .to_str()
             .ok()
-            .and_then(|t| self.store.token_user(t))
+            .and_then(|t| self.token_user(t))
             .map(Some)
             .ok_or_else(|| auth_status(AuthError::InvalidAuthToken))
     }

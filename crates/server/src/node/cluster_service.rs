@@ -43,7 +43,8 @@ impl ClusterService {
 impl ClusterService {
     /// Membership changes are administration: with etcd's auth enabled, the `root` role.
     fn root<T>(&self, request: &Request<T>) -> Result<()> {
-        super::auth::Authorizer::new(self.node.state_machine.auth())
+        self.node
+            .auth
             .require_root(request.metadata())
             .map_err(super::auth::denied)
     }

@@ -88,7 +88,7 @@ impl KvService {
             view: ReadView::new(node.engine.clone(), &node.raft),
             events: node.events.clone(),
             limiter: node.limiter.clone(),
-            auth: Authorizer::new(node.state_machine.auth()),
+            auth: node.auth.clone(),
         }
     }
 

@@ -14,6 +14,7 @@ pub mod compactor;
 pub mod etcd;
 pub mod history_feed;
 pub mod http;
+pub mod jwt;
 pub mod kv_service;
 pub mod lease_hold;
 pub mod limits;
@@ -144,6 +145,8 @@ pub struct Node {
     data_dir: PathBuf,
     /// TLS of the listeners and of the node's own connections (`[tls]`).
     tls: tls::NodeTls,
+    /// etcd's auth checks, shared by both APIs.
+    auth: auth::Authorizer,
 }
 
 /// When this node last received replication (or a heartbeat) from a leader. openraft keeps
@@ -254,6 +257,14 @@ impl Node {
                 .auth()
                 .set_token_ttl(Duration::from_secs(config.auth.token_ttl_secs));
             let tls = tls::NodeTls::load(&config.tls)?;
+            let jwt = match jwt::TokenSpec::parse(&config.auth.token).map_err(Error::config)? {
+                jwt::TokenSpec::Simple => None,
+                jwt::TokenSpec::Jwt { key, method, ttl } => Some(Arc::new(
+                    jwt::JwtKeys::load(&key, &method, ttl)
+                        .map_err(|why| Error::config(format!("`auth.token`: {why}")))?,
+                )),
+            };
+            let auth = auth::Authorizer::new(state_machine.auth(), jwt);
             let network = NetworkFactory::new(
                 config.raft.snapshot_chunk_bytes as usize,
                 rskv_client::transport::Dial {
@@ -335,6 +346,7 @@ impl Node {
                 snapshot_inbox,
                 data_dir: data_dir.to_path_buf(),
                 tls,
+                auth,
             });
             node.bootstrap().await?;
             Ok(node)

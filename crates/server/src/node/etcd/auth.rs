@@ -172,6 +172,15 @@ impl Auth for EtcdAuth {
             if !matches {
                 return Err(failed());
             }
+            if let Some(jwt) = self.ctx.auth().jwt() {
+                // Signed: any member checks it with the key; nothing to replicate.
+                let revision = self.ctx.auth().store().revision();
+                let token = jwt.sign(&req.name, revision).map_err(Status::internal)?;
+                return Ok(etcd::AuthenticateResponse {
+                    header: Some(self.ctx.header()),
+                    token,
+                });
+            }
             let token: String = {
                 let mut rng = rand::rng();
                 (0..24)

@@ -98,7 +98,7 @@ impl EtcdContext {
                 node.tls.client_dialer(),
             )),
             raft: node.raft.clone(),
-            auth: crate::node::auth::Authorizer::new(node.state_machine.auth()),
+            auth: node.auth.clone(),
         }
     }
 
