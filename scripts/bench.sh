@@ -214,7 +214,7 @@ if [[ -n "$SECURE" ]]; then
     # (zero-padded numbers), so every request takes the permission check, not root's shortcut.
     E=(env ETCDCTL_API=3 etcdctl --endpoints "$BASE_RSKV" --cacert "$T/rskv-ca.pem" --cert "$T/client.pem" --key "$T/client-key.pem")
     "${E[@]}" user add root:rootpw >/dev/null
-    "${E[@]}" auth enable >/dev/null
+    "${E[@]}" auth enable >/dev/null 2>&1
     "${E[@]}" --user root:rootpw user add bench:benchpw >/dev/null
     "${E[@]}" --user root:rootpw role add bench >/dev/null
     "${E[@]}" --user root:rootpw role grant-permission bench readwrite 0 --prefix=true >/dev/null

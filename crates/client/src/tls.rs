@@ -241,12 +241,13 @@ impl TlsDialer {
     }
 
     /// The handshake for a gRPC channel: as [`TlsDialer::handshake`], and when this client
-    /// presents a certificate, a wait (at most [`ACCEPTANCE_WAIT`]) for the server's first bytes
-    /// too. Under TLS 1.3 a server judges the client's certificate after the client's side of
-    /// the handshake is done, so a refused certificate would otherwise surface as a request's
-    /// "connection closed"; this way the connection fails with the server's alert
-    /// (`CertificateRequired`, `UnknownCA`, `CertificateExpired`). What the server sent first
-    /// (its HTTP/2 settings) is handed on unread.
+    /// presents a certificate under TLS 1.3, a wait (at most [`ACCEPTANCE_WAIT`]) for the
+    /// server's verdict on it. TLS 1.3 servers judge a client's certificate after the client's
+    /// side of the handshake is done, so a refusal would otherwise surface as a request's
+    /// "connection closed". The server answers an accepted client with session tickets (rustls
+    /// and Go send them at once) and a refused one with an alert: the connection fails then with
+    /// the alert (`CertificateRequired`, `UnknownCA`, `CertificateExpired`). Application data
+    /// arriving meanwhile is handed on unread.
     ///
     /// # Errors
     /// As [`TlsDialer::handshake`], and the server's refusal of this client's certificate.
@@ -258,15 +259,28 @@ impl TlsDialer {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        use tokio::io::AsyncReadExt;
         let config = self.config.get();
         let presents = config.client_auth_cert_resolver.has_certs();
         let mut tls = self.connect(host, stream, config).await?;
-        if !presents {
+        let tls13 = tls.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+        if !presents || !tls13 {
             return Ok(Prefixed::new(tls, Vec::new()));
         }
         let mut first = vec![0u8; 4096];
-        match tokio::time::timeout(ACCEPTANCE_WAIT, tls.read(&mut first)).await {
+        let verdict = std::future::poll_fn(|cx| {
+            let mut buf = ReadBuf::new(&mut first);
+            match Pin::new(&mut tls).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().len())),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                // Tickets are handshake messages: read and kept by rustls, no application data.
+                Poll::Pending if tls.get_ref().1.tls13_tickets_received() > 0 => {
+                    Poll::Ready(Ok(usize::MAX))
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        });
+        match tokio::time::timeout(ACCEPTANCE_WAIT, verdict).await {
+            Ok(Ok(usize::MAX)) | Err(_) => Ok(Prefixed::new(tls, Vec::new())),
             Ok(Ok(0)) => Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the server closed the connection after the TLS handshake (client certificate refused?)",
@@ -279,8 +293,6 @@ impl TlsDialer {
                 e.kind(),
                 format!("the server refused this client's certificate: {e}"),
             )),
-            // A slow server: go on; a refusal then surfaces on the first request.
-            Err(_) => Ok(Prefixed::new(tls, Vec::new())),
         }
     }
 

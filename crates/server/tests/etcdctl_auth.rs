@@ -16,6 +16,8 @@ use common::ProcessCluster;
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
 const COMMAND: Duration = Duration::from_secs(10);
+/// How long catching up or an election may take on a loaded machine.
+const SETTLE: Duration = Duration::from_secs(30);
 
 const ROOT: &str = "root:rootpw";
 const ALICE: &str = "alice:alicepw";
@@ -361,4 +363,96 @@ async fn signed_tokens_should_be_checked_by_every_member_with_the_shared_key() {
     let refused = kv.range(request).await.expect_err("a forged token");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     assert_eq!(refused.message(), "etcdserver: invalid auth token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_roles_should_reach_a_lagging_member_through_a_snapshot() {
+    let (mut cluster, leader, lagging) =
+        ProcessCluster::start_with_a_follower_down("rocksdb").await;
+    let l = vec![cluster.node(leader).addr.clone()];
+    ok(&l, None, &["user", "add", "root:rootpw"]).await;
+    ok(&l, None, &["auth", "enable"]).await;
+    ok(&l, Some(ROOT), &["user", "add", "alice:alicepw"]).await;
+    ok(&l, Some(ROOT), &["role", "add", "reader"]).await;
+    ok(
+        &l,
+        Some(ROOT),
+        &[
+            "role",
+            "grant-permission",
+            "reader",
+            "read",
+            "a/",
+            "--prefix=true",
+        ],
+    )
+    .await;
+    ok(&l, Some(ROOT), &["user", "grant-role", "alice", "reader"]).await;
+    // Enough writes (as root, through rskv's own client) that the leader snapshots and purges
+    // the log the stopped member missed: it can only catch up by installing a snapshot.
+    let root = rskv_client::Client::with_options(
+        vec![cluster.node(leader).addr.clone()],
+        rskv_client::ClientOptions {
+            credentials: Some(rskv_client::auth::Credentials::parse(ROOT).expect("root")),
+            deadline: Duration::from_secs(15),
+            ..rskv_client::ClientOptions::default()
+        },
+    )
+    .expect("client");
+    for i in 0..300 {
+        root.put(format!("a/{i:04}"), format!("{i}"))
+            .await
+            .expect("put as root");
+    }
+    let leader_addr = cluster.node(leader).addr.clone();
+    common::wait_for("the leader to purge its log", SETTLE, || {
+        let (root, addr) = (&root, &leader_addr);
+        async move {
+            let status = root.status_of(addr).await.ok()?;
+            (status.purged_index > 0).then_some(())
+        }
+    })
+    .await;
+    cluster.restart(lagging);
+    // On the restarted member alone (serializable reads): alice's role came with the snapshot.
+    let lag = vec![cluster.node(lagging).addr.clone()];
+    common::wait_for(
+        "alice to read a/0299 on the caught-up member",
+        SETTLE,
+        || {
+            let lag = lag.clone();
+            async move {
+                let out = run(
+                    &lag,
+                    Some(ALICE),
+                    &["get", "a/0299", "--consistency=s", "--print-value-only"],
+                )
+                .await;
+                (out.success && out.stdout.trim() == "299").then_some(())
+            }
+        },
+    )
+    .await;
+    fails(
+        &lag,
+        Some(ALICE),
+        &["put", "a/x", "1"],
+        "etcdserver: permission denied",
+    )
+    .await;
+    fails(
+        &lag,
+        None,
+        &["get", "a/0001", "--consistency=s"],
+        "user name is empty",
+    )
+    .await;
+    let metrics = cluster.node(lagging).metrics_addr.clone();
+    let (_, text) = common::http_get(&metrics, "/metrics")
+        .await
+        .expect("metrics");
+    assert!(
+        common::metric_value(&text, "rskv_snapshots_installed_total", "") >= 1.0,
+        "the member caught up by a snapshot"
+    );
 }
