@@ -513,6 +513,17 @@ async fn certificates_should_rotate_under_load_without_losing_a_write() {
         .await;
         assert_eq!(presented_certificate(&n.addr, &tls).await, second);
     }
+    // SIGHUP reloads at once (and is refused again, saying it was signalled).
+    cluster.node(1).signal("HUP");
+    common::wait_for("node 1 to reload on SIGHUP", SETTLE, || {
+        let text = cluster.node(1).log_text();
+        async move {
+            text.lines()
+                .any(|l| l.contains("new TLS certificates refused") && l.contains("signalled=true"))
+                .then_some(())
+        }
+    })
+    .await;
     // Put a good certificate back, so peers that reconnect still can.
     ca.issue("node", Validity::Current).expect("third");
 

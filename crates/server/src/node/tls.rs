@@ -270,7 +270,7 @@ impl NodeTls {
                 }
                 // Files are often replaced one by one: say it once per state of the files.
                 Err(why) if refused.as_ref() != Some(&now) || signalled => {
-                    tracing::error!(%why, "new TLS certificates refused; the previous ones stay in use");
+                    tracing::error!(%why, signalled, "new TLS certificates refused; the previous ones stay in use");
                     refused = Some(now.clone());
                 }
                 Err(_) => {}
