@@ -370,6 +370,8 @@ pub struct Client {
     sessionless: std::sync::atomic::AtomicBool,
     /// The auth token every request carries ([`ClientOptions::credentials`]).
     token: crate::auth::TokenInterceptor,
+    /// Held by the one caller authenticating for all.
+    authenticating: tokio::sync::Mutex<()>,
 }
 
 /// What one op of a Multi answered: its result, or the status it would have failed with alone.
@@ -445,6 +447,7 @@ impl Client {
             opening: tokio::sync::Mutex::new(()),
             sessionless: std::sync::atomic::AtomicBool::new(false),
             token: crate::auth::TokenInterceptor::default(),
+            authenticating: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -774,20 +777,37 @@ impl Client {
             let attempt_timeout = self.options.attempt_timeout.min(remaining);
             let channel = self.channel(&target).map_err(CallError::Failed)?;
             if let Some(credentials) = &self.options.credentials {
-                if !self.token.has_token() {
-                    let login = self.token.authenticate(channel.clone(), credentials);
-                    match tokio::time::timeout(attempt_timeout, login).await {
-                        Ok(Ok(())) => {}
-                        // A wrong password or auth disabled: final, whoever answers.
-                        Ok(Err(status))
-                            if matches!(
-                                status.code(),
-                                Code::InvalidArgument | Code::FailedPrecondition
-                            ) =>
-                        {
-                            return Err(CallError::Failed(ClientError::Status(status)));
+                match self
+                    .ensure_token(channel.clone(), credentials, attempt_timeout)
+                    .await
+                {
+                    Ok(()) => {}
+                    // A wrong password or auth disabled: final, whoever answers.
+                    Err(status)
+                        if matches!(
+                            status.code(),
+                            Code::InvalidArgument | Code::FailedPrecondition
+                        ) =>
+                    {
+                        return Err(CallError::Failed(ClientError::Status(status)));
+                    }
+                    // No token: the request is not sent; try again after a backoff.
+                    Err(status) => {
+                        last_error = Cause::answered(&target, status);
+                        let now = Instant::now();
+                        if now >= deadline {
+                            return Err(self.give_up(
+                                route,
+                                ambiguous,
+                                attempts,
+                                started,
+                                &last_error,
+                            ));
                         }
-                        Ok(Err(_)) | Err(_) => {}
+                        tokio::time::sleep(backoff.min(deadline - now)).await;
+                        backoff = (backoff * 2).min(self.options.max_backoff);
+                        rotation += 1;
+                        continue;
                     }
                 }
             }
@@ -879,6 +899,29 @@ impl Client {
             }
             tokio::time::sleep(backoff.min(deadline - now)).await;
             backoff = (backoff * 2).min(self.options.max_backoff);
+        }
+    }
+
+    /// Authenticates once for every caller waiting (bcrypt makes each `Authenticate` cost the
+    /// server tens of milliseconds of CPU: a client's concurrent first calls must not each ask).
+    async fn ensure_token(
+        &self,
+        channel: Channel,
+        credentials: &crate::auth::Credentials,
+        timeout: Duration,
+    ) -> Result<(), Status> {
+        if self.token.has_token() {
+            return Ok(());
+        }
+        let _one = self.authenticating.lock().await;
+        if self.token.has_token() {
+            return Ok(());
+        }
+        match tokio::time::timeout(timeout, self.token.authenticate(channel, credentials)).await {
+            Ok(result) => result,
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "Authenticate got no answer within {timeout:?}"
+            ))),
         }
     }
 
