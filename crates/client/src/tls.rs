@@ -511,10 +511,10 @@ where
     }
 }
 
-/// The TLS flags of rskv's command-line tools, named as etcdctl's except `--cert-key` (etcdctl's
-/// `--key`, which names the data key in `kv_client`).
+/// The TLS and auth flags of rskv's command-line tools, named as etcdctl's except `--cert-key`
+/// (etcdctl's `--key`, which names the data key in `kv_client`).
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct TlsArgs {
+pub struct SecurityArgs {
     /// Trust servers whose certificates chain to this CA bundle (PEM); turns TLS on.
     #[arg(long, global = true, env = "RSKV_CACERT")]
     pub cacert: Option<std::path::PathBuf>,
@@ -524,9 +524,28 @@ pub struct TlsArgs {
     /// The private key of `--cert` (PEM).
     #[arg(long, global = true, env = "RSKV_CERT_KEY", requires = "cert")]
     pub cert_key: Option<std::path::PathBuf>,
+    /// Authenticate as this user (`name:password`, as etcdctl's `--user`) where the cluster has
+    /// etcd's auth enabled.
+    #[arg(long, global = true, env = "RSKV_USER")]
+    pub user: Option<String>,
 }
 
-impl TlsArgs {
+impl SecurityArgs {
+    /// The TLS dialer and the credentials these flags ask for.
+    ///
+    /// # Errors
+    /// As [`SecurityArgs::dialer`], or a `--user` that is not `name:password`.
+    pub fn connection(
+        &self,
+    ) -> Result<(Option<TlsDialer>, Option<crate::auth::Credentials>), String> {
+        let credentials = self
+            .user
+            .as_deref()
+            .map(crate::auth::Credentials::parse)
+            .transpose()?;
+        Ok((self.dialer()?, credentials))
+    }
+
     /// The dialer these flags ask for; `None`: plaintext.
     ///
     /// # Errors

@@ -40,6 +40,29 @@ async fn ok(endpoint: &[String], user: Option<&str>, args: &[&str]) -> String {
         .stdout
 }
 
+/// Auth enabled with root, and alice granted `perm` (read, write, readwrite) on `a/`.
+async fn enable_with_alice(endpoint: &[String], perm: &str) {
+    ok(endpoint, None, &["user", "add", "root:rootpw"]).await;
+    ok(endpoint, None, &["auth", "enable"]).await;
+    ok(endpoint, Some(ROOT), &["user", "add", "alice:alicepw"]).await;
+    ok(endpoint, Some(ROOT), &["role", "add", "reader"]).await;
+    let grant = [
+        "role",
+        "grant-permission",
+        "reader",
+        perm,
+        "a/",
+        "--prefix=true",
+    ];
+    ok(endpoint, Some(ROOT), &grant).await;
+    ok(
+        endpoint,
+        Some(ROOT),
+        &["user", "grant-role", "alice", "reader"],
+    )
+    .await;
+}
+
 async fn fails(endpoint: &[String], user: Option<&str>, args: &[&str], message: &str) {
     run(endpoint, user, args).await.expect_error(message);
 }
@@ -317,24 +340,7 @@ async fn signed_tokens_should_be_checked_by_every_member_with_the_shared_key() {
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let follower = cluster.follower_of(leader);
     let f = vec![cluster.node(follower).addr.clone()];
-    ok(&f, None, &["user", "add", "root:rootpw"]).await;
-    ok(&f, None, &["auth", "enable"]).await;
-    ok(&f, Some(ROOT), &["user", "add", "alice:alicepw"]).await;
-    ok(&f, Some(ROOT), &["role", "add", "reader"]).await;
-    ok(
-        &f,
-        Some(ROOT),
-        &[
-            "role",
-            "grant-permission",
-            "reader",
-            "readwrite",
-            "a/",
-            "--prefix=true",
-        ],
-    )
-    .await;
-    ok(&f, Some(ROOT), &["user", "grant-role", "alice", "reader"]).await;
+    enable_with_alice(&f, "readwrite").await;
     // The follower signs alice's token and forwards her put to the leader, which checks the
     // signature with its copy of the key.
     ok(&f, Some(ALICE), &["put", "a/1", "signed"]).await;
@@ -370,24 +376,7 @@ async fn users_and_roles_should_reach_a_lagging_member_through_a_snapshot() {
     let (mut cluster, leader, lagging) =
         ProcessCluster::start_with_a_follower_down("rocksdb").await;
     let l = vec![cluster.node(leader).addr.clone()];
-    ok(&l, None, &["user", "add", "root:rootpw"]).await;
-    ok(&l, None, &["auth", "enable"]).await;
-    ok(&l, Some(ROOT), &["user", "add", "alice:alicepw"]).await;
-    ok(&l, Some(ROOT), &["role", "add", "reader"]).await;
-    ok(
-        &l,
-        Some(ROOT),
-        &[
-            "role",
-            "grant-permission",
-            "reader",
-            "read",
-            "a/",
-            "--prefix=true",
-        ],
-    )
-    .await;
-    ok(&l, Some(ROOT), &["user", "grant-role", "alice", "reader"]).await;
+    enable_with_alice(&l, "read").await;
     // Enough writes (as root, through rskv's own client) that the leader snapshots and purges
     // the log the stopped member missed: it can only catch up by installing a snapshot.
     let root = rskv_client::Client::with_options(

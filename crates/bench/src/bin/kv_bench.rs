@@ -60,12 +60,9 @@ struct Args {
     /// Comma-separated node addresses.
     #[arg(long, value_delimiter = ',', default_value = DEV_ADDR)]
     endpoints: Vec<String>,
-    /// rskv: TLS to every node.
+    /// rskv: TLS to every node, and the user to authenticate as.
     #[command(flatten)]
-    tls: rskv_client::tls::TlsArgs,
-    /// rskv: authenticate as `name:password` (a cluster with etcd's auth enabled).
-    #[arg(long)]
-    user: Option<String>,
+    security: rskv_client::tls::SecurityArgs,
     /// gRPC connections per node (rskv: all in one client; etcd: one client each).
     #[arg(long, default_value_t = 1)]
     conns: usize,
@@ -133,24 +130,12 @@ fn main() -> ExitCode {
         Read::Linearizable => Consistency::Linearizable,
         Read::Stale => Consistency::Stale,
     };
-    let tls = match args.tls.dialer() {
-        Ok(tls) => tls,
+    let (tls, credentials) = match args.security.connection() {
+        Ok(connection) => connection,
         Err(e) => {
             eprintln!("kv_bench: {e}");
             return ExitCode::from(2);
         }
-    };
-    let credentials = match args
-        .user
-        .as_deref()
-        .map(rskv_client::auth::Credentials::parse)
-    {
-        Some(Err(e)) => {
-            eprintln!("kv_bench: {e}");
-            return ExitCode::from(2);
-        }
-        Some(Ok(c)) => Some(c),
-        None => None,
     };
     let opts = BenchOptions {
         target: match args.target {

@@ -30,11 +30,7 @@ struct Args {
     #[arg(long, global = true, default_value_t = 5.0)]
     timeout: f64,
     #[command(flatten)]
-    tls: rskv_client::tls::TlsArgs,
-    /// Authenticate as this user (`name:password`, as etcdctl's `--user`) where the cluster has
-    /// etcd's auth enabled.
-    #[arg(long, global = true, env = "RSKV_USER")]
-    user: Option<String>,
+    security: rskv_client::tls::SecurityArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -163,24 +159,12 @@ fn main() -> ExitCode {
     };
     // A bad endpoint list is bad usage (exit 2), told apart from an operation that failed.
     let deadline = Duration::from_secs_f64(args.timeout);
-    let tls = match args.tls.dialer() {
-        Ok(tls) => tls,
+    let (tls, credentials) = match args.security.connection() {
+        Ok(connection) => connection,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
-    };
-    let credentials = match args
-        .user
-        .as_deref()
-        .map(rskv_client::auth::Credentials::parse)
-    {
-        Some(Err(e)) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-        Some(Ok(c)) => Some(c),
-        None => None,
     };
     let options = ClientOptions {
         deadline,
