@@ -102,19 +102,25 @@ impl KvService {
         use pb::op::Op;
         match op {
             Op::Get(r) => self.allow(md, &r.key, b"", Perm::Read),
-            Op::Put(r) => {
-                self.allow(md, &r.key, b"", Perm::Write)?;
-                if r.return_prev {
-                    self.allow(md, &r.key, b"", Perm::Read)?;
-                }
-                Ok(())
-            }
+            Op::Put(r) => self.allow_put(md, r),
             Op::Delete(r) => self.allow(md, &r.key, b"", Perm::Write),
-            Op::CompareAndSwap(r) => {
-                self.allow(md, &r.key, b"", Perm::Read)?;
-                self.allow(md, &r.key, b"", Perm::Write)
-            }
+            Op::CompareAndSwap(r) => self.allow_cas(md, r),
         }
+    }
+
+    /// A put writes its key, and reads it when it returns the previous value.
+    fn allow_put(&self, md: &MetadataMap, r: &pb::PutRequest) -> Result<()> {
+        self.allow(md, &r.key, b"", Perm::Write)?;
+        if r.return_prev {
+            self.allow(md, &r.key, b"", Perm::Read)?;
+        }
+        Ok(())
+    }
+
+    /// A compare-and-swap reads and writes its key.
+    fn allow_cas(&self, md: &MetadataMap, r: &pb::CompareAndSwapRequest) -> Result<()> {
+        self.allow(md, &r.key, b"", Perm::Read)?;
+        self.allow(md, &r.key, b"", Perm::Write)
     }
 
     fn timeout(&self) -> Duration {
@@ -571,7 +577,7 @@ impl Kv for KvService {
         let md = request.metadata().clone();
         let req = request.into_inner();
         handle("get", Some(&self.limiter), async {
-            self.allow_op(&md, &pb::op::Op::Get(req.clone()))?;
+            self.allow(&md, &req.key, b"", Perm::Read)?;
             self.do_get(req).await
         })
         .await
@@ -585,7 +591,7 @@ impl Kv for KvService {
         let md = request.metadata().clone();
         let req = request.into_inner();
         handle("put", Some(&self.limiter), async {
-            self.allow_op(&md, &pb::op::Op::Put(req.clone()))?;
+            self.allow_put(&md, &req)?;
             self.do_put(req).await
         })
         .await
@@ -599,7 +605,7 @@ impl Kv for KvService {
         let md = request.metadata().clone();
         let req = request.into_inner();
         handle("delete", Some(&self.limiter), async {
-            self.allow_op(&md, &pb::op::Op::Delete(req.clone()))?;
+            self.allow(&md, &req.key, b"", Perm::Write)?;
             self.do_delete(req).await
         })
         .await
@@ -705,7 +711,7 @@ impl Kv for KvService {
         let md = request.metadata().clone();
         let req = request.into_inner();
         handle("compare_and_swap", Some(&self.limiter), async {
-            self.allow_op(&md, &pb::op::Op::CompareAndSwap(req.clone()))?;
+            self.allow_cas(&md, &req)?;
             self.do_compare_and_swap(req).await
         })
         .await
