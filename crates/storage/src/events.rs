@@ -90,6 +90,10 @@ pub struct EventBus {
     /// revision of reads, where a live watch starts, and what watch streams wait on to read
     /// history further.
     revision: watch::Sender<i64>,
+    /// The log index the state machine has applied, with that revision: what a member that
+    /// forwarded a write waits for, so it answers only once it reflects the write (see
+    /// [`EventBus::wait_applied`]).
+    index: watch::Sender<u64>,
 }
 
 impl EventBus {
@@ -98,21 +102,41 @@ impl EventBus {
         let (live, _) = broadcast::channel(buffer.max(1));
         let (closed, _) = watch::channel(false);
         let (revision, _) = watch::channel(0);
+        let (index, _) = watch::channel(0);
         EventBus {
             live,
             closed,
             revision,
+            index,
         }
     }
 
-    /// Records the store's revision after an applied batch, a start or a snapshot install
-    /// (subscribers of [`EventBus::watch_revision`] wake when it moves).
-    pub fn revision_applied(&self, revision: i64) {
-        self.revision.send_if_modified(|current| {
-            let moved = *current != revision;
-            *current = revision;
-            moved
-        });
+    /// Records the store's revision and the applied log index after an applied batch, a start
+    /// or a snapshot install, once what they cover is readable (subscribers of
+    /// [`EventBus::watch_revision`] wake when the revision moves).
+    pub fn applied(&self, revision: i64, index: u64) {
+        fn set<T: PartialEq>(sender: &watch::Sender<T>, value: T) {
+            sender.send_if_modified(|current| {
+                let moved = *current != value;
+                *current = value;
+                moved
+            });
+        }
+        set(&self.revision, revision);
+        set(&self.index, index);
+    }
+
+    /// The log index of the last applied batch. Unlike openraft's metrics, which learn of an
+    /// apply after its responders were answered, it never lags what a client was told.
+    pub fn applied_index(&self) -> u64 {
+        *self.index.borrow()
+    }
+
+    /// Returns once the state machine has applied log index `index` (at once if it has; never
+    /// after shutdown drops the bus).
+    pub async fn wait_applied(&self, index: u64) {
+        let mut applied = self.index.subscribe();
+        let _ = applied.wait_for(|i| *i >= index).await;
     }
 
     /// The store's revision as of the last applied batch. Data read after this call is at least

@@ -507,6 +507,7 @@ impl Node {
             .layer(tower::util::MapResponseLayer::new(move |response| {
                 limits::name_message_limit(response, max_message_bytes)
             }))
+            .layer(etcd::forward::StampApplied::new(self.events.clone()))
             .add_service(kv)
             .add_service(cluster)
             .add_service(etcd_cluster)
@@ -705,13 +706,7 @@ impl Node {
 
     /// The index the local state machine has applied.
     pub fn applied_index(&self) -> u64 {
-        self.raft
-            .metrics()
-            .borrow_watched()
-            .last_applied
-            .as_ref()
-            .map(|l| l.index)
-            .unwrap_or(0)
+        crate::raft::applied_index(&self.raft)
     }
 }
 

@@ -513,6 +513,7 @@ fn apply_batch(
     }
     let events = writer.take_events();
     let revision = writer.revision();
+    let index = state.last_applied.map_or(0, |l| l.index);
     let mut system = sessions.take_changes();
     system.extend(auth.take_changes());
     let mut set = WriteSet {
@@ -524,7 +525,7 @@ fn apply_batch(
     engine.commit(set)?;
     // After the commit: an event is never seen before its change is readable.
     bus.publish(events);
-    bus.revision_applied(revision);
+    bus.applied(revision, index);
     Ok(responders)
 }
 
@@ -668,7 +669,12 @@ impl StateMachine {
         })
         .await
         .map_err(io_err)??;
-        sm.events.revision_applied(keys.meta().revision);
+        let index = sm
+            .engine
+            .applied_state()?
+            .last_applied
+            .map_or(0, |l| l.index);
+        sm.events.applied(keys.meta().revision, index);
         *sm.lock_keys()? = keys;
         sm.open_sessions.store(sessions.len(), Ordering::Relaxed);
         *sm.lock_sessions()? = sessions;
@@ -1088,7 +1094,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // Hooks cannot be given the changes a snapshot skipped over: tell them. (Watch
             // streams read history, which the snapshot carries: they go on.)
             events.reset(state.last_applied.map(|l| l.index).unwrap_or(0));
-            events.revision_applied(revision);
+            events.applied(revision, state.last_applied.map_or(0, |l| l.index));
             tracing::info!(
                 last_log_id = ?state.last_applied,
                 elapsed_ms = started.elapsed().as_millis() as u64,

@@ -10,8 +10,14 @@
 //! bouncing between nodes. The leader's answer goes back with this member's id in its header
 //! ([`Answered`]): in etcd a header names the member that answered the client, whichever member
 //! did the work.
+//!
+//! A forwarded answer also carries the leader's applied index ([`StampApplied`]), and the
+//! forwarding member waits until it has applied that far before it answers: as in etcd, where
+//! the member a client calls waits for its own apply, a client that wrote (or authenticated)
+//! through a member then reads from that member sees its write (or its token).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -27,6 +33,7 @@ use crate::node::auth::TOKEN_METADATA;
 use crate::raft::NodeId;
 use crate::raft::Raft;
 use rskv_proto::etcd::etcdserverpb as etcd;
+use rskv_storage::events::EventBus;
 use tonic::metadata::AsciiMetadataValue;
 
 /// An etcd response with a header naming the member that answered.
@@ -95,6 +102,9 @@ impl Answered for etcd::TxnResponse {
 /// gRPC metadata key set on a request one member forwarded to the leader.
 pub const FORWARDED_HEADER: &str = "rskv-etcd-forwarded";
 
+/// gRPC metadata key of the leader's applied index on its answer to a forwarded request.
+pub const APPLIED_HEADER: &str = "rskv-applied-index";
+
 /// How long a forwarded request waits for a connection to the leader.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -118,16 +128,20 @@ pub struct Forwarder {
     cached: Mutex<Option<Cached>>,
     /// TLS to the leader's client port (`[tls]`), when members serve it.
     tls: Option<rskv_client::tls::TlsDialer>,
+    /// This member's applied index, to catch up to the leader's before answering.
+    events: Arc<EventBus>,
 }
 
 impl Forwarder {
     /// A forwarder for node `id`, whose forwarded calls end after `timeout`, dialling the
-    /// leader in TLS when `tls` is set.
+    /// leader in TLS when `tls` is set, and answering once `events` shows the leader's applied
+    /// index applied here.
     pub fn new(
         id: NodeId,
         raft: Raft,
         timeout: Duration,
         tls: Option<rskv_client::tls::TlsDialer>,
+        events: Arc<EventBus>,
     ) -> Forwarder {
         Forwarder {
             id,
@@ -135,6 +149,7 @@ impl Forwarder {
             timeout,
             cached: Mutex::new(None),
             tls,
+            events,
         }
     }
 
@@ -215,8 +230,12 @@ impl Forwarder {
         if let Some(token) = token {
             request.metadata_mut().insert(TOKEN_METADATA, token);
         }
+        let started = tokio::time::Instant::now();
         match tokio::time::timeout(self.timeout, call(channel, request)).await {
             Ok(Ok(response)) => {
+                if let Some(index) = applied_index(response.metadata()) {
+                    self.catch_up(index, started).await;
+                }
                 let mut response = response.into_inner();
                 response.answered_by(self.id);
                 Ok(response)
@@ -232,6 +251,19 @@ impl Forwarder {
                 tracing::debug!(timeout = ?self.timeout, "forwarded etcd request timed out");
                 Err(EtcdError::Timeout.into())
             }
+        }
+    }
+
+    /// Waits, within the forwarded call's deadline (counted from `started`), until this member
+    /// has applied `index`, the leader's applied index when it answered. Past the deadline the
+    /// answer goes back anyway: the leader did the work; only read-your-writes here is late.
+    async fn catch_up(&self, index: u64, started: tokio::time::Instant) {
+        let left = self.timeout.saturating_sub(started.elapsed());
+        if tokio::time::timeout(left, self.events.wait_applied(index))
+            .await
+            .is_err()
+        {
+            tracing::debug!(index, "answering before applying the leader's index");
         }
     }
 
@@ -296,6 +328,84 @@ pub enum Routed<Req, Resp> {
     Here(Req),
     /// The leader answered this.
     Forwarded(Resp),
+}
+
+/// The leader's applied index on a forwarded answer.
+fn applied_index(metadata: &tonic::metadata::MetadataMap) -> Option<u64> {
+    metadata.get(APPLIED_HEADER)?.to_str().ok()?.parse().ok()
+}
+
+/// A layer of the client API server that stamps its answer to a forwarded request with this
+/// member's applied index ([`APPLIED_HEADER`]), read when the answer is ready, so after the
+/// request's own apply. Requests no member forwarded pass untouched.
+#[derive(Clone)]
+pub struct StampApplied {
+    events: Arc<EventBus>,
+}
+
+impl StampApplied {
+    /// Stamps with the applied index `events` records.
+    pub fn new(events: Arc<EventBus>) -> StampApplied {
+        StampApplied { events }
+    }
+}
+
+impl<S> tower::Layer<S> for StampApplied {
+    type Service = Stamped<S>;
+
+    fn layer(&self, inner: S) -> Stamped<S> {
+        Stamped {
+            inner,
+            events: self.events.clone(),
+        }
+    }
+}
+
+/// The service [`StampApplied`] wraps.
+#[derive(Clone)]
+pub struct Stamped<S> {
+    inner: S,
+    events: Arc<EventBus>,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for Stamped<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::Either<
+        S::Future,
+        futures::future::BoxFuture<'static, Result<S::Response, S::Error>>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        use futures::FutureExt;
+        let forwarded = request.headers().contains_key(FORWARDED_HEADER);
+        let answer = self.inner.call(request);
+        if !forwarded {
+            return futures::future::Either::Left(answer);
+        }
+        let events = self.events.clone();
+        async move {
+            let mut response = answer.await?;
+            let applied = events.applied_index();
+            response
+                .headers_mut()
+                .insert(APPLIED_HEADER, http::HeaderValue::from(applied));
+            Ok(response)
+        }
+        .boxed()
+        .right_future()
+    }
 }
 
 /// Whether another member forwarded `request` here.

@@ -46,16 +46,7 @@ pub fn cluster_id(members: impl IntoIterator<Item = NodeId>) -> u64 {
 /// machine has applied. It grows with every applied entry, as a revision grows with every write
 /// (faster: membership and session entries count too), so it orders what a client has seen.
 pub fn applied_index_revision(raft: Raft) -> RevisionSource {
-    Arc::new(move || {
-        let index = raft
-            .metrics()
-            .borrow_watched()
-            .last_applied
-            .as_ref()
-            .map(|l| l.index)
-            .unwrap_or(0);
-        i64::try_from(index).unwrap_or(i64::MAX)
-    })
+    Arc::new(move || i64::try_from(crate::raft::applied_index(&raft)).unwrap_or(i64::MAX))
 }
 
 /// Builds the headers of one member: its cluster and member ids, its Raft term, and the revision

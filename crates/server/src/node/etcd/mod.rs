@@ -96,6 +96,7 @@ impl EtcdContext {
                 node.raft.clone(),
                 timeout,
                 node.tls.client_dialer(),
+                node.events.clone(),
             )),
             raft: node.raft.clone(),
             auth: node.auth.clone(),
