@@ -434,13 +434,121 @@ impl<P, T> std::fmt::Debug for MaybeTls<P, T> {
     }
 }
 
+/// What a server knows of a connection it accepted, handed to every request on it (tonic puts
+/// it in the request's extensions): the transport's own information and, over TLS, the
+/// certificate the client presented, which the handshake verified. etcd's `client-cert-auth`
+/// takes the user name from that certificate.
+#[derive(Clone, Debug)]
+pub struct ConnInfo<I> {
+    /// The transport's information (addresses).
+    pub transport: I,
+    /// The client's verified certificate, if it presented one.
+    pub client_certificate: Option<Arc<ClientCertificate>>,
+}
+
+/// A client's verified end-entity certificate, with the name a server read from it, read once
+/// per connection rather than once per request.
+#[derive(Debug)]
+pub struct ClientCertificate {
+    der: CertificateDer<'static>,
+    name: std::sync::OnceLock<Option<String>>,
+}
+
+impl ClientCertificate {
+    /// The certificate, DER-encoded.
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    /// The name `read` finds in the certificate, read at the first call only.
+    pub fn name(&self, read: impl FnOnce(&[u8]) -> Option<String>) -> Option<&str> {
+        self.name.get_or_init(|| read(&self.der)).as_deref()
+    }
+}
+
+/// The common name (CN) in the subject of certificate `der`, as etcd reads a client's user name
+/// from it (Go's `Subject.CommonName`: the last CN when there are several). `None` for a
+/// certificate that does not parse, or without a CN in UTF8String, PrintableString or
+/// IA5String.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let der = CertificateDer::from(der);
+    let cert = webpki::EndEntityCert::try_from(&der).ok()?;
+    // Name ::= SEQUENCE OF SET OF SEQUENCE { type OID, value ANY } (webpki strips the outer
+    // SEQUENCE).
+    const SET: u8 = 0x31;
+    const SEQUENCE: u8 = 0x30;
+    const OID: u8 = 0x06;
+    const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03]; // 2.5.4.3
+    let mut name = None;
+    let mut rdns = cert.subject();
+    while !rdns.is_empty() {
+        let (SET, set, rest) = der_next(rdns)? else {
+            return None;
+        };
+        rdns = rest;
+        let mut attributes = set;
+        while !attributes.is_empty() {
+            let (SEQUENCE, attribute, rest) = der_next(attributes)? else {
+                return None;
+            };
+            attributes = rest;
+            let (OID, oid, value) = der_next(attribute)? else {
+                return None;
+            };
+            if oid != COMMON_NAME {
+                continue;
+            }
+            name = match der_next(value)? {
+                // UTF8String; PrintableString and IA5String are ASCII.
+                (0x0c | 0x13 | 0x16, text, _) => Some(String::from_utf8(text.to_vec()).ok()?),
+                _ => None,
+            };
+        }
+    }
+    name
+}
+
+/// One DER element at the start of `der`: its tag, its contents and what follows it.
+fn der_next(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at(count);
+        let len = bytes.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b));
+        (len, rest)
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
 impl<IO: Connected> Connected for MaybeTls<IO, tokio_rustls::server::TlsStream<IO>> {
-    type ConnectInfo = IO::ConnectInfo;
+    type ConnectInfo = ConnInfo<IO::ConnectInfo>;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         match self {
-            MaybeTls::Plain(io) => io.connect_info(),
-            MaybeTls::Tls(tls) => tls.get_ref().0.connect_info(),
+            MaybeTls::Plain(io) => ConnInfo {
+                transport: io.connect_info(),
+                client_certificate: None,
+            },
+            MaybeTls::Tls(tls) => {
+                let (io, session) = tls.get_ref();
+                ConnInfo {
+                    transport: io.connect_info(),
+                    client_certificate: session.peer_certificates().and_then(<[_]>::first).map(
+                        |der| {
+                            Arc::new(ClientCertificate {
+                                der: der.clone().into_owned(),
+                                name: std::sync::OnceLock::new(),
+                            })
+                        },
+                    ),
+                }
+            }
         }
     }
 }
@@ -559,5 +667,49 @@ impl SecurityArgs {
             }
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::common_name;
+
+    fn certificate(names: &[(rcgen::DnType, &str)]) -> Vec<u8> {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (kind, value) in names {
+            params.distinguished_name.push(kind.clone(), *value);
+        }
+        let key = rcgen::KeyPair::generate().expect("key");
+        params
+            .self_signed(&key)
+            .expect("certificate")
+            .der()
+            .to_vec()
+    }
+
+    #[test]
+    fn the_common_name_is_read_from_the_subject() {
+        use rcgen::DnType;
+        let cert = certificate(&[
+            (DnType::OrganizationName, "rskv"),
+            (DnType::CommonName, "alice"),
+            (DnType::CountryName, "NZ"),
+        ]);
+        assert_eq!(common_name(&cert).as_deref(), Some("alice"));
+        let cert = certificate(&[(DnType::CommonName, "Zoë")]);
+        assert_eq!(common_name(&cert).as_deref(), Some("Zoë"));
+        let cert = certificate(&[(DnType::OrganizationName, "rskv")]);
+        assert_eq!(common_name(&cert), None, "no common name");
+    }
+
+    #[test]
+    fn what_is_not_a_certificate_names_nobody() {
+        let cert = certificate(&[(rcgen::DnType::CommonName, "alice")]);
+        for cut in [0, 1, 10, cert.len() / 2, cert.len() - 1] {
+            assert_eq!(common_name(&cert[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(common_name(b"not a certificate"), None);
     }
 }

@@ -452,3 +452,66 @@ async fn users_and_roles_should_reach_a_lagging_member_through_a_snapshot() {
         "the member caught up by a snapshot"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_should_join_a_cluster_with_auth_enabled() {
+    // Admission goes over the peer port, where membership of the peer CA (here: plaintext
+    // peers, as the other tests) is the credential: no root password needed, as etcd's member
+    // add needs one. The new member then enforces the replicated users and roles.
+    let mut cluster = ProcessCluster::start(3, "memory", &[]);
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let all = cluster.endpoints();
+    enable_with_alice(&all, "read").await;
+    ok(&all, Some(ROOT), &["put", "a/x", "1"]).await;
+    ok(&all, Some(ROOT), &["put", "b/x", "2"]).await;
+
+    cluster.add_joining_node(4);
+    let client = cluster.client();
+    cluster
+        .wait("node 4 to join as a voter", SETTLE, || {
+            let client = &client;
+            async move {
+                let status = client.leader_status().await.ok()?;
+                status
+                    .members
+                    .iter()
+                    .any(|m| m.id == 4 && m.voter)
+                    .then_some(())
+            }
+        })
+        .await;
+    let n4 = vec![cluster.node(4).addr.clone()];
+    let serializable = ["get", "a/x", "--print-value-only", "--consistency=s"];
+    let got = cluster
+        .wait("node 4 to hold a/x", SETTLE, || {
+            let n4 = &n4;
+            async move {
+                let out = run(n4, Some(ALICE), &serializable).await;
+                (out.success && !out.stdout.trim().is_empty()).then_some(out.stdout)
+            }
+        })
+        .await;
+    assert_eq!(got.trim(), "1");
+    fails(
+        &n4,
+        Some(ALICE),
+        &["get", "b/x", "--consistency=s"],
+        "permission denied",
+    )
+    .await;
+    fails(
+        &n4,
+        None,
+        &["get", "a/x", "--consistency=s"],
+        "user name is empty",
+    )
+    .await;
+    // A client's own membership change still needs root.
+    fails(
+        &n4,
+        Some(ALICE),
+        &["member", "remove", "4"],
+        "permission denied",
+    )
+    .await;
+}

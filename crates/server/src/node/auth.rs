@@ -10,23 +10,40 @@
 //! codes and messages. Administration (members, compaction, defragmentation, snapshots, users
 //! and roles) needs the `root` role.
 //!
+//! A request without a token comes as the user its client certificate names (the subject's common
+//! name), when the client port requires certificates (`tls.client_cert_auth`), as etcd's
+//! `client-cert-auth`: [`CertUsers`], a layer of the client server, reads the name once per
+//! connection and hands it to the checks as the [`USER_METADATA`] of each request, removing any a
+//! client sent itself.
+//!
 //! The member that receives a request checks it against its own copy of the store; a request it
-//! forwards to the leader carries the token along, and the leader checks it again.
+//! forwards to the leader (over the peer port, which only members reach) carries the token and
+//! the certificate's user along ([`Caller`]), and the leader checks it again.
 
 use std::sync::Arc;
 
 use super::jwt::JwtKeys;
+use rskv_client::tls::common_name;
+use rskv_client::tls::ConnInfo;
 use rskv_proto::etcd::etcdserverpb as etcd;
 use rskv_proto::etcd::etcdserverpb::request_op::Request as Op;
 use rskv_storage::state_machine::auth::AuthError;
 use rskv_storage::state_machine::auth::AuthStore;
 use rskv_storage::state_machine::auth::Perm;
 use tonic::metadata::AsciiMetadataValue;
+use tonic::metadata::BinaryMetadataValue;
 use tonic::metadata::MetadataMap;
+use tonic::transport::server::TcpConnectInfo;
 use tonic::Status;
 
 /// The metadata key etcd's clients send their token in.
 pub const TOKEN_METADATA: &str = "token";
+
+/// The metadata key of the user a request without a token comes as: the common name of the
+/// client's certificate, set by [`CertUsers`] on the client port (which removes any a client
+/// sent) and carried by a forwarded request to the leader's peer port. Binary: a name may be
+/// any UTF-8.
+pub const USER_METADATA: &str = "rskv-user-bin";
 
 /// etcd's status for an auth refusal.
 pub fn auth_status(e: AuthError) -> Status {
@@ -60,9 +77,32 @@ pub fn denied(status: Status) -> crate::error::Error {
     }
 }
 
-/// The token a request carries, to forward along with it.
-pub fn token_of(metadata: &MetadataMap) -> Option<AsciiMetadataValue> {
-    metadata.get(TOKEN_METADATA).cloned()
+/// Who a request comes as, to send along with it when it is forwarded: its token and the user
+/// its client certificate names.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    token: Option<AsciiMetadataValue>,
+    user: Option<BinaryMetadataValue>,
+}
+
+impl Caller {
+    /// The caller of a request with `metadata`.
+    pub fn of(metadata: &MetadataMap) -> Caller {
+        Caller {
+            token: metadata.get(TOKEN_METADATA).cloned(),
+            user: metadata.get_bin(USER_METADATA).cloned(),
+        }
+    }
+
+    /// Puts the caller into `metadata` (of the forwarded request).
+    pub fn attach(self, metadata: &mut MetadataMap) {
+        if let Some(token) = self.token {
+            metadata.insert(TOKEN_METADATA, token);
+        }
+        if let Some(user) = self.user {
+            metadata.insert_bin(USER_METADATA, user);
+        }
+    }
 }
 
 /// Checks requests against this member's auth store.
@@ -102,7 +142,8 @@ impl Authorizer {
         self.store.token_user(token)
     }
 
-    /// The user a request comes as: `None` when auth is disabled, `Some("")` without a token.
+    /// The user a request comes as: `None` when auth is disabled; else its token's user, or
+    /// without a token its certificate's ([`USER_METADATA`]), or `Some("")` (no user).
     ///
     /// # Errors
     /// "invalid auth token" for a token no member issued, or that lapsed.
@@ -110,15 +151,19 @@ impl Authorizer {
         if !self.store.enabled() {
             return Ok(None);
         }
-        let Some(token) = metadata.get(TOKEN_METADATA) else {
-            return Ok(Some(String::new()));
-        };
-        token
-            .to_str()
-            .ok()
-            .and_then(|t| self.token_user(t))
-            .map(Some)
-            .ok_or_else(|| auth_status(AuthError::InvalidAuthToken))
+        if let Some(token) = metadata.get(TOKEN_METADATA) {
+            return token
+                .to_str()
+                .ok()
+                .and_then(|t| self.token_user(t))
+                .map(Some)
+                .ok_or_else(|| auth_status(AuthError::InvalidAuthToken));
+        }
+        let certified = metadata
+            .get_bin(USER_METADATA)
+            .and_then(|user| user.to_bytes().ok())
+            .and_then(|user| String::from_utf8(user.to_vec()).ok());
+        Ok(Some(certified.unwrap_or_default()))
     }
 
     /// Whether the request's user may do `perm` on `key`..`range_end` (etcd's conventions).
@@ -197,5 +242,81 @@ impl Authorizer {
             Some(user) if user.is_empty() => Err(auth_status(AuthError::UserEmpty)),
             _ => Ok(()),
         }
+    }
+}
+
+/// A layer of the client server: removes any [`USER_METADATA`] a client sent, and, when the port
+/// requires client certificates (`tls.client_cert_auth`) and auth is enabled, sets it on a
+/// request without a token to the common name of the connection's certificate (read once per
+/// connection), as etcd's `client-cert-auth` does.
+#[derive(Clone)]
+pub struct CertUsers {
+    auth: Authorizer,
+    /// `tls.client_cert_auth`.
+    from_certificates: bool,
+}
+
+impl CertUsers {
+    /// Names users from certificates when `from_certificates`, checking `auth` is enabled.
+    pub fn new(auth: Authorizer, from_certificates: bool) -> CertUsers {
+        CertUsers {
+            auth,
+            from_certificates,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for CertUsers {
+    type Service = CertUsersService<S>;
+
+    fn layer(&self, inner: S) -> CertUsersService<S> {
+        CertUsersService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`CertUsers`] wraps.
+#[derive(Clone)]
+pub struct CertUsersService<S> {
+    inner: S,
+    layer: CertUsers,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for CertUsersService<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        request.headers_mut().remove(USER_METADATA);
+        if self.layer.from_certificates
+            && !request.headers().contains_key(TOKEN_METADATA)
+            && self.layer.auth.store.enabled()
+        {
+            let name = request
+                .extensions()
+                .get::<ConnInfo<TcpConnectInfo>>()
+                .and_then(|info| info.client_certificate.as_ref())
+                .and_then(|cert| cert.name(common_name))
+                .map(|name| BinaryMetadataValue::from_bytes(name.as_bytes()));
+            if let Some(name) = name {
+                let mut metadata = MetadataMap::from_headers(std::mem::take(request.headers_mut()));
+                metadata.insert_bin(USER_METADATA, name);
+                *request.headers_mut() = metadata.into_headers();
+            }
+        }
+        self.inner.call(request)
     }
 }

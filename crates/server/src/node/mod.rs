@@ -8,6 +8,7 @@
 //! shuts openraft down. Tests call both with a pre-bound loopback
 //! listener on port 0 and a oneshot as the shutdown signal; the binary passes Ctrl-C/SIGTERM.
 
+pub mod admission;
 pub mod auth;
 pub mod cluster_service;
 pub mod compactor;
@@ -63,6 +64,7 @@ use rskv_proto::etcd::v3electionpb::election_server::ElectionServer as EtcdElect
 use rskv_proto::etcd::v3lockpb::lock_server::LockServer as EtcdLockServer;
 use rskv_proto::kv::cluster_server::ClusterServer;
 use rskv_proto::kv::kv_server::KvServer;
+use rskv_proto::raft::admission_server::AdmissionServer;
 use rskv_proto::raft::raft_server::RaftServer;
 use rskv_storage::events::EventBus;
 use rskv_storage::log_throttle::LogThrottle;
@@ -267,10 +269,7 @@ impl Node {
             let auth = auth::Authorizer::new(state_machine.auth(), jwt);
             let network = NetworkFactory::new(
                 config.raft.snapshot_chunk_bytes as usize,
-                rskv_client::transport::Dial {
-                    source_ip: config.peer_source_ip,
-                    tls: tls.peer_dialer(),
-                },
+                peer_dial(&config, &tls),
                 config.peer_liveness(),
             );
             // A node that had acknowledged a leader stays out of elections for a lease after
@@ -419,11 +418,14 @@ impl Node {
         let events = self.events.clone();
         let etcd_context =
             etcd::EtcdContext::new(&self).with_revision_source(Arc::new(move || events.revision()));
-        let etcd_cluster = EtcdClusterServer::new(etcd::cluster::EtcdClusterService::new(
+        let etcd_cluster_service = Arc::new(etcd::cluster::EtcdClusterService::new(
             etcd_context.clone(),
             membership::MembershipAdmin::new(self.clone()),
-        ))
-        .max_decoding_message_size(limits.max_message_bytes);
+        ));
+        let etcd_cluster = || {
+            EtcdClusterServer::from_arc(etcd_cluster_service.clone())
+                .max_decoding_message_size(limits.max_message_bytes)
+        };
         let etcd_maintenance =
             EtcdMaintenanceServer::new(etcd::maintenance::EtcdMaintenanceService::new(
                 etcd_context.clone(),
@@ -440,9 +442,11 @@ impl Node {
             self.reads.clone(),
             view.clone(),
         ));
-        let etcd_kv = EtcdKvServer::from_arc(etcd_kv_service.clone())
-            .max_decoding_message_size(limits.max_message_bytes)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let etcd_kv = || {
+            EtcdKvServer::from_arc(etcd_kv_service.clone())
+                .max_decoding_message_size(limits.max_message_bytes)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        };
         let etcd_watch = EtcdWatchServer::new(etcd::watch::EtcdWatch::new(
             etcd_context.clone(),
             view.clone(),
@@ -469,24 +473,29 @@ impl Node {
                 view.clone(),
             )
         }));
-        let etcd_lease = EtcdLeaseServer::from_arc(etcd_lease_service.clone())
-            .max_decoding_message_size(limits.max_message_bytes);
+        let etcd_lease = || {
+            EtcdLeaseServer::from_arc(etcd_lease_service.clone())
+                .max_decoding_message_size(limits.max_message_bytes)
+        };
         // etcd's Lock and Election: its concurrency recipes over the services above. Their tasks
         // (undoing canceled requests, serving Observe streams) are waited for at shutdown.
         let recipe_tasks = tokio_util::task::TaskTracker::new();
         let recipes = etcd::concurrency::Recipes::new(
-            etcd_kv_service,
-            etcd_lease_service,
+            etcd_kv_service.clone(),
+            etcd_lease_service.clone(),
             view,
             self.events.clone(),
             recipe_tasks.clone(),
         );
-        let etcd_auth = EtcdAuthServer::new(etcd::auth::EtcdAuth::new(
+        let etcd_auth_service = Arc::new(etcd::auth::EtcdAuth::new(
             etcd_context.clone(),
             self.proposer.clone(),
             self.config.auth.bcrypt_cost,
-        ))
-        .max_decoding_message_size(limits.max_message_bytes);
+        ));
+        let etcd_auth = || {
+            EtcdAuthServer::from_arc(etcd_auth_service.clone())
+                .max_decoding_message_size(limits.max_message_bytes)
+        };
         let etcd_lock = EtcdLockServer::new(etcd::lock::EtcdLock::new(recipes.clone()))
             .max_decoding_message_size(limits.max_message_bytes);
         let etcd_election = EtcdElectionServer::new(etcd::election::EtcdElection::new(
@@ -507,15 +516,18 @@ impl Node {
             .layer(tower::util::MapResponseLayer::new(move |response| {
                 limits::name_message_limit(response, max_message_bytes)
             }))
-            .layer(etcd::forward::StampApplied::new(self.events.clone()))
+            .layer(auth::CertUsers::new(
+                self.auth.clone(),
+                self.config.tls.client_cert_auth,
+            ))
             .add_service(kv)
             .add_service(cluster)
-            .add_service(etcd_cluster)
+            .add_service(etcd_cluster())
             .add_service(etcd_maintenance)
-            .add_service(etcd_kv)
+            .add_service(etcd_kv())
             .add_service(etcd_watch)
-            .add_service(etcd_lease)
-            .add_service(etcd_auth)
+            .add_service(etcd_lease())
+            .add_service(etcd_auth())
             .add_service(etcd_lock)
             .add_service(etcd_election)
             .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
@@ -534,8 +546,19 @@ impl Node {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let stop = peer_stop.clone();
+        // The etcd services followers forward to the leader, on the port only members reach
+        // (etcd/forward.rs), each answer stamped with the applied index the follower waits for.
         let peer_server = peer_server(self.config.peer_liveness())
+            .layer(etcd::forward::StampApplied::new(self.events.clone()))
             .add_service(raft)
+            .add_service(AdmissionServer::new(admission::AdmissionService::new(
+                etcd_context.clone(),
+                membership::MembershipAdmin::new(self.clone()),
+            )))
+            .add_service(etcd_kv())
+            .add_service(etcd_lease())
+            .add_service(etcd_cluster())
+            .add_service(etcd_auth())
             .serve_with_incoming_shutdown(
                 tls::tls_incoming(
                     peer_incoming(listeners.peer),
@@ -704,6 +727,11 @@ impl Node {
         QuorumState::of(&self.raft, self.config.raft.election_timeout_max_ms)
     }
 
+    /// How this node dials other members' peer ports (Raft, forwarded etcd requests).
+    pub fn peer_dial(&self) -> rskv_client::transport::Dial {
+        peer_dial(&self.config, &self.tls)
+    }
+
     /// The index the local state machine has applied.
     pub fn applied_index(&self) -> u64 {
         crate::raft::applied_index(&self.raft)
@@ -822,10 +850,19 @@ fn peer_incoming(
     })
 }
 
-/// Asks the cluster named by `cluster.join` to add this node as a learner, then to promote it
-/// once it has caught up; retries (with backoff) until it succeeds or the node stops.
+/// How a node with `config` dials other members' peer ports: from `peer_source_ip`, in peer TLS.
+fn peer_dial(config: &Config, tls: &tls::NodeTls) -> rskv_client::transport::Dial {
+    rskv_client::transport::Dial {
+        source_ip: config.peer_source_ip,
+        tls: tls.peer_dialer(),
+    }
+}
+
+/// Asks the cluster named by `cluster.join` to admit this node over the peer port
+/// ([`admission`]): as a learner, then as a voter once it has caught up; retries (with backoff)
+/// until it succeeds or the node stops. The join addresses are client addresses: the leader's
+/// `Status` there (which needs no user) names the members' peer addresses.
 async fn join_cluster(node: Arc<Node>) {
-    use rskv_client::ClientError;
     static JOIN_FAILED: LogThrottle = LogThrottle::every_interval();
     static PROMOTE_FAILED: LogThrottle = LogThrottle::every_interval();
     let info = match node.config.node_info() {
@@ -849,17 +886,22 @@ async fn join_cluster(node: Arc<Node>) {
     };
     let mut backoff = Duration::from_millis(200);
     loop {
-        match client
-            .add_learner(node.id, &info.addr, &info.peer_addr)
-            .await
-        {
+        match admit(&node, &client, &info, false).await {
             Ok(_) => break,
-            Err(ClientError::InvalidArgument(why)) => {
-                tracing::error!(%why, "the cluster refused to add this node; not retrying");
+            Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                tracing::error!(
+                    why = s.message(),
+                    "the cluster refused to add this node; not retrying"
+                );
                 return;
             }
-            Err(e) => {
-                rskv_storage::warn_throttled!(JOIN_FAILED, 0, error = %e, "join: adding as learner failed; retrying");
+            Err(s) => {
+                rskv_storage::warn_throttled!(
+                    JOIN_FAILED,
+                    0,
+                    error = s.message(),
+                    "join: adding as learner failed; retrying"
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -867,21 +909,88 @@ async fn join_cluster(node: Arc<Node>) {
     }
     tracing::info!("joined as learner; catching up before promotion");
     loop {
-        match client.promote(node.id).await {
+        match admit(&node, &client, &info, true).await {
             Ok(_) => {
                 tracing::info!("promoted to voter");
                 return;
             }
-            Err(ClientError::Status(s)) if s.code() == tonic::Code::FailedPrecondition => {
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
                 tracing::debug!(reason = s.message(), "still catching up");
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
-            Err(e) => {
-                rskv_storage::warn_throttled!(PROMOTE_FAILED, 0, error = %e, "join: promotion failed; retrying");
+            Err(s) => {
+                rskv_storage::warn_throttled!(
+                    PROMOTE_FAILED,
+                    0,
+                    error = s.message(),
+                    "join: promotion failed; retrying"
+                );
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
+}
+
+/// How long one admission may take (a membership change commits in well under that).
+const ADMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Asks the members `client` finds to admit `node` (as a voter when `promote`), the leader
+/// first, over their peer ports.
+///
+/// # Errors
+/// The refusal (INVALID_ARGUMENT: never admissible; FAILED_PRECONDITION: not caught up yet), or
+/// the last member's failure when none answered.
+async fn admit(
+    node: &Node,
+    client: &rskv_client::Client,
+    info: &crate::raft::NodeInfo,
+    promote: bool,
+) -> std::result::Result<rskv_proto::raft::AdmitResponse, tonic::Status> {
+    use rskv_proto::raft::admission_client::AdmissionClient;
+    let status = client
+        .leader_status()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("no leader found to ask: {e}")))?;
+    let mut members: Vec<_> = status.members.iter().filter(|m| m.id != node.id).collect();
+    members.sort_by_key(|m| Some(m.id) != status.leader_id);
+    let mut failed = tonic::Status::unavailable("the cluster has no other member to ask");
+    for member in members {
+        let channel = node
+            .config
+            .peer_liveness()
+            .channel(&member.peer_addr, node.peer_dial())
+            .map_err(tonic::Status::invalid_argument)?;
+        let mut request = tonic::Request::new(rskv_proto::raft::AdmitRequest {
+            id: node.id,
+            addr: info.addr.clone(),
+            peer_addr: info.peer_addr.clone(),
+            promote,
+        });
+        request.set_timeout(ADMIT_TIMEOUT);
+        match AdmissionClient::new(channel).admit(request).await {
+            Ok(answer) => return Ok(answer.into_inner()),
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition
+                ) =>
+            {
+                return Err(s)
+            }
+            Err(s) => {
+                failed = tonic::Status::new(
+                    s.code(),
+                    format!(
+                        "member {} at {}: {}",
+                        member.id,
+                        member.peer_addr,
+                        s.message()
+                    ),
+                );
+            }
+        }
+    }
+    Err(failed)
 }
 
 /// Maps a failed Raft proposal (client write or membership change) to the node error: NOT_LEADER

@@ -81,7 +81,7 @@ impl PeerLiveness {
     }
 
     /// A lazily-connecting channel to peer `addr`, as [`lazy_channel`] but with these timeouts.
-    fn channel(&self, addr: &str, dial: Dial) -> Result<Channel, String> {
+    pub fn channel(&self, addr: &str, dial: Dial) -> Result<Channel, String> {
         channel(
             addr,
             self.connect_timeout,

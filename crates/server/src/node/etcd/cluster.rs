@@ -193,7 +193,7 @@ impl EtcdClusterService {
         request: Request<etcd::MemberRemoveRequest>,
     ) -> Result<etcd::MemberRemoveResponse, Status> {
         let forwarded = super::forward::is_forwarded(&request);
-        let token = crate::node::auth::token_of(request.metadata());
+        let caller = crate::node::auth::Caller::of(request.metadata());
         let call = |ch, r| async move { Client::new(ch).member_remove(r).await };
         let req = match self.ctx.forwarder().to_leader(request, call).await? {
             Routed::Here(req) => req,
@@ -213,7 +213,7 @@ impl EtcdClusterService {
                     .ok_or_else(|| Status::from(EtcdError::LeaderChanged))?;
                 self.ctx
                     .forwarder()
-                    .forward(ch, req, token, |ch, r| async move {
+                    .forward(ch, req, caller, |ch, r| async move {
                         Client::new(ch).member_remove(r).await
                     })
                     .await

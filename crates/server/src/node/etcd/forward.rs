@@ -3,8 +3,12 @@
 //! rskv's own API answers NOT_LEADER naming the leader and its client follows the hint; etcd's
 //! clients follow no redirect, so every member must answer. A service that needs the leader asks
 //! [`Forwarder::route`] where a request goes: `None` means serve it here (this node leads),
-//! `Some(channel)` is a channel to the leader's client address (its `NodeInfo.addr` in the
-//! membership), cached and re-created when the leader changes. [`Forwarder::forward`] then
+//! `Some(channel)` is a channel to the leader's peer address (its `NodeInfo.peer_addr` in the
+//! membership), dialled as the Raft transport dials (peer TLS, `peer_source_ip`), cached and
+//! re-created when the leader changes. The leader serves the etcd services a follower forwards
+//! on its peer port as well as on its client port: only members reach the peer port (peer
+//! mutual TLS), so the leader can take the caller a follower names ([`Caller`]: the client's
+//! token, or the user its certificate named) as the follower established it. [`Forwarder::forward`] then
 //! makes the call with a deadline, marked as forwarded, so a request that lands on a node that
 //! lost leadership meanwhile is answered "leader changed" (the client retries) rather than
 //! bouncing between nodes. The leader's answer goes back with this member's id in its header
@@ -28,13 +32,13 @@ use tonic::Request;
 use tonic::Status;
 
 use super::errors::EtcdError;
-use crate::node::auth::token_of;
-use crate::node::auth::TOKEN_METADATA;
+use crate::node::auth::Caller;
+use crate::raft::network::PeerLiveness;
 use crate::raft::NodeId;
 use crate::raft::Raft;
+use rskv_client::transport::Dial;
 use rskv_proto::etcd::etcdserverpb as etcd;
 use rskv_storage::events::EventBus;
-use tonic::metadata::AsciiMetadataValue;
 
 /// An etcd response with a header naming the member that answered.
 pub trait Answered {
@@ -105,9 +109,6 @@ pub const FORWARDED_HEADER: &str = "rskv-etcd-forwarded";
 /// gRPC metadata key of the leader's applied index on its answer to a forwarded request.
 pub const APPLIED_HEADER: &str = "rskv-applied-index";
 
-/// How long a forwarded request waits for a connection to the leader.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// The channel to the leader, cached while that node leads at that address.
 struct Cached {
     leader: NodeId,
@@ -126,21 +127,23 @@ pub struct Forwarder {
     timeout: Duration,
     /// The current leader's channel; replaced when the leader or its address changes.
     cached: Mutex<Option<Cached>>,
-    /// TLS to the leader's client port (`[tls]`), when members serve it.
-    tls: Option<rskv_client::tls::TlsDialer>,
+    /// How the leader's peer port is dialled: as the Raft transport does.
+    dial: Dial,
+    /// When a connection to the leader counts as dead (the Raft transport's timeouts).
+    liveness: PeerLiveness,
     /// This member's applied index, to catch up to the leader's before answering.
     events: Arc<EventBus>,
 }
 
 impl Forwarder {
     /// A forwarder for node `id`, whose forwarded calls end after `timeout`, dialling the
-    /// leader in TLS when `tls` is set, and answering once `events` shows the leader's applied
-    /// index applied here.
+    /// leader's peer port as `dial` says with `liveness`, and answering once `events` shows the
+    /// leader's applied index applied here.
     pub fn new(
         id: NodeId,
         raft: Raft,
         timeout: Duration,
-        tls: Option<rskv_client::tls::TlsDialer>,
+        (dial, liveness): (Dial, PeerLiveness),
         events: Arc<EventBus>,
     ) -> Forwarder {
         Forwarder {
@@ -148,7 +151,8 @@ impl Forwarder {
             raft,
             timeout,
             cached: Mutex::new(None),
-            tls,
+            dial,
+            liveness,
             events,
         }
     }
@@ -171,7 +175,7 @@ impl Forwarder {
                 m.membership_config
                     .membership()
                     .get_node(&id)
-                    .map(|n| n.addr.clone())
+                    .map(|n| n.peer_addr.clone())
             });
             (m.state, m.current_leader, addr)
         };
@@ -204,8 +208,8 @@ impl Forwarder {
 
     /// Calls the leader over `channel` with `message`: `call` makes the RPC (e.g.
     /// `|ch, req| async move { ClusterClient::new(ch).member_list(req).await }`). The request
-    /// carries the deadline, the forwarded mark and the client's auth `token` (the leader checks
-    /// it again); the leader's answer is returned with this member's id in its header.
+    /// carries the deadline, the forwarded mark and the `caller` (the leader checks it again);
+    /// the leader's answer is returned with this member's id in its header.
     ///
     /// # Errors
     /// The leader's status; "etcdserver: request timed out" when no answer came in time.
@@ -213,7 +217,7 @@ impl Forwarder {
         &self,
         channel: Channel,
         message: Req,
-        token: Option<AsciiMetadataValue>,
+        caller: Caller,
         call: F,
     ) -> Result<Resp, Status>
     where
@@ -227,9 +231,7 @@ impl Forwarder {
             FORWARDED_HEADER,
             tonic::metadata::MetadataValue::from_static("1"),
         );
-        if let Some(token) = token {
-            request.metadata_mut().insert(TOKEN_METADATA, token);
-        }
+        caller.attach(request.metadata_mut());
         let started = tokio::time::Instant::now();
         match tokio::time::timeout(self.timeout, call(channel, request)).await {
             Ok(Ok(response)) => {
@@ -286,8 +288,8 @@ impl Forwarder {
         match self.route(&request)? {
             None => Ok(Routed::Here(request.into_inner())),
             Some(channel) => {
-                let token = token_of(request.metadata());
-                self.forward(channel, request.into_inner(), token, call)
+                let caller = Caller::of(request.metadata());
+                self.forward(channel, request.into_inner(), caller, call)
                     .await
                     .map(Routed::Forwarded)
             }
@@ -302,9 +304,11 @@ impl Forwarder {
                 return Ok(c.channel.clone());
             }
         }
-        let channel = rskv_client::transport::lazy_channel(addr, CONNECT_TIMEOUT, self.tls.clone())
+        let channel = self
+            .liveness
+            .channel(addr, self.dial.clone())
             .map_err(|why| {
-                tracing::warn!(leader, addr, %why, "cannot dial the leader's client address");
+                tracing::warn!(leader, addr, %why, "cannot dial the leader's peer address");
                 Status::from(EtcdError::NoLeader)
             })?;
         tracing::debug!(leader, addr, "etcd forwarding: new channel to the leader");

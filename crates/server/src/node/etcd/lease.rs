@@ -366,7 +366,7 @@ impl Lease for EtcdLease {
         match self.ctx.forwarder().route(&request)? {
             Some(channel) => {
                 // A follower pipes the stream to the leader, whose clock it is.
-                let token = crate::node::auth::token_of(request.metadata());
+                let caller = crate::node::auth::Caller::of(request.metadata());
                 let inbound = request
                     .into_inner()
                     .filter_map(|r| futures::future::ready(r.ok()));
@@ -375,11 +375,7 @@ impl Lease for EtcdLease {
                     super::forward::FORWARDED_HEADER,
                     tonic::metadata::MetadataValue::from_static("1"),
                 );
-                if let Some(token) = token {
-                    outbound
-                        .metadata_mut()
-                        .insert(crate::node::auth::TOKEN_METADATA, token);
-                }
+                caller.attach(outbound.metadata_mut());
                 let me = self.ctx.member_id();
                 let replies = LeaseClient::new(channel)
                     .lease_keep_alive(outbound)

@@ -95,7 +95,7 @@ impl EtcdContext {
                 node.id,
                 node.raft.clone(),
                 timeout,
-                node.tls.client_dialer(),
+                (node.peer_dial(), node.config.peer_liveness()),
                 node.events.clone(),
             )),
             raft: node.raft.clone(),
