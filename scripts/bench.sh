@@ -24,7 +24,8 @@
 #                                         # 3-node cluster of this build with mutual TLS on both
 #                                         # ports (a kv_certs CA) and etcd's auth enabled, loaded
 #                                         # by a user whose role grants readwrite on the bench
-#                                         # keys; ratio plain / TLS+auth
+#                                         # keys; ratio plain / TLS+auth. SECURE=tls: the same
+#                                         # without auth (what TLS alone costs)
 #   ETCD_API=1 scripts/bench.sh           # rskv through its etcd API: both systems driven by
 #                                         # kv_bench --target etcd (the etcd-client crate) at
 #                                         # their leader; rows put, get-linearizable,
@@ -209,7 +210,7 @@ RSKV_ALL="$RSKV"
 wait_ready rskv "$RSKV"
 pick_rskv_leader
 [[ -n "$BASELINE" ]] && wait_ready rskv "$BASE_RSKV" "${BASE_BENCH[@]}"
-if [[ -n "$SECURE" ]]; then
+if [[ -n "$SECURE" && "$SECURE" != tls ]]; then
     # etcd's auth on the secure cluster: a user whose role grants readwrite on the bench keys
     # (zero-padded numbers), so every request takes the permission check, not root's shortcut.
     E=(env ETCDCTL_API=3 etcdctl --endpoints "$BASE_RSKV" --cacert "$T/rskv-ca.pem" --cert "$T/client.pem" --key "$T/client-key.pem")
@@ -250,6 +251,9 @@ fi
 if [[ -n "$AB" ]]; then
     B_NAME="rskv $AB" B_COL="B op/s"
     echo "B: rskv driven with kv_bench $AB" | tee "$OUT/table.txt"
+elif [[ "$SECURE" == tls ]]; then
+    B_NAME="rskv tls" B_COL="tls op/s"
+    echo "B: a second cluster of this build in mutual TLS, auth disabled (ratio: plain / TLS)" | tee "$OUT/table.txt"
 elif [[ -n "$SECURE" ]]; then
     B_NAME="rskv tls+auth" B_COL="secure op/s"
     echo "B: a second cluster of this build in mutual TLS with etcd's auth enabled (ratio: plain / TLS+auth)" | tee "$OUT/table.txt"

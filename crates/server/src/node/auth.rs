@@ -136,7 +136,7 @@ impl Authorizer {
             if token.contains('.') {
                 return jwt
                     .verify(token)
-                    .filter(|user| self.store.user(user).is_some());
+                    .filter(|user| self.store.has_user(user));
             }
         }
         self.store.token_user(token)

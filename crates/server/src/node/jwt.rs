@@ -4,9 +4,13 @@
 //! through the log instead; see [`rskv_storage::state_machine::auth`]).
 //!
 //! The spec is etcd's: `jwt,priv-key=PATH,sign-method=ES256[,ttl=5m][,pub-key=PATH]`, the key a
-//! PKCS#8 PEM file (an EC P-256 key for ES256, an RSA key for RS256). The public key is derived
-//! from the private one; `pub-key` is accepted for etcd compatibility and not read. Signing and
-//! checking use ring, which rustls already brings.
+//! PKCS#8 PEM file of the method's kind: EC P-256 or P-384 for ES256 and ES384, RSA for RS256,
+//! RS384, RS512, PS256, PS384 and PS512, Ed25519 for EdDSA (ES512 and the HMAC methods are not
+//! offered: ring has no P-521, and a shared secret would be a second key to distribute). The
+//! public key is derived from the private one; `pub-key` is accepted for etcd compatibility and
+//! not read. Signing and checking use ring, which rustls already brings. A token checked once is
+//! remembered until it expires, so a client's requests after the first cost a map lookup, not a
+//! signature check.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,8 +18,13 @@ use std::time::SystemTime;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use std::collections::HashMap;
+use std::sync::RwLock;
+
 use ring::rand::SystemRandom;
+use ring::signature;
 use ring::signature::EcdsaKeyPair;
+use ring::signature::Ed25519KeyPair;
 use ring::signature::KeyPair;
 use ring::signature::RsaKeyPair;
 use ring::signature::UnparsedPublicKey;
@@ -30,7 +39,7 @@ pub enum TokenSpec {
     Jwt {
         /// The PKCS#8 PEM private key.
         key: PathBuf,
-        /// `ES256` or `RS256`.
+        /// One of [`METHODS`].
         method: String,
         /// How long a token is valid.
         ttl: Duration,
@@ -47,7 +56,9 @@ impl TokenSpec {
         match parts.next() {
             Some("simple") if parts.next().is_none() => return Ok(TokenSpec::Simple),
             Some("jwt") => {}
-            _ => return Err(format!("`{spec}`: expected simple or jwt,priv-key=PATH,sign-method=ES256|RS256[,ttl=DURATION]")),
+            _ => return Err(format!(
+                "`{spec}`: expected simple or jwt,priv-key=PATH,sign-method=METHOD[,ttl=DURATION]"
+            )),
         }
         let (mut key, mut method, mut ttl) = (None, None, Duration::from_secs(300));
         for part in parts {
@@ -60,10 +71,10 @@ impl TokenSpec {
             }
         }
         let key = key.ok_or("jwt needs priv-key=PATH")?;
-        let method = method.ok_or("jwt needs sign-method=ES256 or RS256")?;
-        if !["ES256", "RS256"].contains(&method.as_str()) {
+        let method = method.ok_or_else(|| format!("jwt needs sign-method, one of {METHODS:?}"))?;
+        if !METHODS.contains(&method.as_str()) {
             return Err(format!(
-                "sign-method `{method}`: ES256 and RS256 are supported"
+                "sign-method `{method}`: one of {METHODS:?} is supported"
             ));
         }
         Ok(TokenSpec::Jwt { key, method, ttl })
@@ -91,16 +102,34 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// The signing methods offered (etcd's names).
+pub const METHODS: [&str; 9] = [
+    "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA",
+];
+
+/// A loaded key with what signs and checks with it.
 enum Key {
-    Es256(EcdsaKeyPair),
-    Rs256(RsaKeyPair),
+    Ecdsa(EcdsaKeyPair, &'static signature::EcdsaVerificationAlgorithm),
+    Rsa(
+        RsaKeyPair,
+        &'static dyn signature::RsaEncoding,
+        &'static signature::RsaParameters,
+    ),
+    Ed25519(Ed25519KeyPair),
 }
+
+/// How many checked tokens are remembered; past it the memory starts afresh.
+const CHECKED_CAPACITY: usize = 4096;
 
 /// Signs and checks tokens with one key.
 pub struct JwtKeys {
     key: Key,
+    /// The method's name, the `alg` of the tokens' header.
+    alg: &'static str,
     ttl: Duration,
     rng: SystemRandom,
+    /// Tokens whose signature checked: the user and the expiry (seconds since the epoch).
+    checked: RwLock<HashMap<String, (String, u64)>>,
 }
 
 impl std::fmt::Debug for JwtKeys {
@@ -129,29 +158,73 @@ impl JwtKeys {
             _ => return Err(format!("{}: the jwt key must be PKCS#8", key.display())),
         };
         let rng = SystemRandom::new();
-        let bad = |e: String| format!("{}: not a {method} key: {e}", key.display());
-        let key = match method {
-            "ES256" => Key::Es256(
-                EcdsaKeyPair::from_pkcs8(
-                    &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-                    der.secret_pkcs8_der(),
-                    &rng,
-                )
-                .map_err(|e| bad(e.to_string()))?,
+        let bad = |e: &dyn std::fmt::Display| format!("{}: not a {method} key: {e}", key.display());
+        let pkcs8 = der.secret_pkcs8_der();
+        let ecdsa = |signing, verifying| {
+            EcdsaKeyPair::from_pkcs8(signing, pkcs8, &rng)
+                .map(|pair| Key::Ecdsa(pair, verifying))
+                .map_err(|e| bad(&e))
+        };
+        let rsa = |encoding, verifying| {
+            RsaKeyPair::from_pkcs8(pkcs8)
+                .map(|pair| Key::Rsa(pair, encoding, verifying))
+                .map_err(|e| bad(&e))
+        };
+        use ring::signature as s;
+        let (alg, key) = match method {
+            "ES256" => (
+                "ES256",
+                ecdsa(
+                    &s::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    &s::ECDSA_P256_SHA256_FIXED,
+                )?,
             ),
-            "RS256" => Key::Rs256(
-                RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()).map_err(|e| bad(e.to_string()))?,
+            "ES384" => (
+                "ES384",
+                ecdsa(
+                    &s::ECDSA_P384_SHA384_FIXED_SIGNING,
+                    &s::ECDSA_P384_SHA384_FIXED,
+                )?,
+            ),
+            "RS256" => (
+                "RS256",
+                rsa(&s::RSA_PKCS1_SHA256, &s::RSA_PKCS1_2048_8192_SHA256)?,
+            ),
+            "RS384" => (
+                "RS384",
+                rsa(&s::RSA_PKCS1_SHA384, &s::RSA_PKCS1_2048_8192_SHA384)?,
+            ),
+            "RS512" => (
+                "RS512",
+                rsa(&s::RSA_PKCS1_SHA512, &s::RSA_PKCS1_2048_8192_SHA512)?,
+            ),
+            "PS256" => (
+                "PS256",
+                rsa(&s::RSA_PSS_SHA256, &s::RSA_PSS_2048_8192_SHA256)?,
+            ),
+            "PS384" => (
+                "PS384",
+                rsa(&s::RSA_PSS_SHA384, &s::RSA_PSS_2048_8192_SHA384)?,
+            ),
+            "PS512" => (
+                "PS512",
+                rsa(&s::RSA_PSS_SHA512, &s::RSA_PSS_2048_8192_SHA512)?,
+            ),
+            "EdDSA" => (
+                "EdDSA",
+                Key::Ed25519(
+                    Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8).map_err(|e| bad(&e))?,
+                ),
             ),
             other => return Err(format!("sign-method `{other}` is not supported")),
         };
-        Ok(JwtKeys { key, ttl, rng })
-    }
-
-    fn alg(&self) -> &'static str {
-        match self.key {
-            Key::Es256(_) => "ES256",
-            Key::Rs256(_) => "RS256",
-        }
+        Ok(JwtKeys {
+            key,
+            alg,
+            ttl,
+            rng,
+            checked: RwLock::new(HashMap::new()),
+        })
     }
 
     /// A token for `user` as of auth `revision`, valid for the configured TTL.
@@ -159,7 +232,7 @@ impl JwtKeys {
     /// # Errors
     /// When signing fails (it does not with a loaded key).
     pub fn sign(&self, user: &str, revision: u64) -> Result<String, String> {
-        let header = serde_json::json!({"alg": self.alg(), "typ": "JWT"});
+        let header = serde_json::json!({"alg": self.alg, "typ": "JWT"});
         let claims = serde_json::json!({
             "username": user,
             "revision": revision,
@@ -170,23 +243,20 @@ impl JwtKeys {
             URL_SAFE_NO_PAD.encode(header.to_string()),
             URL_SAFE_NO_PAD.encode(claims.to_string())
         );
+        let message = signing_input.as_bytes();
         let signature = match &self.key {
-            Key::Es256(k) => k
-                .sign(&self.rng, signing_input.as_bytes())
+            Key::Ecdsa(k, _) => k
+                .sign(&self.rng, message)
                 .map_err(|e| format!("signing failed: {e}"))?
                 .as_ref()
                 .to_vec(),
-            Key::Rs256(k) => {
+            Key::Rsa(k, encoding, _) => {
                 let mut sig = vec![0u8; k.public().modulus_len()];
-                k.sign(
-                    &ring::signature::RSA_PKCS1_SHA256,
-                    &self.rng,
-                    signing_input.as_bytes(),
-                    &mut sig,
-                )
-                .map_err(|e| format!("signing failed: {e}"))?;
+                k.sign(*encoding, &self.rng, message, &mut sig)
+                    .map_err(|e| format!("signing failed: {e}"))?;
                 sig
             }
+            Key::Ed25519(k) => k.sign(message).as_ref().to_vec(),
         };
         Ok(format!(
             "{signing_input}.{}",
@@ -196,33 +266,55 @@ impl JwtKeys {
 
     /// The user a token names, if it carries this key's signature and has not expired.
     pub fn verify(&self, token: &str) -> Option<String> {
+        let now = now_secs();
+        if let Some((user, exp)) = self
+            .checked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+        {
+            return (*exp > now).then(|| user.clone());
+        }
+        let (user, exp) = self.check_signature(token)?;
+        if exp <= now {
+            return None;
+        }
+        let mut checked = self.checked.write().unwrap_or_else(|p| p.into_inner());
+        if checked.len() >= CHECKED_CAPACITY {
+            checked.retain(|_, (_, exp)| *exp > now);
+            if checked.len() >= CHECKED_CAPACITY {
+                checked.clear();
+            }
+        }
+        checked.insert(token.to_string(), (user.clone(), exp));
+        Some(user)
+    }
+
+    /// The user and expiry a token names, if it carries this key's signature.
+    fn check_signature(&self, token: &str) -> Option<(String, u64)> {
         let (signing_input, signature) = token.rsplit_once('.')?;
         let (header, claims) = signing_input.split_once('.')?;
         let signature = URL_SAFE_NO_PAD.decode(signature).ok()?;
         let header: serde_json::Value =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).ok()?).ok()?;
-        if header.get("alg")?.as_str()? != self.alg() {
+        if header.get("alg")?.as_str()? != self.alg {
             return None;
         }
+        let message = signing_input.as_bytes();
         let checked = match &self.key {
-            Key::Es256(k) => UnparsedPublicKey::new(
-                &ring::signature::ECDSA_P256_SHA256_FIXED,
-                k.public_key().as_ref(),
-            )
-            .verify(signing_input.as_bytes(), &signature),
-            Key::Rs256(k) => UnparsedPublicKey::new(
-                &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-                k.public().as_ref(),
-            )
-            .verify(signing_input.as_bytes(), &signature),
+            Key::Ecdsa(k, verifying) => UnparsedPublicKey::new(*verifying, k.public_key().as_ref())
+                .verify(message, &signature),
+            Key::Rsa(k, _, verifying) => {
+                UnparsedPublicKey::new(*verifying, k.public().as_ref()).verify(message, &signature)
+            }
+            Key::Ed25519(k) => UnparsedPublicKey::new(&signature::ED25519, k.public_key().as_ref())
+                .verify(message, &signature),
         };
         checked.ok()?;
         let claims: serde_json::Value =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).ok()?).ok()?;
-        if claims.get("exp")?.as_u64()? <= now_secs() {
-            return None;
-        }
-        Some(claims.get("username")?.as_str()?.to_string())
+        let exp = claims.get("exp")?.as_u64()?;
+        Some((claims.get("username")?.as_str()?.to_string(), exp))
     }
 }
 
@@ -274,6 +366,29 @@ mod tests {
         let expired = JwtKeys::load(&a, "ES256", Duration::ZERO).expect("load");
         let token = expired.sign("alice", 7).expect("sign");
         assert_eq!(keys.verify(&token), None, "expired");
-        assert!(JwtKeys::load(&a, "RS256", Duration::from_secs(1)).is_err());
+        assert_eq!(keys.verify(&token), None, "expired, asked again");
+        for method in ["RS256", "PS512", "ES384", "EdDSA"] {
+            assert!(
+                JwtKeys::load(&a, method, Duration::from_secs(1)).is_err(),
+                "{method}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_methods_should_sign_and_verify_with_their_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (method, alg) in [
+            ("ES384", &rcgen::PKCS_ECDSA_P384_SHA384),
+            ("EdDSA", &rcgen::PKCS_ED25519),
+        ] {
+            let path = dir.path().join(format!("{method}.pem"));
+            let key = rcgen::KeyPair::generate_for(alg).expect("key");
+            std::fs::write(&path, key.serialize_pem()).expect("write");
+            let keys = JwtKeys::load(&path, method, Duration::from_secs(60)).expect("load");
+            let token = keys.sign("bob", 1).expect("sign");
+            assert_eq!(keys.verify(&token).as_deref(), Some("bob"), "{method}");
+            assert!(JwtKeys::load(&path, "ES256", Duration::from_secs(1)).is_err());
+        }
     }
 }

@@ -16,7 +16,8 @@
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::io;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::RwLock;
 use std::time::Duration;
 use std::time::Instant;
@@ -27,6 +28,11 @@ use rskv_proto::storage as pb;
 use rskv_proto::storage::auth_change::Op;
 
 use crate::error::io_err;
+
+/// `d` in whole milliseconds (saturating).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// The user and the role that may do everything, and that enabling auth requires.
 pub const ROOT: &str = "root";
@@ -108,8 +114,82 @@ struct State {
     meta: pb::AuthMeta,
     users: BTreeMap<String, pb::AuthUser>,
     roles: BTreeMap<String, pb::AuthRole>,
+    /// What each user may do, derived from the above whenever they change: every request reads
+    /// it, so it is merged ahead of time (etcd keeps such a cache per user too).
+    access: HashMap<String, Access>,
     /// Record keys changed since the last [`AuthStore::take_changes`].
     dirty: Vec<Vec<u8>>,
+}
+
+/// One user's permissions, merged: the key ranges it may read and those it may write, each
+/// sorted and disjoint, so a check is one binary search and allocates nothing.
+#[derive(Debug, Default, Clone)]
+struct Access {
+    /// The `root` role: everything.
+    root: bool,
+    read: Vec<Interval>,
+    write: Vec<Interval>,
+}
+
+impl Access {
+    fn of(user: &pb::AuthUser, roles: &BTreeMap<String, pb::AuthRole>) -> Access {
+        let merged = |perm: Perm| {
+            let mut granted: Vec<Interval> = user
+                .roles
+                .iter()
+                .filter_map(|r| roles.get(r))
+                .flat_map(|r| r.permissions.iter())
+                .filter(|p| grants(p.kind, perm))
+                .map(|p| Interval::of(&p.key, &p.range_end))
+                .collect();
+            granted.sort_by(|a, b| a.start.cmp(&b.start));
+            let mut merged: Vec<Interval> = Vec::with_capacity(granted.len());
+            for g in granted {
+                match merged.last_mut() {
+                    // Overlapping or adjacent: one range.
+                    Some(last) if last.end.as_ref().is_none_or(|end| g.start <= *end) => {
+                        if let Some(end) = &last.end {
+                            if g.end.as_ref().is_none_or(|g_end| g_end > end) {
+                                last.end = g.end;
+                            }
+                        }
+                    }
+                    _ => merged.push(g),
+                }
+            }
+            merged
+        };
+        Access {
+            root: user.roles.iter().any(|r| r == ROOT),
+            read: merged(Perm::Read),
+            write: merged(Perm::Write),
+        }
+    }
+
+    /// Whether `key`..`range_end` (etcd's conventions) lies within one granted range.
+    fn allows(&self, key: &[u8], range_end: &[u8], perm: Perm) -> bool {
+        if self.root {
+            return true;
+        }
+        let ranges = match perm {
+            Perm::Read => &self.read,
+            Perm::Write => &self.write,
+        };
+        // The ranges are disjoint and not adjacent: only the last one starting at or before
+        // `key` can hold it.
+        let at = ranges.partition_point(|r| r.start.as_slice() <= key);
+        let Some(range) = at.checked_sub(1).map(|i| &ranges[i]) else {
+            return false;
+        };
+        match (&range.end, range_end) {
+            (None, _) => true,
+            // Every key from `key` on.
+            (Some(_), [0]) => false,
+            // The key alone.
+            (Some(end), []) => key < end.as_slice(),
+            (Some(end), wanted_end) => wanted_end <= end.as_slice(),
+        }
+    }
 }
 
 impl State {
@@ -127,7 +207,17 @@ impl State {
                 state.roles.insert(role.name.clone(), role);
             }
         }
+        state.derive_access();
         Ok(state)
+    }
+
+    /// Recomputes [`State::access`] from the users and roles.
+    fn derive_access(&mut self) {
+        self.access = self
+            .users
+            .values()
+            .map(|u| (u.name.clone(), Access::of(u, &self.roles)))
+            .collect();
     }
 
     fn user_key(name: &str) -> Vec<u8> {
@@ -305,36 +395,10 @@ impl State {
         if user.is_empty() {
             return Err(AuthError::UserEmpty);
         }
-        let u = self.users.get(user).ok_or(AuthError::PermissionDenied)?;
-        if u.roles.iter().any(|r| r == ROOT) {
-            return Ok(());
+        match self.access.get(user) {
+            Some(access) if access.allows(key, range_end, perm) => Ok(()),
+            _ => Err(AuthError::PermissionDenied),
         }
-        let mut granted: Vec<Interval> = u
-            .roles
-            .iter()
-            .filter_map(|r| self.roles.get(r))
-            .flat_map(|r| r.permissions.iter())
-            .filter(|p| grants(p.kind, perm))
-            .map(|p| Interval::of(&p.key, &p.range_end))
-            .collect();
-        granted.sort_by(|a, b| a.start.cmp(&b.start));
-        let wanted = Interval::of(key, range_end);
-        // Walk the granted intervals in order, extending what is covered from the start.
-        let mut covered_to: Vec<u8> = wanted.start.clone();
-        for g in &granted {
-            if g.start > covered_to {
-                break;
-            }
-            match &g.end {
-                None => return Ok(()),
-                Some(end) if *end > covered_to => covered_to = end.clone(),
-                Some(_) => {}
-            }
-            if wanted.end.as_ref().is_some_and(|end| covered_to >= *end) {
-                return Ok(());
-            }
-        }
-        Err(AuthError::PermissionDenied)
     }
 }
 
@@ -344,6 +408,7 @@ fn grants(kind: i32, perm: Perm) -> bool {
 }
 
 /// A key range `[start, end)`; `end` `None`: to the end of the keyspace.
+#[derive(Debug, Clone)]
 struct Interval {
     start: Vec<u8>,
     end: Option<Vec<u8>>,
@@ -367,22 +432,30 @@ impl Interval {
 /// A simple token's holder and when it was last used.
 struct Token {
     user: String,
-    used: Instant,
+    /// When it was last used, in milliseconds since [`AuthStore::epoch`]: updated by readers
+    /// under the map's read lock.
+    used_ms: AtomicU64,
 }
 
 /// The auth store of one member: what apply changes and what the services check.
 pub struct AuthStore {
     state: RwLock<State>,
-    tokens: Mutex<HashMap<String, Token>>,
-    token_ttl: RwLock<Duration>,
+    /// Simple tokens: read by every request (a read lock), written when one is issued or
+    /// dropped, when lapsed ones are swept too.
+    tokens: RwLock<HashMap<String, Token>>,
+    /// The token TTL in milliseconds.
+    token_ttl_ms: AtomicU64,
+    /// The origin of [`Token::used_ms`].
+    epoch: Instant,
 }
 
 impl Default for AuthStore {
     fn default() -> Self {
         AuthStore {
             state: RwLock::new(State::default()),
-            tokens: Mutex::new(HashMap::new()),
-            token_ttl: RwLock::new(DEFAULT_TOKEN_TTL),
+            tokens: RwLock::new(HashMap::new()),
+            token_ttl_ms: AtomicU64::new(millis(DEFAULT_TOKEN_TTL)),
+            epoch: Instant::now(),
         }
     }
 }
@@ -405,8 +478,18 @@ impl AuthStore {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, Token>> {
-        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+    fn tokens(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Token>> {
+        self.tokens.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Milliseconds since [`AuthStore::epoch`].
+    fn now_ms(&self) -> u64 {
+        millis(self.epoch.elapsed())
+    }
+
+    fn lapsed(&self, token: &Token, now_ms: u64) -> bool {
+        now_ms.saturating_sub(token.used_ms.load(Ordering::Relaxed))
+            >= self.token_ttl_ms.load(Ordering::Relaxed)
     }
 
     /// Replaces the store with what the system keyspace `records` hold (at start, after a
@@ -422,7 +505,7 @@ impl AuthStore {
 
     /// How long a simple token stays valid without use (etcd's `--auth-token-ttl`).
     pub fn set_token_ttl(&self, ttl: Duration) {
-        *self.token_ttl.write().unwrap_or_else(|p| p.into_inner()) = ttl;
+        self.token_ttl_ms.store(millis(ttl), Ordering::Relaxed);
     }
 
     /// Applies a replicated change (apply thread only).
@@ -436,6 +519,9 @@ impl AuthStore {
         let changed = tried.apply(change)?;
         let mut dirty = std::mem::take(&mut state.dirty);
         dirty.append(&mut tried.dirty);
+        if changed {
+            tried.derive_access();
+        }
         *state = tried;
         state.dirty = dirty;
         if changed {
@@ -445,11 +531,13 @@ impl AuthStore {
         let mut tokens = self.tokens();
         match change.op() {
             Op::IssueToken => {
+                let now_ms = self.now_ms();
+                tokens.retain(|_, t| !self.lapsed(t, now_ms));
                 tokens.insert(
                     change.token.clone(),
                     Token {
                         user: user.to_string(),
-                        used: Instant::now(),
+                        used_ms: AtomicU64::new(now_ms),
                     },
                 );
             }
@@ -505,6 +593,11 @@ impl AuthStore {
         self.read().users.get(name).cloned()
     }
 
+    /// Whether user `name` exists.
+    pub fn has_user(&self, name: &str) -> bool {
+        self.read().users.contains_key(name)
+    }
+
     /// Every user name, sorted.
     pub fn user_names(&self) -> Vec<String> {
         self.read().users.keys().cloned().collect()
@@ -542,12 +635,14 @@ impl AuthStore {
 
     /// The user a simple token was issued to, if it is valid (and refreshes it).
     pub fn token_user(&self, token: &str) -> Option<String> {
-        let ttl = *self.token_ttl.read().unwrap_or_else(|p| p.into_inner());
-        let mut tokens = self.tokens();
-        let now = Instant::now();
-        tokens.retain(|_, t| now.duration_since(t.used) < ttl);
-        let t = tokens.get_mut(token)?;
-        t.used = now;
+        let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
+        let t = tokens.get(token)?;
+        let now_ms = self.now_ms();
+        if self.lapsed(t, now_ms) {
+            // Swept when the next token is issued.
+            return None;
+        }
+        t.used_ms.fetch_max(now_ms, Ordering::Relaxed);
         Some(t.user.clone())
     }
 }
@@ -664,6 +759,56 @@ mod tests {
             Err(AuthError::PermissionDenied)
         );
         assert_eq!(store.apply(&revoke), Err(AuthError::PermissionNotGranted));
+    }
+
+    #[test]
+    fn ranges_granted_by_several_roles_should_join_up() {
+        let store = AuthStore::default();
+        for c in [
+            change(Op::UserAdd, ROOT, ""),
+            change(Op::UserGrantRole, ROOT, ROOT),
+            change(Op::UserAdd, "bob", ""),
+            change(Op::RoleAdd, "", "one"),
+            change(Op::RoleAdd, "", "two"),
+            grant("one", 0, "a/", "a0"),
+            grant("two", 0, "a0", "b"),
+            grant("one", 0, "m", "p"),
+            grant("two", 2, "n", "q"),
+            grant("one", 0, "x", ""),
+            grant("two", 0, "x\0", "y"),
+            change(Op::UserGrantRole, "bob", "one"),
+            change(Op::UserGrantRole, "bob", "two"),
+            change(Op::Enable, "", ""),
+        ] {
+            store.apply(&c).expect("set up");
+        }
+        let records: Vec<(Bytes, Bytes)> = store
+            .take_changes()
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+        let loaded = AuthStore::default();
+        loaded.load(&records).expect("load");
+        for store in [&store, &loaded] {
+            let read = |key: &str, end: &str| {
+                store.check("bob", key.as_bytes(), end.as_bytes(), Perm::Read)
+            };
+            let denied = Err(AuthError::PermissionDenied);
+            assert_eq!(read("a/", "b"), Ok(()), "adjacent ranges of two roles");
+            assert_eq!(read("a/", "b\0"), denied, "one key past them");
+            assert_eq!(read("m", "q"), Ok(()), "overlapping ranges");
+            assert_eq!(read("m", "r"), denied);
+            assert_eq!(read("o", ""), Ok(()));
+            assert_eq!(read("x", "y"), Ok(()), "a key and the range right after it");
+            assert_eq!(read("0", ""), denied, "below every range");
+            assert_eq!(read("z", ""), denied, "above every range");
+            assert_eq!(read("a/", "\0"), denied, "to the end of the keyspace");
+            let write = |key: &str, end: &str| {
+                store.check("bob", key.as_bytes(), end.as_bytes(), Perm::Write)
+            };
+            assert_eq!(write("n", "q"), Ok(()));
+            assert_eq!(write("m", ""), denied, "read only there");
+        }
     }
 
     #[test]
