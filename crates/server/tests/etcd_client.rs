@@ -1270,6 +1270,30 @@ async fn a_client_with_a_user_should_be_held_to_its_roles_through_a_follower() {
             Code::PermissionDenied,
             "etcdserver: permission denied",
         );
+        // etcd's Lock and Election services run their recipes as bob: on names under his
+        // prefix, and only there.
+        let lease = bob.lease_grant(30, None).await.expect("lease").id();
+        let held = bob
+            .lock("w/lock", Some(LockOptions::new().with_lease(lease)))
+            .await
+            .expect("bob locks under w/");
+        assert!(held.key().starts_with(b"w/lock/"), "{held:?}");
+        bob.unlock(held.key()).await.expect("unlock");
+        assert_etcd_error(
+            bob.lock("other", Some(LockOptions::new().with_lease(lease)))
+                .await,
+            Code::PermissionDenied,
+            "etcdserver: permission denied",
+        );
+        let won = bob
+            .campaign("w/el", format!("from {id}"), lease)
+            .await
+            .expect("bob campaigns under w/");
+        let leader_key = won.leader().expect("leadership").clone();
+        bob.resign(Some(ResignOptions::new().with_leader(leader_key)))
+            .await
+            .expect("resign");
+        bob.lease_revoke(lease).await.expect("revoke");
     }
     let refused = Client::connect(
         [cluster.node(follower).addr.as_str()],

@@ -161,6 +161,18 @@ pub enum Command {
     },
     /// A change of the auth store (etcd's Auth API, see [`crate::state_machine::auth`]).
     Auth(rskv_proto::storage::AuthChange),
+    /// A client's write with who sent it (auth enabled): `user`'s permissions as of auth
+    /// `revision` allowed `command` when it was proposed. Applied under a later auth revision
+    /// it is checked again, so a permission revoked in between refuses it, on every member
+    /// alike (etcd checks at apply too).
+    Authorized {
+        /// The user the write came as.
+        user: String,
+        /// The auth revision its check saw.
+        revision: u64,
+        /// The write.
+        command: Box<Command>,
+    },
 }
 
 /// What makes a write part of a client session (see
@@ -198,7 +210,16 @@ impl Command {
             | Command::Delete { session, .. }
             | Command::BatchPut { session, .. }
             | Command::CompareAndSwap { session, .. } => Some(session),
+            Command::Authorized { command, .. } => command.session_slot(),
             _ => None,
+        }
+    }
+
+    /// The write itself, without who sent it ([`Command::Authorized`]).
+    pub fn unwrapped(&self) -> &Command {
+        match self {
+            Command::Authorized { command, .. } => command.unwrapped(),
+            other => other,
         }
     }
 
@@ -254,6 +275,15 @@ impl Command {
             Command::Group { commands } => Command::Group {
                 commands: commands.into_iter().map(Command::detached).collect(),
             },
+            Command::Authorized {
+                user,
+                revision,
+                command,
+            } => Command::Authorized {
+                user,
+                revision,
+                command: Box::new(command.detached()),
+            },
             Command::Txn(txn) => {
                 // Re-decoded from a buffer of its own, sized to the transaction.
                 let own = Bytes::from(txn.encode_to_vec());
@@ -286,6 +316,7 @@ impl Command {
             Command::Group { commands } => commands.iter().map(Command::approx_bytes).sum(),
             Command::Txn(txn) => txn.encoded_len(),
             Command::Auth(change) => change.encoded_len(),
+            Command::Authorized { user, command, .. } => user.len() + command.approx_bytes(),
             Command::OpenSession { .. }
             | Command::CloseSession { .. }
             | Command::Compact { .. }
@@ -317,6 +348,7 @@ impl fmt::Display for Command {
             Command::Compact { revision } => write!(f, "compact({revision})"),
             Command::LeaseGrant { id, ttl } => write!(f, "lease_grant({id:x}, {ttl}s)"),
             Command::LeaseRevoke { id } => write!(f, "lease_revoke({id:x})"),
+            Command::Authorized { user, command, .. } => write!(f, "{command} as {user:?}"),
             // Never the hash or the token.
             Command::Auth(change) => write!(
                 f,

@@ -125,3 +125,34 @@ fn auth_records_should_encode_as_they_did() {
     assert_eq!(loaded.role("reader"), store.role("reader"));
     assert_eq!(loaded.user("alice"), store.user("alice"));
 }
+
+/// A client's write with who sent it (`Command::Authorized`, in the log since auth checks at
+/// apply): alice's put of `a/x` checked at auth revision 7.
+const AUTHORIZED_PUT: &str = "6a150a05616c69636510071a0a0a080a03612f78120131";
+
+#[test]
+fn authorized_writes_should_encode_as_they_did() {
+    let command = Command::Authorized {
+        user: "alice".into(),
+        revision: 7,
+        command: Box::new(Command::Put {
+            key: Bytes::from_static(b"a/x"),
+            value: Bytes::from_static(b"1"),
+            return_prev: false,
+            session: None,
+        }),
+    };
+    let bytes = command.to_message().encode_to_vec();
+    assert_eq!(hex(&bytes), AUTHORIZED_PUT);
+    let back = Command::from_message(
+        rskv_proto::storage::Command::decode(unhex(AUTHORIZED_PUT).as_slice()).expect("decode"),
+    )
+    .expect("known command");
+    assert_eq!(back, command);
+    // Without the command it wraps, it is refused, not applied as nothing.
+    let mut hollow = command.to_message();
+    if let Some(rskv_proto::storage::command::Command::Authorized(a)) = hollow.command.as_mut() {
+        a.command = None;
+    }
+    assert!(Command::from_message(hollow).is_err());
+}

@@ -23,10 +23,10 @@
 use std::sync::Arc;
 
 use super::jwt::JwtKeys;
+use crate::raft::Command;
 use rskv_client::tls::common_name;
 use rskv_client::tls::ConnInfo;
 use rskv_proto::etcd::etcdserverpb as etcd;
-use rskv_proto::etcd::etcdserverpb::request_op::Request as Op;
 use rskv_storage::state_machine::auth::AuthError;
 use rskv_storage::state_machine::auth::AuthStore;
 use rskv_storage::state_machine::auth::Perm;
@@ -105,6 +105,38 @@ impl Caller {
     }
 }
 
+/// Who a checked write comes as, for the log: with auth enabled, the user and the auth revision
+/// its check saw, so that apply checks it again if users or roles changed in between
+/// ([`Command::Authorized`]); nothing with auth disabled.
+#[derive(Debug, Clone, Default)]
+pub struct Grant(Option<(String, u64)>);
+
+impl Grant {
+    /// Names this grant's user in `metadata`, for a request the member makes itself on behalf
+    /// of the client it checked (etcd's Lock and Election recipes): the user is taken as it
+    /// is, on this member and on the leader it may be forwarded to, as a certificate's is.
+    pub fn attach(&self, metadata: &mut MetadataMap) {
+        if let Some((user, _)) = &self.0 {
+            metadata.insert_bin(
+                USER_METADATA,
+                BinaryMetadataValue::from_bytes(user.as_bytes()),
+            );
+        }
+    }
+
+    /// `command` as the write of this grant's user.
+    pub fn wrap(self, command: Command) -> Command {
+        match self.0 {
+            None => command,
+            Some((user, revision)) => Command::Authorized {
+                user,
+                revision,
+                command: Box::new(command),
+            },
+        }
+    }
+}
+
 /// Checks requests against this member's auth store.
 #[derive(Clone, Debug)]
 pub struct Authorizer {
@@ -134,9 +166,7 @@ impl Authorizer {
     fn token_user(&self, token: &str) -> Option<String> {
         if let Some(jwt) = &self.jwt {
             if token.contains('.') {
-                return jwt
-                    .verify(token)
-                    .filter(|user| self.store.has_user(user));
+                return jwt.verify(token).filter(|user| self.store.has_user(user));
             }
         }
         self.store.token_user(token)
@@ -166,7 +196,8 @@ impl Authorizer {
         Ok(Some(certified.unwrap_or_default()))
     }
 
-    /// Whether the request's user may do `perm` on `key`..`range_end` (etcd's conventions).
+    /// Whether the request's user may do `perm` on `key`..`range_end` (etcd's conventions);
+    /// answers the [`Grant`] a write proposed on the strength of it carries into the log.
     ///
     /// # Errors
     /// etcd's auth status.
@@ -176,47 +207,33 @@ impl Authorizer {
         key: &[u8],
         range_end: &[u8],
         perm: Perm,
-    ) -> Result<(), Status> {
-        match self.user(metadata)? {
-            None => Ok(()),
-            Some(user) => self
-                .store
-                .check(&user, key, range_end, perm)
-                .map_err(auth_status),
-        }
+    ) -> Result<Grant, Status> {
+        let Some(user) = self.user(metadata)? else {
+            return Ok(Grant::default());
+        };
+        let revision = self
+            .store
+            .check(&user, key, range_end, perm)
+            .map_err(auth_status)?;
+        Ok(Grant(Some((user, revision))))
     }
 
     /// Whether the request's user may run `txn`: read every key compared and ranged, write every
-    /// key put or deleted, in both branches (nested transactions included), as etcd checks.
+    /// key put or deleted, in both branches (nested transactions included), as etcd checks;
+    /// answers the [`Grant`] the transaction carries into the log.
     ///
     /// # Errors
     /// etcd's auth status.
-    pub fn check_txn(&self, metadata: &MetadataMap, txn: &etcd::TxnRequest) -> Result<(), Status> {
+    pub fn check_txn(
+        &self,
+        metadata: &MetadataMap,
+        txn: &etcd::TxnRequest,
+    ) -> Result<Grant, Status> {
         let Some(user) = self.user(metadata)? else {
-            return Ok(());
+            return Ok(Grant::default());
         };
-        self.txn_permitted(&user, txn).map_err(auth_status)
-    }
-
-    fn txn_permitted(&self, user: &str, txn: &etcd::TxnRequest) -> Result<(), AuthError> {
-        for compare in &txn.compare {
-            self.store
-                .check(user, &compare.key, &compare.range_end, Perm::Read)?;
-        }
-        for op in txn.success.iter().chain(&txn.failure) {
-            match &op.request {
-                Some(Op::RequestRange(r)) => {
-                    self.store.check(user, &r.key, &r.range_end, Perm::Read)?
-                }
-                Some(Op::RequestPut(p)) => self.store.check(user, &p.key, b"", Perm::Write)?,
-                Some(Op::RequestDeleteRange(d)) => {
-                    self.store.check(user, &d.key, &d.range_end, Perm::Write)?
-                }
-                Some(Op::RequestTxn(t)) => self.txn_permitted(user, t)?,
-                None => {}
-            }
-        }
-        Ok(())
+        let revision = self.store.check_txn(&user, txn).map_err(auth_status)?;
+        Ok(Grant(Some((user, revision))))
     }
 
     /// Whether the request's user has the `root` role (always, with auth disabled).

@@ -56,9 +56,11 @@ impl TokenSpec {
         match parts.next() {
             Some("simple") if parts.next().is_none() => return Ok(TokenSpec::Simple),
             Some("jwt") => {}
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "`{spec}`: expected simple or jwt,priv-key=PATH,sign-method=METHOD[,ttl=DURATION]"
-            )),
+            ))
+            }
         }
         let (mut key, mut method, mut ttl) = (None, None, Duration::from_secs(300));
         for part in parts {

@@ -13,10 +13,13 @@
 //! duplicate. (`start_index`, the in-memory event retention's log index, is refused.)
 
 use rskv_storage::state_machine::auth::Perm;
+use rskv_storage::types::EtcdReply;
 use tonic::metadata::MetadataMap;
 
+use super::auth::auth_status;
 use super::auth::denied;
 use super::auth::Authorizer;
+use super::auth::Grant;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,13 +95,14 @@ impl KvService {
         }
     }
 
-    /// Whether the request's user may do `perm` on `key`..`range_end` (etcd's conventions).
-    fn allow(&self, md: &MetadataMap, key: &[u8], range_end: &[u8], perm: Perm) -> Result<()> {
+    /// Whether the request's user may do `perm` on `key`..`range_end` (etcd's conventions);
+    /// the grant a write carries into the log.
+    fn allow(&self, md: &MetadataMap, key: &[u8], range_end: &[u8], perm: Perm) -> Result<Grant> {
         self.auth.check(md, key, range_end, perm).map_err(denied)
     }
 
     /// What one operation needs of the request's user.
-    fn allow_op(&self, md: &MetadataMap, op: &pb::op::Op) -> Result<()> {
+    fn allow_op(&self, md: &MetadataMap, op: &pb::op::Op) -> Result<Grant> {
         use pb::op::Op;
         match op {
             Op::Get(r) => self.allow(md, &r.key, b"", Perm::Read),
@@ -109,18 +113,20 @@ impl KvService {
     }
 
     /// A put writes its key, and reads it when it returns the previous value.
-    fn allow_put(&self, md: &MetadataMap, r: &pb::PutRequest) -> Result<()> {
-        self.allow(md, &r.key, b"", Perm::Write)?;
+    fn allow_put(&self, md: &MetadataMap, r: &pb::PutRequest) -> Result<Grant> {
+        let grant = self.allow(md, &r.key, b"", Perm::Write)?;
         if r.return_prev {
             self.allow(md, &r.key, b"", Perm::Read)?;
         }
-        Ok(())
+        Ok(grant)
     }
 
-    /// A compare-and-swap reads and writes its key.
-    fn allow_cas(&self, md: &MetadataMap, r: &pb::CompareAndSwapRequest) -> Result<()> {
-        self.allow(md, &r.key, b"", Perm::Read)?;
-        self.allow(md, &r.key, b"", Perm::Write)
+    /// A compare-and-swap reads and writes its key. (The first check's grant: its auth
+    /// revision is the oldest, so apply checks again if either check is out of date.)
+    fn allow_cas(&self, md: &MetadataMap, r: &pb::CompareAndSwapRequest) -> Result<Grant> {
+        let grant = self.allow(md, &r.key, b"", Perm::Read)?;
+        self.allow(md, &r.key, b"", Perm::Write)?;
+        Ok(grant)
     }
 
     fn timeout(&self) -> Duration {
@@ -173,6 +179,10 @@ impl KvService {
     ) -> Result<(u64, CommandResponse)> {
         let command = in_session(session, command)?;
         let (index, resp) = self.proposer.write(command).await?;
+        if let Some(EtcdReply::AuthRefused(e)) = &resp.etcd {
+            // Permissions changed between the check and the apply.
+            return Err(denied(auth_status(*e)));
+        }
         match &resp.session {
             SessionOutcome::Applied | SessionOutcome::Opened { .. } => Ok((index, resp)),
             SessionOutcome::Replayed { index } => {
@@ -213,18 +223,18 @@ impl KvService {
         })
     }
 
-    async fn do_put(&self, req: pb::PutRequest) -> Result<pb::PutResponse> {
+    async fn do_put(&self, req: pb::PutRequest, grant: Grant) -> Result<pb::PutResponse> {
         self.check_key(&req.key)?;
         self.check_value(&req.value)?;
         let (index, resp) = self
             .write(
                 req.session,
-                Command::Put {
+                grant.wrap(Command::Put {
                     key: req.key,
                     value: req.value,
                     return_prev: req.return_prev,
                     session: None,
-                },
+                }),
             )
             .await?;
         Ok(pb::PutResponse {
@@ -234,15 +244,15 @@ impl KvService {
         })
     }
 
-    async fn do_delete(&self, req: pb::DeleteRequest) -> Result<pb::DeleteResponse> {
+    async fn do_delete(&self, req: pb::DeleteRequest, grant: Grant) -> Result<pb::DeleteResponse> {
         self.check_key(&req.key)?;
         let (index, resp) = self
             .write(
                 req.session,
-                Command::Delete {
+                grant.wrap(Command::Delete {
                     key: req.key,
                     session: None,
-                },
+                }),
             )
             .await?;
         Ok(pb::DeleteResponse {
@@ -255,6 +265,7 @@ impl KvService {
     async fn do_compare_and_swap(
         &self,
         req: pb::CompareAndSwapRequest,
+        grant: Grant,
     ) -> Result<pb::CompareAndSwapResponse> {
         self.check_key(&req.key)?;
         self.check_value(&req.new_value)?;
@@ -265,12 +276,12 @@ impl KvService {
         let (index, resp) = self
             .write(
                 req.session,
-                Command::CompareAndSwap {
+                grant.wrap(Command::CompareAndSwap {
                     key: req.key,
                     expected: req.expected,
                     new_value: req.new_value,
                     session: None,
-                },
+                }),
             )
             .await?;
         Ok(pb::CompareAndSwapResponse {
@@ -290,18 +301,24 @@ impl KvService {
         use pb::op::Op;
         use pb::op_result::Result as R;
         let started = std::time::Instant::now();
-        if let Some(Err(e)) = op.op.as_ref().map(|o| self.allow_op(md, o)) {
-            return pb::OpResult {
-                result: Some(R::Error(crate::error::op_error(e))),
-            };
-        }
+        let grant = match op.op.as_ref().map(|o| self.allow_op(md, o)) {
+            Some(Err(e)) => {
+                return pb::OpResult {
+                    result: Some(R::Error(crate::error::op_error(e))),
+                }
+            }
+            Some(Ok(grant)) => grant,
+            None => Grant::default(),
+        };
         let (method, result) = match op.op {
             Some(Op::Get(r)) => ("get", self.do_get(r).await.map(R::Get)),
-            Some(Op::Put(r)) => ("put", self.do_put(r).await.map(R::Put)),
-            Some(Op::Delete(r)) => ("delete", self.do_delete(r).await.map(R::Delete)),
+            Some(Op::Put(r)) => ("put", self.do_put(r, grant).await.map(R::Put)),
+            Some(Op::Delete(r)) => ("delete", self.do_delete(r, grant).await.map(R::Delete)),
             Some(Op::CompareAndSwap(r)) => (
                 "compare_and_swap",
-                self.do_compare_and_swap(r).await.map(R::CompareAndSwap),
+                self.do_compare_and_swap(r, grant)
+                    .await
+                    .map(R::CompareAndSwap),
             ),
             None => (
                 "multi",
@@ -543,8 +560,7 @@ impl Kv for KvService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let md = request.metadata().clone();
-        let req = request.into_inner();
+        let (md, _, req) = request.into_parts();
         handle("watch", None, async {
             if !req.prefix {
                 self.check_key(&req.key)?;
@@ -574,8 +590,7 @@ impl Kv for KvService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        let md = request.metadata().clone();
-        let req = request.into_inner();
+        let (md, _, req) = request.into_parts();
         handle("get", Some(&self.limiter), async {
             self.allow(&md, &req.key, b"", Perm::Read)?;
             self.do_get(req).await
@@ -588,11 +603,10 @@ impl Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
-        let md = request.metadata().clone();
-        let req = request.into_inner();
+        let (md, _, req) = request.into_parts();
         handle("put", Some(&self.limiter), async {
-            self.allow_put(&md, &req)?;
-            self.do_put(req).await
+            let grant = self.allow_put(&md, &req)?;
+            self.do_put(req, grant).await
         })
         .await
     }
@@ -602,11 +616,10 @@ impl Kv for KvService {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let md = request.metadata().clone();
-        let req = request.into_inner();
+        let (md, _, req) = request.into_parts();
         handle("delete", Some(&self.limiter), async {
-            self.allow(&md, &req.key, b"", Perm::Write)?;
-            self.do_delete(req).await
+            let grant = self.allow(&md, &req.key, b"", Perm::Write)?;
+            self.do_delete(req, grant).await
         })
         .await
     }
@@ -616,8 +629,7 @@ impl Kv for KvService {
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
-        let md = request.metadata().clone();
-        let req = request.into_inner();
+        let (md, _, req) = request.into_parts();
         handle("scan", Some(&self.limiter), async {
             let end = if req.end.is_empty() {
                 &b"\0"[..]
@@ -674,8 +686,7 @@ impl Kv for KvService {
         &self,
         request: Request<pb::BatchPutRequest>,
     ) -> Result<Response<pb::BatchPutResponse>, Status> {
-        let md = request.metadata().clone();
-        let req = request.into_inner();
+        let (md, _, req) = request.into_parts();
         handle("batch_put", Some(&self.limiter), async {
             if req.pairs.is_empty() {
                 return Err(Error::InvalidArgument(
@@ -684,16 +695,19 @@ impl Kv for KvService {
             }
             self.check_op_count(req.pairs.len(), "pairs")?;
             let mut pairs: Vec<(Bytes, Bytes)> = Vec::with_capacity(req.pairs.len());
+            // The first check's grant, whose auth revision is the oldest (see allow_cas).
+            let mut grant = None;
             for kv in req.pairs {
                 self.check_key(&kv.key)?;
-                self.allow(&md, &kv.key, b"", Perm::Write)?;
+                let allowed = self.allow(&md, &kv.key, b"", Perm::Write)?;
+                grant.get_or_insert(allowed);
                 self.check_value(&kv.value)?;
                 pairs.push((kv.key, kv.value));
             }
-            let command = Command::BatchPut {
+            let command = grant.unwrap_or_default().wrap(Command::BatchPut {
                 pairs,
                 session: None,
-            };
+            });
             let (index, resp) = self.write(req.session, command).await?;
             Ok(pb::BatchPutResponse {
                 index,
@@ -708,11 +722,10 @@ impl Kv for KvService {
         &self,
         request: Request<pb::CompareAndSwapRequest>,
     ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
-        let md = request.metadata().clone();
-        let req = request.into_inner();
+        let (md, _, req) = request.into_parts();
         handle("compare_and_swap", Some(&self.limiter), async {
-            self.allow_cas(&md, &req)?;
-            self.do_compare_and_swap(req).await
+            let grant = self.allow_cas(&md, &req)?;
+            self.do_compare_and_swap(req, grant).await
         })
         .await
     }
@@ -755,8 +768,7 @@ impl Kv for KvService {
         &self,
         request: Request<pb::CloseSessionRequest>,
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
-        let md = request.metadata().clone();
-        let req = request.into_inner();
+        let (md, _, req) = request.into_parts();
         handle("close_session", Some(&self.limiter), async {
             self.auth.require_user(&md).map_err(denied)?;
             let (index, _) = self
@@ -772,8 +784,7 @@ impl Kv for KvService {
         &self,
         request: Request<pb::MultiRequest>,
     ) -> Result<Response<pb::MultiResponse>, Status> {
-        let md = request.metadata().clone();
-        let req = request.into_inner();
+        let (md, _, req) = request.into_parts();
         tracing::Span::current().record("ops", req.ops.len());
         let max = self.limits.max_ops_per_request;
         let count = req.ops.len().min(max).max(1);

@@ -377,6 +377,15 @@ fn command_to(command: &Command) -> pb::Command {
         Command::LeaseGrant { id, ttl } => C::LeaseGrant(pb::LeaseGrant { id: *id, ttl: *ttl }),
         Command::LeaseRevoke { id } => C::LeaseRevoke(pb::LeaseRevoke { id: *id }),
         Command::Auth(change) => C::Auth(change.clone()),
+        Command::Authorized {
+            user,
+            revision,
+            command,
+        } => C::Authorized(Box::new(pb::Authorized {
+            user: user.clone(),
+            auth_revision: *revision,
+            command: Some(Box::new(command_to(command))),
+        })),
     };
     pb::Command {
         command: Some(variant),
@@ -433,6 +442,14 @@ fn command_from(m: pb::Command) -> Result<Command, FormatError> {
         },
         C::LeaseRevoke(r) => Command::LeaseRevoke { id: r.id },
         C::Auth(change) => Command::Auth(change),
+        C::Authorized(a) => Command::Authorized {
+            user: a.user,
+            revision: a.auth_revision,
+            command: Box::new(command_from(*a.command.ok_or(FormatError::Missing {
+                what: "authorized command",
+                field: "command",
+            })?)?),
+        },
     })
 }
 

@@ -40,18 +40,19 @@ struct Store {
     engine: Arc<dyn KvEngine>,
     keys: KeyIndex,
     index: u64,
+    auth: crate::state_machine::auth::AuthStore,
 }
 
 impl Store {
     fn apply(&mut self, commands: Vec<Command>) -> Vec<CommandResponse> {
         let mut writer = Writer::new(&*self.engine, &mut self.keys);
         let mut sessions = SessionTable::default();
-        let auth = crate::state_machine::auth::AuthStore::default();
         let mut out = Vec::new();
         for command in commands {
             self.index += 1;
             out.push(
-                execute(&mut writer, &mut sessions, &auth, command, self.index).expect("execute"),
+                execute(&mut writer, &mut sessions, &self.auth, command, self.index)
+                    .expect("execute"),
             );
         }
         let mut set = WriteSet::default();
@@ -159,6 +160,7 @@ fn suite(engine: Arc<dyn KvEngine>) -> Store {
         keys: KeyIndex::load(&*engine).expect("index"),
         engine,
         index: 0,
+        auth: Default::default(),
     };
     assert_eq!(
         s.source().meta().revision,
@@ -621,6 +623,7 @@ fn engines_should_agree_and_move_history_through_a_snapshot() {
         keys: KeyIndex::load(&target).expect("index"),
         engine: Arc::new(target),
         index: 100,
+        auth: Default::default(),
     };
     assert_eq!(
         moved.keys, memory.keys,
@@ -686,12 +689,14 @@ fn a_read_racing_a_commit_should_answer_for_the_revision_it_names() {
             keys: KeyIndex::load(&*engine).expect("index"),
             engine: engine.clone(),
             index: 0,
+            auth: Default::default(),
         };
         s.txn(ops(vec![put("a", "1"), put("b", "1")])).expect("txn");
         let mut racer = Store {
             keys: KeyIndex::load(&*engine).expect("index"),
             engine: engine.clone(),
             index: 10,
+            auth: Default::default(),
         };
         let source = Racing {
             inner: EngineSource::new(&*engine).expect("source"),
@@ -731,5 +736,88 @@ fn a_read_racing_a_commit_should_answer_for_the_revision_it_names() {
         );
         assert_eq!(read.header.map(|h| h.revision), Some(2));
         assert_eq!(s.source().meta().revision, 3, "the racing commit landed");
+    }
+}
+
+#[test]
+fn a_write_checked_before_a_revocation_should_be_refused_at_apply() {
+    use crate::state_machine::auth::AuthError;
+    use crate::state_machine::auth::Perm;
+    use rskv_proto::storage as pb;
+    use rskv_proto::storage::auth_change::Op;
+    let change = |op: Op, user: &str, role: &str, key: &str, end: &str| {
+        let mut c = pb::AuthChange {
+            user: user.into(),
+            role: role.into(),
+            permission: (!key.is_empty()).then(|| pb::AuthPermission {
+                kind: 2,
+                key: b(key),
+                range_end: b(end),
+            }),
+            ..Default::default()
+        };
+        c.set_op(op);
+        c
+    };
+    let mut s = suite_store(Arc::new(MemoryEngine::new()));
+    for c in [
+        change(Op::UserAdd, "root", "", "", ""),
+        change(Op::UserGrantRole, "root", "root", "", ""),
+        change(Op::UserAdd, "alice", "", "", ""),
+        change(Op::RoleAdd, "", "w", "", ""),
+        change(Op::RoleGrantPermission, "", "w", "a/", "a0"),
+        change(Op::UserGrantRole, "alice", "w", "", ""),
+        change(Op::Enable, "", "", "", ""),
+    ] {
+        s.auth.apply(&c).expect("set up");
+    }
+    // What the leader proposes: the write with the user and the revision its check saw.
+    let checked = s
+        .auth
+        .check("alice", b"a/x", b"", Perm::Write)
+        .expect("allowed");
+    let as_alice = |command: Command| Command::Authorized {
+        user: "alice".into(),
+        revision: checked,
+        command: Box::new(command),
+    };
+    let write = |value: &str| {
+        as_alice(Command::Put {
+            key: b("a/x"),
+            value: b(value),
+            return_prev: false,
+            session: None,
+        })
+    };
+    assert_eq!(
+        s.one(write("1")).etcd,
+        None,
+        "applied at the revision it was checked at"
+    );
+    // Another change moves the revision: checked again, still allowed.
+    s.auth
+        .apply(&change(Op::RoleAdd, "", "other", "", ""))
+        .expect("role");
+    assert_eq!(s.one(write("2")).etcd, None, "checked again and allowed");
+    // The permission is revoked between the check and the apply: refused, nothing written.
+    s.auth
+        .apply(&change(Op::RoleRevokePermission, "", "w", "a/", "a0"))
+        .expect("revoke");
+    let denied = Some(EtcdReply::AuthRefused(AuthError::PermissionDenied));
+    assert_eq!(s.one(write("3")).etcd, denied);
+    let txn = as_alice(Command::Txn(Box::new(ops(vec![put("a/y", "4")]))));
+    assert_eq!(s.one(txn).etcd, denied, "an etcd transaction too");
+    let listed = s.range("a/", "a0", 0).expect("range");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].1, "2", "the refused writes left nothing");
+}
+
+/// An empty store over `engine`.
+fn suite_store(engine: Arc<dyn KvEngine>) -> Store {
+    Store {
+        keys: KeyIndex::load(&*engine).expect("index"),
+        engine,
+        index: 0,
+        auth: Default::default(),
     }
 }

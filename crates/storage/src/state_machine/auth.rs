@@ -28,6 +28,8 @@ use rskv_proto::storage as pb;
 use rskv_proto::storage::auth_change::Op;
 
 use crate::error::io_err;
+use crate::types::Command;
+use crate::types::TxnRequest;
 
 /// `d` in whole milliseconds (saturating).
 fn millis(d: Duration) -> u64 {
@@ -402,6 +404,34 @@ impl State {
     }
 }
 
+/// [`AuthStore::check_txn`] over `state`.
+fn check_txn(state: &State, user: &str, txn: &TxnRequest) -> Result<(), AuthError> {
+    use rskv_proto::etcd::etcdserverpb::request_op::Request as Op;
+    for compare in &txn.compare {
+        state.check(user, &compare.key, &compare.range_end, Perm::Read)?;
+    }
+    for op in txn.success.iter().chain(&txn.failure) {
+        match &op.request {
+            Some(Op::RequestRange(r)) => state.check(user, &r.key, &r.range_end, Perm::Read)?,
+            Some(Op::RequestPut(p)) => {
+                state.check(user, &p.key, b"", Perm::Write)?;
+                if p.prev_kv {
+                    state.check(user, &p.key, b"", Perm::Read)?;
+                }
+            }
+            Some(Op::RequestDeleteRange(d)) => {
+                state.check(user, &d.key, &d.range_end, Perm::Write)?;
+                if d.prev_kv {
+                    state.check(user, &d.key, &d.range_end, Perm::Read)?;
+                }
+            }
+            Some(Op::RequestTxn(t)) => check_txn(state, user, t)?,
+            None => {}
+        }
+    }
+    Ok(())
+}
+
 /// Whether a permission of `kind` (etcd's: 0 read, 1 write, 2 both) grants `perm`.
 fn grants(kind: i32, perm: Perm) -> bool {
     matches!((kind, perm), (0 | 2, Perm::Read) | (1 | 2, Perm::Write))
@@ -621,6 +651,9 @@ impl AuthStore {
     /// Whether `user` may do `perm` on `key`..`range_end` (etcd's range conventions); always
     /// when auth is disabled.
     ///
+    /// Answers the auth revision the check saw: a write proposed on the strength of it is
+    /// checked again at apply only if the revision has moved ([`Command::Authorized`]).
+    ///
     /// # Errors
     /// [`AuthError::UserEmpty`] without a user, [`AuthError::PermissionDenied`] otherwise.
     pub fn check(
@@ -629,8 +662,53 @@ impl AuthStore {
         key: &[u8],
         range_end: &[u8],
         perm: Perm,
-    ) -> Result<(), AuthError> {
-        self.read().check(user, key, range_end, perm)
+    ) -> Result<u64, AuthError> {
+        let state = self.read();
+        state.check(user, key, range_end, perm)?;
+        Ok(state.meta.revision)
+    }
+
+    /// Whether `user` may run the etcd transaction `txn`: read every key compared and ranged,
+    /// write every key put or deleted (and read it when the previous value is asked for), in
+    /// both branches and nested transactions, as etcd checks.
+    ///
+    /// # Errors
+    /// As [`AuthStore::check`], whose answer this is too.
+    pub fn check_txn(&self, user: &str, txn: &TxnRequest) -> Result<u64, AuthError> {
+        let state = self.read();
+        check_txn(&state, user, txn)?;
+        Ok(state.meta.revision)
+    }
+
+    /// Whether `user` may make the write `command` (an etcd transaction or one of rskv's own
+    /// writes; other commands are not a user's writes and pass).
+    ///
+    /// # Errors
+    /// As [`AuthStore::check`].
+    pub fn check_command(&self, user: &str, command: &Command) -> Result<(), AuthError> {
+        let state = self.read();
+        let check = |key: &[u8], perm| state.check(user, key, b"", perm);
+        match command {
+            Command::Put {
+                key, return_prev, ..
+            } => {
+                check(key, Perm::Write)?;
+                if *return_prev {
+                    check(key, Perm::Read)?;
+                }
+                Ok(())
+            }
+            Command::Delete { key, .. } => check(key, Perm::Write),
+            Command::BatchPut { pairs, .. } => pairs
+                .iter()
+                .try_for_each(|(key, _)| check(key, Perm::Write)),
+            Command::CompareAndSwap { key, .. } => {
+                check(key, Perm::Read)?;
+                check(key, Perm::Write)
+            }
+            Command::Txn(txn) => check_txn(&state, user, txn),
+            _ => Ok(()),
+        }
     }
 
     /// The user a simple token was issued to, if it is valid (and refreshes it).
@@ -718,10 +796,12 @@ mod tests {
             store.apply(&c).expect("set up");
         }
         // Disabled: everything is allowed, even without a user.
-        assert_eq!(store.check("", b"b", b"", Perm::Write), Ok(()));
+        assert_eq!(store.check("", b"b", b"", Perm::Write).map(drop), Ok(()));
         store.apply(&change(Op::Enable, "", "")).expect("enable");
         let check = |user: &str, key: &str, end: &str, perm| {
-            store.check(user, key.as_bytes(), end.as_bytes(), perm)
+            store
+                .check(user, key.as_bytes(), end.as_bytes(), perm)
+                .map(drop)
         };
         assert_eq!(check("", "a/x", "", Perm::Read), Err(AuthError::UserEmpty));
         assert_eq!(check("root", "anything", "\0", Perm::Write), Ok(()));
@@ -791,7 +871,9 @@ mod tests {
         loaded.load(&records).expect("load");
         for store in [&store, &loaded] {
             let read = |key: &str, end: &str| {
-                store.check("bob", key.as_bytes(), end.as_bytes(), Perm::Read)
+                store
+                    .check("bob", key.as_bytes(), end.as_bytes(), Perm::Read)
+                    .map(drop)
             };
             let denied = Err(AuthError::PermissionDenied);
             assert_eq!(read("a/", "b"), Ok(()), "adjacent ranges of two roles");
@@ -804,7 +886,9 @@ mod tests {
             assert_eq!(read("z", ""), denied, "above every range");
             assert_eq!(read("a/", "\0"), denied, "to the end of the keyspace");
             let write = |key: &str, end: &str| {
-                store.check("bob", key.as_bytes(), end.as_bytes(), Perm::Write)
+                store
+                    .check("bob", key.as_bytes(), end.as_bytes(), Perm::Write)
+                    .map(drop)
             };
             assert_eq!(write("n", "q"), Ok(()));
             assert_eq!(write("m", ""), denied, "read only there");

@@ -350,7 +350,7 @@ pub(crate) fn execute(
         let admission = sessions.admit(stamp.id, stamp.seq, stamp.first_unacked, stamp.now_ms);
         return Ok(match admission {
             Admission::Execute => {
-                let keep = match command {
+                let keep = match command.unwrapped() {
                     Command::Delete { .. } => sessions::Keep::Existence,
                     Command::CompareAndSwap { .. } => sessions::Keep::UnlessSuccess,
                     _ => sessions::Keep::All,
@@ -443,6 +443,26 @@ pub(crate) fn execute(
         ),
         Command::LeaseRevoke { id } => {
             etcd_reply(writer.lease_revoke(id)?.map(|()| EtcdReply::Done))
+        }
+        Command::Authorized {
+            user,
+            revision,
+            command,
+        } => {
+            // Checked when proposed; again only if users, roles or the flag changed since, on
+            // every member alike (the auth store is replicated state, at the same revision here).
+            let denied = if revision == auth.revision() || !auth.enabled() {
+                None
+            } else {
+                auth.check_command(&user, &command).err()
+            };
+            match denied {
+                None => return execute(writer, sessions, auth, *command, index),
+                Some(e) => CommandResponse {
+                    etcd: Some(EtcdReply::AuthRefused(e)),
+                    ..CommandResponse::default()
+                },
+            }
         }
         Command::Auth(change) => {
             let reply = match auth.apply(&change) {

@@ -41,6 +41,7 @@ use tonic::Status;
 use super::errors::EtcdError;
 use super::kv::EtcdKv;
 use super::lease::EtcdLease;
+use crate::node::auth::Grant;
 use crate::node::history_feed::Feed;
 use crate::node::history_feed::HistoryFeed;
 use crate::node::read_view::ReadView;
@@ -166,6 +167,9 @@ pub struct Recipes {
     /// The undo tasks of canceled requests and the tasks serving `Observe` streams; the node
     /// waits for them when it shuts down.
     tasks: TaskTracker,
+    /// Who the recipe's own requests come as: the client whose request it serves, as checked
+    /// ([`Recipes::acting_as`]); nobody with auth disabled.
+    caller: Grant,
 }
 
 impl Recipes {
@@ -179,7 +183,7 @@ impl Recipes {
         metadata: &tonic::metadata::MetadataMap,
         name: &[u8],
         perm: rskv_storage::state_machine::auth::Perm,
-    ) -> Result<(), Status> {
+    ) -> Result<Grant, Status> {
         let prefix = prefix_of(name);
         let end = prefix_end(&prefix);
         self.kv.ctx().auth().check(metadata, &prefix, &end, perm)
@@ -194,7 +198,7 @@ impl Recipes {
         metadata: &tonic::metadata::MetadataMap,
         key: &[u8],
         perm: rskv_storage::state_machine::auth::Perm,
-    ) -> Result<(), Status> {
+    ) -> Result<Grant, Status> {
         self.kv.ctx().auth().check(metadata, key, b"", perm)
     }
 
@@ -212,7 +216,25 @@ impl Recipes {
             view,
             events,
             tasks,
+            caller: Grant::default(),
         }
+    }
+
+    /// The recipes serving a request checked as `grant`: their reads and writes (and an undo
+    /// after the client is gone, whose token may have lapsed by then) come as its user, through
+    /// the same checks as a client's, on this member and on the leader.
+    pub fn acting_as(&self, grant: Grant) -> Recipes {
+        Recipes {
+            caller: grant,
+            ..self.clone()
+        }
+    }
+
+    /// `message` as a request of the recipe's caller.
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        self.caller.attach(request.metadata_mut());
+        request
     }
 
     /// Runs `task` (serving a stream) as one of the tasks the node waits for at shutdown.
@@ -235,7 +257,7 @@ impl Recipes {
         };
         let granted = self
             .lease
-            .lease_grant(Request::new(grant))
+            .lease_grant(self.request(grant))
             .await?
             .into_inner();
         if !granted.error.is_empty() {
@@ -249,7 +271,7 @@ impl Recipes {
     /// # Errors
     /// What `Txn` answers.
     pub async fn txn(&self, txn: etcd::TxnRequest) -> Result<etcd::TxnResponse, Status> {
-        Ok(self.kv.txn(Request::new(txn)).await?.into_inner())
+        Ok(self.kv.txn(self.request(txn)).await?.into_inner())
     }
 
     /// Runs `range` as a client's (linearizable) `Range`.
@@ -257,7 +279,7 @@ impl Recipes {
     /// # Errors
     /// What `Range` answers.
     pub async fn range(&self, range: etcd::RangeRequest) -> Result<etcd::RangeResponse, Status> {
-        Ok(self.kv.range(Request::new(range)).await?.into_inner())
+        Ok(self.kv.range(self.request(range)).await?.into_inner())
     }
 
     /// Deletes `key` as a client's `DeleteRange`.
@@ -271,7 +293,7 @@ impl Recipes {
         };
         Ok(self
             .kv
-            .delete_range(Request::new(delete))
+            .delete_range(self.request(delete))
             .await?
             .into_inner())
     }

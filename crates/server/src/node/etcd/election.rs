@@ -29,6 +29,7 @@ use super::concurrency::prefix_of;
 use super::concurrency::put_op;
 use super::concurrency::Recipes;
 use super::EtcdContext;
+use crate::node::auth::Grant;
 
 /// Leader responses an `Observe` stream may hold unsent before its task waits.
 const OBSERVE_BUFFER: usize = 16;
@@ -67,6 +68,14 @@ impl EtcdElection {
     /// The service, answering headers with `ctx` and running its recipe with `recipes`.
     pub fn new(ctx: EtcdContext, recipes: Recipes) -> EtcdElection {
         EtcdElection { ctx, recipes }
+    }
+
+    /// The service for one request, checked as `grant`.
+    fn as_caller(&self, grant: Grant) -> EtcdElection {
+        EtcdElection {
+            ctx: self.ctx.clone(),
+            recipes: self.recipes.acting_as(grant),
+        }
     }
 
     /// etcd's `Election.Campaign`: queue (or find the key queued before, proclaiming the new
@@ -213,9 +222,14 @@ impl Election for EtcdElection {
         request: Request<v3electionpb::CampaignRequest>,
     ) -> Result<Response<v3electionpb::CampaignResponse>, Status> {
         super::observe("etcd.campaign", async {
-            self.recipes
-                .check_name(request.metadata(), &request.get_ref().name, Perm::Write)?;
-            self.run_campaign(request.into_inner()).await
+            let grant = self.recipes.check_name(
+                request.metadata(),
+                &request.get_ref().name,
+                Perm::Write,
+            )?;
+            self.as_caller(grant)
+                .run_campaign(request.into_inner())
+                .await
         })
         .await
     }
@@ -225,14 +239,16 @@ impl Election for EtcdElection {
         request: Request<v3electionpb::ProclaimRequest>,
     ) -> Result<Response<v3electionpb::ProclaimResponse>, Status> {
         super::observe("etcd.proclaim", async {
-            if let Some(leader) = &request.get_ref().leader {
-                self.recipes
-                    .check_key(request.metadata(), &leader.key, Perm::Write)?;
-            }
+            let leader = request.get_ref().leader.as_ref();
+            let leader_key = &leader.ok_or_else(missing_leader_key)?.key;
+            let grant = self
+                .recipes
+                .check_key(request.metadata(), leader_key, Perm::Write)?;
+            let service = self.as_caller(grant);
             let request = request.into_inner();
             let mut leader = request.leader.ok_or_else(missing_leader_key)?;
-            leader.lease = self.recipes.session_lease(leader.lease).await?;
-            let response = self.proclaim_as(&leader, request.value).await?;
+            leader.lease = service.recipes.session_lease(leader.lease).await?;
+            let response = service.proclaim_as(&leader, request.value).await?;
             Ok(v3electionpb::ProclaimResponse {
                 header: response.header,
             })
@@ -245,10 +261,15 @@ impl Election for EtcdElection {
         request: Request<v3electionpb::LeaderRequest>,
     ) -> Result<Response<v3electionpb::LeaderResponse>, Status> {
         super::observe("etcd.leader", async {
-            self.recipes
-                .check_name(request.metadata(), &request.get_ref().name, Perm::Read)?;
+            let grant =
+                self.recipes
+                    .check_name(request.metadata(), &request.get_ref().name, Perm::Read)?;
             let prefix = prefix_of(&request.into_inner().name);
-            let found = self.recipes.range(oldest_under(&prefix)).await?;
+            let found = self
+                .recipes
+                .acting_as(grant)
+                .range(oldest_under(&prefix))
+                .await?;
             let kv = found.kvs.into_iter().next().ok_or_else(no_leader)?;
             Ok(v3electionpb::LeaderResponse {
                 header: found.header,
@@ -265,11 +286,12 @@ impl Election for EtcdElection {
         request: Request<v3electionpb::LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
         super::observe("etcd.observe", async {
-            self.recipes
-                .check_name(request.metadata(), &request.get_ref().name, Perm::Read)?;
+            let grant =
+                self.recipes
+                    .check_name(request.metadata(), &request.get_ref().name, Perm::Read)?;
             let prefix = prefix_of(&request.into_inner().name);
             let (out, rx) = mpsc::channel(OBSERVE_BUFFER);
-            let (ctx, recipes) = (self.ctx.clone(), self.recipes.clone());
+            let (ctx, recipes) = (self.ctx.clone(), self.recipes.acting_as(grant));
             self.recipes.spawn(async move {
                 let closed = out.clone();
                 tokio::select! {
@@ -291,13 +313,15 @@ impl Election for EtcdElection {
         request: Request<v3electionpb::ResignRequest>,
     ) -> Result<Response<v3electionpb::ResignResponse>, Status> {
         super::observe("etcd.resign", async {
-            if let Some(leader) = &request.get_ref().leader {
-                self.recipes
-                    .check_key(request.metadata(), &leader.key, Perm::Write)?;
-            }
+            let leader = request.get_ref().leader.as_ref();
+            let leader_key = &leader.ok_or_else(missing_leader_key)?.key;
+            let grant = self
+                .recipes
+                .check_key(request.metadata(), leader_key, Perm::Write)?;
             let leader = request.into_inner().leader.ok_or_else(missing_leader_key)?;
             let response = self
                 .recipes
+                .acting_as(grant)
                 .txn(resignation(&leader.key, leader.rev))
                 .await?;
             Ok(v3electionpb::ResignResponse {

@@ -24,6 +24,7 @@ use super::forward::Routed;
 use super::propose;
 use super::unexpected;
 use super::EtcdContext;
+use crate::node::auth::Grant;
 use crate::node::compactor;
 use crate::node::proposer::Proposer;
 use crate::node::read_barrier::ReadBarrier;
@@ -174,8 +175,13 @@ impl EtcdKv {
     }
 
     /// Replicates `txn` and answers with its response and the revision after it.
-    async fn apply_txn(&self, txn: etcd::TxnRequest) -> Result<(etcd::TxnResponse, i64), Status> {
-        match propose(&self.proposer, Command::Txn(Box::new(txn)), "a transaction").await? {
+    async fn apply_txn(
+        &self,
+        txn: etcd::TxnRequest,
+        grant: Grant,
+    ) -> Result<(etcd::TxnResponse, i64), Status> {
+        let command = grant.wrap(Command::Txn(Box::new(txn)));
+        match propose(&self.proposer, command, "a transaction").await? {
             (EtcdReply::Txn(reply), revision) => Ok((*reply, revision)),
             (other, _) => Err(unexpected("a transaction", &other)),
         }
@@ -259,7 +265,7 @@ impl Kv for EtcdKv {
             check_size(request.get_ref())?;
             check_put(request.get_ref())?;
             let (auth, p) = (self.ctx.auth(), request.get_ref());
-            auth.check(request.metadata(), &p.key, b"", Perm::Write)?;
+            let grant = auth.check(request.metadata(), &p.key, b"", Perm::Write)?;
             if p.prev_kv {
                 auth.check(request.metadata(), &p.key, b"", Perm::Read)?;
             }
@@ -274,7 +280,7 @@ impl Kv for EtcdKv {
                 Routed::Here(put) => put,
                 Routed::Forwarded(response) => return Ok(response),
             };
-            let (mut txn, revision) = self.apply_txn(single(Op::RequestPut(put))).await?;
+            let (mut txn, revision) = self.apply_txn(single(Op::RequestPut(put)), grant).await?;
             match txn.responses.pop().and_then(|r| r.response) {
                 Some(OpResponse::ResponsePut(mut put)) => {
                     put.header = Some(self.ctx.header_at(revision));
@@ -296,7 +302,7 @@ impl Kv for EtcdKv {
                 return Err(no_key());
             }
             let (auth, d) = (self.ctx.auth(), request.get_ref());
-            auth.check(request.metadata(), &d.key, &d.range_end, Perm::Write)?;
+            let grant = auth.check(request.metadata(), &d.key, &d.range_end, Perm::Write)?;
             if d.prev_kv {
                 auth.check(request.metadata(), &d.key, &d.range_end, Perm::Read)?;
             }
@@ -312,7 +318,7 @@ impl Kv for EtcdKv {
                 Routed::Forwarded(response) => return Ok(response),
             };
             let (mut txn, revision) = self
-                .apply_txn(single(Op::RequestDeleteRange(delete)))
+                .apply_txn(single(Op::RequestDeleteRange(delete)), grant)
                 .await?;
             match txn.responses.pop().and_then(|r| r.response) {
                 Some(OpResponse::ResponseDeleteRange(mut delete)) => {
@@ -334,7 +340,8 @@ impl Kv for EtcdKv {
         super::observe("etcd.txn", async {
             check_size(request.get_ref())?;
             check_txn(request.get_ref(), MAX_TXN_OPS)?;
-            self.ctx
+            let grant = self
+                .ctx
                 .auth()
                 .check_txn(request.metadata(), request.get_ref())?;
             let txn = match self
@@ -348,7 +355,7 @@ impl Kv for EtcdKv {
                 Routed::Here(txn) => txn,
                 Routed::Forwarded(response) => return Ok(response),
             };
-            let (mut response, revision) = self.apply_txn(txn).await?;
+            let (mut response, revision) = self.apply_txn(txn, grant).await?;
             let header = self.ctx.header_at(revision);
             fill_headers(&mut response, &header);
             Ok(response)

@@ -21,6 +21,7 @@ use super::concurrency::oldest_under;
 use super::concurrency::prefix_of;
 use super::concurrency::range_kv;
 use super::concurrency::Recipes;
+use crate::node::auth::Grant;
 
 /// What etcd answers (code UNKNOWN) when the waiter's own key was gone by the time the keys
 /// before it were: its lease ended while it waited.
@@ -35,6 +36,13 @@ impl EtcdLock {
     /// The service, running its recipe with `recipes`.
     pub fn new(recipes: Recipes) -> EtcdLock {
         EtcdLock { recipes }
+    }
+
+    /// The service for one request, checked as `grant`.
+    fn as_caller(&self, grant: Grant) -> EtcdLock {
+        EtcdLock {
+            recipes: self.recipes.acting_as(grant),
+        }
     }
 
     /// etcd's `Mutex.Lock`: queue, wait for the older keys to go, check ours is still there.
@@ -103,9 +111,12 @@ impl Lock for EtcdLock {
         request: Request<v3lockpb::LockRequest>,
     ) -> Result<Response<v3lockpb::LockResponse>, Status> {
         super::observe("etcd.lock", async {
-            self.recipes
-                .check_name(request.metadata(), &request.get_ref().name, Perm::Write)?;
-            self.acquire(request.into_inner()).await
+            let grant = self.recipes.check_name(
+                request.metadata(),
+                &request.get_ref().name,
+                Perm::Write,
+            )?;
+            self.as_caller(grant).acquire(request.into_inner()).await
         })
         .await
     }
@@ -115,9 +126,14 @@ impl Lock for EtcdLock {
         request: Request<v3lockpb::UnlockRequest>,
     ) -> Result<Response<v3lockpb::UnlockResponse>, Status> {
         super::observe("etcd.unlock", async {
-            self.recipes
-                .check_key(request.metadata(), &request.get_ref().key, Perm::Write)?;
-            let deleted = self.recipes.delete(request.into_inner().key).await?;
+            let grant =
+                self.recipes
+                    .check_key(request.metadata(), &request.get_ref().key, Perm::Write)?;
+            let deleted = self
+                .recipes
+                .acting_as(grant)
+                .delete(request.into_inner().key)
+                .await?;
             Ok(v3lockpb::UnlockResponse {
                 header: deleted.header,
             })
