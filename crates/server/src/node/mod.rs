@@ -490,6 +490,7 @@ impl Node {
         let etcd_auth_service = Arc::new(etcd::auth::EtcdAuth::new(
             etcd_context.clone(),
             self.proposer.clone(),
+            self.reads.clone(),
             self.config.auth.bcrypt_cost,
         ));
         let etcd_auth = || {

@@ -22,18 +22,23 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
+use super::errors::status_of;
 use super::forward::Routed;
 use super::observe;
 use super::propose;
 use super::EtcdContext;
 use crate::node::auth::auth_status;
 use crate::node::proposer::Proposer;
+use crate::node::read_barrier::ReadBarrier;
 use crate::raft::Command;
 
 /// etcd's Auth service of one member.
 pub struct EtcdAuth {
     ctx: EtcdContext,
     proposer: Arc<Proposer>,
+    /// The leader's reads of users, roles and the flag wait on it, as etcd serves them through
+    /// Raft: an answer reflects every change committed before the request.
+    reads: Arc<ReadBarrier>,
     bcrypt_cost: u32,
 }
 
@@ -66,14 +71,26 @@ macro_rules! at_leader {
 }
 
 impl EtcdAuth {
-    /// The service of the member `ctx` describes, proposing through `proposer`, hashing new
-    /// passwords at `bcrypt_cost`.
-    pub fn new(ctx: EtcdContext, proposer: Arc<Proposer>, bcrypt_cost: u32) -> EtcdAuth {
+    /// The service of the member `ctx` describes, proposing through `proposer`, reading after
+    /// `reads`, hashing new passwords at `bcrypt_cost`.
+    pub fn new(
+        ctx: EtcdContext,
+        proposer: Arc<Proposer>,
+        reads: Arc<ReadBarrier>,
+        bcrypt_cost: u32,
+    ) -> EtcdAuth {
         EtcdAuth {
             ctx,
             proposer,
+            reads,
             bcrypt_cost,
         }
+    }
+
+    /// Waits until the leader's copy of the auth store holds every change committed before
+    /// now (the read barrier), for a read of it.
+    async fn fresh(&self) -> Result<(), Status> {
+        self.reads.wait().await.map_err(status_of)
     }
 
     /// Replicates `change`; the header of the revision after it.
@@ -136,9 +153,11 @@ impl Auth for EtcdAuth {
 
     async fn auth_status(
         &self,
-        _request: Request<etcd::AuthStatusRequest>,
+        request: Request<etcd::AuthStatusRequest>,
     ) -> Result<Response<etcd::AuthStatusResponse>, Status> {
         observe("etcd.auth.status", async {
+            at_leader!(self, request, auth_status);
+            self.fresh().await?;
             let store = self.ctx.auth().store();
             Ok(etcd::AuthStatusResponse {
                 header: Some(self.ctx.header()),
@@ -224,11 +243,13 @@ impl Auth for EtcdAuth {
     ) -> Result<Response<etcd::AuthUserGetResponse>, Status> {
         observe("etcd.auth.user_get", async {
             self.root(&request)?;
+            let request = at_leader!(self, request, user_get);
+            self.fresh().await?;
             let user = self
                 .ctx
                 .auth()
                 .store()
-                .user(&request.get_ref().name)
+                .user(&request.name)
                 .ok_or_else(|| auth_status(AuthError::UserNotFound))?;
             Ok(etcd::AuthUserGetResponse {
                 header: Some(self.ctx.header()),
@@ -244,6 +265,8 @@ impl Auth for EtcdAuth {
     ) -> Result<Response<etcd::AuthUserListResponse>, Status> {
         observe("etcd.auth.user_list", async {
             self.root(&request)?;
+            at_leader!(self, request, user_list);
+            self.fresh().await?;
             Ok(etcd::AuthUserListResponse {
                 header: Some(self.ctx.header()),
                 users: self.ctx.auth().store().user_names(),
@@ -335,7 +358,9 @@ impl Auth for EtcdAuth {
     ) -> Result<Response<etcd::AuthRoleGetResponse>, Status> {
         observe("etcd.auth.role_get", async {
             self.root(&request)?;
-            let name = &request.get_ref().role;
+            let request = at_leader!(self, request, role_get);
+            self.fresh().await?;
+            let name = &request.role;
             let perm = match self.ctx.auth().store().role(name) {
                 Some(role) => role
                     .permissions
@@ -364,6 +389,8 @@ impl Auth for EtcdAuth {
     ) -> Result<Response<etcd::AuthRoleListResponse>, Status> {
         observe("etcd.auth.role_list", async {
             self.root(&request)?;
+            at_leader!(self, request, role_list);
+            self.fresh().await?;
             Ok(etcd::AuthRoleListResponse {
                 header: Some(self.ctx.header()),
                 roles: self.ctx.auth().store().role_names(),
