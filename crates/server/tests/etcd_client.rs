@@ -1344,3 +1344,87 @@ async fn a_write_through_a_follower_is_read_there_at_once() {
         writer.expect("writer");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nospace_alarm_is_replicated_and_stops_puts_until_disarmed() {
+    use etcd_client::AlarmAction;
+    use etcd_client::AlarmOptions;
+    use etcd_client::AlarmType;
+    let (cluster, leader, follower, mut f, mut l) = start("rocksdb").await;
+    f.put("a", "1", None).await.expect("put");
+    let on = |member| {
+        let mut options = AlarmOptions::new();
+        options.with_member(member);
+        Some(options)
+    };
+    // Raised through a follower (forwarded to the leader, replicated): every member lists it.
+    let raised = f
+        .alarm(AlarmAction::Activate, AlarmType::Nospace, on(follower))
+        .await
+        .expect("activate");
+    assert_eq!(raised.alarms().len(), 1);
+    for id in [leader, follower] {
+        let cluster = &cluster;
+        let listed = cluster
+            .wait(
+                &format!("node {id} to list the alarm"),
+                WAIT,
+                || async move {
+                    let mut c = connect(cluster, id).await;
+                    let r = c
+                        .alarm(AlarmAction::Get, AlarmType::None, None)
+                        .await
+                        .ok()?;
+                    let first = r.alarms().first()?;
+                    (r.alarms().len() == 1).then(|| (first.member_id(), first.alarm()))
+                },
+            )
+            .await;
+        assert_eq!(listed, (follower, AlarmType::Nospace));
+    }
+    // Puts, transactions that put and lease grants are refused with etcd's error; reads and
+    // deletes go on.
+    const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
+    for client in [&mut f, &mut l] {
+        assert_etcd_error(
+            client.put("b", "1", None).await,
+            Code::ResourceExhausted,
+            NO_SPACE,
+        );
+        assert_etcd_error(
+            client.lease_grant(30, None).await,
+            Code::ResourceExhausted,
+            NO_SPACE,
+        );
+    }
+    let txn = Txn::new().and_then([TxnOp::put("c", "1", None)]);
+    assert_etcd_error(f.txn(txn).await, Code::ResourceExhausted, NO_SPACE);
+    let got = f.get("a", None).await.expect("get");
+    assert_eq!(got.kvs()[0].value(), b"1");
+    f.delete("a", None).await.expect("a delete frees space");
+    // rskv's own API is held to it too.
+    let native = cluster.client().put("n", "1").await;
+    assert!(
+        native
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("database space exceeded")),
+        "{native:?}"
+    );
+    // Disarmed (through the leader), writes go through again.
+    let cleared = l
+        .alarm(AlarmAction::Deactivate, AlarmType::Nospace, on(follower))
+        .await
+        .expect("deactivate");
+    assert_eq!(cleared.alarms().len(), 1);
+    cluster
+        .wait("the follower to take puts again", WAIT, || {
+            let mut f = f.clone();
+            async move { f.put("b", "2", None).await.ok() }
+        })
+        .await;
+    let listed = l
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await
+        .expect("list");
+    assert!(listed.alarms().is_empty());
+}

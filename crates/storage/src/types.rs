@@ -161,6 +161,16 @@ pub enum Command {
     },
     /// A change of the auth store (etcd's Auth API, see [`crate::state_machine::auth`]).
     Auth(rskv_proto::storage::AuthChange),
+    /// Raises (`activate`) or clears etcd alarm `alarm` for `member` (see
+    /// [`crate::state_machine::alarms`]).
+    Alarm {
+        /// The member the alarm is about.
+        member: u64,
+        /// etcd's `AlarmType` value.
+        alarm: i32,
+        /// Raise, or clear.
+        activate: bool,
+    },
     /// A client's write with who sent it (auth enabled): `user`'s permissions as of auth
     /// `revision` allowed `command` when it was proposed. Applied under a later auth revision
     /// it is checked again, so a permission revoked in between refuses it, on every member
@@ -294,6 +304,7 @@ impl Command {
             | Command::Compact { .. }
             | Command::LeaseGrant { .. }
             | Command::LeaseRevoke { .. }
+            | Command::Alarm { .. }
             | Command::Auth(_)) => c,
         }
     }
@@ -321,7 +332,8 @@ impl Command {
             | Command::CloseSession { .. }
             | Command::Compact { .. }
             | Command::LeaseGrant { .. }
-            | Command::LeaseRevoke { .. } => 0,
+            | Command::LeaseRevoke { .. }
+            | Command::Alarm { .. } => 0,
         }
     }
 }
@@ -349,6 +361,11 @@ impl fmt::Display for Command {
             Command::LeaseGrant { id, ttl } => write!(f, "lease_grant({id:x}, {ttl}s)"),
             Command::LeaseRevoke { id } => write!(f, "lease_revoke({id:x})"),
             Command::Authorized { user, command, .. } => write!(f, "{command} as {user:?}"),
+            Command::Alarm {
+                member,
+                alarm,
+                activate,
+            } => write!(f, "alarm({member:x}, {alarm}, {activate})"),
             // Never the hash or the token.
             Command::Auth(change) => write!(
                 f,
@@ -429,6 +446,9 @@ pub enum MvccError {
     /// A put with `ignore_value` or `ignore_lease` of a key that does not exist.
     #[error("key not found")]
     KeyNotFound,
+    /// A write that would grow the store while a `NOSPACE` alarm is active.
+    #[error("database space exceeded")]
+    NoSpace,
 }
 
 impl CommandResponse {

@@ -179,9 +179,17 @@ impl KvService {
     ) -> Result<(u64, CommandResponse)> {
         let command = in_session(session, command)?;
         let (index, resp) = self.proposer.write(command).await?;
-        if let Some(EtcdReply::AuthRefused(e)) = &resp.etcd {
+        match &resp.etcd {
             // Permissions changed between the check and the apply.
-            return Err(denied(auth_status(*e)));
+            Some(EtcdReply::AuthRefused(e)) => return Err(denied(auth_status(*e))),
+            // etcd's NOSPACE alarm is raised: nothing that grows the store is applied.
+            Some(EtcdReply::Refused(e)) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "{e}: an etcd NOSPACE alarm is raised (etcdctl alarm list; disarm it once \
+                     space is freed)"
+                )))
+            }
+            _ => {}
         }
         match &resp.session {
             SessionOutcome::Applied | SessionOutcome::Opened { .. } => Ok((index, resp)),

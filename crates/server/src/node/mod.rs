@@ -426,14 +426,17 @@ impl Node {
             EtcdClusterServer::from_arc(etcd_cluster_service.clone())
                 .max_decoding_message_size(limits.max_message_bytes)
         };
-        let etcd_maintenance =
-            EtcdMaintenanceServer::new(etcd::maintenance::EtcdMaintenanceService::new(
-                etcd_context.clone(),
-                read_view::ReadView::new(self.engine.clone(), &self.raft),
-                membership::MembershipAdmin::new(self.clone()),
-                self.data_dir.clone(),
-            ))
-            .max_decoding_message_size(limits.max_message_bytes);
+        let etcd_maintenance_service = Arc::new(etcd::maintenance::EtcdMaintenanceService::new(
+            etcd_context.clone(),
+            read_view::ReadView::new(self.engine.clone(), &self.raft),
+            membership::MembershipAdmin::new(self.clone()),
+            self.data_dir.clone(),
+            (self.state_machine.alarms(), self.proposer.clone()),
+        ));
+        let etcd_maintenance = || {
+            EtcdMaintenanceServer::from_arc(etcd_maintenance_service.clone())
+                .max_decoding_message_size(limits.max_message_bytes)
+        };
         let view = read_view::ReadView::new(self.engine.clone(), &self.raft);
         // Shared with the lock and election services, which run their recipes through it.
         let etcd_kv_service = Arc::new(etcd::kv::EtcdKv::new(
@@ -524,7 +527,7 @@ impl Node {
             .add_service(kv)
             .add_service(cluster)
             .add_service(etcd_cluster())
-            .add_service(etcd_maintenance)
+            .add_service(etcd_maintenance())
             .add_service(etcd_kv())
             .add_service(etcd_watch)
             .add_service(etcd_lease())
@@ -559,6 +562,7 @@ impl Node {
             .add_service(etcd_kv())
             .add_service(etcd_lease())
             .add_service(etcd_cluster())
+            .add_service(etcd_maintenance())
             .add_service(etcd_auth())
             .serve_with_incoming_shutdown(
                 tls::tls_incoming(

@@ -377,6 +377,15 @@ fn command_to(command: &Command) -> pb::Command {
         Command::LeaseGrant { id, ttl } => C::LeaseGrant(pb::LeaseGrant { id: *id, ttl: *ttl }),
         Command::LeaseRevoke { id } => C::LeaseRevoke(pb::LeaseRevoke { id: *id }),
         Command::Auth(change) => C::Auth(change.clone()),
+        Command::Alarm {
+            member,
+            alarm,
+            activate,
+        } => C::Alarm(pb::AlarmChange {
+            member: *member,
+            alarm: *alarm,
+            activate: *activate,
+        }),
         Command::Authorized {
             user,
             revision,
@@ -442,6 +451,11 @@ fn command_from(m: pb::Command) -> Result<Command, FormatError> {
         },
         C::LeaseRevoke(r) => Command::LeaseRevoke { id: r.id },
         C::Auth(change) => Command::Auth(change),
+        C::Alarm(a) => Command::Alarm {
+            member: a.member,
+            alarm: a.alarm,
+            activate: a.activate,
+        },
         C::Authorized(a) => Command::Authorized {
             user: a.user,
             revision: a.auth_revision,

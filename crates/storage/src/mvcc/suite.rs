@@ -41,6 +41,7 @@ struct Store {
     keys: KeyIndex,
     index: u64,
     auth: crate::state_machine::auth::AuthStore,
+    alarms: crate::state_machine::alarms::AlarmSet,
 }
 
 impl Store {
@@ -51,8 +52,17 @@ impl Store {
         for command in commands {
             self.index += 1;
             out.push(
-                execute(&mut writer, &mut sessions, &self.auth, command, self.index)
-                    .expect("execute"),
+                execute(
+                    &mut writer,
+                    &mut sessions,
+                    crate::state_machine::Replicated {
+                        auth: &self.auth,
+                        alarms: &self.alarms,
+                    },
+                    command,
+                    self.index,
+                )
+                .expect("execute"),
             );
         }
         let mut set = WriteSet::default();
@@ -161,6 +171,7 @@ fn suite(engine: Arc<dyn KvEngine>) -> Store {
         engine,
         index: 0,
         auth: Default::default(),
+        alarms: Default::default(),
     };
     assert_eq!(
         s.source().meta().revision,
@@ -624,6 +635,7 @@ fn engines_should_agree_and_move_history_through_a_snapshot() {
         engine: Arc::new(target),
         index: 100,
         auth: Default::default(),
+        alarms: Default::default(),
     };
     assert_eq!(
         moved.keys, memory.keys,
@@ -690,6 +702,7 @@ fn a_read_racing_a_commit_should_answer_for_the_revision_it_names() {
             engine: engine.clone(),
             index: 0,
             auth: Default::default(),
+            alarms: Default::default(),
         };
         s.txn(ops(vec![put("a", "1"), put("b", "1")])).expect("txn");
         let mut racer = Store {
@@ -697,6 +710,7 @@ fn a_read_racing_a_commit_should_answer_for_the_revision_it_names() {
             engine: engine.clone(),
             index: 10,
             auth: Default::default(),
+            alarms: Default::default(),
         };
         let source = Racing {
             inner: EngineSource::new(&*engine).expect("source"),
@@ -819,5 +833,62 @@ fn suite_store(engine: Arc<dyn KvEngine>) -> Store {
         engine,
         index: 0,
         auth: Default::default(),
+        alarms: Default::default(),
     }
+}
+
+#[test]
+fn a_nospace_alarm_should_stop_what_grows_the_store_and_nothing_else() {
+    use crate::state_machine::alarms::NOSPACE;
+    let mut s = suite_store(Arc::new(MemoryEngine::new()));
+    s.txn(ops(vec![put("a", "1"), put("b", "1")])).expect("txn");
+    let alarm = |activate| Command::Alarm {
+        member: 2,
+        alarm: NOSPACE,
+        activate,
+    };
+    assert_eq!(s.one(alarm(true)).etcd, Some(EtcdReply::Done));
+    assert_eq!(s.alarms.list(), vec![(2, NOSPACE)]);
+    let no_space = Some(EtcdReply::Refused(MvccError::NoSpace));
+    let native_put = Command::Put {
+        key: b("n"),
+        value: b("1"),
+        return_prev: false,
+        session: None,
+    };
+    assert_eq!(s.one(native_put.clone()).etcd, no_space, "a native put");
+    assert_eq!(s.txn(ops(vec![put("c", "1")])), Err(MvccError::NoSpace));
+    let nested = etcd::RequestOp {
+        request: Some(Request::RequestTxn(ops(vec![put("a", "2")]))),
+    };
+    assert_eq!(
+        s.txn(ops(vec![range_op("a", ""), nested])),
+        Err(MvccError::NoSpace),
+        "a transaction with a put anywhere"
+    );
+    assert_eq!(
+        s.one(Command::LeaseGrant { id: 7, ttl: 60 }).etcd,
+        no_space,
+        "a lease grant"
+    );
+    // Reads and deletes go on: the cluster can be cleaned up.
+    let read = s
+        .txn(ops(vec![range_op("a", "")]))
+        .expect("a read-only transaction");
+    assert!(read.succeeded);
+    s.txn(ops(vec![delete("b", "")])).expect("a delete");
+    assert_eq!(
+        s.one(Command::Delete {
+            key: b("a"),
+            session: None
+        })
+        .etcd,
+        None,
+        "a native delete"
+    );
+    assert_eq!(s.range("a", "c", 0).expect("range"), Vec::<Listed>::new());
+    // Disarmed, writes go through again.
+    assert_eq!(s.one(alarm(false)).etcd, Some(EtcdReply::Done));
+    assert_eq!(s.one(native_put).etcd, None);
+    s.txn(ops(vec![put("c", "1")])).expect("txn after disarm");
 }

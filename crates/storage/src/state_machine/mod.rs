@@ -20,6 +20,7 @@
 //! atomic step together with the new applied log id and membership. Responses go back to clients
 //! only after that commit, so an acknowledged write is visible to every later read.
 
+pub mod alarms;
 pub mod auth;
 pub mod memory;
 pub mod rocks;
@@ -69,6 +70,7 @@ use crate::types::Snapshot;
 use crate::types::SnapshotMeta;
 use crate::types::StoredMembership;
 use crate::types::TypeConfig;
+use alarms::AlarmSet;
 use auth::AuthStore;
 use sessions::Admission;
 use sessions::SessionTable;
@@ -342,10 +344,11 @@ pub trait KvEngine: Send + Sync + 'static {
 pub(crate) fn execute(
     writer: &mut Writer<'_>,
     sessions: &mut SessionTable,
-    auth: &AuthStore,
+    system: Replicated<'_>,
     mut command: Command,
     index: u64,
 ) -> io::Result<CommandResponse> {
+    let Replicated { auth, alarms } = system;
     if let Some(stamp) = command.take_session() {
         let admission = sessions.admit(stamp.id, stamp.seq, stamp.first_unacked, stamp.now_ms);
         return Ok(match admission {
@@ -355,7 +358,7 @@ pub(crate) fn execute(
                     Command::CompareAndSwap { .. } => sessions::Keep::UnlessSuccess,
                     _ => sessions::Keep::All,
                 };
-                let response = execute(writer, sessions, auth, command, index)?;
+                let response = execute(writer, sessions, system, command, index)?;
                 sessions.record(stamp.id, stamp.seq, index, &response, keep);
                 response
             }
@@ -365,6 +368,12 @@ pub(crate) fn execute(
     }
     if !matches!(command, Command::Group { .. }) {
         writer.begin(index);
+    }
+    if alarms.no_space() && grows(&command) {
+        // etcd's capped applier: nothing that grows the store while NOSPACE is raised.
+        let mut refused = etcd_reply(Err(MvccError::NoSpace));
+        refused.revision = writer.revision();
+        return Ok(refused);
     }
     let value = |kv: Option<KeyVersion>| kv.map(|kv| kv.value);
     // The store refuses nothing of rskv's own commands: they name no lease.
@@ -414,7 +423,7 @@ pub(crate) fn execute(
             success: true,
             group: commands
                 .into_iter()
-                .map(|c| execute(writer, sessions, auth, c, index))
+                .map(|c| execute(writer, sessions, system, c, index))
                 .collect::<io::Result<_>>()?,
             ..CommandResponse::default()
         },
@@ -457,12 +466,20 @@ pub(crate) fn execute(
                 auth.check_command(&user, &command).err()
             };
             match denied {
-                None => return execute(writer, sessions, auth, *command, index),
+                None => return execute(writer, sessions, system, *command, index),
                 Some(e) => CommandResponse {
                     etcd: Some(EtcdReply::AuthRefused(e)),
                     ..CommandResponse::default()
                 },
             }
+        }
+        Command::Alarm {
+            member,
+            alarm,
+            activate,
+        } => {
+            alarms.apply(member, alarm, activate);
+            etcd_reply(Ok(EtcdReply::Done))
         }
         Command::Auth(change) => {
             let reply = match auth.apply(&change) {
@@ -478,6 +495,61 @@ pub(crate) fn execute(
     };
     response.revision = writer.revision();
     Ok(response)
+}
+
+/// The replicated stores apply reads and changes besides the data: users and roles, alarms.
+#[derive(Clone, Copy)]
+pub(crate) struct Replicated<'a> {
+    pub(crate) auth: &'a AuthStore,
+    pub(crate) alarms: &'a AlarmSet,
+}
+
+/// The replicated stores beside the data, owned by the state machine.
+#[derive(Clone, Default)]
+struct Stores {
+    auth: Arc<AuthStore>,
+    alarms: Arc<AlarmSet>,
+}
+
+impl Stores {
+    fn replicated(&self) -> Replicated<'_> {
+        Replicated {
+            auth: &self.auth,
+            alarms: &self.alarms,
+        }
+    }
+
+    /// Both stores as the system keyspace `records` hold them.
+    fn load(&self, records: &[(Bytes, Bytes)]) -> io::Result<()> {
+        self.auth.load(records)?;
+        self.alarms.load(records)
+    }
+}
+
+/// Whether `command` could grow the store (refused while `NOSPACE` is raised): puts, compare
+/// and swaps, lease grants, and transactions with a put in either branch. Deletes pass, so the
+/// store can be cleaned up: etcd's DeleteRange travels here as a transaction of one delete.
+/// (etcd's capped applier refuses a transaction of deletes only; rskv lets it through.)
+fn grows(command: &Command) -> bool {
+    fn puts(txn: &crate::types::TxnRequest) -> bool {
+        use rskv_proto::etcd::etcdserverpb::request_op::Request as Op;
+        txn.success
+            .iter()
+            .chain(&txn.failure)
+            .any(|op| match &op.request {
+                Some(Op::RequestPut(_)) => true,
+                Some(Op::RequestTxn(nested)) => puts(nested),
+                Some(Op::RequestRange(_) | Op::RequestDeleteRange(_)) | None => false,
+            })
+    }
+    match command {
+        Command::Put { .. }
+        | Command::BatchPut { .. }
+        | Command::CompareAndSwap { .. }
+        | Command::LeaseGrant { .. } => true,
+        Command::Txn(txn) => puts(txn),
+        _ => false,
+    }
 }
 
 /// The response of an etcd command.
@@ -510,7 +582,7 @@ fn apply_batch(
     engine: &dyn KvEngine,
     bus: &EventBus,
     sessions: &mut SessionTable,
-    auth: &AuthStore,
+    stores: &Stores,
     keys: &mut KeyIndex,
     batch: Vec<EntryResponder<TypeConfig>>,
 ) -> io::Result<Answers> {
@@ -521,9 +593,13 @@ fn apply_batch(
         state.last_applied = Some(entry.log_id);
         let response = match entry.payload {
             EntryPayload::Blank => CommandResponse::done(None),
-            EntryPayload::Normal(command) => {
-                execute(&mut writer, sessions, auth, command, entry.log_id.index)?
-            }
+            EntryPayload::Normal(command) => execute(
+                &mut writer,
+                sessions,
+                stores.replicated(),
+                command,
+                entry.log_id.index,
+            )?,
             EntryPayload::Membership(membership) => {
                 state.membership = StoredMembership::new(Some(entry.log_id), membership);
                 CommandResponse::done(None)
@@ -535,7 +611,8 @@ fn apply_batch(
     let revision = writer.revision();
     let index = state.last_applied.map_or(0, |l| l.index);
     let mut system = sessions.take_changes();
-    system.extend(auth.take_changes());
+    system.extend(stores.auth.take_changes());
+    system.extend(stores.alarms.take_changes());
     let mut set = WriteSet {
         system,
         state,
@@ -635,9 +712,10 @@ pub struct StateMachine {
     /// without an engine read. Only apply and snapshot installs change it, each holding the
     /// session table's lock first.
     keys: Arc<Mutex<KeyIndex>>,
-    /// Users, roles, permissions and tokens (etcd's auth), as of the last applied entry
-    /// (mirrored in the system keyspace). Only apply and snapshot installs change it.
-    auth: Arc<AuthStore>,
+    /// Users, roles, permissions and tokens (etcd's auth), and etcd's alarms, as of the last
+    /// applied entry (mirrored in the system keyspace). Only apply and snapshot installs change
+    /// them.
+    stores: Stores,
     /// Where committed entries are applied to the engine: a thread of its own, so a slow engine
     /// write never holds an async worker.
     apply_thread: Arc<IoThread>,
@@ -667,16 +745,16 @@ impl StateMachine {
             sessions: Arc::new(Mutex::new(SessionTable::default())),
             open_sessions: Arc::new(AtomicUsize::new(0)),
             keys: Arc::new(Mutex::new(KeyIndex::default())),
-            auth: Arc::new(AuthStore::default()),
+            stores: Stores::default(),
             apply_thread: Arc::new(IoThread::spawn("rskv-apply")?),
         };
         let engine = sm.engine.clone();
         let path = sm.snapshot_path();
-        let auth = sm.auth.clone();
+        let stores = sm.stores.clone();
         let (sessions, keys) = tokio::task::spawn_blocking(move || {
             recover(&*engine, &path)?;
             let system = engine.system_records()?;
-            auth.load(&system)?;
+            stores.load(&system)?;
             let sessions = SessionTable::load(system)?;
             let started = std::time::Instant::now();
             let keys = KeyIndex::load(&*engine)?;
@@ -722,7 +800,12 @@ impl StateMachine {
 
     /// The auth store, for the services' checks (only apply changes it).
     pub fn auth(&self) -> Arc<AuthStore> {
-        self.auth.clone()
+        self.stores.auth.clone()
+    }
+
+    /// The active alarms, for etcd's Alarm API and health (only apply changes them).
+    pub fn alarms(&self) -> Arc<AlarmSet> {
+        self.stores.alarms.clone()
     }
 }
 
@@ -1001,19 +1084,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let sessions = self.sessions.clone();
         let open_sessions = self.open_sessions.clone();
         let keys = self.keys.clone();
-        let auth = self.auth.clone();
+        let stores = self.stores.clone();
         let writes: u64 = batch.iter().map(|(entry, _)| writes_in(entry)).sum();
         let work = move || {
             let mut sessions = sessions
                 .lock()
                 .map_err(|_| io_err("session table lock poisoned"))?;
             let mut keys = lock_index(&keys)?;
-            let applied = apply_batch(&*engine, &bus, &mut sessions, &auth, &mut keys, batch);
+            let applied = apply_batch(&*engine, &bus, &mut sessions, &stores, &mut keys, batch);
             if applied.is_err() {
                 // The tables and the index may have moved ahead of what the engine holds: take
                 // the engine's.
                 if let Ok(system) = engine.system_records() {
-                    let _ = auth.load(&system);
+                    let _ = stores.load(&system);
                     if let Ok(stored) = SessionTable::load(system) {
                         *sessions = stored;
                     }
@@ -1060,7 +1143,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let sessions = self.sessions.clone();
         let open_sessions = self.open_sessions.clone();
         let keys = self.keys.clone();
-        let auth = self.auth.clone();
+        let stores = self.stores.clone();
         self.trigger.snapshot_started();
         tokio::task::spawn_blocking(move || {
             let _guard = lock.lock().map_err(|_| io_err("snapshot lock poisoned"))?;
@@ -1097,7 +1180,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut index = lock_index(&keys)?;
             engine.import(&state, &mut file.reader()?)?;
             let system = engine.system_records()?;
-            auth.load(&system)?;
+            stores.load(&system)?;
             *table = SessionTable::load(system)?;
             *index = KeyIndex::load(&*engine)?;
             open_sessions.store(table.len(), Ordering::Relaxed);
@@ -1340,8 +1423,14 @@ mod tests {
         let mut keys = KeyIndex::load(&engine).expect("index");
         let mut writer = Writer::new(&engine, &mut keys);
         let mut sessions = SessionTable::default();
-        let resp =
-            execute(&mut writer, &mut sessions, &AuthStore::default(), group, 7).expect("execute");
+        let resp = execute(
+            &mut writer,
+            &mut sessions,
+            Stores::default().replicated(),
+            group,
+            7,
+        )
+        .expect("execute");
         let events = writer.take_events();
         let summary: Vec<(bool, Option<Bytes>)> = resp
             .group

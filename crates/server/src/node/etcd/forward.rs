@@ -63,6 +63,7 @@ answered!(
     etcd::AuthDisableResponse,
     etcd::AuthenticateResponse,
     etcd::AuthStatusResponse,
+    etcd::AlarmResponse,
     etcd::AuthUserGetResponse,
     etcd::AuthUserListResponse,
     etcd::AuthRoleGetResponse,

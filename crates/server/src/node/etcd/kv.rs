@@ -55,6 +55,9 @@ pub fn mvcc_status(e: &MvccError) -> Status {
             Status::failed_precondition("etcdserver: lease already exists")
         }
         MvccError::KeyNotFound => Status::invalid_argument("etcdserver: key not found"),
+        MvccError::NoSpace => {
+            Status::resource_exhausted("etcdserver: mvcc: database space exceeded")
+        }
     }
 }
 

@@ -5,9 +5,11 @@
 //!   `raftIndex`, the applied index, the term, whether it is a learner; `dbSize` is the bytes the
 //!   node's data directory holds on disk (Raft log, state machine, snapshots); `version` is
 //!   [`ETCD_VERSION`](super::ETCD_VERSION).
-//! - `Alarm` keeps a real alarm list, but in this member's memory only: etcd replicates alarms
-//!   and a `NOSPACE` alarm stops writes; here alarms are recorded, listed and cleared, and change
-//!   nothing else (rskv raises none itself).
+//! - `Alarm` raises and clears alarms through the log, as etcd does
+//!   ([`rskv_storage::state_machine::alarms`]): every member lists the same, and while a
+//!   `NOSPACE` alarm is raised, puts, transactions with a put and lease grants are refused
+//!   "etcdserver: mvcc: database space exceeded" (deletes and reads go on). rskv raises none
+//!   itself: it has no backend quota.
 //! - `Defragment` runs a full RocksDB compaction of the state machine's column families (what
 //!   deletions and history compaction left behind is dropped at once, not when RocksDB would get
 //!   to it); the memory engine has nothing to do.
@@ -19,11 +21,10 @@
 //!   the members of a new cluster.
 //! - `Downgrade` is UNIMPLEMENTED (rskv has no cluster versions to downgrade).
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use futures::Stream;
 use openraft::ServerState;
@@ -33,17 +34,23 @@ use tonic::Status;
 
 use super::cluster::change_status;
 use super::errors::EtcdError;
+use super::forward::Routed;
 use super::observe;
+use super::propose;
 use super::EtcdContext;
 use super::ETCD_VERSION;
 use crate::node::membership::ChangeError;
 use crate::node::membership::MembershipAdmin;
+use crate::node::proposer::Proposer;
 use crate::node::read_view::ReadView;
+use crate::raft::Command;
 use crate::raft::NodeId;
 use rskv_proto::etcd::etcdserverpb as etcd;
 use rskv_proto::etcd::etcdserverpb::alarm_request::AlarmAction;
+use rskv_proto::etcd::etcdserverpb::maintenance_client::MaintenanceClient;
 use rskv_proto::etcd::etcdserverpb::maintenance_server::Maintenance;
 use rskv_proto::etcd::etcdserverpb::AlarmType;
+use rskv_storage::state_machine::alarms::AlarmSet;
 
 /// Bytes per `Snapshot` message.
 const SNAPSHOT_CHUNK: usize = 64 * 1024;
@@ -57,8 +64,10 @@ pub struct EtcdMaintenanceService {
     admin: MembershipAdmin,
     /// Measured for `dbSize`.
     data_dir: PathBuf,
-    /// Active alarms, (member id, `AlarmType` value); this member's memory only.
-    alarms: Mutex<BTreeSet<(NodeId, i32)>>,
+    /// The cluster's active alarms, as this member has applied them.
+    alarms: Arc<AlarmSet>,
+    /// Raises and clears alarms.
+    proposer: Arc<Proposer>,
 }
 
 impl EtcdMaintenanceService {
@@ -68,18 +77,16 @@ impl EtcdMaintenanceService {
         view: ReadView,
         admin: MembershipAdmin,
         data_dir: PathBuf,
+        (alarms, proposer): (Arc<AlarmSet>, Arc<Proposer>),
     ) -> EtcdMaintenanceService {
         EtcdMaintenanceService {
             ctx,
             view,
             admin,
             data_dir,
-            alarms: Mutex::new(BTreeSet::new()),
+            alarms,
+            proposer,
         }
-    }
-
-    fn alarm_list(&self) -> std::sync::MutexGuard<'_, BTreeSet<(NodeId, i32)>> {
-        self.alarms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn status_now(&self) -> Result<etcd::StatusResponse, Status> {
@@ -96,7 +103,8 @@ impl EtcdMaintenanceService {
             .voter_ids()
             .any(|id| id == me);
         let mut errors: Vec<String> = self
-            .alarm_list()
+            .alarms
+            .list()
             .iter()
             .map(|(member, alarm)| format!("memberID:{member} alarm:{}", alarm_name(*alarm)))
             .collect();
@@ -120,53 +128,70 @@ impl EtcdMaintenanceService {
         })
     }
 
-    fn alarm_now(&self, req: etcd::AlarmRequest) -> Result<etcd::AlarmResponse, Status> {
-        let action = AlarmAction::try_from(req.action).map_err(|_| {
-            Status::invalid_argument(format!("unknown alarm action {}", req.action))
+    /// Lists, raises or clears alarms; a change is proposed by the leader (a follower forwards
+    /// it) and answered once applied.
+    async fn alarm_now(
+        &self,
+        request: Request<etcd::AlarmRequest>,
+    ) -> Result<etcd::AlarmResponse, Status> {
+        let action = AlarmAction::try_from(request.get_ref().action).map_err(|_| {
+            Status::invalid_argument(format!("unknown alarm action {}", request.get_ref().action))
         })?;
-        let alarm = AlarmType::try_from(req.alarm)
-            .map_err(|_| Status::invalid_argument(format!("unknown alarm type {}", req.alarm)))?;
-        let mut list = self.alarm_list();
-        let alarms = match action {
-            AlarmAction::Get => list
-                .iter()
+        let alarm = AlarmType::try_from(request.get_ref().alarm).map_err(|_| {
+            Status::invalid_argument(format!("unknown alarm type {}", request.get_ref().alarm))
+        })?;
+        if action == AlarmAction::Get {
+            let alarms = self
+                .alarms
+                .list()
+                .into_iter()
                 .filter(|(_, a)| alarm == AlarmType::None || *a == alarm as i32)
-                .map(|(member, a)| alarm_member(*member, *a))
-                .collect(),
-            AlarmAction::Activate => {
-                if alarm == AlarmType::None {
-                    return Err(Status::invalid_argument("cannot activate alarm NONE"));
-                }
-                let is_member = self.admin.members().iter().any(|m| m.id == req.member_id);
-                if !is_member {
-                    // etcd ignores an alarm for a member it does not know.
-                    Vec::new()
-                } else {
-                    tracing::warn!(
-                        member = req.member_id,
-                        alarm = alarm.as_str_name(),
-                        "alarm activated (this member's memory only)"
-                    );
-                    list.insert((req.member_id, alarm as i32));
-                    vec![alarm_member(req.member_id, alarm as i32)]
-                }
-            }
-            AlarmAction::Deactivate => {
-                if list.remove(&(req.member_id, alarm as i32)) {
-                    tracing::info!(
-                        member = req.member_id,
-                        alarm = alarm.as_str_name(),
-                        "alarm deactivated"
-                    );
-                    vec![alarm_member(req.member_id, alarm as i32)]
-                } else {
-                    Vec::new()
-                }
-            }
+                .map(|(member, a)| alarm_member(member, a))
+                .collect();
+            return Ok(etcd::AlarmResponse {
+                header: Some(self.ctx.header()),
+                alarms,
+            });
+        }
+        if action == AlarmAction::Activate && alarm == AlarmType::None {
+            return Err(Status::invalid_argument("cannot activate alarm NONE"));
+        }
+        let req = match self
+            .ctx
+            .forwarder()
+            .to_leader(request, |ch, r| async move {
+                MaintenanceClient::new(ch).alarm(r).await
+            })
+            .await?
+        {
+            Routed::Here(req) => req,
+            Routed::Forwarded(response) => return Ok(response),
         };
+        let activate = action == AlarmAction::Activate;
+        let active = self.alarms.list().contains(&(req.member_id, alarm as i32));
+        let known = self.admin.members().iter().any(|m| m.id == req.member_id);
+        // etcd ignores an alarm for a member it does not know, and a clear of one not raised.
+        if (activate && !known) || (!activate && !active) {
+            return Ok(etcd::AlarmResponse {
+                header: Some(self.ctx.header()),
+                alarms: Vec::new(),
+            });
+        }
+        let change = Command::Alarm {
+            member: req.member_id,
+            alarm: alarm as i32,
+            activate,
+        };
+        let (_, revision) = propose(&self.proposer, change, "an alarm").await?;
+        tracing::warn!(
+            member = req.member_id,
+            alarm = alarm.as_str_name(),
+            activate,
+            "alarm changed"
+        );
         Ok(etcd::AlarmResponse {
-            header: Some(self.ctx.header()),
-            alarms,
+            header: Some(self.ctx.header_at(revision)),
+            alarms: vec![alarm_member(req.member_id, alarm as i32)],
         })
     }
 
@@ -234,7 +259,7 @@ impl Maintenance for EtcdMaintenanceService {
             if request.get_ref().action != etcd::alarm_request::AlarmAction::Get as i32 {
                 self.ctx.auth().require_root(request.metadata())?;
             }
-            self.alarm_now(request.into_inner())
+            self.alarm_now(request).await
         })
         .await
     }
