@@ -462,6 +462,10 @@ pub struct LimitsConfig {
     /// refused with INVALID_ARGUMENT. Bounds the work, the log entry and the apply events one
     /// request can cause, independently of the byte limit.
     pub max_ops_per_request: usize,
+    /// Bytes the node's data directory may hold before it raises etcd's `NOSPACE` alarm for
+    /// itself (etcd's `--quota-backend-bytes`), after which the cluster refuses what grows the
+    /// store until the alarm is disarmed; 0: no quota. Checked every few seconds.
+    pub quota_backend_bytes: u64,
 }
 
 /// Default of `limits.max_ops_per_request`, and the size of the Multis the client library builds
@@ -547,6 +551,7 @@ impl Default for LimitsConfig {
             max_inflight_requests: 4_096,
             max_message_bytes: 8 * 1024 * 1024,
             max_ops_per_request: DEFAULT_MAX_OPS_PER_REQUEST,
+            quota_backend_bytes: 0,
         }
     }
 }
@@ -647,6 +652,9 @@ pub struct Overrides {
     /// limits.max_ops_per_request
     #[arg(long)]
     pub max_ops_per_request: Option<usize>,
+    /// limits.quota_backend_bytes (0: none)
+    #[arg(long)]
+    pub quota_backend_bytes: Option<u64>,
     /// events.watch_buffer
     #[arg(long)]
     pub watch_buffer: Option<usize>,
@@ -827,6 +835,7 @@ impl Config {
         );
         set(&mut self.limits.max_message_bytes, &o.max_message_bytes);
         set(&mut self.limits.max_ops_per_request, &o.max_ops_per_request);
+        set(&mut self.limits.quota_backend_bytes, &o.quota_backend_bytes);
         set(&mut self.events.watch_buffer, &o.watch_buffer);
         set(&mut self.sessions.ttl_ms, &o.session_ttl_ms);
         set(&mut self.sessions.max_sessions, &o.max_sessions);

@@ -270,3 +270,43 @@ async fn etcdctl_member_add_join_list_and_remove() {
     unknown.expect_error("etcdserver: member not found");
     cluster.kill(id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_over_its_quota_raises_nospace_and_the_cluster_stops_growing() {
+    // etcd's --quota-backend-bytes: a quota every data directory exceeds from the start.
+    let cluster = ProcessCluster::start(3, "rocksdb", &["--quota-backend-bytes", "1"]);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let all = cluster.endpoints();
+    let expected = format!("memberID:{leader} alarm:NOSPACE");
+    cluster
+        .wait(
+            "the leader to raise NOSPACE",
+            Duration::from_secs(30),
+            || {
+                let all = &all;
+                let expected = &expected;
+                async move {
+                    let out = etcdctl(all, &["alarm", "list"], COMMAND).await;
+                    (out.success && out.stdout.contains(expected.as_str())).then_some(())
+                }
+            },
+        )
+        .await;
+    // Every member refuses to grow the store, and still reads and deletes.
+    for node in &cluster.nodes {
+        let one = vec![node.addr.clone()];
+        etcdctl(&one, &["put", "k", "v"], COMMAND)
+            .await
+            .expect_error("etcdserver: mvcc: database space exceeded");
+        let out = etcdctl(&one, &["alarm", "list"], COMMAND)
+            .await
+            .expect_ok("alarm list");
+        assert!(out.stdout.contains(expected.as_str()), "{}", out.stdout);
+    }
+    etcdctl(&all, &["del", "k"], COMMAND)
+        .await
+        .expect_ok("a delete under NOSPACE");
+    etcdctl(&all, &["get", "k"], COMMAND)
+        .await
+        .expect_ok("a read under NOSPACE");
+}

@@ -437,6 +437,21 @@ impl Node {
             EtcdMaintenanceServer::from_arc(etcd_maintenance_service.clone())
                 .max_decoding_message_size(limits.max_message_bytes)
         };
+        if limits.quota_backend_bytes > 0 {
+            let quota = etcd_maintenance_service
+                .clone()
+                .watch_quota(limits.quota_backend_bytes);
+            let stop = client_stop.clone();
+            tokio::spawn(
+                async move {
+                    tokio::select! {
+                        () = quota => {}
+                        () = stop.cancelled() => {}
+                    }
+                }
+                .instrument(span.clone()),
+            );
+        }
         let view = read_view::ReadView::new(self.engine.clone(), &self.raft);
         // Shared with the lock and election services, which run their recipes through it.
         let etcd_kv_service = Arc::new(etcd::kv::EtcdKv::new(

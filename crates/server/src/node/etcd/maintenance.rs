@@ -8,8 +8,9 @@
 //! - `Alarm` raises and clears alarms through the log, as etcd does
 //!   ([`rskv_storage::state_machine::alarms`]): every member lists the same, and while a
 //!   `NOSPACE` alarm is raised, puts, transactions with a put and lease grants are refused
-//!   "etcdserver: mvcc: database space exceeded" (deletes and reads go on). rskv raises none
-//!   itself: it has no backend quota.
+//!   "etcdserver: mvcc: database space exceeded" (deletes and reads go on). With
+//!   `limits.quota_backend_bytes` (etcd's `--quota-backend-bytes`), the leader raises `NOSPACE`
+//!   for itself once its data directory holds more ([`EtcdMaintenanceService::watch_quota`]).
 //! - `Defragment` runs a full RocksDB compaction of the state machine's column families (what
 //!   deletions and history compaction left behind is dropped at once, not when RocksDB would get
 //!   to it); the memory engine has nothing to do.
@@ -128,6 +129,47 @@ impl EtcdMaintenanceService {
         })
     }
 
+    /// Raises `NOSPACE` for this member whenever it leads and its data directory holds more than
+    /// `quota` bytes, checking every [`QUOTA_CHECK`]; runs until the task is dropped. Only the
+    /// leader checks (every member holds the same state machine; their logs and snapshots may
+    /// differ a little), and it proposes the alarm itself, so no user is needed with auth on.
+    /// Once disarmed while still over quota, the alarm is raised again, as etcd's is.
+    pub async fn watch_quota(self: Arc<Self>, quota: u64) {
+        let me = self.ctx.member_id();
+        loop {
+            tokio::time::sleep(QUOTA_CHECK).await;
+            let leads = matches!(self.ctx.forwarder().leader_channel(), Ok(None));
+            let raised = self
+                .alarms
+                .list()
+                .contains(&(me, AlarmType::Nospace as i32));
+            if !leads || raised {
+                continue;
+            }
+            let dir = self.data_dir.clone();
+            let used = tokio::task::spawn_blocking(move || disk_usage(&dir))
+                .await
+                .unwrap_or(0);
+            if used <= quota {
+                continue;
+            }
+            let raise = Command::Alarm {
+                member: me,
+                alarm: AlarmType::Nospace as i32,
+                activate: true,
+            };
+            match propose(&self.proposer, raise, "a NOSPACE alarm").await {
+                Ok(_) => tracing::warn!(
+                    used,
+                    quota,
+                    "data directory over limits.quota_backend_bytes: NOSPACE alarm raised; \
+                     writes that grow the store are refused until it is disarmed"
+                ),
+                Err(status) => tracing::debug!(%status, "raising the NOSPACE alarm failed"),
+            }
+        }
+    }
+
     /// Lists, raises or clears alarms; a change is proposed by the leader (a follower forwards
     /// it) and answered once applied.
     async fn alarm_now(
@@ -229,6 +271,9 @@ fn alarm_name(alarm: i32) -> &'static str {
 }
 
 /// Bytes of every file under `dir` (0 for what cannot be read: a size report must not fail).
+/// How often the leader measures its data directory against `limits.quota_backend_bytes`.
+const QUOTA_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn disk_usage(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
