@@ -696,3 +696,27 @@ async fn a_client_certificate_should_name_its_user_through_any_member() {
         .expect_ok("root reads b/");
     assert_eq!(out.stdout.trim(), "5", "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_peer_port_is_open_while_its_client_port_is_not_should_say_so() {
+    let pki = pki();
+    let path = |p: &Path| p.display().to_string();
+    let flags = [
+        "--cert-file".to_string(),
+        path(&pki.node.cert),
+        "--key-file".into(),
+        path(&pki.node.key),
+        "--trusted-ca-file".into(),
+        path(&pki.ca.ca_file),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let cluster = ProcessCluster::start(1, "memory", &flags);
+    common::wait_for("the warning about the open peer port", SETTLE, || {
+        let text = cluster.node(1).log_text();
+        async move {
+            text.contains("the client port serves TLS but the peer port takes connections")
+                .then_some(())
+        }
+    })
+    .await;
+}

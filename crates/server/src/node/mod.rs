@@ -405,6 +405,17 @@ impl Node {
             engine = self.engine.name(),
             "serving"
         );
+        let tls = &self.config.tls;
+        if tls.cert_file.is_some() && (tls.peer_cert_file.is_none() || !tls.peer_client_cert_auth) {
+            // Once: the operator secured the clients' port and left the members' open.
+            tracing::warn!(
+                parent: &span,
+                "the client port serves TLS but the peer port takes connections without a \
+                 trusted certificate (tls.peer_cert_file unset, or peer_client_cert_auth off): \
+                 whoever reaches it can append to the Raft log, and pass forwarded requests as \
+                 any user once auth is enabled"
+            );
+        }
         let client_stop = CancellationToken::new();
         let peer_stop = CancellationToken::new();
         let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
