@@ -442,7 +442,11 @@ impl Node {
             read_view::ReadView::new(self.engine.clone(), &self.raft),
             membership::MembershipAdmin::new(self.clone()),
             self.data_dir.clone(),
-            (self.state_machine.alarms(), self.proposer.clone()),
+            (
+                self.state_machine.alarms(),
+                self.proposer.clone(),
+                self.reads.clone(),
+            ),
         ));
         let etcd_maintenance = || {
             EtcdMaintenanceServer::from_arc(etcd_maintenance_service.clone())

@@ -34,6 +34,7 @@ use tonic::Response;
 use tonic::Status;
 
 use super::cluster::change_status;
+use super::errors::status_of;
 use super::errors::EtcdError;
 use super::forward::Routed;
 use super::observe;
@@ -43,6 +44,7 @@ use super::ETCD_VERSION;
 use crate::node::membership::ChangeError;
 use crate::node::membership::MembershipAdmin;
 use crate::node::proposer::Proposer;
+use crate::node::read_barrier::ReadBarrier;
 use crate::node::read_view::ReadView;
 use crate::raft::Command;
 use crate::raft::NodeId;
@@ -69,6 +71,8 @@ pub struct EtcdMaintenanceService {
     alarms: Arc<AlarmSet>,
     /// Raises and clears alarms.
     proposer: Arc<Proposer>,
+    /// The leader's alarm listings wait on it.
+    reads: Arc<ReadBarrier>,
 }
 
 impl EtcdMaintenanceService {
@@ -78,7 +82,7 @@ impl EtcdMaintenanceService {
         view: ReadView,
         admin: MembershipAdmin,
         data_dir: PathBuf,
-        (alarms, proposer): (Arc<AlarmSet>, Arc<Proposer>),
+        (alarms, proposer, reads): (Arc<AlarmSet>, Arc<Proposer>, Arc<ReadBarrier>),
     ) -> EtcdMaintenanceService {
         EtcdMaintenanceService {
             ctx,
@@ -87,6 +91,7 @@ impl EtcdMaintenanceService {
             data_dir,
             alarms,
             proposer,
+            reads,
         }
     }
 
@@ -182,19 +187,6 @@ impl EtcdMaintenanceService {
         let alarm = AlarmType::try_from(request.get_ref().alarm).map_err(|_| {
             Status::invalid_argument(format!("unknown alarm type {}", request.get_ref().alarm))
         })?;
-        if action == AlarmAction::Get {
-            let alarms = self
-                .alarms
-                .list()
-                .into_iter()
-                .filter(|(_, a)| alarm == AlarmType::None || *a == alarm as i32)
-                .map(|(member, a)| alarm_member(member, a))
-                .collect();
-            return Ok(etcd::AlarmResponse {
-                header: Some(self.ctx.header()),
-                alarms,
-            });
-        }
         if action == AlarmAction::Activate && alarm == AlarmType::None {
             return Err(Status::invalid_argument("cannot activate alarm NONE"));
         }
@@ -209,6 +201,21 @@ impl EtcdMaintenanceService {
             Routed::Here(req) => req,
             Routed::Forwarded(response) => return Ok(response),
         };
+        if action == AlarmAction::Get {
+            // As etcd's, which serves it through Raft: every change committed before it shows.
+            self.reads.wait().await.map_err(status_of)?;
+            let alarms = self
+                .alarms
+                .list()
+                .into_iter()
+                .filter(|(_, a)| alarm == AlarmType::None || *a == alarm as i32)
+                .map(|(member, a)| alarm_member(member, a))
+                .collect();
+            return Ok(etcd::AlarmResponse {
+                header: Some(self.ctx.header()),
+                alarms,
+            });
+        }
         let activate = action == AlarmAction::Activate;
         let active = self.alarms.list().contains(&(req.member_id, alarm as i32));
         let known = self.admin.members().iter().any(|m| m.id == req.member_id);
