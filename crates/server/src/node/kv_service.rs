@@ -14,6 +14,7 @@
 
 use rskv_storage::state_machine::auth::Perm;
 use rskv_storage::types::EtcdReply;
+use rskv_storage::types::MvccError;
 use tonic::metadata::MetadataMap;
 
 use super::auth::auth_status;
@@ -183,12 +184,14 @@ impl KvService {
             // Permissions changed between the check and the apply.
             Some(EtcdReply::AuthRefused(e)) => return Err(denied(auth_status(*e))),
             // etcd's NOSPACE alarm is raised: nothing that grows the store is applied.
-            Some(EtcdReply::Refused(e)) => {
+            Some(EtcdReply::Refused(e @ MvccError::NoSpace)) => {
                 return Err(Error::FailedPrecondition(format!(
                     "{e}: an etcd NOSPACE alarm is raised (etcdctl alarm list; disarm it once \
                      space is freed)"
                 )))
             }
+            // No other refusal comes from rskv's own writes (they name no lease or revision).
+            Some(EtcdReply::Refused(e)) => return Err(Error::FailedPrecondition(e.to_string())),
             _ => {}
         }
         match &resp.session {

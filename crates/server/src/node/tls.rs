@@ -60,7 +60,7 @@ pub struct NodeTls {
     peer: Option<ServerTls>,
     /// Dials peers with the peer certificate.
     peer_dialer: Option<TlsDialer>,
-    /// Dials other members' client ports (etcd forwarding, `--join`) with the client certificate.
+    /// Dials other members' client ports (`--join`'s member lookup) with the client certificate.
     client_dialer: Option<TlsDialer>,
 }
 

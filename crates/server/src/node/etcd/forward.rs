@@ -233,11 +233,7 @@ impl Forwarder {
     {
         let mut request = Request::new(message);
         request.set_timeout(self.timeout);
-        request.metadata_mut().insert(
-            FORWARDED_HEADER,
-            tonic::metadata::MetadataValue::from_static("1"),
-        );
-        caller.attach(request.metadata_mut());
+        mark_forwarded(request.metadata_mut(), caller);
         let started = tokio::time::Instant::now();
         match tokio::time::timeout(self.timeout, call(channel, request)).await {
             Ok(Ok(response)) => {
@@ -345,8 +341,8 @@ fn applied_index(metadata: &tonic::metadata::MetadataMap) -> Option<u64> {
     metadata.get(APPLIED_HEADER)?.to_str().ok()?.parse().ok()
 }
 
-/// A layer of the client API server that stamps its answer to a forwarded request with this
-/// member's applied index ([`APPLIED_HEADER`]), read when the answer is ready, so after the
+/// A layer of the peer server (where followers send what they forward) that stamps its answer
+/// to a forwarded request with this member's applied index ([`APPLIED_HEADER`]), read when the answer is ready, so after the
 /// request's own apply. Requests no member forwarded pass untouched.
 #[derive(Clone)]
 pub struct StampApplied {
@@ -416,6 +412,15 @@ where
         .boxed()
         .right_future()
     }
+}
+
+/// Marks `metadata` as that of a request forwarded to the leader on behalf of `caller`.
+pub fn mark_forwarded(metadata: &mut tonic::metadata::MetadataMap, caller: Caller) {
+    metadata.insert(
+        FORWARDED_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    caller.attach(metadata);
 }
 
 /// Whether another member forwarded `request` here.

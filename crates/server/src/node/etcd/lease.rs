@@ -371,11 +371,7 @@ impl Lease for EtcdLease {
                     .into_inner()
                     .filter_map(|r| futures::future::ready(r.ok()));
                 let mut outbound = tonic::Request::new(inbound);
-                outbound.metadata_mut().insert(
-                    super::forward::FORWARDED_HEADER,
-                    tonic::metadata::MetadataValue::from_static("1"),
-                );
-                caller.attach(outbound.metadata_mut());
+                super::forward::mark_forwarded(outbound.metadata_mut(), caller);
                 let me = self.ctx.member_id();
                 let replies = LeaseClient::new(channel)
                     .lease_keep_alive(outbound)
