@@ -8,6 +8,7 @@
 #   scripts/profile.sh                           # puts through rskv's own client, 256 clients
 #   TARGET=etcd CLIENTS=64 scripts/profile.sh    # puts through rskv's etcd API (etcd-client)
 #   WORKLOAD=get CLIENTS=64 scripts/profile.sh   # linearizable gets
+#   CONSISTENCY=stale WORKLOAD=get ...           # serializable gets (stale on rskv's own API)
 #   SERVER=/path/to/old/kv_server scripts/profile.sh   # the same against another build
 #   CALL_GRAPH=1 scripts/profile.sh              # the leader alone, with DWARF call graphs, for
 #                                                # `perf report -i $OUT/perf.data --no-children`
@@ -65,7 +66,7 @@ echo "leader: ${LEADER:-unknown (rskv client finds it)}"
 "$BIN/kv_bench" put --target "$TARGET" --endpoints "$ENDPOINTS" --clients 64 --conns 8 \
     --total "$KEYS" --key-space "$KEYS" >/dev/null
 ARGS=()
-[[ "$WORKLOAD" == get ]] && ARGS=(--consistency linearizable)
+[[ "$WORKLOAD" == get ]] && ARGS=(--consistency "${CONSISTENCY:-linearizable}")
 conns=$((CLIENTS < 16 ? CLIENTS : 16))
 # Recording starts 3 s in and ends 3 s before the load does.
 "$BIN/kv_bench" "$WORKLOAD" --target "$TARGET" --endpoints "$ENDPOINTS" --clients "$CLIENTS" \

@@ -2,7 +2,8 @@
 //! applied data, and the index they reflect. Nothing here can write; only apply changes data.
 //!
 //! Reads that might wait on a lock or the disk run on the blocking pool, never on an async worker;
-//! a point read the engine can answer at once (the memory engine, always) skips that hop.
+//! a point read the engine can answer at once (the memory engine, always; RocksDB from its
+//! memtables and block cache) skips that hop, which costs more than the read.
 
 use std::io;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use rskv_proto::etcd::etcdserverpb::RangeResponse;
 use rskv_proto::etcd::mvccpb;
 use rskv_storage::mvcc;
 use rskv_storage::mvcc::Source;
+use rskv_storage::state_machine::Keyspace;
 use rskv_storage::types::MvccError;
 use rskv_storage::KvEngine;
 
@@ -55,7 +57,7 @@ impl ReadView {
     /// # Errors
     /// On a storage failure.
     pub async fn get(&self, key: Bytes) -> io::Result<Option<Bytes>> {
-        let stored = match self.engine.try_get_now(&key) {
+        let stored = match self.engine.try_get_in_now(Keyspace::Data, &key) {
             Some(stored) => stored?,
             None => self.blocking(move |e| e.get(&key)).await?,
         };
@@ -91,6 +93,15 @@ impl ReadView {
         &self,
         request: RangeRequest,
     ) -> io::Result<Result<RangeResponse, MvccError>> {
+        // One key at the current revision: from the memtables or the cache when they have it.
+        if request.range_end.is_empty() && request.revision <= 0 {
+            match mvcc::EngineSource::now(&*self.engine)
+                .and_then(|source| mvcc::read::range(&source, &request))
+            {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                answered => return answered,
+            }
+        }
         self.blocking(move |e| mvcc::read::range(&mvcc::EngineSource::new(e)?, &request))
             .await
     }
@@ -150,12 +161,7 @@ impl ReadView {
                 fn begin(&mut self, _: &rskv_storage::AppliedState) -> io::Result<()> {
                     Ok(())
                 }
-                fn record(
-                    &mut self,
-                    _: rskv_storage::state_machine::Keyspace,
-                    key: &[u8],
-                    value: &[u8],
-                ) -> io::Result<()> {
+                fn record(&mut self, _: Keyspace, key: &[u8], value: &[u8]) -> io::Result<()> {
                     self.0 = mvcc::crc32(mvcc::crc32(self.0, key), value);
                     Ok(())
                 }
@@ -199,12 +205,9 @@ impl ReadView {
     /// On a storage failure.
     pub async fn lease(&self, id: i64) -> io::Result<Option<mvcc::Lease>> {
         self.blocking(move |e| {
-            e.get_in(
-                rskv_storage::state_machine::Keyspace::Lease,
-                &mvcc::lease_key(id),
-            )?
-            .map(|v| mvcc::decode(&v, "lease"))
-            .transpose()
+            e.get_in(Keyspace::Lease, &mvcc::lease_key(id))?
+                .map(|v| mvcc::decode(&v, "lease"))
+                .transpose()
         })
         .await
     }

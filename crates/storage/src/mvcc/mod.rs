@@ -200,6 +200,9 @@ pub trait Source {
 pub struct EngineSource<'a> {
     engine: &'a dyn KvEngine,
     meta: MvccMeta,
+    /// Reads only what the engine answers at once ([`KvEngine::try_get_in_now`]); anything else
+    /// fails with [`io::ErrorKind::WouldBlock`].
+    now: bool,
 }
 
 impl<'a> EngineSource<'a> {
@@ -211,8 +214,54 @@ impl<'a> EngineSource<'a> {
         Ok(EngineSource {
             engine,
             meta: load_meta(engine)?,
+            now: false,
         })
     }
+
+    /// The engine's store for a read on the async runtime: every read it makes is one the engine
+    /// answers without waiting on a lock or a file, and any other fails with
+    /// [`io::ErrorKind::WouldBlock`] (scans always do), for the caller to go to a blocking
+    /// thread instead. A point read at the current revision is answered so.
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::WouldBlock`], a storage failure or a damaged record.
+    pub fn now(engine: &'a dyn KvEngine) -> io::Result<EngineSource<'a>> {
+        let mut source = EngineSource {
+            engine,
+            meta: MvccMeta::default(),
+            now: true,
+        };
+        source.meta = source.load_meta()?;
+        Ok(source)
+    }
+
+    fn get_in(&self, space: Keyspace, key: &[u8]) -> io::Result<Option<Bytes>> {
+        if !self.now {
+            return self.engine.get_in(space, key);
+        }
+        self.engine
+            .try_get_in_now(space, key)
+            .unwrap_or_else(|| Err(would_block()))
+    }
+
+    fn load_meta(&self) -> io::Result<MvccMeta> {
+        meta_of(self.get_in(Keyspace::System, META_KEY)?)
+    }
+
+    /// The engine's own scans may wait: refused to a source that must not.
+    fn may_wait(&self) -> io::Result<()> {
+        if self.now {
+            return Err(would_block());
+        }
+        Ok(())
+    }
+}
+
+fn would_block() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::WouldBlock,
+        "the engine cannot answer without waiting",
+    )
 }
 
 /// The store's counters as committed (an empty store is at revision 1, as etcd's).
@@ -220,7 +269,11 @@ impl<'a> EngineSource<'a> {
 /// # Errors
 /// On a storage failure or a damaged record.
 pub fn load_meta(engine: &dyn KvEngine) -> io::Result<MvccMeta> {
-    Ok(match engine.get_in(Keyspace::System, META_KEY)? {
+    meta_of(engine.get_in(Keyspace::System, META_KEY)?)
+}
+
+fn meta_of(stored: Option<Bytes>) -> io::Result<MvccMeta> {
+    Ok(match stored {
         Some(bytes) => decode(&bytes, "revision record")?,
         None => MvccMeta {
             revision: 1,
@@ -259,11 +312,13 @@ impl Source for EngineSource<'_> {
     }
 
     fn revision_now(&self) -> io::Result<i64> {
-        Ok(load_meta(self.engine)?.revision)
+        Ok(self.load_meta()?.revision)
     }
 
     fn latest(&self, key: &[u8]) -> io::Result<Option<KeyVersion>> {
-        stored_version(self.engine, key)
+        self.get_in(Keyspace::Data, key)?
+            .map(|v| decode(&v, "key version"))
+            .transpose()
     }
 
     fn latest_range(
@@ -272,18 +327,23 @@ impl Source for EngineSource<'_> {
         end: Option<&[u8]>,
         limit: usize,
     ) -> io::Result<Vec<(Bytes, KeyVersion)>> {
+        self.may_wait()?;
         versions(self.engine.scan(start, end, limit)?)
     }
 
     fn latest_count(&self, start: &[u8], end: Option<&[u8]>) -> io::Result<usize> {
+        self.may_wait()?;
         self.engine.count_in(Keyspace::Data, start, end)
     }
 
     fn change(&self, rev: Rev) -> io::Result<Option<Change>> {
-        stored_change(self.engine, rev)
+        self.get_in(Keyspace::History, &history_key(rev))?
+            .map(|v| decode(&v, "change"))
+            .transpose()
     }
 
     fn changes(&self, from: Rev, limit: usize) -> io::Result<Vec<(Rev, Change)>> {
+        self.may_wait()?;
         self.engine
             .scan_in(Keyspace::History, &history_key(from), None, limit)?
             .into_iter()

@@ -99,22 +99,36 @@ impl Store {
             revision,
             ..Default::default()
         };
-        read::range(&self.source(), &request)
-            .expect("read")
-            .map(|r| {
-                r.kvs
-                    .into_iter()
-                    .map(|kv| {
-                        (
-                            String::from_utf8_lossy(&kv.key).into_owned(),
-                            String::from_utf8_lossy(&kv.value).into_owned(),
-                            kv.create_revision,
-                            kv.mod_revision,
-                            kv.version,
-                        )
-                    })
-                    .collect()
-            })
+        let answer = read::range(&self.source(), &request).expect("read");
+        // What the async runtime reads (a source that never waits) answers a point read at the
+        // current revision alike, and declines everything else.
+        match EngineSource::now(&*self.engine).and_then(|now| read::range(&now, &request)) {
+            Ok(now) => assert_eq!(
+                now, answer,
+                "a read now differs for {key}..{end}@{revision}"
+            ),
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}");
+                assert!(
+                    !end.is_empty() || revision > 0,
+                    "a point read at the current revision was declined"
+                );
+            }
+        }
+        answer.map(|r| {
+            r.kvs
+                .into_iter()
+                .map(|kv| {
+                    (
+                        String::from_utf8_lossy(&kv.key).into_owned(),
+                        String::from_utf8_lossy(&kv.value).into_owned(),
+                        kv.create_revision,
+                        kv.mod_revision,
+                        kv.version,
+                    )
+                })
+                .collect()
+        })
     }
 }
 

@@ -80,9 +80,9 @@ impl KvEngine for MemoryEngine {
         Ok(self.read()?.space(space).get(key).cloned())
     }
 
-    fn try_get_now(&self, key: &[u8]) -> Option<io::Result<Option<Bytes>>> {
+    fn try_get_in_now(&self, space: Keyspace, key: &[u8]) -> Option<io::Result<Option<Bytes>>> {
         match self.inner.try_read() {
-            Ok(inner) => Some(Ok(inner.space(Keyspace::Data).get(key).cloned())),
+            Ok(inner) => Some(Ok(inner.space(space).get(key).cloned())),
             Err(std::sync::TryLockError::WouldBlock) => None,
             Err(std::sync::TryLockError::Poisoned(_)) => {
                 Some(Err(io_err("memory engine lock poisoned")))

@@ -188,7 +188,7 @@ pub trait SnapshotSink {
 }
 
 /// The storage interface a state-machine engine implements; all methods are blocking and are
-/// called from blocking threads, except [`KvEngine::try_get_now`].
+/// called from blocking threads, except [`KvEngine::try_get_in_now`].
 pub trait KvEngine: Send + Sync + 'static {
     /// `memory` or `rocksdb`, for status output.
     fn name(&self) -> &'static str;
@@ -204,11 +204,11 @@ pub trait KvEngine: Send + Sync + 'static {
     /// # Errors
     /// On a storage failure.
     fn get_in(&self, space: Keyspace, key: &[u8]) -> io::Result<Option<Bytes>>;
-    /// [`KvEngine::get`] when it needs no lock wait (no snapshot import or commit in progress),
-    /// `None` otherwise. Point reads call it on the async runtime to skip the hop to a blocking
-    /// thread, which cost more than the read itself (a memtable, block-cache or map lookup; a
-    /// RocksDB cache miss still blocks the worker for one disk read).
-    fn try_get_now(&self, key: &[u8]) -> Option<io::Result<Option<Bytes>>>;
+    /// [`KvEngine::get_in`] when it needs neither a lock wait (no snapshot import or commit in
+    /// progress) nor a file read (RocksDB: memtables and block cache only), `None` otherwise.
+    /// Point reads call it on the async runtime to skip the hop to a blocking thread, which costs
+    /// more than the read itself (two thread wake-ups against a memtable or cache lookup).
+    fn try_get_in_now(&self, space: Keyspace, key: &[u8]) -> Option<io::Result<Option<Bytes>>>;
     /// Up to `limit` pairs of the data keyspace with `start <= key < end` (no end: unbounded),
     /// in key order.
     ///

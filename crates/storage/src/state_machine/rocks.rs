@@ -62,6 +62,9 @@ pub struct RocksEngine {
     /// Readers share it; a snapshot import takes it exclusively, so no read (or export) ever sees
     /// a half-imported data set. Reads wait while a snapshot is being installed.
     import_lock: RwLock<()>,
+    /// Reads that answer from the memtables and the block cache only (RocksDB says "incomplete"
+    /// where it would read a file): what may run on an async worker.
+    cached_only: ReadOptions,
 }
 
 impl RocksEngine {
@@ -99,6 +102,11 @@ impl RocksEngine {
         Ok(RocksEngine {
             db,
             import_lock: RwLock::new(()),
+            cached_only: {
+                let mut ro = ReadOptions::default();
+                ro.set_read_tier(rocksdb::ReadTier::BlockCache);
+                ro
+            },
         })
     }
 
@@ -190,9 +198,19 @@ impl KvEngine for RocksEngine {
         self.get_raw(space, key)
     }
 
-    fn try_get_now(&self, key: &[u8]) -> Option<io::Result<Option<Bytes>>> {
+    fn try_get_in_now(&self, space: Keyspace, key: &[u8]) -> Option<io::Result<Option<Bytes>>> {
         match self.import_lock.try_read() {
-            Ok(_guard) => Some(self.get_raw(Keyspace::Data, key)),
+            Ok(_guard) => {
+                let cf = match self.space_cf(space) {
+                    Ok(cf) => cf,
+                    Err(e) => return Some(Err(e)),
+                };
+                match self.db.get_pinned_cf_opt(cf, key, &self.cached_only) {
+                    Ok(value) => Some(Ok(value.map(|v| Bytes::copy_from_slice(&v)))),
+                    Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => None,
+                    Err(e) => Some(Err(io_err(e))),
+                }
+            }
             Err(std::sync::TryLockError::WouldBlock) => None,
             Err(std::sync::TryLockError::Poisoned(_)) => Some(Err(io_err("import lock poisoned"))),
         }
@@ -403,6 +421,54 @@ mod tests {
             vec![(Bytes::from_static(b"s"), Bytes::from_static(b"1"))]
         );
         assert!(!engine.import_interrupted().expect("marker"));
+    }
+
+    #[test]
+    fn a_read_now_should_answer_from_memory_and_decline_a_file_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |engine: &RocksEngine, key: &'static [u8]| {
+            engine
+                .commit(WriteSet {
+                    writes: vec![(Bytes::from_static(key), Some(Bytes::from_static(b"v")))],
+                    state: AppliedState::default(),
+                    ..WriteSet::default()
+                })
+                .expect("commit");
+        };
+        {
+            let engine = RocksEngine::open(dir.path()).expect("open");
+            write(&engine, b"flushed");
+            // In the memtable: answered at once, a missing key too.
+            assert_eq!(
+                engine
+                    .try_get_in_now(Keyspace::Data, b"flushed")
+                    .map(|r| r.expect("read")),
+                Some(Some(Bytes::from_static(b"v")))
+            );
+            assert_eq!(
+                engine
+                    .try_get_in_now(Keyspace::Data, b"absent")
+                    .map(|r| r.expect("read")),
+                Some(None)
+            );
+        }
+        // Reopened, the key is in a table file no read has cached yet.
+        let engine = RocksEngine::open(dir.path()).expect("reopen");
+        assert!(engine.try_get_in_now(Keyspace::Data, b"flushed").is_none());
+        assert_eq!(
+            engine.get(b"flushed").expect("get"),
+            Some(Bytes::from_static(b"v"))
+        );
+        assert_eq!(
+            engine
+                .try_get_in_now(Keyspace::Data, b"flushed")
+                .map(|r| r.expect("read")),
+            Some(Some(Bytes::from_static(b"v")))
+        );
+        // A snapshot import holds reads: they wait, so a read now declines.
+        let importing = engine.import_lock.write().expect("lock");
+        assert!(engine.try_get_in_now(Keyspace::Data, b"flushed").is_none());
+        drop(importing);
     }
 
     /// The applied state after log index `index`.
