@@ -30,6 +30,7 @@
 #                                         # kv_bench --target etcd (the etcd-client crate) at
 #                                         # their leader; rows put, get-linearizable,
 #                                         # get-serializable, txn-put at 1, 64, 256 clients
+#   ETCD_API=1 BASELINE=/path/to/old/kv_server ...   # a server change through the etcd API
 #
 # As root it installs what is missing (protobuf-compiler to build the etcd client, etcd-server and
 # etcd-client from Debian). Without etcd it benchmarks rskv alone.
@@ -63,8 +64,8 @@ if [[ -n "$BASELINE" && -n "$AB" ]]; then
     echo "bench: AB and BASELINE are separate experiments; give one" >&2
     exit 1
 fi
-if [[ -n "$ETCD_API" && -n "$AB$BASELINE" ]]; then
-    echo "bench: ETCD_API compares rskv's etcd API with etcd; it does not combine with AB or BASELINE" >&2
+if [[ -n "$ETCD_API" && -n "$AB" ]]; then
+    echo "bench: ETCD_API compares rskv's etcd API with etcd (or, with BASELINE, with another build's); it does not combine with AB" >&2
     exit 1
 fi
 if [[ -z "$ETCD_API" && " $WORKLOADS " == *" txn-put "* ]]; then
@@ -205,8 +206,19 @@ pick_rskv_leader() {
     done
     RSKV="${leader:-$RSKV_ALL}"
     echo "rskv leader (etcd API): $RSKV" >&2
+    if [[ -n "$BASELINE" ]]; then
+        wait_ready etcd "$BASE_RSKV_ALL"
+        leader=""
+        while ((SECONDS < deadline)) && [[ -z "$leader" ]]; do
+            leader="$(etcd_leader "$BASE_RSKV_ALL")"
+            [[ -n "$leader" ]] || sleep 0.5
+        done
+        BASE_RSKV="${leader:-$BASE_RSKV_ALL}"
+        echo "baseline leader (etcd API): $BASE_RSKV" >&2
+    fi
 }
 RSKV_ALL="$RSKV"
+BASE_RSKV_ALL="$BASE_RSKV"
 wait_ready rskv "$RSKV"
 pick_rskv_leader
 [[ -n "$BASELINE" ]] && wait_ready rskv "$BASE_RSKV" "${BASE_BENCH[@]}"
@@ -231,7 +243,7 @@ fi
 
 # Same key space preloaded in both systems (in ETCD_API mode, in rskv's etcd keyspace).
 "$BIN/kv_bench" put --target "$RSKV_TARGET" --endpoints "$RSKV" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" >/dev/null
-[[ -n "$BASELINE" ]] && "$BIN/kv_bench" put --endpoints "$BASE_RSKV" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" "${BASE_BENCH[@]}" >/dev/null
+[[ -n "$BASELINE" ]] && "$BIN/kv_bench" put --target "$RSKV_TARGET" --endpoints "$BASE_RSKV" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" "${BASE_BENCH[@]}" >/dev/null
 [[ -n "$ETCD" ]] && "$BIN/kv_bench" put --target etcd --endpoints "$ETCD" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" >/dev/null
 
 run() { # target endpoints workload clients [args...]
@@ -246,7 +258,8 @@ B_NAME=etcd B_COL="etcd op/s"
 A_NAME=rskv
 if [[ -n "$ETCD_API" ]]; then
     A_NAME="rskv-etcd-api"
-    echo "A: rskv through its etcd API, B: etcd; both driven by kv_bench --target etcd (etcd-client crate) at their leader" | tee "$OUT/table.txt"
+    [[ -n "$BASELINE" ]] ||
+        echo "A: rskv through its etcd API, B: etcd; both driven by kv_bench --target etcd (etcd-client crate) at their leader" | tee "$OUT/table.txt"
 fi
 if [[ -n "$AB" ]]; then
     B_NAME="rskv $AB" B_COL="B op/s"
@@ -259,7 +272,7 @@ elif [[ -n "$SECURE" ]]; then
     echo "B: a second cluster of this build in mutual TLS with etcd's auth enabled (ratio: plain / TLS+auth)" | tee "$OUT/table.txt"
 elif [[ -n "$BASELINE" ]]; then
     B_NAME="rskv baseline" B_COL="base op/s"
-    echo "B: a second rskv cluster running $BASELINE" | tee "$OUT/table.txt"
+    echo "B: a second rskv cluster running $BASELINE${ETCD_API:+, through its etcd API too}" | tee "$OUT/table.txt"
 fi
 printf '%-16s %7s | %10s %8s %8s | %10s %8s %8s | %6s\n' workload clients "rskv op/s" p50ms p99ms "$B_COL" p50ms p99ms ratio | tee -a "$OUT/table.txt"
 # put-1conn: the same puts with every client sharing one connection per system (one rskv Client,
@@ -295,7 +308,7 @@ for spec in "put put" "put-1conn put" "get-linearizable get --consistency linear
                 # shellcheck disable=SC2086 # AB is a list of flags
                 e="$(run rskv "$RSKV" "$1" "$c" "${@:2}" $AB)"
             elif [[ -n "$BASELINE" ]]; then
-                e="$(run rskv "$BASE_RSKV" "$1" "$c" "${@:2}" "${BASE_BENCH[@]}")"
+                e="$(run "$RSKV_TARGET" "$BASE_RSKV" "$1" "$c" "${@:2}" "${BASE_BENCH[@]}")"
             elif [[ -n "$ETCD" ]]; then
                 e="$(run etcd "$ETCD" "$1" "$c" "${@:2}")"
             else
