@@ -198,24 +198,23 @@ etcd_leader() { # endpoints
 # redirect; a follower would forward every request), found again after every restart.
 pick_rskv_leader() {
     [[ -n "$ETCD_API" ]] || return 0
-    wait_ready etcd "$RSKV_ALL"
-    local deadline=$((SECONDS + 30)) leader=""
-    while ((SECONDS < deadline)) && [[ -z "$leader" ]]; do
-        leader="$(etcd_leader "$RSKV_ALL")"
-        [[ -n "$leader" ]] || sleep 0.5
-    done
-    RSKV="${leader:-$RSKV_ALL}"
+    RSKV="$(leader_among "$RSKV_ALL")" || exit 1
     echo "rskv leader (etcd API): $RSKV" >&2
     if [[ -n "$BASELINE" ]]; then
-        wait_ready etcd "$BASE_RSKV_ALL"
-        leader=""
-        while ((SECONDS < deadline)) && [[ -z "$leader" ]]; do
-            leader="$(etcd_leader "$BASE_RSKV_ALL")"
-            [[ -n "$leader" ]] || sleep 0.5
-        done
-        BASE_RSKV="${leader:-$BASE_RSKV_ALL}"
+        BASE_RSKV="$(leader_among "$BASE_RSKV_ALL")" || exit 1
         echo "baseline leader (etcd API): $BASE_RSKV" >&2
     fi
+}
+# The leader among a cluster's endpoints once its etcd API serves, waiting up to 30 s for one
+# to say it leads; the endpoints themselves if none does.
+leader_among() { # endpoints
+    wait_ready etcd "$1"
+    local deadline=$((SECONDS + 30)) leader=""
+    while ((SECONDS < deadline)) && [[ -z "$leader" ]]; do
+        leader="$(etcd_leader "$1")"
+        [[ -n "$leader" ]] || sleep 0.5
+    done
+    echo "${leader:-$1}"
 }
 RSKV_ALL="$RSKV"
 BASE_RSKV_ALL="$BASE_RSKV"

@@ -284,18 +284,20 @@ fn meta_of(stored: Option<Bytes>) -> io::Result<MvccMeta> {
 
 /// The current version of `key` as committed.
 fn stored_version(engine: &dyn KvEngine, key: &[u8]) -> io::Result<Option<KeyVersion>> {
-    engine
-        .get(key)?
-        .map(|v| decode(&v, "key version"))
-        .transpose()
+    version_of_record(engine.get(key)?)
 }
 
 /// The change at `rev` as committed.
 fn stored_change(engine: &dyn KvEngine, rev: Rev) -> io::Result<Option<Change>> {
-    engine
-        .get_in(Keyspace::History, &history_key(rev))?
-        .map(|v| decode(&v, "change"))
-        .transpose()
+    change_of_record(engine.get_in(Keyspace::History, &history_key(rev))?)
+}
+
+fn version_of_record(stored: Option<Bytes>) -> io::Result<Option<KeyVersion>> {
+    stored.map(|v| decode(&v, "key version")).transpose()
+}
+
+fn change_of_record(stored: Option<Bytes>) -> io::Result<Option<Change>> {
+    stored.map(|v| decode(&v, "change")).transpose()
 }
 
 /// Decodes data-keyspace pairs.
@@ -316,9 +318,7 @@ impl Source for EngineSource<'_> {
     }
 
     fn latest(&self, key: &[u8]) -> io::Result<Option<KeyVersion>> {
-        self.get_in(Keyspace::Data, key)?
-            .map(|v| decode(&v, "key version"))
-            .transpose()
+        version_of_record(self.get_in(Keyspace::Data, key)?)
     }
 
     fn latest_range(
@@ -337,9 +337,7 @@ impl Source for EngineSource<'_> {
     }
 
     fn change(&self, rev: Rev) -> io::Result<Option<Change>> {
-        self.get_in(Keyspace::History, &history_key(rev))?
-            .map(|v| decode(&v, "change"))
-            .transpose()
+        change_of_record(self.get_in(Keyspace::History, &history_key(rev))?)
     }
 
     fn changes(&self, from: Rev, limit: usize) -> io::Result<Vec<(Rev, Change)>> {
