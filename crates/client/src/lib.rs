@@ -501,6 +501,8 @@ impl Client {
                 max_inflight: self.options.batch_inflight,
                 max_items: rskv_proto::DEFAULT_MAX_OPS_PER_REQUEST,
                 max_weight: MAX_MULTI_BYTES,
+                // Not measured on the client side: the next Multi goes at once.
+                passes_between: 0,
             },
             op_weight,
             move |ops: Vec<pb::op::Op>| send_ops(node.pick(), ops),

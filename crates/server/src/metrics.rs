@@ -48,6 +48,8 @@ pub const WATCHERS_ACTIVE: &str = "rskv_watchers_active";
 
 /// Writes per proposed log entry (1 for a write proposed alone).
 pub const WRITE_GROUP_SIZE: &str = "rskv_write_group_size";
+/// Linearizable reads served by each leadership confirmation (the read barrier's rounds).
+pub const READ_ROUND_SIZE: &str = "rskv_read_round_size";
 /// Open client sessions in this node's state machine.
 pub const SESSIONS_OPEN: &str = "rskv_sessions_open";
 /// Session writes answered from the session table (a retry of a write already applied).
@@ -70,6 +72,9 @@ pub fn install() -> Option<PrometheusHandle> {
                 .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.to_string()), &buckets)
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(WRITE_GROUP_SIZE.to_string()), &sizes)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(READ_ROUND_SIZE.to_string()), &sizes)
                 });
             match builder.and_then(|b| b.install_recorder()) {
                 Ok(handle) => {
@@ -125,6 +130,10 @@ fn describe() {
         WRITE_GROUP_SIZE,
         "Writes carried by each proposed log entry (grouping under load)"
     );
+    describe_histogram!(
+        READ_ROUND_SIZE,
+        "Linearizable reads served by each leadership confirmation (one round, many reads)"
+    );
     describe_gauge!(SESSIONS_OPEN, "Open client sessions");
     describe_counter!(
         SESSION_REPLAYS,
@@ -149,6 +158,11 @@ pub fn session_refused(reason: &'static str) {
 /// Records a proposed log entry carrying `writes` writes.
 pub fn write_group(writes: usize) {
     metrics::histogram!(WRITE_GROUP_SIZE).record(writes as f64);
+}
+
+/// Records a read-barrier round that served `reads` linearizable reads.
+pub fn read_round(reads: usize) {
+    metrics::histogram!(READ_ROUND_SIZE).record(reads as f64);
 }
 
 /// Records one finished client request.

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::etcdctl::etcdctl;
+use common::etcdctl::etcdctl_with_input;
 use common::ProcessCluster;
 use serde_json::Value;
 
@@ -309,4 +310,15 @@ async fn a_node_over_its_quota_raises_nospace_and_the_cluster_stops_growing() {
     etcdctl(&all, &["get", "k"], COMMAND)
         .await
         .expect_ok("a read under NOSPACE");
+    // etcd costs a transaction by its puts: one of deletes and reads passes, one with a put
+    // in either branch does not.
+    let cleanup = "\ndel k\nget k\n\n\n";
+    let out = etcdctl_with_input(&all, &["txn"], Some(cleanup), COMMAND)
+        .await
+        .expect_ok("a transaction of a delete and a read under NOSPACE");
+    assert!(out.stdout.starts_with("SUCCESS"), "{}", out.stdout);
+    let growing = "\ndel k\n\nput k v\n\n";
+    etcdctl_with_input(&all, &["txn"], Some(growing), COMMAND)
+        .await
+        .expect_error("etcdserver: mvcc: database space exceeded");
 }

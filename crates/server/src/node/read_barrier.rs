@@ -6,40 +6,38 @@
 //! ReadIndex, a heartbeat broadcast per read. Here one confirmation round serves every read that
 //! was waiting when the round *started*: reads arriving during a round wait for the next one, so
 //! each read is still ordered after its own arrival, which is what makes it linearizable.
+//!
+//! The rounds are the batches of a one-slot [`Batcher`], the same grouping that puts concurrent
+//! writes in one log entry: a read queues, and the round that takes it starts after it arrived.
 
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use openraft::error::ForwardReason;
 use openraft::error::LinearizableReadError;
 use openraft::error::RaftError;
 use openraft::LinearizerOption;
-use tokio::sync::oneshot;
+use rskv_client::batch::Batcher;
+use rskv_client::batch::Limits;
 
 use crate::error::Error;
 use crate::error::Result;
 use crate::raft::Raft;
 
-type Waiter = oneshot::Sender<Result<()>>;
-
 /// Shares leadership confirmations among concurrent linearizable reads on one node.
 pub struct ReadBarrier {
+    /// One round at a time; the reads queued while it runs make the next round's batch.
+    rounds: Batcher<(), Result<()>>,
+}
+
+/// What one round needs to ask openraft.
+struct Confirm {
     raft: Raft,
     option: LinearizerOption,
     /// Bound on one confirmation round, so a stuck round cannot hold later reads forever.
     round_timeout: Duration,
     /// The election timeout maximum, for "no quorum" errors.
     quorum_window_ms: u64,
-    state: Mutex<State>,
-}
-
-#[derive(Default)]
-struct State {
-    /// A round task is running; new waiters will be picked up by its next round.
-    running: bool,
-    /// Reads that arrived since the current round started.
-    waiting: Vec<Waiter>,
 }
 
 impl ReadBarrier {
@@ -51,13 +49,33 @@ impl ReadBarrier {
         round_timeout: Duration,
         quorum_window_ms: u64,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        let confirm = Arc::new(Confirm {
             raft,
             option,
             round_timeout,
             quorum_window_ms,
-            state: Mutex::new(State::default()),
-        })
+        });
+        let limits = Limits {
+            max_inflight: 1,
+            max_items: usize::MAX,
+            max_weight: usize::MAX,
+            // The next round starts at once: four passes, as the proposer lets go by between
+            // groups, cost rskv's own linearizable reads 11% at 256 clients.
+            passes_between: 0,
+        };
+        let rounds = Batcher::new(
+            limits,
+            |_: &()| 0,
+            move |reads: Vec<()>| {
+                let confirm = confirm.clone();
+                async move {
+                    crate::metrics::read_round(reads.len());
+                    let outcome = confirm.round().await;
+                    vec![outcome; reads.len()]
+                }
+            },
+        );
+        Arc::new(Self { rounds })
     }
 
     /// Returns once a leadership confirmation that started after this call has completed and
@@ -66,44 +84,15 @@ impl ReadBarrier {
     /// # Errors
     /// [`Error::NotLeader`] (with the leader when known), [`Error::NoQuorum`] when a quorum
     /// could not be reached, [`Error::Timeout`] when the round did not finish in time.
-    pub async fn wait(self: &Arc<Self>) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        let start = {
-            let mut state = self.lock();
-            state.waiting.push(tx);
-            !std::mem::replace(&mut state.running, true)
-        };
-        if start {
-            // A task of its own, so a cancelled read cannot strand the others.
-            tokio::spawn(self.clone().run());
-        }
-        rx.await
-            .unwrap_or_else(|_| Err(Error::unavailable("read barrier stopped")))
+    pub async fn wait(&self) -> Result<()> {
+        self.rounds
+            .submit(())
+            .await
+            .unwrap_or_else(|| Err(Error::unavailable("read barrier stopped")))
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // The state stays consistent even if a holder panicked: every update is one statement.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    async fn run(self: Arc<Self>) {
-        loop {
-            let batch = {
-                let mut state = self.lock();
-                if state.waiting.is_empty() {
-                    state.running = false;
-                    return;
-                }
-                std::mem::take(&mut state.waiting)
-            };
-            let outcome = self.round().await;
-            for waiter in batch {
-                // A waiter that gave up (client gone, timed out) just drops the answer.
-                let _ = waiter.send(outcome.clone());
-            }
-        }
-    }
-
+impl Confirm {
     async fn round(&self) -> Result<()> {
         let confirmed = tokio::time::timeout(
             self.round_timeout,

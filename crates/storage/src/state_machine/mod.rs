@@ -528,8 +528,9 @@ impl Stores {
 
 /// Whether `command` could grow the store (refused while `NOSPACE` is raised): puts, compare
 /// and swaps, lease grants, and transactions with a put in either branch. Deletes pass, so the
-/// store can be cleaned up: etcd's DeleteRange travels here as a transaction of one delete.
-/// (etcd's capped applier refuses a transaction of deletes only; rskv lets it through.)
+/// store can be cleaned up: etcd's DeleteRange travels here as a transaction of one delete, and a
+/// transaction of deletes and reads passes as in etcd (whose quota costs a Txn by its puts). A
+/// put in a nested transaction counts here; etcd's cost leaves nested puts out.
 fn grows(command: &Command) -> bool {
     fn puts(txn: &crate::types::TxnRequest) -> bool {
         use rskv_proto::etcd::etcdserverpb::request_op::Request as Op;
