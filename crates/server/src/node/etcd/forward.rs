@@ -291,7 +291,9 @@ impl Forwarder {
             None => Ok(Routed::Here(request.into_inner())),
             Some(channel) => {
                 let caller = Caller::of(request.metadata());
-                self.forward(channel, request.into_inner(), caller, call)
+                // Boxed: a client call's future is large, and held inline it would make every
+                // handler's future, which tonic moves into a box per request, as large.
+                Box::pin(self.forward(channel, request.into_inner(), caller, call))
                     .await
                     .map(Routed::Forwarded)
             }
