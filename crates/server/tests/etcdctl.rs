@@ -276,19 +276,26 @@ async fn etcdctl_member_add_join_list_and_remove() {
 async fn a_node_over_its_quota_raises_nospace_and_the_cluster_stops_growing() {
     // etcd's --quota-backend-bytes: a quota every data directory exceeds from the start.
     let cluster = ProcessCluster::start(3, "rocksdb", &["--quota-backend-bytes", "1"]);
-    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let all = cluster.endpoints();
-    let expected = format!("memberID:{leader} alarm:NOSPACE");
+    // Every member measures its own data directory and raises the alarm for itself, the
+    // followers through the leader.
+    let expected: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("memberID:{} alarm:NOSPACE", n.id))
+        .collect();
     cluster
         .wait(
-            "the leader to raise NOSPACE",
+            "every member to raise NOSPACE",
             Duration::from_secs(30),
             || {
                 let all = &all;
                 let expected = &expected;
                 async move {
                     let out = etcdctl(all, &["alarm", "list"], COMMAND).await;
-                    (out.success && out.stdout.contains(expected.as_str())).then_some(())
+                    (out.success && expected.iter().all(|e| out.stdout.contains(e.as_str())))
+                        .then_some(())
                 }
             },
         )
@@ -302,7 +309,10 @@ async fn a_node_over_its_quota_raises_nospace_and_the_cluster_stops_growing() {
         let out = etcdctl(&one, &["alarm", "list"], COMMAND)
             .await
             .expect_ok("alarm list");
-        assert!(out.stdout.contains(expected.as_str()), "{}", out.stdout);
+        assert_eq!(out.stdout.lines().count(), expected.len(), "{}", out.stdout);
+        for alarm in &expected {
+            assert!(out.stdout.contains(alarm.as_str()), "{}", out.stdout);
+        }
     }
     etcdctl(&all, &["del", "k"], COMMAND)
         .await

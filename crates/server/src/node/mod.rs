@@ -65,6 +65,7 @@ use rskv_proto::etcd::v3lockpb::lock_server::LockServer as EtcdLockServer;
 use rskv_proto::kv::cluster_server::ClusterServer;
 use rskv_proto::kv::kv_server::KvServer;
 use rskv_proto::raft::admission_server::AdmissionServer;
+use rskv_proto::raft::member_alarms_server::MemberAlarmsServer;
 use rskv_proto::raft::raft_server::RaftServer;
 use rskv_storage::events::EventBus;
 use rskv_storage::log_throttle::LogThrottle;
@@ -441,7 +442,7 @@ impl Node {
             etcd_context.clone(),
             read_view::ReadView::new(self.engine.clone(), &self.raft),
             membership::MembershipAdmin::new(self.clone()),
-            self.data_dir.clone(),
+            (self.data_dir.clone(), limits.quota_backend_bytes),
             (
                 self.state_machine.alarms(),
                 self.proposer.clone(),
@@ -453,9 +454,7 @@ impl Node {
                 .max_decoding_message_size(limits.max_message_bytes)
         };
         if limits.quota_backend_bytes > 0 {
-            let quota = etcd_maintenance_service
-                .clone()
-                .watch_quota(limits.quota_backend_bytes);
+            let quota = etcd_maintenance_service.clone().watch_quota();
             let stop = client_stop.clone();
             tokio::spawn(
                 async move {
@@ -589,6 +588,9 @@ impl Node {
                 etcd_context.clone(),
                 membership::MembershipAdmin::new(self.clone()),
             )))
+            .add_service(MemberAlarmsServer::from_arc(
+                etcd_maintenance_service.clone(),
+            ))
             .add_service(etcd_kv())
             .add_service(etcd_lease())
             .add_service(etcd_cluster())

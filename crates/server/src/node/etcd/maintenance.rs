@@ -9,8 +9,9 @@
 //!   ([`rskv_storage::state_machine::alarms`]): every member lists the same, and while a
 //!   `NOSPACE` alarm is raised, puts, transactions with a put and lease grants are refused
 //!   "etcdserver: mvcc: database space exceeded" (deletes and reads go on). With
-//!   `limits.quota_backend_bytes` (etcd's `--quota-backend-bytes`), the leader raises `NOSPACE`
-//!   for itself once its data directory holds more ([`EtcdMaintenanceService::watch_quota`]).
+//!   `limits.quota_backend_bytes` (etcd's `--quota-backend-bytes`), every member raises `NOSPACE`
+//!   for itself once its own data directory holds more ([`EtcdMaintenanceService::watch_quota`]),
+//!   through the leader over the peer port (`rskv.raft.v2.MemberAlarms`, served here too).
 //! - `Defragment` runs a full RocksDB compaction of the state machine's column families (what
 //!   deletions and history compaction left behind is dropped at once, not when RocksDB would get
 //!   to it); the memory engine has nothing to do.
@@ -36,6 +37,7 @@ use tonic::Status;
 use super::cluster::change_status;
 use super::errors::status_of;
 use super::errors::EtcdError;
+use super::forward::Answered;
 use super::forward::Routed;
 use super::observe;
 use super::propose;
@@ -53,6 +55,9 @@ use rskv_proto::etcd::etcdserverpb::alarm_request::AlarmAction;
 use rskv_proto::etcd::etcdserverpb::maintenance_client::MaintenanceClient;
 use rskv_proto::etcd::etcdserverpb::maintenance_server::Maintenance;
 use rskv_proto::etcd::etcdserverpb::AlarmType;
+use rskv_proto::raft as pb;
+use rskv_proto::raft::member_alarms_client::MemberAlarmsClient;
+use rskv_proto::raft::member_alarms_server::MemberAlarms;
 use rskv_storage::state_machine::alarms::AlarmSet;
 
 /// Bytes per `Snapshot` message.
@@ -67,6 +72,8 @@ pub struct EtcdMaintenanceService {
     admin: MembershipAdmin,
     /// Measured for `dbSize`.
     data_dir: PathBuf,
+    /// `limits.quota_backend_bytes` (0: none), reported as `dbSizeQuota`.
+    quota: u64,
     /// The cluster's active alarms, as this member has applied them.
     alarms: Arc<AlarmSet>,
     /// Raises and clears alarms.
@@ -76,12 +83,13 @@ pub struct EtcdMaintenanceService {
 }
 
 impl EtcdMaintenanceService {
-    /// The service of one node, whose data lives in `data_dir`.
+    /// The service of one node, whose data lives in `data_dir`, held to `quota` bytes (0: no
+    /// quota; [`EtcdMaintenanceService::watch_quota`] enforces it).
     pub fn new(
         ctx: EtcdContext,
         view: ReadView,
         admin: MembershipAdmin,
-        data_dir: PathBuf,
+        (data_dir, quota): (PathBuf, u64),
         (alarms, proposer, reads): (Arc<AlarmSet>, Arc<Proposer>, Arc<ReadBarrier>),
     ) -> EtcdMaintenanceService {
         EtcdMaintenanceService {
@@ -89,6 +97,7 @@ impl EtcdMaintenanceService {
             view,
             admin,
             data_dir,
+            quota,
             alarms,
             proposer,
             reads,
@@ -129,26 +138,26 @@ impl EtcdMaintenanceService {
             errors,
             is_learner: !voter || m.state == ServerState::Learner,
             storage_version: String::new(),
-            db_size_quota: 0,
+            db_size_quota: i64::try_from(self.quota).unwrap_or(i64::MAX),
             downgrade_info: None,
         })
     }
 
-    /// Raises `NOSPACE` for this member whenever it leads and its data directory holds more than
-    /// `quota` bytes, checking every [`QUOTA_CHECK`]; runs until the task is dropped. Only the
-    /// leader checks (every member holds the same state machine; their logs and snapshots may
-    /// differ a little), and it proposes the alarm itself, so no user is needed with auth on.
-    /// Once disarmed while still over quota, the alarm is raised again, as etcd's is.
-    pub async fn watch_quota(self: Arc<Self>, quota: u64) {
+    /// Raises `NOSPACE` for this member whenever its data directory holds more than its quota, checking every [`QUOTA_CHECK`]; runs until the task is dropped. Every member
+    /// measures its own, as etcd's do (their logs, snapshots and RocksDB files differ even where
+    /// the state machines agree), and raises the alarm through the leader over the peer port
+    /// ([`MemberAlarms::raise`]), so no user is needed with auth on. Once disarmed while still
+    /// over quota, the alarm is raised again, as etcd's is.
+    pub async fn watch_quota(self: Arc<Self>) {
+        let quota = self.quota;
         let me = self.ctx.member_id();
         loop {
             tokio::time::sleep(QUOTA_CHECK).await;
-            let leads = matches!(self.ctx.forwarder().leader_channel(), Ok(None));
-            let raised = self
+            if self
                 .alarms
                 .list()
-                .contains(&(me, AlarmType::Nospace as i32));
-            if !leads || raised {
+                .contains(&(me, AlarmType::Nospace as i32))
+            {
                 continue;
             }
             let dir = self.data_dir.clone();
@@ -158,21 +167,50 @@ impl EtcdMaintenanceService {
             if used <= quota {
                 continue;
             }
-            let raise = Command::Alarm {
-                member: me,
+            let raise = Request::new(pb::RaiseAlarmRequest {
+                member_id: me,
                 alarm: AlarmType::Nospace as i32,
-                activate: true,
-            };
-            match propose(&self.proposer, raise, "a NOSPACE alarm").await {
-                Ok(_) => tracing::warn!(
+            });
+            match MemberAlarms::raise(&*self, raise).await {
+                Ok(answer) if answer.get_ref().raised => tracing::warn!(
                     used,
                     quota,
                     "data directory over limits.quota_backend_bytes: NOSPACE alarm raised; \
                      writes that grow the store are refused until it is disarmed"
                 ),
+                Ok(_) => {}
                 Err(status) => tracing::debug!(%status, "raising the NOSPACE alarm failed"),
             }
         }
+    }
+
+    /// Raises (`activate`) or clears `alarm` for `member` through the log, here on the leader;
+    /// answers the revision after it, or `None` when there was nothing to change: etcd ignores
+    /// an alarm for a member it does not know, and a clear of one not raised.
+    async fn change_alarm(
+        &self,
+        member: NodeId,
+        alarm: AlarmType,
+        activate: bool,
+    ) -> Result<Option<i64>, Status> {
+        let active = self.alarms.list().contains(&(member, alarm as i32));
+        let known = self.admin.members().iter().any(|m| m.id == member);
+        if (activate && (!known || active)) || (!activate && !active) {
+            return Ok(None);
+        }
+        let change = Command::Alarm {
+            member,
+            alarm: alarm as i32,
+            activate,
+        };
+        let (_, revision) = propose(&self.proposer, change, "an alarm").await?;
+        tracing::warn!(
+            member,
+            alarm = alarm.as_str_name(),
+            activate,
+            "alarm changed"
+        );
+        Ok(Some(revision))
     }
 
     /// Lists, raises or clears alarms; a change is proposed by the leader (a follower forwards
@@ -217,30 +255,18 @@ impl EtcdMaintenanceService {
             });
         }
         let activate = action == AlarmAction::Activate;
-        let active = self.alarms.list().contains(&(req.member_id, alarm as i32));
-        let known = self.admin.members().iter().any(|m| m.id == req.member_id);
-        // etcd ignores an alarm for a member it does not know, and a clear of one not raised.
-        if (activate && !known) || (!activate && !active) {
-            return Ok(etcd::AlarmResponse {
-                header: Some(self.ctx.header()),
-                alarms: Vec::new(),
-            });
-        }
-        let change = Command::Alarm {
-            member: req.member_id,
-            alarm: alarm as i32,
-            activate,
+        let member = alarm_member(req.member_id, alarm as i32);
+        let (alarms, header) = match self.change_alarm(req.member_id, alarm, activate).await? {
+            Some(revision) => (vec![member], self.ctx.header_at(revision)),
+            // etcd answers the alarm when it was raised already, nothing when it ignored one.
+            None if activate && self.alarms.list().contains(&(req.member_id, alarm as i32)) => {
+                (vec![member], self.ctx.header())
+            }
+            None => (Vec::new(), self.ctx.header()),
         };
-        let (_, revision) = propose(&self.proposer, change, "an alarm").await?;
-        tracing::warn!(
-            member = req.member_id,
-            alarm = alarm.as_str_name(),
-            activate,
-            "alarm changed"
-        );
         Ok(etcd::AlarmResponse {
-            header: Some(self.ctx.header_at(revision)),
-            alarms: vec![alarm_member(req.member_id, alarm as i32)],
+            header: Some(header),
+            alarms,
         })
     }
 
@@ -267,6 +293,45 @@ impl EtcdMaintenanceService {
     }
 }
 
+impl Answered for pb::RaiseAlarmResponse {
+    fn answered_by(&mut self, _id: NodeId) {}
+}
+
+/// The peer port's side of a member raising an alarm about itself (see `raft.proto`).
+#[tonic::async_trait]
+impl MemberAlarms for EtcdMaintenanceService {
+    #[tracing::instrument(skip_all, fields(node_id = self.ctx.member_id()))]
+    async fn raise(
+        &self,
+        request: Request<pb::RaiseAlarmRequest>,
+    ) -> Result<Response<pb::RaiseAlarmResponse>, Status> {
+        let alarm = match AlarmType::try_from(request.get_ref().alarm) {
+            Ok(a @ (AlarmType::Nospace | AlarmType::Corrupt)) => a,
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "alarm type {} cannot be raised (NOSPACE or CORRUPT)",
+                    request.get_ref().alarm
+                )))
+            }
+        };
+        let req = match self
+            .ctx
+            .forwarder()
+            .to_leader(request, |ch, r| async move {
+                MemberAlarmsClient::new(ch).raise(r).await
+            })
+            .await?
+        {
+            Routed::Here(req) => req,
+            Routed::Forwarded(response) => return Ok(Response::new(response)),
+        };
+        let raised = self.change_alarm(req.member_id, alarm, true).await?;
+        Ok(Response::new(pb::RaiseAlarmResponse {
+            raised: raised.is_some(),
+        }))
+    }
+}
+
 fn alarm_member(member_id: NodeId, alarm: i32) -> etcd::AlarmMember {
     etcd::AlarmMember { member_id, alarm }
 }
@@ -277,10 +342,10 @@ fn alarm_name(alarm: i32) -> &'static str {
         .unwrap_or("UNKNOWN")
 }
 
-/// Bytes of every file under `dir` (0 for what cannot be read: a size report must not fail).
-/// How often the leader measures its data directory against `limits.quota_backend_bytes`.
+/// How often a member measures its data directory against `limits.quota_backend_bytes`.
 const QUOTA_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Bytes of every file under `dir` (0 for what cannot be read: a size report must not fail).
 fn disk_usage(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
@@ -470,5 +535,25 @@ mod tests {
         std::fs::write(dir.path().join("sub/b"), [0u8; 32]).expect("write");
         assert_eq!(disk_usage(dir.path()), 42);
         assert_eq!(disk_usage(&dir.path().join("missing")), 0);
+    }
+
+    /// Members of different builds must read each other's alarms: the field numbers are pinned
+    /// by these bytes.
+    #[test]
+    fn the_member_alarm_messages_should_keep_their_encoding() {
+        use prost::Message;
+        let request = pb::RaiseAlarmRequest {
+            member_id: 300,
+            alarm: AlarmType::Nospace as i32,
+        };
+        let hex = |bytes: Vec<u8>| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert_eq!(hex(request.encode_to_vec()), "08ac021001");
+        assert_eq!(
+            hex(pb::RaiseAlarmResponse { raised: true }.encode_to_vec()),
+            "0801"
+        );
+        let decoded =
+            pb::RaiseAlarmRequest::decode(request.encode_to_vec().as_slice()).expect("decode");
+        assert_eq!(decoded, request);
     }
 }
