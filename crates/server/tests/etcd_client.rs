@@ -1295,6 +1295,36 @@ async fn a_client_with_a_user_should_be_held_to_its_roles_through_a_follower() {
             .expect("resign");
         bob.lease_revoke(lease).await.expect("revoke");
     }
+    // An Observe whose read is refused midway ends as etcd's does: without an error.
+    let with = |user: &str, password: &str| {
+        Client::connect(
+            [cluster.node(follower).addr.as_str()],
+            Some(ConnectOptions::new().with_user(user, password)),
+        )
+    };
+    let mut bob = with("bob", "bobpw").await.expect("bob connects");
+    let mut root = with("root", "rootpw").await.expect("root connects");
+    let lease = bob.lease_grant(30, None).await.expect("lease").id();
+    let mut observer = bob.observe("w/obs").await.expect("bob observes");
+    bob.campaign("w/obs", "bob leads", lease)
+        .await
+        .expect("bob campaigns");
+    assert_eq!(observe_next(&mut observer).await.1, "bob leads");
+    root.role_revoke_permission(
+        "writer",
+        "w/",
+        Some(etcd_client::RoleRevokePermissionOptions::new().with_prefix()),
+    )
+    .await
+    .expect("revoke the writer's permission");
+    // The leader's lease ends: the observer reads the next leader as bob, and is refused.
+    root.lease_revoke(lease)
+        .await
+        .expect("root revokes bob's lease");
+    let end = tokio::time::timeout(MESSAGE, observer.message())
+        .await
+        .expect("the observe stream ends in time");
+    assert!(matches!(end, Ok(None)), "ends without an error: {end:?}");
     let refused = Client::connect(
         [cluster.node(follower).addr.as_str()],
         Some(ConnectOptions::new().with_user("bob", "wrong")),

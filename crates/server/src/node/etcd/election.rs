@@ -14,6 +14,7 @@ use rskv_proto::etcd::mvccpb;
 use rskv_proto::etcd::mvccpb::event::EventType;
 use rskv_proto::etcd::v3electionpb;
 use rskv_proto::etcd::v3electionpb::election_server::Election;
+use rskv_storage::log_throttle::LogThrottle;
 use rskv_storage::state_machine::auth::Perm;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -144,8 +145,8 @@ impl EtcdElection {
 
 /// Serves one `Observe` stream: the leader's key-value under `prefix` now, then each change of it
 /// (a new value, or a new leader once its key is deleted), as etcd's `Election.Observe` does.
-/// Ends with an error status when a read fails (etcd ends the stream without one), or when the
-/// client is gone.
+/// Ends when the client is gone, or with the error of a read that failed (which the stream's
+/// task logs and, as etcd's server does, does not send).
 async fn observe_leader(
     ctx: EtcdContext,
     recipes: Recipes,
@@ -296,8 +297,12 @@ impl Election for EtcdElection {
                 let closed = out.clone();
                 tokio::select! {
                     result = observe_leader(ctx, recipes, prefix, out.clone()) => {
+                        // etcd's server ends the stream without an error when its observer's
+                        // read or watch fails (the client observes again); so does rskv, saying
+                        // why in its log.
                         if let Err(status) = result {
-                            let _ = out.send(Err(status)).await;
+                            static ENDED: LogThrottle = LogThrottle::every_interval();
+                            rskv_storage::warn_throttled!(ENDED, 0, %status, "election Observe ended by a failed read");
                         }
                     }
                     () = closed.closed() => {}
