@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::etcdctl::etcdctl;
+use common::etcdctl::json_kvs;
 use common::etcdctl::unbase64;
 use common::ProcessCluster;
 use serde_json::Value;
@@ -25,20 +26,10 @@ async fn json(endpoints: &[String], args: &[&str]) -> Value {
 
 /// (key, value, mod_revision) of a `get -w json` answer, key and value decoded.
 fn kvs(answer: &Value) -> Vec<(String, String, i64)> {
-    answer["kvs"]
-        .as_array()
-        .map(|kvs| {
-            kvs.iter()
-                .map(|kv| {
-                    (
-                        unbase64(kv["key"].as_str().unwrap_or_default()),
-                        unbase64(kv["value"].as_str().unwrap_or_default()),
-                        kv["mod_revision"].as_i64().unwrap_or(0),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    json_kvs(&answer["kvs"])
+        .into_iter()
+        .map(|kv| (kv.key, kv.value, kv.mod_revision))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

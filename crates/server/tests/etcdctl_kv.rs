@@ -13,9 +13,11 @@ use std::time::Instant;
 use common::etcdctl::decoded_kvs;
 use common::etcdctl::etcdctl;
 use common::etcdctl::etcdctl_with_input;
+use common::etcdctl::json_kvs;
 use common::etcdctl::unbase64;
 use common::etcdctl::EtcdctlOutput;
 use common::etcdctl::EtcdctlProcess;
+use common::etcdctl::JsonKv;
 use common::ProcessCluster;
 use rskv_proto::etcd::etcdserverpb as etcd;
 use serde_json::Value;
@@ -987,4 +989,178 @@ async fn etcdctl_check_perf_runs_against_rskv() {
     )
     .await;
     assert_eq!(count(&left), 0, "check perf deletes its keys: {left}");
+}
+
+/// Every key `get --prefix ""` (at `rev`, 0: the latest) answers: key, value, create and mod
+/// revision, version and lease.
+async fn every_version(endpoint: &[String], rev: i64) -> Vec<(String, String, i64, i64, i64, i64)> {
+    let at = format!("--rev={rev}");
+    json_kvs(&json(endpoint, &["get", "", "--prefix", &at]).await["kvs"])
+        .into_iter()
+        .map(|kv| {
+            let JsonKv {
+                key,
+                value,
+                create_revision,
+                mod_revision,
+                version,
+                lease,
+            } = kv;
+            (key, value, create_revision, mod_revision, version, lease)
+        })
+        .collect()
+}
+
+/// The lease ids `lease list` names, in hex as etcdctl prints them, sorted.
+async fn lease_ids(endpoint: &[String]) -> Vec<String> {
+    let out = ok(endpoint, &["lease", "list"]).await;
+    let mut ids: Vec<String> = out
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_snapshot_save_makes_a_backup_a_new_cluster_restores() {
+    let Setup { cluster, f, l, .. } = start().await;
+    put(&f, "a", "1").await;
+    put(&f, "b", "1").await;
+    let compact_at = put(&f, "a", "2").await;
+    ok(&f, &["del", "b"]).await;
+    let lease = granted(&ok(&f, &["lease", "grant", "600"]).await);
+    ok(&f, &["put", "held", "v", &format!("--lease={lease}")]).await;
+    let last = put(&f, "a", "3").await;
+    ok(&f, &["compact", &compact_at.to_string()]).await;
+    // Any member takes the backup: this one is a follower's.
+    let kept = tempfile::tempdir().expect("tempdir");
+    let backup = kept.path().join("backup.db");
+    let backup = backup.to_str().expect("utf-8 path");
+    let out = ok(&f, &["snapshot", "save", backup]).await;
+    assert!(out.stdout.contains("Snapshot saved"), "{out:?}");
+    let latest = every_version(&l, 0).await;
+    let older = every_version(&l, compact_at).await;
+    drop(cluster);
+
+    // A backup with one byte changed is refused, saying why, and the node does not start.
+    let damaged_dir = tempfile::tempdir().expect("tempdir");
+    let damaged = damaged_dir.path().join("damaged.db");
+    let mut bytes = std::fs::read(backup).expect("read the backup");
+    bytes[100] ^= 0xff;
+    std::fs::write(&damaged, bytes).expect("write");
+    let [client, peer, metrics] = common::adjacent_ports();
+    let refused = std::process::Command::new(common::server_bin())
+        .args(["--engine", "rocksdb"])
+        .args(["--listen-addr", &format!("127.0.0.1:{client}")])
+        .args(["--peer-listen-addr", &format!("127.0.0.1:{peer}")])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+        .arg("--data-dir")
+        .arg(damaged_dir.path().join("data"))
+        .arg("--restore-backup")
+        .arg(&damaged)
+        .output()
+        .expect("run kv_server");
+    assert!(
+        !refused.status.success(),
+        "a damaged backup must stop the node"
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("checksum"), "{stderr}");
+
+    // A new cluster restored from it answers as the old one did, at the latest revision and at
+    // the compacted one, and its revisions go on from the backup's.
+    let restored = ProcessCluster::start(3, "rocksdb", &["--restore-backup", backup]);
+    let leader = restored.wait_for_leader(LEADER_TIMEOUT).await;
+    let f = at(&restored, restored.follower_of(leader));
+    assert_eq!(every_version(&f, 0).await, latest);
+    assert_eq!(every_version(&f, compact_at).await, older);
+    fails(
+        &f,
+        &["get", "a", &format!("--rev={}", compact_at - 1)],
+        "etcdserver: mvcc: required revision has been compacted",
+    )
+    .await;
+    assert_eq!(lease_ids(&f).await, vec![lease.clone()]);
+    let ttl = ok(&f, &["lease", "timetolive", &lease, "--keys"]).await;
+    assert!(ttl.stdout.contains("attached keys([held])"), "{ttl:?}");
+    assert_eq!(put(&f, "new", "x").await, last + 1);
+}
+
+/// A backup an etcd 3.4.23 server wrote (`etcdctl snapshot save`), checked in: its history is
+/// `put a 1` (2), `put b 1` (3), `put a 2` (4), `del b` (5), `put b 3` (6), `put l v` with a
+/// 600 s lease (7), a txn putting c and d (8), `put a 3` (9), `compact 4`, `del a` (10), and a
+/// second lease of 300 s with no keys.
+const ETCD_BACKUP: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../storage/tests/fixtures/etcd-3.4.23.db"
+);
+const ETCD_LEASE_WITH_KEY: i64 = 2_324_035_878_308_226_827;
+const ETCD_LEASE_WITHOUT: i64 = 2_324_035_878_308_226_834;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_from_etcd_restores_into_a_new_cluster_with_its_revisions_and_leases() {
+    let cluster = ProcessCluster::start(3, "rocksdb", &["--restore-backup", ETCD_BACKUP]);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let f = at(&cluster, cluster.follower_of(leader));
+    let version = |key: &str, value: &str, create, modified, version, lease| {
+        (
+            key.to_string(),
+            value.to_string(),
+            create,
+            modified,
+            version,
+            lease,
+        )
+    };
+    assert_eq!(
+        every_version(&f, 0).await,
+        vec![
+            version("b", "3", 6, 6, 1, 0),
+            version("c", "1", 8, 8, 1, 0),
+            version("d", "1", 8, 8, 1, 0),
+            version("l", "v", 7, 7, 1, ETCD_LEASE_WITH_KEY),
+        ]
+    );
+    // etcd's history, as etcd would answer it: before the delete, and at its compaction.
+    assert_eq!(every_version(&f, 9).await[0], version("a", "3", 2, 9, 3, 0));
+    assert_eq!(
+        every_version(&f, 4).await,
+        vec![version("a", "2", 2, 4, 2, 0), version("b", "1", 3, 3, 1, 0)]
+    );
+    fails(
+        &f,
+        &["get", "a", "--rev=3"],
+        "etcdserver: mvcc: required revision has been compacted",
+    )
+    .await;
+    // A watch from a revision etcd gave replays etcd's changes from there.
+    let mut watch = spawn_watch(&f, &["", "--prefix", "--rev=8"]);
+    let seen: Vec<(&str, String, i64)> = wait_events(&mut watch, 4)
+        .await
+        .into_iter()
+        .map(|e| (e.kind, e.key, e.mod_revision))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("PUT", "c".to_string(), 8),
+            ("PUT", "d".to_string(), 8),
+            ("PUT", "a".to_string(), 9),
+            ("DELETE", "a".to_string(), 10),
+        ]
+    );
+    // Its leases, the one holding `l` with it; revoking it deletes the key.
+    let hex = |id: i64| format!("{id:x}");
+    let mut expected = vec![hex(ETCD_LEASE_WITH_KEY), hex(ETCD_LEASE_WITHOUT)];
+    expected.sort();
+    assert_eq!(lease_ids(&f).await, expected);
+    ok(&f, &["lease", "revoke", &hex(ETCD_LEASE_WITH_KEY)]).await;
+    let after = json(&f, &["get", "l"]).await;
+    assert_eq!(after["count"].as_i64().unwrap_or(0), 0, "{after}");
+    // Revisions go on from etcd's: the revoke took 11.
+    assert_eq!(put(&f, "new", "x").await, 12);
 }

@@ -2,7 +2,7 @@
 //!
 //! The bottom layer of a node. The Raft log ([`log_store`]) and the state machine
 //! ([`state_machine`]) that committed entries are applied to, the snapshot file format both state
-//! machines share ([`snapshot`]), the replicated command itself ([`types`]), the apply events the
+//! machines share ([`snapshot`]) and the reader of etcd's own backups ([`etcd_backup`]), the replicated command itself ([`types`]), the apply events the
 //! state machine publishes ([`events`]), and the one module where openraft's types meet bytes
 //! ([`format`]): everything stored is rskv's own versioned protobuf schema.
 //!
@@ -19,6 +19,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod error;
+pub mod etcd_backup;
 pub mod events;
 pub mod format;
 pub mod io_thread;

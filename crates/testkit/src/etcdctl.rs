@@ -316,19 +316,50 @@ pub fn unbase64(text: &str) -> String {
     String::from_utf8(out).unwrap_or_else(|e| panic!("base64 {text:?} is not UTF-8: {e}"))
 }
 
-/// The (key, value) pairs of a JSON `KeyValue` list (`kvs`, `prev_kvs`), decoded; a missing list
-/// (etcdctl omits empty ones) is empty, a missing value is "".
-pub fn decoded_kvs(list: &serde_json::Value) -> Vec<(String, String)> {
+/// One `KeyValue` of etcdctl's JSON output, key and value decoded (a missing field, which
+/// etcdctl omits when it is zero or empty, is 0 or "").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonKv {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: String,
+    /// Its create revision.
+    pub create_revision: i64,
+    /// Its mod revision.
+    pub mod_revision: i64,
+    /// Its version.
+    pub version: i64,
+    /// Its lease (0: none).
+    pub lease: i64,
+}
+
+/// The `KeyValue`s of a JSON list (`kvs`, `prev_kvs`); a missing list (etcdctl omits empty ones)
+/// is empty.
+pub fn json_kvs(list: &serde_json::Value) -> Vec<JsonKv> {
+    let text =
+        |kv: &serde_json::Value, field: &str| unbase64(kv[field].as_str().unwrap_or_default());
+    let number = |kv: &serde_json::Value, field: &str| kv[field].as_i64().unwrap_or(0);
     list.as_array()
         .map(|kvs| {
             kvs.iter()
-                .map(|kv| {
-                    (
-                        unbase64(kv["key"].as_str().unwrap_or_default()),
-                        unbase64(kv["value"].as_str().unwrap_or_default()),
-                    )
+                .map(|kv| JsonKv {
+                    key: text(kv, "key"),
+                    value: text(kv, "value"),
+                    create_revision: number(kv, "create_revision"),
+                    mod_revision: number(kv, "mod_revision"),
+                    version: number(kv, "version"),
+                    lease: number(kv, "lease"),
                 })
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The (key, value) pairs of a JSON `KeyValue` list ([`json_kvs`]).
+pub fn decoded_kvs(list: &serde_json::Value) -> Vec<(String, String)> {
+    json_kvs(list)
+        .into_iter()
+        .map(|kv| (kv.key, kv.value))
+        .collect()
 }

@@ -810,8 +810,8 @@ impl StateMachine {
     }
 }
 
-/// Loads a backup (a snapshot file, e.g. from `etcdctl snapshot save`) into an engine that holds
-/// nothing yet, for a node of a new cluster: every keyspace's records as they were, with no
+/// Loads a backup (a snapshot file, e.g. from `etcdctl snapshot save` against rskv, or etcd's
+/// own backup, read by [`crate::etcd_backup`]) into an engine that holds nothing yet, for a node of a new cluster: every keyspace's records as they were, with no
 /// applied log entry and no membership, so the new cluster's own log starts afresh on top of the
 /// data (its revisions continue from the backup's). Every member of the new cluster restores the
 /// same backup, as with etcd. Blocking.
@@ -830,6 +830,13 @@ pub fn restore_backup(engine: &dyn KvEngine, backup: &Path) -> io::Result<Snapsh
         ));
     }
     crate::snapshot::verify_backup(backup)?;
+    if crate::etcd_backup::is_etcd_backup(backup)? {
+        let (records, summary) = crate::etcd_backup::read(backup)?;
+        engine.import(&AppliedState::default(), &mut records.into_iter().map(Ok))?;
+        engine.sync()?;
+        tracing::info!(?summary, backup = %backup.display(), "etcd backup restored");
+        return Ok(SnapshotMeta::default());
+    }
     let file = SnapshotFile::open(backup)
         .map_err(|e| io_err(format!("opening backup {}: {e}", backup.display())))?;
     // Read it through first: a damaged or cut backup is refused before anything is written.
