@@ -1042,6 +1042,16 @@ async fn etcdctl_snapshot_save_makes_a_backup_a_new_cluster_restores() {
     let backup = backup.to_str().expect("utf-8 path");
     let out = ok(&f, &["snapshot", "save", backup]).await;
     assert!(out.stdout.contains("Snapshot saved"), "{out:?}");
+    // It is etcd's format: etcdctl checks it (bbolt's consistency check and its hash), reads
+    // its revision and counts its keys (a version each, and the lease), and makes an etcd
+    // data directory of it.
+    let status = json(&f, &["snapshot", "status", backup]).await;
+    assert_eq!(status["revision"].as_i64(), Some(last), "{status}");
+    assert!(status["totalKey"].as_i64().unwrap_or(0) >= 5, "{status}");
+    let etcd_dir = kept.path().join("etcd");
+    let etcd_dir = etcd_dir.to_str().expect("utf-8 path");
+    ok(&f, &["snapshot", "restore", backup, "--data-dir", etcd_dir]).await;
+    assert!(kept.path().join("etcd/member/snap/db").exists());
     let latest = every_version(&l, 0).await;
     let older = every_version(&l, compact_at).await;
     drop(cluster);

@@ -14,9 +14,11 @@
 //! sections, with plain values (no revisions). All are refused with a message saying so, as is a
 //! newer version, rather than read as something they are not.
 //!
-//! A **backup** (what etcd's `Snapshot` RPC streams and `etcdctl snapshot save` writes) is a
-//! snapshot file framed as etcd frames its own: zero bytes up to a multiple of 512, then the
-//! SHA-256 of everything before it ([`BackupReader`]; [`verify_backup`] checks it).
+//! A **backup** (what etcd's `Snapshot` RPC streams and `etcdctl snapshot save` writes) is framed
+//! as etcd frames its own: zero bytes up to a multiple of 512, then the SHA-256 of everything
+//! before it ([`BackupReader`]; [`verify_backup`] checks it). Its body is etcd's format, a bbolt
+//! file ([`crate::etcd_backup::write`]); a snapshot file framed so (what rskv streamed before)
+//! still restores.
 //!
 //! A snapshot travels as [`SnapshotData`]: a file (the memory engine's snapshots, and every
 //! snapshot a follower receives) or a [`SnapshotStream`], the file format produced on demand from

@@ -130,24 +130,20 @@ impl ReadView {
         .await
     }
 
-    /// A consistent backup of the whole state machine (a snapshot framed as a backup, see
-    /// `rskv_storage::snapshot`), produced as it is read (for etcd's `Snapshot`).
+    /// A consistent backup of the whole state machine in etcd's format (a bbolt file, see
+    /// `rskv_storage::etcd_backup::write`), built in `dir` (under a name removed at once) and
+    /// ended by its SHA-256 as etcd ends its own: what etcd's `Snapshot` streams.
     ///
     /// # Errors
-    /// On a storage failure.
-    pub async fn backup(&self) -> io::Result<Box<dyn io::Read + Send>> {
-        let engine = self.engine.clone();
-        let snapshot = rskv_storage::io_thread::blocking(move || {
-            rskv_storage::state_machine::stream_snapshot(engine)
-        })
-        .await?;
-        use rskv_storage::snapshot::BackupReader;
-        Ok(match snapshot.snapshot {
-            rskv_storage::SnapshotData::File(file) => {
-                Box::new(BackupReader::new(file.read_from(0)?))
-            }
-            rskv_storage::SnapshotData::Stream(stream) => Box::new(BackupReader::new(stream)),
-        })
+    /// On a storage or write failure.
+    pub async fn backup(&self, dir: &std::path::Path) -> io::Result<Box<dyn io::Read + Send>> {
+        let dir = dir.to_path_buf();
+        let file = self
+            .blocking(move |e| rskv_storage::etcd_backup::write::write_backup(e, &dir))
+            .await?;
+        Ok(Box::new(rskv_storage::snapshot::BackupReader::new(
+            io::BufReader::with_capacity(1 << 20, file),
+        )))
     }
 
     /// A CRC-32 of every record of the state machine, from a consistent export (etcd's `Hash`).

@@ -18,12 +18,17 @@ use crate::error::io_err;
 /// bbolt's magic number, at the start of a meta page's body.
 pub const MAGIC: u32 = 0xED0C_DAED;
 /// The file format version bbolt writes.
-const VERSION: u32 = 2;
-const PAGE_HEADER: usize = 16;
-const ELEMENT: usize = 16;
-const BRANCH_PAGE: u16 = 0x01;
-const LEAF_PAGE: u16 = 0x02;
-const BUCKET_LEAF: u32 = 0x01;
+pub(crate) const VERSION: u32 = 2;
+/// A page's header: id, flags, element count, overflow pages.
+pub(crate) const PAGE_HEADER: usize = 16;
+/// A branch or leaf element.
+pub(crate) const ELEMENT: usize = 16;
+pub(crate) const BRANCH_PAGE: u16 = 0x01;
+pub(crate) const LEAF_PAGE: u16 = 0x02;
+pub(crate) const META_PAGE: u16 = 0x04;
+pub(crate) const FREELIST_PAGE: u16 = 0x10;
+/// A leaf element holding a bucket.
+pub(crate) const BUCKET_LEAF: u32 = 0x01;
 /// Deeper than any tree a real file holds (a B+tree of 4 KiB pages is a few levels deep): a
 /// damaged file whose pages chain on is refused before the walk's recursion runs deep.
 const MAX_DEPTH: usize = 32;
@@ -63,7 +68,7 @@ fn damaged(what: &str) -> io::Error {
 }
 
 /// FNV-1a, 64 bits: bbolt's meta page checksum.
-fn fnv1a64(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })

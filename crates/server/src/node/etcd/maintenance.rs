@@ -18,9 +18,10 @@
 //! - `MoveLeader` is rskv's leader transfer; like etcd, only the leader takes it.
 //! - `Hash` is a CRC-32 of every record of the state machine (a consistent export), `HashKV` one
 //!   of the store's history up to a revision: members that applied the same log agree on both.
-//! - `Snapshot` streams a consistent backup of the state machine in rskv's snapshot file format
-//!   (what `etcdctl snapshot save` writes to a file); `kv_server --restore-backup` loads it into
-//!   the members of a new cluster.
+//! - `Snapshot` streams a consistent backup of the state machine in etcd's own format, a bbolt
+//!   file (`rskv_storage::etcd_backup::write`; what `etcdctl snapshot save` writes to a file, and
+//!   `etcdctl snapshot status` and `snapshot restore` read); `kv_server --restore-backup` loads
+//!   it, or etcd's, into the members of a new cluster.
 //! - `Downgrade` is UNIMPLEMENTED (rskv has no cluster versions to downgrade).
 
 use std::path::Path;
@@ -458,7 +459,11 @@ impl Maintenance for EtcdMaintenanceService {
         observe("etcd_snapshot", async {
             self.ctx.auth().require_root(request.metadata())?;
             let header = self.ctx.header();
-            let mut backup = self.view.backup().await.map_err(storage_status)?;
+            let mut backup = self
+                .view
+                .backup(&self.data_dir)
+                .await
+                .map_err(storage_status)?;
             let (tx, rx) = tokio::sync::mpsc::channel(4);
             // Read on a blocking thread: the export produces the bytes as they are read.
             tokio::task::spawn_blocking(move || {
