@@ -1174,3 +1174,35 @@ async fn a_backup_from_etcd_restores_into_a_new_cluster_with_its_revisions_and_l
     // Revisions go on from etcd's: the revoke took 11.
     assert_eq!(put(&f, "new", "x").await, 12);
 }
+
+/// A backup an etcd 3.4.23 server wrote with auth enabled: keys `a/1` = one and `b/1` = two,
+/// users root (password rootpw, role root), alice (alicepw, role reader: read on the prefix
+/// `a/`) and bob (no password).
+const ETCD_AUTH_BACKUP: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../storage/tests/fixtures/etcd-3.4.23-auth.db"
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcds_users_and_roles_come_over_with_its_backup() {
+    let cluster = ProcessCluster::start(3, "rocksdb", &["--restore-backup", ETCD_AUTH_BACKUP]);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let f = at(&cluster, cluster.follower_of(leader));
+    // Auth is on, as it was in etcd, and etcd's password hashes still check.
+    fails(&f, &["get", "a/1"], "etcdserver: user name is empty").await;
+    let root = ok(&f, &["--user", "root:rootpw", "get", "b/1"]).await;
+    assert_eq!(root.stdout.lines().collect::<Vec<_>>(), ["b/1", "two"]);
+    let alice = ok(&f, &["--user", "alice:alicepw", "get", "a/1"]).await;
+    assert_eq!(alice.stdout.lines().collect::<Vec<_>>(), ["a/1", "one"]);
+    let denied = "etcdserver: permission denied";
+    fails(&f, &["--user", "alice:alicepw", "get", "b/1"], denied).await;
+    fails(&f, &["--user", "alice:alicepw", "put", "a/1", "x"], denied).await;
+    fails(
+        &f,
+        &["--user", "alice:wrong", "get", "a/1"],
+        "etcdserver: authentication failed, invalid user ID or password",
+    )
+    .await;
+    let roles = ok(&f, &["--user", "root:rootpw", "role", "get", "reader"]).await;
+    assert!(roles.stdout.contains("[a/, a0) (prefix a/)"), "{roles:?}");
+}

@@ -13,11 +13,12 @@
 //! current [`KeyVersion`], each lease a lease record with its attached keys, and the revision
 //! counters the backup's. Revisions are kept, so a client resumes a watch at the revision it had.
 //!
-//! Not carried over: users, roles and whether auth was enabled (etcd's `auth*` buckets: create
-//! them again), alarms, and membership (a restored cluster is a new one, as with
-//! `etcdctl snapshot restore`). The whole backup is read into memory first, so a damaged file is
+//! Users, roles and whether auth was enabled come over too ([`auth`]: etcd's `auth*` buckets;
+//! passwords are bcrypt hashes on both sides). Not carried over: alarms, and membership (a
+//! restored cluster is a new one, as with `etcdctl snapshot restore`). The whole backup is read into memory first, so a damaged file is
 //! refused before anything is written.
 
+pub mod auth;
 pub mod bbolt;
 pub mod write;
 
@@ -228,6 +229,8 @@ fn read_bytes(mut bytes: Vec<u8>) -> io::Result<(Vec<Record>, Summary)> {
     if exact_meta {
         return Ok((out, summary));
     }
+    // etcd's own backup: its users, roles and auth flag.
+    out.extend(auth::from_etcd(&db)?);
     out.push(Record {
         space: Keyspace::System,
         key: Bytes::from_static(META_KEY),
@@ -246,6 +249,7 @@ fn read_bytes(mut bytes: Vec<u8>) -> io::Result<(Vec<Record>, Summary)> {
 mod tests {
     use super::*;
     use crate::state_machine::AppliedState;
+    use rskv_proto::storage as pb;
 
     /// The backup an etcd 3.4.23 server wrote (see the server's etcdctl test that restores it).
     fn fixture() -> Vec<u8> {
@@ -304,6 +308,20 @@ mod tests {
         assert!(records
             .iter()
             .all(|r| r.space != Keyspace::Data || r.key.as_ref() != b"a"));
+    }
+
+    /// What rskv writes as a backup of a store holding `records` (without the checksum).
+    fn backup_of(records: &[Record]) -> Vec<u8> {
+        let engine = crate::memory::MemoryEngine::new();
+        let mut from = records.iter().cloned().map(Ok);
+        crate::KvEngine::import(&engine, &AppliedState::default(), &mut from).expect("import");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut bytes = Vec::new();
+        write::write_backup(&engine, dir.path())
+            .expect("write")
+            .read_to_end(&mut bytes)
+            .expect("read");
+        bytes
     }
 
     fn sorted(mut records: Vec<Record>) -> Vec<(usize, Bytes, Bytes)> {
@@ -399,7 +417,6 @@ mod tests {
     #[test]
     fn a_large_backup_should_span_branch_pages_and_overflow_pages() {
         // Enough keys for a three-level tree, and values larger than a page.
-        let engine = crate::memory::MemoryEngine::new();
         let mut records = Vec::new();
         for i in 1..=20_000i64 {
             let value = if i % 1000 == 0 {
@@ -429,14 +446,7 @@ mod tests {
             key: Bytes::from_static(META_KEY),
             value: Bytes::from(meta.encode_to_vec()),
         });
-        let mut from = records.clone().into_iter().map(Ok);
-        crate::KvEngine::import(&engine, &AppliedState::default(), &mut from).expect("import");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut bytes = Vec::new();
-        write::write_backup(&engine, dir.path())
-            .expect("write")
-            .read_to_end(&mut bytes)
-            .expect("read");
+        let bytes = backup_of(&records);
         let (again, summary) = read_bytes(bytes).expect("read back");
         assert_eq!((summary.keys, summary.changes), (20_000, 20_000));
         let history: Vec<_> = sorted(again)
@@ -448,6 +458,87 @@ mod tests {
             .filter(|(space, _, _)| *space == Keyspace::History.position())
             .collect();
         assert_eq!(history, expected);
+    }
+
+    /// A backup etcd 3.4.23 wrote with auth enabled: users root (role root), alice (role
+    /// reader: read on the prefix `a/`) and bob (no password).
+    fn auth_fixture() -> Vec<u8> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/etcd-3.4.23-auth.db"
+        );
+        std::fs::read(path).expect("the etcd auth backup fixture")
+    }
+
+    /// Users and roles as (name, password hash, roles, no password) and (name, permissions).
+    type Users = Vec<(String, String, Vec<String>, bool)>;
+    type Roles = Vec<(String, Vec<(i32, Bytes, Bytes)>)>;
+
+    fn users_and_roles(records: &[Record]) -> (Option<pb::AuthMeta>, Users, Roles) {
+        use crate::state_machine::auth::META_KEY as AUTH_META;
+        use crate::state_machine::auth::ROLE_PREFIX;
+        use crate::state_machine::auth::USER_PREFIX;
+        let system = || records.iter().filter(|r| r.space == Keyspace::System);
+        let meta = system()
+            .find(|r| r.key.as_ref() == AUTH_META)
+            .map(|r| pb::AuthMeta::decode(r.value.as_ref()).expect("meta"));
+        let users = system()
+            .filter(|r| r.key.starts_with(USER_PREFIX))
+            .map(|r| pb::AuthUser::decode(r.value.as_ref()).expect("user"))
+            .map(|u| (u.name, u.password_hash, u.roles, u.no_password))
+            .collect();
+        let roles = system()
+            .filter(|r| r.key.starts_with(ROLE_PREFIX))
+            .map(|r| pb::AuthRole::decode(r.value.as_ref()).expect("role"))
+            .map(|r| {
+                let perms = r.permissions.into_iter();
+                (
+                    r.name,
+                    perms.map(|p| (p.kind, p.key, p.range_end)).collect(),
+                )
+            })
+            .collect();
+        (meta, users, roles)
+    }
+
+    #[test]
+    fn etcds_users_and_roles_should_come_over_and_go_back_in_etcds_buckets() {
+        let (records, _) = read_bytes(auth_fixture()).expect("read etcd's backup");
+        let (meta, users, roles) = users_and_roles(&records);
+        assert!(meta.as_ref().is_some_and(|m| m.enabled), "{meta:?}");
+        let names: Vec<_> = users
+            .iter()
+            .map(|u| (u.0.as_str(), u.2.clone(), u.3))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("alice", vec!["reader".to_string()], false),
+                ("bob", vec![], true),
+                ("root", vec!["root".to_string()], false),
+            ]
+        );
+        assert!(
+            users[0].1.starts_with("$2a$"),
+            "a bcrypt hash: {:?}",
+            users[0].1
+        );
+        assert_eq!(
+            roles,
+            vec![
+                (
+                    "reader".to_string(),
+                    vec![(0, Bytes::from_static(b"a/"), Bytes::from_static(b"a0"))]
+                ),
+                ("root".to_string(), vec![]),
+            ]
+        );
+        // Written by rskv: in etcd's buckets as etcd wrote them (the system keyspace's own
+        // bucket is left out here, as etcd would read the file).
+        let bytes = backup_of(&records);
+        let ours = bbolt::Bolt::parse(bytes).expect("parse");
+        let again = auth::from_etcd(&ours).expect("etcd's buckets");
+        assert_eq!(users_and_roles(&again), (meta, users, roles));
     }
 
     #[test]

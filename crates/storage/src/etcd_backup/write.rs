@@ -7,8 +7,10 @@
 //! deletion as etcd writes one, the key alone under its revision marked `t`), the leases
 //! (`leasepb.Lease`) and the compaction (`finishedCompactRev` and `scheduledCompactRev`). What
 //! only rskv has (its system keyspace: the revision counters, client sessions, users and roles,
-//! alarms) goes verbatim into a bucket of its own, `rskv_system`, which etcd ignores; the current
-//! versions and lease attachments are not written (they follow from history).
+//! alarms) goes verbatim into a bucket of its own, `rskv_system`, which etcd ignores; users,
+//! roles and the auth flag also into etcd's `auth` buckets ([`super::auth`]), so an etcd
+//! restored from it has them. The current versions and lease attachments are not written (they
+//! follow from history).
 //!
 //! The tree is written bottom-up and never rewritten: leaf pages as the sorted pairs arrive, then
 //! the branch pages above them, each bucket's tree in turn, then the root bucket, and last the
@@ -298,6 +300,9 @@ struct BoltSink {
     writer: BoltWriter,
     space: Option<Keyspace>,
     meta: MvccMeta,
+    /// etcd's auth buckets' pairs, written last (the system keyspace's bucket is open while
+    /// they are seen).
+    auth: Vec<super::auth::BucketPair>,
 }
 
 impl SnapshotSink for BoltSink {
@@ -321,6 +326,7 @@ impl SnapshotSink for BoltSink {
                 if key == META_KEY {
                     self.meta = decode(value, "revision counters")?;
                 }
+                self.auth.extend(super::auth::to_etcd(key, value)?);
                 self.writer.put(key.to_vec(), value.to_vec())
             }
             Keyspace::History => {
@@ -382,11 +388,24 @@ pub fn write_backup(engine: &dyn KvEngine, dir: &Path) -> io::Result<File> {
         writer: BoltWriter::new(file)?,
         space: None,
         meta: MvccMeta::default(),
+        auth: Vec::new(),
     };
     engine.export(&mut sink)?;
     let BoltSink {
-        mut writer, meta, ..
+        mut writer,
+        meta,
+        mut auth,
+        ..
     } = sink;
+    auth.sort();
+    let mut open = None;
+    for (bucket, key, value) in auth {
+        if open != Some(bucket) {
+            writer.bucket(bucket)?;
+            open = Some(bucket);
+        }
+        writer.put(key, value)?;
+    }
     // etcd's buckets exist even when empty, as etcd creates them.
     for name in [&b"key"[..], b"lease"] {
         if !writer.buckets.iter().any(|(n, _)| n == name)

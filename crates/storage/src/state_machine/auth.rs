@@ -39,9 +39,31 @@ fn millis(d: Duration) -> u64 {
 /// The user and the role that may do everything, and that enabling auth requires.
 pub const ROOT: &str = "root";
 
-const META_KEY: &[u8] = b"auth/meta";
-const USER_PREFIX: &[u8] = b"auth/user/";
-const ROLE_PREFIX: &[u8] = b"auth/role/";
+/// The system-keyspace key of the flag and revision ([`pb::AuthMeta`]); public, with the user
+/// and role prefixes, for backups in etcd's format, which carry them in etcd's buckets.
+pub const META_KEY: &[u8] = b"auth/meta";
+/// The prefix of a user's record ([`pb::AuthUser`]), followed by its name.
+pub const USER_PREFIX: &[u8] = b"auth/user/";
+/// The prefix of a role's record ([`pb::AuthRole`]), followed by its name.
+pub const ROLE_PREFIX: &[u8] = b"auth/role/";
+
+/// A permission as etcd's API and backups carry it (the same type numbers and range).
+pub fn to_etcd_permission(p: pb::AuthPermission) -> rskv_proto::etcd::authpb::Permission {
+    rskv_proto::etcd::authpb::Permission {
+        perm_type: p.kind,
+        key: p.key,
+        range_end: p.range_end,
+    }
+}
+
+/// A permission etcd's API or a backup of etcd's gave, as the auth store keeps it.
+pub fn from_etcd_permission(p: rskv_proto::etcd::authpb::Permission) -> pb::AuthPermission {
+    pb::AuthPermission {
+        kind: p.perm_type,
+        key: p.key,
+        range_end: p.range_end,
+    }
+}
 
 /// How long a simple token stays valid without being used, unless configured (etcd's
 /// `--auth-token-ttl` default).

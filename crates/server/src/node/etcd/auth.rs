@@ -11,7 +11,6 @@
 use std::sync::Arc;
 
 use rand::Rng;
-use rskv_proto::etcd::authpb;
 use rskv_proto::etcd::etcdserverpb as etcd;
 use rskv_proto::etcd::etcdserverpb::auth_client::AuthClient;
 use rskv_proto::etcd::etcdserverpb::auth_server::Auth;
@@ -365,11 +364,7 @@ impl Auth for EtcdAuth {
                 Some(role) => role
                     .permissions
                     .into_iter()
-                    .map(|p| authpb::Permission {
-                        perm_type: p.kind,
-                        key: p.key,
-                        range_end: p.range_end,
-                    })
+                    .map(rskv_storage::state_machine::auth::to_etcd_permission)
                     .collect(),
                 // The root role exists without RoleAdd (etcd's too), and grants everything.
                 None if name == rskv_storage::state_machine::auth::ROOT => Vec::new(),
@@ -423,11 +418,9 @@ impl Auth for EtcdAuth {
             };
             let req = at_leader!(self, request, role_grant_permission);
             let mut grant = change(Op::RoleGrantPermission, "", &req.name);
-            grant.permission = Some(pb::AuthPermission {
-                kind: perm.perm_type,
-                key: perm.key,
-                range_end: perm.range_end,
-            });
+            grant.permission = Some(rskv_storage::state_machine::auth::from_etcd_permission(
+                perm,
+            ));
             let header = self.apply(grant).await?;
             Ok(etcd::AuthRoleGrantPermissionResponse { header })
         })
