@@ -372,6 +372,12 @@ pub struct StorageConfig {
     /// data. RocksDB engine only.
     #[serde(default)]
     pub restore_backup: Option<PathBuf>,
+    /// Restore `restore_backup` without the SHA-256 a backup ends with (etcd's
+    /// `--skip-hash-check`): for a database file copied out of a stopped etcd's data directory
+    /// (`member/snap/db`), which has none. A damaged file is then refused only if it cannot be
+    /// read at all.
+    #[serde(default)]
+    pub restore_skip_hash_check: bool,
 }
 
 impl Default for StorageConfig {
@@ -379,6 +385,7 @@ impl Default for StorageConfig {
         Self {
             engine: Engine::Rocksdb,
             restore_backup: None,
+            restore_skip_hash_check: false,
         }
     }
 }
@@ -601,6 +608,9 @@ pub struct Overrides {
     /// storage.restore_backup: a backup to load at the first start (RocksDB engine)
     #[arg(long)]
     pub restore_backup: Option<PathBuf>,
+    /// storage.restore_skip_hash_check (`--restore-skip-hash-check` alone means true)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub restore_skip_hash_check: Option<bool>,
     /// cluster.initial_members, as `ID=ADDR[/PEER_ADDR],...`
     #[arg(long, value_parser = parse_members)]
     pub initial_members: Option<BTreeMap<String, MemberAddr>>,
@@ -847,6 +857,10 @@ impl Config {
         if o.restore_backup.is_some() {
             self.storage.restore_backup = o.restore_backup.clone();
         }
+        set(
+            &mut self.storage.restore_skip_hash_check,
+            &o.restore_skip_hash_check,
+        );
         set(&mut self.cluster.initial_members, &o.initial_members);
         set(&mut self.cluster.join, &o.join);
         set(

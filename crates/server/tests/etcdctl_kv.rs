@@ -1025,6 +1025,23 @@ async fn lease_ids(endpoint: &[String]) -> Vec<String> {
     ids
 }
 
+/// Runs a dev-mode node (RocksDB, in `data`) restoring `backup`, for a backup it must refuse:
+/// its output once it has exited.
+fn start_restoring(backup: &std::path::Path, data: &std::path::Path) -> std::process::Output {
+    let [client, peer, metrics] = common::adjacent_ports();
+    std::process::Command::new(common::server_bin())
+        .args(["--engine", "rocksdb"])
+        .args(["--listen-addr", &format!("127.0.0.1:{client}")])
+        .args(["--peer-listen-addr", &format!("127.0.0.1:{peer}")])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--restore-backup")
+        .arg(backup)
+        .output()
+        .expect("run kv_server")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_snapshot_save_makes_a_backup_a_new_cluster_restores() {
     let Setup { cluster, f, l, .. } = start().await;
@@ -1062,18 +1079,7 @@ async fn etcdctl_snapshot_save_makes_a_backup_a_new_cluster_restores() {
     let mut bytes = std::fs::read(backup).expect("read the backup");
     bytes[100] ^= 0xff;
     std::fs::write(&damaged, bytes).expect("write");
-    let [client, peer, metrics] = common::adjacent_ports();
-    let refused = std::process::Command::new(common::server_bin())
-        .args(["--engine", "rocksdb"])
-        .args(["--listen-addr", &format!("127.0.0.1:{client}")])
-        .args(["--peer-listen-addr", &format!("127.0.0.1:{peer}")])
-        .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
-        .arg("--data-dir")
-        .arg(damaged_dir.path().join("data"))
-        .arg("--restore-backup")
-        .arg(&damaged)
-        .output()
-        .expect("run kv_server");
+    let refused = start_restoring(&damaged, &damaged_dir.path().join("data"));
     assert!(
         !refused.status.success(),
         "a damaged backup must stop the node"
@@ -1205,4 +1211,29 @@ async fn etcds_users_and_roles_come_over_with_its_backup() {
     .await;
     let roles = ok(&f, &["--user", "root:rootpw", "role", "get", "reader"]).await;
     assert!(roles.stdout.contains("[a/, a0) (prefix a/)"), "{roles:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_database_file_without_a_checksum_restores_only_when_told_to_skip_it() {
+    // What a stopped etcd's data directory holds (`member/snap/db`): the database without the
+    // checksum `snapshot save` appends.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("db");
+    let bytes = std::fs::read(ETCD_BACKUP).expect("read the fixture");
+    std::fs::write(&db, &bytes[..bytes.len() - 32]).expect("write");
+    let db = db.to_str().expect("utf-8 path");
+    let refused = start_restoring(std::path::Path::new(db), &dir.path().join("data"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("checksum"),
+        "{stderr}"
+    );
+    let cluster = ProcessCluster::start(
+        3,
+        "rocksdb",
+        &["--restore-backup", db, "--restore-skip-hash-check"],
+    );
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let got = ok(&at(&cluster, leader), &["get", "b"]).await;
+    assert_eq!(got.stdout.lines().collect::<Vec<_>>(), ["b", "3"]);
 }

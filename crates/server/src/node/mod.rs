@@ -192,10 +192,10 @@ impl LeaderContact {
 async fn restore_backup(
     engine: &dyn KvEngine,
     log_store: &mut LogStore,
-    kind: Engine,
+    storage: &crate::config::StorageConfig,
     backup: &Path,
 ) -> Result<()> {
-    if kind != Engine::Rocksdb {
+    if storage.engine != Engine::Rocksdb {
         return Err(Error::config(
             "`storage.restore_backup` needs the RocksDB engine (the memory engine keeps nothing \
              across a restart)",
@@ -209,7 +209,8 @@ async fn restore_backup(
         tracing::info!(backup = %backup.display(), "the node already holds data: backup not restored");
         return Ok(());
     }
-    let meta = rskv_storage::state_machine::restore_backup(engine, backup)
+    let verify = !storage.restore_skip_hash_check;
+    let meta = rskv_storage::state_machine::restore_backup(engine, backup, verify)
         .map_err(|e| Error::storage(format!("restoring backup {}", backup.display()), e))?;
     tracing::info!(backup = %backup.display(), taken_at = ?meta.last_log_id, "state machine restored from a backup");
     Ok(())
@@ -245,7 +246,7 @@ impl Node {
                 }
             };
             if let Some(backup) = &config.storage.restore_backup {
-                restore_backup(&*engine, &mut log_store, config.storage.engine, backup).await?;
+                restore_backup(&*engine, &mut log_store, &config.storage, backup).await?;
             }
             let events = Arc::new(EventBus::new(config.events.watch_buffer));
             let snapshots = SnapshotTrigger::new(config.raft.snapshot_every);

@@ -409,7 +409,7 @@ mod tests {
             let path = dir.path().join(name);
             std::fs::write(&path, bytes).expect("write");
             let target = crate::memory::MemoryEngine::new();
-            crate::state_machine::restore_backup(&target, &path).expect(name);
+            crate::state_machine::restore_backup(&target, &path, true).expect(name);
             assert_eq!(exported(&target), exported(&*source), "{name}");
         }
     }
