@@ -13,6 +13,8 @@
 use std::collections::HashSet;
 use std::io;
 
+use bytes::Bytes;
+
 use crate::error::io_err;
 
 /// bbolt's magic number, at the start of a meta page's body.
@@ -35,7 +37,7 @@ const MAX_DEPTH: usize = 32;
 
 /// An open bbolt file (held in memory).
 pub struct Bolt {
-    bytes: Vec<u8>,
+    bytes: Bytes,
     page_size: usize,
     /// The root bucket's page.
     root: u64,
@@ -97,7 +99,8 @@ impl Bolt {
     ///
     /// # Errors
     /// When neither meta page is valid.
-    pub fn parse(bytes: Vec<u8>) -> io::Result<Bolt> {
+    pub fn parse(bytes: impl Into<Bytes>) -> io::Result<Bolt> {
+        let bytes = bytes.into();
         let first = bytes.get(PAGE_HEADER..).and_then(meta);
         // The second meta page sits one page in: its size from the first, or bbolt's default.
         let size = first.map_or(4096, |(size, _, _)| size);
@@ -125,6 +128,11 @@ impl Bolt {
             page_size,
             root,
         })
+    }
+
+    /// `part` (a key or value of a [`Pair`]) without copying it: it shares the file's bytes.
+    pub fn shared(&self, part: &[u8]) -> Bytes {
+        self.bytes.slice_ref(part)
     }
 
     /// Every pair of the top-level bucket `name`, in key order; `None` when there is no such

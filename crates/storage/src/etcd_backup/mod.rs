@@ -99,17 +99,71 @@ fn parse_revision(key: &[u8]) -> io::Result<(Rev, bool)> {
     Ok((Rev { main, sub }, tombstone))
 }
 
-/// Reads the etcd backup at `path` (its SHA-256 trailer, when present, already checked) into
-/// state-machine records.
+/// The records a backup's contents become, handed to whoever writes them (an engine's import).
+pub type Consume<'a> =
+    dyn FnMut(&mut dyn Iterator<Item = io::Result<Record>>) -> io::Result<()> + 'a;
+
+/// Reads the backup of etcd's format at `path` (its SHA-256 trailer, when present, already
+/// checked) and hands its state-machine records to `consume`, once every version in it has been
+/// read and checked (a damaged file is refused before anything is written). Values are not
+/// copied: the records are made as they are consumed, from the file's bytes, the one copy of the
+/// backup held in memory.
 ///
 /// # Errors
-/// When the file is not a bbolt file with etcd's `key` bucket, or a record in it is damaged.
-pub fn read(path: &Path) -> io::Result<(Vec<Record>, Summary)> {
-    read_bytes(std::fs::read(path)?)
+/// When the file is not a bbolt file with etcd's `key` bucket, a record in it is damaged, or
+/// `consume` fails.
+pub fn restore(path: &Path, consume: &mut Consume<'_>) -> io::Result<Summary> {
+    restore_bytes(Bytes::from(std::fs::read(path)?), consume)
 }
 
-/// [`read`], of the file's bytes.
-fn read_bytes(mut bytes: Vec<u8>) -> io::Result<(Vec<Record>, Summary)> {
+/// One version of etcd's `key` bucket: its revision, whether it is a deletion, and the version
+/// (its key and value sharing the file's bytes).
+fn version_of(
+    db: &bbolt::Bolt,
+    pair: &bbolt::Pair<'_>,
+) -> io::Result<(Rev, bool, mvccpb::KeyValue)> {
+    let (rev, tombstone) = parse_revision(pair.key)?;
+    let kv = mvccpb::KeyValue::decode(db.shared(pair.value))
+        .map_err(|e| io_err(format!("etcd backup: damaged version at {rev:?}: {e}")))?;
+    if kv.key.is_empty() {
+        return Err(io_err(format!(
+            "etcd backup: version at {rev:?} has no key"
+        )));
+    }
+    Ok((rev, tombstone, kv))
+}
+
+/// The history record of a version, `prev` the one it replaced.
+fn change_record(rev: Rev, tombstone: bool, kv: mvccpb::KeyValue, prev: Rev) -> Record {
+    let change = if tombstone {
+        Change {
+            key: kv.key,
+            tombstone: true,
+            prev_revision: prev.main,
+            prev_sub: prev.sub,
+            ..Change::default()
+        }
+    } else {
+        Change {
+            key: kv.key,
+            tombstone: false,
+            create_revision: kv.create_revision,
+            version: kv.version,
+            lease: kv.lease,
+            value: kv.value,
+            prev_revision: prev.main,
+            prev_sub: prev.sub,
+        }
+    };
+    Record {
+        space: Keyspace::History,
+        key: history_key(rev),
+        value: Bytes::from(change.encode_to_vec()),
+    }
+}
+
+/// [`restore`], of the file's bytes.
+fn restore_bytes(mut bytes: Bytes, consume: &mut Consume<'_>) -> io::Result<Summary> {
     // etcd's snapshot stream ends with the SHA-256 of the database; bbolt files are whole pages.
     if bytes.len() % 512 == 32 {
         bytes.truncate(bytes.len() - 32);
@@ -118,95 +172,57 @@ fn read_bytes(mut bytes: Vec<u8>) -> io::Result<(Vec<Record>, Summary)> {
     let versions = db
         .bucket(b"key")?
         .ok_or_else(|| io_err("not an etcd v3 backup: its bbolt file has no `key` bucket"))?;
-    let mut out = Vec::new();
     let mut summary = Summary::default();
-    // Each key's latest version as replayed so far: where it is, and `None` once deleted.
+    // First pass: every version checked, what each replaced, and each key's latest version
+    // (`None` once deleted). A compacted backup holds no version before a key's first kept one:
+    // that one replaces nothing here, and nothing reads that far back.
+    let mut prevs = Vec::with_capacity(versions.len());
     let mut latest: HashMap<Bytes, (Rev, Option<KeyVersion>)> = HashMap::new();
-    for pair in versions {
-        let (rev, tombstone) = parse_revision(pair.key)?;
-        let kv = mvccpb::KeyValue::decode(pair.value)
-            .map_err(|e| io_err(format!("etcd backup: damaged version at {rev:?}: {e}")))?;
-        if kv.key.is_empty() {
-            return Err(io_err(format!(
-                "etcd backup: version at {rev:?} has no key"
-            )));
-        }
-        // The version this one replaced, when the key existed (a compacted backup holds no
-        // version before a key's first kept one: nothing reads that far back).
-        let prev = match latest.get(&kv.key) {
+    for pair in &versions {
+        let (rev, tombstone, kv) = version_of(&db, pair)?;
+        prevs.push(match latest.get(&kv.key) {
             Some((at, Some(_))) => *at,
             _ => Rev::default(),
-        };
-        let change = if tombstone {
-            Change {
-                key: kv.key.clone(),
-                tombstone: true,
-                prev_revision: prev.main,
-                prev_sub: prev.sub,
-                ..Change::default()
-            }
-        } else {
-            Change {
-                key: kv.key.clone(),
-                tombstone: false,
-                create_revision: kv.create_revision,
-                version: kv.version,
-                lease: kv.lease,
-                value: kv.value.clone(),
-                prev_revision: prev.main,
-                prev_sub: prev.sub,
-            }
-        };
+        });
         let current = (!tombstone).then(|| KeyVersion {
             create_revision: kv.create_revision,
             mod_revision: rev.main,
             mod_sub: rev.sub,
             version: kv.version,
             lease: kv.lease,
-            value: kv.value.clone(),
-        });
-        out.push(Record {
-            space: Keyspace::History,
-            key: history_key(rev),
-            value: Bytes::from(change.encode_to_vec()),
+            value: kv.value,
         });
         summary.changes += 1;
         summary.revision = summary.revision.max(rev.main);
         latest.insert(kv.key, (rev, current));
     }
-    // Current versions in key order, each attached to its lease.
+    // Current versions in key order.
     let live: BTreeMap<Bytes, KeyVersion> = latest
         .into_iter()
         .filter_map(|(key, (_, current))| Some((key, current?)))
         .collect();
-    for (key, version) in live {
-        if version.lease != 0 {
-            out.push(Record {
-                space: Keyspace::Lease,
-                key: lease_key_of(version.lease, &key),
-                value: Bytes::new(),
-            });
-        }
-        out.push(Record {
-            space: Keyspace::Data,
-            key,
-            value: Bytes::from(version.encode_to_vec()),
+    summary.keys = live.len();
+    // The small keyspaces: leases with their attached keys, the revision counters, and rskv's
+    // system keyspace or etcd's users and roles.
+    let mut rest = Vec::new();
+    for (key, version) in live.iter().filter(|(_, v)| v.lease != 0) {
+        rest.push(Record {
+            space: Keyspace::Lease,
+            key: lease_key_of(version.lease, key),
+            value: Bytes::new(),
         });
-        summary.keys += 1;
     }
     for pair in db.bucket(b"lease")?.unwrap_or_default() {
         let lease = EtcdLease::decode(pair.value)
             .map_err(|e| io_err(format!("etcd backup: damaged lease {:?}: {e}", pair.key)))?;
-        out.push(Record {
+        let stored = Lease {
+            id: lease.id,
+            ttl: lease.ttl,
+        };
+        rest.push(Record {
             space: Keyspace::Lease,
             key: lease_key(lease.id),
-            value: Bytes::from(
-                Lease {
-                    id: lease.id,
-                    ttl: lease.ttl,
-                }
-                .encode_to_vec(),
-            ),
+            value: Bytes::from(stored.encode_to_vec()),
         });
         summary.leases += 1;
     }
@@ -220,29 +236,40 @@ fn read_bytes(mut bytes: Vec<u8>) -> io::Result<(Vec<Record>, Summary)> {
     let system = db.bucket(SYSTEM_BUCKET)?.unwrap_or_default();
     let exact_meta = system.iter().any(|p| p.key == META_KEY);
     for pair in system {
-        out.push(Record {
+        rest.push(Record {
             space: Keyspace::System,
-            key: Bytes::copy_from_slice(pair.key),
-            value: Bytes::copy_from_slice(pair.value),
+            key: db.shared(pair.key),
+            value: db.shared(pair.value),
         });
     }
-    if exact_meta {
-        return Ok((out, summary));
+    if !exact_meta {
+        // etcd's own backup: its users, roles and auth flag, and its revision counters.
+        rest.extend(auth::from_etcd(&db)?);
+        let counters = MvccMeta {
+            revision: summary.revision,
+            compact_revision: summary.compact_revision,
+        };
+        rest.push(Record {
+            space: Keyspace::System,
+            key: Bytes::from_static(META_KEY),
+            value: Bytes::from(counters.encode_to_vec()),
+        });
     }
-    // etcd's own backup: its users, roles and auth flag.
-    out.extend(auth::from_etcd(&db)?);
-    out.push(Record {
-        space: Keyspace::System,
-        key: Bytes::from_static(META_KEY),
-        value: Bytes::from(
-            MvccMeta {
-                revision: summary.revision,
-                compact_revision: summary.compact_revision,
-            }
-            .encode_to_vec(),
-        ),
+    // Second pass, as the records are written: history, current versions, the rest.
+    let history = versions.iter().zip(prevs).map(|(pair, prev)| {
+        let (rev, tombstone, kv) = version_of(&db, pair)?;
+        Ok(change_record(rev, tombstone, kv, prev))
     });
-    Ok((out, summary))
+    let current = live.into_iter().map(|(key, version)| {
+        Ok(Record {
+            space: Keyspace::Data,
+            key,
+            value: Bytes::from(version.encode_to_vec()),
+        })
+    });
+    let mut records = history.chain(current).chain(rest.into_iter().map(Ok));
+    consume(&mut records)?;
+    Ok(summary)
 }
 
 #[cfg(test)]
@@ -250,6 +277,16 @@ mod tests {
     use super::*;
     use crate::state_machine::AppliedState;
     use rskv_proto::storage as pb;
+
+    /// Every record a backup's bytes become, and its summary.
+    fn read_bytes(bytes: Vec<u8>) -> io::Result<(Vec<Record>, Summary)> {
+        let mut out = Vec::new();
+        let summary = restore_bytes(Bytes::from(bytes), &mut |records| {
+            out = records.collect::<io::Result<_>>()?;
+            Ok(())
+        })?;
+        Ok((out, summary))
+    }
 
     /// The backup an etcd 3.4.23 server wrote (see the server's etcdctl test that restores it).
     fn fixture() -> Vec<u8> {

@@ -840,8 +840,9 @@ pub fn restore_backup(
         crate::snapshot::verify_backup(backup)?;
     }
     if crate::etcd_backup::is_etcd_backup(backup)? {
-        let (records, summary) = crate::etcd_backup::read(backup)?;
-        engine.import(&AppliedState::default(), &mut records.into_iter().map(Ok))?;
+        let summary = crate::etcd_backup::restore(backup, &mut |records| {
+            engine.import(&AppliedState::default(), records)
+        })?;
         engine.sync()?;
         tracing::info!(?summary, backup = %backup.display(), "etcd backup restored");
         return Ok(SnapshotMeta::default());
