@@ -57,7 +57,27 @@ pub const SESSION_REPLAYS: &str = "rskv_session_replays_total";
 /// Session writes refused by the state machine, by reason.
 pub const SESSION_REFUSALS: &str = "rskv_session_refusals_total";
 
+/// The process's resident memory in bytes: the standard Prometheus process metric, which etcd
+/// exports and `etcdctl check datascale` reads.
+pub const PROCESS_RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The Prometheus text of every metric, with the process's resident memory measured now.
+pub fn render(handle: &PrometheusHandle) -> String {
+    if let Some(bytes) = resident_bytes() {
+        metrics::gauge!(PROCESS_RESIDENT_MEMORY).set(bytes as f64);
+    }
+    handle.render()
+}
+
+/// `VmRSS` of `/proc/self/status`, in bytes (`None` where there is no such file).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
+}
 
 /// Installs the process-wide Prometheus recorder (once; later calls reuse it).
 pub fn install() -> Option<PrometheusHandle> {
@@ -112,6 +132,11 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_REJECTED,
         "Client connections refused at max_connections"
+    );
+    describe_gauge!(
+        PROCESS_RESIDENT_MEMORY,
+        metrics::Unit::Bytes,
+        "Resident memory of the process, measured at each scrape"
     );
     describe_gauge!(RAFT_TERM, "Current Raft term");
     describe_gauge!(RAFT_LEADER, "Current leader id (0 unknown)");

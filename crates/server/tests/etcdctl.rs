@@ -332,3 +332,48 @@ async fn a_node_over_its_quota_raises_nospace_and_the_cluster_stops_growing() {
         .await
         .expect_error("etcdserver: mvcc: database space exceeded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_port_answers_etcds_http_endpoints_beside_grpc() {
+    let cluster = ProcessCluster::start(3, "rocksdb", &[]);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let addr = cluster.node(cluster.follower_of(leader)).addr.clone();
+    let get = |path: &'static str| {
+        let addr = addr.clone();
+        async move {
+            common::http_get(&addr, path)
+                .await
+                .unwrap_or_else(|| panic!("no HTTP answer for {path}"))
+        }
+    };
+    assert_eq!(
+        get("/health").await,
+        (200, r#"{"health":"true","reason":""}"#.to_string())
+    );
+    assert_eq!(
+        get("/version").await,
+        (
+            200,
+            r#"{"etcdserver":"3.5.0","etcdcluster":"3.5.0"}"#.to_string()
+        )
+    );
+    let (status, text) = get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(common::metric_value(&text, "process_resident_memory_bytes", "") > 0.0);
+    assert_eq!(get("/nothing").await.0, 404);
+    // etcdctl's data scale check puts 10,000 keys over gRPC and reads the member's memory from
+    // /metrics on the same port.
+    let one = vec![addr.clone()];
+    let out = etcdctl(
+        &one,
+        &["check", "datascale", "--load=s"],
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(
+        out.success && out.stdout.contains("PASS"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+}

@@ -203,6 +203,15 @@ async fn a_tls_cluster_should_serve_every_client_over_mutual_tls() {
         .expect("an answer in plaintext");
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("this port serves TLS"), "{body}");
+    // The client port answers HTTP/1.1 over the same TLS as gRPC, as etcd's does.
+    let client = cluster.node(leader).addr.clone();
+    let (status, body) = common::https_get(&client, "/health", &tls)
+        .await
+        .expect("etcd's health over https on the client port");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"health":"true","reason":""}"#)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

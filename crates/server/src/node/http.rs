@@ -1,6 +1,7 @@
 //! The node's HTTP endpoint: `GET /metrics` (Prometheus text) and `GET /health` (HTTPS with the
-//! client port's certificates when it serves TLS, as etcd's), and the task that mirrors
-//! openraft's metrics into the Raft gauges.
+//! client port's certificates when it serves TLS, as etcd's); what the client port serves over
+//! HTTP beside gRPC, as etcd's does ([`client_port_routes`]: `/metrics`, `/health` and `/version`
+//! in etcd's shapes); and the task that mirrors openraft's metrics into the Raft gauges.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -151,23 +152,8 @@ pub async fn serve_http(
             "metrics",
         )),
     };
-    let handle = install();
     let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let handle = handle.clone();
-                async move {
-                    match handle {
-                        Some(h) => (StatusCode::OK, h.render()),
-                        None => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "metrics recorder unavailable".to_string(),
-                        ),
-                    }
-                }
-            }),
-        )
+        .route("/metrics", get(metrics_text))
         .route(
             "/health",
             get(|State(node): State<Arc<Node>>| async move {
@@ -184,4 +170,81 @@ pub async fn serve_http(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// `GET /metrics`: every metric in Prometheus text.
+async fn metrics_text() -> (StatusCode, String) {
+    match install() {
+        Some(handle) => (StatusCode::OK, crate::metrics::render(&handle)),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder unavailable".to_string(),
+        ),
+    }
+}
+
+/// etcd's `/health` answer: `{"health":"true"}`, or `"false"` with the reason (an alarm raised,
+/// no leader, no quorum, apply far behind) and status 503, as etcd's client port answers it.
+fn etcd_health(node: &Node) -> (StatusCode, String) {
+    use rskv_proto::etcd::etcdserverpb::AlarmType;
+    let alarms: Vec<String> = node
+        .state_machine
+        .alarms()
+        .list()
+        .into_iter()
+        .map(|(_, alarm)| {
+            let name = AlarmType::try_from(alarm).map_or("UNKNOWN", |a| a.as_str_name());
+            format!("ALARM {name}")
+        })
+        .collect();
+    let reason = if alarms.is_empty() {
+        health(node).err()
+    } else {
+        Some(alarms.join(" "))
+    };
+    match reason {
+        None => (
+            StatusCode::OK,
+            r#"{"health":"true","reason":""}"#.to_string(),
+        ),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(r#"{{"health":"false","reason":{why:?}}}"#),
+        ),
+    }
+}
+
+/// What etcd serves over HTTP on its client port beside gRPC, served on rskv's client port too
+/// (HTTP/1.1 or HTTP/2, plain or TLS as the port is): `/metrics` (as on the metrics port),
+/// `/health` in etcd's shape ([`etcd_health`]) and `/version`. Tools written for etcd scrape,
+/// probe and identify a member there (Prometheus, health checks, `etcdctl check datascale`).
+pub fn client_port_routes(node: Arc<Node>) -> Router {
+    let version = format!(
+        r#"{{"etcdserver":"{v}","etcdcluster":"{v}"}}"#,
+        v = super::etcd::ETCD_VERSION
+    );
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route(
+            "/health",
+            get(|State(node): State<Arc<Node>>| async move { etcd_health(&node) }),
+        )
+        .route("/version", get(move || async move { version }))
+        .with_state(node)
+}
+
+/// The client port's answer to a path nothing serves: gRPC's UNIMPLEMENTED to a gRPC call (an
+/// unknown service), a plain 404 to anything else, as etcd's HTTP mux answers.
+pub async fn client_port_fallback(request: axum::extract::Request) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let grpc = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc {
+        return tonic::Status::unimplemented(format!("unknown service {}", request.uri().path()))
+            .into_http::<axum::body::Body>();
+    }
+    (StatusCode::NOT_FOUND, "404 page not found\n").into_response()
 }

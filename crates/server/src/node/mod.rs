@@ -546,15 +546,8 @@ impl Node {
         let max_message_bytes = limits.max_message_bytes;
         // Nagle is disabled per accepted connection (limits.rs, peer_incoming): the builder's
         // tcp_nodelay only applies to listeners tonic binds itself.
-        let client_server = tonic::transport::Server::builder()
-            .layer(tower::util::MapResponseLayer::new(move |response| {
-                limits::name_message_limit(response, max_message_bytes)
-            }))
-            .layer(auth::CertUsers::new(
-                self.auth.clone(),
-                self.config.tls.client_cert_auth,
-            ))
-            .add_service(kv)
+        let mut grpc = tonic::service::RoutesBuilder::default();
+        grpc.add_service(kv)
             .add_service(cluster)
             .add_service(etcd_cluster())
             .add_service(etcd_maintenance())
@@ -563,7 +556,25 @@ impl Node {
             .add_service(etcd_lease())
             .add_service(etcd_auth())
             .add_service(etcd_lock)
-            .add_service(etcd_election)
+            .add_service(etcd_election);
+        // etcd's client port answers HTTP beside gRPC (/metrics, /health, /version): a
+        // connection that does not open with HTTP/2's preface is served as HTTP/1.1.
+        let routes = tonic::service::Routes::from(
+            grpc.routes()
+                .into_axum_router()
+                .merge(http::client_port_routes(self.clone()))
+                .fallback(http::client_port_fallback),
+        );
+        let client_server = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .layer(tower::util::MapResponseLayer::new(move |response| {
+                limits::name_message_limit(response, max_message_bytes)
+            }))
+            .layer(auth::CertUsers::new(
+                self.auth.clone(),
+                self.config.tls.client_cert_auth,
+            ))
+            .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
         tasks.spawn(
             async move {

@@ -77,7 +77,7 @@ fn server_config(
     key: &Path,
     ca: Option<&Path>,
     require_client_cert: bool,
-    alpn: &[u8],
+    alpn: &[&[u8]],
 ) -> std::result::Result<ServerConfig, String> {
     let roots = ca.map(read_roots).transpose()?;
     let certified = certified_key(cert, key, roots.as_deref())?;
@@ -101,7 +101,7 @@ fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(certified.cert.clone(), read_key(key)?)
         .map_err(|e| format!("{}: {e}", cert.display()))?;
-    config.alpn_protocols = vec![alpn.to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
 
@@ -110,8 +110,9 @@ fn build(config: &TlsConfig) -> std::result::Result<Material, String> {
         (Some(cert), Some(key)) => {
             let ca = config.trusted_ca_file.as_deref();
             let require = config.client_cert_auth;
-            let grpc = server_config(cert, key, ca, require, b"h2")?;
-            let http = server_config(cert, key, ca, require, b"http/1.1")?;
+            // The client port serves gRPC and, as etcd's, HTTP/1.1 (client_port_routes).
+            let grpc = server_config(cert, key, ca, require, &[b"h2", b"http/1.1"])?;
+            let http = server_config(cert, key, ca, require, &[b"http/1.1"])?;
             let ca = ca.ok_or("tls.trusted_ca_file is needed with tls.cert_file")?;
             let dial = client_config(ca, Some((cert.as_path(), key.as_path())))?;
             Some((grpc, http, dial))
@@ -124,7 +125,8 @@ fn build(config: &TlsConfig) -> std::result::Result<Material, String> {
         &config.peer_trusted_ca_file,
     ) {
         (Some(cert), Some(key), Some(ca)) => {
-            let accept = server_config(cert, key, Some(ca), config.peer_client_cert_auth, b"h2")?;
+            let accept =
+                server_config(cert, key, Some(ca), config.peer_client_cert_auth, &[b"h2"])?;
             let dial = client_config(ca, Some((cert.as_path(), key.as_path())))?;
             Some((accept, dial))
         }
