@@ -377,3 +377,54 @@ async fn the_client_port_answers_etcds_http_endpoints_beside_grpc() {
         out.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_cluster_wide_commands_dial_members_by_url() {
+    // `--cluster` dials every member's client URL from MemberList (`http://host:port`), which
+    // etcd's Go client sends whole as HTTP/2 :authority.
+    let cluster = ProcessCluster::start(3, "rocksdb", &[]);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let one = vec![cluster.node(leader).addr.clone()];
+    let out = etcdctl(
+        &one,
+        &["endpoint", "status", "--cluster", "-w", "json"],
+        COMMAND,
+    )
+    .await
+    .expect_ok("endpoint status --cluster");
+    let statuses = out.json();
+    let mut endpoints: Vec<String> = statuses
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .map(|s| s["Endpoint"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    endpoints.sort();
+    let mut expected: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("http://{}", n.addr))
+        .collect();
+    expected.sort();
+    assert_eq!(endpoints, expected, "{}", out.stdout);
+    let out = etcdctl(&one, &["endpoint", "hashkv", "--cluster"], COMMAND)
+        .await
+        .expect_ok("endpoint hashkv --cluster");
+    assert_eq!(out.stdout.lines().count(), 3, "{}", out.stdout);
+    let out = etcdctl(&one, &["defrag", "--cluster"], COMMAND)
+        .await
+        .expect_ok("defrag --cluster");
+    assert_eq!(
+        out.stdout.matches("Finished defragmenting").count(),
+        3,
+        "{}",
+        out.stdout
+    );
+    // An endpoint given as a URL takes the same path.
+    let url = vec![format!("http://{}", cluster.node(leader).addr)];
+    etcdctl(&url, &["endpoint", "status"], COMMAND)
+        .await
+        .expect_ok("endpoint status of an http:// endpoint");
+}

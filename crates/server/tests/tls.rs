@@ -189,6 +189,13 @@ async fn a_tls_cluster_should_serve_every_client_over_mutual_tls() {
         .await
         .expect_ok("etcdctl get over TLS");
     assert_eq!(out.stdout.trim(), "three", "{out:?}");
+    // Given as a URL, an endpoint is dialled directly, the URL sent whole as HTTP/2 :authority.
+    let url = vec![format!("https://{}", cluster.node(follower).addr)];
+    let status = with(&["endpoint", "status"]);
+    let status: Vec<&str> = status.iter().map(String::as_str).collect();
+    etcdctl(&url, &status, Duration::from_secs(10))
+        .await
+        .expect_ok("etcdctl endpoint status of an https:// endpoint");
 
     // /health in HTTPS with a client certificate; plaintext HTTP is told to use TLS.
     let tls = cluster.tls().expect("cluster TLS");
