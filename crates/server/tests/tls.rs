@@ -196,6 +196,13 @@ async fn a_tls_cluster_should_serve_every_client_over_mutual_tls() {
     etcdctl(&url, &status, Duration::from_secs(10))
         .await
         .expect_ok("etcdctl endpoint status of an https:// endpoint");
+    // Members' URLs say https, so `--cluster` dials every member in TLS.
+    let cluster_status = with(&["endpoint", "status", "--cluster"]);
+    let cluster_status: Vec<&str> = cluster_status.iter().map(String::as_str).collect();
+    let out = etcdctl(&endpoint, &cluster_status, Duration::from_secs(10))
+        .await
+        .expect_ok("etcdctl endpoint status --cluster over TLS");
+    assert_eq!(out.stdout.matches("https://").count(), 3, "{out:?}");
 
     // /health in HTTPS with a client certificate; plaintext HTTP is told to use TLS.
     let tls = cluster.tls().expect("cluster TLS");

@@ -434,6 +434,7 @@ impl Node {
         let etcd_cluster_service = Arc::new(etcd::cluster::EtcdClusterService::new(
             etcd_context.clone(),
             membership::MembershipAdmin::new(self.clone()),
+            etcd::cluster::Schemes::of(self.tls.client().is_some(), self.tls.peer().is_some()),
         ));
         let etcd_cluster = || {
             EtcdClusterServer::from_arc(etcd_cluster_service.clone())

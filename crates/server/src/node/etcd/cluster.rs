@@ -1,8 +1,9 @@
 //! etcd's `Cluster` service on rskv's membership.
 //!
 //! Members map one to one: etcd's member `ID` is the rskv node id, `name` is `node-<id>`,
-//! `peerURLs` is `["http://<peer_addr>"]`, `clientURLs` is `["http://<addr>"]`, and `isLearner`
-//! is true for a non-voter. Changes go through [`MembershipAdmin`], the same checks as rskv's own
+//! `peerURLs` is `["http://<peer_addr>"]`, `clientURLs` is `["http://<addr>"]` (`https://` for a
+//! port serving TLS: etcd's clients dial a member's URL in TLS or not by its scheme), and
+//! `isLearner` is true for a non-voter. Changes go through [`MembershipAdmin`], the same checks as rskv's own
 //! `Cluster` service; a follower forwards them to the leader.
 //!
 //! `MemberAdd` gives only peer URLs, while rskv needs an id and a client address too. rskv picks
@@ -39,26 +40,53 @@ use rskv_proto::kv as pb;
 pub struct EtcdClusterService {
     ctx: EtcdContext,
     admin: MembershipAdmin,
+    schemes: Schemes,
+}
+
+/// The URL schemes of the members' client and peer ports: `https` where they serve TLS. Every
+/// member of a cluster is configured alike, so this node's settings stand for all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schemes {
+    /// For `clientURLs`.
+    pub client: &'static str,
+    /// For `peerURLs`.
+    pub peer: &'static str,
+}
+
+impl Schemes {
+    /// `https` for a port serving TLS, else `http`.
+    pub fn of(client_tls: bool, peer_tls: bool) -> Schemes {
+        let scheme = |tls| if tls { "https" } else { "http" };
+        Schemes {
+            client: scheme(client_tls),
+            peer: scheme(peer_tls),
+        }
+    }
 }
 
 impl EtcdClusterService {
-    /// The service of one node.
-    pub fn new(ctx: EtcdContext, admin: MembershipAdmin) -> EtcdClusterService {
-        EtcdClusterService { ctx, admin }
+    /// The service of one node, naming members' URLs with `schemes`.
+    pub fn new(ctx: EtcdContext, admin: MembershipAdmin, schemes: Schemes) -> EtcdClusterService {
+        EtcdClusterService {
+            ctx,
+            admin,
+            schemes,
+        }
     }
 
     fn members(&self) -> Vec<etcd::Member> {
-        self.admin.members().iter().map(etcd_member).collect()
+        let member = |m| etcd_member(m, self.schemes);
+        self.admin.members().iter().map(member).collect()
     }
 }
 
 /// etcd's view of an rskv member.
-pub fn etcd_member(m: &pb::Member) -> etcd::Member {
+pub fn etcd_member(m: &pb::Member, schemes: Schemes) -> etcd::Member {
     etcd::Member {
         id: m.id,
         name: member_name(m.id),
-        peer_ur_ls: vec![format!("http://{}", m.peer_addr)],
-        client_ur_ls: vec![format!("http://{}", m.addr)],
+        peer_ur_ls: vec![format!("{}://{}", schemes.peer, m.peer_addr)],
+        client_ur_ls: vec![format!("{}://{}", schemes.client, m.addr)],
         is_learner: !m.voter,
     }
 }
@@ -68,12 +96,12 @@ pub fn member_name(id: NodeId) -> String {
     format!("node-{id}")
 }
 
-/// The `host:port` of an etcd member URL: `http://host:port` or a bare `host:port` (rskv speaks
-/// no TLS, so `https` is refused).
+/// The `host:port` of an etcd member URL: `http://host:port`, `https://host:port` or a bare
+/// `host:port` (whether a port serves TLS is its node's configuration, not the URL's).
 pub fn url_addr(url: &str) -> Option<String> {
     let url = url.trim();
     let rest = match url.split_once("://") {
-        Some(("http", rest)) => rest,
+        Some(("http" | "https", rest)) => rest,
         Some(_) => return None,
         None => url,
     };
@@ -180,7 +208,7 @@ impl EtcdClusterService {
             .members()
             .iter()
             .find(|m| m.id == id)
-            .map(etcd_member);
+            .map(|m| etcd_member(m, self.schemes));
         Ok(etcd::MemberAddResponse {
             header: Some(self.ctx.header()),
             member,
@@ -340,13 +368,17 @@ mod tests {
             addrs_from_peer_urls(&["10.0.0.4:2380".into()]),
             Ok(("10.0.0.4:2379".into(), "10.0.0.4:2380".into()))
         );
+        assert_eq!(
+            addrs_from_peer_urls(&["https://10.0.0.4:2380".into()]),
+            Ok(("10.0.0.4:2379".into(), "10.0.0.4:2380".into()))
+        );
     }
 
     #[test]
     fn unusable_peer_urls_should_be_refused_as_etcd_does() {
         for urls in [
             vec![],
-            vec!["https://127.0.0.1:7412".to_string()],
+            vec!["ftp://127.0.0.1:7412".to_string()],
             vec!["http://127.0.0.1".to_string()],
             vec!["http://127.0.0.1:1".to_string()],
             vec!["http://127.0.0.1:x".to_string()],
@@ -362,13 +394,17 @@ mod tests {
 
     #[test]
     fn members_should_map_to_etcds_fields() {
-        let m = etcd_member(&pb::Member {
+        let member = pb::Member {
             id: 4,
             addr: "127.0.0.1:7411".into(),
             peer_addr: "127.0.0.1:7412".into(),
             voter: false,
             matched_index: None,
-        });
+        };
+        let tls = etcd_member(&member, Schemes::of(true, true));
+        assert_eq!(tls.client_ur_ls, ["https://127.0.0.1:7411"]);
+        assert_eq!(tls.peer_ur_ls, ["https://127.0.0.1:7412"]);
+        let m = etcd_member(&member, Schemes::of(false, false));
         assert_eq!(m.id, 4);
         assert_eq!(m.name, "node-4");
         assert_eq!(m.peer_ur_ls, ["http://127.0.0.1:7412"]);
