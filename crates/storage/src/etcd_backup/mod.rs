@@ -1,8 +1,9 @@
-//! Restoring etcd's own backups: a file `etcdctl snapshot save` wrote from an etcd server (its
-//! bbolt backend, [`bbolt`]) read into the records of rskv's state machine, so a cluster moves
-//! from etcd to rskv with its keys, their revisions and history, and its leases. What
-//! [`restore_backup`](crate::state_machine::restore_backup) loads when the file is etcd's rather
-//! than rskv's.
+//! Backups in etcd's format: the file `etcdctl snapshot save` writes, etcd's bbolt backend
+//! ([`bbolt`]), whether an etcd server or rskv ([`write`]) wrote it. Restoring one reads it into
+//! the records of rskv's state machine, so a cluster moves from etcd to rskv (or back: etcd's
+//! tools read what rskv writes) with its keys, their revisions and history, and its leases. What
+//! [`restore_backup`](crate::state_machine::restore_backup) loads unless the file is an rskv
+//! snapshot of the previous backup format.
 //!
 //! etcd keeps every version in its `key` bucket, keyed by revision (8 bytes big-endian, `_`, the
 //! sub revision in 8 more, and `t` after a deletion), each value an `mvccpb.KeyValue`; the
@@ -14,9 +15,10 @@
 //! counters the backup's. Revisions are kept, so a client resumes a watch at the revision it had.
 //!
 //! Users, roles and whether auth was enabled come over too ([`auth`]: etcd's `auth*` buckets;
-//! passwords are bcrypt hashes on both sides). Not carried over: alarms, and membership (a
-//! restored cluster is a new one, as with `etcdctl snapshot restore`). The whole backup is read into memory first, so a damaged file is
-//! refused before anything is written.
+//! passwords are bcrypt hashes on both sides); an rskv backup carries its whole system keyspace
+//! in a bucket of its own instead. Not carried over: alarms, and membership (a restored cluster
+//! is a new one, as with `etcdctl snapshot restore`). The backup is held in memory, once, and
+//! every version in it is checked before anything is written ([`restore`]).
 
 pub mod auth;
 pub mod bbolt;
