@@ -170,38 +170,28 @@ async fn a_tls_cluster_should_serve_every_client_over_mutual_tls() {
     // etcdctl through a follower, which forwards the put and the linearizable get to the
     // leader's client port over TLS.
     let endpoint = vec![cluster.node(follower).addr.clone()];
-    let flags = etcdctl_tls_flags(&ca.ca_file, node);
-    let with = |rest: &[&str]| -> Vec<String> {
-        flags
-            .iter()
-            .cloned()
-            .chain(rest.iter().map(|s| s.to_string()))
-            .collect()
-    };
-    let put = with(&["put", "etcd", "three"]);
-    let put: Vec<&str> = put.iter().map(String::as_str).collect();
-    etcdctl(&endpoint, &put, Duration::from_secs(10))
+    etcdctl_as(&endpoint, &ca.ca_file, node, &["put", "etcd", "three"])
         .await
         .expect_ok("etcdctl put over TLS");
-    let get = with(&["get", "etcd", "--print-value-only"]);
-    let get: Vec<&str> = get.iter().map(String::as_str).collect();
-    let out = etcdctl(&endpoint, &get, Duration::from_secs(10))
+    let get = ["get", "etcd", "--print-value-only"];
+    let out = etcdctl_as(&endpoint, &ca.ca_file, node, &get)
         .await
         .expect_ok("etcdctl get over TLS");
     assert_eq!(out.stdout.trim(), "three", "{out:?}");
     // Given as a URL, an endpoint is dialled directly, the URL sent whole as HTTP/2 :authority.
     let url = vec![format!("https://{}", cluster.node(follower).addr)];
-    let status = with(&["endpoint", "status"]);
-    let status: Vec<&str> = status.iter().map(String::as_str).collect();
-    etcdctl(&url, &status, Duration::from_secs(10))
+    etcdctl_as(&url, &ca.ca_file, node, &["endpoint", "status"])
         .await
         .expect_ok("etcdctl endpoint status of an https:// endpoint");
     // Members' URLs say https, so `--cluster` dials every member in TLS.
-    let cluster_status = with(&["endpoint", "status", "--cluster"]);
-    let cluster_status: Vec<&str> = cluster_status.iter().map(String::as_str).collect();
-    let out = etcdctl(&endpoint, &cluster_status, Duration::from_secs(10))
-        .await
-        .expect_ok("etcdctl endpoint status --cluster over TLS");
+    let out = etcdctl_as(
+        &endpoint,
+        &ca.ca_file,
+        node,
+        &["endpoint", "status", "--cluster"],
+    )
+    .await
+    .expect_ok("etcdctl endpoint status --cluster over TLS");
     assert_eq!(out.stdout.matches("https://").count(), 3, "{out:?}");
 
     // /health in HTTPS with a client certificate; plaintext HTTP is told to use TLS.

@@ -218,6 +218,20 @@ impl<W: Write> SnapshotWriter<W> {
 /// A backup's body is padded to a multiple of this, as etcd's database files are.
 const BACKUP_ALIGN: u64 = 512;
 
+/// Bytes of the SHA-256 a backup ends with.
+const CHECKSUM_BYTES: u64 = 32;
+
+/// How much of a file of `len` bytes is the backup's body: all of it but the checksum a backup
+/// ends with, when its length has room for one (a body is a whole number of 512-byte blocks);
+/// all of it otherwise (etcd's database file copied from a data directory has none).
+pub fn backup_body_len(len: u64) -> u64 {
+    if len % BACKUP_ALIGN == CHECKSUM_BYTES {
+        len - CHECKSUM_BYTES
+    } else {
+        len
+    }
+}
+
 /// Reads a snapshot as a backup: the snapshot's bytes, the padding, then the checksum (see the
 /// module doc).
 pub struct BackupReader<R: Read> {
@@ -273,7 +287,8 @@ pub fn verify_backup(path: &Path) -> io::Result<()> {
     use sha2::Digest;
     let mut file = File::open(path)?;
     let len = file.metadata()?.len();
-    if len % BACKUP_ALIGN != 32 {
+    let body = backup_body_len(len);
+    if body == len {
         return Err(io_err(format!(
             "{} is not a backup: its length ({len} bytes) leaves no room for the checksum a \
              backup ends with",
@@ -281,7 +296,7 @@ pub fn verify_backup(path: &Path) -> io::Result<()> {
         )));
     }
     let mut hasher = sha2::Sha256::default();
-    std::io::copy(&mut (&mut file).take(len - 32), &mut hasher)?;
+    std::io::copy(&mut (&mut file).take(body), &mut hasher)?;
     let mut stored = [0u8; 32];
     file.read_exact(&mut stored)?;
     if hasher.finalize().as_slice() != stored {

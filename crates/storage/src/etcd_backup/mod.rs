@@ -84,6 +84,19 @@ pub fn is_etcd_backup(path: &Path) -> io::Result<bool> {
     Ok(bbolt::looks_like_bbolt(&head))
 }
 
+/// etcd's key of a revision in its `key` bucket: main and sub revision, big-endian, split by
+/// `_`, and `t` after a deletion's.
+pub fn revision_key(rev: Rev, tombstone: bool) -> Vec<u8> {
+    let mut key = Vec::with_capacity(18);
+    key.extend_from_slice(&rev.main.to_be_bytes());
+    key.push(b'_');
+    key.extend_from_slice(&i64::from(rev.sub).to_be_bytes());
+    if tombstone {
+        key.push(b't');
+    }
+    key
+}
+
 /// A revision key of etcd's `key` bucket: the revision, and whether it records a deletion.
 fn parse_revision(key: &[u8]) -> io::Result<(Rev, bool)> {
     let bad = || io_err(format!("etcd backup: {key:?} is not a revision key"));
@@ -167,9 +180,8 @@ fn change_record(rev: Rev, tombstone: bool, kv: mvccpb::KeyValue, prev: Rev) -> 
 /// [`restore`], of the file's bytes.
 fn restore_bytes(mut bytes: Bytes, consume: &mut Consume<'_>) -> io::Result<Summary> {
     // etcd's snapshot stream ends with the SHA-256 of the database; bbolt files are whole pages.
-    if bytes.len() % 512 == 32 {
-        bytes.truncate(bytes.len() - 32);
-    }
+    let body = crate::snapshot::backup_body_len(bytes.len() as u64);
+    bytes.truncate(usize::try_from(body).unwrap_or(usize::MAX));
     let db = bbolt::Bolt::parse(bytes)?;
     let versions = db
         .bucket(b"key")?

@@ -37,6 +37,7 @@ use super::bbolt::FREELIST_PAGE;
 use super::bbolt::LEAF_PAGE;
 use super::bbolt::META_PAGE;
 use super::bbolt::PAGE_HEADER;
+use super::revision_key;
 use super::EtcdLease;
 use super::SYSTEM_BUCKET;
 use crate::error::io_err;
@@ -54,21 +55,9 @@ use crate::KvEngine;
 
 /// The page size written: bbolt's default on the platforms etcd runs on.
 const PAGE_SIZE: usize = 4096;
-/// Pages 0 and 1 are the meta pages, 2 the (empty) free list; trees start after them.
+/// Pages 0 and 1 are the meta pages, then the (empty) free list; trees start after them.
+const FREELIST_PAGE_ID: u64 = 2;
 const FIRST_TREE_PAGE: u64 = 3;
-
-/// etcd's key of a revision in its `key` bucket: main and sub revision, big-endian, split by
-/// `_`, and `t` after a deletion's.
-pub fn revision_key(rev: Rev, tombstone: bool) -> Vec<u8> {
-    let mut key = Vec::with_capacity(18);
-    key.extend_from_slice(&rev.main.to_be_bytes());
-    key.push(b'_');
-    key.extend_from_slice(&i64::from(rev.sub).to_be_bytes());
-    if tombstone {
-        key.push(b't');
-    }
-    key
-}
 
 /// One element of a page being filled: a key and a value (a leaf's) or a child page (a
 /// branch's).
@@ -85,14 +74,26 @@ impl Item {
     }
 }
 
-/// The pages of the tree being built, level by level.
-#[derive(Default)]
-struct Tree {
-    /// The leaf page being filled.
-    leaf: Vec<Item>,
-    leaf_size: usize,
-    /// The first key and id of every page written at the leaf level.
+/// One level of a tree being written: the page being filled, and the first key and id of every
+/// page of the level written so far (what the level above points at).
+struct Level {
+    /// `LEAF_PAGE` or `BRANCH_PAGE`.
+    flags: u16,
+    page: Vec<Item>,
+    /// The bytes `page` takes, header included.
+    size: usize,
     written: Vec<(Vec<u8>, u64)>,
+}
+
+impl Level {
+    fn new(flags: u16) -> Level {
+        Level {
+            flags,
+            page: Vec::new(),
+            size: PAGE_HEADER,
+            written: Vec::new(),
+        }
+    }
 }
 
 /// A bbolt file being written (see the module doc).
@@ -102,8 +103,8 @@ struct BoltWriter {
     next: u64,
     /// Every finished bucket: its name and root page.
     buckets: Vec<(Vec<u8>, u64)>,
-    /// The bucket being written.
-    open: Option<(Vec<u8>, Tree)>,
+    /// The bucket being written, and its leaf level.
+    open: Option<(Vec<u8>, Level)>,
 }
 
 impl BoltWriter {
@@ -122,13 +123,13 @@ impl BoltWriter {
     /// Starts bucket `name` (ending the one open); its pairs follow in key order.
     fn bucket(&mut self, name: &[u8]) -> io::Result<()> {
         self.end_bucket()?;
-        self.open = Some((name.to_vec(), Tree::default()));
+        self.open = Some((name.to_vec(), Level::new(LEAF_PAGE)));
         Ok(())
     }
 
     /// Adds a pair to the open bucket (after every smaller key).
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> io::Result<()> {
-        let Some((name, mut tree)) = self.open.take() else {
+        let Some((name, mut leaves)) = self.open.take() else {
             return Err(io_err("bbolt writer: a pair outside any bucket"));
         };
         let item = Item {
@@ -137,70 +138,64 @@ impl BoltWriter {
             child: 0,
             flags: 0,
         };
-        let result = self.add_leaf(&mut tree, item);
-        self.open = Some((name, tree));
+        let result = self.push(&mut leaves, item);
+        self.open = Some((name, leaves));
         result
     }
 
-    fn add_leaf(&mut self, tree: &mut Tree, item: Item) -> io::Result<()> {
-        if !tree.leaf.is_empty() && tree.leaf_size + item.size() > PAGE_SIZE {
-            let items = std::mem::take(&mut tree.leaf);
-            tree.leaf_size = PAGE_HEADER;
-            let first = items.first().map(|i| i.key.clone()).unwrap_or_default();
-            let id = self.write_page(LEAF_PAGE, &items)?;
-            tree.written.push((first, id));
+    /// Adds `item` to `level`'s page, writing the page first when `item` would overfill it (a
+    /// page always takes one item, overflow pages holding what does not fit).
+    fn push(&mut self, level: &mut Level, item: Item) -> io::Result<()> {
+        if !level.page.is_empty() && level.size + item.size() > PAGE_SIZE {
+            self.flush(level)?;
         }
-        if tree.leaf.is_empty() {
-            tree.leaf_size = PAGE_HEADER;
-        }
-        tree.leaf_size += item.size();
-        tree.leaf.push(item);
+        level.size += item.size();
+        level.page.push(item);
+        Ok(())
+    }
+
+    /// Writes `level`'s page and starts a new one.
+    fn flush(&mut self, level: &mut Level) -> io::Result<()> {
+        let items = std::mem::take(&mut level.page);
+        level.size = PAGE_HEADER;
+        let first = items.first().map(|i| i.key.clone()).unwrap_or_default();
+        let id = self.write_page(level.flags, &items)?;
+        level.written.push((first, id));
         Ok(())
     }
 
     /// Ends the open bucket: its last leaf page, then the branch pages above, up to its root.
     fn end_bucket(&mut self) -> io::Result<()> {
-        let Some((name, tree)) = self.open.take() else {
+        let Some((name, leaves)) = self.open.take() else {
             return Ok(());
         };
-        let root = self.finish_tree(tree)?;
+        let root = self.finish_tree(leaves)?;
         self.buckets.push((name, root));
         Ok(())
     }
 
-    fn finish_tree(&mut self, mut tree: Tree) -> io::Result<u64> {
-        if !tree.leaf.is_empty() || tree.written.is_empty() {
-            let items = std::mem::take(&mut tree.leaf);
-            let first = items.first().map(|i| i.key.clone()).unwrap_or_default();
-            let id = self.write_page(LEAF_PAGE, &items)?;
-            tree.written.push((first, id));
+    /// Writes the last leaf page (an empty one for an empty tree) and the branch levels above
+    /// it; returns the root page.
+    fn finish_tree(&mut self, mut leaves: Level) -> io::Result<u64> {
+        if !leaves.page.is_empty() || leaves.written.is_empty() {
+            self.flush(&mut leaves)?;
         }
-        let mut level = tree.written;
-        while level.len() > 1 {
-            let mut above = Vec::new();
-            let mut page: Vec<Item> = Vec::new();
-            let mut size = PAGE_HEADER;
-            for (key, child) in level {
+        let mut pages = leaves.written;
+        while pages.len() > 1 {
+            let mut branches = Level::new(BRANCH_PAGE);
+            for (key, child) in pages {
                 let item = Item {
                     key,
                     value: Vec::new(),
                     child,
                     flags: 0,
                 };
-                if !page.is_empty() && size + item.size() > PAGE_SIZE {
-                    let first = page.first().map(|i| i.key.clone()).unwrap_or_default();
-                    above.push((first, self.write_page(BRANCH_PAGE, &page)?));
-                    page.clear();
-                    size = PAGE_HEADER;
-                }
-                size += item.size();
-                page.push(item);
+                self.push(&mut branches, item)?;
             }
-            let first = page.first().map(|i| i.key.clone()).unwrap_or_default();
-            above.push((first, self.write_page(BRANCH_PAGE, &page)?));
-            level = above;
+            self.flush(&mut branches)?;
+            pages = branches.written;
         }
-        level
+        pages
             .first()
             .map(|(_, id)| *id)
             .ok_or_else(|| io_err("bbolt writer: a tree without a page"))
@@ -256,7 +251,7 @@ impl BoltWriter {
         self.end_bucket()?;
         let mut buckets = std::mem::take(&mut self.buckets);
         buckets.sort();
-        let mut root = Tree::default();
+        let mut root = Level::new(LEAF_PAGE);
         for (name, page) in buckets {
             let mut header = page.to_le_bytes().to_vec();
             header.extend_from_slice(&0u64.to_le_bytes());
@@ -266,14 +261,14 @@ impl BoltWriter {
                 child: 0,
                 flags: BUCKET_LEAF,
             };
-            self.add_leaf(&mut root, item)?;
+            self.push(&mut root, item)?;
         }
         let root = self.finish_tree(root)?;
         let mut file = self.out.into_inner().map_err(|e| e.into_error())?;
         let mut freelist = vec![0u8; PAGE_SIZE];
-        freelist[0..8].copy_from_slice(&2u64.to_le_bytes());
+        freelist[0..8].copy_from_slice(&FREELIST_PAGE_ID.to_le_bytes());
         freelist[8..10].copy_from_slice(&FREELIST_PAGE.to_le_bytes());
-        file.write_all_at(&freelist, 2 * PAGE_SIZE as u64)?;
+        file.write_all_at(&freelist, FREELIST_PAGE_ID * PAGE_SIZE as u64)?;
         for id in 0..2u64 {
             let mut page = vec![0u8; PAGE_SIZE];
             page[0..8].copy_from_slice(&id.to_le_bytes());
@@ -283,7 +278,7 @@ impl BoltWriter {
             meta[4..8].copy_from_slice(&bbolt::VERSION.to_le_bytes());
             meta[8..12].copy_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
             meta[16..24].copy_from_slice(&root.to_le_bytes());
-            meta[32..40].copy_from_slice(&2u64.to_le_bytes());
+            meta[32..40].copy_from_slice(&FREELIST_PAGE_ID.to_le_bytes());
             meta[40..48].copy_from_slice(&self.next.to_le_bytes());
             meta[48..56].copy_from_slice(&1u64.to_le_bytes());
             let checksum = bbolt::fnv1a64(&meta[..56]);

@@ -810,17 +810,18 @@ impl StateMachine {
     }
 }
 
-/// Loads a backup (a snapshot file, e.g. from `etcdctl snapshot save` against rskv, or etcd's
-/// own backup, read by [`crate::etcd_backup`]) into an engine that holds nothing yet, for a node of a new cluster: every keyspace's records as they were, with no
-/// applied log entry and no membership, so the new cluster's own log starts afresh on top of the
-/// data (its revisions continue from the backup's). Every member of the new cluster restores the
+/// Loads a backup into an engine that holds nothing yet, for a node of a new cluster: one in
+/// etcd's format ([`crate::etcd_backup`]: what `etcdctl snapshot save` writes against rskv or
+/// etcd), or an rskv snapshot file framed as a backup (the previous format). Every keyspace's
+/// records as they were, with no applied log entry and no membership, so the new cluster's own
+/// log starts afresh on top of the data (its revisions continue from the backup's). Every member of the new cluster restores the
 /// same backup, as with etcd. Blocking.
 ///
 /// Unless `verify` is off, the SHA-256 the backup ends with is checked first (etcd's database
 /// file copied from a data directory has none).
 ///
 /// # Errors
-/// When the engine already holds data, or the file is not a snapshot this rskv reads.
+/// When the engine already holds data, or the file is not a backup this rskv reads.
 pub fn restore_backup(
     engine: &dyn KvEngine,
     backup: &Path,

@@ -3,8 +3,8 @@
 //! Members map one to one: etcd's member `ID` is the rskv node id, `name` is `node-<id>`,
 //! `peerURLs` is `["http://<peer_addr>"]`, `clientURLs` is `["http://<addr>"]` (`https://` for a
 //! port serving TLS: etcd's clients dial a member's URL in TLS or not by its scheme), and
-//! `isLearner` is true for a non-voter. Changes go through [`MembershipAdmin`], the same checks as rskv's own
-//! `Cluster` service; a follower forwards them to the leader.
+//! `isLearner` is true for a non-voter. Changes go through [`MembershipAdmin`], the same checks
+//! as rskv's own `Cluster` service; a follower forwards them to the leader.
 //!
 //! `MemberAdd` gives only peer URLs, while rskv needs an id and a client address too. rskv picks
 //! the next free id (etcd a random one) and takes the client address from rskv's port layout: the

@@ -144,9 +144,10 @@ impl EtcdMaintenanceService {
         })
     }
 
-    /// Raises `NOSPACE` for this member whenever its data directory holds more than its quota, checking every [`QUOTA_CHECK`]; runs until the task is dropped. Every member
-    /// measures its own, as etcd's do (their logs, snapshots and RocksDB files differ even where
-    /// the state machines agree), and raises the alarm through the leader over the peer port
+    /// Raises `NOSPACE` for this member whenever its data directory holds more than its quota,
+    /// checking every [`QUOTA_CHECK`]; runs until the task is dropped. Every member measures its
+    /// own, as etcd's do (their logs, snapshots and RocksDB files differ even where the state
+    /// machines agree), and raises the alarm through the leader over the peer port
     /// ([`MemberAlarms::raise`]), so no user is needed with auth on. Once disarmed while still
     /// over quota, the alarm is raised again, as etcd's is.
     pub async fn watch_quota(self: Arc<Self>) {
