@@ -20,10 +20,11 @@ use crate::raft::Raft;
 /// How often the leader checks.
 const CHECK: Duration = Duration::from_secs(1);
 
-/// Most revisions of history one `Compact` command covers. Compaction runs in apply, on every
-/// node, and holds apply while it works (about a microsecond per revision on the project's VM),
-/// so a long history is compacted by several commands, each holding writes for milliseconds,
-/// rather than by one holding them for seconds.
+/// Most revisions of history one `Compact` command covers. Apply only moves the compacted
+/// revision; each node's sweep (`rskv_storage::mvcc::sweep`) then removes what it superseded, one
+/// pass per compaction, recording its progress at the end of a pass and leaving what it has yet
+/// to remove out of HashKV by reading it first. Steps bound both: what a crash makes a sweep
+/// redo, and what a HashKV reads twice.
 pub const MAX_STEP: i64 = 10_000;
 
 /// The revisions to compact at, in order, to go from `compacted` to `target`: steps of at most

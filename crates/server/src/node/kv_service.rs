@@ -89,7 +89,11 @@ impl KvService {
             sessions: node.config.sessions.clone(),
             proposer: node.proposer.clone(),
             reads: node.reads.clone(),
-            view: ReadView::new(node.engine.clone(), &node.raft),
+            view: ReadView::new(
+                node.engine.clone(),
+                node.state_machine.sweeper(),
+                &node.raft,
+            ),
             events: node.events.clone(),
             limiter: node.limiter.clone(),
             auth: node.auth.clone(),

@@ -442,7 +442,11 @@ impl Node {
         };
         let etcd_maintenance_service = Arc::new(etcd::maintenance::EtcdMaintenanceService::new(
             etcd_context.clone(),
-            read_view::ReadView::new(self.engine.clone(), &self.raft),
+            read_view::ReadView::new(
+                self.engine.clone(),
+                self.state_machine.sweeper(),
+                &self.raft,
+            ),
             membership::MembershipAdmin::new(self.clone()),
             (self.data_dir.clone(), limits.quota_backend_bytes),
             (
@@ -468,7 +472,11 @@ impl Node {
                 .instrument(span.clone()),
             );
         }
-        let view = read_view::ReadView::new(self.engine.clone(), &self.raft);
+        let view = read_view::ReadView::new(
+            self.engine.clone(),
+            self.state_machine.sweeper(),
+            &self.raft,
+        );
         // Shared with the lock and election services, which run their recipes through it.
         let etcd_kv_service = Arc::new(etcd::kv::EtcdKv::new(
             etcd_context.clone(),

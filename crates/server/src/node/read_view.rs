@@ -14,6 +14,7 @@ use rskv_proto::etcd::etcdserverpb::RangeRequest;
 use rskv_proto::etcd::etcdserverpb::RangeResponse;
 use rskv_proto::etcd::mvccpb;
 use rskv_storage::mvcc;
+use rskv_storage::mvcc::sweep::Sweeper;
 use rskv_storage::mvcc::Source;
 use rskv_storage::state_machine::Keyspace;
 use rskv_storage::types::MvccError;
@@ -26,6 +27,9 @@ use crate::raft::TypeConfig;
 #[derive(Clone)]
 pub struct ReadView {
     engine: Arc<dyn KvEngine>,
+    /// Removes compacted history beside apply: HashKV holds it off, a physical compaction waits
+    /// for it.
+    sweeper: Arc<Sweeper>,
     metrics: openraft::type_config::alias::WatchReceiverOf<
         TypeConfig,
         openraft::RaftMetrics<TypeConfig>,
@@ -33,10 +37,12 @@ pub struct ReadView {
 }
 
 impl ReadView {
-    /// A view of `engine`, whose applied index `raft` reports.
-    pub fn new(engine: Arc<dyn KvEngine>, raft: &Raft) -> ReadView {
+    /// A view of `engine`, whose applied index `raft` reports and whose compacted history
+    /// `sweeper` removes.
+    pub fn new(engine: Arc<dyn KvEngine>, sweeper: Arc<Sweeper>, raft: &Raft) -> ReadView {
         ReadView {
             engine,
+            sweeper,
             metrics: raft.metrics(),
         }
     }
@@ -169,12 +175,19 @@ impl ReadView {
         .await
     }
 
-    /// etcd's `HashKV` of the store's history up to `revision` (see [`mvcc::hash_kv`]).
+    /// etcd's `HashKV` of the store's history up to `revision` (see [`mvcc::sweep::hash_kv`]).
     ///
     /// # Errors
     /// The outer error on a storage failure; the inner one for a compacted or future revision.
     pub async fn hash_kv(&self, revision: i64) -> io::Result<Result<(u32, i64, i64), MvccError>> {
-        self.blocking(move |e| mvcc::hash_kv(e, revision)).await
+        let sweeper = self.sweeper.clone();
+        rskv_storage::io_thread::blocking(move || sweeper.hash_kv(revision)).await
+    }
+
+    /// Waits until this node's engine holds nothing of the history before `revision` (etcd's
+    /// `physical` compaction), its sweep having removed it.
+    pub async fn swept_to(&self, revision: i64) {
+        self.sweeper.swept_to(revision).await;
     }
 
     /// Rewrites the engine's files without what deletions and compaction left behind (etcd's

@@ -22,6 +22,7 @@
 
 pub mod index;
 pub mod read;
+pub mod sweep;
 pub mod writer;
 
 use std::io;
@@ -377,30 +378,6 @@ pub fn crc32(crc: u32, bytes: &[u8]) -> u32 {
         c = TABLE[((c ^ u32::from(*b)) & 0xff) as usize] ^ (c >> 8);
     }
     !c
-}
-
-/// etcd's HashKV: a checksum of the store's history up to `revision` (0: the current one) as
-/// stored, which every member holding the same history agrees on. Returns the hash, the
-/// revision it covers and the compacted revision.
-///
-/// # Errors
-/// The inner error for a compacted or future revision; the outer one on a storage failure.
-pub fn hash_kv(
-    engine: &dyn KvEngine,
-    revision: i64,
-) -> io::Result<Result<(u32, i64, i64), crate::types::MvccError>> {
-    let meta = load_meta(engine)?;
-    let at = match read::readable(revision, meta.revision, meta.compact_revision) {
-        Ok(at) => at,
-        Err(e) => return Ok(Err(e)),
-    };
-    let end = history_key(Rev::new(at + 1));
-    let mut hash = 0;
-    engine.visit_in(Keyspace::History, b"", Some(&end), &mut |key, value| {
-        hash = crc32(crc32(hash, key), value);
-        Ok(())
-    })?;
-    Ok(Ok((hash, at, meta.compact_revision)))
 }
 
 /// The engine's data as values only (the native API's reads): a stored [`KeyVersion`]'s value.

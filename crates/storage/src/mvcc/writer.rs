@@ -23,7 +23,6 @@ use super::lease_key;
 use super::lease_key_of;
 use super::mod_rev;
 use super::parse_history_key;
-use super::prev_of;
 use super::read;
 use super::to_etcd;
 use super::Change;
@@ -51,6 +50,8 @@ pub struct Writer<'a> {
     keys: &'a mut KeyIndex,
     meta: MvccMeta,
     meta_dirty: bool,
+    /// The sweep's starting point, when this batch's compaction is the store's first.
+    sweep_from: Option<i64>,
     data: Pending<KeyVersion>,
     /// Keyed by [`history_key`].
     history: Pending<Change>,
@@ -115,6 +116,7 @@ impl<'a> Writer<'a> {
             keys,
             meta,
             meta_dirty: false,
+            sweep_from: None,
             data: Pending::new(),
             history: Pending::new(),
             leases: Pending::new(),
@@ -159,6 +161,9 @@ impl<'a> Writer<'a> {
                 Bytes::from_static(META_KEY),
                 Some(Bytes::from(self.meta.encode_to_vec())),
             ));
+        }
+        if let Some(revision) = self.sweep_from {
+            set.system.push(super::sweep::swept_record(revision));
         }
     }
 
@@ -468,8 +473,9 @@ impl<'a> Writer<'a> {
         Ok(Ok(()))
     }
 
-    /// Removes history before `revision`, keeping each key's version as of it (etcd's
-    /// compaction). Takes no revision.
+    /// Compacts history at `revision` (etcd's compaction): reads before it fail from now on, and
+    /// the [`super::sweep`] removes what it superseded, keeping each key's version as of it.
+    /// Takes no revision.
     ///
     /// # Errors
     /// The outer error on a storage failure; the inner one for a revision already compacted or
@@ -487,36 +493,11 @@ impl<'a> Writer<'a> {
                 current: self.meta.revision,
             }));
         }
-        // Every change up to `revision` removes the version it replaced; a deletion before it
-        // removes itself too. What stays before `revision` is each live key's version as of it.
-        // From the last compaction on, inclusive: a deletion at exactly that revision was kept
-        // then (a watch from it must see it) and goes now.
-        let mut from = Rev::new(self.meta.compact_revision.max(1));
-        let mut removed = Vec::new();
-        'scan: loop {
-            let step = self.changes(from, 4096)?;
-            let full = step.len() == 4096;
-            for (rev, change) in step {
-                if rev.main > revision {
-                    break 'scan;
-                }
-                if let Some(prev) = prev_of(&change) {
-                    removed.push(prev);
-                }
-                if change.tombstone && rev.main < revision {
-                    removed.push(rev);
-                }
-                from = Rev {
-                    main: rev.main,
-                    sub: rev.sub + 1,
-                };
-            }
-            if !full {
-                break;
-            }
-        }
-        for rev in removed {
-            self.history.insert(history_key(rev), None);
+        // The records below `revision` stay for the sweep to remove (see [`super::sweep`]),
+        // from where it got to: the revision compacted before this one, at a store's first
+        // compaction.
+        if self.sweep_from.is_none() && super::sweep::swept(self.engine)?.is_none() {
+            self.sweep_from = Some(self.meta.compact_revision);
         }
         self.meta.compact_revision = revision;
         self.meta_dirty = true;

@@ -124,6 +124,14 @@ impl KvEngine for MemoryEngine {
         Ok(())
     }
 
+    fn commit_outside_apply(&self, mut batch: WriteSet) -> io::Result<()> {
+        let mut inner = self.write()?;
+        for (space, writes) in batch.take_spaces() {
+            apply(&mut inner.spaces[space.position()], writes);
+        }
+        Ok(())
+    }
+
     fn export(&self, sink: &mut dyn SnapshotSink) -> io::Result<()> {
         let view = self.read()?.clone();
         sink.begin(&view.state)?;

@@ -51,6 +51,7 @@ use crate::error::io_err;
 use crate::events::EventBus;
 use crate::io_thread::IoThread;
 use crate::mvcc::index::KeyIndex;
+use crate::mvcc::sweep::Sweeper;
 use crate::mvcc::writer::Writer;
 use crate::mvcc::KeyVersion;
 use crate::mvcc::Source;
@@ -295,6 +296,13 @@ pub trait KvEngine: Send + Sync + 'static {
     /// # Errors
     /// On a storage failure; nothing of the batch is visible then.
     fn commit(&self, batch: WriteSet) -> io::Result<()>;
+    /// [`KvEngine::commit`] of a batch written beside apply (compaction's sweep,
+    /// [`crate::mvcc::sweep`]): its keyspace writes only, the applied state left as it is
+    /// (`batch.state` is ignored), so apply's commits may come before or after it.
+    ///
+    /// # Errors
+    /// On a storage failure; nothing of the batch is visible then.
+    fn commit_outside_apply(&self, batch: WriteSet) -> io::Result<()>;
     /// Exports a point-in-time view: the applied state and every record, consistent with each
     /// other, while commits may continue.
     ///
@@ -717,6 +725,9 @@ pub struct StateMachine {
     /// applied entry (mirrored in the system keyspace). Only apply and snapshot installs change
     /// them.
     stores: Stores,
+    /// Removes what compactions leave below the compacted revision, beside apply; woken after
+    /// each apply that compacts and each snapshot import.
+    sweeper: Arc<Sweeper>,
     /// Where committed entries are applied to the engine: a thread of its own, so a slow engine
     /// write never holds an async worker.
     apply_thread: Arc<IoThread>,
@@ -736,62 +747,55 @@ impl StateMachine {
         trigger: Arc<SnapshotTrigger>,
     ) -> io::Result<StateMachine> {
         std::fs::create_dir_all(snapshot_dir)?;
-        let sm = StateMachine {
+        let path = snapshot_dir.join(SNAPSHOT_FILE);
+        let stores = Stores::default();
+        let (sessions, keys, sweeper) = tokio::task::spawn_blocking({
+            let engine = engine.clone();
+            let stores = stores.clone();
+            move || {
+                recover(&*engine, &path)?;
+                let system = engine.system_records()?;
+                stores.load(&system)?;
+                let sessions = SessionTable::load(system)?;
+                let started = std::time::Instant::now();
+                let keys = KeyIndex::load(&*engine)?;
+                tracing::info!(
+                    keys = keys.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "key index loaded"
+                );
+                let sweeper = Sweeper::spawn(engine)?;
+                Ok::<_, io::Error>((sessions, keys, sweeper))
+            }
+        })
+        .await
+        .map_err(io_err)??;
+        let index = engine.applied_state()?.last_applied.map_or(0, |l| l.index);
+        events.applied(keys.meta().revision, index);
+        Ok(StateMachine {
             engine,
             snapshot_dir: snapshot_dir.to_path_buf(),
             snapshot_seq: Arc::new(AtomicU64::new(0)),
             trigger,
             events,
             snapshot_lock: Arc::new(Mutex::new(())),
-            sessions: Arc::new(Mutex::new(SessionTable::default())),
-            open_sessions: Arc::new(AtomicUsize::new(0)),
-            keys: Arc::new(Mutex::new(KeyIndex::default())),
-            stores: Stores::default(),
+            open_sessions: Arc::new(AtomicUsize::new(sessions.len())),
+            sessions: Arc::new(Mutex::new(sessions)),
+            keys: Arc::new(Mutex::new(keys)),
+            stores,
+            sweeper: Arc::new(sweeper),
             apply_thread: Arc::new(IoThread::spawn("rskv-apply")?),
-        };
-        let engine = sm.engine.clone();
-        let path = sm.snapshot_path();
-        let stores = sm.stores.clone();
-        let (sessions, keys) = tokio::task::spawn_blocking(move || {
-            recover(&*engine, &path)?;
-            let system = engine.system_records()?;
-            stores.load(&system)?;
-            let sessions = SessionTable::load(system)?;
-            let started = std::time::Instant::now();
-            let keys = KeyIndex::load(&*engine)?;
-            tracing::info!(
-                keys = keys.len(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "key index loaded"
-            );
-            Ok::<_, io::Error>((sessions, keys))
         })
-        .await
-        .map_err(io_err)??;
-        let index = sm
-            .engine
-            .applied_state()?
-            .last_applied
-            .map_or(0, |l| l.index);
-        sm.events.applied(keys.meta().revision, index);
-        *sm.lock_keys()? = keys;
-        sm.open_sessions.store(sessions.len(), Ordering::Relaxed);
-        *sm.lock_sessions()? = sessions;
-        Ok(sm)
+    }
+
+    /// The thread removing compacted history: HashKV and etcd's `physical` compaction go
+    /// through it.
+    pub fn sweeper(&self) -> Arc<Sweeper> {
+        self.sweeper.clone()
     }
 
     fn snapshot_path(&self) -> PathBuf {
         self.snapshot_dir.join(SNAPSHOT_FILE)
-    }
-
-    fn lock_sessions(&self) -> io::Result<std::sync::MutexGuard<'_, SessionTable>> {
-        self.sessions
-            .lock()
-            .map_err(|_| io_err("session table lock poisoned"))
-    }
-
-    fn lock_keys(&self) -> io::Result<std::sync::MutexGuard<'_, KeyIndex>> {
-        lock_index(&self.keys)
     }
 
     /// Open client sessions, as of the last apply or snapshot install.
@@ -1104,13 +1108,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let open_sessions = self.open_sessions.clone();
         let keys = self.keys.clone();
         let stores = self.stores.clone();
+        let sweeper = self.sweeper.clone();
         let writes: u64 = batch.iter().map(|(entry, _)| writes_in(entry)).sum();
         let work = move || {
             let mut sessions = sessions
                 .lock()
                 .map_err(|_| io_err("session table lock poisoned"))?;
             let mut keys = lock_index(&keys)?;
+            let compacted = keys.meta().compact_revision;
             let applied = apply_batch(&*engine, &bus, &mut sessions, &stores, &mut keys, batch);
+            if keys.meta().compact_revision != compacted {
+                sweeper.wake();
+            }
             if applied.is_err() {
                 // The tables and the index may have moved ahead of what the engine holds: take
                 // the engine's.
@@ -1163,6 +1172,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let open_sessions = self.open_sessions.clone();
         let keys = self.keys.clone();
         let stores = self.stores.clone();
+        let sweeper = self.sweeper.clone();
         self.trigger.snapshot_started();
         tokio::task::spawn_blocking(move || {
             let _guard = lock.lock().map_err(|_| io_err("snapshot lock poisoned"))?;
@@ -1197,7 +1207,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .lock()
                 .map_err(|_| io_err("session table lock poisoned"))?;
             let mut index = lock_index(&keys)?;
+            let paused = sweeper.pause()?;
             engine.import(&state, &mut file.reader()?)?;
+            drop(paused);
+            sweeper.wake();
             let system = engine.system_records()?;
             stores.load(&system)?;
             *table = SessionTable::load(system)?;

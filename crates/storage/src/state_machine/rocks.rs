@@ -130,6 +130,21 @@ impl RocksEngine {
             .ok_or_else(|| io_err(format!("column family {name} missing")))
     }
 
+    /// The keyspace writes of `batch`, as one RocksDB batch.
+    fn batch_of(&self, batch: &WriteSet) -> io::Result<WriteBatch> {
+        let mut wb = WriteBatch::default();
+        for (space, writes) in batch.spaces() {
+            let cf = self.space_cf(space)?;
+            for (key, value) in writes {
+                match value {
+                    Some(v) => wb.put_cf(cf, key, v),
+                    None => wb.delete_cf(cf, key),
+                }
+            }
+        }
+        Ok(wb)
+    }
+
     /// Writes `batch` to the memtables only; it is durable after the next [`KvEngine::sync`].
     fn write(&self, batch: WriteBatch) -> io::Result<()> {
         let mut wo = WriteOptions::default();
@@ -274,21 +289,17 @@ impl KvEngine for RocksEngine {
     }
 
     fn commit(&self, batch: WriteSet) -> io::Result<()> {
-        let mut wb = WriteBatch::default();
-        for (space, writes) in batch.spaces() {
-            let cf = self.space_cf(space)?;
-            for (key, value) in writes {
-                match value {
-                    Some(v) => wb.put_cf(cf, key, v),
-                    None => wb.delete_cf(cf, key),
-                }
-            }
-        }
+        let mut wb = self.batch_of(&batch)?;
         wb.put_cf(
             self.cf(CF_META)?,
             KEY_APPLIED,
             Self::encode_state(&batch.state),
         );
+        self.write(wb)
+    }
+
+    fn commit_outside_apply(&self, batch: WriteSet) -> io::Result<()> {
+        let wb = self.batch_of(&batch)?;
         self.write(wb)
     }
 

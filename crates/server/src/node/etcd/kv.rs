@@ -372,6 +372,12 @@ impl Kv for EtcdKv {
     ) -> Result<Response<etcd::CompactionResponse>, Status> {
         super::observe("etcd.compact", async {
             self.ctx.auth().require_root(request.metadata())?;
+            // etcd's `physical`: answer once this node's engine no longer holds what the
+            // compaction removes (its sweep runs beside apply, see mvcc::sweep).
+            let physical = request
+                .get_ref()
+                .physical
+                .then_some(request.get_ref().revision);
             let compact = match self
                 .ctx
                 .forwarder()
@@ -381,7 +387,12 @@ impl Kv for EtcdKv {
                 .await?
             {
                 Routed::Here(compact) => compact,
-                Routed::Forwarded(response) => return Ok(response),
+                Routed::Forwarded(response) => {
+                    if let Some(revision) = physical {
+                        self.view.swept_to(revision).await;
+                    }
+                    return Ok(response);
+                }
             };
             // A long history in steps (see compactor::MAX_STEP); the reply is the last step's,
             // the compaction at the revision asked.
@@ -397,9 +408,14 @@ impl Kv for EtcdKv {
             .await
             .map_err(status_of)?;
             match super::etcd_reply(response, "a compaction")? {
-                (EtcdReply::Done, revision) => Ok(etcd::CompactionResponse {
-                    header: Some(self.ctx.header_at(revision)),
-                }),
+                (EtcdReply::Done, revision) => {
+                    if let Some(compacted) = physical {
+                        self.view.swept_to(compacted).await;
+                    }
+                    Ok(etcd::CompactionResponse {
+                        header: Some(self.ctx.header_at(revision)),
+                    })
+                }
                 (other, _) => Err(unexpected("a compaction", &other)),
             }
         })
