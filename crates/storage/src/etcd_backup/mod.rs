@@ -241,9 +241,17 @@ fn restore_bytes(mut bytes: Bytes, consume: &mut Consume<'_>) -> io::Result<Summ
         summary.leases += 1;
     }
     let meta = db.bucket(b"meta")?.unwrap_or_default();
-    if let Some(finished) = meta.iter().find(|p| p.key == b"finishedCompactRev") {
-        summary.compact_revision = parse_revision(finished.value)?.0.main;
-    }
+    // A compaction etcd had scheduled and not finished (its records partly removed) stands as
+    // done at its revision, its removal left to the sweep from where etcd had finished.
+    let compaction = |name: &[u8]| {
+        meta.iter()
+            .find(|p| p.key == name)
+            .map(|p| parse_revision(p.value).map(|(rev, _)| rev.main))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    };
+    let finished = compaction(b"finishedCompactRev")?;
+    summary.compact_revision = finished.max(compaction(b"scheduledCompactRev")?);
     // etcd's revision starts at 1 and is never below its compaction.
     summary.revision = summary.revision.max(summary.compact_revision).max(1);
     // rskv's own backup: its system keyspace as it was, revision counters included.
@@ -268,6 +276,14 @@ fn restore_bytes(mut bytes: Bytes, consume: &mut Consume<'_>) -> io::Result<Summ
             key: Bytes::from_static(META_KEY),
             value: Bytes::from(counters.encode_to_vec()),
         });
+        if finished < summary.compact_revision {
+            let (key, value) = crate::mvcc::sweep::swept_record(finished);
+            rest.push(Record {
+                space: Keyspace::System,
+                key,
+                value: value.unwrap_or_default(),
+            });
+        }
     }
     // Second pass, as the records are written: history, current versions, the rest.
     let history = versions.iter().zip(prevs).map(|(pair, prev)| {
@@ -410,6 +426,45 @@ mod tests {
         assert_eq!(bytes.len() % 4096, 0, "whole pages");
         let (again, summary) = read_bytes(bytes).expect("read rskv's backup");
         assert_eq!((summary.revision, summary.compact_revision), (10, 4));
+        assert_eq!(sorted(again), sorted(records));
+    }
+
+    #[test]
+    fn a_compaction_not_yet_swept_should_go_into_etcds_meta_as_scheduled() {
+        // The fixture's store (compacted at 4), as if its sweep had only got to 2.
+        let (mut records, _) = read_bytes(fixture()).expect("read etcd's backup");
+        let (key, value) = crate::mvcc::sweep::swept_record(2);
+        records.push(Record {
+            space: Keyspace::System,
+            key,
+            value: value.unwrap_or_default(),
+        });
+        let engine = crate::memory::MemoryEngine::new();
+        let mut from = records.clone().into_iter().map(Ok);
+        crate::KvEngine::import(&engine, &AppliedState::default(), &mut from).expect("import");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut file = write::write_backup(&engine, dir.path()).expect("write");
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).expect("read the backup");
+        // etcd finishes a scheduled compaction when it opens the file.
+        let db = bbolt::Bolt::parse(bytes.clone()).expect("bbolt");
+        let meta: Vec<(Vec<u8>, i64)> = db
+            .bucket(b"meta")
+            .expect("meta")
+            .unwrap_or_default()
+            .iter()
+            .map(|p| (p.key.to_vec(), parse_revision(p.value).expect("rev").0.main))
+            .collect();
+        assert_eq!(
+            meta,
+            vec![
+                (b"finishedCompactRev".to_vec(), 2),
+                (b"scheduledCompactRev".to_vec(), 4)
+            ]
+        );
+        // rskv reads it back compacted at 4, its sweep to go on from 2.
+        let (again, summary) = read_bytes(bytes).expect("read rskv's backup");
+        assert_eq!(summary.compact_revision, 4);
         assert_eq!(sorted(again), sorted(records));
     }
 

@@ -28,6 +28,7 @@ use std::path::Path;
 
 use prost::Message;
 use rskv_proto::etcd::mvccpb;
+use rskv_proto::storage::SweptRevision;
 
 use super::bbolt;
 use super::bbolt::BRANCH_PAGE;
@@ -43,6 +44,7 @@ use super::SYSTEM_BUCKET;
 use crate::error::io_err;
 use crate::mvcc::decode;
 use crate::mvcc::parse_history_key;
+use crate::mvcc::sweep::SWEPT_KEY;
 use crate::mvcc::Change;
 use crate::mvcc::Lease;
 use crate::mvcc::MvccMeta;
@@ -295,6 +297,8 @@ struct BoltSink {
     writer: BoltWriter,
     space: Option<Keyspace>,
     meta: MvccMeta,
+    /// How far the sweep had removed compacted history ([`crate::mvcc::sweep`]), if recorded.
+    swept: Option<i64>,
     /// etcd's auth buckets' pairs, written last (the system keyspace's bucket is open while
     /// they are seen).
     auth: Vec<super::auth::BucketPair>,
@@ -320,6 +324,9 @@ impl SnapshotSink for BoltSink {
             Keyspace::System => {
                 if key == META_KEY {
                     self.meta = decode(value, "revision counters")?;
+                }
+                if key == SWEPT_KEY {
+                    self.swept = Some(decode::<SweptRevision>(value, "sweep record")?.revision);
                 }
                 self.auth.extend(super::auth::to_etcd(key, value)?);
                 self.writer.put(key.to_vec(), value.to_vec())
@@ -383,12 +390,14 @@ pub fn write_backup(engine: &dyn KvEngine, dir: &Path) -> io::Result<File> {
         writer: BoltWriter::new(file)?,
         space: None,
         meta: MvccMeta::default(),
+        swept: None,
         auth: Vec::new(),
     };
     engine.export(&mut sink)?;
     let BoltSink {
         mut writer,
         meta,
+        swept,
         mut auth,
         ..
     } = sink;
@@ -410,9 +419,15 @@ pub fn write_backup(engine: &dyn KvEngine, dir: &Path) -> io::Result<File> {
         }
     }
     writer.bucket(b"meta")?;
+    // A compaction whose sweep had not finished is one etcd had scheduled and not finished: etcd
+    // finishes it when it opens the file, rskv's restore sweeps it.
+    let finished = swept.map_or(meta.compact_revision, |s| s.min(meta.compact_revision));
+    if finished > 0 {
+        let at = revision_key(Rev::new(finished), false);
+        writer.put(b"finishedCompactRev".to_vec(), at)?;
+    }
     if meta.compact_revision > 0 {
         let at = revision_key(Rev::new(meta.compact_revision), false);
-        writer.put(b"finishedCompactRev".to_vec(), at.clone())?;
         writer.put(b"scheduledCompactRev".to_vec(), at)?;
     }
     writer.finish()
