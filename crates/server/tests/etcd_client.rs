@@ -1216,6 +1216,25 @@ async fn a_compaction_of_a_long_history_goes_in_steps_and_answers_as_one() {
     };
     assert_eq!(listed(after.kvs()), listed(before.kvs()));
     assert_etcd_error(f.compact(target, None).await, Code::OutOfRange, COMPACTED);
+    // The follower's sweep removed the superseded versions, and has nothing left to do (it may
+    // be sweeping an automatic compaction still: wait for an idle moment).
+    let metrics_addr = cluster.node(follower).metrics_addr.clone();
+    rskv_testkit::wait_for(
+        "the follower's sweep to be idle",
+        Duration::from_secs(10),
+        || {
+            let metrics_addr = metrics_addr.clone();
+            async move {
+                let (_, text) = rskv_testkit::http_get(&metrics_addr, "/metrics").await?;
+                let removed =
+                    rskv_testkit::metric_value(&text, "rskv_history_swept_records_total", "");
+                let backlog =
+                    rskv_testkit::metric_value(&text, "rskv_history_sweep_backlog_revisions", "");
+                (removed > 12_000.0 && backlog == 0.0).then_some(())
+            }
+        },
+    )
+    .await;
     // Every member hashes the same history at the same revision, its sweep of what the
     // compaction removes finished or not.
     let mut hashes = Vec::new();

@@ -144,6 +144,7 @@ impl Pass {
             return Ok(true);
         };
         let (removed, next) = removable(engine, self.swept, self.target, from, limit)?;
+        crate::metrics::swept(removed.len());
         let mut set = WriteSet {
             history: removed
                 .into_iter()
@@ -235,9 +236,11 @@ impl Shared {
             let Some(mut pass) = Pass::start(&*self.engine)? else {
                 let meta = load_meta(&*self.engine)?;
                 let swept = swept(&*self.engine)?.unwrap_or(meta.compact_revision);
+                crate::metrics::sweep_backlog(meta.compact_revision - swept);
                 self.swept.send_replace(swept);
                 return Ok(());
             };
+            crate::metrics::sweep_backlog(pass.target - pass.swept);
             drop(guard);
             let started = std::time::Instant::now();
             loop {
