@@ -16,6 +16,8 @@
 
 use std::collections::HashSet;
 use std::io;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -219,6 +221,9 @@ struct Shared {
     /// How far history is swept (the compacted revision once a pass has nothing to do): what a
     /// `Compact` with etcd's `physical` flag waits for.
     swept: tokio::sync::watch::Sender<i64>,
+    /// Set when the handle is dropped: the pass in progress stops at its next step (and is
+    /// redone at the next start), so a long sweep does not hold up a node's shutdown.
+    stop: AtomicBool,
 }
 
 impl Shared {
@@ -244,6 +249,9 @@ impl Shared {
             drop(guard);
             let started = std::time::Instant::now();
             loop {
+                if self.stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
                 let guard = self.lock()?;
                 if *guard != imports {
                     continue 'passes;
@@ -286,6 +294,7 @@ impl Sweeper {
             engine,
             lock: Mutex::new(0),
             swept: tokio::sync::watch::Sender::new(now),
+            stop: AtomicBool::new(false),
         });
         let (wake, woken) = mpsc::channel::<()>();
         let thread = {
@@ -350,6 +359,7 @@ impl Sweeper {
 
 impl Drop for Sweeper {
     fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
         drop(self.wake.take());
         if let Some(thread) = self.thread.take() {
             if thread.thread().id() != std::thread::current().id() {
@@ -389,5 +399,65 @@ mod tests {
             .expect("commit");
         let damaged = swept(&engine).expect_err("a damaged record is an error");
         assert!(damaged.to_string().contains("sweep record"), "{damaged}");
+    }
+
+    #[tokio::test]
+    async fn the_sweeper_should_remove_compacted_history_on_its_own_thread() {
+        // Key k written at revisions 2, 3 and 4, each replacing the one before; compacted at 4
+        // and not swept at all.
+        let engine = Arc::new(crate::memory::MemoryEngine::new());
+        let change = |value: &str, prev: i64| Change {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            version: 1,
+            create_revision: 2,
+            prev_revision: prev,
+            ..Change::default()
+        };
+        let history = [
+            (2, change("a", 0)),
+            (3, change("b", 2)),
+            (4, change("c", 3)),
+        ]
+        .into_iter()
+        .map(|(rev, c)| {
+            (
+                history_key(Rev::new(rev)),
+                Some(Bytes::from(c.encode_to_vec())),
+            )
+        })
+        .collect();
+        let meta = super::super::MvccMeta {
+            revision: 4,
+            compact_revision: 4,
+        };
+        engine
+            .commit_outside_apply(WriteSet {
+                history,
+                system: vec![
+                    (
+                        Bytes::from_static(super::super::META_KEY),
+                        Some(Bytes::from(meta.encode_to_vec())),
+                    ),
+                    swept_record(0),
+                ],
+                ..WriteSet::default()
+            })
+            .expect("commit");
+        let before = hash_kv(&*engine, 0).expect("hash").expect("readable");
+        let sweeper = Sweeper::spawn(engine.clone()).expect("spawn");
+        tokio::time::timeout(std::time::Duration::from_secs(10), sweeper.swept_to(4))
+            .await
+            .expect("swept to 4 in time");
+        let left: Vec<Bytes> = engine
+            .scan_in(Keyspace::History, b"", None, usize::MAX)
+            .expect("scan")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(left, vec![history_key(Rev::new(4))]);
+        assert_eq!(swept(&*engine).expect("record"), Some(4));
+        assert_eq!(sweeper.hash_kv(0).expect("hash"), Ok(before));
+        drop(sweeper);
     }
 }
