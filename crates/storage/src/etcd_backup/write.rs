@@ -28,7 +28,6 @@ use std::path::Path;
 
 use prost::Message;
 use rskv_proto::etcd::mvccpb;
-use rskv_proto::storage::SweptRevision;
 
 use super::bbolt;
 use super::bbolt::BRANCH_PAGE;
@@ -326,7 +325,7 @@ impl SnapshotSink for BoltSink {
                     self.meta = decode(value, "revision counters")?;
                 }
                 if key == SWEPT_KEY {
-                    self.swept = Some(decode::<SweptRevision>(value, "sweep record")?.revision);
+                    self.swept = Some(crate::mvcc::sweep::swept_revision(value)?);
                 }
                 self.auth.extend(super::auth::to_etcd(key, value)?);
                 self.writer.put(key.to_vec(), value.to_vec())

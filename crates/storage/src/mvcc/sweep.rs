@@ -57,8 +57,16 @@ pub const STEP: usize = 1024;
 pub fn swept(engine: &dyn KvEngine) -> io::Result<Option<i64>> {
     engine
         .get_in(Keyspace::System, SWEPT_KEY)?
-        .map(|stored| decode::<SweptRevision>(&stored, "sweep record").map(|s| s.revision))
+        .map(|stored| swept_revision(&stored))
         .transpose()
+}
+
+/// The revision a stored sweep record ([`SWEPT_KEY`]'s value) names.
+///
+/// # Errors
+/// On a damaged record.
+pub fn swept_revision(stored: &[u8]) -> io::Result<i64> {
+    Ok(decode::<SweptRevision>(stored, "sweep record")?.revision)
 }
 
 /// The record saying the sweep has got to `revision`.
@@ -239,10 +247,11 @@ impl Shared {
             let guard = self.lock()?;
             let imports = *guard;
             let Some(mut pass) = Pass::start(&*self.engine)? else {
-                let meta = load_meta(&*self.engine)?;
-                let swept = swept(&*self.engine)?.unwrap_or(meta.compact_revision);
-                crate::metrics::sweep_backlog(meta.compact_revision - swept);
-                self.swept.send_replace(swept);
+                // Nothing to sweep: history is swept up to the compacted revision (the record,
+                // when there is one, never names a revision beyond it).
+                crate::metrics::sweep_backlog(0);
+                self.swept
+                    .send_replace(load_meta(&*self.engine)?.compact_revision);
                 return Ok(());
             };
             crate::metrics::sweep_backlog(pass.target - pass.swept);
