@@ -45,6 +45,28 @@ fn members(list: &Value) -> BTreeMap<u64, (String, Vec<String>, Vec<String>, boo
         .collect()
 }
 
+/// `etcdctl member add` of a member at `peer_url`, asked of `endpoint`: its id and the answer.
+async fn member_add(endpoint: &str, peer_url: &str, flags: &[&str]) -> (u64, Value) {
+    let peer_urls = format!("--peer-urls={peer_url}");
+    let mut args = vec![
+        "member",
+        "add",
+        "new-member",
+        peer_urls.as_str(),
+        "-w",
+        "json",
+    ];
+    args.extend(flags);
+    let added = etcdctl(&[endpoint.to_string()], &args, COMMAND)
+        .await
+        .expect_ok("member add")
+        .json();
+    let id = added["member"]["ID"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{added}"));
+    (id, added)
+}
+
 async fn member_list(endpoints: &[String]) -> Value {
     etcdctl(endpoints, &["member", "list", "-w", "json"], COMMAND)
         .await
@@ -185,24 +207,7 @@ async fn etcdctl_member_add_join_list_and_remove() {
     let peer_url = format!("http://127.0.0.1:{}", ports[1]);
 
     // Added through a follower, which forwards it to the leader.
-    let added = etcdctl(
-        &[cluster.node(follower).addr.clone()],
-        &[
-            "member",
-            "add",
-            "node-4",
-            &format!("--peer-urls={peer_url}"),
-            "-w",
-            "json",
-        ],
-        COMMAND,
-    )
-    .await
-    .expect_ok("member add")
-    .json();
-    let id = added["member"]["ID"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{added}"));
+    let (id, added) = member_add(&cluster.node(follower).addr, &peer_url, &[]).await;
     assert_eq!(id, 4, "the next free id: {added}");
     assert_eq!(
         added["member"]["peerURLs"][0].as_str(),
@@ -269,6 +274,79 @@ async fn etcdctl_member_add_join_list_and_remove() {
     )
     .await;
     unknown.expect_error("etcdserver: member not found");
+    cluster.kill(id);
+}
+
+/// etcd's learner workflow (kubeadm's, etcd-operator's): `member add --learner`, start the node,
+/// `member promote` once it is in sync. The node stays a learner until then, however far it has
+/// caught up, where a member added as a voter promotes itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_member_add_learner_stays_a_learner_until_promoted() {
+    let mut cluster = ProcessCluster::start(3, "memory", &[]);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let follower = cluster.follower_of(leader);
+    let ports = common::adjacent_ports();
+    let peer_url = format!("http://127.0.0.1:{}", ports[1]);
+    let (id, added) = member_add(&cluster.node(follower).addr, &peer_url, &["--learner"]).await;
+    assert_eq!(
+        added["member"]["isLearner"].as_bool(),
+        Some(true),
+        "{added}"
+    );
+
+    // The node joins, finds itself a learner to be promoted by request, and says it stays one.
+    cluster.add_joining_node_on(id, ports);
+    let log = cluster.node(id).log.clone();
+    cluster
+        .wait(
+            "node 4 to say it stays a learner",
+            Duration::from_secs(40),
+            || {
+                let log = log.clone();
+                async move {
+                    let text = std::fs::read_to_string(&log).ok()?;
+                    text.contains("staying a learner until promoted")
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+    let all = cluster.endpoints()[..3].to_vec();
+    let list = member_list(&all).await;
+    assert_eq!(
+        members(&list).get(&id).map(|m| m.3),
+        Some(true),
+        "still a learner: {list}"
+    );
+
+    // etcdctl promotes it once it is in sync (etcd's refusal until then).
+    let promote = ["member", "promote", &format!("{id:x}")];
+    let promoted = cluster
+        .wait("member promote to succeed", Duration::from_secs(40), || {
+            let all = all.clone();
+            async move {
+                let out = etcdctl(&all, &promote, COMMAND).await;
+                if !out.success {
+                    assert!(
+                        out.stderr.contains("which is in sync with leader"),
+                        "only the not-yet-in-sync refusal may come first: {out:?}"
+                    );
+                    return None;
+                }
+                Some(out)
+            }
+        })
+        .await;
+    assert!(promoted.stdout.contains("promoted"), "{promoted:?}");
+    let list = member_list(&all).await;
+    assert_eq!(
+        members(&list).get(&id).map(|m| m.3),
+        Some(false),
+        "a voter now: {list}"
+    );
+    etcdctl(&all, &promote, COMMAND)
+        .await
+        .expect_error("etcdserver: can only promote a learner member");
     cluster.kill(id);
 }
 

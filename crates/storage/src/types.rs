@@ -32,6 +32,10 @@ pub struct NodeInfo {
     pub addr: String,
     /// Raft transport address (`host:port`).
     pub peer_addr: String,
+    /// Set for a learner an operator added as one (etcd's `MemberAdd` with `isLearner`), which
+    /// etcd's tools then promote themselves: joining, the node does not have itself promoted
+    /// when it has caught up, as every other joining node does.
+    pub learner_until_promoted: bool,
 }
 
 impl NodeInfo {
@@ -40,6 +44,7 @@ impl NodeInfo {
         NodeInfo {
             addr: addr.into(),
             peer_addr: peer_addr.into(),
+            learner_until_promoted: false,
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Admission of a new member over the peer port (`rskv.raft.v2.Admission`), what
-//! `kv_server --join` asks for: add me as a learner, then promote me once I have caught up.
+//! `kv_server --join` asks for: add me as a learner, then promote me once I have caught up (unless
+//! an operator added me as a learner to be promoted by request, as etcd's `member add --learner`
+//! does: then the answer says so and the node stays a learner).
 //!
 //! It is served beside Raft, where only members and nodes holding a peer certificate of the
 //! cluster's peer CA can connect (peer mutual TLS): that certificate is the joining node's
@@ -18,6 +20,7 @@ use super::etcd::forward::Routed;
 use super::etcd::EtcdContext;
 use super::handle;
 use super::membership::MembershipAdmin;
+use super::membership::Promotion;
 use crate::raft::NodeId;
 use rskv_proto::raft as pb;
 use rskv_proto::raft::admission_client::AdmissionClient;
@@ -59,15 +62,23 @@ impl pb::admission_server::Admission for AdmissionService {
             Routed::Forwarded(response) => return Ok(Response::new(response)),
         };
         handle("admit", None, async {
+            if req.promote && self.admin.promoted_only_by_request(req.id) {
+                return Ok(pb::AdmitResponse {
+                    index: 0,
+                    learner_until_promoted: true,
+                });
+            }
             let index = if req.promote {
                 self.admin.promote(req.id).await?
             } else {
+                let joining = Promotion::OnceCaughtUp;
                 self.admin
-                    .add_learner(req.id, &req.addr, &req.peer_addr)
+                    .add_learner(req.id, &req.addr, &req.peer_addr, joining)
                     .await?
             };
             Ok(pb::AdmitResponse {
                 index: index.unwrap_or(0),
+                learner_until_promoted: false,
             })
         })
         .await
@@ -92,9 +103,18 @@ mod tests {
         let hex = |bytes: Vec<u8>| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
         assert_eq!(hex(request.encode_to_vec()), "08041203683a311a03683a322001");
         assert_eq!(
-            hex(pb::AdmitResponse { index: 300 }.encode_to_vec()),
+            hex(pb::AdmitResponse {
+                index: 300,
+                learner_until_promoted: false
+            }
+            .encode_to_vec()),
             "08ac02"
         );
+        let stays = pb::AdmitResponse {
+            index: 0,
+            learner_until_promoted: true,
+        };
+        assert_eq!(hex(stays.encode_to_vec()), "1001");
         let decoded = pb::AdmitRequest::decode(request.encode_to_vec().as_slice()).expect("decode");
         assert_eq!(decoded, request);
     }

@@ -16,6 +16,7 @@ use tonic::Status;
 
 use super::handle;
 use super::membership::MembershipAdmin;
+use super::membership::Promotion;
 use super::Node;
 use crate::error::Result;
 use rskv_proto::kv as pb;
@@ -101,7 +102,7 @@ impl ClusterService {
     async fn add_learner(&self, req: pb::AddLearnerRequest) -> Result<pb::MembershipResponse> {
         let index = self
             .admin
-            .add_learner(req.id, &req.addr, &req.peer_addr)
+            .add_learner(req.id, &req.addr, &req.peer_addr, Promotion::OnceCaughtUp)
             .await?;
         Ok(self.membership(index))
     }

@@ -25,6 +25,17 @@ use rskv_proto::kv as pb;
 /// A learner may be promoted once it is at most this many entries behind the leader.
 pub const PROMOTE_MAX_LAG: u64 = 500;
 
+/// How a learner becomes a voter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Promotion {
+    /// The node, joining (`--join`), has itself promoted once it has caught up: rskv's way of
+    /// adding a voter, which never counts a node in a quorum before it holds the log.
+    OnceCaughtUp,
+    /// Only by request (`MemberPromote`, `kv_client member promote`): etcd's learner, which
+    /// the tool that added it promotes.
+    ByRequest,
+}
+
 /// Why a membership change or leader transfer was refused before anything was proposed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -189,7 +200,8 @@ impl MembershipAdmin {
         self.members().iter().map(|m| m.id).max().unwrap_or(0) + 1
     }
 
-    /// Adds node `id` as a learner at `addr` (client) and `peer_addr` (empty: `addr`'s port + 1).
+    /// Adds node `id` as a learner at `addr` (client) and `peer_addr` (empty: `addr`'s port + 1),
+    /// to become a voter as `promotion` says.
     ///
     /// # Errors
     /// A [`Refusal`] for a bad id or address, an address in use, or an id that is a member with
@@ -199,6 +211,7 @@ impl MembershipAdmin {
         id: NodeId,
         addr: &str,
         peer_addr: &str,
+        promotion: Promotion,
     ) -> Result<Changed, ChangeError> {
         self.require_leader()?;
         if id == 0 {
@@ -212,7 +225,8 @@ impl MembershipAdmin {
         } else {
             peer_addr.to_string()
         };
-        let info = NodeInfo::new(addr.trim(), peer_addr.trim());
+        let mut info = NodeInfo::new(addr.trim(), peer_addr.trim());
+        info.learner_until_promoted = promotion == Promotion::ByRequest;
         // A member's addresses go into the replicated membership: refuse one nobody can dial.
         crate::raft::check_dialable(&info).map_err(Refusal::BadAddress)?;
         for m in self.members() {
@@ -241,7 +255,7 @@ impl MembershipAdmin {
                 .into());
             }
         }
-        tracing::info!(id, node = %info, "adding learner");
+        tracing::info!(id, node = %info, ?promotion, "adding learner");
         self.commit(
             "adding the learner did not commit in time",
             self.node.raft.add_learner(id, info, false),
@@ -281,6 +295,18 @@ impl MembershipAdmin {
         self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
             .await
             .map(Some)
+    }
+
+    /// Whether member `id` is a learner added to be promoted only by request
+    /// ([`Promotion::ByRequest`]), which a joining node does not promote itself.
+    pub fn promoted_only_by_request(&self, id: NodeId) -> bool {
+        let metrics = self.node.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        let voter = membership.voter_ids().any(|v| v == id);
+        let marked = membership
+            .get_node(&id)
+            .is_some_and(|n| n.learner_until_promoted);
+        marked && !voter
     }
 
     /// Removes member `id`, voter or learner. The leader removing itself hands leadership over

@@ -418,6 +418,11 @@ impl Node {
                  any user once auth is enabled"
             );
         }
+        // Whether to ask to join, decided before the peer port serves: a member added beforehand
+        // (etcd's MemberAdd) hears from the leader as soon as it does, and would otherwise find
+        // itself initialized and never ask to be promoted.
+        let joining = !self.config.cluster.join.is_empty()
+            && !self.raft.is_initialized().await.unwrap_or(true);
         let client_stop = CancellationToken::new();
         let peer_stop = CancellationToken::new();
         let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
@@ -665,8 +670,6 @@ impl Node {
                 .instrument(span.clone()),
             );
         }
-        let joining = !self.config.cluster.join.is_empty()
-            && !self.raft.is_initialized().await.unwrap_or(true);
         if joining {
             let node = self.clone();
             tasks.spawn(
@@ -917,8 +920,9 @@ fn peer_dial(config: &Config, tls: &tls::NodeTls) -> rskv_client::transport::Dia
 }
 
 /// Asks the cluster named by `cluster.join` to admit this node over the peer port
-/// ([`admission`]): as a learner, then as a voter once it has caught up; retries (with backoff)
-/// until it succeeds or the node stops. The join addresses are client addresses: the leader's
+/// ([`admission`]): as a learner, then as a voter once it has caught up (unless it was added
+/// as a learner to be promoted only by request); retries (with backoff) until it succeeds or the
+/// node stops. The join addresses are client addresses: the leader's
 /// `Status` there (which needs no user) names the members' peer addresses.
 async fn join_cluster(node: Arc<Node>) {
     static JOIN_FAILED: LogThrottle = LogThrottle::every_interval();
@@ -968,6 +972,12 @@ async fn join_cluster(node: Arc<Node>) {
     tracing::info!("joined as learner; catching up before promotion");
     loop {
         match admit(&node, &client, &info, true).await {
+            Ok(answer) if answer.learner_until_promoted => {
+                tracing::info!(
+                    "added as a learner to be promoted by request (etcd's member add --learner): staying a learner until promoted"
+                );
+                return;
+            }
             Ok(_) => {
                 tracing::info!("promoted to voter");
                 return;

@@ -9,11 +9,13 @@
 //! `MemberAdd` gives only peer URLs, while rskv needs an id and a client address too. rskv picks
 //! the next free id (etcd a random one) and takes the client address from rskv's port layout: the
 //! peer port is the client port + 1, so a peer URL `http://host:P` means client address
-//! `host:P-1`. The member is added as a learner; start the node with that id and address and
-//! `--join`: it finds itself a member already, catches up and is promoted to voter, as every
-//! joining rskv node is (so `isLearner` in the request only says what etcd would do first: rskv
-//! never adds a voter that has not caught up). `MemberUpdate` cannot move a member to another
-//! address (rskv records a member's addresses once): it succeeds only when nothing changes.
+//! `host:P-1`. A member added with `isLearner` is etcd's learner: it stays one until
+//! `MemberPromote`, whatever its progress. One added as a voter is added as a learner too, and
+//! promotes itself: start the node with that id and address and `--join`, it finds itself a
+//! member already, catches up and has itself promoted, as every joining rskv node does (rskv
+//! never counts a node in a quorum before it holds the log). `MemberUpdate` cannot move a member
+//! to another address (rskv records a member's addresses once): it succeeds only when nothing
+//! changes.
 
 use tonic::transport::Channel;
 use tonic::Request;
@@ -28,6 +30,7 @@ use super::EtcdContext;
 use crate::error::Error;
 use crate::node::membership::ChangeError;
 use crate::node::membership::MembershipAdmin;
+use crate::node::membership::Promotion;
 use crate::node::membership::Refusal;
 use crate::raft::NodeId;
 use rskv_proto::etcd::etcdserverpb as etcd;
@@ -192,15 +195,20 @@ impl EtcdClusterService {
             Status::from(e)
         })?;
         let id = self.admin.next_free_id();
+        let promotion = if req.is_learner {
+            Promotion::ByRequest
+        } else {
+            Promotion::OnceCaughtUp
+        };
         self.admin
-            .add_learner(id, &addr, &peer_addr)
+            .add_learner(id, &addr, &peer_addr, promotion)
             .await
             .map_err(change_status)?;
         tracing::info!(
             id,
             addr,
             peer_addr,
-            as_learner = req.is_learner,
+            ?promotion,
             "etcd MemberAdd: added as learner; start it with --join"
         );
         let member = self
