@@ -31,6 +31,11 @@
 #                                         # their leader; rows put, get-linearizable,
 #                                         # get-serializable, txn-put at 1, 64, 256 clients
 #   ETCD_API=1 BASELINE=/path/to/old/kv_server ...   # a server change through the etcd API
+#   SERVER=/a/kv_server BASELINE=/b/kv_server ...   # two other builds against each other
+#                                         # (bisecting); this build still drives both
+#   BASELINE=/old/kv_server BASELINE_BENCH=/old/kv_bench ...   # the baseline driven by its
+#                                         # own build's generator (each build as its own tools
+#                                         # measured it), where otherwise this build's drives both
 #
 # As root it installs what is missing (protobuf-compiler to build the etcd client, etcd-server and
 # etcd-client from Debian). Without etcd it benchmarks rskv alone.
@@ -55,6 +60,12 @@ KEYS="${KEYS:-100000}"
 OUT="${OUT:-$ROOT/results/bench-$(date +%Y%m%d-%H%M%S)}"
 AB="${AB:-}"
 BASELINE="${BASELINE:-}"
+BASELINE_BENCH="${BASELINE_BENCH:-}"
+SERVER="${SERVER:-}"
+if [[ -n "$SERVER" && ( -z "$BASELINE" || ! -x "$SERVER" ) ]]; then
+    echo "bench: SERVER=$SERVER must be an executable kv_server, given with BASELINE" >&2
+    exit 1
+fi
 SECURE="${SECURE:-}"
 if [[ -n "$SECURE" && -n "$AB$BASELINE$ETCD_API" ]]; then
     echo "bench: SECURE compares this build with itself under TLS and auth; it does not combine with AB, BASELINE or ETCD_API" >&2
@@ -70,6 +81,10 @@ if [[ -n "$ETCD_API" && -n "$AB" ]]; then
 fi
 if [[ -z "$ETCD_API" && " $WORKLOADS " == *" txn-put "* ]]; then
     echo "bench: txn-put is an etcd API workload; run it with ETCD_API=1" >&2
+    exit 1
+fi
+if [[ -n "$BASELINE_BENCH" && ( -z "$BASELINE" || ! -x "$BASELINE_BENCH" ) ]]; then
+    echo "bench: BASELINE_BENCH=$BASELINE_BENCH must be an executable kv_bench, given with BASELINE" >&2
     exit 1
 fi
 if [[ -n "$BASELINE" && ! -x "$BASELINE" ]]; then
@@ -119,6 +134,9 @@ if [[ -z "$AB$BASELINE" ]] && ! command -v etcd >/dev/null; then apt_install etc
 
 (cd "$ROOT" && cargo build --release --quiet --features rskv-bench/etcd --bin kv_server --bin kv_bench --bin kv_certs)
 BIN="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release"
+# The generator of each side: this build's, or for the baseline BASELINE_BENCH when given.
+GEN="$BIN/kv_bench"
+BASE_GEN="${BASELINE_BENCH:-$GEN}"
 # SECURE: the baseline cluster is this build in TLS and auth (its flags, and its clients').
 BASE_SERVER_EXTRA=()
 BASE_BENCH_TLS=()
@@ -152,7 +170,7 @@ start_cluster() { # server name client-base peer-base metrics-base read-policy [
 }
 start_rskv() { # read policy
     RSKV_PIDS=()
-    start_cluster "$BIN/kv_server" rskv $RSKV_CLIENT $RSKV_PEER $RSKV_METRICS "$1" "${SERVER_EXTRA[@]}"
+    start_cluster "${SERVER:-$BIN/kv_server}" rskv $RSKV_CLIENT $RSKV_PEER $RSKV_METRICS "$1" "${SERVER_EXTRA[@]}"
     if [[ -n "$BASELINE" ]]; then
         start_cluster "$BASELINE" baseline $BASE_CLIENT $BASE_PEER $BASE_METRICS "$1" "${BASE_SERVER_EXTRA[@]}"
     fi
@@ -179,10 +197,10 @@ if [[ -z "$AB$BASELINE" ]] && command -v etcd >/dev/null; then
     done
 fi
 
-wait_ready() { # target endpoints [kv_bench flags...]
+wait_ready() { # target endpoints [kv_bench flags...]; env WITH: the generator (default GEN)
     local deadline=$((SECONDS + 60))
     while ((SECONDS < deadline)); do
-        if "$BIN/kv_bench" put --target "$1" --endpoints "$2" --total 1 "${@:3}" >/dev/null 2>&1; then return 0; fi
+        if "${WITH:-$GEN}" put --target "$1" --endpoints "$2" --total 1 "${@:3}" >/dev/null 2>&1; then return 0; fi
         sleep 0.5
     done
     echo "bench: $1 did not become ready" >&2
@@ -201,7 +219,7 @@ pick_rskv_leader() {
     RSKV="$(leader_among "$RSKV_ALL")" || exit 1
     echo "rskv leader (etcd API): $RSKV" >&2
     if [[ -n "$BASELINE" ]]; then
-        BASE_RSKV="$(leader_among "$BASE_RSKV_ALL")" || exit 1
+        BASE_RSKV="$(WITH="$BASE_GEN" leader_among "$BASE_RSKV_ALL")" || exit 1
         echo "baseline leader (etcd API): $BASE_RSKV" >&2
     fi
 }
@@ -220,7 +238,7 @@ RSKV_ALL="$RSKV"
 BASE_RSKV_ALL="$BASE_RSKV"
 wait_ready rskv "$RSKV"
 pick_rskv_leader
-[[ -n "$BASELINE" ]] && wait_ready rskv "$BASE_RSKV" "${BASE_BENCH[@]}"
+[[ -n "$BASELINE" ]] && WITH="$BASE_GEN" wait_ready rskv "$BASE_RSKV" "${BASE_BENCH[@]}"
 if [[ -n "$SECURE" && "$SECURE" != tls ]]; then
     # etcd's auth on the secure cluster: a user whose role grants readwrite on the bench keys
     # (zero-padded numbers), so every request takes the permission check, not root's shortcut.
@@ -241,15 +259,15 @@ if [[ -z "$AB$BASELINE" && -n "$(command -v etcd || true)" ]]; then
 fi
 
 # Same key space preloaded in both systems (in ETCD_API mode, in rskv's etcd keyspace).
-"$BIN/kv_bench" put --target "$RSKV_TARGET" --endpoints "$RSKV" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" >/dev/null
-[[ -n "$BASELINE" ]] && "$BIN/kv_bench" put --target "$RSKV_TARGET" --endpoints "$BASE_RSKV" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" "${BASE_BENCH[@]}" >/dev/null
-[[ -n "$ETCD" ]] && "$BIN/kv_bench" put --target etcd --endpoints "$ETCD" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" >/dev/null
+"$GEN" put --target "$RSKV_TARGET" --endpoints "$RSKV" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" >/dev/null
+[[ -n "$BASELINE" ]] && "$BASE_GEN" put --target "$RSKV_TARGET" --endpoints "$BASE_RSKV" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" "${BASE_BENCH[@]}" >/dev/null
+[[ -n "$ETCD" ]] && "$GEN" put --target etcd --endpoints "$ETCD" --clients 64 --conns 8 --total "$KEYS" --key-space "$KEYS" >/dev/null
 
-run() { # target endpoints workload clients [args...]
+run() { # target endpoints workload clients [args...]; env WITH: the generator (default GEN)
     local target=$1 endpoints=$2 workload=$3 clients=$4
     shift 4
     local conns=${CONNS:-$(( clients < 16 ? clients : 16 ))}
-    "$BIN/kv_bench" "$workload" --target "$target" --endpoints "$endpoints" --clients "$clients" \
+    "${WITH:-$GEN}" "$workload" --target "$target" --endpoints "$endpoints" --clients "$clients" \
         --conns "$conns" --duration "$DURATION" --key-size 8 --val-size 256 --key-space "$KEYS" --json "$@"
 }
 
@@ -271,8 +289,9 @@ elif [[ -n "$SECURE" ]]; then
     echo "B: a second cluster of this build in mutual TLS with etcd's auth enabled (ratio: plain / TLS+auth)" | tee "$OUT/table.txt"
 elif [[ -n "$BASELINE" ]]; then
     B_NAME="rskv baseline" B_COL="base op/s"
-    echo "B: a second rskv cluster running $BASELINE${ETCD_API:+, through its etcd API too}" | tee "$OUT/table.txt"
+    echo "B: a second rskv cluster running $BASELINE${ETCD_API:+, through its etcd API too}${BASELINE_BENCH:+, driven by $BASELINE_BENCH}" | tee "$OUT/table.txt"
 fi
+[[ -z "$SERVER" ]] || echo "A: an rskv cluster running $SERVER" | tee -a "$OUT/table.txt"
 printf '%-16s %7s | %10s %8s %8s | %10s %8s %8s | %6s\n' workload clients "rskv op/s" p50ms p99ms "$B_COL" p50ms p99ms ratio | tee -a "$OUT/table.txt"
 # put-1conn: the same puts with every client sharing one connection per system (one rskv Client,
 # one etcd client; etcd's own benchmark defaults to --conns 1), where rskv's client coalesces
@@ -293,7 +312,7 @@ for spec in "put put" "put-1conn put" "get-linearizable get --consistency linear
         start_rskv lease
         wait_ready rskv "$RSKV_ALL"
         pick_rskv_leader
-        [[ -n "$BASELINE" ]] && wait_ready rskv "$BASE_RSKV" "${BASE_BENCH[@]}"
+        [[ -n "$BASELINE" ]] && WITH="$BASE_GEN" wait_ready rskv "$BASE_RSKV" "${BASE_BENCH[@]}"
     fi
     for c in $CLIENTS; do
         # One client has one connection anyway: its row would repeat the put row.
@@ -307,7 +326,7 @@ for spec in "put put" "put-1conn put" "get-linearizable get --consistency linear
                 # shellcheck disable=SC2086 # AB is a list of flags
                 e="$(run rskv "$RSKV" "$1" "$c" "${@:2}" $AB)"
             elif [[ -n "$BASELINE" ]]; then
-                e="$(run "$RSKV_TARGET" "$BASE_RSKV" "$1" "$c" "${@:2}" "${BASE_BENCH[@]}")"
+                e="$(WITH="$BASE_GEN" run "$RSKV_TARGET" "$BASE_RSKV" "$1" "$c" "${@:2}" "${BASE_BENCH[@]}")"
             elif [[ -n "$ETCD" ]]; then
                 e="$(run etcd "$ETCD" "$1" "$c" "${@:2}")"
             else
