@@ -356,6 +356,28 @@ impl Node {
         .await
     }
 
+    /// Whether this node, started with `--join`, has yet to be admitted: it has no Raft state,
+    /// or the membership it knows has it as a learner (it stopped before it was promoted, and
+    /// asks again; one added to stay a learner is told so again), or it knows no membership yet
+    /// (the memory engine's state, membership included, comes back from the leader after a
+    /// restart). Asking is harmless for a member: adding it again changes nothing, and promoting
+    /// a voter neither.
+    async fn awaits_admission(&self) -> bool {
+        if !self.raft.is_initialized().await.unwrap_or(true) {
+            return true;
+        }
+        let id = self.id;
+        self.raft
+            .with_raft_state(move |state| {
+                let membership = state.membership_state.effective().membership();
+                let member = membership.get_node(&id).is_some();
+                let unknown = membership.nodes().next().is_none();
+                unknown || (member && !membership.voter_ids().any(|v| v == id))
+            })
+            .await
+            .unwrap_or(false)
+    }
+
     /// Initializes a never-initialized node with the bootstrap membership. Every initial member
     /// does this with the same set; openraft makes the identical initial entries agree.
     async fn bootstrap(&self) -> Result<()> {
@@ -421,8 +443,7 @@ impl Node {
         // Whether to ask to join, decided before the peer port serves: a member added beforehand
         // (etcd's MemberAdd) hears from the leader as soon as it does, and would otherwise find
         // itself initialized and never ask to be promoted.
-        let joining = !self.config.cluster.join.is_empty()
-            && !self.raft.is_initialized().await.unwrap_or(true);
+        let joining = !self.config.cluster.join.is_empty() && self.awaits_admission().await;
         let client_stop = CancellationToken::new();
         let peer_stop = CancellationToken::new();
         let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
