@@ -332,6 +332,13 @@ async fn learner_stays_until_promoted(engine: &str) {
         Some(true),
         "still a learner: {list}"
     );
+    // rskv's own API says why it does not promote itself.
+    let status = cluster.client().leader_status().await.expect("status");
+    let mark = |status: &rskv_proto::kv::StatusResponse| {
+        let member = status.members.iter().find(|m| m.id == id);
+        member.map(|m| (m.voter, m.promoted_by_request))
+    };
+    assert_eq!(mark(&status), Some((false, true)), "{status:?}");
 
     // etcdctl promotes it once it is in sync (etcd's refusal until then).
     let promote = ["member", "promote", &format!("{id:x}")];
@@ -358,6 +365,8 @@ async fn learner_stays_until_promoted(engine: &str) {
         Some(false),
         "a voter now: {list}"
     );
+    let status = cluster.client().leader_status().await.expect("status");
+    assert_eq!(mark(&status), Some((true, false)), "{status:?}");
     etcdctl(&all, &promote, COMMAND)
         .await
         .expect_error("etcdserver: can only promote a learner member");

@@ -383,7 +383,7 @@ fn print_members(members: &[rskv_proto::kv::Member], json: bool) {
     if json {
         let items: Vec<_> = members
             .iter()
-            .map(|m| json!({"id": m.id, "addr": m.addr, "peer_addr": m.peer_addr, "voter": m.voter, "matched_index": m.matched_index}))
+            .map(|m| json!({"id": m.id, "addr": m.addr, "peer_addr": m.peer_addr, "voter": m.voter, "promoted_by_request": m.promoted_by_request, "matched_index": m.matched_index}))
             .collect();
         println!("{}", json!(items));
         return;
@@ -396,13 +396,20 @@ fn print_members(members: &[rskv_proto::kv::Member], json: bool) {
         println!(
             "{:>3} {:<8} {:<22} {:<22} {:>9}",
             m.id,
-            if m.voter { "voter" } else { "learner" },
+            match (m.voter, m.promoted_by_request) {
+                (true, _) => "voter",
+                (false, false) => "learner",
+                (false, true) => "learner*",
+            },
             m.addr,
             m.peer_addr,
             m.matched_index
                 .map(|i| i.to_string())
                 .unwrap_or_else(|| "-".into())
         );
+    }
+    if members.iter().any(|m| !m.voter && m.promoted_by_request) {
+        println!("* stays a learner until promoted (kv_client member promote ID)");
     }
 }
 

@@ -392,6 +392,7 @@ pub(crate) fn members(node: &Node) -> Vec<pb::Member> {
             addr: info.addr.clone(),
             peer_addr: info.peer_addr.clone(),
             voter: voters.contains(id),
+            promoted_by_request: info.learner_until_promoted && !voters.contains(id),
             // None until the leader has confirmed any replication to the node.
             matched_index: replication
                 .get(id)

@@ -408,6 +408,7 @@ mod tests {
             peer_addr: "127.0.0.1:7412".into(),
             voter: false,
             matched_index: None,
+            promoted_by_request: false,
         };
         let tls = etcd_member(&member, Schemes::of(true, true));
         assert_eq!(tls.client_ur_ls, ["https://127.0.0.1:7411"]);
