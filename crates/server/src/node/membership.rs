@@ -300,13 +300,9 @@ impl MembershipAdmin {
     /// Whether member `id` is a learner added to be promoted only by request
     /// ([`Promotion::ByRequest`]), which a joining node does not promote itself.
     pub fn promoted_only_by_request(&self, id: NodeId) -> bool {
-        let metrics = self.node.raft.metrics().borrow_watched().clone();
-        let membership = metrics.membership_config.membership();
-        let voter = membership.voter_ids().any(|v| v == id);
-        let marked = membership
-            .get_node(&id)
-            .is_some_and(|n| n.learner_until_promoted);
-        marked && !voter
+        self.members()
+            .iter()
+            .any(|m| m.id == id && m.promoted_by_request)
     }
 
     /// Removes member `id`, voter or learner. The leader removing itself hands leadership over
